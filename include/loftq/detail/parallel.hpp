@@ -1,0 +1,79 @@
+#pragma once
+// Threading: all parallel work in loftq is split into chunks whose bounds do
+// not depend on the thread count, and each chunk is computed serially. That is
+// what makes results bit-identical for 1 and N threads.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
+#include <exception>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace loftq {
+namespace detail {
+
+inline int resolve_threads(int requested) {
+#ifdef _OPENMP
+  return requested > 0 ? requested : omp_get_max_threads();
+#else
+  (void)requested;
+  return 1;
+#endif
+}
+
+// Runs f(c) for c in [0, chunks). Exceptions are captured and rethrown on the
+// calling thread, because one escaping an OpenMP region terminates.
+template <class F>
+void parallel_for(std::int64_t chunks, int threads, F&& f) {
+#ifdef _OPENMP
+  const int t = static_cast<int>(std::min<std::int64_t>(resolve_threads(threads), std::max<std::int64_t>(chunks, 1)));
+  if (t > 1) {
+    std::exception_ptr err;
+#pragma omp parallel for num_threads(t) schedule(static)
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      try {
+        f(c);
+      } catch (...) {
+#pragma omp critical(loftq_parallel_for_error)
+        if (!err) err = std::current_exception();
+      }
+    }
+    if (err) std::rethrow_exception(err);
+    return;
+  }
+#else
+  (void)threads;
+#endif
+  for (std::int64_t c = 0; c < chunks; ++c) f(c);
+}
+
+// Eigen's own OpenMP GEMM picks its k-blocking from the thread count, which
+// changes rounding. While loftq runs, Eigen is held serial and loftq supplies
+// the parallelism through fixed chunks; the caller's setting is restored.
+class EigenSerialScope {
+ public:
+  EigenSerialScope() {
+#ifdef _OPENMP
+    old_ = Eigen::nbThreads();
+    was_default_ = old_ == omp_get_max_threads();
+    Eigen::setNbThreads(1);
+#endif
+  }
+  ~EigenSerialScope() {
+#ifdef _OPENMP
+    Eigen::setNbThreads(was_default_ ? 0 : old_);
+#endif
+  }
+  EigenSerialScope(const EigenSerialScope&) = delete;
+  EigenSerialScope& operator=(const EigenSerialScope&) = delete;
+
+ private:
+  int old_ = 1;
+  bool was_default_ = true;
+};
+
+}  // namespace detail
+}  // namespace loftq

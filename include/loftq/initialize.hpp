@@ -1,0 +1,278 @@
+#pragma once
+// loftq::initialize: the LoftQ alternation, and the QLoRA-style baseline.
+//
+//   A_0 = B_0 = 0
+//   for t = 1..T:  Q_t = q(W - A_{t-1} B_{t-1}^T);  A_t, B_t = SVD_r(W - Q_t)
+//
+// Buffers: besides W the loop holds one m x n residual R and two packed code
+// sets (current and best), so a T-step run costs about 2x the input in memory
+// (3x when W has to be copied into row-major order). The returned Q reuses R.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "detail/parallel.hpp"
+#include "detail/rng.hpp"
+#include "error.hpp"
+#include "packed.hpp"
+#include "quantizer.hpp"
+#include "svd.hpp"
+
+namespace loftq {
+
+enum class Start {
+  zero,  // LoftQ's start: A = B = 0, so the first Q is q(W)
+  svd,   // start from the top-r SVD of W (QPiSSA): the first Q is q(W - SVD_r(W))
+};
+
+struct Options {
+  Eigen::Index rank = 16;
+  int iterations = 5;
+  SVDOptions svd;                 // method, oversampling, power iterations, seed
+  bool warm_start = true;         // seed each randomized SVD with the previous V
+  int warm_power_iterations = 1;  // power iterations once warm-started
+  Start start = Start::zero;
+  bool keep_best = true;   // return the iterate with the lowest error; false: the last (reference)
+  double tolerance = 0.0;  // stop once the relative improvement of the error falls below this; 0: never
+  int threads = 0;         // 0: OpenMP's default; results do not depend on it
+};
+
+template <class Scalar>
+struct Result {
+  using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  RowMatrix<Scalar> Q;  // dequantized, m x n
+  Matrix A;             // m x r, U_r sqrt(S_r)
+  Matrix B;             // n x r, V_r sqrt(S_r); W ~ Q + A B^T
+  PackedMatrix packed;  // codes and scales of Q
+  std::vector<double> history;  // ||W - Q_t - A_t B_t^T|| / ||W|| after each iteration t
+  int best_iteration = 0;       // 1-based iteration whose iterate is returned
+  double qlora_error = 0.0;     // ||W - q(W)|| / ||W||: the QLoRA-style baseline
+  double error() const { return history.empty() ? 0.0 : history[static_cast<std::size_t>(best_iteration - 1)]; }
+  Eigen::Index rank() const { return A.cols(); }
+};
+
+// PEFT's factors: lora_A (r x n), lora_B (m x r), with
+// (lora_alpha / r) * lora_B * lora_A == A * B^T.
+template <class Scalar>
+struct PeftLora {
+  Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic> lora_A, lora_B;
+  double scaling = 1.0;  // lora_alpha / r, what PEFT multiplies by
+};
+
+namespace detail {
+
+inline void check_options(const Options& o, Eigen::Index m, Eigen::Index n) {
+  const Eigen::Index mn = std::min(m, n);
+  detail::require(o.rank >= 1 && o.rank <= mn, Errc::invalid_argument,
+          "rank " + std::to_string(o.rank) + " is outside 1.." + std::to_string(mn) + " for a " + std::to_string(m) +
+              "x" + std::to_string(n) + " matrix");
+  detail::require(o.iterations >= 1, Errc::invalid_argument,
+          "iterations must be >= 1 (got " + std::to_string(o.iterations) + ")");
+  detail::require(o.tolerance >= 0.0 && std::isfinite(o.tolerance), Errc::invalid_argument, "tolerance must be finite and >= 0");
+  detail::require(o.warm_power_iterations >= 0, Errc::invalid_argument, "warm_power_iterations must be >= 0");
+}
+
+// Sum of squares in fixed chunks, added in chunk order: deterministic.
+template <class F>
+double chunked_sum(std::int64_t chunks, int threads, F&& part) {
+  std::vector<double> parts(static_cast<std::size_t>(chunks), 0.0);
+  parallel_for(chunks, threads, [&](std::int64_t c) { parts[static_cast<std::size_t>(c)] = part(c); });
+  double s = 0;
+  for (double p : parts) s += p;
+  return s;
+}
+
+template <class Scalar>
+double squared_norm(const Scalar* x, std::int64_t N, int threads) {
+  const std::int64_t chunk = 1 << 16, chunks = (N + chunk - 1) / chunk;
+  return chunked_sum(chunks, threads, [&](std::int64_t c) {
+    const std::int64_t b = c * chunk, e = std::min(N, b + chunk);
+    double s = 0;
+    for (std::int64_t i = b; i < e; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
+    return s;
+  });
+}
+
+// R := W - R, returning ||R||^2 afterwards.
+template <class Scalar>
+double subtract_from(const Scalar* W, Scalar* R, std::int64_t N, int threads) {
+  const std::int64_t chunk = 1 << 16, chunks = (N + chunk - 1) / chunk;
+  return chunked_sum(chunks, threads, [&](std::int64_t c) {
+    const std::int64_t b = c * chunk, e = std::min(N, b + chunk);
+    double s = 0;
+    for (std::int64_t i = b; i < e; ++i) {
+      R[i] = W[i] - R[i];
+      s += static_cast<double>(R[i]) * static_cast<double>(R[i]);
+    }
+    return s;
+  });
+}
+
+// With P = A B^T, one pass: returns ||R - P||^2 and leaves R := W - P.
+template <class Scalar, class MatA, class MatB>
+double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, const MatB& B, int threads) {
+  const Eigen::Index m = R.rows(), n = R.cols();
+  const Eigen::Index rows = std::max<Eigen::Index>(1, std::min<Eigen::Index>(kRowChunk, (1 << 16) / n + 1));
+  const std::int64_t chunks = (m + rows - 1) / rows;
+  Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
+  return chunked_sum(chunks, threads, [&](std::int64_t c) {
+    const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
+    RowMatrix<Scalar> P(len, n);
+    P.noalias() = A.middleRows(r0, len) * B.transpose();
+    double s = 0;
+    Scalar* Rc = R.data() + r0 * n;
+    const Scalar* Wc = W.data() + r0 * n;
+    const Scalar* Pc = P.data();
+    for (Eigen::Index i = 0; i < len * n; ++i) {
+      const double d = static_cast<double>(Rc[i]) - static_cast<double>(Pc[i]);
+      s += d * d;
+      Rc[i] = Wc[i] - Pc[i];
+    }
+    return s;
+  });
+}
+
+inline double relative(double sq, double norm_sq) { return norm_sq > 0 ? std::sqrt(sq / norm_sq) : 0.0; }
+
+}  // namespace detail
+
+template <class Derived, class Q>
+Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                            const Options& opt = {}) {
+  using Scalar = typename Derived::Scalar;
+  using Matrix = typename Result<Scalar>::Matrix;
+  detail::check_weights(W_in, "initialize");
+  const Eigen::Index m = W_in.rows(), n = W_in.cols(), r = opt.rank;
+  const std::int64_t N = static_cast<std::int64_t>(m) * n;
+  detail::check_options(opt, m, n);
+  const detail::QuantSpec spec = detail::spec_of(quantizer);
+  detail::EigenSerialScope serial;
+  const int threads = opt.threads;
+
+  detail::RowMajorView<Derived> view(W_in);
+  const Scalar* Wp = view.data();
+  Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
+  const double w2 = detail::squared_norm(Wp, N, threads);
+
+  SVDOptions svd_cold = opt.svd;
+  svd_cold.threads = threads;
+  SVDOptions svd_warm = svd_cold;
+  svd_warm.power_iterations = opt.warm_power_iterations;
+
+  Result<Scalar> res;
+  RowMatrix<Scalar> R = W;  // the residual W - A B^T that the next Q quantizes
+  Matrix A, B, V;           // V: the previous right singular vectors, for warm starts
+  TruncatedSVD<Matrix> svd;
+  auto low_rank = [&](bool warm) {
+    if (warm && opt.warm_start && opt.svd.method == SVDMethod::randomized)
+      svd.compute(R, r, svd_warm, V);
+    else
+      svd.compute(R, r, svd_cold);
+    detail::require(svd.info() == Eigen::Success, Errc::non_finite, "initialize: the SVD produced non-finite values");
+    const auto sq = svd.singularValues().cwiseSqrt();
+    A = svd.matrixU() * sq.asDiagonal();
+    B = svd.matrixV() * sq.asDiagonal();
+    V = svd.matrixV();
+  };
+
+  bool have_factors = false;
+  if (opt.start == Start::svd) {
+    low_rank(false);
+    detail::low_rank_step(Wp, R, A, B, threads);  // R := W - A B^T
+    have_factors = true;
+  }
+
+  PackedMatrix cur = detail::make_packed(m, n, spec), best = detail::make_packed(m, n, spec);
+  Matrix bestA, bestB;
+  double best_err = std::numeric_limits<double>::infinity();
+  for (int t = 1; t <= opt.iterations; ++t) {
+    std::fill(cur.codes.begin(), cur.codes.end(), std::uint8_t{0});
+    detail::quantize_flat(R.data(), R.data(), &cur, N, spec, threads);  // R := Q_t
+    const double q2 = detail::subtract_from(Wp, R.data(), N, threads);  // R := W - Q_t
+    if (t == 1 && opt.start == Start::zero) res.qlora_error = detail::relative(q2, w2);
+    low_rank(have_factors);
+    have_factors = true;
+    const double e = detail::relative(detail::low_rank_step(Wp, R, A, B, threads), w2);  // R := W - A_t B_t^T
+    res.history.push_back(e);
+    if (!opt.keep_best || e < best_err || t == 1) {
+      best_err = e;
+      res.best_iteration = t;
+      std::swap(cur, best);
+      bestA = A;
+      bestB = B;
+    }
+    if (opt.tolerance > 0 && t > 1) {
+      const double prev = res.history[res.history.size() - 2];
+      if (prev <= 0 || (prev - e) / prev < opt.tolerance) break;
+    }
+  }
+  if (opt.start != Start::zero) {
+    // The baseline is q(W) itself, which this start never computes.
+    detail::quantize_flat(Wp, R.data(), static_cast<PackedMatrix*>(nullptr), N, spec, threads);
+    res.qlora_error = detail::relative(detail::subtract_from(Wp, R.data(), N, threads), w2);
+  }
+  detail::dequantize_flat(best, R.data(), threads);
+  res.Q = std::move(R);
+  res.A = std::move(bestA);
+  res.B = std::move(bestB);
+  res.packed = std::move(best);
+  return res;
+}
+
+// The QLoRA-style baseline: Q = q(W), A = 0 and B drawn like PEFT's default
+// lora_A init (Kaiming-uniform with a = sqrt(5), i.e. U(-1/sqrt(n), 1/sqrt(n))),
+// so A B^T = 0 and training starts from Q.
+template <class Derived, class Q>
+Result<typename Derived::Scalar> qlora_init(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                            const Options& opt = {}) {
+  using Scalar = typename Derived::Scalar;
+  detail::check_weights(W_in, "qlora_init");
+  const Eigen::Index m = W_in.rows(), n = W_in.cols(), r = opt.rank;
+  detail::check_options(opt, m, n);
+  const detail::QuantSpec spec = detail::spec_of(quantizer);
+  detail::RowMajorView<Derived> view(W_in);
+  const std::int64_t N = static_cast<std::int64_t>(m) * n;
+
+  Result<Scalar> res;
+  res.packed = detail::make_packed(m, n, spec);
+  res.Q.resize(m, n);
+  detail::quantize_flat(view.data(), res.Q.data(), &res.packed, N, spec, opt.threads);
+  RowMatrix<Scalar> D = res.Q;
+  const double w2 = detail::squared_norm(view.data(), N, opt.threads);
+  res.qlora_error = detail::relative(detail::subtract_from(view.data(), D.data(), N, opt.threads), w2);
+  res.history = {res.qlora_error};
+  res.best_iteration = 1;
+  res.A = Result<Scalar>::Matrix::Zero(m, r);
+  res.B.resize(n, r);
+  detail::SplitMix64 rng(opt.svd.seed);
+  const double bound = 1.0 / std::sqrt(static_cast<double>(n));
+  // Filled in lora_A's (r x n, row-major) element order, as torch does.
+  for (Eigen::Index i = 0; i < r; ++i)
+    for (Eigen::Index j = 0; j < n; ++j) res.B(j, i) = static_cast<Scalar>((2 * rng.uniform() - 1) * bound);
+  return res;
+}
+
+// Split A B^T into PEFT's lora_A / lora_B so that PEFT's forward pass,
+// which multiplies by lora_alpha / r, reproduces it exactly in exact
+// arithmetic. The factor sqrt(r / lora_alpha) goes to both sides, keeping
+// LoftQ's even sqrt(S) balance. PEFT's own LoftQ skips this (peft #1982).
+template <class Scalar>
+PeftLora<Scalar> to_peft(const Result<Scalar>& res, double lora_alpha) {
+  detail::require(std::isfinite(lora_alpha) && lora_alpha > 0, Errc::invalid_argument,
+          "lora_alpha must be positive and finite");
+  const double r = static_cast<double>(res.A.cols());
+  detail::require(r >= 1, Errc::invalid_argument, "to_peft: the result has no factors");
+  PeftLora<Scalar> p;
+  p.scaling = lora_alpha / r;
+  const Scalar c = static_cast<Scalar>(std::sqrt(r / lora_alpha));
+  p.lora_A = res.B.transpose() * c;
+  p.lora_B = res.A * c;
+  return p;
+}
+
+}  // namespace loftq

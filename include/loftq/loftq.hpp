@@ -1,0 +1,13 @@
+#pragma once
+// Umbrella header: everything the library offers except file I/O.
+
+#include "codebook.hpp"
+#include "error.hpp"
+#include "initialize.hpp"
+#include "packed.hpp"
+#include "quantizer.hpp"
+#include "svd.hpp"
+
+#define LOFTQ_VERSION_MAJOR 0
+#define LOFTQ_VERSION_MINOR 1
+#define LOFTQ_VERSION_PATCH 0

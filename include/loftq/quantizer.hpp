@@ -1,0 +1,361 @@
+#pragma once
+// Block-wise quantizers: NormalFloat<Bits> (QLoRA's NF-k, absmax scales) and
+// Uniform<Bits> (symmetric absmax or asymmetric min/max grids), plus a
+// runtime-configured Quantizer for tools that choose the format from flags.
+//
+// Every quantizer exposes the same small interface, which the free functions
+// quantize / dequantize / fake_quantize and loftq::initialize rely on:
+//   q.bits                 bit width (static constexpr or data member)
+//   q.block_size           elements per block of the row-major flattening
+//   q.scale_mode()         ScaleMode::absmax or ScaleMode::minmax
+//   q.codebook()           the sorted normalized levels
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "codebook.hpp"
+#include "detail/parallel.hpp"
+#include "error.hpp"
+#include "packed.hpp"
+
+namespace loftq {
+
+template <class Scalar>
+using RowMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+template <int Bits>
+struct NormalFloat {
+  static_assert(Bits >= 2 && Bits <= 8, "NormalFloat supports 2..8 bits");
+  static constexpr int bits = Bits;
+  Eigen::Index block_size = 64;
+
+  NormalFloat() = default;
+  explicit NormalFloat(Eigen::Index block) : block_size(block) {}
+  ScaleMode scale_mode() const { return ScaleMode::absmax; }
+  const std::vector<float>& codebook() const { return normal_float_codebook(Bits); }
+  std::string name() const { return "nf" + std::to_string(Bits); }
+};
+
+template <int Bits>
+struct Uniform {
+  static_assert(Bits >= 2 && Bits <= 8, "Uniform supports 2..8 bits");
+  static constexpr int bits = Bits;
+  Eigen::Index block_size = 64;
+  bool symmetric = true;  // absmax grid linspace(-1, 1, 2^Bits); false: per-block [min, max]
+
+  Uniform() = default;
+  explicit Uniform(Eigen::Index block, bool sym = true) : block_size(block), symmetric(sym) {}
+  ScaleMode scale_mode() const { return symmetric ? ScaleMode::absmax : ScaleMode::minmax; }
+  const std::vector<float>& codebook() const { return uniform_codebook(Bits, symmetric); }
+  std::string name() const { return (symmetric ? "uniform" : "uniform_asym") + std::to_string(Bits); }
+};
+
+// The same quantizers with the kind and bit width chosen at run time.
+struct Quantizer {
+  enum class Kind { normal_float, uniform };
+  Kind kind = Kind::normal_float;
+  int bits = 4;
+  Eigen::Index block_size = 64;
+  bool symmetric = true;  // uniform only
+
+  Quantizer() = default;
+  Quantizer(Kind k, int b, Eigen::Index block = 64, bool sym = true) : kind(k), bits(b), block_size(block), symmetric(sym) {
+    codebook();  // validates bits now rather than at first use
+  }
+  ScaleMode scale_mode() const {
+    return kind == Kind::uniform && !symmetric ? ScaleMode::minmax : ScaleMode::absmax;
+  }
+  const std::vector<float>& codebook() const {
+    return kind == Kind::normal_float ? normal_float_codebook(bits) : uniform_codebook(bits, symmetric);
+  }
+  std::string name() const {
+    return (kind == Kind::normal_float ? std::string("nf") : std::string(symmetric ? "uniform" : "uniform_asym")) +
+           std::to_string(bits);
+  }
+};
+
+namespace detail {
+
+// What the kernels need from any quantizer, resolved once per call.
+struct QuantSpec {
+  int bits = 4;
+  Eigen::Index block_size = 64;
+  ScaleMode mode = ScaleMode::absmax;
+  const std::vector<float>* codebook = nullptr;
+};
+
+template <class Q>
+QuantSpec spec_of(const Q& q) {
+  QuantSpec s;
+  s.bits = q.bits;
+  s.block_size = q.block_size;
+  s.mode = q.scale_mode();
+  s.codebook = &q.codebook();
+  require(s.block_size >= 1, Errc::invalid_argument,
+          "block_size must be >= 1 (got " + std::to_string(s.block_size) + ")");
+  require(s.codebook->size() == (std::size_t{1} << s.bits), Errc::unsupported, "codebook size must be 2^bits");
+  return s;
+}
+
+// Thresholds padded with +inf to 2^Bits - 1 entries, so the count/search never
+// needs the real table length.
+template <class Scalar, int Bits>
+struct Tables {
+  static constexpr int L = 1 << Bits;
+  std::array<Scalar, L> level{};
+  std::array<Scalar, L - 1> thr{};
+  explicit Tables(const std::vector<float>& cb) {
+    const auto t = decision_thresholds<Scalar>(cb);
+    for (int i = 0; i < L; ++i) level[i] = static_cast<Scalar>(cb[i]);
+    for (int i = 0; i < L - 1; ++i) thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
+  }
+  // Number of thresholds y reaches: the index of the nearest level.
+  int code(Scalar y) const {
+    if constexpr (Bits <= 4) {
+      int c = 0;
+      for (int i = 0; i < L - 1; ++i) c += y >= thr[i];
+      return c;
+    } else {
+      int c = 0;
+      for (int s = L / 2; s >= 1; s /= 2) c += (y >= thr[c + s - 1]) ? s : 0;
+      return c;
+    }
+  }
+};
+
+template <class Scalar>
+float checked_scale(Scalar s, Eigen::Index block) {
+  const float f = static_cast<float>(s);
+  require(std::isfinite(f), Errc::invalid_argument,
+          "block " + std::to_string(block) + " has magnitude beyond the float range; block scales are fp32");
+  return f;
+}
+
+// Codes one span of a block; den == 0 means a constant block.
+template <class Scalar, int Bits>
+inline void code_span(const Tables<Scalar, Bits>& T, const Scalar* x, std::int64_t n, Scalar off, Scalar den,
+                      std::uint8_t* codes) {
+  if (den == Scalar(0)) {
+    const auto c0 = static_cast<std::uint8_t>(T.code(Scalar(0)));
+    for (std::int64_t j = 0; j < n; ++j) codes[j] = c0;
+    return;
+  }
+  for (std::int64_t j = 0; j < n; ++j) codes[j] = static_cast<std::uint8_t>(T.code((x[j] - off) / den));
+}
+
+template <class Scalar, int Bits>
+inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* codes, std::int64_t n, ScaleMode mode,
+                        Scalar scale, Scalar lo, Scalar* out) {
+  if (mode == ScaleMode::absmax) {
+    for (std::int64_t j = 0; j < n; ++j) out[j] = T.level[codes[j]] * scale;
+  } else {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const Scalar t = T.level[codes[j]];
+      const Scalar v = lo * (Scalar(1) - t) + scale * t;
+      out[j] = std::min(std::max(v, lo), scale);
+    }
+  }
+}
+
+// Number of consecutive blocks handled by one task: byte-aligned in the code
+// stream (so tasks never share a byte) and large enough to amortize overhead.
+inline std::int64_t blocks_per_task(const QuantSpec& s) {
+  const std::int64_t bb = static_cast<std::int64_t>(s.block_size) * s.bits;
+  std::int64_t g = 8 / std::gcd<std::int64_t>(bb, 8);
+  while (g * s.block_size < 16384) g *= 2;
+  return g;
+}
+
+constexpr std::int64_t kSpan = 1024;
+
+// The one quantization pass. in -> (deq, packed), either output optional;
+// deq may alias in because each block is read fully before it is written.
+template <class Scalar, int Bits>
+void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s,
+                        int threads) {
+  const Tables<Scalar, Bits> T(*s.codebook);
+  const std::int64_t bs = s.block_size, nb = (N + bs - 1) / bs, g = blocks_per_task(s);
+  const std::int64_t tasks = (nb + g - 1) / g;
+  parallel_for(tasks, threads, [&](std::int64_t task) {
+    std::uint8_t codes[kSpan];
+    const std::int64_t b_end = std::min(nb, (task + 1) * g);
+    for (std::int64_t b = task * g; b < b_end; ++b) {
+      const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
+      const Scalar* x = in + e0;
+      Scalar off = 0, den = 0, lo = 0, scale = 0;
+      if (s.mode == ScaleMode::absmax) {
+        Scalar m = 0;
+        for (std::int64_t j = 0; j < e1 - e0; ++j) m = std::max(m, std::abs(x[j]));
+        scale = static_cast<Scalar>(checked_scale(m, b));
+        den = scale;
+        if (out) out->scales[b] = static_cast<float>(scale);
+      } else {
+        Scalar mn = x[0], mx = x[0];
+        for (std::int64_t j = 1; j < e1 - e0; ++j) {
+          mn = std::min(mn, x[j]);
+          mx = std::max(mx, x[j]);
+        }
+        lo = static_cast<Scalar>(checked_scale(mn, b));
+        scale = static_cast<Scalar>(checked_scale(mx, b));
+        off = lo;
+        den = scale - lo;
+        require(std::isfinite(den), Errc::invalid_argument,
+                "block " + std::to_string(b) + " has a range beyond the scalar type");
+        if (out) {
+          out->scales[b] = static_cast<float>(scale);
+          out->mins[b] = static_cast<float>(lo);
+        }
+      }
+      for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
+        const std::int64_t n = std::min(kSpan, e1 - j0);
+        code_span(T, in + j0, n, off, den, codes);
+        if (out) pack_codes(out->codes.data(), j0, codes, n, s.bits);
+        if (deq) decode_span(T, codes, n, s.mode, scale, lo, deq + j0);
+      }
+    }
+  });
+}
+
+template <class Scalar>
+void quantize_flat(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s, int threads) {
+  switch (s.bits) {
+    case 2: return quantize_flat_impl<Scalar, 2>(in, deq, out, N, s, threads);
+    case 3: return quantize_flat_impl<Scalar, 3>(in, deq, out, N, s, threads);
+    case 4: return quantize_flat_impl<Scalar, 4>(in, deq, out, N, s, threads);
+    case 5: return quantize_flat_impl<Scalar, 5>(in, deq, out, N, s, threads);
+    case 6: return quantize_flat_impl<Scalar, 6>(in, deq, out, N, s, threads);
+    case 7: return quantize_flat_impl<Scalar, 7>(in, deq, out, N, s, threads);
+    case 8: return quantize_flat_impl<Scalar, 8>(in, deq, out, N, s, threads);
+    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(s.bits));
+  }
+}
+
+template <class Scalar, int Bits>
+void dequantize_flat_impl(const PackedMatrix& P, Scalar* out, int threads) {
+  const Tables<Scalar, Bits> T(P.codebook);
+  QuantSpec s;
+  s.bits = P.bits;
+  s.block_size = P.block_size;
+  const std::int64_t N = P.size(), bs = P.block_size, nb = P.num_blocks(), g = blocks_per_task(s);
+  parallel_for((nb + g - 1) / g, threads, [&](std::int64_t task) {
+    std::uint8_t codes[kSpan];
+    const std::int64_t b_end = std::min(nb, (task + 1) * g);
+    for (std::int64_t b = task * g; b < b_end; ++b) {
+      const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
+      const Scalar scale = static_cast<Scalar>(P.scales[b]);
+      const Scalar lo = P.scale_mode == ScaleMode::minmax ? static_cast<Scalar>(P.mins[b]) : Scalar(0);
+      for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
+        const std::int64_t n = std::min(kSpan, e1 - j0);
+        unpack_codes(P.codes.data(), P.codes.size(), j0, codes, n, P.bits);
+        decode_span(T, codes, n, P.scale_mode, scale, lo, out + j0);
+      }
+    }
+  });
+}
+
+template <class Scalar>
+void dequantize_flat(const PackedMatrix& P, Scalar* out, int threads) {
+  switch (P.bits) {
+    case 1: fail(Errc::unsupported, "1-bit codes are not supported");
+    case 2: return dequantize_flat_impl<Scalar, 2>(P, out, threads);
+    case 3: return dequantize_flat_impl<Scalar, 3>(P, out, threads);
+    case 4: return dequantize_flat_impl<Scalar, 4>(P, out, threads);
+    case 5: return dequantize_flat_impl<Scalar, 5>(P, out, threads);
+    case 6: return dequantize_flat_impl<Scalar, 6>(P, out, threads);
+    case 7: return dequantize_flat_impl<Scalar, 7>(P, out, threads);
+    case 8: return dequantize_flat_impl<Scalar, 8>(P, out, threads);
+    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(P.bits));
+  }
+}
+
+inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const QuantSpec& s) {
+  PackedMatrix P;
+  P.rows = rows;
+  P.cols = cols;
+  P.block_size = s.block_size;
+  P.bits = s.bits;
+  P.scale_mode = s.mode;
+  P.codebook = *s.codebook;
+  P.codes.assign(packed_bytes(rows * cols, s.bits), 0);
+  P.scales.assign(static_cast<std::size_t>(P.num_blocks()), 0.0f);
+  if (s.mode == ScaleMode::minmax) P.mins.assign(P.scales.size(), 0.0f);
+  return P;
+}
+
+// A row-major contiguous view of any dense expression, copying only when the
+// expression is not already laid out that way.
+template <class Derived>
+class RowMajorView {
+ public:
+  using Scalar = typename Derived::Scalar;
+  explicit RowMajorView(const Eigen::MatrixBase<Derived>& W) {
+    if constexpr (static_cast<bool>(Derived::Flags & Eigen::DirectAccessBit) && static_cast<bool>(Derived::IsRowMajor)) {
+      const auto& d = W.derived();
+      if (d.innerStride() == 1 && (d.rows() <= 1 || d.outerStride() == d.cols())) {
+        ptr_ = d.data();
+        return;
+      }
+    }
+    copy_ = W;
+    ptr_ = copy_.data();
+  }
+  const Scalar* data() const { return ptr_; }
+
+ private:
+  RowMatrix<Scalar> copy_;
+  const Scalar* ptr_ = nullptr;
+};
+
+template <class Derived>
+void check_weights(const Eigen::MatrixBase<Derived>& W, const char* what) {
+  using Scalar = typename Derived::Scalar;
+  static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
+                "loftq works on float or double matrices");
+  require(W.rows() > 0 && W.cols() > 0, Errc::invalid_argument,
+          std::string(what) + ": the matrix is empty (" + std::to_string(W.rows()) + "x" + std::to_string(W.cols()) + ")");
+  require(W.derived().allFinite(), Errc::non_finite, std::string(what) + ": the matrix contains NaN or Inf");
+}
+
+}  // namespace detail
+
+// Codes and fp32 block scales of W (row-major flattening, any W layout).
+template <class Q, class Derived>
+PackedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, int threads = 0) {
+  detail::check_weights(W, "quantize");
+  const detail::QuantSpec s = detail::spec_of(q);
+  detail::RowMajorView<Derived> v(W);
+  PackedMatrix P = detail::make_packed(W.rows(), W.cols(), s);
+  detail::quantize_flat(v.data(), static_cast<typename Derived::Scalar*>(nullptr), &P, W.size(), s, threads);
+  return P;
+}
+
+// The matrix a PackedMatrix stands for, row-major like its flattening.
+template <class Scalar = float>
+RowMatrix<Scalar> dequantize(const PackedMatrix& P, int threads = 0) {
+  detail::validate(P);
+  RowMatrix<Scalar> out(P.rows, P.cols);
+  detail::dequantize_flat(P, out.data(), threads);
+  return out;
+}
+
+// dequantize(quantize(W)) without materializing the codes; bit-identical to it.
+template <class Q, class Derived>
+RowMatrix<typename Derived::Scalar> fake_quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, int threads = 0) {
+  using Scalar = typename Derived::Scalar;
+  detail::check_weights(W, "fake_quantize");
+  const detail::QuantSpec s = detail::spec_of(q);
+  detail::RowMajorView<Derived> v(W);
+  RowMatrix<Scalar> out(W.rows(), W.cols());
+  detail::quantize_flat<Scalar>(v.data(), out.data(), nullptr, W.size(), s, threads);
+  return out;
+}
+
+}  // namespace loftq

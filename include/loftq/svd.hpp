@@ -1,0 +1,187 @@
+#pragma once
+// TruncatedSVD: the top-k singular triplets of a dense matrix, Eigen style.
+//
+//   loftq::TruncatedSVD<Eigen::MatrixXf> svd(M, 16);
+//   svd.matrixU();  svd.singularValues();  svd.matrixV();  svd.info();
+//
+// exact:      Eigen's BDCSVD, truncated. O(m n min(m, n)).
+// randomized: Halko-Martinsson-Tropp subspace iteration: a Gaussian (or
+//             warm-started) block of k + p columns, q power iterations with QR
+//             re-orthonormalization, then a small SVD. O(m n (k + p) (2q + 2)).
+//             Deterministic for a given seed, whatever the thread count.
+
+#include <Eigen/Core>
+#include <Eigen/QR>
+#include <Eigen/SVD>
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "detail/parallel.hpp"
+#include "detail/rng.hpp"
+#include "error.hpp"
+
+namespace loftq {
+
+enum class SVDMethod { exact, randomized };
+
+struct SVDOptions {
+  SVDMethod method = SVDMethod::randomized;
+  Eigen::Index oversampling = 16;  // extra columns in the randomized range finder
+  int power_iterations = 2;        // subspace iterations from a cold start
+  std::uint64_t seed = 0;
+  int threads = 0;  // 0: OpenMP's default
+};
+
+inline const char* to_string(SVDMethod m) { return m == SVDMethod::exact ? "exact" : "randomized"; }
+
+namespace detail {
+
+constexpr Eigen::Index kRowChunk = 128;
+
+// Y = M * X in row chunks of M; each chunk is one serial GEMM.
+template <class DM, class DX, class Out>
+void chunked_mul(const DM& M, const DX& X, Out& Y, int threads) {
+  Y.resize(M.rows(), X.cols());
+  const Eigen::Index m = M.rows(), chunks = (m + kRowChunk - 1) / kRowChunk;
+  parallel_for(chunks, threads, [&](std::int64_t c) {
+    const Eigen::Index r0 = c * kRowChunk, len = std::min(kRowChunk, m - r0);
+    Y.middleRows(r0, len).noalias() = M.middleRows(r0, len) * X;
+  });
+}
+
+// Y = M^T * X in column chunks of M.
+template <class DM, class DX, class Out>
+void chunked_mul_t(const DM& M, const DX& X, Out& Y, int threads) {
+  Y.resize(M.cols(), X.cols());
+  const Eigen::Index n = M.cols(), chunks = (n + kRowChunk - 1) / kRowChunk;
+  parallel_for(chunks, threads, [&](std::int64_t c) {
+    const Eigen::Index c0 = c * kRowChunk, len = std::min(kRowChunk, n - c0);
+    Y.middleRows(c0, len).noalias() = M.middleCols(c0, len).transpose() * X;
+  });
+}
+
+// Orthonormal basis of the columns of Y, in place (thin Householder Q).
+template <class Dense>
+void orthonormalize(Dense& Y) {
+  const Eigen::Index m = Y.rows(), k = Y.cols();
+  Eigen::HouseholderQR<Dense> qr(Y);
+  Y = qr.householderQ() * Dense::Identity(m, k);
+}
+
+}  // namespace detail
+
+template <class MatrixType_>
+class TruncatedSVD {
+ public:
+  using MatrixType = MatrixType_;
+  using Scalar = typename MatrixType::Scalar;
+  using DenseMatrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  using SingularValuesType = Eigen::Matrix<Scalar, Eigen::Dynamic, 1>;
+
+  TruncatedSVD() = default;
+  template <class Derived>
+  TruncatedSVD(const Eigen::MatrixBase<Derived>& M, Eigen::Index rank, const SVDOptions& opts = {}) {
+    compute(M, rank, opts);
+  }
+
+  template <class Derived>
+  TruncatedSVD& compute(const Eigen::MatrixBase<Derived>& M, Eigen::Index rank, const SVDOptions& opts = {}) {
+    return compute_impl(M.derived(), rank, opts, static_cast<const DenseMatrix*>(nullptr));
+  }
+
+  // Warm start: the columns of `start` (n x j, any j) seed the range finder
+  // for the right singular subspace; with j < k the rest is Gaussian. Ignored
+  // by the exact method.
+  template <class Derived, class DerivedV>
+  TruncatedSVD& compute(const Eigen::MatrixBase<Derived>& M, Eigen::Index rank, const SVDOptions& opts,
+                        const Eigen::MatrixBase<DerivedV>& start) {
+    detail::require(start.rows() == M.cols(), Errc::invalid_argument,
+            "TruncatedSVD: warm start has " + std::to_string(start.rows()) + " rows, expected " +
+                std::to_string(M.cols()));
+    const DenseMatrix s = start.template cast<Scalar>();
+    return compute_impl(M.derived(), rank, opts, &s);
+  }
+
+  const DenseMatrix& matrixU() const { return checked(U_); }
+  const DenseMatrix& matrixV() const { return checked(V_); }
+  const SingularValuesType& singularValues() const { return checked(S_); }
+  Eigen::ComputationInfo info() const { return info_; }
+  Eigen::Index rank() const { return S_.size(); }
+
+ private:
+  template <class T>
+  const T& checked(const T& x) const {
+    detail::require(computed_, Errc::invalid_argument, "TruncatedSVD: compute() has not been called");
+    return x;
+  }
+
+  template <class Derived>
+  TruncatedSVD& compute_impl(const Derived& M, Eigen::Index rank, const SVDOptions& opts, const DenseMatrix* start) {
+    const Eigen::Index m = M.rows(), n = M.cols(), mn = std::min(m, n);
+    detail::require(m > 0 && n > 0, Errc::invalid_argument, "TruncatedSVD: the matrix is empty");
+    detail::require(rank >= 1 && rank <= mn, Errc::invalid_argument,
+            "TruncatedSVD: rank " + std::to_string(rank) + " is outside 1.." + std::to_string(mn) + " for a " +
+                std::to_string(m) + "x" + std::to_string(n) + " matrix");
+    detail::require(opts.oversampling >= 0 && opts.power_iterations >= 0, Errc::invalid_argument,
+            "TruncatedSVD: oversampling and power_iterations must be >= 0");
+    detail::EigenSerialScope serial;
+    const Eigen::Index k = std::min(rank + opts.oversampling, mn);
+    // When the sketch would cover the whole space the exact method is both
+    // cheaper and better.
+    if (opts.method == SVDMethod::exact || 2 * k >= mn)
+      exact(M, rank);
+    else
+      randomized(M, rank, k, opts, start);
+    info_ = (U_.allFinite() && V_.allFinite() && S_.allFinite()) ? Eigen::Success : Eigen::NumericalIssue;
+    computed_ = true;
+    return *this;
+  }
+
+  template <class Derived>
+  void exact(const Derived& M, Eigen::Index rank) {
+    Eigen::BDCSVD<DenseMatrix> svd(DenseMatrix(M), Eigen::ComputeThinU | Eigen::ComputeThinV);
+    U_ = svd.matrixU().leftCols(rank);
+    V_ = svd.matrixV().leftCols(rank);
+    S_ = svd.singularValues().head(rank);
+  }
+
+  template <class Derived>
+  void randomized(const Derived& M, Eigen::Index rank, Eigen::Index k, const SVDOptions& opts,
+                  const DenseMatrix* start) {
+    const Eigen::Index n = M.cols();
+    DenseMatrix Omega(n, k);
+    Eigen::Index from = 0;
+    if (start) {
+      from = std::min(k, start->cols());
+      Omega.leftCols(from) = start->leftCols(from);
+    }
+    detail::SplitMix64 rng(opts.seed);
+    for (Eigen::Index j = from; j < k; ++j)
+      for (Eigen::Index i = 0; i < n; ++i) Omega(i, j) = static_cast<Scalar>(rng.normal());
+
+    DenseMatrix Y, Z;
+    detail::chunked_mul(M, Omega, Y, opts.threads);
+    detail::orthonormalize(Y);
+    for (int it = 0; it < opts.power_iterations; ++it) {
+      detail::chunked_mul_t(M, Y, Z, opts.threads);
+      detail::orthonormalize(Z);
+      detail::chunked_mul(M, Z, Y, opts.threads);
+      detail::orthonormalize(Y);
+    }
+    // M ~ Y Y^T M = Y (M^T Y)^T; the SVD of the n x k factor finishes it.
+    detail::chunked_mul_t(M, Y, Z, opts.threads);
+    Eigen::BDCSVD<DenseMatrix> small(Z, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    V_ = small.matrixU().leftCols(rank);
+    S_ = small.singularValues().head(rank);
+    U_ = Y * small.matrixV().leftCols(rank);
+  }
+
+  DenseMatrix U_, V_;
+  SingularValuesType S_;
+  Eigen::ComputationInfo info_ = Eigen::InvalidInput;
+  bool computed_ = false;
+};
+
+}  // namespace loftq
