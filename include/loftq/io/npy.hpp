@@ -232,7 +232,7 @@ class NpyHeaderParser {
     const std::size_t max = std::numeric_limits<std::size_t>::max();
     while (i_ < n_ && std::isdigit(static_cast<unsigned char>(p_[i_]))) {
       const std::size_t d = static_cast<std::size_t>(p_[i_] - '0');
-      if (v > (max - d) / 10) error("dimension in 'shape' does not fit in 64 bits");
+      if (v > (max - d) / 10) error("dimension in 'shape' overflows size_t");
       v = v * 10 + d;
       ++i_;
     }

@@ -1,0 +1,77 @@
+#pragma once
+// Test helpers: seeded matrices and the stories260K reader.
+
+#include <Eigen/Core>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace loftq_test {
+
+inline Eigen::MatrixXf gaussian(Eigen::Index m, Eigen::Index n, std::uint64_t seed, float sd = 1.0f) {
+  std::mt19937_64 g(seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  Eigen::MatrixXf W(m, n);
+  for (Eigen::Index j = 0; j < n; ++j)
+    for (Eigen::Index i = 0; i < m; ++i) {
+      // Box-Muller by hand: std::normal_distribution differs across libraries.
+      const double a = u(g) + 1e-300, b = u(g);
+      W(i, j) = static_cast<float>(sd * std::sqrt(-2 * std::log(a)) * std::cos(6.283185307179586 * b));
+    }
+  return W;
+}
+
+// A matrix with a decaying spectrum plus noise, the regime where a low-rank
+// correction can help.
+inline Eigen::MatrixXf structured(Eigen::Index m, Eigen::Index n, std::uint64_t seed) {
+  const Eigen::Index k = std::min<Eigen::Index>(32, std::min(m, n));
+  Eigen::MatrixXf U = gaussian(m, k, seed), V = gaussian(n, k, seed + 1);
+  for (Eigen::Index i = 0; i < k; ++i) U.col(i) *= 1.0f / static_cast<float>(1 + i);
+  return (U * V.transpose()) / std::sqrt(static_cast<float>(n)) + 0.3f * gaussian(m, n, seed + 2);
+}
+
+struct NamedMatrix {
+  std::string name;
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> W;
+};
+
+inline std::string shared_data(const char* file) { return std::string(LOFTQ_SHARED_DATA_DIR) + "/" + file; }
+
+// The 36 weight matrices of llama2.c's stories260K (format: ../shared/data/README.md).
+// Empty when the file is absent.
+inline std::vector<NamedMatrix> stories260k() {
+  std::vector<NamedMatrix> out;
+  std::ifstream f(shared_data("stories260K.bin"), std::ios::binary);
+  if (!f) return out;
+  std::int32_t h[7];
+  f.read(reinterpret_cast<char*>(h), sizeof h);
+  const int dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kv_heads = h[4], vocab = h[5];
+  const int kv_dim = dim * kv_heads / heads;
+  auto read = [&](const std::string& name, int rows, int cols) {
+    NamedMatrix nm{name, {}};
+    nm.W.resize(rows, cols);
+    f.read(reinterpret_cast<char*>(nm.W.data()), static_cast<std::streamsize>(sizeof(float)) * rows * cols);
+    return nm;
+  };
+  auto skip = [&](std::int64_t floats) { f.seekg(floats * 4, std::ios::cur); };
+  out.push_back(read("token_embedding", vocab, dim));
+  skip(static_cast<std::int64_t>(layers) * dim);  // rms_att_weight
+  std::vector<NamedMatrix> wq, wk, wv, wo, w1, w2, w3;
+  for (int l = 0; l < layers; ++l) wq.push_back(read("layers." + std::to_string(l) + ".wq", dim, dim));
+  for (int l = 0; l < layers; ++l) wk.push_back(read("layers." + std::to_string(l) + ".wk", kv_dim, dim));
+  for (int l = 0; l < layers; ++l) wv.push_back(read("layers." + std::to_string(l) + ".wv", kv_dim, dim));
+  for (int l = 0; l < layers; ++l) wo.push_back(read("layers." + std::to_string(l) + ".wo", dim, dim));
+  skip(static_cast<std::int64_t>(layers) * dim);  // rms_ffn_weight
+  for (int l = 0; l < layers; ++l) w1.push_back(read("layers." + std::to_string(l) + ".w1", hidden, dim));
+  for (int l = 0; l < layers; ++l) w2.push_back(read("layers." + std::to_string(l) + ".w2", dim, hidden));
+  for (int l = 0; l < layers; ++l) w3.push_back(read("layers." + std::to_string(l) + ".w3", hidden, dim));
+  if (!f) return {};
+  for (auto* v : {&wq, &wk, &wv, &wo, &w1, &w2, &w3})
+    for (auto& x : *v) out.push_back(std::move(x));
+  return out;
+}
+
+}  // namespace loftq_test
