@@ -139,30 +139,94 @@ float checked_scale(Scalar s, Eigen::Index block) {
   return f;
 }
 
-// Codes one span of a block; den == 0 means a constant block.
+#if defined(__clang__)
+#define LOFTQ_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define LOFTQ_UNROLL _Pragma("GCC unroll 256")
+#else
+#define LOFTQ_UNROLL
+#endif
+#if defined(__GNUC__) || defined(__clang__)
+#define LOFTQ_RESTRICT __restrict__
+#elif defined(_MSC_VER)
+#define LOFTQ_RESTRICT __restrict
+#else
+#define LOFTQ_RESTRICT
+#endif
+
+// Codes (and, when vals is given, dequantized values) of one span of a block;
+// den == 0 means a constant block. Up to 4 bits the level is found by a chain
+// of compare-and-select over the sorted thresholds: the last threshold reached
+// wins, which is exactly level[count], and the chain vectorizes with no
+// gathers. Restrict-qualified outputs matter: a uint8_t store may otherwise
+// alias anything and blocks vectorization.
 template <class Scalar, int Bits>
-inline void code_span(const Tables<Scalar, Bits>& T, const Scalar* x, std::int64_t n, Scalar off, Scalar den,
-                      std::uint8_t* codes) {
+inline void code_span(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, std::int64_t n, Scalar off,
+                      Scalar den, std::uint8_t* LOFTQ_RESTRICT codes, Scalar* LOFTQ_RESTRICT levels) {
+  constexpr int L = Tables<Scalar, Bits>::L;
   if (den == Scalar(0)) {
-    const auto c0 = static_cast<std::uint8_t>(T.code(Scalar(0)));
-    for (std::int64_t j = 0; j < n; ++j) codes[j] = c0;
+    const int c0 = T.code(Scalar(0));
+    for (std::int64_t j = 0; j < n; ++j) codes[j] = static_cast<std::uint8_t>(c0);
+    if (levels)
+      for (std::int64_t j = 0; j < n; ++j) levels[j] = T.level[c0];
     return;
   }
-  for (std::int64_t j = 0; j < n; ++j) codes[j] = static_cast<std::uint8_t>(T.code((x[j] - off) / den));
+  if constexpr (Bits <= 4) {
+    Scalar thr[L - 1], lev[L];
+    for (int i = 0; i < L - 1; ++i) thr[i] = T.thr[i];
+    for (int i = 0; i < L; ++i) lev[i] = T.level[i];
+    if (levels) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        const Scalar y = (x[j] - off) / den;
+        std::int32_t c = 0;
+        Scalar v = lev[0];
+        LOFTQ_UNROLL
+        for (int i = 0; i < L - 1; ++i) {
+          const bool ge = y >= thr[i];
+          const Scalar cand = lev[i + 1];
+          c += ge;
+          v = ge ? cand : v;
+        }
+        codes[j] = static_cast<std::uint8_t>(c);
+        levels[j] = v;
+      }
+    } else {
+      for (std::int64_t j = 0; j < n; ++j) {
+        const Scalar y = (x[j] - off) / den;
+        std::int32_t c = 0;
+        LOFTQ_UNROLL
+        for (int i = 0; i < L - 1; ++i) c += y >= thr[i];
+        codes[j] = static_cast<std::uint8_t>(c);
+      }
+    }
+  } else {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const int c = T.code((x[j] - off) / den);
+      codes[j] = static_cast<std::uint8_t>(c);
+      if (levels) levels[j] = T.level[c];
+    }
+  }
+}
+
+// Scales normalized levels into values in place.
+template <class Scalar>
+inline void scale_levels(Scalar* LOFTQ_RESTRICT v, std::int64_t n, ScaleMode mode, Scalar scale, Scalar lo) {
+  if (mode == ScaleMode::absmax) {
+    for (std::int64_t j = 0; j < n; ++j) v[j] = v[j] * scale;
+  } else {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const Scalar t = v[j];
+      const Scalar w = lo * (Scalar(1) - t) + scale * t;
+      v[j] = std::min(std::max(w, lo), scale);
+    }
+  }
 }
 
 template <class Scalar, int Bits>
-inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* codes, std::int64_t n, ScaleMode mode,
-                        Scalar scale, Scalar lo, Scalar* out) {
-  if (mode == ScaleMode::absmax) {
-    for (std::int64_t j = 0; j < n; ++j) out[j] = T.level[codes[j]] * scale;
-  } else {
-    for (std::int64_t j = 0; j < n; ++j) {
-      const Scalar t = T.level[codes[j]];
-      const Scalar v = lo * (Scalar(1) - t) + scale * t;
-      out[j] = std::min(std::max(v, lo), scale);
-    }
-  }
+inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* LOFTQ_RESTRICT codes, std::int64_t n,
+                        ScaleMode mode, Scalar scale, Scalar lo, Scalar* LOFTQ_RESTRICT out) {
+  for (std::int64_t j = 0; j < n; ++j) out[j] = T.level[codes[j]];
+  scale_levels(out, n, mode, scale, lo);
 }
 
 // Number of consecutive blocks handled by one task: byte-aligned in the code
@@ -186,6 +250,7 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
   const std::int64_t tasks = (nb + g - 1) / g;
   parallel_for(tasks, threads, [&](std::int64_t task) {
     std::uint8_t codes[kSpan];
+    Scalar levels[kSpan];
     const std::int64_t b_end = std::min(nb, (task + 1) * g);
     for (std::int64_t b = task * g; b < b_end; ++b) {
       const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
@@ -216,9 +281,13 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
       }
       for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
         const std::int64_t n = std::min(kSpan, e1 - j0);
-        code_span(T, in + j0, n, off, den, codes);
+        // levels is a separate buffer because deq may alias in.
+        code_span(T, in + j0, n, off, den, codes, deq ? levels : nullptr);
         if (out) pack_codes(out->codes.data(), j0, codes, n, s.bits);
-        if (deq) decode_span(T, codes, n, s.mode, scale, lo, deq + j0);
+        if (deq) {
+          scale_levels(levels, n, s.mode, scale, lo);
+          std::copy(levels, levels + n, deq + j0);
+        }
       }
     }
   });

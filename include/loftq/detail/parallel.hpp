@@ -71,8 +71,10 @@ class EigenSerialScope {
   EigenSerialScope& operator=(const EigenSerialScope&) = delete;
 
  private:
+#ifdef _OPENMP
   int old_ = 1;
   bool was_default_ = true;
+#endif
 };
 
 }  // namespace detail

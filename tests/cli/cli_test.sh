@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# Tests of the loftq command-line tool, one case per CTest test:
+#
+#   bash cli_test.sh CASE /path/to/loftq /path/to/npytool WORKDIR
+#
+# WORKDIR is wiped and rebuilt; every input is made here by npytool or printf.
+set -u
+
+case_name=$1
+LOFTQ=$2
+TOOL=$3
+rm -rf "$4"
+mkdir -p "$4" || exit 1
+WORK=$(cd "$4" && pwd)
+cd "$WORK" || exit 1
+
+out_file="$WORK.stdout"
+err_file="$WORK.stderr"
+rm -f "$out_file" "$err_file"
+
+fail() {
+  echo "FAIL [$case_name]: $*" >&2
+  exit 1
+}
+
+# run ARGS...: runs loftq, leaving its exit status in $rc and its output in
+# $out_file / $err_file (outside WORKDIR, whose listing the checks compare).
+run() {
+  "$LOFTQ" "$@" >"$out_file" 2>"$err_file"
+  rc=$?
+}
+
+show() { echo "--- args: $*" >&2; echo "--- stdout:" >&2; cat "$out_file" >&2; echo "--- stderr:" >&2; cat "$err_file" >&2; }
+
+tree_listing() { find . -mindepth 1 | LC_ALL=C sort; }
+
+make_w() { "$TOOL" make "$@" || fail "npytool make $*"; }
+
+check_outputs() {  # DIR M N R
+  "$TOOL" check "$1/Q.npy" "$2" "$3" || fail "Q.npy in $1"
+  "$TOOL" check "$1/A.npy" "$2" "$4" || fail "A.npy in $1"
+  "$TOOL" check "$1/B.npy" "$3" "$4" || fail "B.npy in $1"
+  [ -f "$1/report.json" ] || fail "no report.json in $1"
+}
+
+expect_rc() {  # WANT ARGS...
+  local want=$1
+  shift
+  run "$@"
+  [ "$rc" -eq "$want" ] || { show "$@"; fail "exit status $rc, expected $want"; }
+}
+
+# A usage error: exit 2, a message on stderr, nothing created.
+expect_usage() {
+  local before after
+  before=$(tree_listing)
+  expect_rc 2 "$@"
+  [ -s "$err_file" ] || { show "$@"; fail "no message on stderr"; }
+  after=$(tree_listing)
+  [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
+}
+
+# Bad input: exit 1, exactly one 'loftq: error:' line on stderr, nothing
+# on stdout, and the working tree exactly as before (no output, no temps).
+expect_bad_input() {
+  local before after
+  before=$(tree_listing)
+  expect_rc 1 "$@"
+  [ "$(wc -l <"$err_file")" -eq 1 ] || { show "$@"; fail "stderr is not exactly one line"; }
+  grep -q '^loftq: error: ' "$err_file" || { show "$@"; fail "stderr does not start with 'loftq: error: '"; }
+  [ ! -s "$out_file" ] || { show "$@"; fail "stdout is not empty"; }
+  after=$(tree_listing)
+  [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
+}
+
+case "$case_name" in
+
+success)
+  make_w W.npy 64x128 f4 C
+  expect_rc 0 init --input W.npy --output out --rank=8 --iters 4 --bits 4 --seed=7
+  check_outputs out 64 128 8
+  "$TOOL" report out/report.json 64 128 4 8 4 1 nf randomized || fail "report.json"
+  "$TOOL" recon W.npy out || fail "reconstruction"
+  grep -q 'QLoRA' "$out_file" || { show; fail "no summary on stdout"; }
+  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = "A.npy B.npy Q.npy report.json " ] || fail "out/ holds $(ls -A out)"
+  [ "$(tree_listing | tr '\n' ' ')" = "./W.npy ./out ./out/A.npy ./out/B.npy ./out/Q.npy ./out/report.json " ] ||
+    fail "stray files: $(tree_listing)"
+  grep -q '"seed": 7' out/report.json || fail "seed not recorded"
+  # --quiet prints nothing; nested missing parents are created.
+  expect_rc 0 init --quiet --input W.npy --output a/b/c --rank 8 --iters 4 --seed 7
+  [ ! -s "$out_file" ] || fail "--quiet printed something"
+  for f in Q.npy A.npy B.npy; do cmp -s "out/$f" "a/b/c/$f" || fail "$f differs between identical runs"; done
+  # A trailing slash names the same directory, not a child of it.
+  expect_rc 0 init --quiet --input W.npy --output slash/ --rank 8
+  check_outputs slash 64 128 8
+  [ ! -e slash/.tmp ] && [ -z "$(ls -d slash.* 2>/dev/null)" ] || fail "temporary left behind"
+  ;;
+
+options)
+  make_w W.npy 64x128 f4 C
+  expect_rc 0 init --input W.npy --output u --quantizer uniform --bits 3 --block-size 32 --svd exact \
+    --start svd --scale absmax --rank 4 --iters 3 --threads 1
+  check_outputs u 64 128 4
+  "$TOOL" report u/report.json 64 128 3 4 3 1 uniform exact || fail "report.json"
+  "$TOOL" recon W.npy u || fail "reconstruction"
+  grep -q '"block_size": 32' u/report.json || fail "block_size not recorded"
+  grep -q '"start": "svd"' u/report.json || fail "start not recorded"
+  grep -q '"threads": 1' u/report.json || fail "threads not recorded"
+  # Any bit width 2..8 works; a rank of min(m, n) too.
+  for b in 2 8; do
+    expect_rc 0 init --quiet --input W.npy --output "b$b" --bits "$b" --rank 4 --iters 2
+    check_outputs "b$b" 64 128 4
+  done
+  expect_rc 0 init --quiet --input W.npy --output full --rank 64 --iters 1 --svd exact
+  check_outputs full 64 128 64
+  ;;
+
+last)
+  make_w W.npy 64x128 f4 C
+  expect_rc 0 init --input W.npy --output out --rank 8 --iters 6 --last
+  check_outputs out 64 128 8
+  "$TOOL" report out/report.json 64 128 4 8 6 0 nf randomized || fail "report.json"
+  "$TOOL" recon W.npy out || fail "reconstruction"
+  grep -q '"best_iteration": 6' out/report.json || fail "best_iteration != 6"
+  ;;
+
+dtypes)
+  # float64 and Fortran order hold the same float32 values: same results.
+  make_w W.npy 64x128 f4 C
+  make_w WF.npy 64x128 f4 F
+  make_w W8.npy 64x128 f8 C
+  make_w W8F.npy 64x128 f8 F
+  for w in W WF W8 W8F; do
+    expect_rc 0 init --quiet --input "$w.npy" --output "o$w" --rank 8 --iters 3 --threads 1
+    check_outputs "o$w" 64 128 8
+  done
+  for w in WF W8 W8F; do
+    for f in Q.npy A.npy B.npy; do cmp -s "oW/$f" "o$w/$f" || fail "$f differs for $w.npy"; done
+  done
+  grep -q '"dtype": "float64"' oW8/report.json || fail "dtype not recorded"
+  ;;
+
+determinism)
+  make_w W.npy 64x128 f4 C
+  for svd in randomized exact; do
+    expect_rc 0 init --quiet --input W.npy --output "t1$svd" --rank 8 --iters 4 --svd "$svd" --threads 1
+    expect_rc 0 init --quiet --input W.npy --output "t2$svd" --rank 8 --iters 4 --svd "$svd" --threads 2
+    for f in Q.npy A.npy B.npy; do cmp "t1$svd/$f" "t2$svd/$f" || fail "$f differs between --threads 1 and 2 ($svd)"; done
+  done
+  ;;
+
+usage)
+  make_w W.npy 64x128 f4 C
+  expect_usage
+  expect_usage frobnicate --input W.npy --output o
+  expect_usage init
+  expect_usage init --output o
+  expect_usage init --input W.npy
+  expect_usage init --input W.npy --output o --bogus 3
+  expect_usage init --input W.npy --output o -r 3
+  expect_usage init --input W.npy --output o extra
+  expect_usage init --input W.npy --output o --rank abc
+  expect_usage init --input W.npy --output o --rank 1.5
+  expect_usage init --input W.npy --output o --rank -3
+  expect_usage init --input W.npy --output o --rank +3
+  expect_usage init --input W.npy --output o --rank " 3"
+  expect_usage init --input W.npy --output o --rank 99999999999999999999
+  expect_usage init --input W.npy --output o --rank 4294967297
+  expect_usage init --input W.npy --output o --rank=
+  expect_usage init --input W.npy --output o --rank
+  expect_usage init --input W.npy --rank --output o
+  expect_usage init --input W.npy --output o --rank 4 --rank 4
+  expect_usage init --input W.npy --output o --rank 4 --rank=5
+  expect_usage init --input W.npy --output o --last --last
+  expect_usage init --input W.npy --output o --last=1
+  expect_usage init --input W.npy --output o --rank 0
+  expect_usage init --input W.npy --output o --iters 0
+  expect_usage init --input W.npy --output o --block-size 0
+  expect_usage init --input W.npy --output o --threads 0
+  expect_usage init --input W.npy --output o --threads 100000
+  expect_usage init --input W.npy --output o --bits abc
+  expect_usage init --input W.npy --output o --bits -4
+  expect_usage init --input W.npy --output o --seed 18446744073709551616
+  expect_usage init --input W.npy --output o --seed -1
+  expect_usage init --input W.npy --output o --quantizer nf4
+  expect_usage init --input W.npy --output o --svd fast
+  expect_usage init --input W.npy --output o --scale mean
+  expect_usage init --input W.npy --output o --start random
+  expect_usage init --input= --output o
+  # Help and version: stdout, exit 0.
+  for h in --help -h help; do
+    expect_rc 0 "$h"
+    grep -q 'usage: loftq init' "$out_file" || fail "$h: no usage on stdout"
+  done
+  expect_rc 0 init --help
+  grep -q 'exit status' "$out_file" || fail "init --help: no usage on stdout"
+  expect_rc 0 init --input W.npy -h
+  expect_rc 0 --version
+  grep -q '^loftq [0-9]' "$out_file" || fail "--version prints $(cat "$out_file")"
+  [ "$(tree_listing | tr '\n' ' ')" = "./W.npy " ] || fail "stray files: $(tree_listing)"
+  ;;
+
+bad_input)
+  make_w W.npy 64x128 f4 C
+  make_w W3.npy 4x8x8 f4 C
+  make_w Wi.npy 64x128 i4 C
+  make_w Wnan.npy 64x128 f4 C nan
+  make_w Winf.npy 64x128 f8 C inf
+  make_w Wempty.npy 0x16 f4 C
+  make_w Wvec.npy 128 f4 C
+  head -c 1000 W.npy >Wtrunc.npy
+  head -c 40 W.npy >Wshort.npy
+  printf 'this is not an npy file at all\n' >Wgarbage.npy
+  : >Wzero.npy
+  mkdir Wdir.npy
+  for o in o sub/dir/o; do
+    expect_bad_input init --input missing.npy --output "$o"
+    expect_bad_input init --input Wtrunc.npy --output "$o"
+    expect_bad_input init --input Wshort.npy --output "$o"
+    expect_bad_input init --input Wgarbage.npy --output "$o"
+    expect_bad_input init --input Wzero.npy --output "$o"
+    expect_bad_input init --input Wdir.npy --output "$o"
+    expect_bad_input init --input W3.npy --output "$o"
+    expect_bad_input init --input Wvec.npy --output "$o"
+    expect_bad_input init --input Wi.npy --output "$o"
+    expect_bad_input init --input Wnan.npy --output "$o"
+    expect_bad_input init --input Winf.npy --output "$o"
+    expect_bad_input init --input Wempty.npy --output "$o"
+    expect_bad_input init --input W.npy --output "$o" --rank 65
+    expect_bad_input init --input W.npy --output "$o" --bits 9
+    expect_bad_input init --input W.npy --output "$o" --bits 1
+    expect_bad_input init --input W.npy --output "$o" --bits 0
+    expect_bad_input init --input W.npy --output "$o" --quantizer uniform --bits 9
+  done
+  # The same failures leave an existing output directory untouched.
+  mkdir keep
+  printf 'old Q\n' >keep/Q.npy
+  printf 'unrelated\n' >keep/notes.txt
+  expect_bad_input init --input Wnan.npy --output keep
+  expect_bad_input init --input W.npy --output keep --rank 100
+  [ "$(cat keep/Q.npy)" = "old Q" ] || fail "keep/Q.npy changed"
+  ;;
+
+output_is_file)
+  make_w W.npy 64x128 f4 C
+  printf 'precious\n' >taken
+  cp taken taken.orig
+  expect_bad_input init --input W.npy --output taken
+  cmp -s taken taken.orig || fail "the file at --output changed"
+  expect_bad_input init --input W.npy --output taken/sub
+  # An output directory whose Q.npy is a directory cannot be published.
+  mkdir -p d/Q.npy
+  expect_bad_input init --input W.npy --output d
+  # --output naming the input file itself.
+  cp W.npy W.orig
+  expect_bad_input init --input W.npy --output W.npy
+  cmp -s W.npy W.orig || fail "input changed"
+  ;;
+
+input_is_output)
+  make_w W.npy 64x128 f4 C
+  mkdir out
+  cp W.npy out/Q.npy
+  cp W.npy orig.npy
+  expect_bad_input init --input out/Q.npy --output out
+  expect_bad_input init --input out/Q.npy --output ./out/
+  expect_bad_input init --input ./out/../out/Q.npy --output out
+  cmp -s out/Q.npy orig.npy || fail "input out/Q.npy changed"
+  # Through a symbolic link and a hard link.
+  ln -s out/Q.npy link.npy
+  expect_bad_input init --input link.npy --output out
+  ln out/Q.npy hard.npy
+  expect_bad_input init --input hard.npy --output out
+  mkdir out2
+  ln -s ../W.npy out2/B.npy
+  expect_bad_input init --input W.npy --output out2
+  cmp -s out/Q.npy orig.npy || fail "input changed"
+  cmp -s W.npy orig.npy || fail "W.npy changed"
+  # Other names in the output directory are fine inputs.
+  cp W.npy out/W.npy
+  expect_rc 0 init --quiet --input out/W.npy --output out --rank 8 --iters 2
+  check_outputs out 64 128 8
+  cmp -s out/W.npy orig.npy || fail "input out/W.npy changed"
+  ;;
+
+existing_dir)
+  make_w W.npy 64x128 f4 C
+  mkdir out
+  printf 'old\n' >out/Q.npy
+  printf 'old\n' >out/report.json
+  printf 'unrelated\n' >out/notes.txt
+  expect_rc 0 init --quiet --input W.npy --output out --rank 8 --iters 3
+  check_outputs out 64 128 8
+  "$TOOL" report out/report.json 64 128 4 8 3 1 nf randomized || fail "report.json"
+  [ "$(cat out/notes.txt)" = "unrelated" ] || fail "unrelated file changed"
+  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = "A.npy B.npy Q.npy notes.txt report.json " ] ||
+    fail "out/ holds $(ls -A out)"
+  # Rerunning over a previous result replaces it.
+  expect_rc 0 init --quiet --input W.npy --output out --rank 4 --iters 2
+  check_outputs out 64 128 4
+  [ "$(ls -A out | wc -l)" -eq 5 ] || fail "out/ holds $(ls -A out)"
+  [ -z "$(ls -d out.* 2>/dev/null)" ] || fail "temporary left behind"
+  ;;
+
+interrupt)
+  # A run killed while it computes leaves nothing behind. If the machine is
+  # so fast that the run finishes first, its output must be complete.
+  make_w W.npy 768x768 f4 C
+  for sig in INT TERM; do
+    rm -rf out
+    "$LOFTQ" init --quiet --input W.npy --output out --rank 32 --iters 400 --svd exact --threads 1 \
+      >/dev/null 2>"$err_file" &
+    pid=$!
+    sleep 0.5
+    kill -s "$sig" "$pid" 2>/dev/null
+    wait "$pid"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+      check_outputs out 768 768 32
+      echo "note: the run finished before SIG$sig arrived" >&2
+    else
+      [ "$rc" -eq 130 ] || fail "SIG$sig: exit status $rc, expected 130"
+      [ ! -e out ] || fail "SIG$sig: output left behind"
+    fi
+    [ "$(tree_listing | grep -v '^./out' | tr '\n' ' ')" = "./W.npy " ] || fail "SIG$sig: stray files: $(tree_listing)"
+  done
+  ;;
+
+*)
+  fail "unknown case"
+  ;;
+esac
+echo "PASS [$case_name]"
