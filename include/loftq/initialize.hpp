@@ -98,21 +98,6 @@ double squared_norm(const Scalar* x, std::int64_t N, int threads) {
   });
 }
 
-// R := W - R, returning ||R||^2 afterwards.
-template <class Scalar>
-double subtract_from(const Scalar* W, Scalar* R, std::int64_t N, int threads) {
-  const std::int64_t chunk = 1 << 16, chunks = (N + chunk - 1) / chunk;
-  return chunked_sum(chunks, threads, [&](std::int64_t c) {
-    const std::int64_t b = c * chunk, e = std::min(N, b + chunk);
-    double s = 0;
-    for (std::int64_t i = b; i < e; ++i) {
-      R[i] = W[i] - R[i];
-      s += static_cast<double>(R[i]) * static_cast<double>(R[i]);
-    }
-    return s;
-  });
-}
-
 // With P = A B^T, one pass: returns ||R - P||^2 and leaves R := W - P.
 template <class Scalar, class MatA, class MatB>
 double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, const MatB& B, int threads) {
@@ -192,9 +177,9 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   double best_err = std::numeric_limits<double>::infinity();
   for (int t = 1; t <= opt.iterations; ++t) {
     std::fill(cur.codes.begin(), cur.codes.end(), std::uint8_t{0});
-    detail::quantize_flat(R.data(), R.data(), &cur, N, spec, threads);  // R := Q_t
-    const double q2 = detail::subtract_from(Wp, R.data(), N, threads);  // R := W - Q_t
-    if (t == 1 && opt.start == Start::zero) res.qlora_error = detail::relative(q2, w2);
+    detail::quantize_flat(R.data(), R.data(), &cur, N, spec, threads, Wp);  // R := W - Q_t
+    if (t == 1 && opt.start == Start::zero)
+      res.qlora_error = detail::relative(detail::squared_norm(R.data(), N, threads), w2);
     low_rank(have_factors);
     have_factors = true;
     const double e = detail::relative(detail::low_rank_step(Wp, R, A, B, threads), w2);  // R := W - A_t B_t^T
@@ -213,8 +198,8 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   }
   if (opt.start != Start::zero) {
     // The baseline is q(W) itself, which this start never computes.
-    detail::quantize_flat(Wp, R.data(), static_cast<PackedMatrix*>(nullptr), N, spec, threads);
-    res.qlora_error = detail::relative(detail::subtract_from(Wp, R.data(), N, threads), w2);
+    detail::quantize_flat(Wp, R.data(), static_cast<PackedMatrix*>(nullptr), N, spec, threads, Wp);
+    res.qlora_error = detail::relative(detail::squared_norm(R.data(), N, threads), w2);
   }
   detail::dequantize_flat(best, R.data(), threads);
   res.Q = std::move(R);
@@ -242,9 +227,10 @@ Result<typename Derived::Scalar> qlora_init(const Eigen::MatrixBase<Derived>& W_
   res.packed = detail::make_packed(m, n, spec);
   res.Q.resize(m, n);
   detail::quantize_flat(view.data(), res.Q.data(), &res.packed, N, spec, opt.threads);
-  RowMatrix<Scalar> D = res.Q;
+  RowMatrix<Scalar> D(m, n);
+  detail::quantize_flat(view.data(), D.data(), static_cast<PackedMatrix*>(nullptr), N, spec, opt.threads, view.data());
   const double w2 = detail::squared_norm(view.data(), N, opt.threads);
-  res.qlora_error = detail::relative(detail::subtract_from(view.data(), D.data(), N, opt.threads), w2);
+  res.qlora_error = detail::relative(detail::squared_norm(D.data(), N, opt.threads), w2);
   res.history = {res.qlora_error};
   res.best_iteration = 1;
   res.A = Result<Scalar>::Matrix::Zero(m, r);

@@ -134,8 +134,11 @@ struct Tables {
 template <class Scalar>
 float checked_scale(Scalar s, Eigen::Index block) {
   const float f = static_cast<float>(s);
-  require(std::isfinite(f), Errc::invalid_argument,
-          "block " + std::to_string(block) + " has magnitude beyond the float range; block scales are fp32");
+  // Checked by hand: this runs once per block, and require() would build the
+  // message every time.
+  if (!std::isfinite(f))
+    fail(Errc::invalid_argument,
+         "block " + std::to_string(block) + " has magnitude beyond the float range; block scales are fp32");
   return f;
 }
 
@@ -242,9 +245,11 @@ constexpr std::int64_t kSpan = 1024;
 
 // The one quantization pass. in -> (deq, packed), either output optional;
 // deq may alias in because each block is read fully before it is written.
+// With a minuend M the pass writes M - q(in) instead of q(in): LoftQ's next
+// residual W - Q comes out of the same sweep.
 template <class Scalar, int Bits>
 void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s,
-                        int threads) {
+                        int threads, const Scalar* minuend) {
   const Tables<Scalar, Bits> T(*s.codebook);
   const std::int64_t bs = s.block_size, nb = (N + bs - 1) / bs, g = blocks_per_task(s);
   const std::int64_t tasks = (nb + g - 1) / g;
@@ -257,23 +262,19 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
       const Scalar* x = in + e0;
       Scalar off = 0, den = 0, lo = 0, scale = 0;
       if (s.mode == ScaleMode::absmax) {
-        Scalar m = 0;
-        for (std::int64_t j = 0; j < e1 - e0; ++j) m = std::max(m, std::abs(x[j]));
-        scale = static_cast<Scalar>(checked_scale(m, b));
+        // Eigen's reductions vectorize; a plain std::max loop stays scalar.
+        const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
+        scale = static_cast<Scalar>(checked_scale(blk.abs().maxCoeff(), b));
         den = scale;
         if (out) out->scales[b] = static_cast<float>(scale);
       } else {
-        Scalar mn = x[0], mx = x[0];
-        for (std::int64_t j = 1; j < e1 - e0; ++j) {
-          mn = std::min(mn, x[j]);
-          mx = std::max(mx, x[j]);
-        }
-        lo = static_cast<Scalar>(checked_scale(mn, b));
-        scale = static_cast<Scalar>(checked_scale(mx, b));
+        const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
+        lo = static_cast<Scalar>(checked_scale(blk.minCoeff(), b));
+        scale = static_cast<Scalar>(checked_scale(blk.maxCoeff(), b));
         off = lo;
         den = scale - lo;
-        require(std::isfinite(den), Errc::invalid_argument,
-                "block " + std::to_string(b) + " has a range beyond the scalar type");
+        if (!std::isfinite(den))
+          fail(Errc::invalid_argument, "block " + std::to_string(b) + " has a range (max - min) beyond the scalar type");
         if (out) {
           out->scales[b] = static_cast<float>(scale);
           out->mins[b] = static_cast<float>(lo);
@@ -286,7 +287,12 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
         if (out) pack_codes(out->codes.data(), j0, codes, n, s.bits);
         if (deq) {
           scale_levels(levels, n, s.mode, scale, lo);
-          std::copy(levels, levels + n, deq + j0);
+          if (minuend) {
+            const Scalar* LOFTQ_RESTRICT w = minuend + j0;
+            for (std::int64_t j = 0; j < n; ++j) deq[j0 + j] = w[j] - levels[j];
+          } else {
+            std::copy(levels, levels + n, deq + j0);
+          }
         }
       }
     }
@@ -294,15 +300,16 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
 }
 
 template <class Scalar>
-void quantize_flat(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s, int threads) {
+void quantize_flat(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s, int threads,
+                   const Scalar* minuend = nullptr) {
   switch (s.bits) {
-    case 2: return quantize_flat_impl<Scalar, 2>(in, deq, out, N, s, threads);
-    case 3: return quantize_flat_impl<Scalar, 3>(in, deq, out, N, s, threads);
-    case 4: return quantize_flat_impl<Scalar, 4>(in, deq, out, N, s, threads);
-    case 5: return quantize_flat_impl<Scalar, 5>(in, deq, out, N, s, threads);
-    case 6: return quantize_flat_impl<Scalar, 6>(in, deq, out, N, s, threads);
-    case 7: return quantize_flat_impl<Scalar, 7>(in, deq, out, N, s, threads);
-    case 8: return quantize_flat_impl<Scalar, 8>(in, deq, out, N, s, threads);
+    case 2: return quantize_flat_impl<Scalar, 2>(in, deq, out, N, s, threads, minuend);
+    case 3: return quantize_flat_impl<Scalar, 3>(in, deq, out, N, s, threads, minuend);
+    case 4: return quantize_flat_impl<Scalar, 4>(in, deq, out, N, s, threads, minuend);
+    case 5: return quantize_flat_impl<Scalar, 5>(in, deq, out, N, s, threads, minuend);
+    case 6: return quantize_flat_impl<Scalar, 6>(in, deq, out, N, s, threads, minuend);
+    case 7: return quantize_flat_impl<Scalar, 7>(in, deq, out, N, s, threads, minuend);
+    case 8: return quantize_flat_impl<Scalar, 8>(in, deq, out, N, s, threads, minuend);
     default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(s.bits));
   }
 }
