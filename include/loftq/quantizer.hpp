@@ -23,6 +23,7 @@
 
 #include "codebook.hpp"
 #include "detail/parallel.hpp"
+#include "detail/simd.hpp"
 #include "error.hpp"
 #include "packed.hpp"
 
@@ -178,6 +179,15 @@ inline void code_span(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRIC
     Scalar thr[L - 1], lev[L];
     for (int i = 0; i < L - 1; ++i) thr[i] = T.thr[i];
     for (int i = 0; i < L; ++i) lev[i] = T.level[i];
+#if LOFTQ_HAS_AVX2
+    if constexpr (std::is_same<Scalar, float>::value) {
+      const std::int64_t done = code_span_avx2<Bits>(x, n, off, den, thr, lev, codes, levels);
+      x += done;
+      codes += done;
+      if (levels) levels += done;
+      n -= done;
+    }
+#endif
     if (levels) {
       for (std::int64_t j = 0; j < n; ++j) {
         const Scalar y = (x[j] - off) / den;
