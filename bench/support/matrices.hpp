@@ -1,0 +1,322 @@
+#pragma once
+// Test matrices for the benchmarks and the loftq_vs_qlora example.
+// This is support code for the project's own programs, not part of the loftq
+// API: it lives in namespace loftq_bench and may change at any time.
+//
+//   realistic_matrix(m, n, seed)  a synthetic "trained weight" (row-major float)
+//   load_llama2c(path)            the weight matrices of a llama2.c v0 checkpoint
+//
+// realistic_matrix is deterministic. Its random stream is the same on every
+// platform and standard library: a fixed engine (std::mt19937_64, whose output
+// the standard pins down) and an own Box-Muller transform, never
+// std::*_distribution (implementation-defined). Work is split into fixed
+// 64-row chunks with a seed each, and Eigen is held serial while it runs, so
+// the result is bit-identical for any thread count. Across builds the last
+// bits may differ (SIMD width, FMA contraction in the GEMM and the vectorized
+// log / sin / cos).
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <random>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace loftq_bench {
+
+using Index = Eigen::Index;
+using RowMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Parameters of the synthetic weight model. The defaults aim at the look of an
+// LLM projection matrix: std ~0.02, a decaying top of the spectrum, heavy-tailed
+// entries and a few large input channels.
+struct RealisticSpec {
+  Index structure_rank = 64;     // rank of the smooth low-rank part U diag(s) V^T
+  double decay = 0.8;            // s_i ~ i^-decay
+  double low_rank_energy = 0.3;  // share of the (pre-outlier) variance in the low-rank part;
+                                 // the rest is Student-t noise with nu = 4 (heavy tails)
+  double outlier_fraction = 0.01;  // share of input channels (columns) that are scaled up...
+  double outlier_min = 5.0, outlier_max = 10.0;  // ...by a factor drawn uniformly from this range
+  double target_std = 0.02;      // expected entry standard deviation of the result
+};
+
+namespace detail {
+
+// splitmix64 finalizer: turns (seed, stream id) into well-mixed independent seeds.
+inline std::uint64_t mix(std::uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+inline std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t stream) { return mix(mix(seed) ^ mix(stream + 0x51ed27ull)); }
+
+// Uniform in (0, 1), never 0 or 1, from 53 random bits.
+inline double uniform53(std::uint64_t bits) { return (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+// Uniform in (0, 1), never 0, from 24 random bits: two per 64-bit draw.
+inline float uniform24(std::uint32_t bits) { return (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f); }
+
+// Standard normals by Box-Muller, fixed algorithm.
+class Normal {
+ public:
+  explicit Normal(std::uint64_t seed) : gen_(seed) {}
+  double operator()() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
+    const double u = uniform53(gen_()), v = uniform53(gen_());
+    const double r = std::sqrt(-2.0 * std::log(u)), th = 6.283185307179586 * v;
+    spare_ = r * std::sin(th);
+    has_spare_ = true;
+    return r * std::cos(th);
+  }
+  std::mt19937_64& engine() { return gen_; }
+
+ private:
+  std::mt19937_64 gen_;
+  double spare_ = 0;
+  bool has_spare_ = false;
+};
+
+// Holds Eigen's own threading at 1 while alive (GEMM results then do not depend
+// on the thread count); restores the caller's setting afterwards.
+class SerialEigen {
+ public:
+  SerialEigen() : old_(Eigen::nbThreads()) { Eigen::setNbThreads(1); }
+  ~SerialEigen() { Eigen::setNbThreads(old_); }
+  SerialEigen(const SerialEigen&) = delete;
+  SerialEigen& operator=(const SerialEigen&) = delete;
+
+ private:
+  int old_;
+};
+
+// Student-t(nu = 4) noise for one row, scaled to unit variance, written to
+// out[0..n). t = z / sqrt(chi2_4 / 4) with chi2_4 = -2 log(u u') (a sum of two
+// exponentials), and Var(t_4) = 2; z comes from Box-Muller. Each pair of
+// outputs takes three 64-bit draws; u u' >= 2^-48, so every log is finite.
+// The draws are staged and then transformed with Eigen's vectorized array
+// functions (std::log / std::sqrt in a loop do not vectorize because of errno).
+//
+// The staging arrays must be Eigen-allocated (aligned to the packet size):
+// Eigen peels unaligned leading elements off to its scalar path (std::log
+// rather than its own plog), so over a misaligned buffer, e.g. a
+// std::vector's, the result would depend on the heap layout.
+struct NoiseWorkspace {
+  Eigen::ArrayXf ur, th, c0, c1, o0, o1;
+  void resize(Index pairs) {
+    for (Eigen::ArrayXf* a : {&ur, &th, &c0, &c1, &o0, &o1}) a->resize(pairs);
+  }
+};
+
+inline void student_t4_row(std::mt19937_64& gen, float* out, Index n, NoiseWorkspace& ws) {
+  const Index pairs = (n + 1) / 2;
+  ws.resize(pairs);
+  for (Index p = 0; p < pairs; ++p) {
+    const std::uint64_t a = gen(), b = gen(), c = gen();
+    ws.ur[p] = uniform24(static_cast<std::uint32_t>(a));  // Box-Muller radius uniform
+    ws.th[p] = (uniform24(static_cast<std::uint32_t>(a >> 32)) - 0.5f) * 6.28318530717958648f;  // angle
+    ws.c0[p] = uniform24(static_cast<std::uint32_t>(b)) * uniform24(static_cast<std::uint32_t>(b >> 32));
+    ws.c1[p] = uniform24(static_cast<std::uint32_t>(c)) * uniform24(static_cast<std::uint32_t>(c >> 32));
+  }
+  // 1 / sqrt(chi2 / 4) = 1 / sqrt(-0.5 log(u u')); Var(t_4) = 2 -> * 1/sqrt(2).
+  const float inv_sqrt2 = 0.70710678118654752f;
+  ws.ur = (-2.0f * ws.ur.log()).sqrt();
+  ws.o0 = ws.ur * ws.th.cos() * (inv_sqrt2 * (-0.5f * ws.c0.log()).rsqrt());
+  ws.o1 = ws.ur * ws.th.sin() * (inv_sqrt2 * (-0.5f * ws.c1.log()).rsqrt());
+  const Index full = n / 2;
+  for (Index p = 0; p < full; ++p) {
+    out[2 * p] = ws.o0[p];
+    out[2 * p + 1] = ws.o1[p];
+  }
+  if (n & 1) out[n - 1] = ws.o0[pairs - 1];
+}
+
+template <class F>
+void for_chunks(Index chunks, F&& f) {
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1)
+  for (Index c = 0; c < chunks; ++c) f(c);
+#else
+  for (Index c = 0; c < chunks; ++c) f(c);
+#endif
+}
+
+}  // namespace detail
+
+// A deterministic synthetic weight matrix, m x n (PyTorch layout: out x in).
+//
+//   W = the sum of
+//       L = U diag(s) V^T        U (m x k), V (n x k) Gaussian with N(0, 1/dim)
+//                                entries (nearly orthonormal columns for
+//                                dim >> k), s_i ~ i^-decay, k = structure_rank;
+//       E                        i.i.d. Student-t(4) noise;
+//   scaled so that L carries low_rank_energy of the variance, then a random 1%
+//   of the columns ("outlier input channels") is multiplied by 5..10, and the
+//   whole matrix by a constant so that the expected entry std is target_std.
+//
+// Cost: one rank-k GEMM and one pass of noise generation; 4096 x 11008 takes
+// well under a second on two cores. No SVD or QR is involved.
+inline RowMatrixXf realistic_matrix(Index m, Index n, std::uint64_t seed, const RealisticSpec& spec = {}) {
+  RowMatrixXf W(m, n);
+  if (m <= 0 || n <= 0) return W;
+  detail::SerialEigen serial;
+  const Index k = std::max<Index>(1, std::min({spec.structure_rank, m, n}));
+
+  // Spectrum: s_i = i^-decay, normalized so that ||L||_F^2 ~ sum s_i^2 equals
+  // low_rank_energy * m * n (unit total variance before outliers and scaling).
+  Eigen::VectorXf s(k);
+  double ss = 0;
+  for (Index i = 0; i < k; ++i) {
+    const double v = std::pow(static_cast<double>(i + 1), -spec.decay);
+    s(i) = static_cast<float>(v);
+    ss += v * v;
+  }
+  const double lr = std::clamp(spec.low_rank_energy, 0.0, 1.0);
+  s *= static_cast<float>(std::sqrt(lr * static_cast<double>(m) * static_cast<double>(n) / ss));
+  const float noise_std = static_cast<float>(std::sqrt(1.0 - lr));
+
+  // Factors: U (m x k) row-major so each row chunk is contiguous; SVt = diag(s) V^T (k x n).
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> U(m, k), SVt(k, n);
+  {
+    detail::Normal g(detail::stream_seed(seed, 0xfac70u));
+    const float su = static_cast<float>(1.0 / std::sqrt(static_cast<double>(m)));
+    const float sv = static_cast<float>(1.0 / std::sqrt(static_cast<double>(n)));
+    for (Index i = 0; i < m; ++i)
+      for (Index j = 0; j < k; ++j) U(i, j) = static_cast<float>(g()) * su;
+    for (Index i = 0; i < k; ++i)
+      for (Index j = 0; j < n; ++j) SVt(i, j) = static_cast<float>(g()) * sv * s(i);
+  }
+
+  // Outlier columns: a fixed count (at least one when the fraction is > 0),
+  // chosen by a partial Fisher-Yates shuffle, each with its own factor.
+  Eigen::VectorXf colscale = Eigen::VectorXf::Ones(n);
+  {
+    std::mt19937_64 g(detail::stream_seed(seed, 0x0077u));
+    const double f = std::clamp(spec.outlier_fraction, 0.0, 1.0);
+    const Index count = f > 0 ? std::max<Index>(1, static_cast<Index>(std::llround(f * static_cast<double>(n)))) : 0;
+    std::vector<Index> idx(static_cast<std::size_t>(n));
+    for (Index j = 0; j < n; ++j) idx[static_cast<std::size_t>(j)] = j;
+    for (Index t = 0; t < count; ++t) {
+      const Index pick = t + static_cast<Index>(g() % static_cast<std::uint64_t>(n - t));
+      std::swap(idx[static_cast<std::size_t>(t)], idx[static_cast<std::size_t>(pick)]);
+      const double u = detail::uniform53(g());
+      colscale(idx[static_cast<std::size_t>(t)]) =
+          static_cast<float>(spec.outlier_min + (spec.outlier_max - spec.outlier_min) * u);
+    }
+  }
+  // Expected variance is mean(colscale^2) (unit variance before scaling).
+  const double mean_c2 = static_cast<double>(colscale.squaredNorm()) / static_cast<double>(n);
+  const float global = static_cast<float>(spec.target_std / std::sqrt(mean_c2));
+  colscale *= global;
+  const Eigen::VectorXf noise_scale = colscale * noise_std;
+
+  constexpr Index kRows = 64;
+  const Index chunks = (m + kRows - 1) / kRows;
+  detail::for_chunks(chunks, [&](Index c) {
+    const Index r0 = c * kRows, len = std::min(kRows, m - r0);
+    W.middleRows(r0, len).noalias() = U.middleRows(r0, len) * SVt;
+    std::mt19937_64 gen(detail::stream_seed(seed, 0x100000u + static_cast<std::uint64_t>(c)));
+    Eigen::ArrayXf noise(n);  // Eigen-allocated, like the workspace: alignment never varies
+    detail::NoiseWorkspace ws;
+    for (Index i = r0; i < r0 + len; ++i) {
+      detail::student_t4_row(gen, noise.data(), n, ws);
+      float* w = W.data() + i * n;
+      const float* cs = colscale.data();
+      const float* ns = noise_scale.data();
+      const float* z = noise.data();
+      for (Index j = 0; j < n; ++j) w[j] = w[j] * cs[j] + z[j] * ns[j];
+    }
+  });
+  return W;
+}
+
+// ---------------------------------------------------------------------------
+// llama2.c "version 0" checkpoints (see ../shared/data/README.md).
+
+struct NamedMatrix {
+  std::string name;  // "token_embedding", "layers.0.wq", ..., as PyTorch (out, in)
+  RowMatrixXf W;
+};
+
+struct Llama2cConfig {
+  int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0, seq_len = 0;
+};
+
+// The weight matrices of a llama2.c v0 checkpoint: the token embedding, then
+// per layer wq, wk, wv, wo, w1, w2, w3 (and "output" when the classifier is not
+// shared). Returns an empty list when the file is absent or malformed; when
+// `error` is given it receives the reason. Assumes a little-endian host, like
+// llama2.c itself.
+inline std::vector<NamedMatrix> load_llama2c(const std::string& path, std::string* error = nullptr,
+                                             Llama2cConfig* config = nullptr) {
+  auto fail = [&](const std::string& why) {
+    if (error) *error = why;
+    return std::vector<NamedMatrix>{};
+  };
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return fail("cannot open " + path);
+  f.seekg(0, std::ios::end);
+  const std::streamoff size = f.tellg();
+  f.seekg(0, std::ios::beg);
+  std::int32_t h[7];
+  if (size < static_cast<std::streamoff>(sizeof h) || !f.read(reinterpret_cast<char*>(h), sizeof h))
+    return fail(path + ": too short for a llama2.c header");
+  Llama2cConfig c{h[0], h[1], h[2], h[3], h[4], h[5], h[6]};
+  const bool shared = c.vocab_size > 0;
+  const std::int64_t vocab = shared ? c.vocab_size : -static_cast<std::int64_t>(c.vocab_size);
+  if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || vocab <= 0 ||
+      c.seq_len <= 0 || c.dim % c.n_heads != 0 || (static_cast<std::int64_t>(c.dim) * c.n_kv_heads) % c.n_heads != 0)
+    return fail(path + ": implausible llama2.c header");
+  const std::int64_t dim = c.dim, hid = c.hidden_dim, L = c.n_layers, seq = c.seq_len;
+  const std::int64_t kv = dim * c.n_kv_heads / c.n_heads, head = dim / c.n_heads;
+  const std::int64_t floats = vocab * dim + L * dim + L * dim * dim + 2 * L * kv * dim + L * dim * dim + L * dim +
+                              3 * L * hid * dim + dim + seq * head + (shared ? 0 : vocab * dim);
+  const std::int64_t expect = static_cast<std::int64_t>(sizeof h) + 4 * floats;
+  if (static_cast<std::int64_t>(size) != expect)
+    return fail(path + ": size " + std::to_string(static_cast<long long>(size)) + " does not match the header (expected " +
+                std::to_string(static_cast<long long>(expect)) + ")");
+
+  std::vector<float> data(static_cast<std::size_t>(floats));
+  if (!f.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(4 * floats)))
+    return fail(path + ": read error");
+  const float* p = data.data();
+  auto take = [&p](std::int64_t rows, std::int64_t cols) {
+    RowMatrixXf M = Eigen::Map<const RowMatrixXf>(p, rows, cols);
+    p += rows * cols;
+    return M;
+  };
+  RowMatrixXf emb = take(vocab, dim);
+  p += L * dim;  // rms_att_weight
+  std::vector<std::vector<RowMatrixXf>> per(static_cast<std::size_t>(L));
+  auto layer_block = [&](std::int64_t rows, std::int64_t cols) {
+    for (std::int64_t l = 0; l < L; ++l) per[static_cast<std::size_t>(l)].push_back(take(rows, cols));
+  };
+  layer_block(dim, dim);  // wq
+  layer_block(kv, dim);   // wk
+  layer_block(kv, dim);   // wv
+  layer_block(dim, dim);  // wo
+  p += L * dim;           // rms_ffn_weight
+  layer_block(hid, dim);  // w1
+  layer_block(dim, hid);  // w2
+  layer_block(hid, dim);  // w3
+  p += dim + seq * head;  // rms_final_weight, freq_cis_real, freq_cis_imag
+
+  static const char* const names[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
+  std::vector<NamedMatrix> out;
+  out.push_back({"token_embedding", std::move(emb)});
+  for (std::int64_t l = 0; l < L; ++l)
+    for (std::size_t t = 0; t < 7; ++t)
+      out.push_back({"layers." + std::to_string(l) + "." + names[t], std::move(per[static_cast<std::size_t>(l)][t])});
+  if (!shared) out.push_back({"output", take(vocab, dim)});
+  if (config) *config = c;
+  if (error) error->clear();
+  return out;
+}
+
+}  // namespace loftq_bench
