@@ -131,15 +131,14 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
                                             const Options& opt = {}) {
   using Scalar = typename Derived::Scalar;
   using Matrix = typename Result<Scalar>::Matrix;
-  detail::check_weights(W_in, "initialize");
   const Eigen::Index m = W_in.rows(), n = W_in.cols(), r = opt.rank;
   const std::int64_t N = static_cast<std::int64_t>(m) * n;
+  const int threads = opt.threads;
+  detail::RowMajorView<Derived> view(W_in);
+  detail::check_weights(W_in, view.data(), threads, "initialize");
   detail::check_options(opt, m, n);
   const detail::QuantSpec spec = detail::spec_of(quantizer);
   detail::EigenSerialScope serial;
-  const int threads = opt.threads;
-
-  detail::RowMajorView<Derived> view(W_in);
   const Scalar* Wp = view.data();
   Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
   const double w2 = detail::squared_norm(Wp, N, threads);
@@ -216,11 +215,11 @@ template <class Derived, class Q>
 Result<typename Derived::Scalar> qlora_init(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
                                             const Options& opt = {}) {
   using Scalar = typename Derived::Scalar;
-  detail::check_weights(W_in, "qlora_init");
   const Eigen::Index m = W_in.rows(), n = W_in.cols(), r = opt.rank;
+  detail::RowMajorView<Derived> view(W_in);
+  detail::check_weights(W_in, view.data(), opt.threads, "qlora_init");
   detail::check_options(opt, m, n);
   const detail::QuantSpec spec = detail::spec_of(quantizer);
-  detail::RowMajorView<Derived> view(W_in);
   const std::int64_t N = static_cast<std::int64_t>(m) * n;
 
   Result<Scalar> res;
