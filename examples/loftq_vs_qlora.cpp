@@ -150,7 +150,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
   };
 
   const double pw = 380, ph = 260;  // plot area per panel
-  const double left = 70, top = 60, gap = 110, bottom = 60;
+  const double left = 70, top = 76, gap = 110, bottom = 60;
   const double legend_h = 22.0 * static_cast<double>(datasets.size()) + 30;
   const double W = left + static_cast<double>(quantizers.size()) * (pw + gap) - gap + 30;
   const double H = top + ph + bottom + legend_h;

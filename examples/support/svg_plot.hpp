@@ -31,7 +31,7 @@ inline std::string svg_escape(const std::string& s) {
 
 inline bool write_line_plot(const std::string& path, const std::string& title, const std::string& xlabel,
                             const std::string& ylabel, const std::vector<Line>& lines, bool log_y) {
-  const double W = 760, H = 460, L = 80, R = 220, T = 40, B = 60;
+  const double W = 780, H = 460, L = 100, R = 220, T = 40, B = 60;
   double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
   auto ty = [&](double v) { return log_y ? std::log10(std::max(v, 1e-300)) : v; };
   for (const auto& l : lines)
@@ -64,7 +64,7 @@ inline bool write_line_plot(const std::string& path, const std::string& title, c
       << "</text>\n<text x=\"" << px(xv) << "\" y=\"" << H - B + 18 << "\" text-anchor=\"middle\">" << xv << "</text>\n";
   }
   o << "<text x=\"" << (L + W - R) / 2 << "\" y=\"" << H - 15 << "\" text-anchor=\"middle\">" << svg_escape(xlabel)
-    << "</text>\n<text x=\"18\" y=\"" << (T + H - B) / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 18 "
+    << "</text>\n<text x=\"16\" y=\"" << (T + H - B) / 2 << "\" text-anchor=\"middle\" transform=\"rotate(-90 16 "
     << (T + H - B) / 2 << ")\">" << svg_escape(ylabel) << (log_y ? " (log scale)" : "") << "</text>\n";
   for (std::size_t k = 0; k < lines.size(); ++k) {
     const auto& l = lines[k];
