@@ -3,7 +3,15 @@
 //   loftq init --input W.npy --output DIR [--bits 4] [--rank 16] [--iters 5] ...
 //
 // reads one 2-D weight matrix from a .npy file, runs loftq::initialize and
-// writes DIR/Q.npy, DIR/A.npy, DIR/B.npy and DIR/report.json (see usage()).
+// writes DIR/Q.npy, DIR/A.npy, DIR/B.npy and DIR/report.json (see kUsage).
+//
+//   loftq model --input PATH --output DIR ...   (whole safetensors checkpoints)
+//   loftq merge --input PATH --shards D1,D2,... --output DIR
+//
+// LoftQ-initialize every target weight of a checkpoint, streaming, into a
+// PEFT adapter, a dequantized base model, optional packed codes and a report;
+// merge assembles the outputs of `model --shard K/N` runs. See the section
+// "loftq model / loftq merge" below and README.md.
 //
 // Exit codes: 0 success, 1 bad input or failure (one line on stderr, no output
 // written), 2 usage error, 130 interrupted (no output written).
@@ -17,6 +25,7 @@
 // an output path that is the input file is refused before any work.
 
 #include <loftq/io/npy.hpp>
+#include <loftq/io/safetensors.hpp>
 #include <loftq/loftq.hpp>
 
 #include <fcntl.h>
@@ -30,6 +39,11 @@
 #include <cerrno>
 #include <csignal>
 #include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <map>
+#include <memory>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -69,6 +83,8 @@ std::string version_string() {
 
 const char* const kUsage =
     "usage: loftq init --input W.npy --output DIR [options]\n"
+    "       loftq model --input PATH --output DIR [model options]\n"
+    "       loftq merge --input PATH --shards DIR1,DIR2,... --output DIR [--overwrite] [--quiet]\n"
     "       loftq --help | --version\n"
     "\n"
     "LoftQ-initialize LoRA factors for one weight matrix W (m x n): W ~ Q + A B^T,\n"
@@ -114,7 +130,43 @@ const char* const kUsage =
     "  2    usage error: unknown command or option, missing --input/--output,\n"
     "       missing, malformed, out-of-range or repeated value (a count of 0,\n"
     "       e.g. --rank 0 or --iters 0, is a usage error)\n"
-    "  130  interrupted (SIGINT/SIGTERM/SIGHUP); no output is written\n";
+    "  130  interrupted (SIGINT/SIGTERM/SIGHUP); no output is written\n"
+    "\n"
+    "loftq model: LoftQ-initialize every target weight of a safetensors checkpoint.\n"
+    "  PATH is a .safetensors file or a directory holding model.safetensors, a\n"
+    "  sharded set with model.safetensors.index.json, or exactly one .safetensors.\n"
+    "  Targets are the 2-D tensors named <prefix>.<module>.weight with <module> in\n"
+    "  --target-modules. DIR (which must not exist unless --overwrite) receives:\n"
+    "    adapter_model.safetensors  base_model.model.<module path>.lora_A.weight (r x in)\n"
+    "                               and .lora_B.weight (out x r), float32, scaled so\n"
+    "                               (lora_alpha / r) * lora_B * lora_A = A B^T\n"
+    "    adapter_config.json        PEFT LoraConfig (peft_type LORA, r, lora_alpha, ...)\n"
+    "    model.safetensors          dequantized Q for targets in the input's dtype, every\n"
+    "                               other tensor copied byte for byte (sharded like the\n"
+    "                               input, with its index, when the input is sharded)\n"
+    "    model.packed.safetensors   with --packed: <name>.qcodes (U8, bit-packed codes)\n"
+    "                               and <name>.qscales (F32 block scales)\n"
+    "    loftq_report.json          per tensor: shape, bits, rank, error history,\n"
+    "                               QLoRA baseline error, seconds\n"
+    "  config.json, generation_config.json and tokenizer files next to the input\n"
+    "  are copied.\n"
+    "model options:\n"
+    "  --bits N, --rank N, --iters N, --quantizer nf|uniform, --block-size N,\n"
+    "  --svd exact|randomized, --seed N, --threads N   as for init\n"
+    "  --lora-alpha A        PEFT lora_alpha, a positive number (default: r)\n"
+    "  --target-modules LIST comma-separated module names (default\n"
+    "                        q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)\n"
+    "  --packed              also write model.packed.safetensors\n"
+    "  --shard K/N           process only targets i (0-based, in sorted name order)\n"
+    "                        with i % N == K - 1, 1 <= K <= N, into a partial output\n"
+    "                        (adapter_model.safetensors, shard_model.safetensors,\n"
+    "                        loftq_report.json); combine the N outputs with merge\n"
+    "  --overwrite           replace an existing DIR (only once the new one is complete)\n"
+    "  --quiet               no progress on stderr, no summary on stdout\n"
+    "\n"
+    "loftq merge: assemble the outputs of 'loftq model --shard K/N' runs (all N,\n"
+    "  same settings) and the original checkpoint PATH into the output an unsharded\n"
+    "  run writes (identical tensors).\n";
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -277,8 +329,10 @@ void apply(Args& a, const std::string& opt, const std::string& v) {
   }
 }
 
-Args parse_init_args(const std::vector<std::string>& argv) {
-  Args a;
+// Parses '--opt VALUE' / '--opt=VALUE' / '--flag' arguments against `specs`,
+// calling apply(name, value) for each; every option at most once.
+template <std::size_t K, class F>
+void parse_flags(const std::vector<std::string>& argv, const OptSpec (&specs)[K], F&& apply_one) {
   std::set<std::string> seen;
   for (std::size_t i = 0; i < argv.size(); ++i) {
     const std::string& arg = argv[i];
@@ -287,7 +341,7 @@ Args parse_init_args(const std::vector<std::string>& argv) {
     const std::size_t eq = arg.find('=');
     const std::string name = arg.substr(0, eq);
     const OptSpec* spec = nullptr;
-    for (const OptSpec& o : kOptions)
+    for (const OptSpec& o : specs)
       if (name == o.name) spec = &o;
     if (!spec) throw UsageError{"unknown option '" + name + "'"};
     if (!seen.insert(name).second) throw UsageError{"option " + name + " given more than once"};
@@ -303,8 +357,13 @@ Args parse_init_args(const std::vector<std::string>& argv) {
         throw UsageError{"option " + name + " needs a value"};
       value = argv[++i];
     }
-    apply(a, name, value);
+    apply_one(name, value);
   }
+}
+
+Args parse_init_args(const std::vector<std::string>& argv) {
+  Args a;
+  parse_flags(argv, kOptions, [&](const std::string& name, const std::string& value) { apply(a, name, value); });
   if (a.input.empty()) throw UsageError{"missing --input"};
   if (a.output.empty()) throw UsageError{"missing --output"};
   return a;
@@ -678,6 +737,887 @@ int run_init(const Args& a) {
   return kExitOk;
 }
 
+// ---------------------------------------------------------------------------
+// loftq model / loftq merge: whole safetensors checkpoints.
+//
+// Output is built in a fresh sibling directory DIR.tmp-<pid>-<k> and renamed
+// to DIR at the end (with --overwrite an existing DIR is first moved aside to
+// DIR.old-<pid>-<k>, then removed). Any failure or signal before that rename
+// removes the temporary directory; nothing half-written is ever at DIR.
+// Tensors are streamed: one target is in memory at a time, the input is
+// memory-mapped and its pages are released after use, and every output file
+// is written at known offsets as the tensors are produced.
+
+namespace st = loftq::io;
+
+constexpr const char* kShardModelFile = "shard_model.safetensors";
+constexpr const char* kAdapterFile = "adapter_model.safetensors";
+constexpr const char* kPackedFile = "model.packed.safetensors";
+constexpr const char* kReportFile = "loftq_report.json";
+constexpr const char* kDefaultTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+constexpr const char* kSideFiles[] = {"config.json",          "generation_config.json", "tokenizer.json",
+                                      "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
+
+struct ModelArgs {
+  std::string input, output;
+  int bits = 4;
+  Eigen::Index rank = 16;
+  int iters = 5;
+  loftq::Quantizer::Kind kind = loftq::Quantizer::Kind::normal_float;
+  Eigen::Index block_size = 64;
+  double lora_alpha = 0;  // 0: r
+  std::vector<std::string> modules;
+  int threads = 0;
+  int shard_k = 0, shard_n = 0;  // 0: not sharded
+  bool quiet = false, overwrite = false, packed = false;
+  loftq::SVDMethod svd = loftq::SVDMethod::randomized;
+  std::uint64_t seed = 0;
+};
+
+constexpr OptSpec kModelOptions[] = {
+    {"--input", true},      {"--output", true},  {"--bits", true},       {"--rank", true},    {"--iters", true},
+    {"--quantizer", true},  {"--block-size", true}, {"--lora-alpha", true}, {"--target-modules", true},
+    {"--threads", true},    {"--shard", true},   {"--quiet", false},     {"--overwrite", false}, {"--packed", false},
+    {"--svd", true},        {"--seed", true},
+};
+
+std::vector<std::string> split_list(const std::string& opt, const std::string& v) {
+  std::vector<std::string> out;
+  std::size_t b = 0;
+  for (;;) {
+    const std::size_t e = v.find(',', b);
+    const std::string item = v.substr(b, e == std::string::npos ? std::string::npos : e - b);
+    if (item.empty()) throw UsageError{"invalid value '" + v + "' for " + opt + ": empty list item"};
+    if (std::find(out.begin(), out.end(), item) == out.end()) out.push_back(item);
+    if (e == std::string::npos) break;
+    b = e + 1;
+  }
+  return out;
+}
+
+ModelArgs parse_model_args(const std::vector<std::string>& argv) {
+  ModelArgs a;
+  constexpr std::uint64_t kIntMax = static_cast<std::uint64_t>(std::numeric_limits<int>::max());
+  parse_flags(argv, kModelOptions, [&](const std::string& opt, const std::string& v) {
+    if (opt == "--input" || opt == "--output") {
+      if (v.empty()) throw UsageError{opt + " needs a non-empty path"};
+      (opt == "--input" ? a.input : a.output) = v;
+    } else if (opt == "--bits") {
+      a.bits = static_cast<int>(parse_count(opt, v, 0, kIntMax));
+    } else if (opt == "--rank") {
+      a.rank = static_cast<Eigen::Index>(parse_count(opt, v, 1, kIntMax));
+    } else if (opt == "--iters") {
+      a.iters = static_cast<int>(parse_count(opt, v, 1, kIntMax));
+    } else if (opt == "--block-size") {
+      a.block_size = static_cast<Eigen::Index>(parse_count(opt, v, 1, kIntMax));
+    } else if (opt == "--threads") {
+      a.threads = static_cast<int>(parse_count(opt, v, 1, kMaxThreads));
+    } else if (opt == "--seed") {
+      a.seed = parse_count(opt, v, 0, std::numeric_limits<std::uint64_t>::max());
+    } else if (opt == "--quantizer") {
+      if (v == "nf")
+        a.kind = loftq::Quantizer::Kind::normal_float;
+      else if (v == "uniform")
+        a.kind = loftq::Quantizer::Kind::uniform;
+      else
+        throw UsageError{"invalid value '" + v + "' for --quantizer: expected nf or uniform"};
+    } else if (opt == "--svd") {
+      if (v == "exact")
+        a.svd = loftq::SVDMethod::exact;
+      else if (v == "randomized")
+        a.svd = loftq::SVDMethod::randomized;
+      else
+        throw UsageError{"invalid value '" + v + "' for --svd: expected exact or randomized"};
+    } else if (opt == "--lora-alpha") {
+      char* end = nullptr;
+      errno = 0;
+      const double x = v.empty() ? 0.0 : std::strtod(v.c_str(), &end);
+      if (v.empty() || end != v.c_str() + v.size() || errno != 0 || !std::isfinite(x) || x <= 0)
+        throw UsageError{"invalid value '" + v + "' for --lora-alpha: expected a positive number"};
+      a.lora_alpha = x;
+    } else if (opt == "--target-modules") {
+      a.modules = split_list(opt, v);
+    } else if (opt == "--shard") {
+      const std::size_t slash = v.find('/');
+      if (slash == std::string::npos) throw UsageError{"invalid value '" + v + "' for --shard: expected K/N"};
+      a.shard_n = static_cast<int>(parse_count(opt, v.substr(slash + 1), 1, 1000000));
+      a.shard_k = static_cast<int>(parse_count(opt, v.substr(0, slash), 1, static_cast<std::uint64_t>(a.shard_n)));
+    } else if (opt == "--quiet") {
+      a.quiet = true;
+    } else if (opt == "--overwrite") {
+      a.overwrite = true;
+    } else if (opt == "--packed") {
+      a.packed = true;
+    }
+  });
+  if (a.input.empty()) throw UsageError{"missing --input"};
+  if (a.output.empty()) throw UsageError{"missing --output"};
+  if (a.modules.empty()) a.modules = split_list("--target-modules", kDefaultTargets);
+  return a;
+}
+
+// --- helpers ----------------------------------------------------------------
+
+std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) s = 0;
+  const long t = static_cast<long>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  return buf;
+}
+
+// A progress line on stderr: redrawn in place on a terminal, one line per
+// finished tensor otherwise.
+class Progress {
+ public:
+  Progress(std::size_t total, bool quiet) : total_(total), quiet_(quiet), tty_(::isatty(2) != 0) {}
+  void update(std::size_t done, const std::string& current) {
+    if (quiet_) return;
+    const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+    const double eta = done > 0 ? el / static_cast<double>(done) * static_cast<double>(total_ - done) : 0.0;
+    const int pct = total_ ? static_cast<int>(100 * done / total_) : 100;
+    char head[128];
+    std::snprintf(head, sizeof head, "[%zu/%zu] %3d%%  elapsed %s  ETA %s  ", done, total_, pct,
+                  fmt_duration(el).c_str(), done > 0 ? fmt_duration(eta).c_str() : "-:--:--");
+    if (tty_) {
+      std::string bar(20, ' ');
+      for (std::size_t i = 0; i < (total_ ? 20 * done / total_ : 20); ++i) bar[i] = '#';
+      std::fprintf(stderr, "\r[%s] %s%s\x1b[K", bar.c_str(), head, current.c_str());
+      if (done == total_) std::fputc('\n', stderr);
+    } else if (done > 0) {
+      std::fprintf(stderr, "loftq: %s%s\n", head, current.c_str());
+    }
+    std::fflush(stderr);
+  }
+
+ private:
+  std::size_t total_;
+  bool quiet_, tty_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+// The module path of a weight ("model.layers.0.self_attn.q_proj") when the
+// tensor is `<prefix>.<module>.weight` with module in `modules`; else "".
+std::string matched_module(const std::string& name, const std::vector<std::string>& modules) {
+  static const std::string suffix = ".weight";
+  if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return {};
+  const std::string path = name.substr(0, name.size() - suffix.size());
+  for (const std::string& m : modules)
+    if (path == m || (path.size() > m.size() && path.compare(path.size() - m.size(), m.size(), m) == 0 &&
+                      path[path.size() - m.size() - 1] == '.'))
+      return m;
+  return {};
+}
+
+struct Target {
+  std::string name, module;
+  std::size_t file = 0;
+  const st::TensorInfo* info = nullptr;
+  std::uint64_t rows = 0, cols = 0;
+  std::string module_path() const { return name.substr(0, name.size() - 7); }
+  std::string lora_a() const { return "base_model.model." + module_path() + ".lora_A.weight"; }
+  std::string lora_b() const { return "base_model.model." + module_path() + ".lora_B.weight"; }
+};
+
+struct Plan {
+  std::vector<Target> targets;        // all targets, sorted by name
+  std::vector<std::string> modules;   // modules that matched, in the requested order
+};
+
+Plan plan_targets(const st::Checkpoint& ck, const std::vector<std::string>& modules, Eigen::Index rank,
+                  const std::string& input) {
+  Plan p;
+  std::set<std::string> used;
+  for (const auto& kv : ck.entries()) {  // std::map: sorted by name
+    const st::TensorInfo& t = *kv.second.info;
+    if (t.shape.size() != 2) continue;
+    const std::string m = matched_module(kv.first, modules);
+    if (m.empty()) continue;
+    if (!st::is_float_dtype(t.dtype))
+      throw InputError{input + ": target tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) +
+                       "; expected F32, F16, BF16 or F64"};
+    const std::uint64_t mn = std::min(t.shape[0], t.shape[1]);
+    if (static_cast<std::uint64_t>(rank) > mn)
+      throw InputError{input + ": --rank " + std::to_string(rank) + " exceeds min(out, in) = " + std::to_string(mn) +
+                       " of target tensor '" + t.name + "' (" + std::to_string(t.shape[0]) + "x" +
+                       std::to_string(t.shape[1]) + ")"};
+    if (t.shape[0] > static_cast<std::uint64_t>(std::numeric_limits<int>::max()) ||
+        t.shape[1] > static_cast<std::uint64_t>(std::numeric_limits<int>::max()))
+      throw InputError{input + ": target tensor '" + t.name + "' is too large"};
+    Target tg;
+    tg.name = kv.first;
+    tg.module = m;
+    tg.file = kv.second.file;
+    tg.info = &t;
+    tg.rows = t.shape[0];
+    tg.cols = t.shape[1];
+    p.targets.push_back(tg);
+    used.insert(m);
+  }
+  if (p.targets.empty()) {
+    std::string list;
+    for (const std::string& m : modules) list += (list.empty() ? "" : ",") + m;
+    throw InputError{input + ": no 2-D tensor named <prefix>.<module>.weight matches --target-modules " + list};
+  }
+  for (const std::string& m : modules)
+    if (used.count(m)) p.modules.push_back(m);
+  return p;
+}
+
+// Whether target i (0-based, in name order) belongs to shard K of N (1-based).
+bool in_shard(std::size_t i, int k, int n) { return n <= 1 || static_cast<int>(i % static_cast<std::size_t>(n)) == k - 1; }
+
+std::string dir_of_input(const st::Checkpoint& ck, const std::string& input) {
+  if (!ck.dir().empty()) return ck.dir();
+  const fs::path p = fs::path(input).parent_path();
+  return p.empty() ? std::string(".") : p.string();
+}
+
+// config.json next to the checkpoint, when present and valid; else null.
+nlohmann::json read_config(const std::string& dir) {
+  const fs::path p = fs::path(dir) / "config.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec) || fs::file_size(p, ec) > (std::uintmax_t{16} << 20)) return nullptr;
+  std::FILE* f = std::fopen(p.c_str(), "rb");
+  if (!f) return nullptr;
+  std::string text;
+  char buf[65536];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  std::fclose(f);
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() ? j : nlohmann::json(nullptr);
+}
+
+nlohmann::json task_type_of(const nlohmann::json& config) {
+  if (!config.is_object() || !config.contains("architectures") || !config["architectures"].is_array()) return nullptr;
+  for (const auto& a : config["architectures"]) {
+    if (!a.is_string()) continue;
+    const std::string s = a.get<std::string>();
+    auto ends = [&](const std::string& suf) {
+      return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+    };
+    if (ends("ForCausalLM")) return "CAUSAL_LM";
+    if (ends("ForSequenceClassification")) return "SEQ_CLS";
+    if (ends("ForTokenClassification")) return "TOKEN_CLS";
+    if (ends("ForQuestionAnswering")) return "QUESTION_ANS";
+  }
+  return nullptr;
+}
+
+void write_text_file(const fs::path& p, const std::string& text) {
+  if (!write_file_excl(p.string(), std::vector<unsigned char>(text.begin(), text.end())))
+    throw InputError{p.string() + ": exists in a fresh directory"};
+}
+
+std::string dump_json(const nlohmann::json& j) {
+  return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+// True when `inner` is `outer` or lies below it (after resolving symlinks).
+bool path_within(const fs::path& inner, const fs::path& outer) {
+  std::error_code ec;
+  const fs::path a = fs::weakly_canonical(fs::absolute(inner, ec), ec);
+  const fs::path b = fs::weakly_canonical(fs::absolute(outer, ec), ec);
+  if (ec) return false;
+  auto ia = a.begin();
+  for (auto ib = b.begin(); ib != b.end(); ++ib, ++ia) {
+    if (ib->empty()) continue;
+    if (ia == a.end() || *ia != *ib) return false;
+  }
+  return true;
+}
+
+// The output directory, built as a temporary sibling and renamed into place.
+class OutputDir {
+ public:
+  OutputDir(fs::path dir, bool overwrite, const std::vector<std::string>& inputs) : dir_(std::move(dir)) {
+    std::error_code ec;
+    const fs::file_status s = fs::symlink_status(dir_, ec);
+    if (fs::exists(s)) {
+      if (!overwrite) throw InputError{dir_.string() + ": output exists; pass --overwrite to replace it"};
+      if (!fs::is_directory(fs::status(dir_, ec)))
+        throw InputError{dir_.string() + ": output exists and is not a directory"};
+      for (const std::string& in : inputs)
+        if (path_within(in, dir_))
+          throw InputError{in + ": the input is inside the output directory " + dir_.string() + "; refusing to replace it"};
+      replace_ = true;
+    }
+  }
+  OutputDir(const OutputDir&) = delete;
+  OutputDir& operator=(const OutputDir&) = delete;
+  ~OutputDir() { discard(); }
+
+  // Creates the temporary directory (and missing parents of DIR).
+  void create() {
+    std::vector<fs::path> missing;
+    std::error_code ec;
+    for (fs::path p = fs::absolute(dir_, ec).parent_path(); !p.empty(); p = p.parent_path()) {
+      if (fs::exists(fs::symlink_status(p, ec))) {
+        if (!fs::is_directory(fs::status(p, ec))) throw InputError{p.string() + ": not a directory (in output path)"};
+        break;
+      }
+      missing.push_back(p);
+      if (p == p.root_path()) break;
+    }
+    for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+      if (::mkdir(it->c_str(), 0777) != 0) {
+        if (errno == EEXIST) continue;
+        throw InputError{it->string() + ": cannot create directory: " + std::strerror(errno)};
+      }
+      created_.push_back(*it);
+    }
+    for (int k = 0;; ++k) {
+      fs::path t = dir_;
+      t += ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k);
+      if (::mkdir(t.c_str(), 0777) == 0) {
+        tmp_ = t;
+        return;
+      }
+      if (errno != EEXIST || k >= 100) throw InputError{t.string() + ": cannot create directory: " + std::strerror(errno)};
+    }
+  }
+  const fs::path& tmp() const { return tmp_; }
+
+  void publish() {
+    fsync_dir(tmp_);
+    check_interrupt();  // the commit point
+    fs::path old;
+    if (replace_) {
+      for (int k = 0;; ++k) {
+        old = dir_;
+        old += ".old-" + std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k);
+        std::error_code ec;
+        if (!fs::exists(fs::symlink_status(old, ec))) break;
+        if (k >= 100) throw InputError{old.string() + ": names taken"};
+      }
+      if (::rename(dir_.c_str(), old.c_str()) != 0)
+        throw InputError{dir_.string() + ": cannot move the existing output aside: " + std::strerror(errno)};
+    }
+    if (::rename(tmp_.c_str(), dir_.c_str()) != 0) {
+      const int e = errno;
+      if (replace_) (void)::rename(old.c_str(), dir_.c_str());
+      throw InputError{dir_.string() + ": cannot publish the output directory: " + std::strerror(e)};
+    }
+    tmp_.clear();
+    created_.clear();
+    fsync_dir(dir_.has_parent_path() ? dir_.parent_path() : fs::path("."));
+    if (replace_) {
+      std::error_code ec;
+      fs::remove_all(old, ec);
+    }
+  }
+
+ private:
+  void discard() noexcept {
+    std::error_code ec;
+    if (!tmp_.empty()) fs::remove_all(tmp_, ec);
+    for (auto it = created_.rbegin(); it != created_.rend(); ++it) ::rmdir(it->c_str());
+    tmp_.clear();
+    created_.clear();
+  }
+
+  fs::path dir_, tmp_;
+  std::vector<fs::path> created_;
+  bool replace_ = false;
+};
+
+// Copies a mapped tensor into a writer in 64 MiB chunks, releasing the input
+// pages as it goes.
+void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::SafetensorsWriter& w,
+                 const std::string& out_name) {
+  const std::uint64_t chunk = std::uint64_t(64) << 20;
+  std::uint64_t off = 0;
+  do {
+    const std::uint64_t n = std::min(chunk, t.nbytes() - off);
+    w.write(out_name, f.bytes(t) + off, n, off);
+    f.release(t, off, n);
+    off += n;
+    check_interrupt();
+  } while (off < t.nbytes());
+}
+
+std::map<std::string, std::string> with_format(std::map<std::string, std::string> m) {
+  if (!m.count("format")) m["format"] = "pt";
+  return m;
+}
+
+// Everything the outputs share between `model` and `merge`.
+struct Settings {
+  nlohmann::json j;  // bits, rank, iters, quantizer, block_size, lora_alpha, svd, seed, target_modules, packed
+  int bits() const { return j["bits"].get<int>(); }
+  std::int64_t rank() const { return j["rank"].get<std::int64_t>(); }
+  double alpha() const { return j["lora_alpha"].get<double>(); }
+  bool packed() const { return j["packed"].get<bool>(); }
+  std::vector<std::string> modules() const { return j["target_modules"].get<std::vector<std::string>>(); }
+};
+
+// The writers of one run: base model files (mirroring the input's files, or
+// shard_model.safetensors for a --shard run), the adapter, the packed codes.
+struct Writers {
+  std::vector<std::unique_ptr<st::SafetensorsWriter>> base;  // one per input file (full), or one (shard)
+  std::unique_ptr<st::SafetensorsWriter> adapter, packed;
+  std::map<std::string, std::size_t> base_of;  // tensor name -> index into base
+
+  void commit() {
+    for (auto& w : base) w->commit();
+    adapter->commit();
+    if (packed) packed->commit();
+  }
+};
+
+std::string base_file_name(const st::Checkpoint& ck, std::size_t i) {
+  return ck.sharded() ? ck.file_name(i) : std::string("model.safetensors");
+}
+
+Writers open_writers(const fs::path& tmp, const st::Checkpoint& ck, const std::vector<const Target*>& sel,
+                     bool shard_run, const Settings& s, const loftq::Quantizer& q) {
+  Writers w;
+  const std::uint64_t r = static_cast<std::uint64_t>(s.rank());
+  if (shard_run) {
+    std::vector<st::TensorDecl> d;
+    for (const Target* t : sel) {
+      d.push_back({t->name, t->info->dtype, t->info->shape});
+      w.base_of[t->name] = 0;
+    }
+    w.base.push_back(std::make_unique<st::SafetensorsWriter>((tmp / kShardModelFile).string(), d,
+                                                             with_format({})));
+  } else {
+    for (std::size_t f = 0; f < ck.num_files(); ++f) {
+      std::vector<st::TensorDecl> d;
+      for (const st::TensorInfo& t : ck.file(f).tensors()) {
+        d.push_back({t.name, t.dtype, t.shape});
+        w.base_of[t.name] = f;
+      }
+      w.base.push_back(std::make_unique<st::SafetensorsWriter>((tmp / base_file_name(ck, f)).string(), d,
+                                                               with_format(ck.file(f).metadata())));
+    }
+  }
+  std::vector<st::TensorDecl> ad;
+  for (const Target* t : sel) {
+    ad.push_back({t->lora_a(), st::Dtype::F32, {r, t->cols}});
+    ad.push_back({t->lora_b(), st::Dtype::F32, {t->rows, r}});
+  }
+  w.adapter = std::make_unique<st::SafetensorsWriter>((tmp / kAdapterFile).string(), ad, with_format({}));
+  if (s.packed()) {
+    std::vector<st::TensorDecl> pd;
+    std::map<std::string, std::string> meta = {{"format", "loftq-packed"},
+                                               {"loftq.bits", std::to_string(q.bits)},
+                                               {"loftq.block_size", std::to_string(q.block_size)},
+                                               {"loftq.quantizer", q.name()},
+                                               {"loftq.scale", "absmax"},
+                                               {"loftq.codebook", nlohmann::json(q.codebook()).dump()},
+                                               {"loftq.layout",
+                                                "codes: LSB-first bit stream over the row-major flattening, element e "
+                                                "in stream bits [e*bits, (e+1)*bits), stream bit s = bit s%8 of byte "
+                                                "s/8; block b = elements [b*block_size, (b+1)*block_size); value = "
+                                                "codebook[code] * qscales[b]"}};
+    for (const Target* t : sel) {
+      const std::uint64_t numel = t->rows * t->cols;
+      const std::uint64_t bs = static_cast<std::uint64_t>(q.block_size);
+      pd.push_back({t->name + ".qcodes", st::Dtype::U8, {(numel * static_cast<std::uint64_t>(q.bits) + 7) / 8}});
+      pd.push_back({t->name + ".qscales", st::Dtype::F32, {(numel + bs - 1) / bs}});
+      meta[t->name + ".shape"] = nlohmann::json({t->rows, t->cols}).dump();
+    }
+    w.packed = std::make_unique<st::SafetensorsWriter>((tmp / kPackedFile).string(), pd, meta);
+  }
+  return w;
+}
+
+// adapter_config.json: PEFT's LoraConfig. init_lora_weights is true because the
+// saved factors are already the LoftQ initialization: PEFT must load them as
+// they are, not run its own LoftQ (which needs the full-precision base).
+nlohmann::json adapter_config(const Settings& s, const nlohmann::json& config, const std::vector<std::string>& modules) {
+  nlohmann::json c;
+  c["peft_type"] = "LORA";
+  c["r"] = s.rank();
+  const double alpha = s.alpha();
+  if (alpha == std::floor(alpha) && alpha < 2147483648.0)
+    c["lora_alpha"] = static_cast<std::int64_t>(alpha);  // PEFT's type is int; keep it when it is one
+  else
+    c["lora_alpha"] = alpha;
+  c["target_modules"] = modules;
+  c["init_lora_weights"] = true;
+  c["bias"] = "none";
+  c["lora_dropout"] = 0.0;
+  c["fan_in_fan_out"] = false;
+  c["use_rslora"] = false;
+  c["use_dora"] = false;
+  c["modules_to_save"] = nullptr;
+  c["layers_to_transform"] = nullptr;
+  c["layers_pattern"] = nullptr;
+  c["rank_pattern"] = nlohmann::json::object();
+  c["alpha_pattern"] = nlohmann::json::object();
+  c["inference_mode"] = true;
+  c["revision"] = nullptr;
+  c["task_type"] = task_type_of(config);
+  c["base_model_name_or_path"] = nullptr;
+  if (config.is_object() && config.contains("_name_or_path") && config["_name_or_path"].is_string() &&
+      !config["_name_or_path"].get<std::string>().empty())
+    c["base_model_name_or_path"] = config["_name_or_path"];
+  return c;
+}
+
+// The files a full (unsharded or merged) output has besides the tensors.
+void write_full_extras(const fs::path& tmp, const st::Checkpoint& ck, const std::string& input, const Settings& s,
+                       const std::vector<std::string>& modules) {
+  const std::string in_dir = dir_of_input(ck, input);
+  const nlohmann::json config = read_config(in_dir);
+  write_text_file(tmp / "adapter_config.json", dump_json(adapter_config(s, config, modules)));
+  if (ck.sharded()) {
+    nlohmann::json idx;
+    idx["metadata"] = ck.index_metadata();
+    nlohmann::json wm = nlohmann::json::object();
+    for (const auto& kv : ck.entries()) wm[kv.first] = ck.file_name(kv.second.file);
+    idx["weight_map"] = wm;
+    write_text_file(tmp / "model.safetensors.index.json", dump_json(idx));
+  }
+  // Config and tokenizer files, so DIR is a loadable base model.
+  for (const char* name : kSideFiles) {
+    const fs::path src = fs::path(in_dir) / name;
+    std::error_code ec;
+    if (!fs::is_regular_file(src, ec)) continue;
+    if (!fs::copy_file(src, tmp / name, fs::copy_options::none, ec) || ec)
+      throw InputError{src.string() + ": cannot copy: " + ec.message()};
+  }
+}
+
+template <class M>
+void write_rowmajor(st::SafetensorsWriter& w, const std::string& name, const M& m) {
+  const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> R = m.template cast<float>();
+  w.write(name, R.data(), static_cast<std::uint64_t>(R.size()) * 4);
+}
+
+// --- loftq model ------------------------------------------------------------
+
+int run_model(const ModelArgs& a) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const fs::path dir = normalize_output(a.output);
+  OutputDir out(dir, a.overwrite, {a.input});
+  const loftq::Quantizer quantizer = [&] {
+    try {
+      return loftq::Quantizer(a.kind, a.bits, a.block_size, /*symmetric=*/true);
+    } catch (const loftq::Error& e) {
+      throw InputError{"--bits " + std::to_string(a.bits) + ": " + e.what()};
+    }
+  }();
+  const st::Checkpoint ck(a.input);
+  const Plan plan = plan_targets(ck, a.modules, a.rank, a.input);
+  const bool shard_run = a.shard_n > 0;
+  std::vector<const Target*> sel;
+  for (std::size_t i = 0; i < plan.targets.size(); ++i)
+    if (in_shard(i, a.shard_k, a.shard_n)) sel.push_back(&plan.targets[i]);
+
+  Settings s;
+  s.j["bits"] = a.bits;
+  s.j["rank"] = a.rank;
+  s.j["iters"] = a.iters;
+  s.j["quantizer"] = quantizer_name(a.kind);
+  s.j["block_size"] = a.block_size;
+  s.j["lora_alpha"] = a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank);
+  s.j["svd"] = loftq::to_string(a.svd);
+  s.j["seed"] = a.seed;
+  s.j["target_modules"] = a.modules;
+  s.j["packed"] = a.packed;
+
+  loftq::Options opt;
+  opt.rank = a.rank;
+  opt.iterations = a.iters;
+  opt.svd.method = a.svd;
+  opt.svd.seed = a.seed;
+  opt.threads = a.threads;
+#ifdef _OPENMP
+  if (a.threads > 0) omp_set_num_threads(a.threads);
+#endif
+
+  begin_publishing();  // from here a signal only raises a flag; we clean up
+  out.create();
+  Writers w = open_writers(out.tmp(), ck, sel, shard_run, s, quantizer);
+  std::set<std::string> selected;
+  for (const Target* t : sel) selected.insert(t->name);
+  std::map<std::string, const Target*> by_name;
+  for (const Target& t : plan.targets) by_name[t.name] = &t;
+
+  nlohmann::json tensors = nlohmann::json::object();
+  Progress progress(sel.size(), a.quiet);
+  progress.update(0, "");
+  std::size_t done = 0;
+  double sum_err = 0, sum_qlora = 0;
+  auto process = [&](const Target& t) {
+    const st::SafetensorsFile& f = ck.file(t.file);
+    const auto t0 = std::chrono::steady_clock::now();
+    loftq::Result<float> r;
+    {
+      Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> W = f.read_matrix(*t.info);
+      f.release(*t.info);
+      try {
+        r = loftq::initialize(W, quantizer, opt);
+      } catch (const loftq::Error& e) {
+        throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
+      }
+    }
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    st::SafetensorsWriter& bw = *w.base[w.base_of.at(t.name)];
+    bw.write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), t.info->dtype);
+    r.Q.resize(0, 0);
+    const loftq::PeftLora<float> p = loftq::to_peft(r, s.alpha());
+    write_rowmajor(*w.adapter, t.lora_a(), p.lora_A);
+    write_rowmajor(*w.adapter, t.lora_b(), p.lora_B);
+    if (w.packed) {
+      w.packed->write(t.name + ".qcodes", r.packed.codes.data(), r.packed.codes.size());
+      w.packed->write(t.name + ".qscales", r.packed.scales.data(), r.packed.scales.size() * 4);
+    }
+    nlohmann::json e;
+    e["shape"] = {t.rows, t.cols};
+    e["dtype"] = st::dtype_name(t.info->dtype);
+    e["module"] = t.module;
+    e["bits"] = a.bits;
+    e["rank"] = a.rank;
+    e["iterations_run"] = r.history.size();
+    e["best_iteration"] = r.best_iteration;
+    e["history"] = r.history;
+    e["rel_err"] = r.error();
+    e["qlora_rel_err"] = r.qlora_error;
+    e["seconds"] = seconds;
+    tensors[t.name] = e;
+    sum_err += r.error();
+    sum_qlora += r.qlora_error;
+    progress.update(++done, t.name);
+    check_interrupt();
+  };
+
+  if (shard_run) {
+    for (const Target* t : sel) process(*t);
+  } else {
+    for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
+      const st::SafetensorsFile& f = ck.file(fi);
+      for (const st::TensorInfo& t : f.tensors()) {
+        if (selected.count(t.name))
+          process(*by_name.at(t.name));
+        else
+          copy_tensor(f, t, *w.base[fi], t.name);
+      }
+    }
+  }
+  w.commit();
+
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  nlohmann::json rep;
+  rep["version"] = version_string();
+  rep["input"] = a.input;
+  rep["settings"] = s.j;
+  rep["threads"] = effective_threads(a.threads);
+  rep["target_modules_matched"] = plan.modules;
+  rep["num_targets"] = plan.targets.size();
+  if (shard_run) rep["shard"] = {{"index", a.shard_k}, {"count", a.shard_n}};
+  rep["tensors"] = tensors;
+  rep["seconds"] = total;
+  write_text_file(out.tmp() / kReportFile, dump_json(rep));
+  if (!shard_run) write_full_extras(out.tmp(), ck, a.input, s, plan.modules);
+  out.publish();
+
+  if (!a.quiet) {
+    const double k = sel.empty() ? 1.0 : static_cast<double>(sel.size());
+    std::printf("loftq %s: %s -> %s: %zu of %zu target tensors%s, mean rel. error %.6f (QLoRA %.6f), %.1f s\n",
+                version_string().c_str(), a.input.c_str(), dir.c_str(), sel.size(), plan.targets.size(),
+                shard_run ? (" (shard " + std::to_string(a.shard_k) + "/" + std::to_string(a.shard_n) + ")").c_str()
+                          : "",
+                sum_err / k, sum_qlora / k, total);
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
+// --- loftq merge ------------------------------------------------------------
+
+struct MergeArgs {
+  std::string input, output;
+  std::vector<std::string> shards;
+  bool quiet = false, overwrite = false;
+};
+
+constexpr OptSpec kMergeOptions[] = {
+    {"--input", true}, {"--shards", true}, {"--output", true}, {"--quiet", false}, {"--overwrite", false},
+};
+
+MergeArgs parse_merge_args(const std::vector<std::string>& argv) {
+  MergeArgs a;
+  parse_flags(argv, kMergeOptions, [&](const std::string& opt, const std::string& v) {
+    if (opt == "--input" || opt == "--output") {
+      if (v.empty()) throw UsageError{opt + " needs a non-empty path"};
+      (opt == "--input" ? a.input : a.output) = v;
+    } else if (opt == "--shards") {
+      a.shards = split_list(opt, v);
+    } else if (opt == "--quiet") {
+      a.quiet = true;
+    } else if (opt == "--overwrite") {
+      a.overwrite = true;
+    }
+  });
+  if (a.input.empty()) throw UsageError{"missing --input"};
+  if (a.shards.empty()) throw UsageError{"missing --shards"};
+  if (a.output.empty()) throw UsageError{"missing --output"};
+  return a;
+}
+
+nlohmann::json read_report(const std::string& dir) {
+  const fs::path p = fs::path(dir) / kReportFile;
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) throw InputError{p.string() + ": missing or not a regular file"};
+  std::FILE* f = std::fopen(p.c_str(), "rb");
+  if (!f) throw InputError{p.string() + ": cannot open: " + std::strerror(errno)};
+  std::string text;
+  char buf[65536];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) {
+    text.append(buf, n);
+    if (text.size() > (std::size_t{256} << 20)) {
+      std::fclose(f);
+      throw InputError{p.string() + ": too large"};
+    }
+  }
+  std::fclose(f);
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("shard") || !j["shard"].is_object() || !j.contains("settings") ||
+      !j["settings"].is_object() || !j.contains("tensors") || !j["tensors"].is_object())
+    throw InputError{p.string() + ": not the report of a 'loftq model --shard' run"};
+  return j;
+}
+
+int run_merge(const MergeArgs& a) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const fs::path dir = normalize_output(a.output);
+  std::vector<std::string> inputs = a.shards;
+  inputs.push_back(a.input);
+  OutputDir out(dir, a.overwrite, inputs);
+
+  const std::size_t n = a.shards.size();
+  std::vector<nlohmann::json> reps;
+  for (const std::string& d : a.shards) reps.push_back(read_report(d));
+  Settings s;
+  s.j = reps[0]["settings"];
+  std::vector<bool> have(n, false);
+  try {
+    for (std::size_t i = 0; i < n; ++i) {
+      const nlohmann::json& sh = reps[i]["shard"];
+      const std::int64_t k = sh.at("index").get<std::int64_t>(), cnt = sh.at("count").get<std::int64_t>();
+      if (cnt != static_cast<std::int64_t>(n))
+        throw InputError{a.shards[i] + ": is shard " + std::to_string(k) + " of " + std::to_string(cnt) + " but " +
+                         std::to_string(n) + " shard directories were given"};
+      if (k < 1 || k > cnt || have[static_cast<std::size_t>(k - 1)])
+        throw InputError{a.shards[i] + ": shard index " + std::to_string(k) + " is out of range or repeated"};
+      have[static_cast<std::size_t>(k - 1)] = true;
+      if (reps[i]["settings"] != s.j)
+        throw InputError{a.shards[i] + ": settings differ from " + a.shards[0] + "'s"};
+    }
+    (void)s.bits();
+    (void)s.rank();
+    (void)s.alpha();
+    (void)s.packed();
+    (void)s.modules();
+  } catch (const nlohmann::json::exception& e) {
+    throw InputError{std::string("malformed shard report: ") + e.what()};
+  }
+  const loftq::Quantizer quantizer = [&] {
+    try {
+      const std::string qn = s.j.at("quantizer").get<std::string>();
+      return loftq::Quantizer(qn == "uniform" ? loftq::Quantizer::Kind::uniform : loftq::Quantizer::Kind::normal_float,
+                              s.bits(), s.j.at("block_size").get<Eigen::Index>(), true);
+    } catch (const std::exception& e) {
+      throw InputError{std::string("shard settings: ") + e.what()};
+    }
+  }();
+
+  const st::Checkpoint ck(a.input);
+  const Plan plan = plan_targets(ck, s.modules(), static_cast<Eigen::Index>(s.rank()), a.input);
+  std::vector<const Target*> all;
+  for (const Target& t : plan.targets) all.push_back(&t);
+
+  // Which shard holds each target; every target exactly once.
+  std::vector<std::unique_ptr<st::SafetensorsFile>> smodel, sadapter, spacked;
+  std::map<std::string, std::size_t> owner;
+  nlohmann::json tensors = nlohmann::json::object();
+  for (std::size_t i = 0; i < n; ++i) {
+    const fs::path d(a.shards[i]);
+    smodel.push_back(std::make_unique<st::SafetensorsFile>((d / kShardModelFile).string()));
+    sadapter.push_back(std::make_unique<st::SafetensorsFile>((d / kAdapterFile).string()));
+    if (s.packed()) spacked.push_back(std::make_unique<st::SafetensorsFile>((d / kPackedFile).string()));
+    for (auto it = reps[i]["tensors"].begin(); it != reps[i]["tensors"].end(); ++it) {
+      if (!owner.emplace(it.key(), i).second)
+        throw InputError{a.shards[i] + ": tensor '" + it.key() + "' was also produced by another shard"};
+      tensors[it.key()] = it.value();
+    }
+  }
+  auto expect = [&](const st::SafetensorsFile& f, const std::string& name, st::Dtype dt,
+                    const std::vector<std::uint64_t>& shape) -> const st::TensorInfo& {
+    const st::TensorInfo* t = f.find(name);
+    if (!t) throw InputError{f.path() + ": missing tensor '" + name + "'"};
+    if (t->dtype != dt || t->shape != shape)
+      throw InputError{f.path() + ": tensor '" + name + "' has the wrong dtype or shape"};
+    return *t;
+  };
+  for (const Target& t : plan.targets)
+    if (!owner.count(t.name)) throw InputError{a.input + ": target tensor '" + t.name + "' is in none of the shards"};
+  if (owner.size() != plan.targets.size())
+    throw InputError{"the shards hold tensors that are not targets of " + a.input};
+
+  begin_publishing();
+  out.create();
+  Writers w = open_writers(out.tmp(), ck, all, /*shard_run=*/false, s, quantizer);
+  const std::uint64_t r = static_cast<std::uint64_t>(s.rank());
+  for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
+    const st::SafetensorsFile& f = ck.file(fi);
+    for (const st::TensorInfo& t : f.tensors()) {
+      const auto o = owner.find(t.name);
+      if (o == owner.end()) {
+        copy_tensor(f, t, *w.base[fi], t.name);
+        continue;
+      }
+      const std::size_t i = o->second;
+      copy_tensor(*smodel[i], expect(*smodel[i], t.name, t.dtype, t.shape), *w.base[fi], t.name);
+    }
+  }
+  for (const Target& t : plan.targets) {
+    const std::size_t i = owner.at(t.name);
+    copy_tensor(*sadapter[i], expect(*sadapter[i], t.lora_a(), st::Dtype::F32, {r, t.cols}), *w.adapter, t.lora_a());
+    copy_tensor(*sadapter[i], expect(*sadapter[i], t.lora_b(), st::Dtype::F32, {t.rows, r}), *w.adapter, t.lora_b());
+    if (w.packed) {
+      const std::uint64_t numel = t.rows * t.cols, bs = static_cast<std::uint64_t>(quantizer.block_size);
+      copy_tensor(*spacked[i],
+                  expect(*spacked[i], t.name + ".qcodes", st::Dtype::U8,
+                         {(numel * static_cast<std::uint64_t>(quantizer.bits) + 7) / 8}),
+                  *w.packed, t.name + ".qcodes");
+      copy_tensor(*spacked[i], expect(*spacked[i], t.name + ".qscales", st::Dtype::F32, {(numel + bs - 1) / bs}),
+                  *w.packed, t.name + ".qscales");
+    }
+  }
+  w.commit();
+
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  double shard_seconds = 0;
+  for (const auto& rp : reps)
+    if (rp.contains("seconds") && rp["seconds"].is_number()) shard_seconds += rp["seconds"].get<double>();
+  nlohmann::json rep;
+  rep["version"] = version_string();
+  rep["input"] = a.input;
+  rep["settings"] = s.j;
+  rep["target_modules_matched"] = plan.modules;
+  rep["num_targets"] = plan.targets.size();
+  rep["merged_shards"] = n;
+  rep["tensors"] = tensors;
+  rep["seconds"] = total;
+  rep["shard_seconds"] = shard_seconds;
+  write_text_file(out.tmp() / kReportFile, dump_json(rep));
+  write_full_extras(out.tmp(), ck, a.input, s, plan.modules);
+  out.publish();
+  if (!a.quiet) {
+    std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", version_string().c_str(), n,
+                a.input.c_str(), dir.c_str(), plan.targets.size(), total);
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
 int main_impl(int argc, char** argv) {
   std::vector<std::string> args(argv + (argc > 0 ? 1 : 0), argv + argc);
   if (args.empty()) {
@@ -693,7 +1633,7 @@ int main_impl(int argc, char** argv) {
     std::printf("loftq %s\n", version_string().c_str());
     return kExitOk;
   }
-  if (cmd != "init") throw UsageError{"unknown command '" + cmd + "'"};
+  if (cmd != "init" && cmd != "model" && cmd != "merge") throw UsageError{"unknown command '" + cmd + "'"};
   std::vector<std::string> rest(args.begin() + 1, args.end());
   for (const std::string& s : rest) {
     if (s == "-h" || s == "--help") {
@@ -704,6 +1644,16 @@ int main_impl(int argc, char** argv) {
       std::printf("loftq %s\n", version_string().c_str());
       return kExitOk;
     }
+  }
+  if (cmd == "model") {
+    const ModelArgs a = parse_model_args(rest);
+    install_signal_handlers();
+    return run_model(a);
+  }
+  if (cmd == "merge") {
+    const MergeArgs a = parse_merge_args(rest);
+    install_signal_handlers();
+    return run_merge(a);
   }
   const Args a = parse_init_args(rest);
   install_signal_handlers();

@@ -1,0 +1,218 @@
+#!/usr/bin/env bash
+# Tests of `loftq model` and `loftq merge`, one case per CTest test:
+#
+#   bash model_test.sh CASE /path/to/loftq /path/to/modeltool WORKDIR DATA_DIR
+#
+# WORKDIR is wiped and rebuilt; checkpoints are made here by modeltool.
+# Exit 77 (a CTest skip) when a case needs data that is absent.
+set -u
+
+case_name=$1
+LOFTQ=$2
+TOOL=$3
+rm -rf "$4"
+mkdir -p "$4" || exit 1
+WORK=$(cd "$4" && pwd)
+DATA=$5
+cd "$WORK" || exit 1
+
+out_file="$WORK.stdout"
+err_file="$WORK.stderr"
+rm -f "$out_file" "$err_file"
+
+fail() {
+  echo "FAIL [$case_name]: $*" >&2
+  exit 1
+}
+run() {
+  "$LOFTQ" "$@" >"$out_file" 2>"$err_file"
+  rc=$?
+}
+show() { echo "--- args: $*" >&2; echo "--- stdout:" >&2; cat "$out_file" >&2; echo "--- stderr:" >&2; cat "$err_file" >&2; }
+tree_listing() { find . -mindepth 1 | LC_ALL=C sort; }
+expect_rc() {
+  local want=$1
+  shift
+  run "$@"
+  [ "$rc" -eq "$want" ] || { show "$@"; fail "exit status $rc, expected $want"; }
+}
+# Bad input: exit 1, one 'loftq: error:' line, nothing on stdout, tree unchanged.
+expect_bad_input() {
+  local before after
+  before=$(tree_listing)
+  expect_rc 1 "$@"
+  [ "$(wc -l <"$err_file")" -eq 1 ] || { show "$@"; fail "stderr is not exactly one line"; }
+  grep -q '^loftq: error: ' "$err_file" || { show "$@"; fail "stderr does not start with 'loftq: error: '"; }
+  [ ! -s "$out_file" ] || { show "$@"; fail "stdout is not empty"; }
+  after=$(tree_listing)
+  [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
+}
+expect_usage() {
+  local before after
+  before=$(tree_listing)
+  expect_rc 2 "$@"
+  [ -s "$err_file" ] || { show "$@"; fail "no message on stderr"; }
+  after=$(tree_listing)
+  [ "$before" = "$after" ] || { show "$@"; fail "files changed"; }
+}
+stories() {  # DIR [DTYPE] [SHARDS]
+  "$TOOL" stories "$DATA/stories260K.bin" "$@"
+  local s=$?
+  [ $s -eq 77 ] && exit 77
+  [ $s -eq 0 ] || fail "modeltool stories $*"
+}
+synth() { "$TOOL" synth "$@" || fail "modeltool synth $*"; }
+check() { "$TOOL" check "$@" || fail "check $*"; }
+same_outputs() {  # DIR1 DIR2: every tensor file and the config byte-identical
+  local f
+  for f in $(cd "$1" && ls *.safetensors adapter_config.json model.safetensors.index.json 2>/dev/null); do
+    cmp -s "$1/$f" "$2/$f" || fail "$f differs between $1 and $2"
+  done
+  [ "$(cd "$1" && ls | LC_ALL=C sort)" = "$(cd "$2" && ls | LC_ALL=C sort)" ] || fail "$1 and $2 hold different files"
+}
+
+case "$case_name" in
+
+stories)
+  # llama2.c's stories260K converted to HF names, then the whole checkpoint.
+  stories ck
+  expect_rc 0 model --input ck --output out --rank 8 --iters 3 --lora-alpha 16 --seed 1
+  check ck out 8 16
+  [ "$(ls out | LC_ALL=C sort | tr '\n' ' ')" = "adapter_config.json adapter_model.safetensors config.json loftq_report.json model.safetensors " ] ||
+    fail "out/ holds $(ls out)"
+  grep -q '"task_type": "CAUSAL_LM"' out/adapter_config.json || fail "task_type"
+  grep -q '"base_model_name_or_path": "karpathy/tinyllamas-stories260K"' out/adapter_config.json || fail "base_model_name_or_path"
+  grep -q '"peft_type": "LORA"' out/adapter_config.json || fail "peft_type"
+  grep -q '35 of 35 target tensors' "$out_file" || { show; fail "summary"; }
+  grep -q '\[35/35\]' "$err_file" || { show; fail "no progress on stderr"; }
+  cmp -s ck/config.json out/config.json || fail "config.json not copied"
+  [ -z "$(ls -d out.* 2>/dev/null)" ] || fail "temporary left behind"
+  # 2 bits, a single file as input, --quiet: nothing printed.
+  expect_rc 0 model --input ck/model.safetensors --output out2 --bits 2 --rank 4 --iters 2 --quiet
+  [ ! -s "$out_file" ] && [ ! -s "$err_file" ] || { show; fail "--quiet printed something"; }
+  check ck out2 4 4
+  ;;
+
+packed)
+  stories ck
+  for b in 2 4; do
+    expect_rc 0 model --input ck --output "p$b" --bits "$b" --rank 4 --iters 2 --packed --quiet
+    [ -f "p$b/model.packed.safetensors" ] || fail "no model.packed.safetensors"
+    "$TOOL" packed "p$b" || fail "packed codes at $b bits"
+  done
+  expect_rc 0 model --input ck --output p3 --bits 3 --block-size 32 --quantizer uniform --rank 4 --iters 2 --packed --quiet
+  "$TOOL" packed p3 || fail "packed codes, uniform 3 bits"
+  ;;
+
+dtypes)
+  # F16 and BF16 inputs: Q keeps the dtype, the check holds.
+  for dt in F32 F16 BF16; do
+    synth "s$dt" "$dt" 1 2 64 96
+    expect_rc 0 model --input "s$dt" --output "o$dt" --rank 8 --iters 2 --quiet
+    check "s$dt" "o$dt" 8 8
+  done
+  # target selection: only q_proj and v_proj, alpha 32.
+  expect_rc 0 model --input sF16 --output sel --rank 4 --iters 2 --target-modules q_proj,v_proj,nonexistent --lora-alpha 32 --quiet
+  grep -q '"q_proj"' sel/adapter_config.json && grep -q '"v_proj"' sel/adapter_config.json || fail "target_modules"
+  ! grep -q 'nonexistent' sel/adapter_config.json || fail "unmatched module listed in target_modules"
+  n=$(grep -c '"module":' sel/loftq_report.json)
+  [ "$n" -eq 4 ] || fail "expected 4 targets, report has $n"
+  ;;
+
+sharded_input)
+  synth sh BF16 3 3 64 96
+  expect_rc 0 model --input sh --output out --rank 8 --iters 2 --quiet
+  check sh out 8 8
+  for f in model-00001-of-00003.safetensors model-00002-of-00003.safetensors model-00003-of-00003.safetensors \
+           model.safetensors.index.json; do
+    [ -f "out/$f" ] || fail "out/$f missing"
+  done
+  [ ! -e out/model.safetensors ] || fail "unexpected out/model.safetensors"
+  ;;
+
+shard_merge)
+  synth sh F16 2 3 64 96
+  expect_rc 0 model --input sh --output full --rank 8 --iters 2 --packed --quiet
+  for k in 1 2 3; do
+    expect_rc 0 model --input sh --output "part$k" --rank 8 --iters 2 --packed --quiet --shard "$k/3" --threads 1
+  done
+  [ -f part1/shard_model.safetensors ] || fail "no shard_model.safetensors"
+  expect_rc 0 merge --input sh --shards part3,part1,part2 --output merged --quiet
+  same_outputs full merged
+  check sh merged 8 8
+  "$TOOL" packed merged || fail "merged packed codes"
+  # Incomplete or inconsistent shard sets are refused.
+  expect_bad_input merge --input sh --shards part1,part2 --output m2
+  expect_bad_input merge --input sh --shards part1,part1,part2 --output m3
+  expect_rc 0 model --input sh --output other --rank 4 --iters 2 --quiet --shard 3/3
+  expect_bad_input merge --input sh --shards part1,part2,other --output m4
+  expect_bad_input merge --input sh --shards part1,part2,full --output m5
+  expect_usage merge --input sh --output m6
+  expect_usage model --input sh --output m7 --shard 0/3
+  expect_usage model --input sh --output m7 --shard 4/3
+  expect_usage model --input sh --output m7 --shard 3
+  ;;
+
+overwrite)
+  synth s F32 1 1 64 96
+  expect_rc 0 model --input s --output out --rank 4 --iters 1 --quiet
+  cp out/adapter_model.safetensors before.safetensors
+  expect_bad_input model --input s --output out --rank 8 --iters 1 --quiet
+  cmp -s out/adapter_model.safetensors before.safetensors || fail "existing output changed"
+  # A failing run leaves the existing output as it was, even with --overwrite.
+  expect_bad_input model --input s --output out --rank 65 --quiet --overwrite
+  cmp -s out/adapter_model.safetensors before.safetensors || fail "existing output changed by a failed run"
+  expect_rc 0 model --input s --output out --rank 8 --iters 1 --quiet --overwrite
+  check s out 8 8
+  [ -z "$(ls -d out.* 2>/dev/null)" ] || fail "temporary or backup left behind"
+  # The input inside the output directory is never replaced.
+  cp -r s out/in
+  expect_bad_input model --input out/in --output out --rank 4 --quiet --overwrite
+  ;;
+
+bad_input)
+  synth s F32 1 1 64 96
+  printf 'garbage' >bad.safetensors
+  expect_bad_input model --input bad.safetensors --output o
+  printf '\377\377\377\377\377\377\377\377{}' >hlen.safetensors
+  expect_bad_input model --input hlen.safetensors --output o
+  expect_bad_input model --input missing.safetensors --output o
+  expect_bad_input model --input s --output o --target-modules nothing_matches
+  expect_bad_input model --input s --output o --rank 65
+  expect_bad_input model --input s --output o --bits 9
+  mkdir empty
+  expect_bad_input model --input empty --output o
+  expect_usage model --input s
+  expect_usage model --output o
+  expect_usage model --input s --output o --lora-alpha 0
+  expect_usage model --input s --output o --lora-alpha abc
+  expect_usage model --input s --output o --target-modules q_proj,,v_proj
+  expect_usage model --input s --output o --bogus
+  expect_rc 0 model --help
+  grep -q 'loftq model' "$out_file" || fail "--help does not document model"
+  ;;
+
+interrupt)
+  # Signalled once the first tensor is done (the temporary directory exists
+  # then); the whole run takes far longer than that.
+  synth big F32 1 8 384 1024
+  for sig in INT TERM; do
+    "$LOFTQ" model --input big --output out --rank 16 --iters 10 --svd exact --threads 1 >"$out_file" 2>"$err_file" &
+    pid=$!
+    for _ in $(seq 600); do
+      grep -q '\[1/56\]' "$err_file" && break
+      sleep 0.05
+    done
+    kill -s "$sig" "$pid"
+    wait "$pid"
+    rc=$?
+    [ "$rc" -eq 130 ] || { show; fail "exit status $rc after SIG$sig, expected 130 (run finished too fast?)"; }
+    [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "big " ] || fail "left behind after SIG$sig: $(ls -A)"
+  done
+  ;;
+
+*)
+  fail "unknown case"
+  ;;
+esac
+exit 0

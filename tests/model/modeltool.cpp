@@ -1,0 +1,334 @@
+// Helper for the `loftq model` / `loftq merge` tests (model_test.sh).
+//
+//   modeltool stories BIN DIR [DTYPE] [SHARDS]  llama2.c v0 checkpoint -> HF-named safetensors
+//   modeltool synth DIR DTYPE SHARDS LAYERS DIM HIDDEN   a random Llama-shaped checkpoint
+//   modeltool check INPUT OUT R ALPHA           verify a full `loftq model` output against INPUT
+//   modeltool packed OUT                        verify model.packed.safetensors decodes to Q
+//
+// Exit 0 on success, 1 with a message on failure, 77 when BIN is absent.
+#include <loftq/io/safetensors.hpp>
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <iterator>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include <sys/stat.h>
+
+namespace st = loftq::io;
+using RowMatrix = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+namespace {
+
+struct Fail {
+  std::string msg;
+};
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw Fail{msg};
+}
+
+struct Tensor {
+  std::string name;
+  std::vector<std::uint64_t> shape;
+  std::vector<float> v;
+};
+
+st::Dtype dtype_of(const std::string& s) {
+  st::Dtype d = st::Dtype::F32;
+  require(st::parse_dtype(s, d) && st::is_float_dtype(d), "bad dtype " + s);
+  return d;
+}
+
+void write_text(const std::string& path, const std::string& text) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f << text;
+  require(static_cast<bool>(f), "cannot write " + path);
+}
+
+// Writes tensors round-robin into SHARDS files (sorted by name), with an
+// index when SHARDS > 1, plus a config.json.
+void write_checkpoint(const std::string& dir, std::vector<Tensor> ts, st::Dtype dt, int shards,
+                      const std::string& model_name) {
+  ::mkdir(dir.c_str(), 0777);
+  std::sort(ts.begin(), ts.end(), [](const Tensor& a, const Tensor& b) { return a.name < b.name; });
+  nlohmann::json wm = nlohmann::json::object();
+  std::uint64_t total = 0;
+  for (int s = 0; s < shards; ++s) {
+    char fname[64];
+    if (shards == 1)
+      std::snprintf(fname, sizeof fname, "model.safetensors");
+    else
+      std::snprintf(fname, sizeof fname, "model-%05d-of-%05d.safetensors", s + 1, shards);
+    std::vector<st::TensorDecl> decls;
+    for (std::size_t i = static_cast<std::size_t>(s); i < ts.size(); i += static_cast<std::size_t>(shards)) {
+      decls.push_back({ts[i].name, dt, ts[i].shape});
+      wm[ts[i].name] = fname;
+      total += ts[i].v.size() * st::dtype_size(dt);
+    }
+    // A non-float tensor too, which must be copied untouched.
+    if (s == 0) decls.push_back({"model.extra_ids", st::Dtype::I64, {3}});
+    st::SafetensorsWriter w(dir + "/" + fname, decls, {{"format", "pt"}, {"origin", "modeltool"}});
+    for (std::size_t i = static_cast<std::size_t>(s); i < ts.size(); i += static_cast<std::size_t>(shards))
+      w.write_float(ts[i].name, ts[i].v.data(), ts[i].v.size(), dt);
+    if (s == 0) {
+      const std::int64_t ids[3] = {7, -1, 1 << 30};
+      w.write("model.extra_ids", ids, sizeof ids);
+      wm["model.extra_ids"] = fname;
+      total += sizeof ids;
+    }
+    w.commit();
+  }
+  if (shards > 1) {
+    nlohmann::json idx;
+    idx["metadata"] = {{"total_size", total}};
+    idx["weight_map"] = wm;
+    write_text(dir + "/model.safetensors.index.json", idx.dump(2));
+  }
+  nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"_name_or_path", model_name}};
+  write_text(dir + "/config.json", cfg.dump(2));
+}
+
+void add_layer_tensors(std::vector<Tensor>& ts, int layer, const std::string& mod, std::uint64_t rows, std::uint64_t cols,
+                       const float* data) {
+  Tensor t;
+  t.name = "model.layers." + std::to_string(layer) + "." + mod + ".weight";
+  t.shape = {rows, cols};
+  t.v.assign(data, data + rows * cols);
+  ts.push_back(std::move(t));
+}
+
+int cmd_stories(const std::string& bin, const std::string& dir, st::Dtype dt, int shards) {
+  std::ifstream f(bin, std::ios::binary);
+  if (!f) {
+    std::printf("modeltool: %s is absent; skipping\n", bin.c_str());
+    return 77;
+  }
+  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  require(bytes.size() >= 28, "short file");
+  std::int32_t h[7];
+  std::memcpy(h, bytes.data(), 28);
+  const std::uint64_t dim = static_cast<std::uint64_t>(h[0]), hidden = static_cast<std::uint64_t>(h[1]);
+  const int L = h[2];
+  const std::uint64_t heads = static_cast<std::uint64_t>(h[3]), kv = static_cast<std::uint64_t>(h[4]),
+                      vocab = static_cast<std::uint64_t>(std::abs(h[5])), seq = static_cast<std::uint64_t>(h[6]);
+  const std::uint64_t kv_dim = dim * kv / heads, head = dim / heads;
+  const std::size_t nfloats = (bytes.size() - 28) / 4;
+  std::vector<float> w(nfloats);
+  std::memcpy(w.data(), bytes.data() + 28, nfloats * 4);
+  std::size_t pos = 0;
+  auto take = [&](std::uint64_t n) {
+    require(pos + n <= w.size(), "stories: file too short");
+    const float* p = w.data() + pos;
+    pos += n;
+    return p;
+  };
+  std::vector<Tensor> ts;
+  auto plain = [&](const std::string& name, std::vector<std::uint64_t> shape) {
+    std::uint64_t n = 1;
+    for (auto d : shape) n *= d;
+    const float* p = take(n);
+    ts.push_back({name, shape, std::vector<float>(p, p + n)});
+  };
+  auto per_layer = [&](const std::string& mod, std::uint64_t rows, std::uint64_t cols) {
+    for (int l = 0; l < L; ++l) add_layer_tensors(ts, l, mod, rows, cols, take(rows * cols));
+  };
+  auto per_layer_vec = [&](const std::string& mod) {
+    for (int l = 0; l < L; ++l) {
+      const float* p = take(dim);
+      ts.push_back({"model.layers." + std::to_string(l) + "." + mod + ".weight", {dim}, std::vector<float>(p, p + dim)});
+    }
+  };
+  plain("model.embed_tokens.weight", {vocab, dim});
+  per_layer_vec("input_layernorm");
+  per_layer("self_attn.q_proj", dim, dim);
+  per_layer("self_attn.k_proj", kv_dim, dim);
+  per_layer("self_attn.v_proj", kv_dim, dim);
+  per_layer("self_attn.o_proj", dim, dim);
+  per_layer_vec("post_attention_layernorm");
+  per_layer("mlp.gate_proj", hidden, dim);  // w1
+  per_layer("mlp.down_proj", dim, hidden);  // w2
+  per_layer("mlp.up_proj", hidden, dim);    // w3
+  plain("model.norm.weight", {dim});
+  take(seq * head / 2);  // freq_cis_real / imag: not model parameters
+  take(seq * head / 2);
+  require(pos == w.size(), "stories: trailing data");
+  write_checkpoint(dir, ts, dt, shards, "karpathy/tinyllamas-stories260K");
+  return 0;
+}
+
+int cmd_synth(const std::string& dir, st::Dtype dt, int shards, int layers, std::uint64_t dim, std::uint64_t hidden) {
+  std::mt19937 gen(1234);
+  std::normal_distribution<float> nd(0.0f, 0.02f);
+  std::vector<Tensor> ts;
+  auto mat = [&](const std::string& name, std::uint64_t r, std::uint64_t c) {
+    Tensor t{name, {r, c}, std::vector<float>(r * c)};
+    for (auto& x : t.v) x = nd(gen);
+    // A few outliers, as real weights have.
+    for (std::uint64_t i = 0; i < t.v.size(); i += 97) t.v[i] *= 8;
+    ts.push_back(std::move(t));
+  };
+  mat("model.embed_tokens.weight", 64, dim);
+  mat("lm_head.weight", 64, dim);
+  for (int l = 0; l < layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (const char* m : {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"})
+      mat(p + m + ".weight", dim, dim);
+    mat(p + "mlp.gate_proj.weight", hidden, dim);
+    mat(p + "mlp.up_proj.weight", hidden, dim);
+    mat(p + "mlp.down_proj.weight", dim, hidden);
+    ts.push_back({p + "input_layernorm.weight", {dim}, std::vector<float>(dim, 1.0f)});
+  }
+  write_checkpoint(dir, ts, dt, shards, "synthetic-llama");
+  return 0;
+}
+
+nlohmann::json read_json(const std::string& path) {
+  std::ifstream f(path);
+  require(static_cast<bool>(f), "cannot open " + path);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return nlohmann::json::parse(ss.str());
+}
+
+bool is_target(const std::string& name, const st::TensorInfo& t) {
+  static const char* mods[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+  if (t.shape.size() != 2) return false;
+  for (const char* m : mods)
+    if (name.size() > std::strlen(m) + 8 && name.compare(name.size() - std::strlen(m) - 7, std::string::npos,
+                                                         std::string(m) + ".weight") == 0 &&
+        name[name.size() - std::strlen(m) - 8] == '.')
+      return true;
+  return false;
+}
+
+int cmd_check(const std::string& input, const std::string& out, std::uint64_t r, double alpha) {
+  st::Checkpoint in(input), base(out);
+  st::SafetensorsFile ad(out + "/adapter_model.safetensors");
+  require(in.entries().size() == base.entries().size(), "base output has a different tensor count");
+  require(in.sharded() == base.sharded() && in.num_files() == base.num_files(), "base output sharded differently");
+  std::size_t targets = 0;
+  const double scaling = alpha / static_cast<double>(r);
+  for (const auto& kv : in.entries()) {
+    const std::string& name = kv.first;
+    const st::SafetensorsFile& fi = in.file(kv.second.file);
+    const st::TensorInfo& ti = *kv.second.info;
+    require(base.entries().count(name) == 1, "missing in output: " + name);
+    const auto& bo = base.entries().at(name);
+    const st::SafetensorsFile& fo = base.file(bo.file);
+    const st::TensorInfo& to = *bo.info;
+    require(in.file_name(kv.second.file) == base.file_name(bo.file) || !in.sharded(), "moved to another shard: " + name);
+    require(to.dtype == ti.dtype && to.shape == ti.shape, "dtype/shape changed: " + name);
+    const std::string path = name.substr(0, name.size() - 7);
+    const std::string ka = "base_model.model." + path + ".lora_A.weight", kb = "base_model.model." + path + ".lora_B.weight";
+    if (!is_target(name, ti)) {
+      require(std::memcmp(fi.bytes(ti), fo.bytes(to), ti.nbytes()) == 0, "non-target not byte-identical: " + name);
+      require(!ad.find(ka), "adapter for a non-target: " + name);
+      continue;
+    }
+    ++targets;
+    const std::uint64_t m = ti.shape[0], n = ti.shape[1];
+    const st::TensorInfo* A = ad.find(ka);
+    const st::TensorInfo* B = ad.find(kb);
+    require(A && B, "no adapter for " + name);
+    require(A->dtype == st::Dtype::F32 && A->shape == std::vector<std::uint64_t>{r, n}, "lora_A shape for " + name);
+    require(B->dtype == st::Dtype::F32 && B->shape == std::vector<std::uint64_t>{m, r}, "lora_B shape for " + name);
+    const RowMatrix W = fi.read_matrix(ti), Q = fo.read_matrix(to), LA = ad.read_matrix(*A), LB = ad.read_matrix(*B);
+    const RowMatrix E = W - Q - static_cast<float>(scaling) * (LB * LA);
+    const double eq = (W - Q).norm(), el = E.norm();
+    require(el < eq, name + ": Q + s*B*A (" + std::to_string(el) + ") is not closer to W than Q (" +
+                         std::to_string(eq) + ")");
+  }
+  require(ad.tensors().size() == 2 * targets, "adapter holds extra tensors");
+  require(targets > 0, "no targets");
+  const nlohmann::json cfg = read_json(out + "/adapter_config.json");
+  require(cfg.at("peft_type") == "LORA" && cfg.at("r") == r && cfg.at("lora_alpha").get<double>() == alpha &&
+              cfg.at("bias") == "none" && cfg.at("init_lora_weights") == true && cfg.at("target_modules").is_array(),
+          "adapter_config.json fields");
+  const nlohmann::json rep = read_json(out + "/loftq_report.json");
+  require(rep.at("tensors").size() == targets, "report does not list every target");
+  for (const auto& e : rep.at("tensors"))
+    require(e.at("history").is_array() && e.at("qlora_rel_err").is_number() && e.at("seconds").is_number() &&
+                e.at("shape").size() == 2 && e.at("rel_err").get<double>() < e.at("qlora_rel_err").get<double>(),
+            "report entry");
+  std::printf("modeltool: %zu targets verified\n", targets);
+  return 0;
+}
+
+int cmd_packed(const std::string& out) {
+  st::Checkpoint base(out);
+  st::SafetensorsFile p(out + "/model.packed.safetensors");
+  const auto& md = p.metadata();
+  const int bits = std::stoi(md.at("loftq.bits"));
+  const std::uint64_t bs = std::stoull(md.at("loftq.block_size"));
+  const std::vector<float> cb = nlohmann::json::parse(md.at("loftq.codebook")).get<std::vector<float>>();
+  require(cb.size() == (std::size_t{1} << bits), "codebook size");
+  std::size_t count = 0;
+  for (const st::TensorInfo& t : p.tensors()) {
+    const std::string suffix = ".qcodes";
+    if (t.name.size() <= suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    const std::string name = t.name.substr(0, t.name.size() - suffix.size());
+    const std::vector<std::uint64_t> shape = nlohmann::json::parse(md.at(name + ".shape")).get<std::vector<std::uint64_t>>();
+    const auto& e = base.entries().at(name);
+    const RowMatrix Q = base.file(e.file).read_matrix(*e.info);
+    require(shape.size() == 2 && shape[0] == static_cast<std::uint64_t>(Q.rows()) &&
+                shape[1] == static_cast<std::uint64_t>(Q.cols()), "packed shape of " + name);
+    const std::vector<float> scales = p.read_float(p.at(name + ".qscales"));
+    const unsigned char* codes = p.bytes(t);
+    const std::uint64_t N = shape[0] * shape[1];
+    require(t.nbytes() == (N * static_cast<std::uint64_t>(bits) + 7) / 8, "code bytes of " + name);
+    require(scales.size() == (N + bs - 1) / bs, "scale count of " + name);
+    for (std::uint64_t i = 0; i < N; ++i) {
+      const std::uint64_t bit = i * static_cast<std::uint64_t>(bits);
+      unsigned window = codes[bit / 8];
+      if (bit / 8 + 1 < t.nbytes()) window |= static_cast<unsigned>(codes[bit / 8 + 1]) << 8;
+      const unsigned c = (window >> (bit % 8)) & ((1u << bits) - 1u);
+      const float v = cb[c] * scales[i / bs];
+      const float q = Q.data()[i];
+      // Q is stored in the input's dtype: compare after the same rounding.
+      unsigned char buf[8];
+      st::from_float(e.info->dtype, &v, 1, buf);
+      float vr;
+      st::to_float(e.info->dtype, buf, 1, &vr);
+      require(vr == q, name + ": packed value " + std::to_string(i) + " decodes to " + std::to_string(vr) +
+                           ", Q holds " + std::to_string(q));
+    }
+    ++count;
+  }
+  require(count > 0, "no packed tensors");
+  std::printf("modeltool: %zu packed tensors verified\n", count);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::vector<std::string> a(argv + 1, argv + argc);
+    require(!a.empty(), "usage: see modeltool.cpp");
+    if (a[0] == "stories" && a.size() >= 3)
+      return cmd_stories(a[1], a[2], dtype_of(a.size() > 3 ? a[3] : "F32"), a.size() > 4 ? std::stoi(a[4]) : 1);
+    if (a[0] == "synth" && a.size() == 7)
+      return cmd_synth(a[1], dtype_of(a[2]), std::stoi(a[3]), std::stoi(a[4]), std::stoull(a[5]), std::stoull(a[6]));
+    if (a[0] == "check" && a.size() == 5) return cmd_check(a[1], a[2], std::stoull(a[3]), std::stod(a[4]));
+    if (a[0] == "packed" && a.size() == 2) return cmd_packed(a[1]);
+    require(false, "bad arguments");
+  } catch (const Fail& e) {
+    std::fprintf(stderr, "modeltool: FAIL: %s\n", e.msg.c_str());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "modeltool: error: %s\n", e.what());
+  }
+  return 1;
+}
