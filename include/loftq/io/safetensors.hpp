@@ -162,6 +162,7 @@ inline std::uint16_t float_to_bf16(float f) {
 
 // n elements of dtype d (little endian) at src -> float. d must be a float dtype.
 inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* dst) {
+  if (n == 0) return;  // src/dst may be null for an empty tensor; memcpy(null, null, 0) is UB
   switch (d) {
     case Dtype::F32: std::memcpy(dst, src, n * 4); return;
     case Dtype::F16:
@@ -182,7 +183,11 @@ inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* ds
       for (std::size_t i = 0; i < n; ++i) {
         double v;
         std::memcpy(&v, src + 8 * i, 8);
-        dst[i] = static_cast<float>(v);
+        // Out-of-range double -> float is UB; saturate to +-inf so the
+        // non-finite check downstream rejects it.
+        const double big = static_cast<double>(std::numeric_limits<float>::max());
+        dst[i] = v > big ? std::numeric_limits<float>::infinity()
+                         : v < -big ? -std::numeric_limits<float>::infinity() : static_cast<float>(v);
       }
       return;
     default: ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert dtype ") + dtype_name(d) + " to float");
@@ -191,6 +196,7 @@ inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* ds
 
 // n floats -> dtype d (little endian) at dst. d must be a float dtype.
 inline void from_float(Dtype d, const float* src, std::size_t n, unsigned char* dst) {
+  if (n == 0) return;
   switch (d) {
     case Dtype::F32: std::memcpy(dst, src, n * 4); return;
     case Dtype::F16:

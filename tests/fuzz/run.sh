@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Builds the libFuzzer targets with clang (-fsanitize=fuzzer,address,undefined)
+# and runs each for a bounded time on its seed corpus in tests/fuzz/corpus/.
+# Fails on any crash, leak, timeout or sanitizer report.
+#
+#   tests/fuzz/run.sh [target...]        (default: every fuzz_*.cpp here)
+#   FUZZ_SECONDS=60   seconds per target
+#   FUZZ_BUILD_DIR    where binaries, working corpora and logs go
+#                     (default build/fuzz)
+#   CXX_FUZZ          the clang++ to use (default clang++)
+#
+# The checked-in corpus is only read: new inputs go to a working copy under
+# FUZZ_BUILD_DIR, so a run never edits the tree. A crashing input is written
+# to FUZZ_BUILD_DIR/<target>/ (crash-*, leak-*, timeout-*); to reproduce it,
+# run the binary on that file. The summary prints each target's executions.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+seconds="${FUZZ_SECONDS:-60}"
+out="${FUZZ_BUILD_DIR:-$root/build/fuzz}"
+cxx="${CXX_FUZZ:-clang++}"
+mkdir -p "$out/bin"
+
+eigen_inc=""
+for d in /usr/include/eigen3 /usr/local/include/eigen3; do
+  [[ -d "$d" ]] && { eigen_inc="-I$d"; break; }
+done
+
+if [[ $# -gt 0 ]]; then
+  targets=("$@")
+else
+  targets=()
+  for f in "$here"/fuzz_*.cpp; do targets+=("$(basename "$f" .cpp)"); done
+fi
+
+flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer
+       -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
+       -Wall -Wextra -Werror -I"$root/include" $eigen_inc)
+
+export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:allocator_may_return_null=0"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+
+status=0
+summary=()
+for t in "${targets[@]}"; do
+  src="$here/$t.cpp"
+  bin="$out/bin/$t"
+  echo "== fuzz: building $t"
+  # Build only when the source or a header is newer than the binary.
+  if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$root/include" "$root/examples" -newer "$bin" -print -quit)" ]]; then
+    "$cxx" "${flags[@]}" "$src" -o "$bin"
+  fi
+  work="$out/$t.corpus"
+  mkdir -p "$work" "$out/$t"
+  corpus=()
+  seeds="$here/corpus/${t#fuzz_}"
+  [[ -d "$seeds" ]] && corpus+=("$seeds")
+  echo "== fuzz: running $t for ${seconds}s (seeds: ${seeds#$root/})"
+  log="$out/$t.log"
+  set +e
+  (cd "$out/$t" && "$bin" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -max_len=4096 \
+      -print_final_stats=1 -close_fd_mask=1 "$work" "${corpus[@]}") > "$log" 2>&1
+  rc=$?
+  set -e
+  execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)"
+  if [[ $rc -ne 0 ]] || grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:' "$log"; then
+    echo "== fuzz: $t FAILED (exit $rc); log follows"
+    tail -n 60 "$log"
+    ls -1 "$out/$t" | sed 's/^/   artifact: /' || true
+    status=1
+    summary+=("$t: FAILED after ${execs:-?} executions")
+  else
+    summary+=("$t: ok, ${execs:-?} executions in ${seconds}s, corpus $(ls "$work" | wc -l) files")
+  fi
+done
+echo "== fuzz summary"
+printf '   %s\n' "${summary[@]}"
+exit $status
