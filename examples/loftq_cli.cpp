@@ -632,14 +632,7 @@ const char* quantizer_name(loftq::Quantizer::Kind k) {
   return k == loftq::Quantizer::Kind::normal_float ? "nf" : "uniform";
 }
 
-int effective_threads(int requested) {
-#ifdef _OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
-#else
-  (void)requested;
-  return 1;
-#endif
-}
+int effective_threads(int requested) { return loftq::detail::resolve_threads(requested); }
 
 int run_init(const Args& a) {
   const fs::path dir = normalize_output(a.output);
