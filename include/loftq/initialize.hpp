@@ -37,6 +37,7 @@ struct Options {
   bool warm_start = true;         // seed each randomized SVD with the previous V
   int warm_power_iterations = 1;  // power iterations once warm-started
   Start start = Start::zero;
+  bool scale_search = false;  // per-block squared-error-optimal scales instead of absmax (same storage)
   bool keep_best = true;   // return the iterate with the lowest error; false: the last (reference)
   double tolerance = 0.0;  // stop once the relative improvement of the error falls below this; 0: never
   int threads = 0;         // 0: OpenMP's default; results do not depend on it
@@ -137,7 +138,10 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   detail::RowMajorView<Derived> view(W_in);
   detail::check_weights(W_in, view.data(), threads, "initialize");
   detail::check_options(opt, m, n);
-  const detail::QuantSpec spec = detail::spec_of(quantizer);
+  detail::QuantSpec spec = detail::spec_of(quantizer);
+  spec.search = opt.scale_search;
+  detail::QuantSpec baseline_spec = spec;  // QLoRA's q(W): plain absmax
+  baseline_spec.search = false;
   detail::EigenSerialScope serial;
   const Scalar* Wp = view.data();
   Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
@@ -177,7 +181,7 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   for (int t = 1; t <= opt.iterations; ++t) {
     std::fill(cur.codes.begin(), cur.codes.end(), std::uint8_t{0});
     detail::quantize_flat(R.data(), R.data(), &cur, N, spec, threads, Wp);  // R := W - Q_t
-    if (t == 1 && opt.start == Start::zero)
+    if (t == 1 && opt.start == Start::zero && !spec.search)
       res.qlora_error = detail::relative(detail::squared_norm(R.data(), N, threads), w2);
     low_rank(have_factors);
     have_factors = true;
@@ -195,9 +199,9 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
       if (prev <= 0 || (prev - e) / prev < opt.tolerance) break;
     }
   }
-  if (opt.start != Start::zero) {
-    // The baseline is q(W) itself, which this start never computes.
-    detail::quantize_flat(Wp, R.data(), static_cast<PackedMatrix*>(nullptr), N, spec, threads, Wp);
+  if (opt.start != Start::zero || spec.search) {
+    // The baseline is QLoRA's absmax q(W), which this configuration never computes.
+    detail::quantize_flat(Wp, R.data(), static_cast<PackedMatrix*>(nullptr), N, baseline_spec, threads, Wp);
     res.qlora_error = detail::relative(detail::squared_norm(R.data(), N, threads), w2);
   }
   detail::dequantize_flat(best, R.data(), threads);

@@ -91,6 +91,12 @@ struct QuantSpec {
   Eigen::Index block_size = 64;
   ScaleMode mode = ScaleMode::absmax;
   const std::vector<float>* codebook = nullptr;
+  // Scale search (absmax codebooks only): choose each block's scale s <= absmax
+  // minimizing sum_j w_j (x_j - s c_j)^2; w_j = col_weights[e % cols] when
+  // col_weights is given (data-aware), else 1.
+  bool search = false;
+  const float* col_weights = nullptr;
+  std::int64_t cols = 0;
 };
 
 template <class Q>
@@ -113,10 +119,18 @@ struct Tables {
   static constexpr int L = 1 << Bits;
   std::array<Scalar, L> level{};
   std::array<Scalar, L - 1> thr{};
+  // The same tables padded to 16 entries for the AVX2 lookups (float, Bits <= 4).
+  alignas(32) float thr16[16]{}, lev16[16]{};
   explicit Tables(const std::vector<float>& cb) {
     const auto t = decision_thresholds<Scalar>(cb);
     for (int i = 0; i < L; ++i) level[i] = static_cast<Scalar>(cb[i]);
     for (int i = 0; i < L - 1; ++i) thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
+    if constexpr (Bits <= 4) {
+      for (int i = 0; i < 16; ++i) {
+        thr16[i] = static_cast<float>(thr[std::min(i, L - 2)]);
+        lev16[i] = static_cast<float>(level[std::min(i, L - 1)]);
+      }
+    }
   }
   // Number of thresholds y reaches: the index of the nearest level.
   int code(Scalar y) const {
@@ -242,6 +256,88 @@ inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* LOFTQ
   scale_levels(out, n, mode, scale, lo);
 }
 
+// Scale search. For a block with absmax a, candidate scales s = a f with
+// f <= 1 are scored by the block's (weighted) squared error with the nearest
+// codes at that scale. Keeping s <= a makes the extreme element clip to the
+// codebook's +-1 level, so the dequantized block's absmax is s itself and
+// requantizing it with plain absmax gives back the same codes and scale: the
+// storage format and its readers do not change.
+//
+// A coarse grid of fractions is followed by Lloyd steps (for fixed codes the
+// best scale is sum w x c / sum w c^2, clamped to <= a); f = 1 is always a
+// candidate and a step is kept only when it lowers the error, so the result
+// is never worse than absmax.
+//
+// sums[0] = sum w (z - c)^2, sums[1] = sum w z c, sums[2] = sum w c^2 with
+// z = x * inv and c the level nearest z.
+template <class Scalar, int Bits>
+void scale_error(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, const Scalar* LOFTQ_RESTRICT w,
+                 std::int64_t n, Scalar inv, Scalar* sums) {
+  float facc[3] = {0, 0, 0};
+  std::int64_t j = 0;
+#if LOFTQ_HAS_AVX2
+  if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
+    j = w ? scale_error_avx2<Bits, true>(x, w, n, inv, T.thr16, T.lev16, facc)
+          : scale_error_avx2<Bits, false>(x, w, n, inv, T.thr16, T.lev16, facc);
+  }
+#endif
+  Scalar e = facc[0], zl = facc[1], ll = facc[2];
+  for (; j < n; ++j) {
+    const Scalar z = x[j] * inv, c = T.level[T.code(z)], d = z - c, wj = w ? w[j] : Scalar(1);
+    e += wj * d * d;
+    zl += wj * z * c;
+    ll += wj * c * c;
+  }
+  sums[0] = e;
+  sums[1] = zl;
+  sums[2] = ll;
+}
+
+// Fractions of absmax tried before the Lloyd steps, and the number of Lloyd
+// steps, by bit width: fewer levels clip harder and gain more from search.
+// Chosen by measurement (LoftQ r16 T5 on a realistic 1024^2 matrix and
+// stories260K r8, see bench/README.md); larger grids gained < 0.5% error.
+struct ScaleGrid {
+  std::vector<double> fractions;
+  int lloyd_steps;
+};
+inline const ScaleGrid& scale_grid(int bits) {
+  static const ScaleGrid g2{{0.9, 0.75, 0.6}, 2}, g3{{0.9, 0.8, 0.7}, 2}, g4{{0.9, 0.8}, 1}, g5{{0.98, 0.95, 0.92, 0.88}, 2};
+  return bits <= 2 ? g2 : bits == 3 ? g3 : bits == 4 ? g4 : g5;
+}
+
+// The searched scale (a float, <= amax) of one block.
+template <class Scalar, int Bits>
+float search_scale(const Tables<Scalar, Bits>& T, const Scalar* x, const Scalar* w, std::int64_t n, float amax,
+                   const ScaleGrid& grid) {
+  Scalar sums[3];
+  float best = amax;
+  scale_error(T, x, w, n, Scalar(1) / static_cast<Scalar>(amax), sums);
+  // Errors compare in x units: s^2 * sum w (x/s - c)^2.
+  Scalar best_err = static_cast<Scalar>(amax) * static_cast<Scalar>(amax) * sums[0];
+  Scalar best_zl = sums[1], best_ll = sums[2];
+  auto consider = [&](float s) {
+    if (!(s > 0.0f) || s > amax || s == best) return false;
+    Scalar su[3];
+    const Scalar sv = static_cast<Scalar>(s);
+    scale_error(T, x, w, n, Scalar(1) / sv, su);
+    const Scalar err = sv * sv * su[0];
+    if (!(err < best_err)) return false;
+    best = s;
+    best_err = err;
+    best_zl = su[1];
+    best_ll = su[2];
+    return true;
+  };
+  for (double f : grid.fractions) consider(static_cast<float>(static_cast<double>(amax) * f));
+  for (int k = 0; k < grid.lloyd_steps; ++k) {
+    if (!(best_ll > 0)) break;
+    const Scalar s = static_cast<Scalar>(best) * best_zl / best_ll;
+    if (!consider(static_cast<float>(std::min<Scalar>(s, static_cast<Scalar>(amax))))) break;
+  }
+  return best;
+}
+
 // Number of consecutive blocks handled by one task: byte-aligned in the code
 // stream (so tasks never share a byte) and large enough to amortize overhead.
 inline std::int64_t blocks_per_task(const QuantSpec& s) {
@@ -263,9 +359,14 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
   const Tables<Scalar, Bits> T(*s.codebook);
   const std::int64_t bs = s.block_size, nb = (N + bs - 1) / bs, g = blocks_per_task(s);
   const std::int64_t tasks = (nb + g - 1) / g;
+  const bool search = s.search && s.mode == ScaleMode::absmax && s.codebook->front() == -1.0f &&
+                      s.codebook->back() == 1.0f;
+  const ScaleGrid& grid = scale_grid(s.bits);
+  if (s.col_weights) require(s.cols >= 1, Errc::invalid_argument, "column weights need the column count");
   parallel_for(tasks, threads, [&](std::int64_t task) {
     std::uint8_t codes[kSpan];
     Scalar levels[kSpan];
+    std::vector<Scalar> wbuf(s.col_weights && search ? static_cast<std::size_t>(bs) : 0);
     const std::int64_t b_end = std::min(nb, (task + 1) * g);
     for (std::int64_t b = task * g; b < b_end; ++b) {
       const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
@@ -275,6 +376,15 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
         // Eigen's reductions vectorize; a plain std::max loop stays scalar.
         const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
         scale = static_cast<Scalar>(checked_scale(blk.abs().maxCoeff(), b));
+        if (search && scale > 0) {
+          const Scalar* wb = nullptr;
+          if (s.col_weights) {
+            // The block's weights; a block may wrap into the next row.
+            for (std::int64_t j = e0; j < e1; ++j) wbuf[j - e0] = static_cast<Scalar>(s.col_weights[j % s.cols]);
+            wb = wbuf.data();
+          }
+          scale = static_cast<Scalar>(search_scale(T, x, wb, e1 - e0, static_cast<float>(scale), grid));
+        }
         den = scale;
         if (out) out->scales[b] = static_cast<float>(scale);
       } else {
@@ -430,15 +540,31 @@ void check_weights(const Eigen::MatrixBase<Derived>& W, const typename Derived::
 
 }  // namespace detail
 
+struct QuantizeOptions {
+  // Per-block squared-error-optimal scale (<= absmax) instead of absmax, for
+  // absmax codebooks whose extremes are -1 and +1 (NF, symmetric uniform);
+  // ignored for min/max scaling. The stored format does not change.
+  bool scale_search = false;
+  int threads = 0;  // 0: OpenMP's default; results do not depend on it
+};
+
 // Codes and fp32 block scales of W (row-major flattening, any W layout).
 template <class Q, class Derived>
-PackedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, int threads = 0) {
+PackedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, const QuantizeOptions& opt) {
   detail::RowMajorView<Derived> v(W);
-  detail::check_weights(W, v.data(), threads, "quantize");
-  const detail::QuantSpec s = detail::spec_of(q);
+  detail::check_weights(W, v.data(), opt.threads, "quantize");
+  detail::QuantSpec s = detail::spec_of(q);
+  s.search = opt.scale_search;
   PackedMatrix P = detail::make_packed(W.rows(), W.cols(), s);
-  detail::quantize_flat(v.data(), static_cast<typename Derived::Scalar*>(nullptr), &P, W.size(), s, threads);
+  detail::quantize_flat(v.data(), static_cast<typename Derived::Scalar*>(nullptr), &P, W.size(), s, opt.threads);
   return P;
+}
+
+template <class Q, class Derived>
+PackedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, int threads = 0) {
+  QuantizeOptions opt;
+  opt.threads = threads;
+  return quantize(W, q, opt);
 }
 
 // The matrix a PackedMatrix stands for, row-major like its flattening.
@@ -450,16 +576,34 @@ RowMatrix<Scalar> dequantize(const PackedMatrix& P, int threads = 0) {
   return out;
 }
 
-// dequantize(quantize(W)) without materializing the codes; bit-identical to it.
+// dequantize(quantize(W)) without materializing the codes; bit-identical to
+// it. The overload with an output writes into it (resized if needed), so
+// repeated calls need not allocate; out may be W itself, but not a part of it.
+template <class Q, class Derived, class Scalar>
+void fake_quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, RowMatrix<Scalar>& out,
+                   const QuantizeOptions& opt = {}) {
+  static_assert(std::is_same<Scalar, typename Derived::Scalar>::value, "out must have W's scalar type");
+  detail::RowMajorView<Derived> v(W);
+  detail::check_weights(W, v.data(), opt.threads, "fake_quantize");
+  detail::QuantSpec s = detail::spec_of(q);
+  s.search = opt.scale_search;
+  if (out.rows() != W.rows() || out.cols() != W.cols()) out.resize(W.rows(), W.cols());
+  detail::quantize_flat<Scalar>(v.data(), out.data(), nullptr, W.size(), s, opt.threads);
+}
+
+template <class Q, class Derived>
+RowMatrix<typename Derived::Scalar> fake_quantize(const Eigen::MatrixBase<Derived>& W, const Q& q,
+                                                  const QuantizeOptions& opt) {
+  RowMatrix<typename Derived::Scalar> out(W.rows(), W.cols());
+  fake_quantize(W, q, out, opt);
+  return out;
+}
+
 template <class Q, class Derived>
 RowMatrix<typename Derived::Scalar> fake_quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, int threads = 0) {
-  using Scalar = typename Derived::Scalar;
-  detail::RowMajorView<Derived> v(W);
-  detail::check_weights(W, v.data(), threads, "fake_quantize");
-  const detail::QuantSpec s = detail::spec_of(q);
-  RowMatrix<Scalar> out(W.rows(), W.cols());
-  detail::quantize_flat<Scalar>(v.data(), out.data(), nullptr, W.size(), s, threads);
-  return out;
+  QuantizeOptions opt;
+  opt.threads = threads;
+  return fake_quantize(W, q, opt);
 }
 
 }  // namespace loftq
