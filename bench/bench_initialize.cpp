@@ -9,11 +9,13 @@
 //           plus initialize/4096x4096/nf4/r16/T1 (per-iteration cost = (T5 - T1) / 4)
 //   warm    initialize/4096x4096/nf4/r16/T5/warm_start:{0,1}
 //   svd     initialize/1024x1024/nf4/r16/T5/svd:{exact,randomized}
+//   beyond  beyond/{1024x1024,4096x4096}/nf{2,4}/r16/T5/{reference,search,svd_start,search+svd_start}
+//           reference = absmax scales, zero start, last iterate (PEFT's LoftQ)
 //
 // Every benchmark reports rel_err (the returned iterate's ||W - Q - A B^T|| /
 // ||W||; Options::keep_best is on, the library default), qlora_err (||W - q(W)||
 // / ||W||) and reduction_pct = 100 (1 - rel_err / qlora_err). Options otherwise
-// keep their defaults: randomized SVD with 2 cold power iterations, warm
+// keep their defaults: randomized SVD with 3 cold power iterations, warm
 // starts with 1, all threads.
 #include "bench_common.hpp"
 
@@ -31,12 +33,13 @@ struct Config {
   bool warm_start = true;
   loftq::SVDMethod method = loftq::SVDMethod::randomized;
   int fixed_iterations = 0;  // 0: let the library pick
+  loftq::Options base;       // scale search, start, keep_best: library defaults unless a group sets them
 };
 
 template <class Q>
 void run_initialize(benchmark::State& state, const Config& c, const Q& q) {
   const auto& W = loftq_bench::cached_matrix(c.m, c.n);
-  loftq::Options opt;
+  loftq::Options opt = c.base;
   opt.rank = c.rank;
   opt.iterations = c.iterations;
   opt.warm_start = c.warm_start;
@@ -136,6 +139,31 @@ void register_all() {
     c.fixed_iterations = 3;
     add_initialize(std::string("initialize/4096x4096/nf4/r16/T5/warm_start:") + (warm ? "1" : "0"), c);
   }
+
+  // Beyond LoftQ: each improvement alone and together against the reference
+  // configuration, same storage, NF2 and NF4, r16, T5.
+  for (Index size : {Index(1024), Index(4096)})
+    for (int bits : {2, 4}) {
+      struct Variant {
+        const char* name;
+        bool search;
+        loftq::Start start;
+        bool keep_best;
+      };
+      for (const Variant v : {Variant{"reference", false, loftq::Start::zero, false},
+                              Variant{"search", true, loftq::Start::zero, true},
+                              Variant{"svd_start", false, loftq::Start::svd, true},
+                              Variant{"search+svd_start", true, loftq::Start::svd, true}}) {
+        Config c;
+        c.m = c.n = size;
+        c.bits = bits;
+        c.base.scale_search = v.search;
+        c.base.start = v.start;
+        c.base.keep_best = v.keep_best;
+        if (size == 4096) c.fixed_iterations = 3;
+        add_initialize("beyond/" + loftq_bench::shape(size, size) + "/" + nf(bits) + "/r16/T5/" + v.name, c);
+      }
+    }
 
   // Exact against randomized SVD at 1024^2.
   for (loftq::SVDMethod method : {loftq::SVDMethod::exact, loftq::SVDMethod::randomized}) {

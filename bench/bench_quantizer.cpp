@@ -1,15 +1,17 @@
 // Block-wise quantizer throughput on a 4096 x 4096 realistic weight (64 MB of
 // fp32), with 1 and 2 threads passed through the `threads` argument.
 //
-//   fake_quantize/<q>/threads:T      W -> dequantize(quantize(W)), fp32 in, fp32 out
-//   quantize/<q>/threads:T           W -> PackedMatrix (codes + fp32 block scales)
-//   dequantize/<q>/threads:T         PackedMatrix -> fp32
-//   quantize_dequantize/<q>/...      both, through real packed storage
+//   fake_quantize/<q>/threads:T          W -> dequantize(quantize(W)) into a reused fp32 buffer
+//   fake_quantize_alloc/<q>/threads:T    the same, returning a freshly allocated matrix
+//   fake_quantize_search/<q>/threads:T   with QuantizeOptions::scale_search (LoftQ's default)
+//   quantize/<q>/threads:T               W -> PackedMatrix (codes + fp32 block scales)
+//   dequantize/<q>/threads:T             PackedMatrix -> fp32, reused buffer
+//   quantize_dequantize/<q>/...          both, through real packed storage
 //
 // items/s counts weights; bytes/s counts the bytes read plus written by the
-// pass (fp32 = 4 bytes, packed = codes + scales). fake_quantize and dequantize
-// allocate their 64 MB output on every call, as a caller of the API would;
-// that page-fault cost is part of the figure.
+// pass (fp32 = 4 bytes, packed = codes + scales). The _alloc variant shows
+// what a fresh 64 MB output costs in page faults; the others reuse theirs, as
+// loftq::initialize does internally.
 #include "bench_common.hpp"
 
 #include <string>
@@ -29,7 +31,29 @@ void register_quantizer(const Q& q) {
   for (int threads : {1, 2}) {
     const std::string suffix = "/" + name + "/threads:" + std::to_string(threads);
 
-    benchmark::RegisterBenchmark(("fake_quantize" + suffix).c_str(), [q, threads](benchmark::State& state) {
+    for (const char* variant : {"", "_search"}) {
+      const bool search = std::string(variant) == "_search";
+      benchmark::RegisterBenchmark(("fake_quantize" + std::string(variant) + suffix).c_str(),
+                                   [q, threads, search](benchmark::State& state) {
+                                     const auto& W = cached_matrix(kM, kN);
+                                     loftq::QuantizeOptions opt;
+                                     opt.threads = threads;
+                                     opt.scale_search = search;
+                                     loftq::RowMatrix<float> F(W.rows(), W.cols());
+                                     for (auto _ : state) {
+                                       loftq::fake_quantize(W, q, F, opt);
+                                       benchmark::DoNotOptimize(F.data());
+                                       benchmark::ClobberMemory();
+                                     }
+                                     state.SetItemsProcessed(state.iterations() * W.size());
+                                     state.SetBytesProcessed(state.iterations() * W.size() * 8);
+                                     state.counters["rel_err"] = static_cast<double>((W - F).norm() / W.norm());
+                                   })
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
+    }
+
+    benchmark::RegisterBenchmark(("fake_quantize_alloc" + suffix).c_str(), [q, threads](benchmark::State& state) {
       const auto& W = cached_matrix(kM, kN);
       for (auto _ : state) {
         auto F = loftq::fake_quantize(W, q, threads);
@@ -57,8 +81,9 @@ void register_quantizer(const Q& q) {
     benchmark::RegisterBenchmark(("dequantize" + suffix).c_str(), [q, threads](benchmark::State& state) {
       const auto& W = cached_matrix(kM, kN);
       const auto P = loftq::quantize(W, q, threads);
+      loftq::RowMatrix<float> D;
       for (auto _ : state) {
-        auto D = loftq::dequantize<float>(P, threads);
+        loftq::dequantize(P, D, threads);
         benchmark::DoNotOptimize(D.data());
         benchmark::ClobberMemory();
       }
@@ -72,7 +97,7 @@ void register_quantizer(const Q& q) {
       loftq::RowMatrix<float> D;
       for (auto _ : state) {
         auto P = loftq::quantize(W, q, threads);
-        D = loftq::dequantize<float>(P, threads);
+        loftq::dequantize(P, D, threads);
         packed = packed_size(P);
         benchmark::DoNotOptimize(D.data());
         benchmark::ClobberMemory();

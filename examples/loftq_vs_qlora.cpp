@@ -14,8 +14,10 @@
 // It writes the same numbers to loftq_vs_qlora.csv and a plot to
 // loftq_vs_qlora.svg, in the current directory or the one given.
 //
-// Options::keep_best is off, so the errors are LoftQ's own per-iteration
-// history; one T = 5 run yields T = 1..5. Everything is deterministic.
+// Each setting runs twice: as PEFT's LoftQ (absmax scales, zero start, last
+// iterate) and with this library's defaults (scale search, SVD start, best
+// iterate), at the same storage. One T = 5 run yields the errors after
+// T = 1..5. Everything is deterministic.
 #include <loftq/loftq.hpp>
 
 #include <algorithm>
@@ -47,24 +49,38 @@ struct Series {
   double qlora = 0;                  // mean QLoRA-style error
   std::vector<double> loftq;         // mean LoftQ error after t = 1..T
   std::vector<int> wins;             // matrices with LoftQ error < QLoRA error after t
+  std::string method;                // "reference" (PEFT's LoftQ) or "default" (this library's)
+  double returned = 0;               // mean error of the iterate initialize returns
+  std::string label() const { return dataset + " " + method; }
 };
 
+// PEFT's LoftQ: absmax scales, zero start, last iterate.
+loftq::Options reference_options() {
+  loftq::Options o;
+  o.scale_search = false;
+  o.start = loftq::Start::zero;
+  o.keep_best = false;
+  return o;
+}
+
 template <class Q>
-Series run(const std::string& dataset, const std::vector<const loftq_bench::RowMatrixXf*>& Ws, const Q& q, long rank) {
+Series run(const std::string& dataset, const std::vector<const loftq_bench::RowMatrixXf*>& Ws, const Q& q, long rank,
+           bool reference) {
   Series s;
   s.dataset = dataset;
+  s.method = reference ? "reference" : "default";
   s.quantizer = q.name();
   s.rank = rank;
   s.matrices = static_cast<int>(Ws.size());
   s.loftq.assign(kIterations, 0.0);
   s.wins.assign(kIterations, 0);
-  loftq::Options opt;
+  loftq::Options opt = reference ? reference_options() : loftq::Options{};
   opt.rank = rank;
   opt.iterations = kIterations;
-  opt.keep_best = false;
   for (const auto* W : Ws) {
     const auto r = loftq::initialize(*W, q, opt);
     s.qlora += r.qlora_error;
+    s.returned += r.error();
     for (int t = 0; t < kIterations; ++t) {
       // tolerance is 0, so every run has all T entries
       const double e = r.history[static_cast<std::size_t>(t)];
@@ -74,23 +90,29 @@ Series run(const std::string& dataset, const std::vector<const loftq_bench::RowM
   }
   const double count = std::max(1, s.matrices);
   s.qlora /= count;
+  s.returned /= count;
   for (double& e : s.loftq) e /= count;
   return s;
 }
 
 void print_table(const std::vector<Series>& all) {
-  std::printf("%-12s %-5s %4s %4s  %-7s", "dataset", "quant", "rank", "mats", "QLoRA");
+  std::printf("%-12s %-9s %-5s %4s %4s  %-7s", "dataset", "loftq", "quant", "rank", "mats", "QLoRA");
   for (int t = 1; t <= kIterations; ++t) std::printf("  T=%-5d", t);
-  std::printf("  %s\n", "reduction@T5");
+  std::printf("  %-8s %-12s %s\n", "returned", "vs QLoRA", "vs reference");
   for (const Series& s : all) {
-    std::printf("%-12s %-5s %4ld %4d  %.5f", s.dataset.c_str(), s.quantizer.c_str(), s.rank, s.matrices, s.qlora);
+    std::printf("%-12s %-9s %-5s %4ld %4d  %.5f", s.dataset.c_str(), s.method.c_str(), s.quantizer.c_str(), s.rank,
+                s.matrices, s.qlora);
     for (double e : s.loftq) std::printf("  %.5f", e);
-    std::printf("  %6.2f%%\n", 100.0 * (1.0 - s.loftq.back() / s.qlora));
+    std::printf("  %.5f  %6.2f%%", s.returned, 100.0 * (1.0 - s.returned / s.qlora));
+    for (const Series& r : all)
+      if (r.method == "reference" && s.method != "reference" && r.dataset == s.dataset && r.quantizer == s.quantizer)
+        std::printf("      %6.2f%%", 100.0 * (1.0 - s.returned / r.returned));
+    std::printf("\n");
   }
   for (const Series& s : all) {
     if (s.matrices <= 1) continue;
-    std::printf("%s %s: matrices where LoftQ beats QLoRA, T=1..%d:", s.dataset.c_str(), s.quantizer.c_str(),
-                kIterations);
+    std::printf("%s %s %s: matrices where LoftQ beats QLoRA, T=1..%d:", s.dataset.c_str(), s.method.c_str(),
+                s.quantizer.c_str(), kIterations);
     for (int w : s.wins) std::printf(" %d/%d", w, s.matrices);
     std::printf("\n");
   }
@@ -98,11 +120,12 @@ void print_table(const std::vector<Series>& all) {
 
 bool write_csv(const std::string& path, const std::vector<Series>& all) {
   std::ofstream f(path);
-  f << "dataset,quantizer,rank,matrices,iteration,qlora_error,loftq_error,loftq_wins\n";
+  f << "dataset,method,quantizer,rank,matrices,iteration,qlora_error,loftq_error,loftq_wins\n";
   char buf[256];
   for (const Series& s : all)
     for (int t = 0; t < kIterations; ++t) {
-      std::snprintf(buf, sizeof buf, "%s,%s,%ld,%d,%d,%.7f,%.7f,%d\n", s.dataset.c_str(), s.quantizer.c_str(), s.rank,
+      std::snprintf(buf, sizeof buf, "%s,%s,%s,%ld,%d,%d,%.7f,%.7f,%d\n", s.dataset.c_str(), s.method.c_str(),
+                    s.quantizer.c_str(), s.rank,
                     s.matrices, t + 1, s.qlora, s.loftq[static_cast<std::size_t>(t)],
                     s.wins[static_cast<std::size_t>(t)]);
       f << buf;
@@ -141,7 +164,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
   std::vector<std::string> quantizers, datasets;
   for (const Series& s : all) {
     if (std::find(quantizers.begin(), quantizers.end(), s.quantizer) == quantizers.end()) quantizers.push_back(s.quantizer);
-    if (std::find(datasets.begin(), datasets.end(), s.dataset) == datasets.end()) datasets.push_back(s.dataset);
+    if (std::find(datasets.begin(), datasets.end(), s.label()) == datasets.end()) datasets.push_back(s.label());
   }
   static const char* const colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
   auto color_of = [&](const std::string& d) {
@@ -208,7 +231,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
       << ") rotate(-90)\" text-anchor=\"middle\" font-size=\"12\">relative error</text>\n";
     for (const Series& s : all) {
       if (s.quantizer != quantizers[pi]) continue;
-      const char* c = color_of(s.dataset);
+      const char* c = color_of(s.label());
       o << "<line x1=\"" << fmt(x0) << "\" y1=\"" << fmt(Y(s.qlora)) << "\" x2=\"" << fmt(x0 + pw) << "\" y2=\""
         << fmt(Y(s.qlora)) << "\" stroke=\"" << c << "\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n";
       o << "<polyline fill=\"none\" stroke=\"" << c << "\" stroke-width=\"2\" points=\"";
@@ -227,7 +250,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
   for (const std::string& d : datasets) {
     const Series* s = nullptr;
     for (const Series& x : all)
-      if (x.dataset == d) s = &x;
+      if (x.label() == d) s = &x;
     const char* c = color_of(d);
     const std::string what = d == "synthetic" ? "synthetic 1024x1024, rank " + std::to_string(s->rank)
                                               : d + ": mean of " + std::to_string(s->matrices) + " matrices, rank " +
@@ -259,8 +282,10 @@ int main(int argc, char** argv) {
 
     std::vector<Series> all;
     const auto W = loftq_bench::realistic_matrix(1024, 1024, /*seed=*/2024);
-    all.push_back(run("synthetic", {&W}, loftq::NormalFloat<2>{}, 16));
-    all.push_back(run("synthetic", {&W}, loftq::NormalFloat<4>{}, 16));
+    for (bool ref : {true, false}) {
+      all.push_back(run("synthetic", {&W}, loftq::NormalFloat<2>{}, 16, ref));
+      all.push_back(run("synthetic", {&W}, loftq::NormalFloat<4>{}, 16, ref));
+    }
 
     const std::string ckpt = std::string(LOFTQ_SHARED_DATA_DIR) + "/stories260K.bin";
     std::string why;
@@ -268,8 +293,10 @@ int main(int argc, char** argv) {
     if (!real.empty()) {
       std::vector<const loftq_bench::RowMatrixXf*> ptrs;
       for (const auto& nm : real) ptrs.push_back(&nm.W);
-      all.push_back(run("stories260K", ptrs, loftq::NormalFloat<2>{}, 8));
-      all.push_back(run("stories260K", ptrs, loftq::NormalFloat<4>{}, 8));
+      for (bool ref : {true, false}) {
+        all.push_back(run("stories260K", ptrs, loftq::NormalFloat<2>{}, 8, ref));
+        all.push_back(run("stories260K", ptrs, loftq::NormalFloat<4>{}, 8, ref));
+      }
     }
 
     std::printf("LoftQ vs QLoRA-style init: relative error ||W - Q - A B^T||_F / ||W||_F (lower is better)\n");
@@ -278,7 +305,9 @@ int main(int argc, char** argv) {
       std::printf("stories260K: skipped (%s)\n", why.c_str());
     else
       std::printf("stories260K = mean over its %zu weight matrices (64x64 .. 512x64), rank 8\n", real.size());
-    std::printf("T = LoftQ alternating steps (Options::keep_best = false: the iterate LoftQ itself returns)\n\n");
+    std::printf("reference = PEFT's LoftQ (absmax scales, zero start, last iterate); default = this library's\n");
+    std::printf("defaults (error-optimal block scales, start from the top-r SVD of W, best iterate), same storage\n");
+    std::printf("T = per-iteration error; returned = the iterate initialize returns\n\n");
     print_table(all);
 
     const std::string csv = (out_dir / "loftq_vs_qlora.csv").string(), svg = (out_dir / "loftq_vs_qlora.svg").string();

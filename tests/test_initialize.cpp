@@ -64,6 +64,8 @@ TEST_CASE("matches a brute-force reference loop: T=1 codes exactly, errors to 1e
     o.iterations = 5;
     o.svd.method = loftq::SVDMethod::exact;
     o.keep_best = false;
+    o.scale_search = false;  // the reference's absmax scales and zero start
+    o.start = loftq::Start::zero;
     Options o1 = o;
     o1.iterations = 1;
     const auto ref = reference_loftq(W, q.codebook(), 8, 5, 64);
@@ -262,4 +264,25 @@ TEST_CASE("bad input gets a typed error and no result") {
   W(1, 1) = std::numeric_limits<float>::quiet_NaN();
   CHECK(code_of(W, o) == loftq::Errc::non_finite);
   CHECK_THROWS_AS(loftq::qlora_init(W, NormalFloat<4>{}, o), loftq::Error);
+}
+
+TEST_CASE("defaults (scale search, SVD start) beat the reference configuration on a structured matrix") {
+  const RowMatrix<float> W = loftq_test::structured(256, 512, 12);
+  Options ours;
+  Options ref;
+  ref.scale_search = false;
+  ref.start = loftq::Start::zero;
+  ref.keep_best = false;
+  for (int bits : {2, 4}) {
+    const loftq::Quantizer q(loftq::Quantizer::Kind::normal_float, bits);
+    const auto a = loftq::initialize(W, q, ours), b = loftq::initialize(W, q, ref);
+    INFO("nf" << bits << ": " << a.error() << " vs reference " << b.error());
+    // Measured 0.65x (NF2) and 0.91x (NF4) here: half of this matrix's
+    // structure lies beyond rank 16 and its noise floor is Gaussian, where
+    // only the scale search helps. Realistic and real weights gain more
+    // (test_real_weights, bench/README.md).
+    CHECK(a.error() < (bits == 2 ? 0.75 : 0.95) * b.error());
+    CHECK(a.qlora_error == b.qlora_error);  // the baseline is QLoRA's absmax q(W) either way
+    CHECK(loftq::quantize(a.Q, q).codes == a.packed.codes);  // storage readable by plain absmax
+  }
 }

@@ -213,6 +213,23 @@ TEST_CASE("bad input gets a typed error") {
   CHECK(code_of([&] { loftq::quantize(W, NormalFloat<4>{}); }) == Errc::non_finite);
   W(2, 3) = -std::numeric_limits<float>::infinity();
   CHECK(code_of([&] { loftq::fake_quantize(W, NormalFloat<4>{}); }) == Errc::non_finite);
+  // NaN deep inside a large matrix, found by the pass itself (no separate scan),
+  // for every kernel and both scale modes; in place, W is left untouched.
+  {
+    loftq::RowMatrix<float> Big = loftq_test::gaussian(300, 700, 2);
+    Big(251, 613) = std::numeric_limits<float>::quiet_NaN();
+    loftq::QuantizeOptions so;
+    so.scale_search = true;
+    CHECK(code_of([&] { loftq::quantize(Big, NormalFloat<2>{}); }) == Errc::non_finite);
+    CHECK(code_of([&] { loftq::quantize(Big, NormalFloat<4>{}, so); }) == Errc::non_finite);
+    CHECK(code_of([&] { loftq::quantize(Big, NormalFloat<8>{}); }) == Errc::non_finite);
+    CHECK(code_of([&] { loftq::quantize(Big, Uniform<3>{64, false}); }) == Errc::non_finite);
+    const loftq::RowMatrix<float> before = Big;
+    CHECK(code_of([&] { loftq::fake_quantize(Big, NormalFloat<4>{}, Big); }) == Errc::non_finite);
+    CHECK(before.cwiseEqual(Big).count() + 1 == Big.size());  // all equal but the NaN (NaN != NaN)
+    Big(251, 613) = std::numeric_limits<float>::infinity();
+    CHECK(code_of([&] { loftq::fake_quantize(Big, NormalFloat<4>{}, so); }) == Errc::non_finite);
+  }
   // Scales are fp32: a double block beyond the float range cannot be stored.
   Eigen::MatrixXd Wd = Eigen::MatrixXd::Ones(2, 64);
   Wd(1, 1) = 1e300;

@@ -97,6 +97,11 @@ struct QuantSpec {
   bool search = false;
   const float* col_weights = nullptr;
   std::int64_t cols = 0;
+  // Optional per-block state across repeated passes over slowly changing
+  // input (LoftQ's iterations): each block's chosen fraction of absmax is
+  // written here, and where it is already > 0 the search starts from it
+  // (then Lloyd steps) instead of scanning the grid.
+  float* fractions = nullptr;
 };
 
 template <class Q>
@@ -119,18 +124,13 @@ struct Tables {
   static constexpr int L = 1 << Bits;
   std::array<Scalar, L> level{};
   std::array<Scalar, L - 1> thr{};
-  // The same tables padded to 16 entries for the AVX2 lookups (float, Bits <= 4).
-  alignas(32) float thr16[16]{}, lev16[16]{};
+  // The same thresholds as a search tree for the AVX2 kernels (float, <= 4 bits).
+  std::conditional_t<(Bits <= 4), SearchTree<(Bits <= 4 ? Bits : 4)>, char> tree{};
   explicit Tables(const std::vector<float>& cb) {
     const auto t = decision_thresholds<Scalar>(cb);
     for (int i = 0; i < L; ++i) level[i] = static_cast<Scalar>(cb[i]);
     for (int i = 0; i < L - 1; ++i) thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
-    if constexpr (Bits <= 4) {
-      for (int i = 0; i < 16; ++i) {
-        thr16[i] = static_cast<float>(thr[std::min(i, L - 2)]);
-        lev16[i] = static_cast<float>(level[std::min(i, L - 1)]);
-      }
-    }
+    if constexpr (Bits <= 4) tree = SearchTree<Bits>(thr.data(), level.data());
   }
   // Number of thresholds y reaches: the index of the nearest level.
   int code(Scalar y) const {
@@ -148,9 +148,13 @@ struct Tables {
 
 template <class Scalar>
 float checked_scale(Scalar s, Eigen::Index block) {
+  // The block reductions propagate NaN, so this one test per block also
+  // catches NaN and Inf in the input: the kernels need no separate pass.
+  // Checked by hand: this runs once per block, and require() would build
+  // the message every time.
+  if (!std::isfinite(s))
+    fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(block) + ")");
   const float f = static_cast<float>(s);
-  // Checked by hand: this runs once per block, and require() would build the
-  // message every time.
   if (!std::isfinite(f))
     fail(Errc::invalid_argument,
          "block " + std::to_string(block) + " has magnitude beyond the float range; block scales are fp32");
@@ -195,7 +199,7 @@ inline void code_span(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRIC
     for (int i = 0; i < L; ++i) lev[i] = T.level[i];
 #if LOFTQ_HAS_AVX2
     if constexpr (std::is_same<Scalar, float>::value) {
-      const std::int64_t done = code_span_avx2<Bits>(x, n, off, den, thr, lev, codes, levels);
+      const std::int64_t done = code_span_avx2<Bits>(T.tree, x, n, off, den, codes, levels);
       x += done;
       codes += done;
       if (levels) levels += done;
@@ -277,8 +281,8 @@ void scale_error(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, 
   std::int64_t j = 0;
 #if LOFTQ_HAS_AVX2
   if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
-    j = w ? scale_error_avx2<Bits, true>(x, w, n, inv, T.thr16, T.lev16, facc)
-          : scale_error_avx2<Bits, false>(x, w, n, inv, T.thr16, T.lev16, facc);
+    j = w ? scale_error_avx2<Bits, true>(T.tree, x, w, n, inv, facc)
+          : scale_error_avx2<Bits, false>(T.tree, x, w, n, inv, facc);
   }
 #endif
   Scalar e = facc[0], zl = facc[1], ll = facc[2];
@@ -309,12 +313,16 @@ inline const ScaleGrid& scale_grid(int bits) {
 // The searched scale (a float, <= amax) of one block.
 template <class Scalar, int Bits>
 float search_scale(const Tables<Scalar, Bits>& T, const Scalar* x, const Scalar* w, std::int64_t n, float amax,
-                   const ScaleGrid& grid) {
+                   const ScaleGrid& grid, float* fraction) {
   Scalar sums[3];
-  float best = amax;
-  scale_error(T, x, w, n, Scalar(1) / static_cast<Scalar>(amax), sums);
+  // A warm start replaces absmax and the grid by the previous fraction: the
+  // Lloyd steps that follow only improve on it.
+  const bool warm = fraction && *fraction > 0.0f && *fraction <= 1.0f;
+  float best = warm ? static_cast<float>(static_cast<double>(amax) * *fraction) : amax;
+  if (!(best > 0.0f)) best = amax;
+  scale_error(T, x, w, n, Scalar(1) / static_cast<Scalar>(best), sums);
   // Errors compare in x units: s^2 * sum w (x/s - c)^2.
-  Scalar best_err = static_cast<Scalar>(amax) * static_cast<Scalar>(amax) * sums[0];
+  Scalar best_err = static_cast<Scalar>(best) * static_cast<Scalar>(best) * sums[0];
   Scalar best_zl = sums[1], best_ll = sums[2];
   auto consider = [&](float s) {
     if (!(s > 0.0f) || s > amax || s == best) return false;
@@ -329,12 +337,14 @@ float search_scale(const Tables<Scalar, Bits>& T, const Scalar* x, const Scalar*
     best_ll = su[2];
     return true;
   };
-  for (double f : grid.fractions) consider(static_cast<float>(static_cast<double>(amax) * f));
+  if (!warm)
+    for (double f : grid.fractions) consider(static_cast<float>(static_cast<double>(amax) * f));
   for (int k = 0; k < grid.lloyd_steps; ++k) {
     if (!(best_ll > 0)) break;
     const Scalar s = static_cast<Scalar>(best) * best_zl / best_ll;
     if (!consider(static_cast<float>(std::min<Scalar>(s, static_cast<Scalar>(amax))))) break;
   }
+  if (fraction) *fraction = best / amax;
   return best;
 }
 
@@ -375,7 +385,7 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
       if (s.mode == ScaleMode::absmax) {
         // Eigen's reductions vectorize; a plain std::max loop stays scalar.
         const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
-        scale = static_cast<Scalar>(checked_scale(blk.abs().maxCoeff(), b));
+        scale = static_cast<Scalar>(checked_scale(blk.abs().template maxCoeff<Eigen::PropagateNaN>(), b));
         if (search && scale > 0) {
           const Scalar* wb = nullptr;
           if (s.col_weights) {
@@ -383,14 +393,15 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
             for (std::int64_t j = e0; j < e1; ++j) wbuf[j - e0] = static_cast<Scalar>(s.col_weights[j % s.cols]);
             wb = wbuf.data();
           }
-          scale = static_cast<Scalar>(search_scale(T, x, wb, e1 - e0, static_cast<float>(scale), grid));
+          scale = static_cast<Scalar>(search_scale(T, x, wb, e1 - e0, static_cast<float>(scale), grid,
+                                                          s.fractions ? s.fractions + b : nullptr));
         }
         den = scale;
         if (out) out->scales[b] = static_cast<float>(scale);
       } else {
         const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
-        lo = static_cast<Scalar>(checked_scale(blk.minCoeff(), b));
-        scale = static_cast<Scalar>(checked_scale(blk.maxCoeff(), b));
+        lo = static_cast<Scalar>(checked_scale(blk.template minCoeff<Eigen::PropagateNaN>(), b));
+        scale = static_cast<Scalar>(checked_scale(blk.template maxCoeff<Eigen::PropagateNaN>(), b));
         off = lo;
         den = scale - lo;
         if (!std::isfinite(den))
@@ -525,16 +536,18 @@ bool all_finite(const Scalar* x, std::int64_t N, int threads) {
   return std::find(bad.begin(), bad.end(), 1) == bad.end();
 }
 
-// Validates W as seen through its row-major view.
+// Validates W as seen through its row-major view. The finiteness scan can be
+// skipped where the quantization pass itself rejects NaN/Inf (checked_scale)
+// before anything the caller owns is written.
 template <class Derived>
 void check_weights(const Eigen::MatrixBase<Derived>& W, const typename Derived::Scalar* data, int threads,
-                   const char* what) {
+                   const char* what, bool scan_finite = true) {
   using Scalar = typename Derived::Scalar;
   static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
                 "loftq works on float or double matrices");
   require(W.rows() > 0 && W.cols() > 0, Errc::invalid_argument,
           std::string(what) + ": the matrix is empty (" + std::to_string(W.rows()) + "x" + std::to_string(W.cols()) + ")");
-  require(all_finite(data, static_cast<std::int64_t>(W.size()), threads), Errc::non_finite,
+  require(!scan_finite || all_finite(data, static_cast<std::int64_t>(W.size()), threads), Errc::non_finite,
           std::string(what) + ": the matrix contains NaN or Inf");
 }
 
@@ -552,7 +565,7 @@ struct QuantizeOptions {
 template <class Q, class Derived>
 PackedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, const QuantizeOptions& opt) {
   detail::RowMajorView<Derived> v(W);
-  detail::check_weights(W, v.data(), opt.threads, "quantize");
+  detail::check_weights(W, v.data(), opt.threads, "quantize", false);
   detail::QuantSpec s = detail::spec_of(q);
   s.search = opt.scale_search;
   PackedMatrix P = detail::make_packed(W.rows(), W.cols(), s);
@@ -567,24 +580,34 @@ PackedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, int threa
   return quantize(W, q, opt);
 }
 
-// The matrix a PackedMatrix stands for, row-major like its flattening.
+// The matrix a PackedMatrix stands for, row-major like its flattening; the
+// overload with an output reuses its storage (resized if needed).
+template <class Scalar>
+void dequantize(const PackedMatrix& P, RowMatrix<Scalar>& out, int threads = 0) {
+  detail::validate(P);
+  if (out.rows() != P.rows || out.cols() != P.cols) out.resize(P.rows, P.cols);
+  detail::dequantize_flat(P, out.data(), threads);
+}
+
 template <class Scalar = float>
 RowMatrix<Scalar> dequantize(const PackedMatrix& P, int threads = 0) {
-  detail::validate(P);
-  RowMatrix<Scalar> out(P.rows, P.cols);
-  detail::dequantize_flat(P, out.data(), threads);
+  RowMatrix<Scalar> out;
+  dequantize(P, out, threads);
   return out;
 }
 
 // dequantize(quantize(W)) without materializing the codes; bit-identical to
 // it. The overload with an output writes into it (resized if needed), so
 // repeated calls need not allocate; out may be W itself, but not a part of it.
+// If it throws (NaN/Inf in W), out's contents are unspecified unless out is W,
+// which is then left untouched.
 template <class Q, class Derived, class Scalar>
 void fake_quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, RowMatrix<Scalar>& out,
                    const QuantizeOptions& opt = {}) {
   static_assert(std::is_same<Scalar, typename Derived::Scalar>::value, "out must have W's scalar type");
   detail::RowMajorView<Derived> v(W);
-  detail::check_weights(W, v.data(), opt.threads, "fake_quantize");
+  // In place, a NaN found mid-pass would leave W half overwritten: scan first.
+  detail::check_weights(W, v.data(), opt.threads, "fake_quantize", out.data() == v.data());
   detail::QuantSpec s = detail::spec_of(q);
   s.search = opt.scale_search;
   if (out.rows() != W.rows() || out.cols() != W.cols()) out.resize(W.rows(), W.cols());

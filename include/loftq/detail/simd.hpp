@@ -1,9 +1,10 @@
 #pragma once
-// AVX2 kernel for the nearest-code search on float, used when the including
+// AVX2 kernels for the nearest-code search on float, used when the including
 // translation unit is compiled with AVX2 (e.g. -march=native) and
-// LOFTQ_NO_SIMD is not defined. It computes exactly what the portable loop
-// computes: the same IEEE division and the same >= comparisons, so codes and
-// values are bit-identical with and without it.
+// LOFTQ_NO_SIMD is not defined. code_span_avx2 computes exactly what the
+// portable loop computes: the same IEEE division and the same >= comparisons
+// against the same thresholds, so codes and values are bit-identical with and
+// without it.
 
 #include <cstdint>
 
@@ -17,6 +18,31 @@
 namespace loftq {
 namespace detail {
 
+// The sorted decision thresholds laid out as an implicit binary search tree:
+// level j of the tree holds the 2^j thresholds that step j of the search can
+// probe, tree[j][k] = thr[(2k + 1) * L / 2^(j+1) - 1]. A step then needs one
+// in-register permute indexed by the path so far instead of an indexed
+// lookup into the flat table. Up to 4 bits every level fits one 8-lane register.
+template <int Bits>
+struct SearchTree {
+  static_assert(Bits >= 1 && Bits <= 4, "the search tree covers up to 4 bits");
+  static constexpr int L = 1 << Bits;
+  alignas(32) float tree[Bits][8]{};
+  alignas(32) float level[16]{};  // levels padded to 16 entries
+  SearchTree() = default;
+  // thr: L - 1 sorted thresholds (+inf padded); lev: L levels.
+  template <class T>
+  SearchTree(const T* thr, const T* lev) {
+    // Lanes past 2^j repeat the pattern, so level 0 is a broadcast of the root.
+    for (int j = 0; j < Bits; ++j)
+      for (int k = 0; k < 8; ++k) {
+        const int kk = k % (1 << j);
+        tree[j][k] = static_cast<float>(thr[(2 * kk + 1) * (L >> (j + 1)) - 1]);
+      }
+    for (int i = 0; i < 16; ++i) level[i] = static_cast<float>(lev[i < L ? i : L - 1]);
+  }
+};
+
 #if LOFTQ_HAS_AVX2
 inline __m256 fmadd(__m256 a, __m256 b, __m256 c) {
 #if defined(__FMA__)
@@ -26,27 +52,43 @@ inline __m256 fmadd(__m256 a, __m256 b, __m256 c) {
 #endif
 }
 
-// Entries idx (0..15) of a 16-entry table held in two registers.
-inline __m256 lookup16(__m256 lo, __m256 hi, __m256i idx) {
-  const __m256 a = _mm256_permutevar8x32_ps(lo, idx), b = _mm256_permutevar8x32_ps(hi, idx);
-  const __m256i upper = _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(7));
-  return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(upper));
-}
+template <int Bits>
+struct SearchTreeRegs {
+  __m256 step[Bits];
+  __m256 lo, hi;
+  explicit SearchTreeRegs(const SearchTree<Bits>& t) {
+    for (int j = 0; j < Bits; ++j) step[j] = _mm256_load_ps(t.tree[j]);
+    lo = _mm256_load_ps(t.level);
+    hi = _mm256_load_ps(t.level + 8);
+  }
+  // Number of thresholds y reaches (the nearest level's index): the path
+  // k -> 2k + [y >= tree[j][k]] through the tree.
+  __m256i code(__m256 y) const {
+    __m256i k = _mm256_setzero_si256();
+    for (int j = 0; j < Bits; ++j) {
+      const __m256 t = j == 0 ? step[0] : _mm256_permutevar8x32_ps(step[j], k);
+      const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(y, t, _CMP_GE_OQ));
+      k = _mm256_sub_epi32(_mm256_add_epi32(k, k), ge);  // ge is -1 where true
+    }
+    return k;
+  }
+  __m256 level(__m256i c) const {
+    if constexpr (Bits <= 3) {
+      return _mm256_permutevar8x32_ps(lo, c);
+    } else {
+      const __m256 a = _mm256_permutevar8x32_ps(lo, c), b = _mm256_permutevar8x32_ps(hi, c);
+      const __m256i upper = _mm256_cmpgt_epi32(c, _mm256_set1_epi32(7));
+      return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(upper));
+    }
+  }
+};
 
 // Processes the multiple-of-8 prefix of [0, n) and returns how many elements
-// it handled. thr: 2^Bits - 1 thresholds (+inf padded), lev: 2^Bits levels.
+// it handled: codes of y = (x - off) / den and, when levels is given, their levels.
 template <int Bits>
-std::int64_t code_span_avx2(const float* x, std::int64_t n, float off, float den, const float* thr, const float* lev,
+std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float off, float den,
                             std::uint8_t* codes, float* levels) {
-  static_assert(Bits >= 2 && Bits <= 4, "AVX2 kernel covers 2..4 bits");
-  constexpr int L = 1 << Bits;
-  alignas(32) float thr16[16], lev16[16];
-  for (int i = 0; i < 16; ++i) {
-    thr16[i] = i < L - 1 ? thr[i] : thr[L - 2];
-    lev16[i] = i < L ? lev[i] : lev[L - 1];
-  }
-  const __m256 tlo = _mm256_load_ps(thr16), thi = _mm256_load_ps(thr16 + 8);
-  const __m256 llo = _mm256_load_ps(lev16), lhi = _mm256_load_ps(lev16 + 8);
+  const SearchTreeRegs<Bits> T(tree);
   const __m256 voff = _mm256_set1_ps(off), vden = _mm256_set1_ps(den);
   // Gathers byte 0 of each 32-bit lane into the low 4 bytes of each 128-bit half.
   const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
@@ -55,18 +97,10 @@ std::int64_t code_span_avx2(const float* x, std::int64_t n, float off, float den
   std::int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 y = _mm256_div_ps(_mm256_sub_ps(_mm256_loadu_ps(x + j), voff), vden);
-    // Branch-free binary search over the sorted thresholds: each step asks
-    // whether y reaches the threshold in the middle of the remaining range.
-    __m256i c = _mm256_setzero_si256();
-    for (int s = L / 2; s >= 1; s /= 2) {
-      const __m256i probe = _mm256_add_epi32(c, _mm256_set1_epi32(s - 1));
-      const __m256 t = lookup16(tlo, thi, probe);
-      const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(y, t, _CMP_GE_OQ));
-      c = _mm256_add_epi32(c, _mm256_and_si256(ge, _mm256_set1_epi32(s)));
-    }
+    const __m256i c = T.code(y);
     const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(c, pick), join);
     _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), _mm256_castsi256_si128(bytes));
-    if (levels) _mm256_storeu_ps(levels + j, lookup16(llo, lhi, c));
+    if (levels) _mm256_storeu_ps(levels + j, T.level(c));
   }
   return j;
 }
@@ -78,24 +112,15 @@ std::int64_t code_span_avx2(const float* x, std::int64_t n, float off, float den
 // choice of scale depends on it, and the final codes are recomputed by the
 // exact kernel above.
 template <int Bits, bool Weighted>
-std::int64_t scale_error_avx2(const float* x, const float* w, std::int64_t n, float inv, const float* thr16,
-                              const float* lev16, float* acc) {
-  constexpr int L = 1 << Bits;
-  const __m256 tlo = _mm256_load_ps(thr16), thi = _mm256_load_ps(thr16 + 8);
-  const __m256 llo = _mm256_load_ps(lev16), lhi = _mm256_load_ps(lev16 + 8);
+std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, const float* w, std::int64_t n, float inv,
+                              float* acc) {
+  const SearchTreeRegs<Bits> T(tree);
   const __m256 vinv = _mm256_set1_ps(inv);
   __m256 se = _mm256_setzero_ps(), szl = _mm256_setzero_ps(), sll = _mm256_setzero_ps();
   std::int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256 z = _mm256_mul_ps(_mm256_loadu_ps(x + j), vinv);
-    __m256i c = _mm256_setzero_si256();
-    for (int s = L / 2; s >= 1; s /= 2) {
-      const __m256i probe = _mm256_add_epi32(c, _mm256_set1_epi32(s - 1));
-      const __m256 t = L <= 8 ? _mm256_permutevar8x32_ps(tlo, probe) : lookup16(tlo, thi, probe);
-      const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(z, t, _CMP_GE_OQ));
-      c = _mm256_add_epi32(c, _mm256_and_si256(ge, _mm256_set1_epi32(s)));
-    }
-    const __m256 v = L <= 8 ? _mm256_permutevar8x32_ps(llo, c) : lookup16(llo, lhi, c);
+    const __m256 v = T.level(T.code(z));
     const __m256 d = _mm256_sub_ps(z, v);
     if constexpr (Weighted) {
       const __m256 wv = _mm256_loadu_ps(w + j), wl = _mm256_mul_ps(wv, v);
@@ -108,15 +133,14 @@ std::int64_t scale_error_avx2(const float* x, const float* w, std::int64_t n, fl
       sll = fmadd(v, v, sll);
     }
   }
-  alignas(32) float tmp[3][8];
-  _mm256_store_ps(tmp[0], se);
-  _mm256_store_ps(tmp[1], szl);
-  _mm256_store_ps(tmp[2], sll);
-  for (int k = 0; k < 3; ++k) {
-    float t = 0;
-    for (int i = 0; i < 8; ++i) t += tmp[k][i];
-    acc[k] += t;
-  }
+  // Three horizontal sums at once: lanes 0..2 end up holding se, szl, sll.
+  const __m256 a = _mm256_hadd_ps(se, szl), b = _mm256_hadd_ps(sll, _mm256_setzero_ps());
+  const __m256 c = _mm256_hadd_ps(a, b);
+  alignas(16) float t[4];
+  _mm_store_ps(t, _mm_add_ps(_mm256_castps256_ps128(c), _mm256_extractf128_ps(c, 1)));
+  acc[0] += t[0];
+  acc[1] += t[1];
+  acc[2] += t[2];
   return j;
 }
 #endif
