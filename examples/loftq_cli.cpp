@@ -3,7 +3,7 @@
 //   loftq init --input W.npy --output DIR [--bits 4] [--rank 16] [--iters 5] ...
 //
 // reads one 2-D weight matrix from a .npy file, runs loftq::initialize and
-// writes DIR/Q.npy, DIR/A.npy, DIR/B.npy and DIR/report.json (see kUsage).
+// writes DIR/Q.npy, DIR/A.npy, DIR/B.npy and DIR/report.json (see usage_text).
 //
 //   loftq model --input PATH --output DIR ...   (whole safetensors checkpoints)
 //   loftq merge --input PATH --shards D1,D2,... --output DIR
@@ -81,7 +81,15 @@ std::string version_string() {
          std::to_string(LOFTQ_VERSION_PATCH);
 }
 
-const char* const kUsage =
+const char* scale_name(bool search) { return search ? "search" : "absmax"; }
+const char* start_name(loftq::Start s) { return s == loftq::Start::zero ? "zero" : "svd"; }
+
+// The help text. Defaults that belong to the library (scale, start) are read
+// from loftq::Options{} so the tool and its help follow the library's choice.
+std::string usage_text() {
+  const loftq::Options lib;
+  const std::string scale_default = scale_name(lib.scale_search), start_default = start_name(lib.start);
+  return std::string(
     "usage: loftq init --input W.npy --output DIR [options]\n"
     "       loftq model --input PATH --output DIR [model options]\n"
     "       loftq merge --input PATH --shards DIR1,DIR2,... --output DIR [--overwrite] [--quiet]\n"
@@ -105,11 +113,16 @@ const char* const kUsage =
     "  --quantizer nf|uniform  normal-float (QLoRA NF-k) or uniform grid (default nf)\n"
     "  --block-size N        elements per quantization block of the row-major\n"
     "                        flattening (default 64)\n"
-    "  --scale absmax        block scale (only absmax for now)\n"
+    "  --scale absmax|search block scales: absmax, or searched per block for the\n"
+    "                        lowest squared error (same storage) (default " + scale_default + ")\n"
     "  --svd exact|randomized  truncated SVD method (default randomized)\n"
     "  --seed N              seed of the randomized SVD, 0..2^64-1 (default 0)\n"
     "  --start zero|svd      zero: LoftQ's A = B = 0 start; svd: start from the\n"
-    "                        top-r SVD of W (default zero)\n"
+    "                        top-r SVD of W (default " + start_default + ")\n"
+    "  --double-quant        double quantization (QLoRA): the fp32 block scales are\n"
+    "                        quantized to 8 bits in blocks of 256 after subtracting\n"
+    "                        their mean (0.5 -> 0.127 bits/weight at block 64), then\n"
+    "                        A, B are refit to the rounded Q once; Q.npy is that Q\n"
     "  --threads N           worker threads, 1..1024 (default: OpenMP's); the\n"
     "                        results are bit-identical for any thread count\n"
     "  --last                return the last iterate (as the reference does), not\n"
@@ -145,14 +158,26 @@ const char* const kUsage =
     "                               other tensor copied byte for byte (sharded like the\n"
     "                               input, with its index, when the input is sharded)\n"
     "    model.packed.safetensors   with --packed: <name>.qcodes (U8, bit-packed codes)\n"
-    "                               and <name>.qscales (F32 block scales)\n"
+    "                               and <name>.qscales (F32 block scales), or with\n"
+    "                               --double-quant .qscales_q (U8), .qscales_absmax\n"
+    "                               and .qscales_mean (F32); <name>.bits in metadata\n"
     "    loftq_report.json          per tensor: shape, bits, rank, error history,\n"
-    "                               QLoRA baseline error, seconds\n"
+    "                               QLoRA baseline error, squared error, bits per\n"
+    "                               weight, seconds; the bit allocation\n"
     "  config.json, generation_config.json and tokenizer files next to the input\n"
     "  are copied.\n"
     "model options:\n"
     "  --bits N, --rank N, --iters N, --quantizer nf|uniform, --block-size N,\n"
-    "  --svd exact|randomized, --seed N, --threads N   as for init\n"
+    "  --scale absmax|search, --start zero|svd, --svd exact|randomized, --seed N,\n"
+    "  --threads N, --double-quant   as for init (--double-quant changes the\n"
+    "                        packed scales to 8-bit codes, see README.md)\n"
+    "  --bits-budget B       mixed precision instead of --bits: 2, 3 or 4 bits per\n"
+    "                        target, chosen (exact knapsack) to minimize the total\n"
+    "                        squared error ||W - Q - A B^T||^2 with an average of at\n"
+    "                        most B code bits per weight, 2 <= B <= 4 (block scales\n"
+    "                        not counted); measures each target at every width\n"
+    "                        (3 LoftQ runs, plus 1 to recompute the chosen one);\n"
+    "                        not with --shard\n"
     "  --lora-alpha A        PEFT lora_alpha, a positive number (default: r)\n"
     "  --target-modules LIST comma-separated module names (default\n"
     "                        q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj)\n"
@@ -166,7 +191,8 @@ const char* const kUsage =
     "\n"
     "loftq merge: assemble the outputs of 'loftq model --shard K/N' runs (all N,\n"
     "  same settings) and the original checkpoint PATH into the output an unsharded\n"
-    "  run writes (identical tensors).\n";
+    "  run writes (identical tensors).\n");
+}
 
 // ---------------------------------------------------------------------------
 // Errors
@@ -241,7 +267,10 @@ struct Args {
   int threads = 0;  // 0: not given
   bool keep_best = true;
   bool quiet = false;
-  loftq::Start start = loftq::Start::zero;
+  // The library's defaults, so a change there reaches the tool.
+  loftq::Start start = loftq::Options{}.start;
+  bool scale_search = loftq::Options{}.scale_search;
+  bool double_quant = false;
 };
 
 bool parse_u64(const std::string& s, std::uint64_t& out, bool& overflow) {
@@ -274,10 +303,22 @@ struct OptSpec {
   bool takes_value;
 };
 
+bool parse_scale(const std::string& v) {
+  if (v == "absmax") return false;
+  if (v == "search") return true;
+  throw UsageError{"invalid value '" + v + "' for --scale: expected absmax or search"};
+}
+
+loftq::Start parse_start(const std::string& v) {
+  if (v == "zero") return loftq::Start::zero;
+  if (v == "svd") return loftq::Start::svd;
+  throw UsageError{"invalid value '" + v + "' for --start: expected zero or svd"};
+}
+
 constexpr OptSpec kOptions[] = {
     {"--input", true},  {"--output", true},     {"--bits", true},  {"--rank", true},    {"--iters", true},
     {"--quantizer", true}, {"--block-size", true}, {"--scale", true}, {"--svd", true},  {"--seed", true},
-    {"--start", true},  {"--threads", true},    {"--last", false}, {"--quiet", false},
+    {"--start", true},  {"--threads", true},    {"--last", false}, {"--quiet", false}, {"--double-quant", false},
 };
 
 void apply(Args& a, const std::string& opt, const std::string& v) {
@@ -314,14 +355,11 @@ void apply(Args& a, const std::string& opt, const std::string& v) {
     else
       throw UsageError{"invalid value '" + v + "' for --svd: expected exact or randomized"};
   } else if (opt == "--scale") {
-    if (v != "absmax") throw UsageError{"invalid value '" + v + "' for --scale: only absmax is supported"};
+    a.scale_search = parse_scale(v);
   } else if (opt == "--start") {
-    if (v == "zero")
-      a.start = loftq::Start::zero;
-    else if (v == "svd")
-      a.start = loftq::Start::svd;
-    else
-      throw UsageError{"invalid value '" + v + "' for --start: expected zero or svd"};
+    a.start = parse_start(v);
+  } else if (opt == "--double-quant") {
+    a.double_quant = true;
   } else if (opt == "--last") {
     a.keep_best = false;
   } else if (opt == "--quiet") {
@@ -634,6 +672,15 @@ const char* quantizer_name(loftq::Quantizer::Kind k) {
 
 int effective_threads(int requested) { return loftq::detail::resolve_threads(requested); }
 
+nlohmann::json double_quant_json(const loftq::DoubleQuantEffect& e) {
+  return {{"scheme", "int8 absmax, mean subtracted"},
+          {"block", loftq::kDoubleQuantBlock},
+          {"bits_per_weight_before", e.bits_per_weight_before},
+          {"rel_err_before", e.error_before},
+          {"rel_err_rounded_scales", e.error_rounded},
+          {"refit", e.refit_kept}};
+}
+
 int run_init(const Args& a) {
   const fs::path dir = normalize_output(a.output);
   const OutMode mode = check_output(dir, a.input);
@@ -662,6 +709,7 @@ int run_init(const Args& a) {
   opt.svd.method = a.svd;
   opt.svd.seed = a.seed;
   opt.start = a.start;
+  opt.scale_search = a.scale_search;
   opt.keep_best = a.keep_best;
   opt.threads = a.threads;
 #ifdef _OPENMP
@@ -670,8 +718,10 @@ int run_init(const Args& a) {
 
   const auto t0 = std::chrono::steady_clock::now();
   loftq::Result<float> r;
+  loftq::DoubleQuantEffect dq;
   try {
     r = loftq::initialize(W, quantizer, opt);
+    if (a.double_quant) dq = loftq::double_quantize(W, r, opt);
   } catch (const loftq::Error& e) {
     throw InputError{a.input + ": " + e.what()};
   }
@@ -689,10 +739,10 @@ int run_init(const Args& a) {
   rep["iterations_run"] = r.history.size();
   rep["quantizer"] = quantizer_name(a.kind);
   rep["block_size"] = a.block_size;
-  rep["scale"] = "absmax";
+  rep["scale"] = scale_name(a.scale_search);
   rep["svd"] = loftq::to_string(a.svd);
   rep["seed"] = a.seed;
-  rep["start"] = a.start == loftq::Start::zero ? "zero" : "svd";
+  rep["start"] = start_name(a.start);
   rep["threads"] = effective_threads(a.threads);
   rep["keep_best"] = a.keep_best;
   rep["best_iteration"] = r.best_iteration;
@@ -700,6 +750,7 @@ int run_init(const Args& a) {
   rep["rel_err"] = r.error();
   rep["qlora_rel_err"] = r.qlora_error;
   rep["bits_per_weight"] = r.packed.bits_per_weight();
+  rep["double_quant"] = a.double_quant ? double_quant_json(dq) : nlohmann::json(false);
   rep["seconds"] = seconds;
   const std::string json = rep.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 
@@ -715,16 +766,27 @@ int run_init(const Args& a) {
   if (!a.quiet) {
     std::printf("loftq %s: %s (%ldx%ld %s) -> %s\n", version_string().c_str(), a.input.c_str(), static_cast<long>(m),
                 static_cast<long>(n), dtype.c_str(), dir.c_str());
-    std::printf("  %s%d, block %ld, rank %ld, svd %s, start %s, seed %llu, threads %d\n", quantizer_name(a.kind),
-                a.bits, static_cast<long>(a.block_size), static_cast<long>(a.rank), loftq::to_string(a.svd),
-                a.start == loftq::Start::zero ? "zero" : "svd", static_cast<unsigned long long>(a.seed),
-                effective_threads(a.threads));
+    std::printf("  %s%d, block %ld, scale %s, rank %ld, svd %s, start %s, seed %llu, threads %d\n",
+                quantizer_name(a.kind), a.bits, static_cast<long>(a.block_size), scale_name(a.scale_search),
+                static_cast<long>(a.rank), loftq::to_string(a.svd), start_name(a.start),
+                static_cast<unsigned long long>(a.seed), effective_threads(a.threads));
     std::printf("  QLoRA  rel. error %.6f\n", r.qlora_error);
-    for (std::size_t t = 0; t < r.history.size(); ++t)
-      std::printf("  iter %-2zu rel. error %.6f%s\n", t + 1, r.history[t],
-                  static_cast<int>(t + 1) == r.best_iteration ? "  <- returned" : "");
-    std::printf("  returned iteration %d (%s), rel. error %.6f; %.3f s\n", r.best_iteration,
-                a.keep_best ? "best" : "last", r.error(), seconds);
+    for (std::size_t t = 0; t < r.history.size(); ++t) {
+      const char* mark = static_cast<int>(t + 1) == r.best_iteration ? "  <- returned" : "";
+      if (a.double_quant && t + 1 == r.history.size())
+        std::printf("  double-quant rel. error %.6f%s\n", r.history[t], mark);
+      else
+        std::printf("  iter %-2zu rel. error %.6f%s\n", t + 1, r.history[t], mark);
+    }
+    if (a.double_quant) {
+      std::printf("  double quantization: %.4f -> %.4f bits/weight, rel. error %.6f -> %.6f (%.6f before the refit)\n",
+                  dq.bits_per_weight_before, dq.bits_per_weight_after, dq.error_before, dq.error_after, dq.error_rounded);
+      std::printf("  returned the double-quantized %s iterate, rel. error %.6f; %.3f s\n", a.keep_best ? "best" : "last",
+                  r.error(), seconds);
+    } else {
+      std::printf("  returned iteration %d (%s), rel. error %.6f; %.3f s\n", r.best_iteration,
+                  a.keep_best ? "best" : "last", r.error(), seconds);
+    }
     std::fflush(stdout);
   }
   return kExitOk;
@@ -765,13 +827,21 @@ struct ModelArgs {
   bool quiet = false, overwrite = false, packed = false;
   loftq::SVDMethod svd = loftq::SVDMethod::randomized;
   std::uint64_t seed = 0;
+  loftq::Start start = loftq::Options{}.start;
+  bool scale_search = loftq::Options{}.scale_search;
+  bool double_quant = false;
+  double bits_budget = 0;  // 0: one width for every target (--bits)
 };
+
+// The widths --bits-budget chooses from.
+const std::vector<int> kBudgetBits = {2, 3, 4};
 
 constexpr OptSpec kModelOptions[] = {
     {"--input", true},      {"--output", true},  {"--bits", true},       {"--rank", true},    {"--iters", true},
     {"--quantizer", true},  {"--block-size", true}, {"--lora-alpha", true}, {"--target-modules", true},
     {"--threads", true},    {"--shard", true},   {"--quiet", false},     {"--overwrite", false}, {"--packed", false},
-    {"--svd", true},        {"--seed", true},
+    {"--svd", true},        {"--seed", true},    {"--scale", true},      {"--start", true},
+    {"--double-quant", false}, {"--bits-budget", true},
 };
 
 std::vector<std::string> split_list(const std::string& opt, const std::string& v) {
@@ -790,6 +860,7 @@ std::vector<std::string> split_list(const std::string& opt, const std::string& v
 
 ModelArgs parse_model_args(const std::vector<std::string>& argv) {
   ModelArgs a;
+  std::set<std::string> seen;
   constexpr std::uint64_t kIntMax = static_cast<std::uint64_t>(std::numeric_limits<int>::max());
   parse_flags(argv, kModelOptions, [&](const std::string& opt, const std::string& v) {
     if (opt == "--input" || opt == "--output") {
@@ -841,10 +912,31 @@ ModelArgs parse_model_args(const std::vector<std::string>& argv) {
       a.overwrite = true;
     } else if (opt == "--packed") {
       a.packed = true;
+    } else if (opt == "--scale") {
+      a.scale_search = parse_scale(v);
+    } else if (opt == "--start") {
+      a.start = parse_start(v);
+    } else if (opt == "--double-quant") {
+      a.double_quant = true;
+    } else if (opt == "--bits-budget") {
+      const double lo = kBudgetBits.front(), hi = kBudgetBits.back();
+      char* end = nullptr;
+      errno = 0;
+      const double x = v.empty() ? 0.0 : std::strtod(v.c_str(), &end);
+      if (v.empty() || end != v.c_str() + v.size() || errno != 0 || !std::isfinite(x) || x < lo || x > hi)
+        throw UsageError{"invalid value '" + v + "' for --bits-budget: expected a number of bits per weight in " +
+                         std::to_string(kBudgetBits.front()) + ".." + std::to_string(kBudgetBits.back())};
+      a.bits_budget = x;
     }
+    seen.insert(opt);
   });
   if (a.input.empty()) throw UsageError{"missing --input"};
   if (a.output.empty()) throw UsageError{"missing --output"};
+  if (a.bits_budget > 0 && seen.count("--bits"))
+    throw UsageError{"--bits and --bits-budget exclude each other: the budget chooses the widths"};
+  // The allocation weighs every target against every other; one shard only
+  // sees its own.
+  if (a.bits_budget > 0 && a.shard_n > 0) throw UsageError{"--bits-budget cannot be combined with --shard"};
   if (a.modules.empty()) a.modules = split_list("--target-modules", kDefaultTargets);
   return a;
 }
@@ -1137,12 +1229,21 @@ std::map<std::string, std::string> with_format(std::map<std::string, std::string
 
 // Everything the outputs share between `model` and `merge`.
 struct Settings {
-  nlohmann::json j;  // bits, rank, iters, quantizer, block_size, lora_alpha, svd, seed, target_modules, packed
+  nlohmann::json j;  // bits (null with a budget), rank, iters, quantizer, block_size, scale, start, double_quant,
+                     // lora_alpha, svd, seed, target_modules, packed[, bits_budget]
   int bits() const { return j["bits"].get<int>(); }
   std::int64_t rank() const { return j["rank"].get<std::int64_t>(); }
   double alpha() const { return j["lora_alpha"].get<double>(); }
   bool packed() const { return j["packed"].get<bool>(); }
   std::vector<std::string> modules() const { return j["target_modules"].get<std::vector<std::string>>(); }
+  // Absent in reports of older versions, which had neither.
+  bool double_quant() const { return j.value("double_quant", false); }
+  std::string scale() const { return j.value("scale", std::string("absmax")); }
+  loftq::Quantizer quantizer(int bits) const {
+    const std::string qn = j.at("quantizer").get<std::string>();
+    return loftq::Quantizer(qn == "uniform" ? loftq::Quantizer::Kind::uniform : loftq::Quantizer::Kind::normal_float,
+                            bits, j.at("block_size").get<Eigen::Index>(), /*symmetric=*/true);
+  }
 };
 
 // The writers of one run: base model files (mirroring the input's files, or
@@ -1163,27 +1264,59 @@ std::string base_file_name(const st::Checkpoint& ck, std::size_t i) {
   return ck.sharded() ? ck.file_name(i) : std::string("model.safetensors");
 }
 
+// The tensors model.packed.safetensors holds for one target, in write order.
+std::vector<st::TensorDecl> packed_tensors(const Target& t, int bits, const Settings& s) {
+  const std::uint64_t numel = t.rows * t.cols, bs = s.j.at("block_size").get<std::uint64_t>();
+  const std::uint64_t nb = (numel + bs - 1) / bs;
+  std::vector<st::TensorDecl> d = {{t.name + ".qcodes", st::Dtype::U8, {(numel * static_cast<std::uint64_t>(bits) + 7) / 8}}};
+  if (s.double_quant()) {
+    const std::uint64_t dqb = static_cast<std::uint64_t>(loftq::kDoubleQuantBlock);
+    d.push_back({t.name + ".qscales_q", st::Dtype::U8, {nb}});
+    d.push_back({t.name + ".qscales_absmax", st::Dtype::F32, {(nb + dqb - 1) / dqb}});
+    d.push_back({t.name + ".qscales_mean", st::Dtype::F32, {1}});
+  } else {
+    d.push_back({t.name + ".qscales", st::Dtype::F32, {nb}});
+  }
+  return d;
+}
+
+// {"<tensor name>": bits} of the given targets, for file metadata.
+std::string bits_json(const std::vector<const Target*>& ts, const std::map<std::string, int>& bits_of) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const Target* t : ts) j[t->name] = bits_of.at(t->name);
+  return j.dump();
+}
+
 Writers open_writers(const fs::path& tmp, const st::Checkpoint& ck, const std::vector<const Target*>& sel,
-                     bool shard_run, const Settings& s, const loftq::Quantizer& q) {
+                     bool shard_run, const Settings& s, const std::map<std::string, int>& bits_of) {
   Writers w;
   const std::uint64_t r = static_cast<std::uint64_t>(s.rank());
+  std::map<std::string, const Target*> selected;
+  for (const Target* t : sel) selected[t->name] = t;
+  // The targets' bit widths go into each file that holds them.
+  auto with_bits = [&](std::map<std::string, std::string> meta, const std::vector<const Target*>& ts) {
+    if (!ts.empty()) meta["loftq.tensor_bits"] = bits_json(ts, bits_of);
+    return with_format(std::move(meta));
+  };
   if (shard_run) {
     std::vector<st::TensorDecl> d;
     for (const Target* t : sel) {
       d.push_back({t->name, t->info->dtype, t->info->shape});
       w.base_of[t->name] = 0;
     }
-    w.base.push_back(std::make_unique<st::SafetensorsWriter>((tmp / kShardModelFile).string(), d,
-                                                             with_format({})));
+    w.base.push_back(std::make_unique<st::SafetensorsWriter>((tmp / kShardModelFile).string(), d, with_bits({}, sel)));
   } else {
     for (std::size_t f = 0; f < ck.num_files(); ++f) {
       std::vector<st::TensorDecl> d;
+      std::vector<const Target*> here;
       for (const st::TensorInfo& t : ck.file(f).tensors()) {
         d.push_back({t.name, t.dtype, t.shape});
         w.base_of[t.name] = f;
+        const auto it = selected.find(t.name);
+        if (it != selected.end()) here.push_back(it->second);
       }
       w.base.push_back(std::make_unique<st::SafetensorsWriter>((tmp / base_file_name(ck, f)).string(), d,
-                                                               with_format(ck.file(f).metadata())));
+                                                               with_bits(ck.file(f).metadata(), here)));
     }
   }
   std::vector<st::TensorDecl> ad;
@@ -1191,26 +1324,42 @@ Writers open_writers(const fs::path& tmp, const st::Checkpoint& ck, const std::v
     ad.push_back({t->lora_a(), st::Dtype::F32, {r, t->cols}});
     ad.push_back({t->lora_b(), st::Dtype::F32, {t->rows, r}});
   }
-  w.adapter = std::make_unique<st::SafetensorsWriter>((tmp / kAdapterFile).string(), ad, with_format({}));
+  w.adapter = std::make_unique<st::SafetensorsWriter>((tmp / kAdapterFile).string(), ad, with_bits({}, sel));
   if (s.packed()) {
+    std::set<int> widths;
+    for (const Target* t : sel) widths.insert(bits_of.at(t->name));
+    nlohmann::json codebooks = nlohmann::json::object();
+    for (int b : widths) codebooks[std::to_string(b)] = s.quantizer(b).codebook();
+    const int one = widths.size() == 1 ? *widths.begin() : 0;  // the width when all share one
+    std::string layout =
+        "codes: LSB-first bit stream over the row-major flattening, element e in stream bits [e*bits, (e+1)*bits) "
+        "with bits = <name>.bits, stream bit s = bit s%8 of byte s/8; block b = elements [b*block_size, "
+        "(b+1)*block_size); value = codebooks[bits][code] * scale[b]";
+    layout += s.double_quant()
+                  ? "; scale[b] = qscales_mean + (qscales_q[b] - 128) * (qscales_absmax[b/256] / 127) in float32 "
+                    "(exact but for the final add)"
+                  : "; scale[b] = qscales[b]";
+    std::map<std::string, std::string> meta = {
+        {"format", "loftq-packed"},
+        {"loftq.bits", one ? std::to_string(one) : std::string("mixed")},
+        {"loftq.block_size", std::to_string(s.j.at("block_size").get<std::int64_t>())},
+        {"loftq.quantizer", one ? s.quantizer(one).name() : s.j.at("quantizer").get<std::string>()},
+        {"loftq.scale", s.scale()},
+        {"loftq.codebooks", codebooks.dump()},
+        {"loftq.layout", layout}};
+    // A reader of the single-width layout keeps working; a mixed file says
+    // "mixed" there so such a reader fails instead of misreading it.
+    if (one) meta["loftq.codebook"] = codebooks[std::to_string(one)].dump();
+    if (s.double_quant()) {
+      meta["loftq.double_quant"] = "int8-absmax-mean";
+      meta["loftq.double_quant_block"] = std::to_string(loftq::kDoubleQuantBlock);
+    }
     std::vector<st::TensorDecl> pd;
-    std::map<std::string, std::string> meta = {{"format", "loftq-packed"},
-                                               {"loftq.bits", std::to_string(q.bits)},
-                                               {"loftq.block_size", std::to_string(q.block_size)},
-                                               {"loftq.quantizer", q.name()},
-                                               {"loftq.scale", "absmax"},
-                                               {"loftq.codebook", nlohmann::json(q.codebook()).dump()},
-                                               {"loftq.layout",
-                                                "codes: LSB-first bit stream over the row-major flattening, element e "
-                                                "in stream bits [e*bits, (e+1)*bits), stream bit s = bit s%8 of byte "
-                                                "s/8; block b = elements [b*block_size, (b+1)*block_size); value = "
-                                                "codebook[code] * qscales[b]"}};
     for (const Target* t : sel) {
-      const std::uint64_t numel = t->rows * t->cols;
-      const std::uint64_t bs = static_cast<std::uint64_t>(q.block_size);
-      pd.push_back({t->name + ".qcodes", st::Dtype::U8, {(numel * static_cast<std::uint64_t>(q.bits) + 7) / 8}});
-      pd.push_back({t->name + ".qscales", st::Dtype::F32, {(numel + bs - 1) / bs}});
+      const int b = bits_of.at(t->name);
+      for (st::TensorDecl& d : packed_tensors(*t, b, s)) pd.push_back(std::move(d));
       meta[t->name + ".shape"] = nlohmann::json({t->rows, t->cols}).dump();
+      meta[t->name + ".bits"] = std::to_string(b);
     }
     w.packed = std::make_unique<st::SafetensorsWriter>((tmp / kPackedFile).string(), pd, meta);
   }
@@ -1283,17 +1432,62 @@ void write_rowmajor(st::SafetensorsWriter& w, const std::string& name, const M& 
 
 // --- loftq model ------------------------------------------------------------
 
+using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// Run-wide figures from the per-tensor report entries, summed in name order
+// so that an unsharded run and a merge of shards report the same numbers.
+void add_totals(nlohmann::json& rep, const nlohmann::json& tensors) {
+  double weights = 0, code_bits = 0, storage_bits = 0, total_sq = 0;
+  for (const auto& e : tensors) {
+    if (!e.contains("shape") || !e["shape"].is_array() || e["shape"].size() != 2) continue;
+    const double n = e["shape"][0].get<double>() * e["shape"][1].get<double>();
+    weights += n;
+    if (e.contains("bits") && e["bits"].is_number()) code_bits += n * e["bits"].get<double>();
+    if (e.contains("bits_per_weight") && e["bits_per_weight"].is_number())
+      storage_bits += n * e["bits_per_weight"].get<double>();
+    if (e.contains("sq_err") && e["sq_err"].is_number()) total_sq += e["sq_err"].get<double>();
+  }
+  rep["average_code_bits"] = weights > 0 ? code_bits / weights : 0.0;
+  rep["average_bits_per_weight"] = weights > 0 ? storage_bits / weights : 0.0;  // codes + scales
+  rep["total_sq_err"] = total_sq;
+}
+
+// One target's LoftQ result (and double quantization), as written out.
+struct TargetResult {
+  loftq::Result<float> r;
+  loftq::DoubleQuantEffect dq;
+  double sq_err = 0;  // ||W - Q - A B^T||^2
+};
+
+TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const loftq::Quantizer& q,
+                            const loftq::Options& opt, bool double_quant) {
+  TargetResult out;
+  RowMatrixF W = f.read_matrix(*t.info);
+  f.release(*t.info);
+  try {
+    out.r = loftq::initialize(W, q, opt);
+    if (double_quant) out.dq = loftq::double_quantize(W, out.r, opt);
+  } catch (const loftq::Error& e) {
+    throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
+  }
+  out.sq_err = loftq::squared_error(out.r, W.cast<double>().squaredNorm());
+  return out;
+}
+
 int run_model(const ModelArgs& a) {
   const auto t_start = std::chrono::steady_clock::now();
   const fs::path dir = normalize_output(a.output);
   OutputDir out(dir, a.overwrite, {a.input});
-  const loftq::Quantizer quantizer = [&] {
+  const bool budget = a.bits_budget > 0;
+  // Every width this run may use, validated (unsupported -> exit 1) before any work.
+  std::map<int, loftq::Quantizer> quantizers;
+  for (int b : budget ? kBudgetBits : std::vector<int>{a.bits}) {
     try {
-      return loftq::Quantizer(a.kind, a.bits, a.block_size, /*symmetric=*/true);
+      quantizers.emplace(b, loftq::Quantizer(a.kind, b, a.block_size, /*symmetric=*/true));
     } catch (const loftq::Error& e) {
-      throw InputError{"--bits " + std::to_string(a.bits) + ": " + e.what()};
+      throw InputError{"--bits " + std::to_string(b) + ": " + e.what()};
     }
-  }();
+  }
   const st::Checkpoint ck(a.input);
   const Plan plan = plan_targets(ck, a.modules, a.rank, a.input);
   const bool shard_run = a.shard_n > 0;
@@ -1302,11 +1496,15 @@ int run_model(const ModelArgs& a) {
     if (in_shard(i, a.shard_k, a.shard_n)) sel.push_back(&plan.targets[i]);
 
   Settings s;
-  s.j["bits"] = a.bits;
+  s.j["bits"] = budget ? nlohmann::json(nullptr) : nlohmann::json(a.bits);
+  if (budget) s.j["bits_budget"] = a.bits_budget;
   s.j["rank"] = a.rank;
   s.j["iters"] = a.iters;
   s.j["quantizer"] = quantizer_name(a.kind);
   s.j["block_size"] = a.block_size;
+  s.j["scale"] = scale_name(a.scale_search);
+  s.j["start"] = start_name(a.start);
+  s.j["double_quant"] = a.double_quant;
   s.j["lora_alpha"] = a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank);
   s.j["svd"] = loftq::to_string(a.svd);
   s.j["seed"] = a.seed;
@@ -1318,37 +1516,64 @@ int run_model(const ModelArgs& a) {
   opt.iterations = a.iters;
   opt.svd.method = a.svd;
   opt.svd.seed = a.seed;
+  opt.start = a.start;
+  opt.scale_search = a.scale_search;
   opt.threads = a.threads;
 #ifdef _OPENMP
   if (a.threads > 0) omp_set_num_threads(a.threads);
 #endif
 
+  const std::size_t runs_per_target = budget ? kBudgetBits.size() + 1 : 1;
+  Progress progress(sel.size() * runs_per_target, a.quiet);
+  progress.update(0, "");
+  std::size_t done = 0;
+
+  // Mixed precision: measure every target at every width, then allocate.
+  // Only the errors are kept (one tensor in memory at a time, as without a
+  // budget); the chosen width is recomputed when it is written, which
+  // initialize's determinism makes bit-identical to the measured run. Nothing
+  // is on disk yet, so a signal here simply ends the process.
+  std::map<std::string, int> bits_of;
+  std::map<std::string, std::vector<double>> measured;
+  loftq::BitAllocation alloc;
+  if (budget) {
+    std::vector<loftq::MatrixErrors> errs;
+    for (const Target* t : sel) {
+      loftq::MatrixErrors me;
+      me.numel = static_cast<std::int64_t>(t->rows * t->cols);
+      for (int b : kBudgetBits) {
+        me.sq_error.push_back(compute_target(ck.file(t->file), *t, quantizers.at(b), opt, a.double_quant).sq_err);
+        progress.update(++done, t->name + " @ " + std::to_string(b) + " bits");
+      }
+      measured[t->name] = me.sq_error;
+      errs.push_back(std::move(me));
+    }
+    try {
+      alloc = loftq::allocate_bits(errs, kBudgetBits, a.bits_budget);
+    } catch (const loftq::Error& e) {
+      throw InputError{std::string("--bits-budget: ") + e.what()};
+    }
+    for (std::size_t i = 0; i < sel.size(); ++i) bits_of[sel[i]->name] = alloc.bits[i];
+  } else {
+    for (const Target* t : sel) bits_of[t->name] = a.bits;
+  }
+
   begin_publishing();  // from here a signal only raises a flag; we clean up
   out.create();
-  Writers w = open_writers(out.tmp(), ck, sel, shard_run, s, quantizer);
+  Writers w = open_writers(out.tmp(), ck, sel, shard_run, s, bits_of);
   std::set<std::string> selected;
   for (const Target* t : sel) selected.insert(t->name);
   std::map<std::string, const Target*> by_name;
   for (const Target& t : plan.targets) by_name[t.name] = &t;
 
   nlohmann::json tensors = nlohmann::json::object();
-  Progress progress(sel.size(), a.quiet);
-  progress.update(0, "");
-  std::size_t done = 0;
   double sum_err = 0, sum_qlora = 0;
   auto process = [&](const Target& t) {
     const st::SafetensorsFile& f = ck.file(t.file);
+    const int bits = bits_of.at(t.name);
     const auto t0 = std::chrono::steady_clock::now();
-    loftq::Result<float> r;
-    {
-      Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> W = f.read_matrix(*t.info);
-      f.release(*t.info);
-      try {
-        r = loftq::initialize(W, quantizer, opt);
-      } catch (const loftq::Error& e) {
-        throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
-      }
-    }
+    TargetResult tr = compute_target(f, t, quantizers.at(bits), opt, a.double_quant);
+    loftq::Result<float>& r = tr.r;
     const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     st::SafetensorsWriter& bw = *w.base[w.base_of.at(t.name)];
     bw.write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), t.info->dtype);
@@ -1357,25 +1582,41 @@ int run_model(const ModelArgs& a) {
     write_rowmajor(*w.adapter, t.lora_a(), p.lora_A);
     write_rowmajor(*w.adapter, t.lora_b(), p.lora_B);
     if (w.packed) {
-      w.packed->write(t.name + ".qcodes", r.packed.codes.data(), r.packed.codes.size());
-      w.packed->write(t.name + ".qscales", r.packed.scales.data(), r.packed.scales.size() * 4);
+      const loftq::PackedMatrix& P = r.packed;
+      w.packed->write(t.name + ".qcodes", P.codes.data(), P.codes.size());
+      if (a.double_quant) {
+        w.packed->write(t.name + ".qscales_q", P.scale_dq.codes.data(), P.scale_dq.codes.size());
+        w.packed->write(t.name + ".qscales_absmax", P.scale_dq.absmax.data(), P.scale_dq.absmax.size() * 4);
+        w.packed->write(t.name + ".qscales_mean", &P.scale_dq.mean, 4);
+      } else {
+        w.packed->write(t.name + ".qscales", P.scales.data(), P.scales.size() * 4);
+      }
     }
     nlohmann::json e;
     e["shape"] = {t.rows, t.cols};
     e["dtype"] = st::dtype_name(t.info->dtype);
     e["module"] = t.module;
-    e["bits"] = a.bits;
+    e["bits"] = bits;
     e["rank"] = a.rank;
-    e["iterations_run"] = r.history.size();
+    e["iterations_run"] = r.history.size() - (a.double_quant ? 1 : 0);
     e["best_iteration"] = r.best_iteration;
     e["history"] = r.history;
     e["rel_err"] = r.error();
+    e["sq_err"] = tr.sq_err;
     e["qlora_rel_err"] = r.qlora_error;
+    e["bits_per_weight"] = r.packed.bits_per_weight();
+    if (a.double_quant) e["double_quant"] = double_quant_json(tr.dq);
+    if (budget) {
+      nlohmann::json c = nlohmann::json::object();
+      for (std::size_t j = 0; j < kBudgetBits.size(); ++j) c[std::to_string(kBudgetBits[j])] = measured.at(t.name)[j];
+      e["candidate_sq_err"] = c;
+    }
     e["seconds"] = seconds;
     tensors[t.name] = e;
     sum_err += r.error();
     sum_qlora += r.qlora_error;
-    progress.update(++done, t.name);
+    ++done;
+    progress.update(done, t.name);
     check_interrupt();
   };
 
@@ -1403,6 +1644,24 @@ int run_model(const ModelArgs& a) {
   rep["target_modules_matched"] = plan.modules;
   rep["num_targets"] = plan.targets.size();
   if (shard_run) rep["shard"] = {{"index", a.shard_k}, {"count", a.shard_n}};
+  add_totals(rep, tensors);
+  std::map<int, int> widths;
+  for (const auto& kv : bits_of) ++widths[kv.second];
+  if (budget) {
+    double at_min = 0;
+    for (const auto& kv : measured) at_min += kv.second.front();
+    nlohmann::json counts = nlohmann::json::object();
+    for (const auto& kv : widths) counts[std::to_string(kv.first)] = kv.second;
+    rep["bits_allocation"] = {{"budget", a.bits_budget},
+                              {"candidates", kBudgetBits},
+                              {"solver", "exact multiple-choice knapsack (dynamic programming)"},
+                              {"exact", alloc.exact},
+                              {"gap_bits", alloc.gap_bits},
+                              {"average_code_bits", alloc.average_bits},
+                              {"total_sq_err", alloc.total_sq_error},
+                              {"total_sq_err_all_" + std::to_string(kBudgetBits.front()) + "_bit", at_min},
+                              {"tensors_per_width", counts}};
+  }
   rep["tensors"] = tensors;
   rep["seconds"] = total;
   write_text_file(out.tmp() / kReportFile, dump_json(rep));
@@ -1416,6 +1675,13 @@ int run_model(const ModelArgs& a) {
                 shard_run ? (" (shard " + std::to_string(a.shard_k) + "/" + std::to_string(a.shard_n) + ")").c_str()
                           : "",
                 sum_err / k, sum_qlora / k, total);
+    if (budget) {
+      std::string mix;
+      for (const auto& kv : widths)
+        mix += (mix.empty() ? "" : ", ") + std::to_string(kv.second) + " at " + std::to_string(kv.first) + " bits";
+      std::printf("  bit budget %.4g: %s; average %.4f code bits per weight (%.4f with scales)\n", a.bits_budget,
+                  mix.c_str(), rep["average_code_bits"].get<double>(), rep["average_bits_per_weight"].get<double>());
+    }
     std::fflush(stdout);
   }
   return kExitOk;
@@ -1511,15 +1777,12 @@ int run_merge(const MergeArgs& a) {
   } catch (const nlohmann::json::exception& e) {
     throw InputError{std::string("malformed shard report: ") + e.what()};
   }
-  const loftq::Quantizer quantizer = [&] {
-    try {
-      const std::string qn = s.j.at("quantizer").get<std::string>();
-      return loftq::Quantizer(qn == "uniform" ? loftq::Quantizer::Kind::uniform : loftq::Quantizer::Kind::normal_float,
-                              s.bits(), s.j.at("block_size").get<Eigen::Index>(), true);
-    } catch (const std::exception& e) {
-      throw InputError{std::string("shard settings: ") + e.what()};
-    }
-  }();
+  try {
+    (void)s.quantizer(s.bits());
+    (void)s.j.at("block_size").get<std::uint64_t>();
+  } catch (const std::exception& e) {
+    throw InputError{std::string("shard settings: ") + e.what()};
+  }
 
   const st::Checkpoint ck(a.input);
   const Plan plan = plan_targets(ck, s.modules(), static_cast<Eigen::Index>(s.rank()), a.input);
@@ -1553,10 +1816,20 @@ int run_merge(const MergeArgs& a) {
     if (!owner.count(t.name)) throw InputError{a.input + ": target tensor '" + t.name + "' is in none of the shards"};
   if (owner.size() != plan.targets.size())
     throw InputError{"the shards hold tensors that are not targets of " + a.input};
+  // Each tensor's width as its shard reported it (all equal to the settings'
+  // today: a --bits-budget run cannot be sharded).
+  std::map<std::string, int> bits_of;
+  for (const Target& t : plan.targets) {
+    const nlohmann::json& e = tensors[t.name];
+    const int b = e.contains("bits") && e["bits"].is_number_integer() ? e["bits"].get<int>() : s.bits();
+    if (b != s.bits()) throw InputError{"shard report: tensor '" + t.name + "' has bits " + std::to_string(b) +
+                                        ", the settings say " + std::to_string(s.bits())};
+    bits_of[t.name] = b;
+  }
 
   begin_publishing();
   out.create();
-  Writers w = open_writers(out.tmp(), ck, all, /*shard_run=*/false, s, quantizer);
+  Writers w = open_writers(out.tmp(), ck, all, /*shard_run=*/false, s, bits_of);
   const std::uint64_t r = static_cast<std::uint64_t>(s.rank());
   for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
     const st::SafetensorsFile& f = ck.file(fi);
@@ -1574,15 +1847,9 @@ int run_merge(const MergeArgs& a) {
     const std::size_t i = owner.at(t.name);
     copy_tensor(*sadapter[i], expect(*sadapter[i], t.lora_a(), st::Dtype::F32, {r, t.cols}), *w.adapter, t.lora_a());
     copy_tensor(*sadapter[i], expect(*sadapter[i], t.lora_b(), st::Dtype::F32, {t.rows, r}), *w.adapter, t.lora_b());
-    if (w.packed) {
-      const std::uint64_t numel = t.rows * t.cols, bs = static_cast<std::uint64_t>(quantizer.block_size);
-      copy_tensor(*spacked[i],
-                  expect(*spacked[i], t.name + ".qcodes", st::Dtype::U8,
-                         {(numel * static_cast<std::uint64_t>(quantizer.bits) + 7) / 8}),
-                  *w.packed, t.name + ".qcodes");
-      copy_tensor(*spacked[i], expect(*spacked[i], t.name + ".qscales", st::Dtype::F32, {(numel + bs - 1) / bs}),
-                  *w.packed, t.name + ".qscales");
-    }
+    if (w.packed)
+      for (const st::TensorDecl& d : packed_tensors(t, bits_of.at(t.name), s))
+        copy_tensor(*spacked[i], expect(*spacked[i], d.name, d.dtype, d.shape), *w.packed, d.name);
   }
   w.commit();
 
@@ -1597,6 +1864,7 @@ int run_merge(const MergeArgs& a) {
   rep["target_modules_matched"] = plan.modules;
   rep["num_targets"] = plan.targets.size();
   rep["merged_shards"] = n;
+  add_totals(rep, tensors);
   rep["tensors"] = tensors;
   rep["seconds"] = total;
   rep["shard_seconds"] = shard_seconds;
@@ -1614,12 +1882,12 @@ int run_merge(const MergeArgs& a) {
 int main_impl(int argc, char** argv) {
   std::vector<std::string> args(argv + (argc > 0 ? 1 : 0), argv + argc);
   if (args.empty()) {
-    std::fputs(kUsage, stderr);
+    std::fputs(usage_text().c_str(), stderr);
     return kExitUsage;
   }
   const std::string& cmd = args[0];
   if (cmd == "-h" || cmd == "--help" || cmd == "help") {
-    std::fputs(kUsage, stdout);
+    std::fputs(usage_text().c_str(), stdout);
     return kExitOk;
   }
   if (cmd == "--version" || cmd == "version") {
@@ -1630,7 +1898,7 @@ int main_impl(int argc, char** argv) {
   std::vector<std::string> rest(args.begin() + 1, args.end());
   for (const std::string& s : rest) {
     if (s == "-h" || s == "--help") {
-      std::fputs(kUsage, stdout);
+      std::fputs(usage_text().c_str(), stdout);
       return kExitOk;
     }
     if (s == "--version") {

@@ -2,8 +2,10 @@
 // Umbrella header: everything the library offers except file I/O.
 
 #include "codebook.hpp"
+#include "double_quant.hpp"
 #include "error.hpp"
 #include "initialize.hpp"
+#include "mixed_precision.hpp"
 #include "packed.hpp"
 #include "quantizer.hpp"
 #include "svd.hpp"

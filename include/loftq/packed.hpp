@@ -15,8 +15,21 @@
 //   * minmax scaling (asymmetric): with t = codebook[code] in [0, 1],
 //     value = mins[b] * (1 - t) + scales[b] * t, so scales[b] is the block's
 //     maximum and mins[b] its minimum; both endpoints are reproduced exactly.
+//   * Double-quantized scales (optional, absmax only; QLoRA's scheme, encoder
+//     in double_quant.hpp): when scale_dq is present, storage holds no fp32
+//     scales but one 8-bit code per scale, one fp32 absmax per scale_dq.block_size
+//     (256) consecutive scales and one fp32 mean:
+//       step[k]  = absmax[k] / 127                       (exact, see below)
+//       scale[b] = mean + (codes[b] - 128) * step[b / scale_dq.block_size]   in fp32
+//     codes are 1..255 (q + 128 for q in -127..127). The encoder gives step at
+//     most 17 significant bits, so absmax = 127 * step, absmax / 127 and
+//     q * step are all exact in fp32 and the one rounding is the final add:
+//     every reader (with or without FMA contraction) recovers the same bits.
+//     `scales` then holds these recovered values, so everything that reads
+//     `scales` (dequantize included) sees exactly what the storage implies.
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,6 +40,28 @@ namespace loftq {
 
 enum class ScaleMode : std::uint8_t { absmax = 0, minmax = 1 };
 
+// Second-level quantization of the block scales (see the layout above).
+// Empty codes: the scales are stored as plain fp32.
+struct DoubleQuantScales {
+  Eigen::Index block_size = 256;    // scales per second-level block
+  float mean = 0.0f;                // subtracted from every scale before quantizing
+  std::vector<std::uint8_t> codes;  // one per scale: q + 128, q in -127..127
+  std::vector<float> absmax;        // one per second-level block: 127 * step
+
+  bool empty() const { return codes.empty(); }
+  std::size_t num_blocks() const {
+    return block_size > 0 ? (codes.size() + static_cast<std::size_t>(block_size) - 1) / static_cast<std::size_t>(block_size) : 0;
+  }
+  // Storage: 8-bit codes, fp32 absmax per block, the fp32 mean.
+  double storage_bits() const { return empty() ? 0.0 : 8.0 * static_cast<double>(codes.size() + 4 * absmax.size() + 4); }
+  // Scale i as the layout defines it. Kept to plain float operations whose
+  // operands make every step exact but the last add (see the layout).
+  float scale(std::size_t i) const {
+    const float step = absmax[i / static_cast<std::size_t>(block_size)] / 127.0f;
+    return mean + static_cast<float>(static_cast<int>(codes[i]) - 128) * step;
+  }
+};
+
 struct PackedMatrix {
   Eigen::Index rows = 0, cols = 0;
   Eigen::Index block_size = 64;
@@ -36,13 +71,18 @@ struct PackedMatrix {
   std::vector<std::uint8_t> codes;  // bit stream, see above
   std::vector<float> scales;        // one per block
   std::vector<float> mins;          // one per block for minmax, else empty
+  DoubleQuantScales scale_dq;       // when present, what storage holds instead of fp32 scales
 
   Eigen::Index size() const { return rows * cols; }
   Eigen::Index num_blocks() const { return block_size > 0 ? (size() + block_size - 1) / block_size : 0; }
-  // Storage cost, counting codes and fp32 scales (and mins), per weight.
+  bool double_quantized() const { return !scale_dq.empty(); }
+  // Storage cost per weight: codes, plus fp32 scales (and mins), or the
+  // double-quantized scales instead of the fp32 ones.
   double bits_per_weight() const {
     if (size() == 0) return 0.0;
-    return 8.0 * static_cast<double>(codes.size() + 4 * (scales.size() + mins.size())) / static_cast<double>(size());
+    const double scale_bits = double_quantized() ? scale_dq.storage_bits() : 32.0 * static_cast<double>(scales.size());
+    return (8.0 * static_cast<double>(codes.size()) + scale_bits + 32.0 * static_cast<double>(mins.size())) /
+           static_cast<double>(size());
   }
   // Code of element e (row-major index).
   int code(Eigen::Index e) const {
@@ -114,6 +154,26 @@ inline void unpack_codes(const std::uint8_t* stream, std::size_t stream_bytes, s
   }
 }
 
+// The payload must decode to exactly the `scales` the matrix carries, or the
+// stored bits and the dequantized values would tell different stories.
+inline void validate_dq(const DoubleQuantScales& D, const std::vector<float>& scales, ScaleMode mode) {
+  require(mode == ScaleMode::absmax, Errc::unsupported, "PackedMatrix: double-quantized scales need absmax scaling");
+  require(D.block_size >= 1, Errc::invalid_argument, "PackedMatrix: scale_dq.block_size must be >= 1");
+  require(D.codes.size() == scales.size(), Errc::invalid_argument, "PackedMatrix: expected one scale_dq code per block");
+  require(D.absmax.size() == D.num_blocks(), Errc::invalid_argument,
+          "PackedMatrix: expected one scale_dq absmax per " + std::to_string(D.block_size) + " scales");
+  require(std::isfinite(D.mean), Errc::non_finite, "PackedMatrix: scale_dq mean is not finite");
+  for (float a : D.absmax)
+    require(std::isfinite(a) && a >= 0.0f, Errc::invalid_argument, "PackedMatrix: scale_dq absmax must be finite and >= 0");
+  for (std::size_t i = 0; i < scales.size(); ++i) {
+    if (D.codes[i] == 0) fail(Errc::invalid_argument, "PackedMatrix: scale_dq code 0 is outside 1..255");
+    const float s = D.scale(i);
+    // Compared as bits: -0.0 vs 0.0 or NaN must not slip through.
+    if (!(s == scales[i] && std::signbit(s) == std::signbit(scales[i])))
+      fail(Errc::invalid_argument, "PackedMatrix: scale " + std::to_string(i) + " disagrees with its double-quantized code");
+  }
+}
+
 // A PackedMatrix from outside (a file, a user) is checked before any index is
 // trusted.
 inline void validate(const PackedMatrix& P) {
@@ -129,6 +189,7 @@ inline void validate(const PackedMatrix& P) {
           "PackedMatrix: expected one scale per block");
   require(P.scale_mode == ScaleMode::absmax ? P.mins.empty() : P.mins.size() == P.scales.size(),
           Errc::invalid_argument, "PackedMatrix: mins must be empty for absmax and one per block for minmax");
+  if (P.double_quantized()) validate_dq(P.scale_dq, P.scales, P.scale_mode);
 }
 
 }  // namespace detail

@@ -326,6 +326,64 @@ interrupt)
   done
   ;;
 
+scale)
+  # --scale absmax|search and --start zero|svd; defaults are the library's.
+  make_w W.npy 64x128 f4 C
+  get() { "$TOOL" get "$@" || fail "npytool get $*"; }
+  expect_rc 0 init --quiet --input W.npy --output a --rank 8 --iters 3 --scale absmax --threads 1
+  expect_rc 0 init --quiet --input W.npy --output s --rank 8 --iters 3 --scale search --threads 1
+  [ "$(get a/report.json scale)" = absmax ] || fail "scale not recorded (absmax)"
+  [ "$(get s/report.json scale)" = search ] || fail "scale not recorded (search)"
+  for d in a s; do "$TOOL" recon W.npy "$d" || fail "reconstruction ($d)"; done
+  ea=$(get a/report.json rel_err) es=$(get s/report.json rel_err)
+  qa=$(get a/report.json qlora_rel_err) qs=$(get s/report.json qlora_rel_err)
+  # Searched scales minimize each block's squared error with absmax among the
+  # candidates: the plain quantization error cannot rise; LoftQ's final error
+  # may move a little either way.
+  awk -v a="$qa" -v s="$qs" 'BEGIN { exit !(s <= a * (1 + 1e-6)) }' || fail "search QLoRA error $qs > absmax $qa"
+  awk -v a="$ea" -v s="$es" 'BEGIN { exit !(s <= a * 1.005) }' || fail "search LoftQ error $es > absmax $ea"
+  # Without --scale / --start the report shows the defaults --help names.
+  expect_rc 0 --help
+  ds=$(sed -n 's/.*squared error (same storage) (default \(absmax\|search\))$/\1/p' "$out_file" | head -1)
+  dz=$(sed -n 's/.*top-r SVD of W (default \(zero\|svd\))$/\1/p' "$out_file" | head -1)
+  [ -n "$ds" ] && [ -n "$dz" ] || fail "--help names no default for --scale / --start"
+  expect_rc 0 init --quiet --input W.npy --output d --rank 8 --iters 2
+  [ "$(get d/report.json scale)" = "$ds" ] || fail "default scale is not the documented $ds"
+  [ "$(get d/report.json start)" = "$dz" ] || fail "default start is not the documented $dz"
+  # The reference-parity configuration still parses and is recorded as such.
+  expect_rc 0 init --quiet --input W.npy --output ref --rank 8 --iters 2 --scale absmax --start zero --last --svd exact
+  "$TOOL" report ref/report.json 64 128 4 8 2 0 nf exact || fail "report.json (reference parity)"
+  [ "$(get ref/report.json scale)/$(get ref/report.json start)" = absmax/zero ] || fail "parity settings not recorded"
+  expect_rc 0 init --quiet --input W.npy --output sv --rank 8 --iters 2 --start svd --scale search
+  [ "$(get sv/report.json start)" = svd ] || fail "start not recorded"
+  for bad in "--scale mean" "--scale=" "--scale ABSMAX" "--start random" "--start=" "--scale absmax --scale search"; do
+    # shellcheck disable=SC2086
+    expect_usage init --input W.npy --output o $bad
+    [ "$(wc -l <"$err_file")" -eq 1 ] || { show $bad; fail "not a one-line message for $bad"; }
+  done
+  ;;
+
+double_quant)
+  make_w W.npy 64x128 f4 C
+  get() { "$TOOL" get "$@" || fail "npytool get $*"; }
+  expect_rc 0 init --input W.npy --output dq --rank 8 --iters 3 --double-quant --svd exact
+  grep -q 'double quantization: 4.5000 -> ' "$out_file" || { show; fail "no double-quant summary"; }
+  expect_rc 0 init --quiet --input W.npy --output plain --rank 8 --iters 3 --svd exact
+  check_outputs dq 64 128 8
+  "$TOOL" recon W.npy dq || fail "reconstruction with double quantization"
+  # 64 x 128 at block 64: 128 scales -> 128 8-bit codes, one fp32 absmax, one fp32 mean.
+  bpw=$(get dq/report.json bits_per_weight)
+  awk -v b="$bpw" 'BEGIN { exit !(b == 4 + (8 * 128 + 32 + 32) / 8192) }' || fail "bits_per_weight $bpw"
+  [ "$(get plain/report.json bits_per_weight)" = 4.5 ] || fail "plain bits_per_weight"
+  [ "$(get dq/report.json double_quant/rel_err_before)" = "$(get plain/report.json rel_err)" ] ||
+    fail "rel_err_before is not the plain run's error"
+  [ "$(get plain/report.json double_quant)" = false ] || fail "double_quant not false without the flag"
+  e=$(get dq/report.json rel_err) r=$(get dq/report.json double_quant/rel_err_rounded_scales)
+  awk -v e="$e" -v r="$r" 'BEGIN { exit !(e <= r) }' || fail "the refit raised the error ($r -> $e)"
+  expect_usage init --input W.npy --output o --double-quant=1
+  expect_usage init --input W.npy --output o --double-quant --double-quant
+  ;;
+
 *)
   fail "unknown case"
   ;;

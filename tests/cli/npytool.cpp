@@ -16,6 +16,8 @@
 //       with KEEP_BEST 0, best_iteration == ITERS.
 //   npytool recon W.npy DIR
 //       ||W - Q - A B^T|| / ||W|| from the files matches rel_err in the report.
+//   npytool get PATH KEY[/KEY...]
+//       prints a value of a JSON file (for numeric comparisons in the tests).
 //
 // Exit status 0 when the check passes, 1 with a message otherwise.
 
@@ -215,6 +217,24 @@ int report(int argc, char** argv) {
   return 0;
 }
 
+int get(int argc, char** argv) {
+  if (argc < 4) die("get PATH KEY[/KEY...]");
+  try {
+    nlohmann::json j = nlohmann::json::parse(slurp(argv[2]));
+    std::string path = argv[3];
+    for (std::size_t b = 0;;) {
+      const std::size_t e = path.find('/', b);
+      j = j.at(path.substr(b, e == std::string::npos ? std::string::npos : e - b));
+      if (e == std::string::npos) break;
+      b = e + 1;
+    }
+    std::printf("%s\n", j.is_string() ? j.get<std::string>().c_str() : j.dump().c_str());
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  return 0;
+}
+
 int recon(int argc, char** argv) {
   if (argc < 4) die("recon W.npy DIR");
   const std::string dir = argv[3];
@@ -236,11 +256,12 @@ int recon(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 2) die("usage: npytool make|check|report|recon ...");
+  if (argc < 2) die("usage: npytool make|check|report|recon|get ...");
   const std::string cmd = argv[1];
   if (cmd == "make") return make(argc, argv);
   if (cmd == "check") return check(argc, argv);
   if (cmd == "report") return report(argc, argv);
   if (cmd == "recon") return recon(argc, argv);
+  if (cmd == "get") return get(argc, argv);
   die("unknown command " + cmd);
 }

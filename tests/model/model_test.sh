@@ -211,6 +211,76 @@ interrupt)
   done
   ;;
 
+bits_budget)
+  # Mixed precision over stories260K: measured at 2/3/4 bits, allocated, written.
+  stories ck
+  expect_rc 0 model --input ck --output b25 --bits-budget 2.5 --rank 4 --iters 2 --packed
+  grep -q 'bit budget 2.5: .* at 2 bits, .* at 3 bits' "$out_file" || { show; fail "no allocation summary"; }
+  grep -q '\[140/140\]' "$err_file" || { show; fail "progress does not count the measuring runs"; }
+  check ck b25 4 4
+  "$TOOL" packed b25 || fail "mixed-width packed codes"
+  expect_rc 0 model --input ck --output b2 --bits 2 --rank 4 --iters 2 --quiet
+  # Average <= 2.5, several widths, and a lower total ||W - Q - s B A||^2
+  # (computed from the files) than all-2-bit.
+  "$TOOL" budget ck b25 b2 2.5 || fail "budget 2.5"
+  [ "$("$TOOL" get b25/loftq_report.json bits_allocation/exact)" = true ] || fail "allocation not exact"
+  # Budget 4: every target at 4 bits, the same files as --bits 4.
+  expect_rc 0 model --input ck --output b4 --bits-budget 4 --rank 4 --iters 2 --packed --quiet
+  expect_rc 0 model --input ck --output f4 --bits 4 --rank 4 --iters 2 --packed --quiet
+  same_outputs b4 f4
+  [ "$("$TOOL" get b4/loftq_report.json bits_allocation/tensors_per_width)" = '{"4":35}' ] || fail "budget 4 is not all 4-bit"
+  # Invalid budgets and combinations: exit 2, one line, nothing written.
+  for bad in "--bits-budget 1.5" "--bits-budget 4.5" "--bits-budget abc" "--bits-budget nan" "--bits-budget inf" \
+             "--bits-budget=" "--bits-budget 2.5 --bits 3" "--bits 4 --bits-budget 3" "--bits-budget 3 --shard 1/2"; do
+    # shellcheck disable=SC2086
+    expect_usage model --input ck --output bad $bad
+    [ "$(wc -l <"$err_file")" -eq 1 ] || { show $bad; fail "not a one-line message for $bad"; }
+  done
+  ;;
+
+double_quant)
+  # --packed --double-quant: 8-bit scale codes decode (by the documented
+  # formula) to the base model's Q, fewer bits per weight; sharding and merge
+  # carry the payload.
+  synth s F32 2 2 256 512
+  expect_rc 0 model --input s --output dq --rank 4 --iters 2 --packed --double-quant --quiet
+  check s dq 4 4
+  "$TOOL" packed dq || fail "double-quantized packed codes"
+  expect_rc 0 model --input s --output plain --rank 4 --iters 2 --packed --quiet
+  bd=$("$TOOL" get dq/loftq_report.json average_bits_per_weight)
+  bp=$("$TOOL" get plain/loftq_report.json average_bits_per_weight)
+  [ "$bp" = 4.5 ] || fail "plain bits per weight $bp"
+  awk -v b="$bd" 'BEGIN { exit !(b > 4.12 && b < 4.16) }' || fail "double-quant bits per weight $bd"
+  [ "$(stat -c %s dq/model.packed.safetensors)" -lt "$(stat -c %s plain/model.packed.safetensors)" ] ||
+    fail "the double-quantized packed file is not smaller"
+  for k in 1 2; do
+    expect_rc 0 model --input s --output "part$k" --rank 4 --iters 2 --packed --double-quant --quiet --shard "$k/2"
+  done
+  expect_rc 0 merge --input s --shards part2,part1 --output merged --quiet
+  same_outputs dq merged
+  "$TOOL" packed merged || fail "merged double-quantized codes"
+  # With budget, too: mixed widths and 8-bit scales in one file.
+  expect_rc 0 model --input s --output both --rank 4 --iters 2 --packed --double-quant --bits-budget 3 --quiet
+  "$TOOL" packed both || fail "mixed widths with double quantization"
+  ;;
+
+scale_start)
+  synth s F32 1 1 64 96
+  expect_rc 0 model --input s --output sv --rank 4 --iters 2 --packed --scale search --start svd --quiet
+  check s sv 4 4
+  "$TOOL" packed sv || fail "packed codes with searched scales"
+  [ "$("$TOOL" get sv/loftq_report.json settings/scale)/$("$TOOL" get sv/loftq_report.json settings/start)" = search/svd ] ||
+    fail "scale/start not recorded"
+  grep -aq '"loftq.scale":"search"' sv/model.packed.safetensors || fail "packed metadata lacks loftq.scale search"
+  expect_rc 0 model --input s --output ab --rank 4 --iters 2 --scale absmax --start zero --svd exact --quiet
+  [ "$("$TOOL" get ab/loftq_report.json settings/scale)" = absmax ] || fail "scale absmax not recorded"
+  for bad in "--scale mean" "--start random" "--start="; do
+    # shellcheck disable=SC2086
+    expect_usage model --input s --output bad $bad
+    [ "$(wc -l <"$err_file")" -eq 1 ] || { show $bad; fail "not a one-line message for $bad"; }
+  done
+  ;;
+
 *)
   fail "unknown case"
   ;;

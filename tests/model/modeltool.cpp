@@ -4,6 +4,10 @@
 //   modeltool synth DIR DTYPE SHARDS LAYERS DIM HIDDEN   a random Llama-shaped checkpoint
 //   modeltool check INPUT OUT R ALPHA           verify a full `loftq model` output against INPUT
 //   modeltool packed OUT                        verify model.packed.safetensors decodes to Q
+//   modeltool get JSON KEY[/KEY...]             print a value of a JSON file
+//   modeltool budget INPUT OUT REF B            verify a --bits-budget B output: average code bits
+//                                               <= B, mixed widths recorded everywhere, and a lower
+//                                               total ||W - Q - s B A||^2 than the output REF
 //
 // Exit 0 on success, 1 with a message on failure, 77 when BIN is absent.
 #include <loftq/io/safetensors.hpp>
@@ -270,26 +274,47 @@ int cmd_packed(const std::string& out) {
   st::Checkpoint base(out);
   st::SafetensorsFile p(out + "/model.packed.safetensors");
   const auto& md = p.metadata();
-  const int bits = std::stoi(md.at("loftq.bits"));
   const std::uint64_t bs = std::stoull(md.at("loftq.block_size"));
-  const std::vector<float> cb = nlohmann::json::parse(md.at("loftq.codebook")).get<std::vector<float>>();
-  require(cb.size() == (std::size_t{1} << bits), "codebook size");
+  const nlohmann::json codebooks = nlohmann::json::parse(md.at("loftq.codebooks"));
+  const bool dq = md.count("loftq.double_quant") > 0;
+  if (dq) require(md.at("loftq.double_quant_block") == "256", "double-quant block");
+  std::set<int> widths;
   std::size_t count = 0;
   for (const st::TensorInfo& t : p.tensors()) {
     const std::string suffix = ".qcodes";
     if (t.name.size() <= suffix.size() || t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) != 0)
       continue;
     const std::string name = t.name.substr(0, t.name.size() - suffix.size());
+    const int bits = std::stoi(md.at(name + ".bits"));
+    widths.insert(bits);
+    const std::vector<float> cb = codebooks.at(std::to_string(bits)).get<std::vector<float>>();
+    require(cb.size() == (std::size_t{1} << bits), "codebook size");
     const std::vector<std::uint64_t> shape = nlohmann::json::parse(md.at(name + ".shape")).get<std::vector<std::uint64_t>>();
     const auto& e = base.entries().at(name);
     const RowMatrix Q = base.file(e.file).read_matrix(*e.info);
     require(shape.size() == 2 && shape[0] == static_cast<std::uint64_t>(Q.rows()) &&
                 shape[1] == static_cast<std::uint64_t>(Q.cols()), "packed shape of " + name);
-    const std::vector<float> scales = p.read_float(p.at(name + ".qscales"));
+    const std::uint64_t N = shape[0] * shape[1], nb = (N + bs - 1) / bs;
+    std::vector<float> scales;
+    if (dq) {
+      // The layout's formula, written out independently of the library.
+      require(!p.find(name + ".qscales"), "fp32 scales stored next to double-quantized ones: " + name);
+      const st::TensorInfo& tq = p.at(name + ".qscales_q");
+      require(tq.dtype == st::Dtype::U8 && tq.nbytes() == nb, "qscales_q of " + name);
+      const std::vector<float> absmax = p.read_float(p.at(name + ".qscales_absmax"));
+      const std::vector<float> mean = p.read_float(p.at(name + ".qscales_mean"));
+      require(absmax.size() == (nb + 255) / 256 && mean.size() == 1, "double-quant payload sizes of " + name);
+      const unsigned char* q = p.bytes(tq);
+      for (std::uint64_t b = 0; b < nb; ++b) {
+        require(q[b] >= 1, "double-quant code 0 in " + name);
+        scales.push_back(mean[0] + static_cast<float>(static_cast<int>(q[b]) - 128) * (absmax[b / 256] / 127.0f));
+      }
+    } else {
+      scales = p.read_float(p.at(name + ".qscales"));
+    }
     const unsigned char* codes = p.bytes(t);
-    const std::uint64_t N = shape[0] * shape[1];
     require(t.nbytes() == (N * static_cast<std::uint64_t>(bits) + 7) / 8, "code bytes of " + name);
-    require(scales.size() == (N + bs - 1) / bs, "scale count of " + name);
+    require(scales.size() == nb, "scale count of " + name);
     for (std::uint64_t i = 0; i < N; ++i) {
       const std::uint64_t bit = i * static_cast<std::uint64_t>(bits);
       unsigned window = codes[bit / 8];
@@ -308,7 +333,67 @@ int cmd_packed(const std::string& out) {
     ++count;
   }
   require(count > 0, "no packed tensors");
-  std::printf("modeltool: %zu packed tensors verified\n", count);
+  // One width: the single-width keys a reader of that layout expects; mixed:
+  // "mixed", so that such a reader stops.
+  if (widths.size() == 1) {
+    require(md.at("loftq.bits") == std::to_string(*widths.begin()), "loftq.bits");
+    require(nlohmann::json::parse(md.at("loftq.codebook")) == codebooks.at(md.at("loftq.bits")), "loftq.codebook");
+  } else {
+    require(md.at("loftq.bits") == "mixed" && !md.count("loftq.codebook"), "loftq.bits of a mixed file");
+  }
+  std::printf("modeltool: %zu packed tensors verified%s\n", count, dq ? " (double-quantized scales)" : "");
+  return 0;
+}
+
+// sum over targets of ||W - Q - (alpha / r) lora_B lora_A||^2, from the files.
+double total_sq_error(const std::string& input, const std::string& out) {
+  st::Checkpoint in(input), base(out);
+  st::SafetensorsFile ad(out + "/adapter_model.safetensors");
+  const nlohmann::json cfg = read_json(out + "/adapter_config.json");
+  const double scaling = cfg.at("lora_alpha").get<double>() / cfg.at("r").get<double>();
+  double total = 0;
+  for (const auto& kv : in.entries()) {
+    const st::TensorInfo& ti = *kv.second.info;
+    if (!is_target(kv.first, ti)) continue;
+    const std::string path = kv.first.substr(0, kv.first.size() - 7);
+    const auto& bo = base.entries().at(kv.first);
+    const RowMatrix W = in.file(kv.second.file).read_matrix(ti), Q = base.file(bo.file).read_matrix(*bo.info),
+                    LA = ad.read_matrix(ad.at("base_model.model." + path + ".lora_A.weight")),
+                    LB = ad.read_matrix(ad.at("base_model.model." + path + ".lora_B.weight"));
+    total += (W - Q - static_cast<float>(scaling) * (LB * LA)).cast<double>().squaredNorm();
+  }
+  return total;
+}
+
+int cmd_budget(const std::string& input, const std::string& out, const std::string& ref, double budget) {
+  const nlohmann::json rep = read_json(out + "/loftq_report.json");
+  const nlohmann::json& alloc = rep.at("bits_allocation");
+  require(alloc.at("budget").get<double>() == budget, "report budget");
+  st::SafetensorsFile ad(out + "/adapter_model.safetensors");
+  const nlohmann::json ad_bits = nlohmann::json::parse(ad.metadata().at("loftq.tensor_bits"));
+  double weights = 0, bits = 0;
+  std::set<int> widths;
+  for (auto it = rep.at("tensors").begin(); it != rep.at("tensors").end(); ++it) {
+    const int b = it.value().at("bits").get<int>();
+    require(b == 2 || b == 3 || b == 4, "width " + std::to_string(b));
+    require(ad_bits.at(it.key()).get<int>() == b, "adapter metadata bits of " + it.key());
+    const double n = it.value().at("shape")[0].get<double>() * it.value().at("shape")[1].get<double>();
+    weights += n;
+    bits += n * b;
+    widths.insert(b);
+    // The recomputed width is the measured one, bit for bit.
+    require(it.value().at("candidate_sq_err").at(std::to_string(b)).get<double>() == it.value().at("sq_err").get<double>(),
+            "recomputed error differs from the measured one for " + it.key());
+  }
+  const double avg = bits / weights;
+  require(avg <= budget, "average code bits " + std::to_string(avg) + " exceed the budget");
+  require(std::abs(avg - rep.at("average_code_bits").get<double>()) < 1e-12, "reported average");
+  const double got = total_sq_error(input, out), base = total_sq_error(input, ref);
+  std::printf("modeltool: budget %.4g: average %.4f code bits, %zu widths, total squared error %.6g (reference %.6g)\n",
+              budget, avg, widths.size(), got, base);
+  require(std::abs(got - rep.at("total_sq_err").get<double>()) <= 1e-3 * got, "reported total error");
+  require(got < base, "the budgeted output is not better than the reference");
+  if (budget > 2 && budget < 4) require(widths.size() >= 2, "a budget strictly between widths should mix them");
   return 0;
 }
 
@@ -324,6 +409,18 @@ int main(int argc, char** argv) {
       return cmd_synth(a[1], dtype_of(a[2]), std::stoi(a[3]), std::stoi(a[4]), std::stoull(a[5]), std::stoull(a[6]));
     if (a[0] == "check" && a.size() == 5) return cmd_check(a[1], a[2], std::stoull(a[3]), std::stod(a[4]));
     if (a[0] == "packed" && a.size() == 2) return cmd_packed(a[1]);
+    if (a[0] == "get" && a.size() == 3) {
+      nlohmann::json j = read_json(a[1]);
+      for (std::size_t b = 0;;) {
+        const std::size_t e = a[2].find('/', b);
+        j = j.at(a[2].substr(b, e == std::string::npos ? std::string::npos : e - b));
+        if (e == std::string::npos) break;
+        b = e + 1;
+      }
+      std::printf("%s\n", j.is_string() ? j.get<std::string>().c_str() : j.dump().c_str());
+      return 0;
+    }
+    if (a[0] == "budget" && a.size() == 5) return cmd_budget(a[1], a[2], a[3], std::stod(a[4]));
     require(false, "bad arguments");
   } catch (const Fail& e) {
     std::fprintf(stderr, "modeltool: FAIL: %s\n", e.msg.c_str());

@@ -1,0 +1,246 @@
+#pragma once
+// Double quantization of block scales (QLoRA, Dettmers et al. 2023, sec. 3):
+// the fp32 absmax scales of a PackedMatrix are themselves quantized to 8 bits
+// in blocks of 256 after subtracting their mean, which takes the scale
+// overhead at block size 64 from 32/64 = 0.5 to (8 + 32/256)/64 = 0.127 bits
+// per weight (NF4: 4.5 -> 4.127, NF2: 2.5 -> 2.127, plus 32 bits per matrix
+// for the mean).
+//
+// Second-level grid: symmetric int8 absmax (levels mean + q * step,
+// q in -127..127, step = max |s - mean| / 127 per block of 256 scales), not
+// QLoRA's FP8. It bounds every scale's error by half a step, and recovery is
+// exact in fp32 for every reader (packed.hpp, "Double-quantized scales"). The
+// payload struct, DoubleQuantScales, lives in packed.hpp because PackedMatrix
+// carries it and validate() checks it.
+//
+// Effect, measured by tests/test_double_quant.cpp on a 1024 x 1024 realistic
+// matrix (bench/support/matrices.hpp, seed 1), rank 16, 5 iterations, block
+// 64, exact SVD, absmax scales; relative error ||W - Q - A B^T|| / ||W||:
+//
+//   format  bits/weight        LoftQ     DQ, same factors  DQ + refit
+//   NF4     4.5000 -> 4.1270   0.11265   0.11353           0.11350
+//   NF2     2.5000 -> 2.1270   0.43285   0.43309           0.43307
+//
+// The grid matters more than the bit count. On that matrix the block scales
+// span 0.019..1.07 (median 0.055, mean 0.076: outlier channels), so a linear
+// grid around the mean is coarse for the many small scales. Added squared
+// error ||Q - Q_dq||^2 / ||W||^2 at NF4 (the quantization's own: 0.0164):
+// this linear grid 2.0e-4; FP8 e4m3 of (s - mean) / absmax, QLoRA's choice,
+// 2.7e-4; a linear grid over each block's [min, max] 6.1e-5; a log grid over
+// [min, max] 1.0e-5. A log grid would need a reader-independent exp (or a
+// stored table) to keep recovery bit-exact, so it is left as a follow-up.
+//
+// The factors should absorb the rounding of the scales: after double
+// quantization, one more SVD of W - Q_dq (the second half of a LoftQ step with
+// Q fixed) gives the best rank-r correction for the Q actually stored.
+// double_quantize(W, result, opt) does that.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "detail/parallel.hpp"
+#include "error.hpp"
+#include "initialize.hpp"
+#include "packed.hpp"
+#include "quantizer.hpp"
+#include "svd.hpp"
+
+namespace loftq {
+
+constexpr Eigen::Index kDoubleQuantBlock = 256;  // QLoRA's second-level block size
+
+namespace detail {
+
+// The smallest value >= x > 0 with at most 17 significant bits, no smaller
+// than the least normal float: then 127 * step and q * step (|q| <= 127, 7 bits)
+// fit the 24-bit fp32 significand exactly.
+inline float dq_step(double x) {
+  int e = 0;
+  const double m = std::frexp(x, &e);  // x = m * 2^e, m in [0.5, 1)
+  const double r = std::ldexp(std::ceil(std::ldexp(m, 17)), e - 17);
+  return static_cast<float>(std::max(r, static_cast<double>(std::numeric_limits<float>::min())));
+}
+
+}  // namespace detail
+
+// Quantizes non-negative fp32 scales: subtract their mean, then symmetric int8
+// absmax in blocks of `block` scales. Every recovered scale is within half a
+// step (absmax[k] / 127) of the original, plus the rounding of one fp32 add;
+// except that a positive scale is never recovered as <= 0 (that would flip or
+// zero its block), so a scale below half a step may be rounded up instead,
+// by less than one step.
+inline DoubleQuantScales double_quantize_scales(const std::vector<float>& scales,
+                                                Eigen::Index block = kDoubleQuantBlock) {
+  detail::require(!scales.empty(), Errc::invalid_argument, "double_quantize_scales: no scales");
+  detail::require(block >= 1, Errc::invalid_argument,
+                  "double_quantize_scales: block size must be >= 1 (got " + std::to_string(block) + ")");
+  double sum = 0;
+  for (std::size_t i = 0; i < scales.size(); ++i) {
+    const float s = scales[i];
+    if (!std::isfinite(s)) detail::fail(Errc::non_finite, "double_quantize_scales: scale " + std::to_string(i) + " is not finite");
+    if (s < 0.0f)
+      detail::fail(Errc::invalid_argument, "double_quantize_scales: scale " + std::to_string(i) + " is negative");
+    sum += s;
+  }
+  DoubleQuantScales D;
+  D.block_size = block;
+  D.mean = static_cast<float>(sum / static_cast<double>(scales.size()));
+  D.codes.resize(scales.size());
+  D.absmax.resize(D.num_blocks());
+  const std::size_t bs = static_cast<std::size_t>(block);
+  for (std::size_t k = 0; k < D.absmax.size(); ++k) {
+    const std::size_t i0 = k * bs, i1 = std::min(scales.size(), i0 + bs);
+    double amax = 0;
+    for (std::size_t i = i0; i < i1; ++i)
+      amax = std::max(amax, std::abs(static_cast<double>(scales[i]) - static_cast<double>(D.mean)));
+    if (amax == 0) {  // every scale equals the mean
+      D.absmax[k] = 0.0f;
+      std::fill(D.codes.begin() + static_cast<std::ptrdiff_t>(i0), D.codes.begin() + static_cast<std::ptrdiff_t>(i1),
+                std::uint8_t{128});
+      continue;
+    }
+    const float step = detail::dq_step(amax / 127.0);
+    const float a = 127.0f * step;
+    detail::require(std::isfinite(a), Errc::invalid_argument, "double_quantize_scales: scales beyond the fp32 range");
+    D.absmax[k] = a;
+    for (std::size_t i = i0; i < i1; ++i) {
+      const double dev = static_cast<double>(scales[i]) - static_cast<double>(D.mean);
+      int q = static_cast<int>(std::lround(dev / static_cast<double>(step)));
+      q = std::max(-127, std::min(127, q));
+      auto decoded = [&](int c) { return D.mean + static_cast<float>(c) * step; };
+      while (q < 127 && (decoded(q) < 0.0f || (scales[i] > 0.0f && decoded(q) <= 0.0f))) ++q;
+      D.codes[i] = static_cast<std::uint8_t>(q + 128);
+    }
+  }
+  return D;
+}
+
+// The scales a payload stands for (the formula in packed.hpp).
+inline std::vector<float> recover_scales(const DoubleQuantScales& D) {
+  detail::require(D.block_size >= 1 && D.absmax.size() == D.num_blocks(), Errc::invalid_argument,
+                  "recover_scales: expected one absmax per " + std::to_string(D.block_size) + " codes");
+  std::vector<float> s(D.codes.size());
+  for (std::size_t i = 0; i < s.size(); ++i) s[i] = D.scale(i);
+  return s;
+}
+
+// P with double-quantized scales: `scales` replaced by the recovered values,
+// the payload in scale_dq. The codes are kept, and they stay consistent with
+// the new scales: a nonzero absmax block still holds a +-1 level, so the
+// absmax of its dequantized values is the recovered scale and every element
+// divides back to its own level; requantizing dequantize(P) gives P's codes.
+inline PackedMatrix double_quantize(PackedMatrix P, Eigen::Index block = kDoubleQuantBlock) {
+  detail::validate(P);
+  detail::require(!P.double_quantized(), Errc::invalid_argument, "double_quantize: the scales are already double-quantized");
+  detail::require(P.scale_mode == ScaleMode::absmax, Errc::unsupported,
+                  "double_quantize: only absmax scales can be double-quantized (min/max blocks carry two values)");
+  P.scale_dq = double_quantize_scales(P.scales, block);
+  P.scales = recover_scales(P.scale_dq);
+  return P;
+}
+
+// What double quantization did to a LoftQ result (relative errors
+// ||W - Q - A B^T|| / ||W||).
+struct DoubleQuantEffect {
+  double error_before = 0;       // the LoftQ result as it was
+  double error_rounded = 0;      // with the double-quantized scales, the old factors
+  double error_after = 0;        // what the result now holds (after the refit, if any)
+  double bits_per_weight_before = 0, bits_per_weight_after = 0;
+  bool refit_kept = false;       // the refit factors replaced the old ones
+};
+
+// Double-quantizes r.packed and updates r.Q to match; with `refit`, then
+// recomputes A, B = SVD_r(W - Q_dq) once (randomized SVDs warm-start from the
+// old B), keeping the refit factors only if they lower the error, which an
+// exact SVD always does (Eckart-Young). r.history gains one entry, the new
+// error, and best_iteration points at it, so r.error() stays the error of
+// what r holds. W must be the matrix r was computed from; `opt` gives the SVD
+// settings and threads (rank is r's).
+template <class Derived>
+DoubleQuantEffect double_quantize(const Eigen::MatrixBase<Derived>& W_in, Result<typename Derived::Scalar>& r,
+                                  const Options& opt = {}, Eigen::Index block = kDoubleQuantBlock, bool refit = true) {
+  using Scalar = typename Derived::Scalar;
+  using Matrix = typename Result<Scalar>::Matrix;
+  const Eigen::Index m = W_in.rows(), n = W_in.cols(), rank = r.A.cols();
+  detail::require(r.Q.rows() == m && r.Q.cols() == n && r.packed.rows == m && r.packed.cols == n, Errc::invalid_argument,
+                  "double_quantize: W is " + std::to_string(m) + "x" + std::to_string(n) +
+                      " but the result is for a " + std::to_string(r.Q.rows()) + "x" + std::to_string(r.Q.cols()) +
+                      " matrix");
+  detail::require(rank >= 1 && r.A.rows() == m && r.B.rows() == n && r.B.cols() == rank, Errc::invalid_argument,
+                  "double_quantize: the result has no consistent factors");
+  const int threads = opt.threads;
+  detail::RowMajorView<Derived> view(W_in);
+  detail::check_weights(W_in, view.data(), threads, "double_quantize");
+  detail::EigenSerialScope serial;
+  const Scalar* Wp = view.data();
+  const std::int64_t N = static_cast<std::int64_t>(m) * n;
+  const double w2 = detail::squared_norm(Wp, N, threads);
+
+  DoubleQuantEffect eff;
+  eff.error_before = r.error();
+  eff.bits_per_weight_before = r.packed.bits_per_weight();
+  r.packed = double_quantize(std::move(r.packed), block);
+  eff.bits_per_weight_after = r.packed.bits_per_weight();
+  detail::dequantize_flat(r.packed, r.Q.data(), threads);
+
+  // R = W - Q_dq, the residual the factors approximate.
+  RowMatrix<Scalar> R(m, n);
+  {
+    const Scalar* Q = r.Q.data();
+    Scalar* Rp = R.data();
+    detail::parallel_for((N + 65535) / 65536, threads, [&](std::int64_t c) {
+      const std::int64_t b = c * 65536, e = std::min(N, b + 65536);
+      for (std::int64_t i = b; i < e; ++i) Rp[i] = Wp[i] - Q[i];
+    });
+  }
+  // ||R - A B^T||^2 without touching R.
+  auto residual_sq = [&](const Matrix& A, const Matrix& B) {
+    const Eigen::Index rows = std::max<Eigen::Index>(1, std::min<Eigen::Index>(detail::kRowChunk, (1 << 16) / n + 1));
+    return detail::chunked_sum((m + rows - 1) / rows, threads, [&](std::int64_t c) {
+      const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
+      RowMatrix<Scalar> P(len, n);
+      P.noalias() = A.middleRows(r0, len) * B.transpose();
+      double s = 0;
+      const Scalar* Rc = R.data() + r0 * n;
+      for (Eigen::Index i = 0; i < len * n; ++i) {
+        const double d = static_cast<double>(Rc[i]) - static_cast<double>(P.data()[i]);
+        s += d * d;
+      }
+      return s;
+    });
+  };
+  const double rounded_sq = residual_sq(r.A, r.B);
+  eff.error_rounded = detail::relative(rounded_sq, w2);
+  eff.error_after = eff.error_rounded;
+  if (refit) {
+    SVDOptions so = opt.svd;
+    so.threads = threads;
+    TruncatedSVD<Matrix> svd;
+    if (opt.svd.method == SVDMethod::randomized && opt.warm_start) {
+      so.power_iterations = opt.warm_power_iterations;
+      svd.compute(R, rank, so, r.B);
+    } else {
+      svd.compute(R, rank, so);
+    }
+    detail::require(svd.info() == Eigen::Success, Errc::non_finite, "double_quantize: the SVD produced non-finite values");
+    const auto sq = svd.singularValues().cwiseSqrt();
+    Matrix A = svd.matrixU() * sq.asDiagonal(), B = svd.matrixV() * sq.asDiagonal();
+    const double refit_sq = residual_sq(A, B);
+    if (refit_sq < rounded_sq) {
+      r.A = std::move(A);
+      r.B = std::move(B);
+      eff.error_after = detail::relative(refit_sq, w2);
+      eff.refit_kept = true;
+    }
+  }
+  r.history.push_back(eff.error_after);
+  r.best_iteration = static_cast<int>(r.history.size());
+  return eff;
+}
+
+}  // namespace loftq

@@ -1,0 +1,222 @@
+#pragma once
+// Mixed precision under a bit budget: choose a bit width per matrix (from
+// candidates such as 2, 3, 4) to minimize the total LoftQ error subject to an
+// average number of code bits per weight.
+//
+//   minimize   sum_i e_i(b_i)                 e_i(b) = ||W_i - Q_i - A_i B_i^T||^2 at width b
+//   subject to sum_i n_i b_i <= budget * sum_i n_i,   b_i in candidates
+//
+// The errors are absolute squared Frobenius errors, so they add across
+// matrices (the total is ||W - Q - A B^T||^2 over the whole model), and each
+// matrix is weighted by its element count n_i.
+//
+// What the budget counts: code bits only, the "2.5 bits" of the usual
+// shorthand. The block scales add the same 32 / block_size bits to every
+// matrix whatever its width (0.5 at block 64; 0.127 with double quantization),
+// so they shift the storage cost by a constant and do not change the choice;
+// storage bits per weight = average code bits + that overhead.
+//
+// Solver: an exact multiple-choice knapsack by dynamic programming over the
+// extra bits above the smallest candidate, in units of
+//   g = gcd(n_i) * gcd(b_j - b_min),
+// so every cost is a whole number of units and the DP is exact (not a
+// discretisation). Weight matrices share large factors (4096 x 4096 and
+// 4096 x 11008 have gcd 2^20), so the table stays small. When it would exceed
+// `max_cells` entries (matrices x budget units), the costs are rounded up to a
+// coarser unit U: the result still meets the budget, and its error is at most
+// the optimum for the budget reduced by gap_bits = K * U / sum n_i (K
+// matrices); BitAllocation::gap_bits reports it (0 when exact). The LoftQ
+// authors' own mixed precision simply makes the first layers 4-bit; LQ-LoRA
+// solves the same kind of problem with an integer-programming solver.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "error.hpp"
+#include "initialize.hpp"
+#include "quantizer.hpp"
+
+namespace loftq {
+
+// One matrix of the problem.
+struct MatrixErrors {
+  std::int64_t numel = 0;        // number of weights
+  std::vector<double> sq_error;  // ||W - Q - A B^T||^2 at each candidate width, in candidate order
+};
+
+struct BitAllocation {
+  std::vector<int> bits;        // chosen width per matrix
+  double total_sq_error = 0;    // sum of the chosen errors
+  double average_bits = 0;      // code bits per weight: sum n_i b_i / sum n_i
+  bool exact = true;            // the DP ran in exact units (the optimum)
+  double gap_bits = 0;          // when not exact: optimal for a budget this much lower
+};
+
+struct AllocateOptions {
+  std::size_t max_cells = std::size_t{1} << 24;  // DP table size limit (bytes of backtracking state)
+};
+
+namespace detail {
+
+inline void check_candidates(const std::vector<int>& bits) {
+  require(!bits.empty(), Errc::invalid_argument, "allocate_bits: no candidate bit widths");
+  for (std::size_t j = 0; j < bits.size(); ++j) {
+    require(bits[j] >= 1 && bits[j] <= 32, Errc::invalid_argument,
+            "allocate_bits: candidate width " + std::to_string(bits[j]) + " is outside 1..32");
+    require(j == 0 || bits[j] > bits[j - 1], Errc::invalid_argument,
+            "allocate_bits: candidate widths must be strictly increasing");
+  }
+}
+
+}  // namespace detail
+
+// The width per matrix (an entry of `candidates`) minimizing the total error
+// with average code bits per weight <= budget. Throws loftq::Error for an
+// empty problem, a budget outside [min, max] candidate or not finite,
+// non-finite or negative errors, or a row of errors of the wrong length. Ties
+// go to fewer bits.
+inline BitAllocation allocate_bits(const std::vector<MatrixErrors>& mats, const std::vector<int>& candidates,
+                                   double budget, const AllocateOptions& ao = {}) {
+  detail::check_candidates(candidates);
+  detail::require(!mats.empty(), Errc::invalid_argument, "allocate_bits: no matrices");
+  const int bmin = candidates.front(), bmax = candidates.back();
+  detail::require(std::isfinite(budget) && budget >= bmin && budget <= bmax, Errc::invalid_argument,
+                  "allocate_bits: budget " + std::to_string(budget) + " bits per weight is outside the candidate range " +
+                      std::to_string(bmin) + ".." + std::to_string(bmax));
+  detail::require(ao.max_cells >= mats.size(), Errc::invalid_argument, "allocate_bits: max_cells is below the matrix count");
+  const std::size_t K = mats.size(), J = candidates.size();
+  std::int64_t total = 0, gn = 0;
+  for (std::size_t i = 0; i < K; ++i) {
+    const MatrixErrors& M = mats[i];
+    detail::require(M.numel >= 1, Errc::invalid_argument, "allocate_bits: matrix " + std::to_string(i) + " has no elements");
+    detail::require(M.sq_error.size() == J, Errc::invalid_argument,
+                    "allocate_bits: matrix " + std::to_string(i) + " has " + std::to_string(M.sq_error.size()) +
+                        " errors for " + std::to_string(J) + " candidate widths");
+    for (double e : M.sq_error)
+      detail::require(std::isfinite(e) && e >= 0, Errc::non_finite,
+                      "allocate_bits: matrix " + std::to_string(i) + " has a non-finite or negative error");
+    detail::require(total <= std::numeric_limits<std::int64_t>::max() / 64 - M.numel, Errc::invalid_argument,
+                    "allocate_bits: too many weights");
+    total += M.numel;
+    gn = std::gcd(gn, M.numel);
+  }
+  std::int64_t gb = 0;
+  for (int b : candidates) gb = std::gcd<std::int64_t>(gb, b - bmin);
+
+  BitAllocation out;
+  out.bits.assign(K, bmin);
+  auto finish = [&](const std::vector<std::size_t>& pick) {
+    double err = 0, bits_sum = 0;
+    for (std::size_t i = 0; i < K; ++i) {
+      out.bits[i] = candidates[pick[i]];
+      err += mats[i].sq_error[pick[i]];
+      bits_sum += static_cast<double>(mats[i].numel) * out.bits[i];
+    }
+    out.total_sq_error = err;
+    out.average_bits = bits_sum / static_cast<double>(total);
+    return out;
+  };
+  if (J == 1) return finish(std::vector<std::size_t>(K, 0));
+
+  // Extra bits allowed over all-bmin; lowered until the average computed the
+  // way it is reported cannot exceed the budget through rounding.
+  std::int64_t cap = static_cast<std::int64_t>(std::floor((budget - bmin) * static_cast<double>(total)));
+  while (cap > 0 && (static_cast<double>(bmin) * static_cast<double>(total) + static_cast<double>(cap)) /
+                            static_cast<double>(total) > budget)
+    --cap;
+  // Spending more than every matrix at bmax is pointless: cap the table there.
+  cap = std::min<std::int64_t>(cap, (bmax - bmin) * total);
+
+  // Unit: exact when the table fits, else the smallest multiple of g that fits.
+  const std::int64_t g = gn * gb;
+  const std::int64_t cells_per_matrix = static_cast<std::int64_t>(ao.max_cells / K);
+  std::int64_t unit = g;
+  if (cap / unit + 1 > cells_per_matrix) {
+    const std::int64_t d = std::max<std::int64_t>(1, cells_per_matrix - 1);
+    unit = g * std::max<std::int64_t>(1, (cap / g + d - 1) / d);
+    while (cap / unit + 1 > cells_per_matrix) unit += g;
+  }
+  out.exact = unit == g;
+  out.gap_bits = out.exact ? 0.0 : static_cast<double>(K) * static_cast<double>(unit) / static_cast<double>(total);
+  const std::int64_t S = cap / unit + 1;  // states: extra units spent 0..S-1
+
+  std::vector<std::vector<std::int64_t>> w(K, std::vector<std::int64_t>(J));
+  for (std::size_t i = 0; i < K; ++i)
+    for (std::size_t j = 0; j < J; ++j) {
+      const std::int64_t cost = mats[i].numel * (candidates[j] - bmin);  // < 64 * total: no overflow
+      w[i][j] = (cost + unit - 1) / unit;  // rounded up: the budget holds in exact bits
+    }
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> dp(static_cast<std::size_t>(S), inf), next(static_cast<std::size_t>(S));
+  std::vector<std::uint8_t> choice(K * static_cast<std::size_t>(S));
+  dp[0] = 0;
+  for (std::size_t i = 0; i < K; ++i) {
+    std::fill(next.begin(), next.end(), inf);
+    std::uint8_t* ch = choice.data() + i * static_cast<std::size_t>(S);
+    for (std::size_t j = 0; j < J; ++j) {
+      const std::int64_t wj = w[i][j];
+      const double e = mats[i].sq_error[j];
+      for (std::int64_t c = wj; c < S; ++c) {
+        const double v = dp[static_cast<std::size_t>(c - wj)] + e;
+        // Strictly better only: among equal totals the fewer bits (smaller j) stay.
+        if (v < next[static_cast<std::size_t>(c)]) {
+          next[static_cast<std::size_t>(c)] = v;
+          ch[c] = static_cast<std::uint8_t>(j);
+        }
+      }
+    }
+    dp.swap(next);
+  }
+  std::int64_t best = 0;
+  for (std::int64_t c = 1; c < S; ++c)
+    if (dp[static_cast<std::size_t>(c)] < dp[static_cast<std::size_t>(best)]) best = c;
+  std::vector<std::size_t> pick(K);
+  for (std::size_t i = K; i-- > 0;) {
+    const std::size_t j = choice[i * static_cast<std::size_t>(S) + static_cast<std::size_t>(best)];
+    pick[i] = j;
+    best -= w[i][j];
+  }
+  return finish(pick);
+}
+
+// ||W - Q - A B^T||^2 of a result, from its relative error and ||W||^2.
+template <class Scalar>
+double squared_error(const Result<Scalar>& r, double w_squared_norm) {
+  return r.error() * r.error() * w_squared_norm;
+}
+
+// Runs LoftQ on W at each candidate width (quantizer kind, block size and
+// symmetry from q; its bit width is ignored) and collects the squared errors.
+// Costs one initialize per candidate; the results are deterministic, so the
+// chosen width can be recomputed later instead of kept.
+template <class Derived>
+MatrixErrors measure_errors(const Eigen::MatrixBase<Derived>& W, const Quantizer& q, const std::vector<int>& candidates,
+                            const Options& opt = {}) {
+  detail::check_candidates(candidates);
+  MatrixErrors me;
+  me.numel = static_cast<std::int64_t>(W.rows()) * W.cols();
+  const double w2 = W.template cast<double>().squaredNorm();
+  for (int b : candidates) {
+    const Quantizer qb(q.kind, b, q.block_size, q.symmetric);
+    me.sq_error.push_back(squared_error(initialize(W, qb, opt), w2));
+  }
+  return me;
+}
+
+// The same over a list of matrices.
+template <class MatrixT>
+std::vector<MatrixErrors> measure_errors(const std::vector<MatrixT>& Ws, const Quantizer& q,
+                                         const std::vector<int>& candidates, const Options& opt = {}) {
+  std::vector<MatrixErrors> out;
+  out.reserve(Ws.size());
+  for (const MatrixT& W : Ws) out.push_back(measure_errors(W, q, candidates, opt));
+  return out;
+}
+
+}  // namespace loftq
