@@ -184,7 +184,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
   o << "<text x=\"" << fmt(W / 2, 1) << "\" y=\"26\" text-anchor=\"middle\" font-size=\"16\" font-weight=\"bold\">"
     << "LoftQ vs QLoRA initialization: relative error ||W - Q - AB&#7488;||/||W||</text>\n";
   o << "<text x=\"" << fmt(W / 2, 1) << "\" y=\"44\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">"
-    << "solid: LoftQ after T alternating steps (keep_best off); dashed: QLoRA-style baseline q(W)</text>\n";
+    << "solid: LoftQ error after T alternating steps (reference = PEFT settings, default = this library); dashed: QLoRA q(W)</text>\n";
 
   for (std::size_t pi = 0; pi < quantizers.size(); ++pi) {
     const double x0 = left + static_cast<double>(pi) * (pw + gap), y0 = top;
@@ -260,7 +260,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
     o << "<circle cx=\"" << fmt(left + 15) << "\" cy=\"" << fmt(ly) << "\" r=\"3\" fill=\"" << c << "\"/>\n";
     o << "<text x=\"" << fmt(left + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">LoftQ, " << escape(what)
       << "</text>\n";
-    const double lx = left + 380;
+    const double lx = left + 430;
     o << "<line x1=\"" << fmt(lx) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(lx + 30) << "\" y2=\"" << fmt(ly)
       << "\" stroke=\"" << c << "\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n";
     o << "<text x=\"" << fmt(lx + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">QLoRA, " << escape(d)
