@@ -412,17 +412,30 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
         }
       }
       for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
-        const std::int64_t n = std::min(kSpan, e1 - j0);
+        const std::int64_t n_span = std::min(kSpan, e1 - j0);
+        std::int64_t done = 0;
+#if LOFTQ_HAS_AVX2
+        if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
+          if (deq && s.mode == ScaleMode::absmax && den != Scalar(0)) {
+            // Codes and final values in one sweep; the ragged tail goes below.
+            done = quantize_span_avx2<Bits>(T.tree, in + j0, n_span, den, scale, minuend ? minuend + j0 : nullptr,
+                                            out ? codes : nullptr, deq + j0);
+            if (out) pack_codes(out->codes.data(), j0, codes, done, s.bits);
+          }
+        }
+#endif
+        if (done == n_span) continue;
+        const std::int64_t j1 = j0 + done, n = n_span - done;
         // levels is a separate buffer because deq may alias in.
-        code_span(T, in + j0, n, off, den, codes, deq ? levels : nullptr);
-        if (out) pack_codes(out->codes.data(), j0, codes, n, s.bits);
+        code_span(T, in + j1, n, off, den, codes, deq ? levels : nullptr);
+        if (out) pack_codes(out->codes.data(), j1, codes, n, s.bits);
         if (deq) {
           scale_levels(levels, n, s.mode, scale, lo);
           if (minuend) {
-            const Scalar* LOFTQ_RESTRICT w = minuend + j0;
-            for (std::int64_t j = 0; j < n; ++j) deq[j0 + j] = w[j] - levels[j];
+            const Scalar* LOFTQ_RESTRICT w = minuend + j1;
+            for (std::int64_t j = 0; j < n; ++j) deq[j1 + j] = w[j] - levels[j];
           } else {
-            std::copy(levels, levels + n, deq + j0);
+            std::copy(levels, levels + n, deq + j1);
           }
         }
       }

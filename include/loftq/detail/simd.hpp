@@ -105,6 +105,33 @@ std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::i
   return j;
 }
 
+// The absmax pass fused end to end over the multiple-of-8 prefix: codes of
+// y = x / den, and out = level * scale, or minuend - level * scale when
+// minuend is given. The same operations in the same order as the portable
+// path (no contraction: separate mul and sub), so the values are bit-identical.
+// out may alias x: each vector is loaded before its store.
+template <int Bits>
+std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float den, float scale,
+                                const float* minuend, std::uint8_t* codes, float* out) {
+  const SearchTreeRegs<Bits> T(tree);
+  const __m256 vden = _mm256_set1_ps(den), vscale = _mm256_set1_ps(scale);
+  const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
+                                        0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
+  const __m256i join = _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1);
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256 y = _mm256_div_ps(_mm256_loadu_ps(x + j), vden);
+    const __m256i c = T.code(y);
+    if (codes) {
+      const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(c, pick), join);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), _mm256_castsi256_si128(bytes));
+    }
+    const __m256 v = _mm256_mul_ps(T.level(c), vscale);
+    _mm256_storeu_ps(out + j, minuend ? _mm256_sub_ps(_mm256_loadu_ps(minuend + j), v) : v);
+  }
+  return j;
+}
+
 // Scale-search inner loop: for z = x * inv over the multiple-of-8 prefix,
 // accumulates sum w (z - lev[code(z)])^2, sum w z lev and sum w lev^2 (w = 1
 // when Weighted is false) into acc[0..2]; returns how many elements it took.
