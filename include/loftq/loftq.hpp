@@ -2,6 +2,7 @@
 // Umbrella header: everything the library offers except file I/O.
 
 #include "codebook.hpp"
+#include "data_aware.hpp"
 #include "double_quant.hpp"
 #include "error.hpp"
 #include "initialize.hpp"
