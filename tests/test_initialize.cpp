@@ -175,6 +175,62 @@ TEST_CASE("randomized SVD stays within 0.5% of exact") {
   }
 }
 
+TEST_CASE("the fused residual-and-quantize sweep equals the two passes it replaces, bit for bit") {
+  struct Case {
+    Eigen::Index m, n;
+    int bits;
+    Eigen::Index bs;
+  };
+  // Chunks of residual_rows(n) rows: block- and byte-aligned (fused) for the
+  // first, third and last case; not for the others (separate pass).
+  for (const Case c : {Case{200, 640, 4, 64}, Case{70, 1000, 4, 64}, Case{90, 768, 3, 64}, Case{50, 1300, 2, 100},
+                       Case{64, 2000, 2, 100}}) {
+    INFO(c.m << "x" << c.n << " nf" << c.bits << " block " << c.bs);
+    const RowMatrix<float> W = loftq_test::structured(c.m, c.n, 5);
+    const Eigen::MatrixXf A = loftq_test::gaussian(c.m, 6, 1) * 0.1f, B = loftq_test::gaussian(c.n, 6, 2) * 0.1f;
+    const loftq::Quantizer q(loftq::Quantizer::Kind::normal_float, c.bits, c.bs);
+    const std::int64_t N = W.size();
+    loftq::detail::QuantSpec spec = loftq::detail::spec_of(q);
+    spec.search = true;
+    std::vector<float> f1(static_cast<std::size_t>((N + c.bs - 1) / c.bs), 0.0f), f2 = f1;
+    RowMatrix<float> R1 = W - loftq::fake_quantize(W, q), R2 = R1;
+    loftq::PackedMatrix P1 = loftq::detail::make_packed(c.m, c.n, spec), P2 = P1;
+    spec.fractions = f1.data();
+    const double s1 = loftq::detail::low_rank_step(W.data(), R1, A, B, 2, true, &P1, &spec);
+    spec.fractions = f2.data();
+    const double s2 = loftq::detail::low_rank_step(W.data(), R2, A, B, 2);
+    loftq::detail::quantize_flat(R2.data(), R2.data(), &P2, N, spec, 2, W.data());
+    CHECK(s1 == s2);
+    CHECK(R1 == R2);
+    CHECK(P1.codes == P2.codes);
+    CHECK(P1.scales == P2.scales);
+    CHECK(f1 == f2);
+    // And what the sweep computes: ||R - A B^T||^2, then R := W - q(W - A B^T).
+    const RowMatrix<float> AB = A * B.transpose(), R0 = W - loftq::fake_quantize(W, q);
+    CHECK(s1 == doctest::Approx((R0 - AB).cast<double>().squaredNorm()).epsilon(1e-5));
+    CHECK((R1 - (W - loftq::dequantize(P1))).cwiseAbs().maxCoeff() <= 1e-6f * W.cwiseAbs().maxCoeff());
+  }
+}
+
+TEST_CASE("warm_power_iterations = -1 (default): 1 below kWarmNoPowerFrom, 0 from there") {
+  CHECK(Options{}.warm_power_iterations == -1);
+  const auto same = [](const loftq::Result<float>& a, const loftq::Result<float>& b) {
+    return a.Q == b.Q && a.A == b.A && a.B == b.B && a.history == b.history;
+  };
+  const NormalFloat<4> q;
+  Options o, one, zero;
+  one.warm_power_iterations = 1;
+  zero.warm_power_iterations = 0;
+  for (Options* p : {&o, &one, &zero}) p->iterations = 2;
+  const RowMatrix<float> S = loftq_test::structured(300, 200, 4);
+  CHECK(same(loftq::initialize(S, q, o), loftq::initialize(S, q, one)));
+  CHECK_FALSE(same(loftq::initialize(S, q, o), loftq::initialize(S, q, zero)));
+  const Eigen::Index big = loftq::kWarmNoPowerFrom;
+  const RowMatrix<float> L = loftq_test::structured(big, big, 4);
+  CHECK(same(loftq::initialize(L, q, o), loftq::initialize(L, q, zero)));
+  CHECK_FALSE(same(loftq::initialize(L, q, o), loftq::initialize(L, q, one)));
+}
+
 TEST_CASE("edge cases: rank = min(m, n), all-zero W, a single outlier, svd start") {
   const RowMatrix<float> W = loftq_test::structured(40, 24, 2);
   Options o;
@@ -255,6 +311,9 @@ TEST_CASE("bad input gets a typed error and no result") {
   o.iterations = 0;
   CHECK(code_of(W, o) == loftq::Errc::invalid_argument);
   o.iterations = 2;
+  o.warm_power_iterations = -2;
+  CHECK(code_of(W, o) == loftq::Errc::invalid_argument);
+  o.warm_power_iterations = -1;
   CHECK(code_of(RowMatrix<float>(0, 30), o) == loftq::Errc::invalid_argument);
   CHECK(code_of(W, o, 4, 0) == loftq::Errc::invalid_argument);
   CHECK(code_of(W, o, 1) == loftq::Errc::unsupported);

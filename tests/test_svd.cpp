@@ -96,6 +96,35 @@ TEST_CASE("a warm start from the true subspace needs no power iterations") {
   CHECK(subspace_gap(k.V.leftCols(8), cold.matrixV()) > 1e-3);
 }
 
+TEST_CASE("rightBasis: k orthonormal columns whose leading ones are matrixV(); a warm start from it converges") {
+  Eigen::VectorXd s(150);
+  for (Eigen::Index i = 0; i < 150; ++i) s[i] = 1.0 / (1.0 + static_cast<double>(i));
+  const Known k = with_spectrum(250, 150, s, 5);
+  SVDOptions o;
+  o.oversampling = 6;
+  o.power_iterations = 1;
+  TruncatedSVD<Eigen::MatrixXd> a(k.M, 8, o);
+  const Eigen::MatrixXd& Vk = a.rightBasis();
+  REQUIRE(Vk.rows() == 150);
+  REQUIRE(Vk.cols() == 14);
+  CHECK((Vk.transpose() * Vk - Eigen::MatrixXd::Identity(14, 14)).norm() < 1e-10);
+  CHECK(Vk.leftCols(8) == a.matrixV());
+  // Feeding the whole basis back is one more subspace iteration each time:
+  // the gap to the true subspace shrinks with every warm solve.
+  double gap = subspace_gap(k.V.leftCols(8), a.matrixV());
+  o.power_iterations = 0;
+  for (int it = 0; it < 3; ++it) {
+    TruncatedSVD<Eigen::MatrixXd> b;
+    b.compute(k.M, 8, o, a.rightBasis());
+    const double g = subspace_gap(k.V.leftCols(8), b.matrixV());
+    CHECK(g < gap);
+    gap = g;
+    a = b;
+  }
+  TruncatedSVD<Eigen::MatrixXd> ex(k.M, 8, SVDOptions{SVDMethod::exact});
+  CHECK(ex.rightBasis() == ex.matrixV());
+}
+
 TEST_CASE("deterministic: same seed, same bits; thread count does not matter") {
   const Eigen::MatrixXf M = loftq_test::structured(700, 500, 9);
   SVDOptions a;

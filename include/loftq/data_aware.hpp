@@ -299,7 +299,7 @@ class OutputMetric {
   // M := X F for the row-major m x n matrix at x.
   void apply(const Scalar* x, Eigen::Index m, RowMatrix<Scalar>& M, int threads) const {
     Eigen::Map<const RowMatrix<Scalar>> X(x, m, n_);
-    M.resize(m, n_);
+    resize_large(M, m, n_);
     const std::int64_t chunks = (m + kMetricRows - 1) / kMetricRows;
     parallel_for(chunks, threads, [&](std::int64_t c) {
       const Eigen::Index r0 = c * kMetricRows, len = std::min(kMetricRows, m - r0);
@@ -337,15 +337,11 @@ class OutputMetric {
     const std::int64_t chunks = (m + rows - 1) / rows;
     return chunked_sum(chunks, threads, [&](std::int64_t c) {
       const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
-      double s = 0;
-      for (Eigen::Index i = r0; i < r0 + len; ++i) {
-        const Scalar* xi = x + i * n_;
-        for (Eigen::Index j = 0; j < n_; ++j) {
-          const double v = static_cast<double>(xi[j]);
-          s += v * v * raw_w_(j);
-        }
-      }
-      return s;
+      const Scalar* xc = x + r0 * n_;
+      return interleaved_row_sum(len, n_, [&](Eigen::Index i, Eigen::Index j) {
+        const double v = static_cast<double>(xc[i * n_ + j]);
+        return v * v * raw_w_(j);
+      });
     });
   }
 
@@ -354,23 +350,20 @@ class OutputMetric {
   template <class MatA, class MatB>
   double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, const MatB& B, int threads) const {
     const Eigen::Index m = R.rows();
-    const Eigen::Index rows = std::max<Eigen::Index>(1, std::min<Eigen::Index>(kRowChunk, (1 << 16) / n_ + 1));
+    const Eigen::Index rows = residual_rows(n_);
     const std::int64_t chunks = (m + rows - 1) / rows;
     return chunked_sum(chunks, threads, [&](std::int64_t c) {
       const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
       RowMatrix<Scalar> P(len, n_);
       P.noalias() = A.middleRows(r0, len) * B.transpose();
-      double s = 0;
-      for (Eigen::Index i = 0; i < len; ++i) {
-        Scalar* Ri = R.data() + (r0 + i) * n_;
-        const Scalar* Wi = Wp + (r0 + i) * n_;
-        const Scalar* Pi = P.data() + i * n_;
-        for (Eigen::Index j = 0; j < n_; ++j) {
-          const double d = static_cast<double>(Ri[j]) - static_cast<double>(Pi[j]);
-          s += d * d * raw_w_(j);
-          Ri[j] = Wi[j] - Pi[j];
-        }
-      }
+      Scalar* Rc = R.data() + r0 * n_;
+      const Scalar* Wc = Wp + r0 * n_;
+      const Scalar* Pc = P.data();
+      const double s = interleaved_row_sum(len, n_, [&](Eigen::Index i, Eigen::Index j) {
+        const double d = static_cast<double>(Rc[i * n_ + j]) - static_cast<double>(Pc[i * n_ + j]);
+        return d * d * raw_w_(j);
+      });
+      for (Eigen::Index i = 0; i < len * n_; ++i) Rc[i] = Wc[i] - Pc[i];
       return s;
     });
   }
@@ -389,20 +382,13 @@ class OutputMetric {
 template <class Scalar, class MatA, class MatB>
 double residual_squared_norm(const RowMatrix<Scalar>& M, const MatA& A, const MatB& BF, int threads) {
   const Eigen::Index m = M.rows(), n = M.cols();
-  const Eigen::Index rows = std::max<Eigen::Index>(1, std::min<Eigen::Index>(kRowChunk, (1 << 16) / n + 1));
+  const Eigen::Index rows = residual_rows(n);
   const std::int64_t chunks = (m + rows - 1) / rows;
   return chunked_sum(chunks, threads, [&](std::int64_t c) {
     const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
     RowMatrix<Scalar> P(len, n);
     P.noalias() = A.middleRows(r0, len) * BF.transpose();
-    const Scalar* Mc = M.data() + r0 * n;
-    const Scalar* Pc = P.data();
-    double s = 0;
-    for (Eigen::Index i = 0; i < len * n; ++i) {
-      const double d = static_cast<double>(Mc[i]) - static_cast<double>(Pc[i]);
-      s += d * d;
-    }
-    return s;
+    return squared_distance(M.data() + r0 * n, P.data(), static_cast<std::int64_t>(len) * n);
   });
 }
 
@@ -427,7 +413,7 @@ void output_low_rank(const OutputMetric<Scalar>& metric, const RowMatrix<Scalar>
   const auto sq = svd.singularValues().cwiseSqrt();
   f.A = svd.matrixU() * sq.asDiagonal();
   f.BF = svd.matrixV() * sq.asDiagonal();
-  f.V = svd.matrixV();
+  f.V = svd.rightBasis();
   f.B = f.BF;
   metric.unapply_transposed(f.B, svd_opt.threads);
   require(f.B.allFinite(), Errc::non_finite,
@@ -483,7 +469,9 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   const Scalar* Wp = view.data();
   Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
 
-  RowMatrix<Scalar> R = W;  // the residual W - A B^T that the next Q quantizes
+  RowMatrix<Scalar> R;  // the residual W - A B^T that the next Q quantizes
+  detail::resize_large(R, m, n);
+  R = W;
   RowMatrix<Scalar> M;      // R F, what the SVD sees
   // Output error of the m x n matrix x; full statistics leave x F in M.
   auto output_sq = [&](const Scalar* x) {
@@ -496,7 +484,7 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   SVDOptions svd_cold = opt.svd;
   svd_cold.threads = threads;
   SVDOptions svd_warm = svd_cold;
-  svd_warm.power_iterations = opt.warm_power_iterations;
+  svd_warm.power_iterations = detail::warm_power_iterations(opt, m, n);
   const bool warm_ok = opt.warm_start && opt.svd.method == SVDMethod::randomized;
 
   Result<Scalar> res;
@@ -504,9 +492,11 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   detail::OutputFactors<Scalar> f;
   // A, B from M = E F, where R holds E; leaves R := W - A B^T and returns
   // the output error of E - A B^T.
-  auto low_rank = [&](bool warm) {
+  SVDOptions svd_start = svd_cold;
+  if (opt.start_power_iterations >= 0) svd_start.power_iterations = opt.start_power_iterations;
+  auto low_rank = [&](bool warm, const SVDOptions& cold) {
     const bool w = warm && warm_ok;
-    detail::output_low_rank(metric, M, r, w ? svd_warm : svd_cold, w, svd, f);
+    detail::output_low_rank(metric, M, r, w ? svd_warm : cold, w, svd, f);
     if (!metric.full()) return metric.low_rank_step(Wp, R, f.A, f.B, threads);
     const double fx2 = detail::residual_squared_norm(M, f.A, f.BF, threads);
     return metric.combine(fx2, detail::low_rank_step(Wp, R, f.A, f.B, threads));
@@ -522,7 +512,7 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   if (opt.start == Start::svd) {
     // The H-weighted SVD of W; M already holds W F with full statistics.
     if (!metric.full()) metric.apply(Wp, m, M, threads);
-    low_rank(false);
+    low_rank(false, svd_start);
     have_factors = true;
   }
 
@@ -534,7 +524,7 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
     detail::quantize_flat(R.data(), R.data(), &cur, N, spec, threads, Wp);  // R := W - Q_t
     const double q2 = output_sq_of_residual();                               // M := (W - Q_t) F
     if (t == 1 && opt.start == Start::zero && !spec.search) res.qlora_error = detail::relative(q2, w2);
-    const double e = detail::relative(low_rank(have_factors), w2);  // R := W - A_t B_t^T
+    const double e = detail::relative(low_rank(have_factors, svd_cold), w2);  // R := W - A_t B_t^T
     have_factors = true;
     res.history.push_back(e);
     if (!opt.keep_best || e < best_err || t == 1) {

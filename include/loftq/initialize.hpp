@@ -4,15 +4,17 @@
 //   A_0 = B_0 = 0
 //   for t = 1..T:  Q_t = q(W - A_{t-1} B_{t-1}^T);  A_t, B_t = SVD_r(W - Q_t)
 //
-// Buffers: besides W the loop holds one m x n residual R and two packed code
-// sets (current and best), so a T-step run costs about 2x the input in memory
-// (3x when W has to be copied into row-major order). The returned Q reuses R.
+// Buffers: besides W the loop holds one m x n residual R and three packed
+// code sets (current, next and best), so a T-step run costs about 2.5x the
+// input in memory at 4 bits (3.5x when W has to be copied into row-major
+// order). The returned Q reuses R.
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -35,8 +37,12 @@ struct Options {
   Eigen::Index rank = 16;
   int iterations = 5;
   SVDOptions svd;                 // method, oversampling, power iterations, seed
-  bool warm_start = true;         // seed each randomized SVD with the previous V
-  int warm_power_iterations = 1;  // power iterations once warm-started
+  bool warm_start = true;         // seed each randomized SVD with the previous right basis
+  // Power iterations once warm-started; -1: automatic, 0 when both sides of W
+  // are >= kWarmNoPowerFrom, else 1 (svd.hpp has the measurements).
+  int warm_power_iterations = -1;
+  // Power iterations for Start::svd's SVD of W; -1: svd.power_iterations.
+  int start_power_iterations = -1;
   // The defaults go beyond the reference LoftQ (absmax, zero start, last
   // iterate): measured on realistic matrices and stories260K, NF2 error is
   // 0.55-0.77x and NF4 0.62-0.73x the reference's (bench/README.md). Set
@@ -82,7 +88,56 @@ inline void check_options(const Options& o, Eigen::Index m, Eigen::Index n) {
   detail::require(o.iterations >= 1, Errc::invalid_argument,
           "iterations must be >= 1 (got " + std::to_string(o.iterations) + ")");
   detail::require(o.tolerance >= 0.0 && std::isfinite(o.tolerance), Errc::invalid_argument, "tolerance must be finite and >= 0");
-  detail::require(o.warm_power_iterations >= 0, Errc::invalid_argument, "warm_power_iterations must be >= 0");
+  detail::require(o.warm_power_iterations >= -1, Errc::invalid_argument,
+                  "warm_power_iterations must be >= 0, or -1 for automatic");
+  detail::require(o.start_power_iterations >= -1, Errc::invalid_argument,
+                  "start_power_iterations must be >= 0, or -1 for svd.power_iterations");
+}
+
+inline int warm_power_iterations(const Options& o, Eigen::Index m, Eigen::Index n) {
+  if (o.warm_power_iterations >= 0) return o.warm_power_iterations;
+  return std::min(m, n) >= kWarmNoPowerFrom ? 0 : 1;
+}
+
+// sum_i term(i) for i < n in double, in 8 interleaved partial sums (a fixed
+// order, so deterministic) that the compiler can vectorize.
+template <class F>
+double interleaved_sum(std::int64_t n, F&& term) {
+  double acc[8] = {};
+  std::int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int k = 0; k < 8; ++k) acc[k] += term(i + k);
+  for (int k = 0; i < n; ++i, ++k) acc[k] += term(i);
+  double s = 0;
+  for (double a : acc) s += a;
+  return s;
+}
+
+// interleaved_sum over the rows x n elements of a row-major range, as
+// term(row, col): the same order and so the same bits as interleaved_sum of
+// the flat range (data-aware sums then match data-free ones where the
+// weights are all 1).
+template <class F>
+double interleaved_row_sum(Eigen::Index rows, Eigen::Index n, F&& term) {
+  if (n % 8 != 0)
+    return interleaved_sum(static_cast<std::int64_t>(rows) * n,
+                           [&](std::int64_t i) { return term(static_cast<Eigen::Index>(i / n), static_cast<Eigen::Index>(i % n)); });
+  double acc[8] = {};
+  for (Eigen::Index i = 0; i < rows; ++i)
+    for (Eigen::Index j = 0; j < n; j += 8)
+      for (int k = 0; k < 8; ++k) acc[k] += term(i, j + k);
+  double s = 0;
+  for (double a : acc) s += a;
+  return s;
+}
+
+// sum (x_i - y_i)^2 in double.
+template <class Scalar>
+double squared_distance(const Scalar* x, const Scalar* y, std::int64_t n) {
+  return interleaved_sum(n, [&](std::int64_t i) {
+    const double d = static_cast<double>(x[i]) - static_cast<double>(y[i]);
+    return d * d;
+  });
 }
 
 // Sum of squares in fixed chunks, added in chunk order: deterministic.
@@ -100,33 +155,61 @@ double squared_norm(const Scalar* x, std::int64_t N, int threads) {
   const std::int64_t chunk = 1 << 16, chunks = (N + chunk - 1) / chunk;
   return chunked_sum(chunks, threads, [&](std::int64_t c) {
     const std::int64_t b = c * chunk, e = std::min(N, b + chunk);
-    double s = 0;
-    for (std::int64_t i = b; i < e; ++i) s += static_cast<double>(x[i]) * static_cast<double>(x[i]);
-    return s;
+    return interleaved_sum(e - b, [&](std::int64_t i) {
+      const double v = static_cast<double>(x[b + i]);
+      return v * v;
+    });
   });
 }
 
-// With P = A B^T, one pass: returns ||R - P||^2 and leaves R := W - P.
+// Rows per chunk of the residual sweeps: about 64K elements, so a chunk of
+// P = A B^T stays in cache next to the rows of W and R it meets.
+inline Eigen::Index residual_rows(Eigen::Index n) {
+  return std::max<Eigen::Index>(1, std::min<Eigen::Index>(kRowChunk, (1 << 16) / n + 1));
+}
+
+// With P = A B^T, one pass over row chunks that returns ||R - P||^2. With
+// update it also leaves R := W - P, the next matrix to quantize; given
+// `next` it goes on to quantize that chunk while it is still in cache,
+// leaving R := W - q(W - P) and the codes in *next (zeroed by the caller).
+// Fusing the two saves a full read and write of W and R per LoftQ iteration.
+// A chunk can only be quantized alone when its element range starts on a
+// block and byte boundary; otherwise the quantization runs as its own pass
+// after the sweep. Each block's result depends only on its own input, so the
+// output is bit-identical either way.
 template <class Scalar, class MatA, class MatB>
-double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, const MatB& B, int threads) {
-  const Eigen::Index m = R.rows(), n = R.cols();
-  const Eigen::Index rows = std::max<Eigen::Index>(1, std::min<Eigen::Index>(kRowChunk, (1 << 16) / n + 1));
-  const std::int64_t chunks = (m + rows - 1) / rows;
-  Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
-  return chunked_sum(chunks, threads, [&](std::int64_t c) {
-    const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
-    RowMatrix<Scalar> P(len, n);
-    P.noalias() = A.middleRows(r0, len) * B.transpose();
-    double s = 0;
-    Scalar* Rc = R.data() + r0 * n;
-    const Scalar* Wc = W.data() + r0 * n;
-    const Scalar* Pc = P.data();
-    for (Eigen::Index i = 0; i < len * n; ++i) {
-      const double d = static_cast<double>(Rc[i]) - static_cast<double>(Pc[i]);
-      s += d * d;
-      Rc[i] = Wc[i] - Pc[i];
-    }
+double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, const MatB& B, int threads,
+                     bool update = true, PackedMatrix* next = nullptr, const QuantSpec* spec = nullptr) {
+  const Eigen::Index m = R.rows(), n = R.cols(), rows = residual_rows(n);
+  const std::int64_t chunks = (m + rows - 1) / rows, N = static_cast<std::int64_t>(m) * n;
+  const bool quantize = update && next && spec;
+  const bool fused = quantize && (static_cast<std::int64_t>(rows) * n) % std::lcm<std::int64_t>(spec->block_size, 8) == 0;
+  auto sweep = [&](auto&& quantize_chunk) {
+    return chunked_sum(chunks, threads, [&](std::int64_t c) {
+      const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
+      RowMatrix<Scalar> P(len, n);
+      P.noalias() = A.middleRows(r0, len) * B.transpose();
+      Scalar* Rc = R.data() + r0 * n;
+      const Scalar* Wc = Wp + r0 * n;
+      const Scalar* Pc = P.data();
+      const double s = squared_distance(Rc, Pc, static_cast<std::int64_t>(len) * n);
+      if (update)
+        for (Eigen::Index i = 0; i < len * n; ++i) Rc[i] = Wc[i] - Pc[i];
+      quantize_chunk(static_cast<std::int64_t>(r0) * n, static_cast<std::int64_t>(r0 + len) * n);
+      return s;
+    });
+  };
+  if (!fused) {
+    const double s = sweep([](std::int64_t, std::int64_t) {});
+    if (quantize) quantize_flat(R.data(), R.data(), next, N, *spec, threads, Wp);
     return s;
+  }
+  return with_bits(spec->bits, [&](auto Bits) {
+    const BlockQuantizer<Scalar, decltype(Bits)::value> bq(*spec);
+    const std::int64_t bs = spec->block_size;
+    return sweep([&](std::int64_t e0, std::int64_t e1) {
+      bq.run(R.data(), R.data(), next, N, e0 / bs, (e1 + bs - 1) / bs, Wp);
+    });
   });
 }
 
@@ -164,42 +247,54 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   SVDOptions svd_cold = opt.svd;
   svd_cold.threads = threads;
   SVDOptions svd_warm = svd_cold;
-  svd_warm.power_iterations = opt.warm_power_iterations;
+  svd_warm.power_iterations = detail::warm_power_iterations(opt, m, n);
 
   Result<Scalar> res;
-  RowMatrix<Scalar> R = W;  // the residual W - A B^T that the next Q quantizes
-  Matrix A, B, V;           // V: the previous right singular vectors, for warm starts
+  RowMatrix<Scalar> R;  // the residual W - A B^T that the next Q quantizes
+  detail::resize_large(R, m, n);
+  R = W;
+  Matrix A, B, V;           // V: the previous right basis (rank + oversampling columns), for warm starts
   TruncatedSVD<Matrix> svd;
-  auto low_rank = [&](bool warm) {
+  SVDOptions svd_start = svd_cold;
+  if (opt.start_power_iterations >= 0) svd_start.power_iterations = opt.start_power_iterations;
+  auto low_rank = [&](bool warm, const SVDOptions& cold) {
     if (warm && opt.warm_start && opt.svd.method == SVDMethod::randomized)
       svd.compute(R, r, svd_warm, V);
     else
-      svd.compute(R, r, svd_cold);
+      svd.compute(R, r, cold);
     detail::require(svd.info() == Eigen::Success, Errc::non_finite, "initialize: the SVD produced non-finite values");
     const auto sq = svd.singularValues().cwiseSqrt();
     A = svd.matrixU() * sq.asDiagonal();
     B = svd.matrixV() * sq.asDiagonal();
-    V = svd.matrixV();
+    V = svd.rightBasis();
   };
 
+  // cur holds Q_t while the sweep after the SVD already writes Q_{t+1} into
+  // next; best keeps the lowest-error iterate's codes.
+  PackedMatrix cur = detail::make_packed(m, n, spec), next = detail::make_packed(m, n, spec),
+               best = detail::make_packed(m, n, spec);
   bool have_factors = false;
   if (opt.start == Start::svd) {
-    low_rank(false);
-    detail::low_rank_step(Wp, R, A, B, threads);  // R := W - A B^T
+    low_rank(false, svd_start);
+    detail::low_rank_step(Wp, R, A, B, threads, true, &cur, &spec);  // R := W - Q_1, Q_1 = q(W - A_0 B_0^T)
     have_factors = true;
+  } else {
+    detail::quantize_flat(R.data(), R.data(), &cur, N, spec, threads, Wp);  // R := W - Q_1
   }
 
-  PackedMatrix cur = detail::make_packed(m, n, spec), best = detail::make_packed(m, n, spec);
   Matrix bestA, bestB;
   double best_err = std::numeric_limits<double>::infinity();
   for (int t = 1; t <= opt.iterations; ++t) {
-    std::fill(cur.codes.begin(), cur.codes.end(), std::uint8_t{0});
-    detail::quantize_flat(R.data(), R.data(), &cur, N, spec, threads, Wp);  // R := W - Q_t
     if (t == 1 && opt.start == Start::zero && !spec.search)
       res.qlora_error = detail::relative(detail::squared_norm(R.data(), N, threads), w2);
-    low_rank(have_factors);
+    low_rank(have_factors, svd_cold);
     have_factors = true;
-    const double e = detail::relative(detail::low_rank_step(Wp, R, A, B, threads), w2);  // R := W - A_t B_t^T
+    // The error of iterate t, and (unless it is the last) R := W - Q_{t+1}
+    // with Q_{t+1} = q(W - A_t B_t^T) in next, in one sweep.
+    const bool more = t < opt.iterations;
+    if (more) std::fill(next.codes.begin(), next.codes.end(), std::uint8_t{0});
+    const double e = detail::relative(
+        detail::low_rank_step(Wp, R, A, B, threads, more, more ? &next : nullptr, &spec), w2);
     res.history.push_back(e);
     if (!opt.keep_best || e < best_err || t == 1) {
       best_err = e;
@@ -208,6 +303,7 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
       bestA = A;
       bestB = B;
     }
+    std::swap(cur, next);
     if (opt.tolerance > 0 && t > 1) {
       const double prev = res.history[res.history.size() - 2];
       if (prev <= 0 || (prev - e) / prev < opt.tolerance) break;
@@ -252,9 +348,10 @@ Result<typename Derived::Scalar> qlora_init(const Eigen::MatrixBase<Derived>& W_
 
   Result<Scalar> res;
   res.packed = detail::make_packed(m, n, spec);
-  res.Q.resize(m, n);
+  detail::resize_large(res.Q, m, n);
   detail::quantize_flat(view.data(), res.Q.data(), &res.packed, N, spec, opt.threads);
-  RowMatrix<Scalar> D(m, n);
+  RowMatrix<Scalar> D;
+  detail::resize_large(D, m, n);
   detail::quantize_flat(view.data(), D.data(), static_cast<PackedMatrix*>(nullptr), N, spec, opt.threads, view.data());
   const double w2 = detail::squared_norm(view.data(), N, opt.threads);
   res.qlora_error = detail::relative(detail::squared_norm(D.data(), N, opt.threads), w2);

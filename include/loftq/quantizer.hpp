@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "codebook.hpp"
+#include "detail/memory.hpp"
 #include "detail/parallel.hpp"
 #include "detail/simd.hpp"
 #include "error.hpp"
@@ -256,6 +257,16 @@ inline void scale_levels(Scalar* LOFTQ_RESTRICT v, std::int64_t n, ScaleMode mod
 template <class Scalar, int Bits>
 inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* LOFTQ_RESTRICT codes, std::int64_t n,
                         ScaleMode mode, Scalar scale, Scalar lo, Scalar* LOFTQ_RESTRICT out) {
+#if LOFTQ_HAS_AVX2
+  if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
+    if (mode == ScaleMode::absmax) {
+      const std::int64_t done = decode_span_avx2<Bits>(T.tree, codes, n, scale, out);
+      codes += done;
+      out += done;
+      n -= done;
+    }
+  }
+#endif
   for (std::int64_t j = 0; j < n; ++j) out[j] = T.level[codes[j]];
   scale_levels(out, n, mode, scale, lo);
 }
@@ -269,8 +280,10 @@ inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* LOFTQ
 //
 // A coarse grid of fractions is followed by Lloyd steps (for fixed codes the
 // best scale is sum w x c / sum w c^2, clamped to <= a); f = 1 is always a
-// candidate and a step is kept only when it lowers the error, so the result
-// is never worse than absmax.
+// candidate and a step is kept only when it lowers the error. A Lloyd step
+// cannot raise the error (see search_scale), so the last one is taken
+// without scoring it, and the result is never worse than absmax beyond
+// rounding.
 //
 // sums[0] = sum w (z - c)^2, sums[1] = sum w z c, sums[2] = sum w c^2 with
 // z = x * inv and c the level nearest z.
@@ -342,7 +355,17 @@ float search_scale(const Tables<Scalar, Bits>& T, const Scalar* x, const Scalar*
   for (int k = 0; k < grid.lloyd_steps; ++k) {
     if (!(best_ll > 0)) break;
     const Scalar s = static_cast<Scalar>(best) * best_zl / best_ll;
-    if (!consider(static_cast<float>(std::min<Scalar>(s, static_cast<Scalar>(amax))))) break;
+    const float next = static_cast<float>(std::min<Scalar>(s, static_cast<Scalar>(amax)));
+    if (k + 1 < grid.lloyd_steps) {
+      if (!consider(next)) break;
+      continue;
+    }
+    // The last step is taken without scoring it, which saves a pass over the
+    // block: for the current codes the Lloyd scale minimizes the (convex
+    // quadratic) error, the clamp to amax keeps it between that minimum and
+    // `best`, and reassigning codes at the new scale only lowers it further.
+    // So it never loses to `best` beyond rounding.
+    if (next > 0.0f && next <= amax) best = next;
   }
   if (fraction) *fraction = best / amax;
   return best;
@@ -359,26 +382,33 @@ inline std::int64_t blocks_per_task(const QuantSpec& s) {
 
 constexpr std::int64_t kSpan = 1024;
 
-// The one quantization pass. in -> (deq, packed), either output optional;
-// deq may alias in because each block is read fully before it is written.
-// With a minuend M the pass writes M - q(in) instead of q(in): LoftQ's next
-// residual W - Q comes out of the same sweep.
+// Quantizes blocks [b0, b1) of an N-element input: in -> (deq, packed),
+// either output optional; deq may alias in because each block is read fully
+// before it is written. With a minuend M it writes M - q(in) instead of q(in):
+// LoftQ's next residual W - Q comes out of the same sweep. Each block's result
+// depends only on its own input (and fraction), never on the range it was
+// handed in, which is what lets callers fuse this into their own sweeps.
 template <class Scalar, int Bits>
-void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s,
-                        int threads, const Scalar* minuend) {
-  const Tables<Scalar, Bits> T(*s.codebook);
-  const std::int64_t bs = s.block_size, nb = (N + bs - 1) / bs, g = blocks_per_task(s);
-  const std::int64_t tasks = (nb + g - 1) / g;
-  const bool search = s.search && s.mode == ScaleMode::absmax && s.codebook->front() == -1.0f &&
-                      s.codebook->back() == 1.0f;
-  const ScaleGrid& grid = scale_grid(s.bits);
-  if (s.col_weights) require(s.cols >= 1, Errc::invalid_argument, "column weights need the column count");
-  parallel_for(tasks, threads, [&](std::int64_t task) {
+class BlockQuantizer {
+ public:
+  explicit BlockQuantizer(const QuantSpec& s)
+      : s_(s),
+        T_(*s.codebook),
+        search_(s.search && s.mode == ScaleMode::absmax && s.codebook->front() == -1.0f &&
+                s.codebook->back() == 1.0f),
+        grid_(scale_grid(s.bits)) {
+    if (s.col_weights) require(s.cols >= 1, Errc::invalid_argument, "column weights need the column count");
+  }
+
+  void run(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, std::int64_t b0, std::int64_t b1,
+           const Scalar* minuend) const {
+    const QuantSpec& s = s_;
+    const Tables<Scalar, Bits>& T = T_;
+    const std::int64_t bs = s.block_size;
     std::uint8_t codes[kSpan];
     Scalar levels[kSpan];
-    std::vector<Scalar> wbuf(s.col_weights && search ? static_cast<std::size_t>(bs) : 0);
-    const std::int64_t b_end = std::min(nb, (task + 1) * g);
-    for (std::int64_t b = task * g; b < b_end; ++b) {
+    std::vector<Scalar> wbuf(s.col_weights && search_ ? static_cast<std::size_t>(bs) : 0);
+    for (std::int64_t b = b0; b < b1; ++b) {
       const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
       const Scalar* x = in + e0;
       Scalar off = 0, den = 0, lo = 0, scale = 0;
@@ -386,15 +416,15 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
         // Eigen's reductions vectorize; a plain std::max loop stays scalar.
         const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
         scale = static_cast<Scalar>(checked_scale(blk.abs().template maxCoeff<Eigen::PropagateNaN>(), b));
-        if (search && scale > 0) {
+        if (search_ && scale > 0) {
           const Scalar* wb = nullptr;
           if (s.col_weights) {
             // The block's weights; a block may wrap into the next row.
             for (std::int64_t j = e0; j < e1; ++j) wbuf[j - e0] = static_cast<Scalar>(s.col_weights[j % s.cols]);
             wb = wbuf.data();
           }
-          scale = static_cast<Scalar>(search_scale(T, x, wb, e1 - e0, static_cast<float>(scale), grid,
-                                                          s.fractions ? s.fractions + b : nullptr));
+          scale = static_cast<Scalar>(search_scale(T, x, wb, e1 - e0, static_cast<float>(scale), grid_,
+                                                   s.fractions ? s.fractions + b : nullptr));
         }
         den = scale;
         if (out) out->scales[b] = static_cast<float>(scale);
@@ -440,22 +470,46 @@ void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::i
         }
       }
     }
+  }
+
+ private:
+  const QuantSpec& s_;
+  Tables<Scalar, Bits> T_;
+  bool search_;
+  const ScaleGrid& grid_;
+};
+
+// Calls f(std::integral_constant<int, B>{}) for s.bits == B.
+template <class F>
+decltype(auto) with_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(bits));
+  }
+}
+
+// The one quantization pass over all N elements, in fixed tasks of
+// blocks_per_task blocks.
+template <class Scalar, int Bits>
+void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s,
+                        int threads, const Scalar* minuend) {
+  const BlockQuantizer<Scalar, Bits> bq(s);
+  const std::int64_t nb = (N + s.block_size - 1) / s.block_size, g = blocks_per_task(s);
+  parallel_for((nb + g - 1) / g, threads, [&](std::int64_t task) {
+    bq.run(in, deq, out, N, task * g, std::min(nb, (task + 1) * g), minuend);
   });
 }
 
 template <class Scalar>
 void quantize_flat(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s, int threads,
                    const Scalar* minuend = nullptr) {
-  switch (s.bits) {
-    case 2: return quantize_flat_impl<Scalar, 2>(in, deq, out, N, s, threads, minuend);
-    case 3: return quantize_flat_impl<Scalar, 3>(in, deq, out, N, s, threads, minuend);
-    case 4: return quantize_flat_impl<Scalar, 4>(in, deq, out, N, s, threads, minuend);
-    case 5: return quantize_flat_impl<Scalar, 5>(in, deq, out, N, s, threads, minuend);
-    case 6: return quantize_flat_impl<Scalar, 6>(in, deq, out, N, s, threads, minuend);
-    case 7: return quantize_flat_impl<Scalar, 7>(in, deq, out, N, s, threads, minuend);
-    case 8: return quantize_flat_impl<Scalar, 8>(in, deq, out, N, s, threads, minuend);
-    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(s.bits));
-  }
+  with_bits(s.bits, [&](auto B) { quantize_flat_impl<Scalar, decltype(B)::value>(in, deq, out, N, s, threads, minuend); });
 }
 
 template <class Scalar, int Bits>
@@ -504,7 +558,10 @@ inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const Quan
   P.bits = s.bits;
   P.scale_mode = s.mode;
   P.codebook = *s.codebook;
-  P.codes.assign(packed_bytes(rows * cols, s.bits), 0);
+  const std::size_t bytes = packed_bytes(rows * cols, s.bits);
+  P.codes.reserve(bytes);
+  advise_huge_pages(P.codes.data(), bytes);  // before the zero fill first touches it
+  P.codes.assign(bytes, 0);
   P.scales.assign(static_cast<std::size_t>(P.num_blocks()), 0.0f);
   if (s.mode == ScaleMode::minmax) P.mins.assign(P.scales.size(), 0.0f);
   return P;
@@ -524,6 +581,7 @@ class RowMajorView {
         return;
       }
     }
+    resize_large(copy_, W.rows(), W.cols());
     copy_ = W;
     ptr_ = copy_.data();
   }
@@ -598,7 +656,7 @@ PackedMatrix quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, int threa
 template <class Scalar>
 void dequantize(const PackedMatrix& P, RowMatrix<Scalar>& out, int threads = 0) {
   detail::validate(P);
-  if (out.rows() != P.rows || out.cols() != P.cols) out.resize(P.rows, P.cols);
+  detail::resize_large(out, P.rows, P.cols);
   detail::dequantize_flat(P, out.data(), threads);
 }
 
@@ -623,14 +681,14 @@ void fake_quantize(const Eigen::MatrixBase<Derived>& W, const Q& q, RowMatrix<Sc
   detail::check_weights(W, v.data(), opt.threads, "fake_quantize", out.data() == v.data());
   detail::QuantSpec s = detail::spec_of(q);
   s.search = opt.scale_search;
-  if (out.rows() != W.rows() || out.cols() != W.cols()) out.resize(W.rows(), W.cols());
+  detail::resize_large(out, W.rows(), W.cols());
   detail::quantize_flat<Scalar>(v.data(), out.data(), nullptr, W.size(), s, opt.threads);
 }
 
 template <class Q, class Derived>
 RowMatrix<typename Derived::Scalar> fake_quantize(const Eigen::MatrixBase<Derived>& W, const Q& q,
                                                   const QuantizeOptions& opt) {
-  RowMatrix<typename Derived::Scalar> out(W.rows(), W.cols());
+  RowMatrix<typename Derived::Scalar> out;
   fake_quantize(W, q, out, opt);
   return out;
 }

@@ -29,11 +29,17 @@ enum class SVDMethod { exact, randomized };
 // Defaults from measurement (LoftQ on realistic 1024^2 and 2048^2 matrices,
 // NF2/NF4, rank 16, T=5, final error relative to the exact SVD): p=8, q=3 cold
 // and q=1 warm lands within 0.11% of exact at 18% less GEMM work than p=16,
-// q=2, which was within 0.13%. With scale search and the SVD start (the
-// initialize defaults) q=0 warm is within 0.16% (1024^2) and 0.01% (2048^2)
-// of exact at two GEMM passes fewer per iteration, but 0.57% on a matrix whose
-// spectrum is flat around rank r (test_initialize), against 0.33% for q=1,
-// so Options::warm_power_iterations stays 1.
+// q=2, which was within 0.13%.
+//
+// Warm starts in initialize pass on the whole k-column right basis
+// (rightBasis()), so the LoftQ iterations continue one subspace iteration on a
+// slowly changing residual. Then q=0 warm, two GEMM passes per iteration
+// instead of four, is within 0.09% (NF2) and 0.004% (NF4) of exact at 1024^2
+// and 0.001% at 2048^2. Below that it drifts: 0.35-0.67% at 512^2, 512x384
+// and 768x512 against 0.15-0.24% for q=1. Options::warm_power_iterations
+// therefore defaults to q=0 only when both sides are >= kWarmNoPowerFrom.
+constexpr Eigen::Index kWarmNoPowerFrom = 1024;
+
 struct SVDOptions {
   SVDMethod method = SVDMethod::randomized;
   Eigen::Index oversampling = 8;  // extra columns in the randomized range finder
@@ -115,6 +121,12 @@ class TruncatedSVD {
   const DenseMatrix& matrixU() const { return checked(U_); }
   const DenseMatrix& matrixV() const { return checked(V_); }
   const SingularValuesType& singularValues() const { return checked(S_); }
+  // All k = rank + oversampling approximate right singular vectors the
+  // randomized method ended with (matrixV() for exact), ordered by singular
+  // value. As a warm start for a nearby matrix they carry the oversampling
+  // directions forward too, so repeated solves act as one continued subspace
+  // iteration instead of restarting the extra columns from noise.
+  const DenseMatrix& rightBasis() const { return checked(basis_); }
   Eigen::ComputationInfo info() const { return info_; }
   Eigen::Index rank() const { return S_.size(); }
 
@@ -153,6 +165,7 @@ class TruncatedSVD {
     U_ = svd.matrixU().leftCols(rank);
     V_ = svd.matrixV().leftCols(rank);
     S_ = svd.singularValues().head(rank);
+    basis_ = V_;
   }
 
   template <class Derived>
@@ -181,12 +194,13 @@ class TruncatedSVD {
     // M ~ Y Y^T M = Y (M^T Y)^T; the SVD of the n x k factor finishes it.
     detail::chunked_mul_t(M, Y, Z, opts.threads);
     Eigen::BDCSVD<DenseMatrix> small(Z, Eigen::ComputeThinU | Eigen::ComputeThinV);
-    V_ = small.matrixU().leftCols(rank);
+    basis_ = small.matrixU();
+    V_ = basis_.leftCols(rank);
     S_ = small.singularValues().head(rank);
     U_ = Y * small.matrixV().leftCols(rank);
   }
 
-  DenseMatrix U_, V_;
+  DenseMatrix U_, V_, basis_;
   SingularValuesType S_;
   Eigen::ComputationInfo info_ = Eigen::InvalidInput;
   bool computed_ = false;

@@ -132,6 +132,22 @@ std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, st
   return j;
 }
 
+// Decodes the multiple-of-8 prefix of [0, n) of absmax codes (one per byte):
+// out = level[code] * scale, the same multiply as the portable path. Returns
+// how many it wrote.
+template <int Bits>
+std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* codes, std::int64_t n, float scale,
+                              float* out) {
+  const SearchTreeRegs<Bits> T(tree);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + j)));
+    _mm256_storeu_ps(out + j, _mm256_mul_ps(T.level(c), vscale));
+  }
+  return j;
+}
+
 // Scale-search inner loop: for z = x * inv over the multiple-of-8 prefix,
 // accumulates sum w (z - lev[code(z)])^2, sum w z lev and sum w lev^2 (w = 1
 // when Weighted is false) into acc[0..2]; returns how many elements it took.
