@@ -527,9 +527,19 @@ void dequantize_flat_impl(const PackedMatrix& P, Scalar* out, int threads) {
       const Scalar scale = static_cast<Scalar>(P.scales[b]);
       const Scalar lo = P.scale_mode == ScaleMode::minmax ? static_cast<Scalar>(P.mins[b]) : Scalar(0);
       for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
-        const std::int64_t n = std::min(kSpan, e1 - j0);
-        unpack_codes(P.codes.data(), P.codes.size(), j0, codes, n, P.bits);
-        decode_span(T, codes, n, P.scale_mode, scale, lo, out + j0);
+        std::int64_t n = std::min(kSpan, e1 - j0), j = j0;
+#if LOFTQ_HAS_AVX2
+        if constexpr (std::is_same<Scalar, float>::value && (Bits == 2 || Bits == 4)) {
+          if (P.scale_mode == ScaleMode::absmax && (j * Bits) % 8 == 0) {
+            const std::int64_t done =
+                decode_packed_avx2<Bits>(T.tree, P.codes.data() + j * Bits / 8, n, static_cast<float>(scale), out + j);
+            j += done;
+            n -= done;
+          }
+        }
+#endif
+        unpack_codes(P.codes.data(), P.codes.size(), j, codes, n, P.bits);
+        decode_span(T, codes, n, P.scale_mode, scale, lo, out + j);
       }
     }
   });

@@ -7,6 +7,7 @@
 // without it.
 
 #include <cstdint>
+#include <cstring>
 
 #if defined(__AVX2__) && !defined(LOFTQ_NO_SIMD)
 #include <immintrin.h>
@@ -143,6 +144,28 @@ std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* 
   std::int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
     const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + j)));
+    _mm256_storeu_ps(out + j, _mm256_mul_ps(T.level(c), vscale));
+  }
+  return j;
+}
+
+// Decodes straight from the packed stream for 2- and 4-bit absmax codes:
+// `packed` holds element 0's code in its low bits (the caller passes a
+// byte-aligned start), 8 codes per 16 or 32 bits. Returns how many of the n
+// values it wrote (a multiple of 8), the same values as decode_span_avx2.
+template <int Bits>
+std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t* packed, std::int64_t n, float scale,
+                                float* out) {
+  static_assert(Bits == 2 || Bits == 4, "8 codes per 16 or 32 bits");
+  const SearchTreeRegs<Bits> T(tree);
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256i shifts = _mm256_setr_epi32(0, Bits, 2 * Bits, 3 * Bits, 4 * Bits, 5 * Bits, 6 * Bits, 7 * Bits);
+  const __m256i mask = _mm256_set1_epi32((1 << Bits) - 1);
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    std::uint32_t word = 0;
+    std::memcpy(&word, packed + j * Bits / 8, Bits);  // 8 codes: Bits bytes
+    const __m256i c = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(word)), shifts), mask);
     _mm256_storeu_ps(out + j, _mm256_mul_ps(T.level(c), vscale));
   }
   return j;
