@@ -184,6 +184,17 @@ TEST_CASE("double-quantized PackedMatrix: bits per weight, dequantize, requantiz
   }
 }
 
+TEST_CASE("double_quantize(W, result) with default Options: the randomized, warm-started refit") {
+  const Eigen::MatrixXf W = loftq_test::structured(128, 192, 22);
+  const loftq::Options opt;  // warm_power_iterations = -1 (automatic) must resolve, not reach TruncatedSVD
+  auto r = loftq::initialize(W, loftq::NormalFloat<4>{}, opt);
+  const double before = r.error();
+  const auto eff = loftq::double_quantize(W, r, opt);
+  CHECK(eff.error_before == before);
+  CHECK(eff.error_after <= eff.error_rounded);
+  CHECK(r.error() == eff.error_after);
+}
+
 TEST_CASE("double_quantize(W, result): the factors absorb the scale rounding") {
   const Eigen::MatrixXf W = loftq_test::structured(128, 192, 21);
   loftq::Options opt;

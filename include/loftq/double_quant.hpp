@@ -222,7 +222,7 @@ DoubleQuantEffect double_quantize(const Eigen::MatrixBase<Derived>& W_in, Result
     so.threads = threads;
     TruncatedSVD<Matrix> svd;
     if (opt.svd.method == SVDMethod::randomized && opt.warm_start) {
-      so.power_iterations = opt.warm_power_iterations;
+      so.power_iterations = detail::warm_power_iterations(opt, m, n);
       svd.compute(R, rank, so, r.B);
     } else {
       svd.compute(R, rank, so);
