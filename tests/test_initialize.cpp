@@ -212,6 +212,23 @@ TEST_CASE("the fused residual-and-quantize sweep equals the two passes it replac
   }
 }
 
+TEST_CASE("interleaved_row_sum adds in interleaved_sum's order, bit for bit, at any width") {
+  // Terms of very different magnitudes make the sum order-sensitive.
+  const Eigen::VectorXf v = loftq_test::gaussian(4000, 1, 3).array().exp().pow(3.0f);
+  for (Eigen::Index n : {1, 3, 7, 8, 9, 16, 21, 40}) {
+    CAPTURE(n);
+    const Eigen::Index rows = 4000 / n;
+    const double flat = loftq::detail::interleaved_sum(static_cast<std::int64_t>(rows) * n,
+                                                       [&](std::int64_t i) { return static_cast<double>(v(i)); });
+    const double by_row = loftq::detail::interleaved_row_sum(
+        rows, n, [&](Eigen::Index i, Eigen::Index j) { return static_cast<double>(v(i * n + j)); });
+    CHECK(flat == by_row);
+    double serial = 0;
+    for (Eigen::Index i = 0; i < rows * n; ++i) serial += v(i);
+    CHECK(std::abs(flat - serial) <= 1e-12 * serial);
+  }
+}
+
 TEST_CASE("warm_power_iterations = -1 (default): 1 below kWarmNoPowerFrom, 0 from there") {
   CHECK(Options{}.warm_power_iterations == -1);
   const auto same = [](const loftq::Result<float>& a, const loftq::Result<float>& b) {
@@ -314,6 +331,9 @@ TEST_CASE("bad input gets a typed error and no result") {
   o.warm_power_iterations = -2;
   CHECK(code_of(W, o) == loftq::Errc::invalid_argument);
   o.warm_power_iterations = -1;
+  o.warm_oversampling = -1;
+  CHECK(code_of(W, o) == loftq::Errc::invalid_argument);
+  o.warm_oversampling = 4;
   CHECK(code_of(RowMatrix<float>(0, 30), o) == loftq::Errc::invalid_argument);
   CHECK(code_of(W, o, 4, 0) == loftq::Errc::invalid_argument);
   CHECK(code_of(W, o, 1) == loftq::Errc::unsupported);

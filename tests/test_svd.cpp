@@ -172,3 +172,43 @@ TEST_CASE("bad arguments get typed errors") {
   bad.power_iterations = -1;
   CHECK_THROWS_AS(s.compute(M, 2, bad), loftq::Error);
 }
+
+TEST_CASE("skinny_gemm: every tile shape and column tail against a double-precision product") {
+  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  for (Eigen::Index rows : {1, 2, 3, 4, 5, 7, 9})
+    for (Eigen::Index w : {1, 7, 8, 16, 24, 29, 40, 72})
+      for (Eigen::Index depth : {1, 17, 130}) {
+        CAPTURE(rows);
+        CAPTURE(w);
+        CAPTURE(depth);
+        const RowF a = loftq_test::gaussian(rows, depth, 7 + rows), x = loftq_test::gaussian(depth, w, 11 + w);
+        const Eigen::MatrixXf ac = a;  // the same operand in column-major strides
+        RowF out1(rows, w), out2(rows, w);
+        loftq::detail::skinny_gemm(a.data(), depth, 1, x.data(), w, depth, rows, w, out1.data(), w);
+        loftq::detail::skinny_gemm(ac.data(), 1, rows, x.data(), w, depth, rows, w, out2.data(), w);
+        const Eigen::MatrixXd exact = a.cast<double>() * x.cast<double>();
+        // Float rounding bound for a length-depth sum: depth * eps * sum |a||x|.
+        const Eigen::MatrixXd bound = (a.cast<double>().cwiseAbs() * x.cast<double>().cwiseAbs()) *
+                                      (static_cast<double>(depth) * 1.2e-7);
+        CHECK(((out1.cast<double>() - exact).cwiseAbs() - bound).maxCoeff() <= 0.0);
+        CHECK(out1 == out2);  // same t order whatever the strides
+      }
+}
+
+TEST_CASE("chunked_mul on row-major float: matches Eigen's product, same bits for 1 and 2 threads") {
+  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const RowF M = loftq_test::structured(300, 170, 9);
+  const Eigen::MatrixXf X = loftq_test::gaussian(170, 21, 3);
+  Eigen::MatrixXf Y1, Y2;
+  loftq::detail::chunked_mul(M, X, Y1, 1);
+  loftq::detail::chunked_mul(M, X, Y2, 2);
+  CHECK(Y1 == Y2);
+  const Eigen::MatrixXd exact = M.cast<double>() * X.cast<double>();
+  CHECK((Y1.cast<double>() - exact).norm() <= 1e-6 * exact.norm());
+  // A block of a larger row-major matrix: the outer stride is not the width.
+  const RowF big = loftq_test::structured(310, 200, 2);
+  Eigen::MatrixXf Yb;
+  loftq::detail::chunked_mul(big.block(5, 0, 300, 170), X, Yb, 2);
+  const Eigen::MatrixXd exact_b = big.block(5, 0, 300, 170).cast<double>() * X.cast<double>();
+  CHECK((Yb.cast<double>() - exact_b).norm() <= 1e-6 * exact_b.norm());
+}

@@ -349,23 +349,13 @@ class OutputMetric {
   // that leaves R := W - A B^T (R holds W - Q on entry).
   template <class MatA, class MatB>
   double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, const MatB& B, int threads) const {
-    const Eigen::Index m = R.rows();
-    const Eigen::Index rows = residual_rows(n_);
-    const std::int64_t chunks = (m + rows - 1) / rows;
-    return chunked_sum(chunks, threads, [&](std::int64_t c) {
-      const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
-      RowMatrix<Scalar> P(len, n_);
-      P.noalias() = A.middleRows(r0, len) * B.transpose();
-      Scalar* Rc = R.data() + r0 * n_;
-      const Scalar* Wc = Wp + r0 * n_;
-      const Scalar* Pc = P.data();
-      const double s = interleaved_row_sum(len, n_, [&](Eigen::Index i, Eigen::Index j) {
-        const double d = static_cast<double>(Rc[i * n_ + j]) - static_cast<double>(Pc[i * n_ + j]);
-        return d * d * raw_w_(j);
-      });
-      for (Eigen::Index i = 0; i < len * n_; ++i) Rc[i] = Wc[i] - Pc[i];
-      return s;
-    });
+    return detail::low_rank_step(Wp, R, A, B, threads, true, nullptr, nullptr,
+                                 [&](const Scalar* Rc, const Scalar* Pc, Eigen::Index len, Eigen::Index n) {
+                                   return interleaved_row_sum(len, n, [&](Eigen::Index i, Eigen::Index j) {
+                                     const double d = static_cast<double>(Rc[i * n + j]) - static_cast<double>(Pc[i * n + j]);
+                                     return d * d * raw_w_(j);
+                                   });
+                                 });
   }
 
  private:
@@ -377,20 +367,6 @@ class OutputMetric {
   Eigen::VectorXd raw_w_;      // h_j / mean(diag H), undamped
   std::vector<float> col_w_;   // diag(Hd)
 };
-
-// ||M - A BF^T||^2, row chunks in fixed order.
-template <class Scalar, class MatA, class MatB>
-double residual_squared_norm(const RowMatrix<Scalar>& M, const MatA& A, const MatB& BF, int threads) {
-  const Eigen::Index m = M.rows(), n = M.cols();
-  const Eigen::Index rows = residual_rows(n);
-  const std::int64_t chunks = (m + rows - 1) / rows;
-  return chunked_sum(chunks, threads, [&](std::int64_t c) {
-    const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
-    RowMatrix<Scalar> P(len, n);
-    P.noalias() = A.middleRows(r0, len) * BF.transpose();
-    return squared_distance(M.data() + r0 * n, P.data(), static_cast<std::int64_t>(len) * n);
-  });
-}
 
 // The low-rank step in the output metric, given M = E F for the residual E:
 // A = U sqrt(S), BF = V sqrt(S) (A BF^T is the best rank-r fit of M, and so
@@ -483,17 +459,16 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
 
   SVDOptions svd_cold = opt.svd;
   svd_cold.threads = threads;
-  SVDOptions svd_warm = svd_cold;
-  svd_warm.power_iterations = detail::warm_power_iterations(opt, m, n);
+  const SVDOptions svd_warm = detail::warm_svd_options(opt, svd_cold, m, n);
   const bool warm_ok = opt.warm_start && opt.svd.method == SVDMethod::randomized;
 
   Result<Scalar> res;
   TruncatedSVD<typename Result<Scalar>::Matrix> svd;
   detail::OutputFactors<Scalar> f;
-  // A, B from M = E F, where R holds E; leaves R := W - A B^T and returns
-  // the output error of E - A B^T.
   SVDOptions svd_start = svd_cold;
   if (opt.start_power_iterations >= 0) svd_start.power_iterations = opt.start_power_iterations;
+  // A, B from M = E F, where R holds E; leaves R := W - A B^T and returns
+  // the output error of E - A B^T.
   auto low_rank = [&](bool warm, const SVDOptions& cold) {
     const bool w = warm && warm_ok;
     detail::output_low_rank(metric, M, r, w ? svd_warm : cold, w, svd, f);

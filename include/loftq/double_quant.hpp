@@ -198,22 +198,7 @@ DoubleQuantEffect double_quantize(const Eigen::MatrixBase<Derived>& W_in, Result
       for (std::int64_t i = b; i < e; ++i) Rp[i] = Wp[i] - Q[i];
     });
   }
-  // ||R - A B^T||^2 without touching R.
-  auto residual_sq = [&](const Matrix& A, const Matrix& B) {
-    const Eigen::Index rows = std::max<Eigen::Index>(1, std::min<Eigen::Index>(detail::kRowChunk, (1 << 16) / n + 1));
-    return detail::chunked_sum((m + rows - 1) / rows, threads, [&](std::int64_t c) {
-      const Eigen::Index r0 = c * rows, len = std::min(rows, m - r0);
-      RowMatrix<Scalar> P(len, n);
-      P.noalias() = A.middleRows(r0, len) * B.transpose();
-      double s = 0;
-      const Scalar* Rc = R.data() + r0 * n;
-      for (Eigen::Index i = 0; i < len * n; ++i) {
-        const double d = static_cast<double>(Rc[i]) - static_cast<double>(P.data()[i]);
-        s += d * d;
-      }
-      return s;
-    });
-  };
+  auto residual_sq = [&](const Matrix& A, const Matrix& B) { return detail::residual_squared_norm(R, A, B, threads); };
   const double rounded_sq = residual_sq(r.A, r.B);
   eff.error_rounded = detail::relative(rounded_sq, w2);
   eff.error_after = eff.error_rounded;

@@ -16,8 +16,10 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
+#include "detail/gemm.hpp"
 #include "detail/parallel.hpp"
 #include "detail/rng.hpp"
 #include "error.hpp"
@@ -54,11 +56,32 @@ namespace detail {
 
 constexpr Eigen::Index kRowChunk = 128;
 
-// Y = M * X in row chunks of M; each chunk is one serial GEMM.
+template <class DM>
+constexpr bool skinny_operand() {
+  return LOFTQ_HAS_SKINNY_GEMM && std::is_same<typename DM::Scalar, float>::value &&
+         (DM::Flags & Eigen::RowMajorBit) && (DM::Flags & Eigen::DirectAccessBit) && DM::InnerStrideAtCompileTime == 1;
+}
+
+// Y = M * X in row chunks of M; each chunk is one serial product.
 template <class DM, class DX, class Out>
 void chunked_mul(const DM& M, const DX& X, Out& Y, int threads) {
   Y.resize(M.rows(), X.cols());
   const Eigen::Index m = M.rows(), chunks = (m + kRowChunk - 1) / kRowChunk;
+  if constexpr (skinny_operand<DM>()) {
+    // Row-major float M: X goes row-major, padded to whole vectors, and
+    // each chunk runs the broadcast kernel into a small row-major block.
+    const Eigen::Index n = M.cols(), k = X.cols(), kp = (k + 7) / 8 * 8;
+    Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Xp =
+        Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>::Zero(n, kp);
+    Xp.leftCols(k) = X.template cast<float>();
+    parallel_for(chunks, threads, [&](std::int64_t c) {
+      const Eigen::Index r0 = c * kRowChunk, len = std::min(kRowChunk, m - r0);
+      Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> Yc(len, kp);
+      skinny_gemm(M.data() + r0 * M.outerStride(), M.outerStride(), 1, Xp.data(), kp, n, len, kp, Yc.data(), kp);
+      Y.middleRows(r0, len) = Yc.leftCols(k);
+    });
+    return;
+  }
   parallel_for(chunks, threads, [&](std::int64_t c) {
     const Eigen::Index r0 = c * kRowChunk, len = std::min(kRowChunk, m - r0);
     Y.middleRows(r0, len).noalias() = M.middleRows(r0, len) * X;

@@ -1,0 +1,91 @@
+#pragma once
+// Skinny float products for the randomized SVD and the residual sweep:
+//
+//   out[i][j] = sum_t a(i, t) x[t][j],   i < rows, j < w, t < depth,
+//
+// with a addressed through strides (row-major M: (n, 1); column-major A:
+// (1, m)) and x, out row-major. The shapes here are a tall operand against a
+// block of 16-72 columns, where Eigen's GEMM spends much of its time packing:
+// for Y = M X at 4096^2 with 24 columns it ran at 46-60 GFLOP/s on 2 threads,
+// this kernel at 75-90 (scratch measurements, bench/README.md). It broadcasts
+// a(i, t) and multiplies whole rows of x, so neither operand is packed; a
+// 4 x 24 register tile keeps 12 accumulators, enough for both FMA pipes.
+//
+// Each output element is a sum over t in increasing order, whatever the
+// tiling, so results do not depend on how rows are split across threads.
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+
+#include "simd.hpp"
+
+#if LOFTQ_HAS_AVX2 && defined(__FMA__)
+#define LOFTQ_HAS_SKINNY_GEMM 1
+#else
+#define LOFTQ_HAS_SKINNY_GEMM 0
+#endif
+
+namespace loftq {
+namespace detail {
+
+#if LOFTQ_HAS_SKINNY_GEMM
+template <int R, int G>
+inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
+                        std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
+  __m256 acc[R][G];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
+  for (std::ptrdiff_t t = 0; t < depth; ++t) {
+    const float* xt = x + t * sx;
+    __m256 xv[G];
+    for (int g = 0; g < G; ++g) xv[g] = _mm256_loadu_ps(xt + 8 * g);
+    const float* at = a + t * sat;
+    for (int r = 0; r < R; ++r) {
+      const __m256 b = _mm256_broadcast_ss(at + r * sar);
+      for (int g = 0; g < G; ++g) acc[r][g] = _mm256_fmadd_ps(b, xv[g], acc[r][g]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) _mm256_storeu_ps(out + r * so + 8 * g, acc[r][g]);
+}
+
+template <int R>
+inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
+                             std::ptrdiff_t depth, std::ptrdiff_t w8, float* out, std::ptrdiff_t so) {
+  std::ptrdiff_t j = 0;
+  for (; j + 24 <= w8; j += 24) skinny_tile<R, 3>(a, sar, sat, x + j, sx, depth, out + j, so);
+  if (w8 - j == 16) skinny_tile<R, 2>(a, sar, sat, x + j, sx, depth, out + j, so);
+  if (w8 - j == 8) skinny_tile<R, 1>(a, sar, sat, x + j, sx, depth, out + j, so);
+}
+#endif
+
+inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
+                        std::ptrdiff_t depth, std::ptrdiff_t rows, std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
+  std::ptrdiff_t w8 = 0;
+#if LOFTQ_HAS_SKINNY_GEMM
+  w8 = w / 8 * 8;
+  std::ptrdiff_t i = 0;
+  for (; i + 4 <= rows; i += 4) skinny_row_tiles<4>(a + i * sar, sar, sat, x, sx, depth, w8, out + i * so, so);
+  const float* ai = a + i * sar;
+  float* oi = out + i * so;
+  switch (rows - i) {
+    case 3: skinny_row_tiles<3>(ai, sar, sat, x, sx, depth, w8, oi, so); break;
+    case 2: skinny_row_tiles<2>(ai, sar, sat, x, sx, depth, w8, oi, so); break;
+    case 1: skinny_row_tiles<1>(ai, sar, sat, x, sx, depth, w8, oi, so); break;
+    default: break;
+  }
+#endif
+  // Columns past the last full vector (all of them without AVX2), in the
+  // same t order and with the same fused multiply-add as the vector lanes, so
+  // the strides cannot change how the compiler rounds them.
+  for (std::ptrdiff_t r = 0; r < rows; ++r)
+    for (std::ptrdiff_t j = w8; j < w; ++j) {
+      float s = 0.0f;
+      for (std::ptrdiff_t t = 0; t < depth; ++t) s = std::fma(a[r * sar + t * sat], x[t * sx + j], s);
+      out[r * so + j] = s;
+    }
+}
+
+}  // namespace detail
+}  // namespace loftq
