@@ -73,6 +73,10 @@ TEST_CASE("nearest code equals a brute-force argmin on millions of values, midpo
   check_codes_brute_force(W, NormalFloat<4>{});
   check_codes_brute_force(W, Uniform<4>{});
   check_codes_brute_force(W, NormalFloat<4>{7});  // blocks straddling rows
+  // Block starts that alternate on and off byte boundaries of the 2-bit
+  // stream (the AVX2 path packs in registers only from a boundary).
+  check_codes_brute_force(W, NormalFloat<2>{10});
+  check_codes_brute_force(W, NormalFloat<2>{7});
   check_codes_brute_force(boundary_values(NormalFloat<2>{}.codebook()), NormalFloat<2>{});
   check_codes_brute_force(boundary_values(NormalFloat<3>{}.codebook()), NormalFloat<3>{});
   check_codes_brute_force(boundary_values(NormalFloat<4>{}.codebook()), NormalFloat<4>{});

@@ -446,11 +446,17 @@ class BlockQuantizer {
         std::int64_t done = 0;
 #if LOFTQ_HAS_AVX2
         if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
-          if (deq && s.mode == ScaleMode::absmax && den != Scalar(0)) {
+          if (s.mode == ScaleMode::absmax && den != Scalar(0)) {
+            // At 2 and 4 bits, from a byte boundary, the codes are packed in
+            // registers instead of through pack_codes' byte loop.
+            std::uint8_t* direct = nullptr;
+            if constexpr (Bits == 2 || Bits == 4)
+              if (out && (j0 * Bits) % 8 == 0) direct = out->codes.data() + j0 * Bits / 8;
             // Codes and final values in one sweep; the ragged tail goes below.
-            done = quantize_span_avx2<Bits>(T.tree, in + j0, n_span, den, scale, minuend ? minuend + j0 : nullptr,
-                                            out ? codes : nullptr, deq + j0);
-            if (out) pack_codes(out->codes.data(), j0, codes, done, s.bits);
+            if (deq || direct)
+              done = quantize_span_avx2<Bits>(T.tree, in + j0, n_span, den, scale, minuend ? minuend + j0 : nullptr,
+                                              out && !direct ? codes : nullptr, deq ? deq + j0 : nullptr, direct);
+            if (out && !direct) pack_codes(out->codes.data(), j0, codes, done, s.bits);
           }
         }
 #endif

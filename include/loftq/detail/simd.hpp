@@ -106,14 +106,34 @@ std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::i
   return j;
 }
 
+// Eight codes (bytes 0..7 of b) into the bit stream at dst in pack_codes'
+// layout, element i at bit Bits * i: 4 bytes at 4 bits, 2 at 2 bits.
+template <int Bits>
+inline void store_packed8(std::uint8_t* dst, __m128i b) {
+  static_assert(Bits == 2 || Bits == 4, "whole bytes per 8 codes at 2 and 4 bits only");
+  if constexpr (Bits == 4) {
+    const __m128i pairs = _mm_maddubs_epi16(b, _mm_set1_epi16(0x1001));  // c[2i] + 16 c[2i+1]
+    const int v = _mm_cvtsi128_si32(_mm_packus_epi16(pairs, pairs));
+    std::memcpy(dst, &v, 4);
+  } else {
+    const __m128i pairs = _mm_maddubs_epi16(b, _mm_set1_epi16(0x0401));           // c[2i] + 4 c[2i+1]
+    const __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00100001));       // pair[2i] + 16 pair[2i+1]
+    const __m128i w16 = _mm_packus_epi32(quads, quads);
+    const int v = _mm_cvtsi128_si32(_mm_packus_epi16(w16, w16));
+    std::memcpy(dst, &v, 2);
+  }
+}
+
 // The absmax pass fused end to end over the multiple-of-8 prefix: codes of
 // y = x / den, and out = level * scale, or minuend - level * scale when
 // minuend is given. The same operations in the same order as the portable
 // path (no contraction: separate mul and sub), so the values are bit-identical.
-// out may alias x: each vector is loaded before its store.
+// out (optional) may alias x: each vector is loaded before its store. Codes go to
+// `codes` (a byte each) or, given `packed` (2 and 4 bits, x's first element
+// on a byte boundary of the stream), straight into the bit stream.
 template <int Bits>
 std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float den, float scale,
-                                const float* minuend, std::uint8_t* codes, float* out) {
+                                const float* minuend, std::uint8_t* codes, float* out, std::uint8_t* packed = nullptr) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vden = _mm256_set1_ps(den), vscale = _mm256_set1_ps(scale);
   const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
@@ -123,12 +143,17 @@ std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, st
   for (; j + 8 <= n; j += 8) {
     const __m256 y = _mm256_div_ps(_mm256_loadu_ps(x + j), vden);
     const __m256i c = T.code(y);
-    if (codes) {
-      const __m256i bytes = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(c, pick), join);
-      _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), _mm256_castsi256_si128(bytes));
+    if (codes || packed) {
+      const __m128i bytes = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(c, pick), join));
+      if constexpr (Bits == 2 || Bits == 4) {
+        if (packed) store_packed8<Bits>(packed + j * Bits / 8, bytes);
+      }
+      if (codes) _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), bytes);
     }
-    const __m256 v = _mm256_mul_ps(T.level(c), vscale);
-    _mm256_storeu_ps(out + j, minuend ? _mm256_sub_ps(_mm256_loadu_ps(minuend + j), v) : v);
+    if (out) {
+      const __m256 v = _mm256_mul_ps(T.level(c), vscale);
+      _mm256_storeu_ps(out + j, minuend ? _mm256_sub_ps(_mm256_loadu_ps(minuend + j), v) : v);
+    }
   }
   return j;
 }
