@@ -241,6 +241,14 @@ double residual_squared_norm(const RowMatrix<Scalar>& R, const MatA& A, const Ma
   });
 }
 
+// low_rank_step's default error term: ||R - P||^2 of a chunk.
+struct PlainError {
+  template <class Scalar>
+  double operator()(const Scalar* R, const Scalar* P, Eigen::Index rows, Eigen::Index n) const {
+    return squared_distance(R, P, static_cast<std::int64_t>(rows) * n);
+  }
+};
+
 // With P = A B^T, one pass over row chunks that returns err(R chunk, P
 // chunk) summed (by default ||R - P||^2). With update it also leaves
 // R := W - P, the next matrix to quantize; given `next` it goes on to
@@ -251,13 +259,6 @@ double residual_squared_norm(const RowMatrix<Scalar>& R, const MatA& A, const Ma
 // boundary; otherwise the quantization runs as its own pass after the sweep.
 // Each block's result depends only on its own input, so the output is
 // bit-identical either way.
-struct PlainError {
-  template <class Scalar>
-  double operator()(const Scalar* R, const Scalar* P, Eigen::Index rows, Eigen::Index n) const {
-    return squared_distance(R, P, static_cast<std::int64_t>(rows) * n);
-  }
-};
-
 template <class Scalar, class MatA, class MatB, class Err = PlainError>
 double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, const MatB& B, int threads,
                      bool update = true, PackedMatrix* next = nullptr, const QuantSpec* spec = nullptr,
