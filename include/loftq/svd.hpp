@@ -91,8 +91,28 @@ void chunked_mul(const DM& M, const DX& X, Out& Y, int threads) {
 // Y = M^T * X in column chunks of M.
 template <class DM, class DX, class Out>
 void chunked_mul_t(const DM& M, const DX& X, Out& Y, int threads) {
-  Y.resize(M.cols(), X.cols());
-  const Eigen::Index n = M.cols(), chunks = (n + kRowChunk - 1) / kRowChunk;
+  const Eigen::Index n = M.cols();
+  if constexpr (skinny_operand<DM>()) {
+    // Row-major float M: the transposed kernel over column ranges of M, each
+    // range's rows of the (row-major, padded) result small enough to stay
+    // in L2. Every output element is a chain over all of M's rows in order,
+    // so the ranges, and with them the thread count, change no bits.
+    using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+    const Eigen::Index m = M.rows(), k = X.cols(), kp = (k + 7) / 8 * 8;
+    RowF Xp = RowF::Zero(m, kp), Yp(n, kp);
+    Xp.leftCols(k) = X.template cast<float>();
+    const std::int64_t t = resolve_threads(threads), per = (256 << 10) / (kp * static_cast<std::int64_t>(sizeof(float)));
+    const std::int64_t chunks = t * ((n + t * per - 1) / (t * per)), width = (n + chunks - 1) / chunks;
+    parallel_for(chunks, threads, [&](std::int64_t c) {
+      const Eigen::Index c0 = std::min<Eigen::Index>(n, c * width), len = std::min<Eigen::Index>(width, n - c0);
+      if (len > 0)
+        skinny_gemm_t(M.data() + c0, M.outerStride(), m, len, Xp.data(), kp, kp, Yp.data() + c0 * kp, kp);
+    });
+    Y = Yp.leftCols(k);
+    return;
+  }
+  Y.resize(n, X.cols());
+  const Eigen::Index chunks = (n + kRowChunk - 1) / kRowChunk;
   parallel_for(chunks, threads, [&](std::int64_t c) {
     const Eigen::Index c0 = c * kRowChunk, len = std::min(kRowChunk, n - c0);
     Y.middleRows(c0, len).noalias() = M.middleCols(c0, len).transpose() * X;

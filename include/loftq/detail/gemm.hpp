@@ -1,5 +1,6 @@
 #pragma once
-// Skinny float products for the randomized SVD and the residual sweep:
+// Skinny float products for the randomized SVD: skinny_gemm for Y = M X and
+// skinny_gemm_t (further down) for Z = M^T Y.
 //
 //   out[i][j] = sum_t a(i, t) x[t][j],   i < rows, j < w, t < depth,
 //
@@ -85,6 +86,69 @@ inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
       float s = 0.0f;
       for (std::ptrdiff_t t = 0; t < depth; ++t) s = std::fma(a[r * sar + t * sat], x[t * sx + j], s);
       out[r * so + j] = s;
+    }
+}
+
+// The transposed product, for Z = M^T Y with a row-major M:
+//
+//   out[j][g] = sum_i m[i][j] y[i][g],   j < cols, g < w, i < rows,
+//
+// with m, y and out row-major. Eigen packs M^T's strided columns for this
+// (Z = M^T Y at 4096^2 with 24 columns: 12.4-15.3 ms, 2 threads); here four
+// rows of M at a time stream through in order and update every output row
+// they touch: y's four rows stay in 12 registers, each m[i][j] is
+// broadcast, and out's rows (a block the caller keeps small enough for L2)
+// are loaded and stored once per four rows (6.1 ms, bench/README.md,
+// session 5). Each output element is an FMA chain over i in increasing
+// order, so neither the row nor the column split changes its bits.
+#if LOFTQ_HAS_SKINNY_GEMM
+template <int R, int G>
+inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
+                          float* out, std::ptrdiff_t so, bool first) {
+  __m256 yv[R][G];
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) yv[r][g] = _mm256_loadu_ps(y + r * sy + 8 * g);
+  for (std::ptrdiff_t j = 0; j < cols; ++j) {
+    float* oj = out + j * so;
+    __m256 acc[G];
+    for (int g = 0; g < G; ++g) acc[g] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(oj + 8 * g);
+    for (int r = 0; r < R; ++r) {
+      const __m256 b = _mm256_broadcast_ss(m + r * sm + j);
+      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(b, yv[r][g], acc[g]);
+    }
+    for (int g = 0; g < G; ++g) _mm256_storeu_ps(oj + 8 * g, acc[g]);
+  }
+}
+
+template <int G>
+inline void skinny_slice_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
+                           std::ptrdiff_t sy, float* out, std::ptrdiff_t so) {
+  std::ptrdiff_t i = 0;
+  for (; i + 4 <= rows; i += 4) skinny_rows_t<4, G>(m + i * sm, sm, cols, y + i * sy, sy, out, so, i == 0);
+  for (; i < rows; ++i) skinny_rows_t<1, G>(m + i * sm, sm, cols, y + i * sy, sy, out, so, i == 0);
+}
+#endif
+
+inline void skinny_gemm_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
+                          std::ptrdiff_t sy, std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
+  std::ptrdiff_t w8 = 0;
+#if LOFTQ_HAS_SKINNY_GEMM
+  // Slices of up to 24 columns of y, each a pass over m's rows.
+  w8 = w / 8 * 8;
+  for (std::ptrdiff_t g = 0; g < w8; g += 24) {
+    switch (std::min<std::ptrdiff_t>(24, w8 - g)) {
+      case 24: skinny_slice_t<3>(m, sm, rows, cols, y + g, sy, out + g, so); break;
+      case 16: skinny_slice_t<2>(m, sm, rows, cols, y + g, sy, out + g, so); break;
+      default: skinny_slice_t<1>(m, sm, rows, cols, y + g, sy, out + g, so); break;
+    }
+  }
+#endif
+  // Columns past the last full vector: the same chain as the vector lanes.
+  for (std::ptrdiff_t j = 0; j < cols; ++j)
+    for (std::ptrdiff_t g = w8; g < w; ++g) {
+      float s = 0.0f;
+      for (std::ptrdiff_t i = 0; i < rows; ++i) s = std::fma(m[i * sm + j], y[i * sy + g], s);
+      out[j * so + g] = s;
     }
 }
 
