@@ -198,6 +198,26 @@ TEST_CASE("results do not depend on the thread count") {
   }
 }
 
+TEST_CASE("absmax: max |x| for every length and position of the maximum; NaN anywhere gives NaN") {
+  std::mt19937 rng(17);
+  std::normal_distribution<float> g;
+  for (std::int64_t n = 1; n <= 40; ++n)
+    for (std::int64_t at = 0; at < n; ++at) {
+      CAPTURE(n);
+      CAPTURE(at);
+      std::vector<float> x(static_cast<std::size_t>(n));
+      for (float& v : x) v = g(rng);
+      x[static_cast<std::size_t>(at)] = (at % 2 ? -1.0f : 1.0f) * 9.5f;  // the unique maximum, either sign
+      CHECK(loftq::detail::absmax(x.data(), n) == 9.5f);
+      x[static_cast<std::size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
+      CHECK(std::isnan(loftq::detail::absmax(x.data(), n)));
+      x[static_cast<std::size_t>(at)] = -std::numeric_limits<float>::infinity();
+      CHECK(loftq::detail::absmax(x.data(), n) == std::numeric_limits<float>::infinity());
+    }
+  const float zeros[9] = {0.0f, -0.0f, 0.0f, -0.0f, 0.0f, 0.0f, -0.0f, 0.0f, -0.0f};
+  CHECK(loftq::detail::absmax(zeros, 9) == 0.0f);
+}
+
 TEST_CASE("bad input gets a typed error") {
   using loftq::Errc;
   auto code_of = [](auto&& f) {

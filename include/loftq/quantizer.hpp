@@ -147,6 +147,17 @@ struct Tables {
   }
 };
 
+// max |x[j]|, NaN if any x[j] is NaN.
+template <class Scalar>
+Scalar absmax(const Scalar* x, std::int64_t n) {
+#if LOFTQ_HAS_AVX2
+  if constexpr (std::is_same<Scalar, float>::value) return absmax_avx2(x, n);
+#endif
+  // Eigen's reductions vectorize; a plain std::max loop stays scalar.
+  const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, n);
+  return blk.abs().template maxCoeff<Eigen::PropagateNaN>();
+}
+
 template <class Scalar>
 float checked_scale(Scalar s, Eigen::Index block) {
   // The block reductions propagate NaN, so this one test per block also
@@ -413,9 +424,7 @@ class BlockQuantizer {
       const Scalar* x = in + e0;
       Scalar off = 0, den = 0, lo = 0, scale = 0;
       if (s.mode == ScaleMode::absmax) {
-        // Eigen's reductions vectorize; a plain std::max loop stays scalar.
-        const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
-        scale = static_cast<Scalar>(checked_scale(blk.abs().template maxCoeff<Eigen::PropagateNaN>(), b));
+        scale = static_cast<Scalar>(checked_scale(absmax(x, e1 - e0), b));
         if (search_ && scale > 0) {
           const Scalar* wb = nullptr;
           if (s.col_weights) {

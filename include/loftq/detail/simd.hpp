@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #if defined(__AVX2__) && !defined(LOFTQ_NO_SIMD)
 #include <immintrin.h>
@@ -59,22 +60,29 @@ struct SearchTreeRegs {
   __m256 lo, hi;
   explicit SearchTreeRegs(const SearchTree<Bits>& t) {
     for (int j = 0; j < Bits; ++j) step[j] = _mm256_load_ps(t.tree[j]);
-    lo = _mm256_load_ps(t.level);
+    // Up to 2 bits the 4 levels repeat in both 128-bit lanes, for the in-lane permute.
+    lo = Bits <= 2 ? _mm256_broadcast_ps(reinterpret_cast<const __m128*>(t.level)) : _mm256_load_ps(t.level);
     hi = _mm256_load_ps(t.level + 8);
   }
   // Number of thresholds y reaches (the nearest level's index): the path
-  // k -> 2k + [y >= tree[j][k]] through the tree.
+  // k -> 2k + [y >= tree[j][k]] through the tree. Levels 1 and 2 have at most
+  // 4 thresholds, repeated in both 128-bit lanes, so an in-lane permute
+  // (cheaper than the cross-lane one) picks them.
   __m256i code(__m256 y) const {
     __m256i k = _mm256_setzero_si256();
     for (int j = 0; j < Bits; ++j) {
-      const __m256 t = j == 0 ? step[0] : _mm256_permutevar8x32_ps(step[j], k);
+      const __m256 t = j == 0  ? step[0]
+                       : j < 3 ? _mm256_permutevar_ps(step[j], k)
+                               : _mm256_permutevar8x32_ps(step[j], k);
       const __m256i ge = _mm256_castps_si256(_mm256_cmp_ps(y, t, _CMP_GE_OQ));
       k = _mm256_sub_epi32(_mm256_add_epi32(k, k), ge);  // ge is -1 where true
     }
     return k;
   }
   __m256 level(__m256i c) const {
-    if constexpr (Bits <= 3) {
+    if constexpr (Bits <= 2) {
+      return _mm256_permutevar_ps(lo, c);
+    } else if constexpr (Bits == 3) {
       return _mm256_permutevar8x32_ps(lo, c);
     } else {
       const __m256 a = _mm256_permutevar8x32_ps(lo, c), b = _mm256_permutevar8x32_ps(hi, c);
@@ -104,6 +112,39 @@ std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::i
     if (levels) _mm256_storeu_ps(levels + j, T.level(c));
   }
   return j;
+}
+
+// max |x[j]| over [0, n), NaN when any x[j] is NaN (as Eigen's
+// maxCoeff<PropagateNaN> on abs()): the per-block scale, computed once per
+// block, so it is worth a kernel. The maximum is exact in any order.
+inline float absmax_avx2(const float* x, std::int64_t n) {
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
+  std::int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m256 a = _mm256_loadu_ps(x + j), b = _mm256_loadu_ps(x + j + 8);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, b, _CMP_UNORD_Q));
+    m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, a));
+    m1 = _mm256_max_ps(m1, _mm256_andnot_ps(sign, b));
+  }
+  for (; j + 8 <= n; j += 8) {
+    const __m256 a = _mm256_loadu_ps(x + j);
+    nan = _mm256_or_ps(nan, _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    m0 = _mm256_max_ps(m0, _mm256_andnot_ps(sign, a));
+  }
+  m0 = _mm256_max_ps(m0, m1);
+  __m128 h = _mm_max_ps(_mm256_castps256_ps128(m0), _mm256_extractf128_ps(m0, 1));
+  h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_max_ss(h, _mm_movehdup_ps(h));
+  float r = _mm_cvtss_f32(h);
+  bool has_nan = _mm256_movemask_ps(nan) != 0;
+  for (; j < n; ++j) {
+    const float a = x[j];
+    has_nan |= a != a;
+    const float v = a < 0 ? -a : a;
+    if (v > r) r = v;
+  }
+  return has_nan ? std::numeric_limits<float>::quiet_NaN() : r;
 }
 
 // Eight codes (bytes 0..7 of b) into the bit stream at dst in pack_codes'
