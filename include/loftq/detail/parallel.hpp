@@ -1,7 +1,9 @@
 #pragma once
 // Threading: all parallel work in loftq is split into chunks whose bounds do
 // not depend on the thread count, and each chunk is computed serially. That is
-// what makes results bit-identical for 1 and N threads.
+// what makes results bit-identical for 1 and N threads. The one exception is
+// a split whose bounds cannot change any bit: chunked_mul_t's column ranges,
+// where every output element is a whole chain of its own.
 
 #include <Eigen/Core>
 #include <algorithm>
