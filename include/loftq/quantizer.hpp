@@ -324,7 +324,7 @@ void scale_error(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, 
 // Fractions of absmax tried before the Lloyd steps, and the number of Lloyd
 // steps, by bit width: fewer levels clip harder and gain more from search.
 // Chosen by measurement (LoftQ r16 T5 on a realistic 1024^2 matrix and
-// stories260K r8, see bench/README.md); larger grids gained < 0.5% error.
+// stories260K r8); larger grids gained < 0.5% error.
 struct ScaleGrid {
   std::vector<double> fractions;
   int lloyd_steps;

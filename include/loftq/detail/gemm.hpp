@@ -9,9 +9,10 @@
 // block of 16-72 columns, where Eigen's GEMM spends much of its time packing:
 // Y = M X at 4096^2 with 24 columns took 11.0-11.3 ms with Eigen and
 // 6.5-7.1 ms with this kernel, 2 threads, alternated in one process
-// (bench/README.md, session 4). It broadcasts
-// a(i, t) and multiplies whole rows of x, so neither operand is packed; a
-// 4 x 24 register tile keeps 12 accumulators, enough for both FMA pipes.
+// (CHANGELOG.md; bench_svd in bench/README.md times the whole SVD). It
+// broadcasts a(i, t) and multiplies whole rows of x, so neither operand is
+// packed; a 4 x 24 register tile keeps 12 accumulators, enough for both FMA
+// pipes.
 //
 // Each output element is a sum over t in increasing order, whatever the
 // tiling, so results do not depend on how rows are split across threads.
@@ -98,9 +99,10 @@ inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
 // rows of M at a time stream through in order and update every output row
 // they touch: y's four rows stay in 12 registers, each m[i][j] is
 // broadcast, and out's rows (a block the caller keeps small enough for L2)
-// are loaded and stored once per four rows (6.1 ms, bench/README.md,
-// session 5). Each output element is an FMA chain over i in increasing
-// order, so neither the row nor the column split changes its bits.
+// are loaded and stored once per four rows (6.1 ms, CHANGELOG.md; bench_svd
+// in bench/README.md times the whole SVD). Each output element is an FMA chain
+// over i in increasing order, so neither the row nor the column split changes
+// its bits.
 #if LOFTQ_HAS_SKINNY_GEMM
 template <int R, int G>
 inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
