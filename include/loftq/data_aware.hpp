@@ -44,6 +44,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "detail/instances.hpp"
 #include "detail/parallel.hpp"
 #include "error.hpp"
 #include "initialize.hpp"
@@ -397,38 +398,16 @@ void output_low_rank(const OutputMetric<Scalar>& metric, const RowMatrix<Scalar>
           "increase damping)");
 }
 
-}  // namespace detail
-
-// LoftQ in the output metric of calibration statistics `stats`.
-//
-// Returns the same Result as the data-free initialize, W ~ Q + A B^T, with
-// errors measured on the layer's outputs over the calibration inputs:
-//   history[t]   ||(W - Q_t - A_t B_t^T) H^{1/2}||_F / ||W H^{1/2}||_F, H undamped
-//                (full statistics: exact; diagonal statistics: with H := diag(H)),
-//   qlora_error  ||(W - q(W)) H^{1/2}||_F / ||W H^{1/2}||_F, q QLoRA's plain
-//                absmax quantizer (no scale search), as in the data-free Result.
-// keep_best and tolerance use these errors; the other Options act as in the
-// data-free loop. A and B are balanced in the metric: ||A e_j|| = ||F^T B e_j||.
-// Bit-identical for any Options::threads. With H = c I the result is the
-// data-free initialize's: bit for bit when c is a power of two (then the
-// scaled metric is exactly I), else up to rounding.
-template <class Derived, class Q>
-Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
-                                            const InputStatistics& stats, const Options& opt = {},
-                                            const DataAwareOptions& da = {}) {
-  using Scalar = typename Derived::Scalar;
-  const Eigen::Index m = W_in.rows(), n = W_in.cols(), r = opt.rank;
+// The data-aware alternation on a validated row-major m x n W; like
+// initialize_rowmajor it depends only on the scalar type.
+template <class Scalar>
+Result<Scalar> initialize_rowmajor(const Scalar* Wp, Eigen::Index m, Eigen::Index n, QuantSpec spec,
+                                   const InputStatistics& stats, const Options& opt, const DataAwareOptions& da) {
+  const Eigen::Index r = opt.rank;
   const std::int64_t N = static_cast<std::int64_t>(m) * n;
   const int threads = opt.threads;
-  detail::RowMajorView<Derived> view(W_in);
-  detail::check_weights(W_in, view.data(), threads, "data-aware initialize");
-  detail::check_options(opt, m, n);
-  detail::require(stats.features() == n, Errc::invalid_argument,
-                  "data-aware initialize: the statistics have " + std::to_string(stats.features()) +
-                      " features, but W has " + std::to_string(n) + " columns (in_features)");
-  detail::QuantSpec spec = detail::spec_of(quantizer);
-  detail::EigenSerialScope serial;
-  const detail::OutputMetric<Scalar> metric(stats, da.damping, threads);
+  EigenSerialScope serial;
+  const OutputMetric<Scalar> metric(stats, da.damping, threads);
   spec.search = opt.scale_search;
   detail::QuantSpec baseline_spec = spec;  // QLoRA's q(W): plain absmax
   baseline_spec.search = false;
@@ -442,7 +421,6 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
     fractions.assign(static_cast<std::size_t>((N + spec.block_size - 1) / spec.block_size), 0.0f);
     spec.fractions = fractions.data();
   }
-  const Scalar* Wp = view.data();
   Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
 
   RowMatrix<Scalar> R;  // the residual W - A B^T that the next Q quantizes
@@ -527,4 +505,46 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   return res;
 }
 
+}  // namespace detail
+
+// LoftQ in the output metric of calibration statistics `stats`.
+//
+// Returns the same Result as the data-free initialize, W ~ Q + A B^T, with
+// errors measured on the layer's outputs over the calibration inputs:
+//   history[t]   ||(W - Q_t - A_t B_t^T) H^{1/2}||_F / ||W H^{1/2}||_F, H undamped
+//                (full statistics: exact; diagonal statistics: with H := diag(H)),
+//   qlora_error  ||(W - q(W)) H^{1/2}||_F / ||W H^{1/2}||_F, q QLoRA's plain
+//                absmax quantizer (no scale search), as in the data-free Result.
+// keep_best and tolerance use these errors; the other Options act as in the
+// data-free loop. A and B are balanced in the metric: ||A e_j|| = ||F^T B e_j||.
+// Bit-identical for any Options::threads. With H = c I the result is the
+// data-free initialize's: bit for bit when c is a power of two (then the
+// scaled metric is exactly I), else up to rounding.
+template <class Derived, class Q>
+Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                            const InputStatistics& stats, const Options& opt = {},
+                                            const DataAwareOptions& da = {}) {
+  const Eigen::Index m = W_in.rows(), n = W_in.cols();
+  detail::RowMajorView<Derived> view(W_in);
+  detail::check_weights(W_in, view.data(), opt.threads, "data-aware initialize");
+  detail::check_options(opt, m, n);
+  detail::require(stats.features() == n, Errc::invalid_argument,
+                  "data-aware initialize: the statistics have " + std::to_string(stats.features()) +
+                      " features, but W has " + std::to_string(n) + " columns (in_features)");
+  return detail::initialize_rowmajor(view.data(), m, n, detail::spec_of(quantizer), stats, opt, da);
+}
+
 }  // namespace loftq
+
+#ifdef LOFTQ_INSTANCES
+namespace loftq {
+namespace detail {
+LOFTQ_INSTANCE_FLOAT Result<float> initialize_rowmajor<float>(const float*, Eigen::Index, Eigen::Index, QuantSpec,
+                                                              const InputStatistics&, const Options&,
+                                                              const DataAwareOptions&);
+LOFTQ_INSTANCE_DOUBLE Result<double> initialize_rowmajor<double>(const double*, Eigen::Index, Eigen::Index, QuantSpec,
+                                                                 const InputStatistics&, const Options&,
+                                                                 const DataAwareOptions&);
+}  // namespace detail
+}  // namespace loftq
+#endif

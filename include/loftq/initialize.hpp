@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "detail/instances.hpp"
 #include "detail/parallel.hpp"
 #include "detail/rng.hpp"
 #include "error.hpp"
@@ -294,20 +295,17 @@ double low_rank_step(const Scalar* Wp, RowMatrix<Scalar>& R, const MatA& A, cons
 
 inline double relative(double sq, double norm_sq) { return norm_sq > 0 ? std::sqrt(sq / norm_sq) : 0.0; }
 
-}  // namespace detail
-
-template <class Derived, class Q>
-Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
-                                            const Options& opt = {}) {
-  using Scalar = typename Derived::Scalar;
+// The alternation on a validated row-major m x n W. It depends only on the
+// scalar type, so a program can compile it once (LOFTQ_EXTERN_TEMPLATES,
+// detail/instances.hpp) however many matrix types it passes to initialize.
+template <class Scalar>
+Result<Scalar> initialize_rowmajor(const Scalar* Wp, Eigen::Index m, Eigen::Index n, QuantSpec spec,
+                                   const Options& opt) {
   using Matrix = typename Result<Scalar>::Matrix;
-  const Eigen::Index m = W_in.rows(), n = W_in.cols(), r = opt.rank;
+  const Eigen::Index r = opt.rank;
   const std::int64_t N = static_cast<std::int64_t>(m) * n;
   const int threads = opt.threads;
-  detail::RowMajorView<Derived> view(W_in);
-  detail::check_weights(W_in, view.data(), threads, "initialize");
-  detail::check_options(opt, m, n);
-  detail::QuantSpec spec = detail::spec_of(quantizer);
+  const QuantSpec spec_in = spec;
   spec.search = opt.scale_search;
   detail::QuantSpec baseline_spec = spec;  // QLoRA's q(W): plain absmax
   baseline_spec.search = false;
@@ -318,14 +316,13 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
     fractions.assign(static_cast<std::size_t>((N + spec.block_size - 1) / spec.block_size), 0.0f);
     spec.fractions = fractions.data();
   }
-  detail::EigenSerialScope serial;
-  const Scalar* Wp = view.data();
+  EigenSerialScope serial;
   Eigen::Map<const RowMatrix<Scalar>> W(Wp, m, n);
-  const double w2 = detail::squared_norm(Wp, N, threads);
+  const double w2 = squared_norm(Wp, N, threads);
 
   SVDOptions svd_cold = opt.svd;
   svd_cold.threads = threads;
-  const SVDOptions svd_warm = detail::warm_svd_options(opt, svd_cold, m, n);
+  const SVDOptions svd_warm = warm_svd_options(opt, svd_cold, m, n);
 
   Result<Scalar> res;
   RowMatrix<Scalar> R;  // the residual W - A B^T that the next Q quantizes
@@ -405,10 +402,21 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
     // q(W), so it is the fallback in that (rare) case.
     Options zero = opt;
     zero.start = Start::zero;
-    auto alt = initialize(W_in, quantizer, zero);
+    auto alt = initialize_rowmajor(Wp, m, n, spec_in, zero);
     if (alt.error() < res.error()) return alt;
   }
   return res;
+}
+
+}  // namespace detail
+
+template <class Derived, class Q>
+Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                            const Options& opt = {}) {
+  detail::RowMajorView<Derived> view(W_in);
+  detail::check_weights(W_in, view.data(), opt.threads, "initialize");
+  detail::check_options(opt, W_in.rows(), W_in.cols());
+  return detail::initialize_rowmajor(view.data(), W_in.rows(), W_in.cols(), detail::spec_of(quantizer), opt);
 }
 
 // The QLoRA-style baseline: Q = q(W), A = 0 and B drawn like PEFT's default
@@ -462,3 +470,16 @@ PeftLora<Scalar> to_peft(const Result<Scalar>& res, double lora_alpha) {
 }
 
 }  // namespace loftq
+
+#ifdef LOFTQ_INSTANCES
+namespace loftq {
+namespace detail {
+LOFTQ_INSTANCE_FLOAT Result<float> initialize_rowmajor<float>(const float*, Eigen::Index, Eigen::Index, QuantSpec,
+                                                              const Options&);
+LOFTQ_INSTANCE_DOUBLE Result<double> initialize_rowmajor<double>(const double*, Eigen::Index, Eigen::Index, QuantSpec,
+                                                                 const Options&);
+LOFTQ_INSTANCE_FLOAT double quantization_squared_error<float>(const float*, std::int64_t, const QuantSpec&, int);
+LOFTQ_INSTANCE_DOUBLE double quantization_squared_error<double>(const double*, std::int64_t, const QuantSpec&, int);
+}  // namespace detail
+}  // namespace loftq
+#endif

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "codebook.hpp"
+#include "detail/instances.hpp"
 #include "detail/memory.hpp"
 #include "detail/parallel.hpp"
 #include "detail/simd.hpp"
@@ -726,3 +727,16 @@ RowMatrix<typename Derived::Scalar> fake_quantize(const Eigen::MatrixBase<Derive
 }
 
 }  // namespace loftq
+
+#ifdef LOFTQ_INSTANCES
+namespace loftq {
+namespace detail {
+LOFTQ_INSTANCE_FLOAT void quantize_flat<float>(const float*, float*, PackedMatrix*, std::int64_t, const QuantSpec&, int,
+                                               const float*);
+LOFTQ_INSTANCE_DOUBLE void quantize_flat<double>(const double*, double*, PackedMatrix*, std::int64_t, const QuantSpec&, int,
+                                                 const double*);
+LOFTQ_INSTANCE_FLOAT void dequantize_flat<float>(const PackedMatrix&, float*, int);
+LOFTQ_INSTANCE_DOUBLE void dequantize_flat<double>(const PackedMatrix&, double*, int);
+}  // namespace detail
+}  // namespace loftq
+#endif

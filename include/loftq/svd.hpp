@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "detail/gemm.hpp"
+#include "detail/instances.hpp"
 #include "detail/parallel.hpp"
 #include "detail/rng.hpp"
 #include "error.hpp"
@@ -250,3 +251,10 @@ class TruncatedSVD {
 };
 
 }  // namespace loftq
+
+#ifdef LOFTQ_INSTANCES
+LOFTQ_INSTANCE_FLOAT class Eigen::BDCSVD<Eigen::MatrixXf>;
+LOFTQ_INSTANCE_DOUBLE class Eigen::BDCSVD<Eigen::MatrixXd>;
+LOFTQ_INSTANCE_FLOAT class Eigen::HouseholderQR<Eigen::MatrixXf>;
+LOFTQ_INSTANCE_DOUBLE class Eigen::HouseholderQR<Eigen::MatrixXd>;
+#endif

@@ -8,6 +8,9 @@
 #   FUZZ_BUILD_DIR    where binaries, working corpora and logs go
 #                     (default build/fuzz)
 #   CXX_FUZZ          the clang++ to use (default clang++)
+#   FUZZ_JOBS         targets built and run at once (default: nproc), each
+#                     on a core of its own, so each still gets FUZZ_SECONDS
+#                     of a whole core
 #
 # The checked-in corpus is only read: new inputs go to a working copy under
 # FUZZ_BUILD_DIR, so a run never edits the tree. A crashing input is written
@@ -40,23 +43,22 @@ flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:allocator_may_return_null=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
-status=0
-summary=()
-for t in "${targets[@]}"; do
-  src="$here/$t.cpp"
-  bin="$out/bin/$t"
-  echo "== fuzz: building $t"
-  # Build only when the source or a header is newer than the binary.
+jobs="${FUZZ_JOBS:-$(nproc)}"
+
+# Builds one target, only when its source or a header is newer than the binary.
+build() {
+  local t="$1" src="$here/$1.cpp" bin="$out/bin/$1"
   if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$root/include" "$root/examples" -newer "$bin" -print -quit)" ]]; then
-    "$cxx" "${flags[@]}" "$src" -o "$bin"
+    "$cxx" "${flags[@]}" "$src" -o "$bin" > "$out/$t.build.log" 2>&1 || { cat "$out/$t.build.log"; return 1; }
   fi
-  work="$out/$t.corpus"
+}
+
+# Runs one target for $seconds; writes its verdict to $out/$t.result.
+run() {
+  local t="$1" bin="$out/bin/$1" work="$out/$1.corpus" log="$out/$1.log" seeds="$here/corpus/${1#fuzz_}"
+  local corpus=() rc execs
   mkdir -p "$work" "$out/$t"
-  corpus=()
-  seeds="$here/corpus/${t#fuzz_}"
   [[ -d "$seeds" ]] && corpus+=("$seeds")
-  echo "== fuzz: running $t for ${seconds}s (seeds: ${seeds#$root/})"
-  log="$out/$t.log"
   set +e
   (cd "$out/$t" && "$bin" -max_total_time="$seconds" -timeout=25 -rss_limit_mb=2048 -max_len=4096 \
       -print_final_stats=1 -close_fd_mask=1 "$work" "${corpus[@]}") > "$log" 2>&1
@@ -64,15 +66,40 @@ for t in "${targets[@]}"; do
   set -e
   execs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)"
   if [[ $rc -ne 0 ]] || grep -qE 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)|runtime error:' "$log"; then
-    echo "== fuzz: $t FAILED (exit $rc); log follows"
-    tail -n 60 "$log"
-    ls -1 "$out/$t" | sed 's/^/   artifact: /' || true
-    status=1
-    summary+=("$t: FAILED after ${execs:-?} executions")
+    echo "FAILED after ${execs:-?} executions (exit $rc)" > "$out/$t.result"
   else
-    summary+=("$t: ok, ${execs:-?} executions in ${seconds}s, corpus $(ls "$work" | wc -l) files")
+    echo "ok, ${execs:-?} executions in ${seconds}s, corpus $(ls "$work" | wc -l) files" > "$out/$t.result"
+  fi
+}
+
+# Runs "$1 target" for every target, at most $jobs at a time; fails if any did.
+each() {
+  local fn="$1" pids=() t status=0
+  for t in "${targets[@]}"; do
+    while [[ $(jobs -rp | wc -l) -ge $jobs ]]; do wait -n || status=1; done
+    "$fn" "$t" &
+    pids+=($!)
+  done
+  for p in "${pids[@]}"; do wait "$p" || status=1; done
+  return $status
+}
+
+echo "== fuzz: building ${targets[*]} ($jobs at a time)"
+each build
+echo "== fuzz: running each target for ${seconds}s ($jobs at a time)"
+rm -f "$out"/*.result
+each run
+
+status=0
+echo "== fuzz summary"
+for t in "${targets[@]}"; do
+  result="$(cat "$out/$t.result" 2>/dev/null || echo "FAILED: no result")"
+  echo "   $t: $result"
+  if [[ "$result" == FAILED* ]]; then
+    status=1
+    echo "== fuzz: $t failed; log follows"
+    tail -n 60 "$out/$t.log"
+    ls -1 "$out/$t" | sed 's/^/   artifact: /' || true
   fi
 done
-echo "== fuzz summary"
-printf '   %s\n' "${summary[@]}"
 exit $status
