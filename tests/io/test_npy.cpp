@@ -337,6 +337,15 @@ TEST_CASE("0-d and zero-size arrays") {
   const NpyArray wide = parse(image(dict("<f4", false, "(0, 18446744073709551615)"), {}));
   CHECK(wide.element_count() == 0);
   NPY_CHECK_ERRC(loftq::io::to_matrix<float>(wide), Errc::invalid_argument);
+
+  // Empty but 4.6e16 rows tall, in either order: an empty matrix of that
+  // shape at once, not a loop over the rows.
+  for (bool fortran : {false, true}) {
+    const NpyArray tall = parse(image(dict("<f4", fortran, "(46116860184184273, 0)"), {}));
+    const auto T = loftq::io::to_matrix<float>(tall);
+    CHECK(T.rows() == 46116860184184273);
+    CHECK(T.cols() == 0);
+  }
 }
 
 TEST_CASE("malformed images are parse_error") {

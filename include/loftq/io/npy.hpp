@@ -355,6 +355,9 @@ inline bool npy_fits(From v) {
 template <class Scalar, class Src>
 inline void npy_fill(NpyMatrix<Scalar>& M, const NpyArray& a, const std::string& name) {
   const Eigen::Index rows = M.rows(), cols = M.cols();
+  // An empty array may still declare ~2^62 rows: looping over them would
+  // spin for years without touching an element.
+  if (rows == 0 || cols == 0) return;
   const unsigned char* base = a.data.data();
   for (Eigen::Index i = 0; i < rows; ++i) {
     for (Eigen::Index j = 0; j < cols; ++j) {
