@@ -10,7 +10,5 @@
 #include "packed.hpp"
 #include "quantizer.hpp"
 #include "svd.hpp"
-
-#define LOFTQ_VERSION_MAJOR 0
-#define LOFTQ_VERSION_MINOR 1
-#define LOFTQ_VERSION_PATCH 0
+#include "threads.hpp"
+#include "version.hpp"

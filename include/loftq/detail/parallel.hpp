@@ -10,6 +10,8 @@
 #include <cstdint>
 #include <exception>
 
+#include "../threads.hpp"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -17,14 +19,7 @@
 namespace loftq {
 namespace detail {
 
-inline int resolve_threads(int requested) {
-#ifdef _OPENMP
-  return requested > 0 ? requested : omp_get_max_threads();
-#else
-  (void)requested;
-  return 1;
-#endif
-}
+inline int resolve_threads(int requested) { return thread_count(requested); }
 
 // Runs f(c) for c in [0, chunks). Exceptions are captured and rethrown on the
 // calling thread, because one escaping an OpenMP region terminates.

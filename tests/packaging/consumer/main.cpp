@@ -1,5 +1,6 @@
 #include <loftq/io/safetensors.hpp>
 #include <loftq/loftq.hpp>
+#include <loftq/version.hpp>
 
 #include <cstdint>
 #include <cstdio>
@@ -7,6 +8,10 @@
 
 // argv[1]: a directory for the safetensors file that checks loftq::io.
 int main(int argc, char** argv) {
+  if (loftq::version() != LOFTQ_PACKAGE_VERSION) {
+    std::printf("consumer: header version %s, package version %s\n", loftq::version().c_str(), LOFTQ_PACKAGE_VERSION);
+    return 1;
+  }
   Eigen::MatrixXf W = Eigen::MatrixXf::Random(128, 96);
   W += Eigen::MatrixXf::Random(128, 4) * Eigen::MatrixXf::Random(4, 96);
   loftq::Options opt;
