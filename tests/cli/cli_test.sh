@@ -6,33 +6,10 @@
 # WORKDIR is wiped and rebuilt; every input is made here by npytool or printf.
 set -u
 
-case_name=$1
-LOFTQ=$2
+# shellcheck source=../support/cli_helpers.sh
+source "$(dirname "$0")/../support/cli_helpers.sh"
+setup_case "$1" "$2" "$4"
 TOOL=$3
-rm -rf "$4"
-mkdir -p "$4" || exit 1
-WORK=$(cd "$4" && pwd)
-cd "$WORK" || exit 1
-
-out_file="$WORK.stdout"
-err_file="$WORK.stderr"
-rm -f "$out_file" "$err_file"
-
-fail() {
-  echo "FAIL [$case_name]: $*" >&2
-  exit 1
-}
-
-# run ARGS...: runs loftq, leaving its exit status in $rc and its output in
-# $out_file / $err_file (outside WORKDIR, whose listing the checks compare).
-run() {
-  "$LOFTQ" "$@" >"$out_file" 2>"$err_file"
-  rc=$?
-}
-
-show() { echo "--- args: $*" >&2; echo "--- stdout:" >&2; cat "$out_file" >&2; echo "--- stderr:" >&2; cat "$err_file" >&2; }
-
-tree_listing() { find . -mindepth 1 | LC_ALL=C sort; }
 
 make_w() { "$TOOL" make "$@" || fail "npytool make $*"; }
 
@@ -41,36 +18,6 @@ check_outputs() {  # DIR M N R
   "$TOOL" check "$1/A.npy" "$2" "$4" || fail "A.npy in $1"
   "$TOOL" check "$1/B.npy" "$3" "$4" || fail "B.npy in $1"
   [ -f "$1/report.json" ] || fail "no report.json in $1"
-}
-
-expect_rc() {  # WANT ARGS...
-  local want=$1
-  shift
-  run "$@"
-  [ "$rc" -eq "$want" ] || { show "$@"; fail "exit status $rc, expected $want"; }
-}
-
-# A usage error: exit 2, a message on stderr, nothing created.
-expect_usage() {
-  local before after
-  before=$(tree_listing)
-  expect_rc 2 "$@"
-  [ -s "$err_file" ] || { show "$@"; fail "no message on stderr"; }
-  after=$(tree_listing)
-  [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
-}
-
-# Bad input: exit 1, exactly one 'loftq: error:' line on stderr, nothing
-# on stdout, and the working tree exactly as before (no output, no temps).
-expect_bad_input() {
-  local before after
-  before=$(tree_listing)
-  expect_rc 1 "$@"
-  [ "$(wc -l <"$err_file")" -eq 1 ] || { show "$@"; fail "stderr is not exactly one line"; }
-  grep -q '^loftq: error: ' "$err_file" || { show "$@"; fail "stderr does not start with 'loftq: error: '"; }
-  [ ! -s "$out_file" ] || { show "$@"; fail "stdout is not empty"; }
-  after=$(tree_listing)
-  [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
 }
 
 case "$case_name" in
@@ -378,6 +325,10 @@ double_quant)
   [ "$(get dq/report.json double_quant/rel_err_before)" = "$(get plain/report.json rel_err)" ] ||
     fail "rel_err_before is not the plain run's error"
   [ "$(get plain/report.json double_quant)" = false ] || fail "double_quant not false without the flag"
+  # The refit is no LoftQ iteration: 3 ran, and the history holds one more
+  # entry, the error after the refit, which best_iteration points at.
+  [ "$(get dq/report.json iterations_run)" = 3 ] || fail "iterations_run counts the double-quant refit"
+  [ "$(get dq/report.json best_iteration)" = 4 ] || fail "best_iteration is not the refit's entry"
   e=$(get dq/report.json rel_err) r=$(get dq/report.json double_quant/rel_err_rounded_scales)
   awk -v e="$e" -v r="$r" 'BEGIN { exit !(e <= r) }' || fail "the refit raised the error ($r -> $e)"
   expect_usage init --input W.npy --output o --double-quant=1

@@ -1,21 +1,37 @@
-// libFuzzer target: the loftq tool's command line (examples/loftq_cli.cpp).
+// libFuzzer target: the loftq tool's command line (examples/loftq/).
 //
-// The tool keeps its parser in an anonymous namespace, so this target compiles
-// the tool's source into its own translation unit (with main renamed) and
-// calls the parser directly. The input is split at NUL/newline bytes into
-// argv[1..]. Argument vectors that parse are then run for real with
-// run_init(), but with --input pointing at a tiny valid matrix and --output
-// inside a private temp directory, iterations and threads clamped: this covers
-// the hostile-value paths (bits, rank, block size, seed, ...) end to end.
-// Every outcome must be one of the tool's own error types or loftq::Error.
-#define main loftq_cli_main
-#include "../../examples/loftq_cli.cpp"
-#undef main
+// Links the tool's option parser and commands as a library (run.sh builds
+// everything in examples/loftq/ but main.cpp into one archive). The input is
+// split at NUL/newline bytes into argv[1..]. Argument vectors that parse as
+// `init` are then run for real, but with --input pointing at a tiny valid
+// matrix and --output inside a private temp directory, iterations and
+// threads clamped: this covers the hostile-value paths (bits, rank, block
+// size, seed, ...) end to end. Every outcome must be one of the tool's own
+// error types or loftq::Error.
+#include "commands.hpp"
+#include "errors.hpp"
+#include "options.hpp"
+#include "staged_output.hpp"
 
+#include <loftq/error.hpp>
+#include <loftq/io/npy.hpp>
+
+#include <Eigen/Core>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
 #include <unistd.h>
 
 namespace {
+
+namespace fs = std::filesystem;
+using namespace loftq_cli;
 
 struct Sandbox {
   std::string root, input, output;
@@ -58,17 +74,26 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   }
   if (!cur.empty() || args.empty()) args.push_back(cur);
 
-  Args a;
+  Parsed p;
   try {
-    a = parse_init_args(args);
+    p = parse_args(args);
   } catch (const UsageError& e) {
     if (e.msg.empty()) std::abort();
     return 0;
   }
+  if (p.action != Parsed::Action::run) {
+    if (p.text.empty()) std::abort();
+    return 0;
+  }
+  Args& a = p.args;
   // The parser's own postconditions.
   if (a.input.empty() || a.output.empty() || a.rank < 1 || a.iters < 1 || a.block_size < 1 || a.bits < 0 ||
       a.threads < 0 || a.threads > kMaxThreads)
     std::abort();
+  if (a.command == "model" && (a.modules.empty() || (a.shard_n > 0 && (a.shard_k < 1 || a.shard_k > a.shard_n))))
+    std::abort();
+  if (a.command == "merge" && a.shards.empty()) std::abort();
+  if (a.command != "init") return 0;  // model and merge need checkpoints; the fuzz_safetensors target reads those
 
   Sandbox& box = sandbox();
   a.input = box.input;
@@ -84,7 +109,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   } catch (const Interrupted&) {
     std::abort();  // no signal was sent
   }
-  g_stage.store(0);  // run_init moved to "publishing"; the next run starts afresh
+  reset_signal_state();  // run_init staged its output; the next run starts afresh
   std::error_code ec;
   fs::remove_all(box.root + "/out", ec);
   return 0;

@@ -45,11 +45,37 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
 jobs="${FUZZ_JOBS:-$(nproc)}"
 
+# fuzz_cli_args links the tool (examples/loftq/, all but main.cpp) as a
+# library, built here with the same flags minus -fsanitize=fuzzer (which
+# would add a second main), plus CLI11's headers (libcli11-dev).
+tool_dir="$root/examples/loftq"
+tool_flags=("${flags[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=fuzzer-no-link,address,undefined}")
+tool_lib="$out/bin/libloftq_cli_options.a"
+
+build_tool_lib() {
+  local objs=() f o
+  mkdir -p "$out/tool"
+  for f in "$tool_dir"/*.cpp; do
+    [[ "$(basename "$f")" == main.cpp ]] && continue
+    o="$out/tool/$(basename "$f" .cpp).o"
+    objs+=("$o")
+    if [[ ! -f "$o" ]] || [[ -n "$(find "$tool_dir" "$root/include" -newer "$o" -print -quit)" ]]; then
+      "$cxx" "${tool_flags[@]}" -c "$f" -o "$o" || return 1
+    fi
+  done
+  rm -f "$tool_lib"
+  ar rcs "$tool_lib" "${objs[@]}"
+}
+
 # Builds one target, only when its source or a header is newer than the binary.
 build() {
-  local t="$1" src="$here/$1.cpp" bin="$out/bin/$1"
+  local t="$1" src="$here/$1.cpp" bin="$out/bin/$1" extra=()
+  if [[ "$t" == fuzz_cli_args ]]; then
+    build_tool_lib > "$out/$t.build.log" 2>&1 || { cat "$out/$t.build.log"; return 1; }
+    extra=(-I"$tool_dir" "$tool_lib")
+  fi
   if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$root/include" "$root/examples" -newer "$bin" -print -quit)" ]]; then
-    "$cxx" "${flags[@]}" "$src" -o "$bin" > "$out/$t.build.log" 2>&1 || { cat "$out/$t.build.log"; return 1; }
+    "$cxx" "${flags[@]}" "$src" "${extra[@]}" -o "$bin" >> "$out/$t.build.log" 2>&1 || { cat "$out/$t.build.log"; return 1; }
   fi
 }
 

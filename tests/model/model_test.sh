@@ -7,54 +7,12 @@
 # Exit 77 (a CTest skip) when a case needs data that is absent.
 set -u
 
-case_name=$1
-LOFTQ=$2
+# shellcheck source=../support/cli_helpers.sh
+source "$(dirname "$0")/../support/cli_helpers.sh"
+setup_case "$1" "$2" "$4"
 TOOL=$3
-rm -rf "$4"
-mkdir -p "$4" || exit 1
-WORK=$(cd "$4" && pwd)
 DATA=$5
-cd "$WORK" || exit 1
 
-out_file="$WORK.stdout"
-err_file="$WORK.stderr"
-rm -f "$out_file" "$err_file"
-
-fail() {
-  echo "FAIL [$case_name]: $*" >&2
-  exit 1
-}
-run() {
-  "$LOFTQ" "$@" >"$out_file" 2>"$err_file"
-  rc=$?
-}
-show() { echo "--- args: $*" >&2; echo "--- stdout:" >&2; cat "$out_file" >&2; echo "--- stderr:" >&2; cat "$err_file" >&2; }
-tree_listing() { find . -mindepth 1 | LC_ALL=C sort; }
-expect_rc() {
-  local want=$1
-  shift
-  run "$@"
-  [ "$rc" -eq "$want" ] || { show "$@"; fail "exit status $rc, expected $want"; }
-}
-# Bad input: exit 1, one 'loftq: error:' line, nothing on stdout, tree unchanged.
-expect_bad_input() {
-  local before after
-  before=$(tree_listing)
-  expect_rc 1 "$@"
-  [ "$(wc -l <"$err_file")" -eq 1 ] || { show "$@"; fail "stderr is not exactly one line"; }
-  grep -q '^loftq: error: ' "$err_file" || { show "$@"; fail "stderr does not start with 'loftq: error: '"; }
-  [ ! -s "$out_file" ] || { show "$@"; fail "stdout is not empty"; }
-  after=$(tree_listing)
-  [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
-}
-expect_usage() {
-  local before after
-  before=$(tree_listing)
-  expect_rc 2 "$@"
-  [ -s "$err_file" ] || { show "$@"; fail "no message on stderr"; }
-  after=$(tree_listing)
-  [ "$before" = "$after" ] || { show "$@"; fail "files changed"; }
-}
 stories() {  # DIR [DTYPE] [SHARDS]
   "$TOOL" stories "$DATA/stories260K.bin" "$@"
   local s=$?
@@ -246,6 +204,10 @@ double_quant)
   expect_rc 0 model --input s --output dq --rank 4 --iters 2 --packed --double-quant --quiet
   check s dq 4 4
   "$TOOL" packed dq || fail "double-quantized packed codes"
+  # The refit after double quantization is no LoftQ iteration: 2 ran, as
+  # without it (init reports the same count, see tests/cli).
+  n=$(grep -c '"module":' dq/loftq_report.json)
+  [ "$(grep -c '"iterations_run": 2' dq/loftq_report.json)" -eq "$n" ] || fail "iterations_run is not 2 for every tensor"
   expect_rc 0 model --input s --output plain --rank 4 --iters 2 --packed --quiet
   bd=$("$TOOL" get dq/loftq_report.json average_bits_per_weight)
   bp=$("$TOOL" get plain/loftq_report.json average_bits_per_weight)
@@ -262,6 +224,22 @@ double_quant)
   # With budget, too: mixed widths and 8-bit scales in one file.
   expect_rc 0 model --input s --output both --rank 4 --iters 2 --packed --double-quant --bits-budget 3 --quiet
   "$TOOL" packed both || fail "mixed widths with double quantization"
+  ;;
+
+last)
+  # --last returns the last iterate, as init --last does for the same matrix.
+  synth s F32 1 1 64 96
+  name=model.layers.0.self_attn.q_proj.weight
+  expect_rc 0 model --input s --output m --rank 4 --iters 3 --last --target-modules q_proj --threads 1 --quiet
+  [ "$("$TOOL" get m/loftq_report.json "tensors/$name/best_iteration")" = 3 ] || fail "best_iteration is not the last"
+  "$TOOL" npy s/model.safetensors "$name" W.npy || fail "npy W"
+  "$TOOL" npy m/model.safetensors "$name" Q.npy || fail "npy Q"
+  expect_rc 0 init --input W.npy --output i --rank 4 --iters 3 --last --threads 1 --quiet
+  cmp -s Q.npy i/Q.npy || fail "model --last and init --last give different Q"
+  [ "$("$TOOL" get m/loftq_report.json "tensors/$name/history")" = "$("$TOOL" get i/report.json history)" ] ||
+    fail "model --last and init --last ran different iterations"
+  expect_usage model --input s --output o --last --last
+  expect_usage model --input s --output o --last=1
   ;;
 
 scale_start)

@@ -5,11 +5,13 @@
 //   modeltool check INPUT OUT R ALPHA           verify a full `loftq model` output against INPUT
 //   modeltool packed OUT                        verify model.packed.safetensors decodes to Q
 //   modeltool get JSON KEY[/KEY...]             print a value of a JSON file
+//   modeltool npy FILE TENSOR OUT.npy           a 2-D tensor of a .safetensors file as float32 .npy
 //   modeltool budget INPUT OUT REF B            verify a --bits-budget B output: average code bits
 //                                               <= B, mixed widths recorded everywhere, and a lower
 //                                               total ||W - Q - s B A||^2 than the output REF
 //
 // Exit 0 on success, 1 with a message on failure, 77 when BIN is absent.
+#include <loftq/io/npy.hpp>
 #include <loftq/io/safetensors.hpp>
 
 #include <Eigen/Core>
@@ -418,6 +420,11 @@ int main(int argc, char** argv) {
         b = e + 1;
       }
       std::printf("%s\n", j.is_string() ? j.get<std::string>().c_str() : j.dump().c_str());
+      return 0;
+    }
+    if (a[0] == "npy" && a.size() == 4) {
+      const loftq::io::SafetensorsFile f(a[1]);
+      loftq::io::write_npy(a[3], f.read_matrix(f.at(a[2])));
       return 0;
     }
     if (a[0] == "budget" && a.size() == 5) return cmd_budget(a[1], a[2], a[3], std::stod(a[4]));

@@ -19,21 +19,11 @@
 #                    called Q.npy), a symlink to it, a hard link to it
 set -u
 
-case_name=$1
-LOFTQ=$2
+# shellcheck source=../support/cli_helpers.sh
+source "$(dirname "$0")/../support/cli_helpers.sh"
+setup_case "$1" "$2" "$4"
 TOOL=$3
-rm -rf "$4"
-mkdir -p "$4" || exit 1
-WORK=$(cd "$4" && pwd)
-cd "$WORK" || exit 1
-out_file="$WORK.stdout"
-err_file="$WORK.stderr"
 
-fail() {
-  echo "FAIL [$case_name]: $*" >&2
-  [ -f "$err_file" ] && { echo "--- stderr:" >&2; cat "$err_file" >&2; }
-  exit 1
-}
 listing() { find . -mindepth 1 -printf '%p %s\n' | LC_ALL=C sort; }
 digest() { sha256sum "$@" | LC_ALL=C sort; }
 

@@ -1,0 +1,303 @@
+#include "checkpoint_plan.hpp"
+
+#include "errors.hpp"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <set>
+
+namespace loftq_cli {
+
+namespace {
+
+// The module of a weight when the tensor is `<prefix>.<module>.weight` with
+// module in `modules`; else "".
+std::string matched_module(const std::string& name, const std::vector<std::string>& modules) {
+  static const std::string suffix = ".weight";
+  if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return {};
+  const std::string path = name.substr(0, name.size() - suffix.size());
+  for (const std::string& m : modules)
+    if (path == m || (path.size() > m.size() && path.compare(path.size() - m.size(), m.size(), m) == 0 &&
+                      path[path.size() - m.size() - 1] == '.'))
+      return m;
+  return {};
+}
+
+std::string dir_of_input(const st::Checkpoint& ck, const std::string& input) {
+  if (!ck.dir().empty()) return ck.dir();
+  const fs::path p = fs::path(input).parent_path();
+  return p.empty() ? std::string(".") : p.string();
+}
+
+// config.json next to the checkpoint, when present and valid; else null.
+nlohmann::json read_config(const std::string& dir) {
+  const fs::path p = fs::path(dir) / "config.json";
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec) || fs::file_size(p, ec) > (std::uintmax_t{16} << 20)) return nullptr;
+  std::FILE* f = std::fopen(p.c_str(), "rb");
+  if (!f) return nullptr;
+  std::string text;
+  char buf[65536];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
+  std::fclose(f);
+  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  return j.is_object() ? j : nlohmann::json(nullptr);
+}
+
+std::map<std::string, std::string> with_format(std::map<std::string, std::string> m) {
+  if (!m.count("format")) m["format"] = "pt";
+  return m;
+}
+
+// {"<tensor name>": bits} of the given targets, for file metadata.
+std::string bits_json(const std::vector<const Target*>& ts, const std::map<std::string, int>& bits_of) {
+  nlohmann::json j = nlohmann::json::object();
+  for (const Target* t : ts) j[t->name] = bits_of.at(t->name);
+  return j.dump();
+}
+
+std::string base_file_name(const st::Checkpoint& ck, std::size_t i) {
+  return ck.sharded() ? ck.file_name(i) : std::string("model.safetensors");
+}
+
+constexpr const char* kSideFiles[] = {"config.json",           "generation_config.json",  "tokenizer.json",
+                                      "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
+
+}  // namespace
+
+Plan plan_targets(const st::Checkpoint& ck, const std::vector<std::string>& modules, Eigen::Index rank,
+                  const std::string& input) {
+  Plan p;
+  std::set<std::string> used;
+  for (const auto& kv : ck.entries()) {  // std::map: sorted by name
+    const st::TensorInfo& t = *kv.second.info;
+    if (t.shape.size() != 2) continue;
+    const std::string m = matched_module(kv.first, modules);
+    if (m.empty()) continue;
+    if (!st::is_float_dtype(t.dtype))
+      throw InputError{input + ": target tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) +
+                       "; expected F32, F16, BF16 or F64"};
+    const std::uint64_t mn = std::min(t.shape[0], t.shape[1]);
+    if (static_cast<std::uint64_t>(rank) > mn)
+      throw InputError{input + ": --rank " + std::to_string(rank) + " exceeds min(out, in) = " + std::to_string(mn) +
+                       " of target tensor '" + t.name + "' (" + std::to_string(t.shape[0]) + "x" +
+                       std::to_string(t.shape[1]) + ")"};
+    if (t.shape[0] > static_cast<std::uint64_t>(std::numeric_limits<int>::max()) ||
+        t.shape[1] > static_cast<std::uint64_t>(std::numeric_limits<int>::max()))
+      throw InputError{input + ": target tensor '" + t.name + "' is too large"};
+    Target tg;
+    tg.name = kv.first;
+    tg.module = m;
+    tg.file = kv.second.file;
+    tg.info = &t;
+    tg.rows = t.shape[0];
+    tg.cols = t.shape[1];
+    p.targets.push_back(tg);
+    used.insert(m);
+  }
+  if (p.targets.empty()) {
+    std::string list;
+    for (const std::string& m : modules) list += (list.empty() ? "" : ",") + m;
+    throw InputError{input + ": no 2-D tensor named <prefix>.<module>.weight matches --target-modules " + list};
+  }
+  for (const std::string& m : modules)
+    if (used.count(m)) p.modules.push_back(m);
+  return p;
+}
+
+Settings Settings::of(const Args& a) {
+  const bool budget = a.bits_budget > 0;
+  Settings s;
+  s.j["bits"] = budget ? nlohmann::json(nullptr) : nlohmann::json(a.bits);
+  if (budget) s.j["bits_budget"] = a.bits_budget;
+  s.j["rank"] = a.rank;
+  s.j["iters"] = a.iters;
+  s.j["quantizer"] = quantizer_name(a.kind);
+  s.j["block_size"] = a.block_size;
+  s.j["scale"] = scale_name(a.scale_search);
+  s.j["start"] = start_name(a.start);
+  s.j["double_quant"] = a.double_quant;
+  s.j["lora_alpha"] = a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank);
+  s.j["svd"] = loftq::to_string(a.svd);
+  s.j["seed"] = a.seed;
+  s.j["target_modules"] = a.modules;
+  s.j["packed"] = a.packed;
+  s.bits = a.bits;
+  s.rank = a.rank;
+  s.alpha = s.j["lora_alpha"].get<double>();
+  s.packed = a.packed;
+  s.modules = a.modules;
+  s.packing = {a.kind, static_cast<std::int64_t>(a.block_size), a.scale_search, a.double_quant};
+  return s;
+}
+
+Settings Settings::from_report(const nlohmann::json& j) {
+  auto bad = [](const std::string& what) { throw InputError{"shard settings: " + what}; };
+  if (!j.is_object()) bad("not an object");
+  auto field = [&](const char* k) -> const nlohmann::json& {
+    if (!j.contains(k)) bad(std::string("no ") + k);
+    return j[k];
+  };
+  Settings s;
+  s.j = j;
+  // A --bits-budget run (bits null) cannot be sharded, so a shard has one width.
+  if (!field("bits").is_number_integer()) bad("bits is not an integer");
+  if (!field("rank").is_number_integer() || field("rank").get<std::int64_t>() < 1) bad("rank is not a positive integer");
+  if (!field("lora_alpha").is_number() || !(field("lora_alpha").get<double>() > 0)) bad("lora_alpha is not positive");
+  if (!field("packed").is_boolean()) bad("packed is not a boolean");
+  if (!field("target_modules").is_array()) bad("target_modules is not a list");
+  for (const auto& m : field("target_modules")) {
+    if (!m.is_string() || m.get<std::string>().empty()) bad("target_modules holds a non-name");
+    s.modules.push_back(m.get<std::string>());
+  }
+  const nlohmann::json& q = field("quantizer");
+  if (!q.is_string() || (q != "nf" && q != "uniform")) bad("quantizer is neither nf nor uniform");
+  const nlohmann::json& bs = field("block_size");
+  if (!bs.is_number_integer() || bs.get<std::int64_t>() < 1) bad("block_size is not a positive integer");
+  // Absent in reports of older versions, which had neither.
+  const nlohmann::json dq = j.value("double_quant", nlohmann::json(false));
+  const nlohmann::json sc = j.value("scale", nlohmann::json("absmax"));
+  if (!dq.is_boolean()) bad("double_quant is not a boolean");
+  if (sc != "absmax" && sc != "search") bad("scale is neither absmax nor search");
+  s.bits = j["bits"].get<int>();
+  s.rank = j["rank"].get<std::int64_t>();
+  s.alpha = j["lora_alpha"].get<double>();
+  s.packed = j["packed"].get<bool>();
+  s.packing = {q == "uniform" ? loftq::Quantizer::Kind::uniform : loftq::Quantizer::Kind::normal_float,
+               bs.get<std::int64_t>(), sc == "search", dq.get<bool>()};
+  try {
+    (void)loftq::Quantizer(s.packing.kind, s.bits, static_cast<Eigen::Index>(s.packing.block_size), true);
+  } catch (const loftq::Error& e) {
+    bad(e.what());
+  }
+  return s;
+}
+
+void Writers::commit() {
+  for (auto& w : base) w->commit();
+  adapter->commit();
+  if (packed) packed->commit();
+}
+
+Writers open_writers(const StagedOutput& out, const st::Checkpoint& ck, const std::vector<const Target*>& sel,
+                     bool shard_run, const Settings& s, const std::map<std::string, int>& bits_of) {
+  Writers w;
+  std::map<std::string, const Target*> selected;
+  for (const Target* t : sel) selected[t->name] = t;
+  // The targets' bit widths go into each file that holds them.
+  auto with_bits = [&](std::map<std::string, std::string> meta, const std::vector<const Target*>& ts) {
+    if (!ts.empty()) meta["loftq.tensor_bits"] = bits_json(ts, bits_of);
+    return with_format(std::move(meta));
+  };
+  if (shard_run) {
+    std::vector<st::TensorDecl> d;
+    for (const Target* t : sel) {
+      d.push_back({t->name, t->info->dtype, t->info->shape});
+      w.base_of[t->name] = 0;
+    }
+    w.base.push_back(std::make_unique<st::SafetensorsWriter>(out.path(kShardModelFile).string(), d, with_bits({}, sel)));
+  } else {
+    for (std::size_t f = 0; f < ck.num_files(); ++f) {
+      std::vector<st::TensorDecl> d;
+      std::vector<const Target*> here;
+      for (const st::TensorInfo& t : ck.file(f).tensors()) {
+        d.push_back({t.name, t.dtype, t.shape});
+        w.base_of[t.name] = f;
+        const auto it = selected.find(t.name);
+        if (it != selected.end()) here.push_back(it->second);
+      }
+      w.base.push_back(std::make_unique<st::SafetensorsWriter>(out.path(base_file_name(ck, f)).string(), d,
+                                                               with_bits(ck.file(f).metadata(), here)));
+    }
+  }
+  std::vector<st::LoraTarget> lora;
+  for (const Target* t : sel) lora.push_back({t->name, t->rows, t->cols});
+  w.adapter = std::make_unique<st::AdapterWriter>(out.path(kAdapterFile).string(), lora,
+                                                  static_cast<std::uint64_t>(s.rank), with_bits({}, sel));
+  if (s.packed) {
+    std::vector<st::PackedTarget> pt;
+    for (const Target* t : sel) pt.push_back({t->name, t->rows, t->cols, bits_of.at(t->name)});
+    w.packed = std::make_unique<st::PackedWriter>(out.path(kPackedFile).string(), pt, s.packing);
+  }
+  return w;
+}
+
+void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::SafetensorsWriter& w,
+                 const std::string& out_name) {
+  const std::uint64_t chunk = std::uint64_t(64) << 20;
+  std::uint64_t off = 0;
+  do {
+    const std::uint64_t n = std::min(chunk, t.nbytes() - off);
+    w.write(out_name, f.bytes(t) + off, n, off);
+    f.release(t, off, n);
+    off += n;
+    check_interrupt();
+  } while (off < t.nbytes());
+}
+
+void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::string& input, const Settings& s,
+                       const std::vector<std::string>& modules) {
+  const std::string in_dir = dir_of_input(ck, input);
+  const nlohmann::json config = read_config(in_dir);
+  st::LoraConfig c;
+  c.r = s.rank;
+  c.lora_alpha = s.alpha;
+  c.target_modules = modules;
+  c.task_type = st::peft_task_type(config);
+  if (config.is_object() && config.contains("_name_or_path") && config["_name_or_path"].is_string())
+    c.base_model_name_or_path = config["_name_or_path"].get<std::string>();
+  out.write_file("adapter_config.json", st::adapter_config_json(c).dump(2, ' ', false,
+                                                                       nlohmann::json::error_handler_t::replace) + "\n");
+  if (ck.sharded()) {
+    nlohmann::json idx;
+    idx["metadata"] = ck.index_metadata();
+    nlohmann::json wm = nlohmann::json::object();
+    for (const auto& kv : ck.entries()) wm[kv.first] = ck.file_name(kv.second.file);
+    idx["weight_map"] = wm;
+    out.write_file("model.safetensors.index.json", idx.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  }
+  // Config and tokenizer files, so DIR is a loadable base model.
+  for (const char* name : kSideFiles) {
+    const fs::path src = fs::path(in_dir) / name;
+    std::error_code ec;
+    if (fs::is_regular_file(src, ec)) out.copy_file(src, name);
+  }
+}
+
+namespace {
+std::string fmt_duration(double s) {
+  if (!std::isfinite(s) || s < 0) s = 0;
+  const long t = static_cast<long>(s + 0.5);
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+  return buf;
+}
+}  // namespace
+
+Progress::Progress(std::size_t total, bool quiet) : total_(total), quiet_(quiet), tty_(::isatty(2) != 0) {}
+
+void Progress::update(std::size_t done, const std::string& current) {
+  if (quiet_) return;
+  const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  const double eta = done > 0 ? el / static_cast<double>(done) * static_cast<double>(total_ - done) : 0.0;
+  const int pct = total_ ? static_cast<int>(100 * done / total_) : 100;
+  char head[128];
+  std::snprintf(head, sizeof head, "[%zu/%zu] %3d%%  elapsed %s  ETA %s  ", done, total_, pct,
+                fmt_duration(el).c_str(), done > 0 ? fmt_duration(eta).c_str() : "-:--:--");
+  if (tty_) {
+    std::string bar(20, ' ');
+    for (std::size_t i = 0; i < (total_ ? 20 * done / total_ : 20); ++i) bar[i] = '#';
+    std::fprintf(stderr, "\r[%s] %s%s\x1b[K", bar.c_str(), head, current.c_str());
+    if (done == total_) std::fputc('\n', stderr);
+  } else if (done > 0) {
+    std::fprintf(stderr, "loftq: %s%s\n", head, current.c_str());
+  }
+  std::fflush(stderr);
+}
+
+}  // namespace loftq_cli

@@ -1,0 +1,103 @@
+#pragma once
+// What `model` and `merge` share: the targets of a checkpoint, the settings
+// every output records, the output files and their writers, progress.
+
+#include "options.hpp"
+#include "staged_output.hpp"
+
+#include <loftq/io/peft.hpp>
+#include <loftq/io/safetensors.hpp>
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+namespace loftq_cli {
+
+namespace st = loftq::io;
+
+constexpr const char* kShardModelFile = "shard_model.safetensors";
+constexpr const char* kAdapterFile = "adapter_model.safetensors";
+constexpr const char* kPackedFile = "model.packed.safetensors";
+constexpr const char* kReportFile = "loftq_report.json";
+
+struct Target {
+  std::string name, module;  // the weight, and the --target-modules entry it matched
+  std::size_t file = 0;      // index into the checkpoint's files
+  const st::TensorInfo* info = nullptr;
+  std::uint64_t rows = 0, cols = 0;
+};
+
+struct Plan {
+  std::vector<Target> targets;       // all targets, sorted by name
+  std::vector<std::string> modules;  // modules that matched, in the requested order
+};
+
+// The targets of `ck`: 2-D float tensors <prefix>.<module>.weight. Throws
+// InputError when there are none, or one cannot take `rank`.
+Plan plan_targets(const st::Checkpoint& ck, const std::vector<std::string>& modules, Eigen::Index rank,
+                  const std::string& input);
+
+// Whether target i (0-based, in name order) belongs to shard K of N (1-based).
+inline bool in_shard(std::size_t i, int k, int n) {
+  return n <= 1 || static_cast<int>(i % static_cast<std::size_t>(n)) == k - 1;
+}
+
+// The settings every output of a run records (loftq_report.json "settings")
+// and a merge checks its shards against.
+struct Settings {
+  nlohmann::json j;  // bits (null with a budget), rank, iters, quantizer, block_size, scale, start, double_quant,
+                     // lora_alpha, svd, seed, target_modules, packed[, bits_budget]
+  int bits = 0;
+  std::int64_t rank = 0;
+  double alpha = 0;
+  bool packed = false;
+  std::vector<std::string> modules;
+  st::PackedSettings packing;
+
+  static Settings of(const Args& a);
+  // From a shard's report; throws InputError unless every field is usable.
+  static Settings from_report(const nlohmann::json& j);
+};
+
+// The writers of one run: base model files (mirroring the input's files, or
+// shard_model.safetensors for a --shard run), the adapter, the packed codes.
+struct Writers {
+  std::vector<std::unique_ptr<st::SafetensorsWriter>> base;  // one per input file (full), or one (shard)
+  std::unique_ptr<st::AdapterWriter> adapter;
+  std::unique_ptr<st::PackedWriter> packed;
+  std::map<std::string, std::size_t> base_of;  // tensor name -> index into base
+
+  void commit();
+};
+
+Writers open_writers(const StagedOutput& out, const st::Checkpoint& ck, const std::vector<const Target*>& sel,
+                     bool shard_run, const Settings& s, const std::map<std::string, int>& bits_of);
+
+// Copies a mapped tensor into a writer in 64 MiB chunks, releasing the input
+// pages as it goes.
+void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::SafetensorsWriter& w,
+                 const std::string& out_name);
+
+// The files a full (unsharded or merged) output has besides the tensors:
+// adapter_config.json, the index of a sharded input, config and tokenizer files.
+void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::string& input, const Settings& s,
+                       const std::vector<std::string>& modules);
+
+// A progress line on stderr: redrawn in place on a terminal, one line per
+// finished tensor otherwise.
+class Progress {
+ public:
+  Progress(std::size_t total, bool quiet);
+  void update(std::size_t done, const std::string& current);
+
+ private:
+  std::size_t total_;
+  bool quiet_, tty_;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace loftq_cli

@@ -1,0 +1,176 @@
+// loftq merge: the outputs of `model --shard K/N` runs and the original
+// checkpoint -> the output of an unsharded run (identical tensors).
+
+#include "checkpoint_plan.hpp"
+#include "commands.hpp"
+#include "errors.hpp"
+#include "report.hpp"
+
+#include <loftq/version.hpp>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+namespace loftq_cli {
+
+namespace {
+
+nlohmann::json read_report(const std::string& dir) {
+  const fs::path p = fs::path(dir) / kReportFile;
+  std::error_code ec;
+  if (!fs::is_regular_file(p, ec)) throw InputError{p.string() + ": missing or not a regular file"};
+  std::FILE* f = std::fopen(p.c_str(), "rb");
+  if (!f) throw InputError{p.string() + ": cannot open: " + std::strerror(errno)};
+  std::string text;
+  char buf[65536];
+  std::size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) {
+    text.append(buf, n);
+    if (text.size() > (std::size_t{256} << 20)) {
+      std::fclose(f);
+      throw InputError{p.string() + ": too large"};
+    }
+  }
+  std::fclose(f);
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object() || !j.contains("shard") || !j["shard"].is_object() || !j.contains("settings") ||
+      !j["settings"].is_object() || !j.contains("tensors") || !j["tensors"].is_object())
+    throw InputError{p.string() + ": not the report of a 'loftq model --shard' run"};
+  return j;
+}
+
+// Checks that the reports are shards 1..N of one run with equal settings.
+void check_shard_set(const Args& a, const std::vector<nlohmann::json>& reps) {
+  const std::size_t n = reps.size();
+  std::vector<bool> have(n, false);
+  for (std::size_t i = 0; i < n; ++i) {
+    const nlohmann::json& sh = reps[i]["shard"];
+    if (!sh.contains("index") || !sh["index"].is_number_integer() || !sh.contains("count") ||
+        !sh["count"].is_number_integer())
+      throw InputError{a.shards[i] + ": malformed shard report: no integer shard index and count"};
+    const std::int64_t k = sh["index"].get<std::int64_t>(), cnt = sh["count"].get<std::int64_t>();
+    if (cnt != static_cast<std::int64_t>(n))
+      throw InputError{a.shards[i] + ": is shard " + std::to_string(k) + " of " + std::to_string(cnt) + " but " +
+                       std::to_string(n) + " shard directories were given"};
+    if (k < 1 || k > cnt || have[static_cast<std::size_t>(k - 1)])
+      throw InputError{a.shards[i] + ": shard index " + std::to_string(k) + " is out of range or repeated"};
+    have[static_cast<std::size_t>(k - 1)] = true;
+    if (reps[i]["settings"] != reps[0]["settings"])
+      throw InputError{a.shards[i] + ": settings differ from " + a.shards[0] + "'s"};
+  }
+}
+
+}  // namespace
+
+int run_merge(const Args& a) {
+  const auto t_start = std::chrono::steady_clock::now();
+  std::vector<std::string> inputs = a.shards;
+  inputs.push_back(a.input);
+  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse, inputs);
+
+  const std::size_t n = a.shards.size();
+  std::vector<nlohmann::json> reps;
+  for (const std::string& d : a.shards) reps.push_back(read_report(d));
+  check_shard_set(a, reps);
+  const Settings s = Settings::from_report(reps[0]["settings"]);
+
+  const st::Checkpoint ck(a.input);
+  const Plan plan = plan_targets(ck, s.modules, static_cast<Eigen::Index>(s.rank), a.input);
+  std::vector<const Target*> all;
+  for (const Target& t : plan.targets) all.push_back(&t);
+
+  // Which shard holds each target; every target exactly once.
+  std::vector<std::unique_ptr<st::SafetensorsFile>> smodel, sadapter, spacked;
+  std::map<std::string, std::size_t> owner;
+  nlohmann::json tensors = nlohmann::json::object();
+  for (std::size_t i = 0; i < n; ++i) {
+    const fs::path d(a.shards[i]);
+    smodel.push_back(std::make_unique<st::SafetensorsFile>((d / kShardModelFile).string()));
+    sadapter.push_back(std::make_unique<st::SafetensorsFile>((d / kAdapterFile).string()));
+    if (s.packed) spacked.push_back(std::make_unique<st::SafetensorsFile>((d / kPackedFile).string()));
+    for (auto it = reps[i]["tensors"].begin(); it != reps[i]["tensors"].end(); ++it) {
+      if (!owner.emplace(it.key(), i).second)
+        throw InputError{a.shards[i] + ": tensor '" + it.key() + "' was also produced by another shard"};
+      tensors[it.key()] = it.value();
+    }
+  }
+  auto expect = [&](const st::SafetensorsFile& f, const std::string& name, st::Dtype dt,
+                    const std::vector<std::uint64_t>& shape) -> const st::TensorInfo& {
+    const st::TensorInfo* t = f.find(name);
+    if (!t) throw InputError{f.path() + ": missing tensor '" + name + "'"};
+    if (t->dtype != dt || t->shape != shape)
+      throw InputError{f.path() + ": tensor '" + name + "' has the wrong dtype or shape"};
+    return *t;
+  };
+  for (const Target& t : plan.targets)
+    if (!owner.count(t.name)) throw InputError{a.input + ": target tensor '" + t.name + "' is in none of the shards"};
+  if (owner.size() != plan.targets.size())
+    throw InputError{"the shards hold tensors that are not targets of " + a.input};
+  // Each tensor's width as its shard reported it (all equal to the settings'
+  // today: a --bits-budget run cannot be sharded).
+  std::map<std::string, int> bits_of;
+  for (const Target& t : plan.targets) {
+    const nlohmann::json& e = tensors[t.name];
+    const int b = e.contains("bits") && e["bits"].is_number_integer() ? e["bits"].get<int>() : s.bits;
+    if (b != s.bits)
+      throw InputError{"shard report: tensor '" + t.name + "' has bits " + std::to_string(b) + ", the settings say " +
+                       std::to_string(s.bits)};
+    bits_of[t.name] = b;
+  }
+
+  out.stage();
+  Writers w = open_writers(out, ck, all, /*shard_run=*/false, s, bits_of);
+  const std::uint64_t r = static_cast<std::uint64_t>(s.rank);
+  for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
+    const st::SafetensorsFile& f = ck.file(fi);
+    for (const st::TensorInfo& t : f.tensors()) {
+      const auto o = owner.find(t.name);
+      if (o == owner.end()) {
+        copy_tensor(f, t, *w.base[fi], t.name);
+        continue;
+      }
+      const std::size_t i = o->second;
+      copy_tensor(*smodel[i], expect(*smodel[i], t.name, t.dtype, t.shape), *w.base[fi], t.name);
+    }
+  }
+  for (const Target& t : plan.targets) {
+    const std::size_t i = owner.at(t.name);
+    const std::string la = st::lora_a_name(t.name), lb = st::lora_b_name(t.name);
+    copy_tensor(*sadapter[i], expect(*sadapter[i], la, st::Dtype::F32, {r, t.cols}), w.adapter->file(), la);
+    copy_tensor(*sadapter[i], expect(*sadapter[i], lb, st::Dtype::F32, {t.rows, r}), w.adapter->file(), lb);
+    if (w.packed)
+      for (const st::TensorDecl& d :
+           st::packed_tensors({t.name, t.rows, t.cols, bits_of.at(t.name)}, s.packing.block_size, s.packing.double_quant))
+        copy_tensor(*spacked[i], expect(*spacked[i], d.name, d.dtype, d.shape), w.packed->file(), d.name);
+  }
+  w.commit();
+
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  double shard_seconds = 0;
+  for (const auto& rp : reps)
+    if (rp.contains("seconds") && rp["seconds"].is_number()) shard_seconds += rp["seconds"].get<double>();
+  nlohmann::json rep;
+  rep["version"] = loftq::version();
+  rep["input"] = a.input;
+  rep["settings"] = s.j;
+  rep["target_modules_matched"] = plan.modules;
+  rep["num_targets"] = plan.targets.size();
+  rep["merged_shards"] = n;
+  add_totals(rep, tensors);
+  rep["tensors"] = tensors;
+  rep["seconds"] = total;
+  rep["shard_seconds"] = shard_seconds;
+  out.write_file(kReportFile, dump_json(rep));
+  write_full_extras(out, ck, a.input, s, plan.modules);
+  out.publish();
+  if (!a.quiet) {
+    std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", loftq::version().c_str(), n,
+                a.input.c_str(), out.dir().c_str(), plan.targets.size(), total);
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
+}  // namespace loftq_cli

@@ -1,0 +1,195 @@
+// loftq model: every target weight of a safetensors checkpoint, streamed.
+//
+// One target is in memory at a time: the input is memory-mapped and its pages
+// are released after use, and every output file is written at known offsets
+// as the tensors are produced, into the staging directory (staged_output.hpp).
+
+#include "checkpoint_plan.hpp"
+#include "commands.hpp"
+#include "errors.hpp"
+#include "report.hpp"
+
+#include <loftq/loftq.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <set>
+
+namespace loftq_cli {
+
+namespace {
+
+using RowMatrixF = loftq::RowMatrix<float>;
+
+// One target's LoftQ result (and double quantization), as written out.
+struct TargetResult {
+  loftq::Result<float> r;
+  loftq::DoubleQuantEffect dq;
+  double sq_err = 0;  // ||W - Q - A B^T||^2
+};
+
+TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const loftq::Quantizer& q,
+                            const loftq::Options& opt, bool double_quant) {
+  TargetResult out;
+  RowMatrixF W = f.read_matrix(*t.info);
+  f.release(*t.info);
+  try {
+    out.r = loftq::initialize(W, q, opt);
+    if (double_quant) out.dq = loftq::double_quantize(W, out.r, opt);
+  } catch (const loftq::Error& e) {
+    throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
+  }
+  out.sq_err = loftq::squared_error(out.r, W.cast<double>().squaredNorm());
+  return out;
+}
+
+}  // namespace
+
+int run_model(const Args& a) {
+  const auto t_start = std::chrono::steady_clock::now();
+  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse, {a.input});
+  const bool budget = a.bits_budget > 0;
+  // Every width this run may use, validated (unsupported -> exit 1) before any work.
+  std::map<int, loftq::Quantizer> quantizers;
+  for (int b : budget ? budget_bits() : std::vector<int>{a.bits}) {
+    try {
+      quantizers.emplace(b, loftq::Quantizer(a.kind, b, a.block_size, /*symmetric=*/true));
+    } catch (const loftq::Error& e) {
+      throw InputError{"--bits " + std::to_string(b) + ": " + e.what()};
+    }
+  }
+  const st::Checkpoint ck(a.input);
+  const Plan plan = plan_targets(ck, a.modules, a.rank, a.input);
+  const bool shard_run = a.shard_n > 0;
+  std::vector<const Target*> sel;
+  for (std::size_t i = 0; i < plan.targets.size(); ++i)
+    if (in_shard(i, a.shard_k, a.shard_n)) sel.push_back(&plan.targets[i]);
+
+  const Settings s = Settings::of(a);
+  const loftq::Options opt = library_options(a);
+  apply_threads(a.threads);
+
+  const std::size_t runs_per_target = budget ? budget_bits().size() + 1 : 1;
+  Progress progress(sel.size() * runs_per_target, a.quiet);
+  progress.update(0, "");
+  std::size_t done = 0;
+
+  // Mixed precision: measure every target at every width, then allocate.
+  // Only the errors are kept (one tensor in memory at a time, as without a
+  // budget); the chosen width is recomputed when it is written, which
+  // initialize's determinism makes bit-identical to the measured run. Nothing
+  // is on disk yet, so a signal here simply ends the process.
+  std::map<std::string, int> bits_of;
+  std::map<std::string, std::vector<double>> measured;
+  loftq::BitAllocation alloc;
+  if (budget) {
+    std::vector<loftq::MatrixErrors> errs;
+    for (const Target* t : sel) {
+      loftq::MatrixErrors me;
+      me.numel = static_cast<std::int64_t>(t->rows * t->cols);
+      for (int b : budget_bits()) {
+        me.sq_error.push_back(compute_target(ck.file(t->file), *t, quantizers.at(b), opt, a.double_quant).sq_err);
+        progress.update(++done, t->name + " @ " + std::to_string(b) + " bits");
+      }
+      measured[t->name] = me.sq_error;
+      errs.push_back(std::move(me));
+    }
+    try {
+      alloc = loftq::allocate_bits(errs, budget_bits(), a.bits_budget);
+    } catch (const loftq::Error& e) {
+      throw InputError{std::string("--bits-budget: ") + e.what()};
+    }
+    for (std::size_t i = 0; i < sel.size(); ++i) bits_of[sel[i]->name] = alloc.bits[i];
+  } else {
+    for (const Target* t : sel) bits_of[t->name] = a.bits;
+  }
+
+  out.stage();  // from here a signal only raises a flag; we clean up
+  Writers w = open_writers(out, ck, sel, shard_run, s, bits_of);
+  std::set<std::string> selected;
+  for (const Target* t : sel) selected.insert(t->name);
+  std::map<std::string, const Target*> by_name;
+  for (const Target& t : plan.targets) by_name[t.name] = &t;
+
+  nlohmann::json tensors = nlohmann::json::object();
+  double sum_err = 0, sum_qlora = 0;
+  auto process = [&](const Target& t) {
+    const st::SafetensorsFile& f = ck.file(t.file);
+    TensorFacts facts;
+    facts.shape = {t.rows, t.cols};
+    facts.dtype = st::dtype_name(t.info->dtype);
+    facts.module = t.module;
+    facts.bits = bits_of.at(t.name);
+    if (budget) facts.candidates = measured.at(t.name);
+    const auto t0 = std::chrono::steady_clock::now();
+    TargetResult tr = compute_target(f, t, quantizers.at(facts.bits), opt, a.double_quant);
+    loftq::Result<float>& r = tr.r;
+    facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    facts.sq_err = tr.sq_err;
+    st::SafetensorsWriter& bw = *w.base[w.base_of.at(t.name)];
+    bw.write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), t.info->dtype);
+    r.Q.resize(0, 0);
+    w.adapter->write(t.name, loftq::to_peft(r, s.alpha));
+    if (w.packed) w.packed->write(t.name, r.packed);
+    tensors[t.name] = tensor_entry(a, facts, r, tr.dq);
+    sum_err += r.error();
+    sum_qlora += r.qlora_error;
+    ++done;
+    progress.update(done, t.name);
+    check_interrupt();
+  };
+
+  if (shard_run) {
+    for (const Target* t : sel) process(*t);
+  } else {
+    for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
+      const st::SafetensorsFile& f = ck.file(fi);
+      for (const st::TensorInfo& t : f.tensors()) {
+        if (selected.count(t.name))
+          process(*by_name.at(t.name));
+        else
+          copy_tensor(f, t, *w.base[fi], t.name);
+      }
+    }
+  }
+  w.commit();
+
+  const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
+  nlohmann::json rep;
+  rep["version"] = loftq::version();
+  rep["input"] = a.input;
+  rep["settings"] = s.j;
+  rep["threads"] = loftq::thread_count(a.threads);
+  rep["target_modules_matched"] = plan.modules;
+  rep["num_targets"] = plan.targets.size();
+  if (shard_run) rep["shard"] = {{"index", a.shard_k}, {"count", a.shard_n}};
+  add_totals(rep, tensors);
+  if (budget) rep["bits_allocation"] = bits_allocation_json(a.bits_budget, alloc, measured, bits_of);
+  rep["tensors"] = tensors;
+  rep["seconds"] = total;
+  out.write_file(kReportFile, dump_json(rep));
+  if (!shard_run) write_full_extras(out, ck, a.input, s, plan.modules);
+  out.publish();
+
+  if (!a.quiet) {
+    const double k = sel.empty() ? 1.0 : static_cast<double>(sel.size());
+    std::printf("loftq %s: %s -> %s: %zu of %zu target tensors%s, mean rel. error %.6f (QLoRA %.6f), %.1f s\n",
+                loftq::version().c_str(), a.input.c_str(), out.dir().c_str(), sel.size(), plan.targets.size(),
+                shard_run ? (" (shard " + std::to_string(a.shard_k) + "/" + std::to_string(a.shard_n) + ")").c_str()
+                          : "",
+                sum_err / k, sum_qlora / k, total);
+    if (budget) {
+      std::map<int, int> widths;
+      for (const auto& kv : bits_of) ++widths[kv.second];
+      std::string mix;
+      for (const auto& kv : widths)
+        mix += (mix.empty() ? "" : ", ") + std::to_string(kv.second) + " at " + std::to_string(kv.first) + " bits";
+      std::printf("  bit budget %.4g: %s; average %.4f code bits per weight (%.4f with scales)\n", a.bits_budget,
+                  mix.c_str(), rep["average_code_bits"].get<double>(), rep["average_bits_per_weight"].get<double>());
+    }
+    std::fflush(stdout);
+  }
+  return kExitOk;
+}
+
+}  // namespace loftq_cli

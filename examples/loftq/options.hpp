@@ -1,0 +1,75 @@
+#pragma once
+// The tool's command line: one table of options (options.cpp) from which the
+// CLI11 parser of every command and the --help text are built.
+
+#include <loftq/initialize.hpp>
+#include <loftq/quantizer.hpp>
+#include <loftq/svd.hpp>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace loftq_cli {
+
+constexpr int kMaxThreads = 1024;
+constexpr const char* kDefaultTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+
+// The widths --bits-budget chooses from.
+inline const std::vector<int>& budget_bits() {
+  static const std::vector<int> b = {2, 3, 4};
+  return b;
+}
+
+// Everything any command reads from its command line. A command uses the
+// fields of the options it accepts; the others keep these defaults.
+struct Args {
+  std::string command;  // init, model or merge
+  std::string input, output;
+  int bits = 4;
+  bool bits_given = false;
+  Eigen::Index rank = 16;
+  int iters = 5;
+  loftq::Quantizer::Kind kind = loftq::Quantizer::Kind::normal_float;
+  Eigen::Index block_size = 64;
+  loftq::SVDMethod svd = loftq::SVDMethod::randomized;
+  std::uint64_t seed = 0;
+  int threads = 0;  // 0: not given (OpenMP's default)
+  bool keep_best = true;
+  bool quiet = false;
+  // The library's defaults, so a change there reaches the tool.
+  loftq::Start start = loftq::Options{}.start;
+  bool scale_search = loftq::Options{}.scale_search;
+  bool double_quant = false;
+  // model
+  double lora_alpha = 0;  // 0: r
+  std::vector<std::string> modules;
+  int shard_k = 0, shard_n = 0;  // 0: not sharded
+  bool overwrite = false, packed = false;
+  double bits_budget = 0;  // 0: one width for every target (--bits)
+  // merge
+  std::vector<std::string> shards;
+};
+
+// What the command line asks for.
+struct Parsed {
+  enum class Action { run, help, version, usage_help } action = Action::run;
+  Args args;         // action run
+  std::string text;  // help or version text; usage_help: help for stderr
+};
+
+// argv without the program name. Throws UsageError.
+Parsed parse_args(const std::vector<std::string>& argv);
+
+// The full help text (every command).
+std::string help_text();
+
+// Names the report and the summary use.
+const char* quantizer_name(loftq::Quantizer::Kind k);
+const char* scale_name(bool search);
+const char* start_name(loftq::Start s);
+
+// The loftq::Options of the core settings (init and model).
+loftq::Options library_options(const Args& a);
+
+}  // namespace loftq_cli

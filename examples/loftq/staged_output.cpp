@@ -1,0 +1,337 @@
+#include "staged_output.hpp"
+
+#include "errors.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <system_error>
+
+namespace loftq_cli {
+
+// ---------------------------------------------------------------------------
+// Signals
+
+namespace {
+
+std::atomic<int> g_stage{0};  // 0: nothing staged, 1: staging, 2: the handler is exiting
+volatile std::sig_atomic_t g_interrupted = 0;
+
+extern "C" void on_signal(int) {
+  int expected = 0;
+  if (g_stage.compare_exchange_strong(expected, 2)) _exit(kExitInterrupted);
+  g_interrupted = 1;
+}
+
+// Moves to stage 1. If a handler has already claimed the exit, wait for it.
+void begin_staging() {
+  static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free atomic");
+  int expected = 0;
+  if (!g_stage.compare_exchange_strong(expected, 1)) {
+    for (;;) pause();
+  }
+}
+
+}  // namespace
+
+void install_signal_handlers() {
+  struct sigaction sa;
+  std::memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;
+  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaction(s, &sa, nullptr);
+}
+
+void check_interrupt() {
+  if (g_interrupted) throw Interrupted{};
+}
+
+void reset_signal_state() {
+  g_interrupted = 0;
+  g_stage.store(0);
+}
+
+// ---------------------------------------------------------------------------
+// Files
+
+namespace {
+
+// Creates `path` (which must not exist) with `bytes`; every failure throws.
+void write_new_file(const std::string& path, const unsigned char* bytes, std::size_t size) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0) throw InputError{path + ": cannot create: " + std::strerror(errno)};
+  auto fail = [&](const char* what, int e) {
+    ::close(fd);
+    ::unlink(path.c_str());
+    throw InputError{path + ": " + what + ": " + std::strerror(e)};
+  };
+  std::size_t off = 0;
+  while (off < size) {
+    const std::size_t chunk = std::min<std::size_t>(size - off, std::size_t(1) << 30);
+    const ssize_t n = ::write(fd, bytes + off, chunk);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      fail("write failed", errno);
+    }
+    off += static_cast<std::size_t>(n);
+  }
+  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) fail("fsync failed", errno);
+  if (::close(fd) != 0) {
+    const int e = errno;
+    ::unlink(path.c_str());
+    throw InputError{path + ": close failed: " + std::strerror(e)};
+  }
+}
+
+void fsync_dir(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd >= 0) {
+    (void)::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// Same directory entry, or the same file (hard links, symbolic links).
+bool same_entry(const fs::path& a, const fs::path& b) {
+  std::error_code ec;
+  if (fs::exists(a, ec) && fs::exists(b, ec) && fs::equivalent(a, b, ec) && !ec) return true;
+  // Same directory entry (e.g. a symlink at DIR/Q.npy named as the input).
+  const fs::path ca = fs::weakly_canonical(fs::absolute(a, ec).parent_path(), ec) / a.filename();
+  if (ec) return false;
+  const fs::path cb = fs::weakly_canonical(fs::absolute(b, ec).parent_path(), ec) / b.filename();
+  if (ec) return false;
+  return ca == cb;
+}
+
+// True when `inner` is `outer` or lies below it (after resolving symlinks).
+bool path_within(const fs::path& inner, const fs::path& outer) {
+  std::error_code ec;
+  const fs::path a = fs::weakly_canonical(fs::absolute(inner, ec), ec);
+  const fs::path b = fs::weakly_canonical(fs::absolute(outer, ec), ec);
+  if (ec) return false;
+  auto ia = a.begin();
+  for (auto ib = b.begin(); ib != b.end(); ++ib, ++ia) {
+    if (ib->empty()) continue;
+    if (ia == a.end() || *ia != *ib) return false;
+  }
+  return true;
+}
+
+std::string unique_tag(int k) { return std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k); }
+
+}  // namespace
+
+fs::path normalize_output(const std::string& out) {
+  fs::path p = fs::path(out).lexically_normal();
+  if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
+  return p;
+}
+
+// ---------------------------------------------------------------------------
+// StagedOutput
+
+StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::vector<std::string>& inputs,
+                           const std::vector<std::string>& names)
+    : dir_(normalize_output(dir)), policy_(policy), names_(names) {
+  std::error_code ec;
+  const fs::file_status st = fs::status(dir_, ec);
+  const fs::file_status lst = fs::symlink_status(dir_, ec);
+  if (fs::exists(lst) || fs::exists(st)) {
+    exists_ = true;
+    if (policy_ == Existing::refuse)
+      throw InputError{dir_.string() + ": output exists; pass --overwrite to replace it"};
+    if (!fs::exists(st)) throw InputError{dir_.string() + ": output is a dangling symbolic link"};
+    if (!fs::is_directory(st)) throw InputError{dir_.string() + ": output exists and is not a directory"};
+    if (policy_ == Existing::replace) {
+      for (const std::string& in : inputs)
+        if (path_within(in, dir_))
+          throw InputError{in + ": the input is inside the output directory " + dir_.string() + "; refusing to replace it"};
+    } else {
+      for (const std::string& name : names_) {
+        const fs::path t = dir_ / name;
+        for (const std::string& in : inputs)
+          if (same_entry(fs::path(in), t))
+            throw InputError{in + ": the input file is an output path (" + t.string() + "); refusing to overwrite it"};
+        const fs::file_status ts = fs::symlink_status(t, ec);
+        if (fs::exists(ts) && fs::is_directory(ts)) throw InputError{t.string() + ": exists and is a directory"};
+      }
+    }
+    if (::access(dir_.c_str(), W_OK | X_OK) != 0)
+      throw InputError{dir_.string() + ": output directory is not writable: " + std::strerror(errno)};
+    return;
+  }
+  // DIR is missing: the nearest existing ancestor must be a writable directory.
+  fs::path anc = fs::absolute(dir_, ec).parent_path();
+  while (!anc.empty()) {
+    const fs::file_status as = fs::status(anc, ec);
+    if (fs::exists(as)) {
+      if (!fs::is_directory(as))
+        throw InputError{anc.string() + ": not a directory (in output path " + dir_.string() + ")"};
+      if (::access(anc.c_str(), W_OK | X_OK) != 0)
+        throw InputError{anc.string() + ": cannot create the output directory there: " + std::strerror(errno)};
+      break;
+    }
+    if (anc == anc.root_path()) break;
+    anc = anc.parent_path();
+  }
+}
+
+StagedOutput::~StagedOutput() { discard(); }
+
+void StagedOutput::make_parents() {
+  std::vector<fs::path> missing;
+  std::error_code ec;
+  for (fs::path p = fs::absolute(dir_, ec).parent_path(); !p.empty(); p = p.parent_path()) {
+    if (fs::exists(fs::symlink_status(p, ec))) {
+      if (!fs::is_directory(fs::status(p, ec))) throw InputError{p.string() + ": not a directory (in output path)"};
+      break;
+    }
+    missing.push_back(p);
+    if (p == p.root_path()) break;
+  }
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (::mkdir(it->c_str(), 0777) != 0) {
+      if (errno == EEXIST) continue;  // created concurrently by someone else: not ours
+      throw InputError{it->string() + ": cannot create directory: " + std::strerror(errno)};
+    }
+    created_dirs_.push_back(*it);
+  }
+}
+
+const fs::path& StagedOutput::stage() {
+  begin_staging();
+  const bool inside = exists_ && policy_ == Existing::update;
+  if (!inside) make_parents();
+  check_interrupt();
+  for (int k = 0;; ++k) {
+    fs::path t;
+    if (inside) {
+      t = dir_ / (".loftq-tmp-" + unique_tag(k));
+    } else {
+      t = dir_;
+      t += ".tmp-" + unique_tag(k);
+    }
+    if (::mkdir(t.c_str(), 0777) == 0) {
+      stage_ = t;
+      return stage_;
+    }
+    if (errno != EEXIST || k >= 100) throw InputError{t.string() + ": cannot create directory: " + std::strerror(errno)};
+  }
+}
+
+void StagedOutput::write_file(const std::string& name, const std::string& bytes) {
+  check_interrupt();
+  write_new_file(path(name).string(), reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+}
+
+void StagedOutput::write_file(const std::string& name, const std::vector<unsigned char>& bytes) {
+  check_interrupt();
+  write_new_file(path(name).string(), bytes.data(), bytes.size());
+}
+
+void StagedOutput::copy_file(const fs::path& src, const std::string& name) {
+  std::error_code ec;
+  if (!fs::copy_file(src, path(name), fs::copy_options::none, ec) || ec)
+    throw InputError{src.string() + ": cannot copy: " + ec.message()};
+}
+
+void StagedOutput::publish() {
+  fsync_dir(stage_);
+  if (exists_ && policy_ == Existing::update)
+    publish_files();
+  else
+    publish_dir();
+}
+
+void StagedOutput::publish_dir() {
+  check_interrupt();  // the commit point
+  fs::path old;
+  if (exists_) {
+    for (int k = 0;; ++k) {
+      old = dir_;
+      old += ".old-" + unique_tag(k);
+      std::error_code ec;
+      if (!fs::exists(fs::symlink_status(old, ec))) break;
+      if (k >= 100) throw InputError{old.string() + ": names taken"};
+    }
+    if (::rename(dir_.c_str(), old.c_str()) != 0)
+      throw InputError{dir_.string() + ": cannot move the existing output aside: " + std::strerror(errno)};
+  }
+  if (::rename(stage_.c_str(), dir_.c_str()) != 0) {
+    const int e = errno;
+    if (exists_) (void)::rename(old.c_str(), dir_.c_str());
+    throw InputError{dir_.string() + ": cannot publish the output directory: " +
+                     (!exists_ && (e == ENOTEMPTY || e == EEXIST) ? std::string("it was created meanwhile by someone else")
+                                                                   : std::string(std::strerror(e)))};
+  }
+  stage_.clear();
+  created_dirs_.clear();
+  fsync_dir(dir_.has_parent_path() ? dir_.parent_path() : fs::path("."));
+  if (exists_) {
+    std::error_code ec;
+    fs::remove_all(old, ec);
+  }
+}
+
+void StagedOutput::publish_files() {
+  std::error_code ec;
+  // Keep the versions about to be replaced (hard links, or copies where the
+  // filesystem has none) until the new set is complete.
+  std::vector<fs::path> saved(names_.size());
+  for (std::size_t i = 0; i < names_.size(); ++i) {
+    check_interrupt();
+    const fs::path target = dir_ / names_[i];
+    if (!fs::exists(fs::symlink_status(target, ec))) continue;
+    const fs::path b = stage_ / (".old-" + names_[i]);
+    if (::link(target.c_str(), b.c_str()) != 0) {
+      const int e = errno;
+      ec.clear();
+      if (!fs::copy_file(target, b, fs::copy_options::none, ec) || ec)
+        throw InputError{target.string() + ": cannot back up the existing file: " + std::strerror(e)};
+    }
+    saved[i] = b;
+  }
+  check_interrupt();  // the commit point
+  try {
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+      const fs::path target = dir_ / names_[i];
+      if (::rename(path(names_[i]).c_str(), target.c_str()) != 0)
+        throw InputError{target.string() + ": cannot replace: " + std::strerror(errno)};
+      replaced_.push_back(target);
+      backups_.push_back(saved[i]);
+    }
+  } catch (...) {
+    // Undo the renames already done, newest first.
+    for (std::size_t i = replaced_.size(); i-- > 0;) {
+      if (!backups_[i].empty())
+        (void)::rename(backups_[i].c_str(), replaced_[i].c_str());
+      else
+        ::unlink(replaced_[i].c_str());
+    }
+    replaced_.clear();
+    backups_.clear();
+    throw;
+  }
+  fsync_dir(dir_);
+  replaced_.clear();
+  backups_.clear();
+  fs::remove_all(stage_, ec);
+  stage_.clear();
+}
+
+void StagedOutput::discard() noexcept {
+  std::error_code ec;
+  if (!stage_.empty()) fs::remove_all(stage_, ec);
+  for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) ::rmdir(it->c_str());
+  stage_.clear();
+  created_dirs_.clear();
+}
+
+}  // namespace loftq_cli

@@ -1,0 +1,88 @@
+#pragma once
+// The one way the tool writes output: everything goes into a staging
+// directory first, and only a complete result is published, by rename.
+//
+//   * DIR missing: the staging directory is a fresh sibling DIR.tmp-<pid>-<k>
+//     (missing parents of DIR are created, and removed again on failure),
+//     renamed to DIR at the end.
+//   * DIR exists, policy replace (--overwrite): the same sibling, and at the
+//     end DIR is moved aside to DIR.old-<pid>-<k>, the sibling renamed to DIR
+//     and the old one removed; the old DIR stays until the new one is complete.
+//   * DIR exists, policy update (init): only the named files are replaced and
+//     the rest of DIR is kept. The staging directory is then DIR/.loftq-tmp-
+//     <pid>-<k>, so only DIR itself must be writable and the final renames
+//     never cross a mount point; the files being replaced are hard-linked
+//     there first, so a rename failing halfway puts the old set back.
+//   * DIR exists, policy refuse: an error before any work.
+//
+// Signals: until stage() a SIGINT/SIGTERM/SIGHUP ends the process at once
+// (exit 130; nothing is on disk). From stage() on, the handler only raises a
+// flag; check_interrupt() turns it into Interrupted, and the destructor of an
+// unpublished StagedOutput removes everything it created. publish() checks
+// the flag one last time just before its commit point.
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace loftq_cli {
+
+namespace fs = std::filesystem;
+
+// Installs the SIGINT/SIGTERM/SIGHUP handlers described above.
+void install_signal_handlers();
+// Throws Interrupted when a signal arrived since stage().
+void check_interrupt();
+// Back to "nothing staged": a later signal ends the process at once again.
+// For a process that runs several commands in turn (the fuzz target).
+void reset_signal_state();
+
+// DIR without trailing separators, so that DIR + ".tmp-..." is a sibling.
+fs::path normalize_output(const std::string& out);
+
+class StagedOutput {
+ public:
+  enum class Existing { update, replace, refuse };
+
+  // Checks DIR before any work; throws InputError when it cannot be
+  // published. `inputs` must stay untouched: none may be replaced (update) or
+  // lie inside DIR (replace). `names` are the files an update replaces.
+  StagedOutput(const std::string& dir, Existing policy, const std::vector<std::string>& inputs,
+               const std::vector<std::string>& names = {});
+  StagedOutput(const StagedOutput&) = delete;
+  StagedOutput& operator=(const StagedOutput&) = delete;
+  ~StagedOutput();  // removes whatever was not published
+
+  const fs::path& dir() const { return dir_; }
+
+  // Enters the publishing window (see above) and creates the staging
+  // directory; returns it. Call once.
+  const fs::path& stage();
+  fs::path path(const std::string& name) const { return stage_ / name; }
+
+  // Writes a new file in the staging directory.
+  void write_file(const std::string& name, const std::string& bytes);
+  void write_file(const std::string& name, const std::vector<unsigned char>& bytes);
+  // Copies `src` into the staging directory under `name`.
+  void copy_file(const fs::path& src, const std::string& name);
+
+  // Makes the staged files the output (the commit point is the first rename).
+  void publish();
+
+ private:
+  void make_parents();
+  void publish_dir();
+  void publish_files();
+  void discard() noexcept;
+
+  fs::path dir_, stage_;
+  Existing policy_;
+  bool exists_ = false;
+  std::vector<std::string> names_;  // update: staged files, in order
+  std::vector<fs::path> created_dirs_;
+  // update: targets already replaced, and their saved old versions ("" when
+  // the target did not exist)
+  std::vector<fs::path> replaced_, backups_;
+};
+
+}  // namespace loftq_cli
