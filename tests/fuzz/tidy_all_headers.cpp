@@ -1,6 +1,7 @@
 // Every library header in one translation unit, for clang-tidy and cppcheck
 // (see .clang-tidy). Not built by CMake.
 #include <loftq/io/npy.hpp>
+#include <loftq/io/peft.hpp>
 #include <loftq/io/safetensors.hpp>
 #include <loftq/loftq.hpp>
 

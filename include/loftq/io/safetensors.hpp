@@ -36,251 +36,31 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "loftq/error.hpp"
+#include "loftq/io/detail/checkpoint_index.hpp"
+#include "loftq/io/detail/header_parser.hpp"
+#include "loftq/io/detail/header_writer.hpp"
 
 namespace loftq {
 namespace io {
 
-// Header length cap: the reference implementation uses 100 MB as well.
-constexpr std::uint64_t kMaxHeaderBytes = 100u * 1000u * 1000u;
-
-enum class Dtype { BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
-
-namespace detail {
-struct DtypeName {
-  Dtype dtype;
-  const char* name;
-  std::size_t size;
-};
-inline const DtypeName* dtype_table() {
-  static const DtypeName t[] = {
-      {Dtype::BOOL, "BOOL", 1}, {Dtype::U8, "U8", 1},   {Dtype::I8, "I8", 1},     {Dtype::F8_E5M2, "F8_E5M2", 1},
-      {Dtype::F8_E4M3, "F8_E4M3", 1}, {Dtype::I16, "I16", 2}, {Dtype::U16, "U16", 2}, {Dtype::F16, "F16", 2},
-      {Dtype::BF16, "BF16", 2}, {Dtype::I32, "I32", 4}, {Dtype::U32, "U32", 4},   {Dtype::F32, "F32", 4},
-      {Dtype::F64, "F64", 8},   {Dtype::I64, "I64", 8}, {Dtype::U64, "U64", 8},
-  };
-  return t;
-}
-constexpr int kNumDtypes = 15;
-}  // namespace detail
-
-inline const char* dtype_name(Dtype d) {
-  for (int i = 0; i < detail::kNumDtypes; ++i)
-    if (detail::dtype_table()[i].dtype == d) return detail::dtype_table()[i].name;
-  return "?";
-}
-inline std::size_t dtype_size(Dtype d) {
-  for (int i = 0; i < detail::kNumDtypes; ++i)
-    if (detail::dtype_table()[i].dtype == d) return detail::dtype_table()[i].size;
-  return 0;
-}
-// False for a name that is not a known dtype.
-inline bool parse_dtype(const std::string& s, Dtype& out) {
-  for (int i = 0; i < detail::kNumDtypes; ++i)
-    if (s == detail::dtype_table()[i].name) {
-      out = detail::dtype_table()[i].dtype;
-      return true;
-    }
-  return false;
-}
-// The dtypes that convert to and from float.
-inline bool is_float_dtype(Dtype d) { return d == Dtype::F32 || d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F64; }
-
-// ---------------------------------------------------------------------------
-// Scalar conversions (IEEE binary16 and bfloat16; round to nearest even)
-
-inline float half_to_float(std::uint16_t h) {
-  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
-  std::uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
-  if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else if (exp != 0) {
-    bits = sign | ((exp + 112u) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    bits = sign;
-  } else {  // subnormal: normalize
-    int e = -1;
-    do {
-      ++e;
-      mant <<= 1;
-    } while ((mant & 0x400u) == 0);
-    bits = sign | (static_cast<std::uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline std::uint16_t float_to_half(float f) {
-  std::uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const std::uint16_t sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
-  const std::uint32_t absx = x & 0x7fffffffu;
-  if (absx >= 0x7f800000u)  // Inf or NaN (NaN stays quiet NaN)
-    return static_cast<std::uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u | ((absx >> 13) & 0x3ffu) : 0u));
-  if (absx >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: Inf
-  if (absx < 0x38800000u) {  // below the smallest normal half: subnormal or zero
-    if (absx < 0x33000000u) return sign;  // < 2^-25 rounds to zero
-    const std::uint32_t e = absx >> 23;
-    const std::uint32_t m = (absx & 0x7fffffu) | 0x800000u;
-    const std::uint32_t shift = 126u - e;  // 14..24
-    std::uint32_t r = m >> shift;
-    const std::uint32_t rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1);
-    if (rem > halfway || (rem == halfway && (r & 1u))) ++r;
-    return static_cast<std::uint16_t>(sign | r);
-  }
-  std::uint32_t r = absx - 0x38000000u;  // rebias exponent 127 -> 15
-  r = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
-  return static_cast<std::uint16_t>(sign | r);
-}
-
-inline float bf16_to_float(std::uint16_t b) {
-  const std::uint32_t bits = static_cast<std::uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-inline std::uint16_t float_to_bf16(float f) {
-  std::uint32_t x;
-  std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<std::uint16_t>(x >> 16);
-}
-
-// n elements of dtype d (little endian) at src -> float. d must be a float dtype.
-inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* dst) {
-  if (n == 0) return;  // src/dst may be null for an empty tensor; memcpy(null, null, 0) is UB
-  switch (d) {
-    case Dtype::F32: std::memcpy(dst, src, n * 4); return;
-    case Dtype::F16:
-      for (std::size_t i = 0; i < n; ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = half_to_float(h);
-      }
-      return;
-    case Dtype::BF16:
-      for (std::size_t i = 0; i < n; ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = bf16_to_float(h);
-      }
-      return;
-    case Dtype::F64:
-      for (std::size_t i = 0; i < n; ++i) {
-        double v;
-        std::memcpy(&v, src + 8 * i, 8);
-        // Out-of-range double -> float is UB; saturate to +-inf so the
-        // non-finite check downstream rejects it.
-        const double big = static_cast<double>(std::numeric_limits<float>::max());
-        dst[i] = v > big ? std::numeric_limits<float>::infinity()
-                         : v < -big ? -std::numeric_limits<float>::infinity() : static_cast<float>(v);
-      }
-      return;
-    default: ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert dtype ") + dtype_name(d) + " to float");
-  }
-}
-
-// n floats -> dtype d (little endian) at dst. d must be a float dtype.
-inline void from_float(Dtype d, const float* src, std::size_t n, unsigned char* dst) {
-  if (n == 0) return;
-  switch (d) {
-    case Dtype::F32: std::memcpy(dst, src, n * 4); return;
-    case Dtype::F16:
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::uint16_t h = float_to_half(src[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      return;
-    case Dtype::BF16:
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::uint16_t h = float_to_bf16(src[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
-      return;
-    case Dtype::F64:
-      for (std::size_t i = 0; i < n; ++i) {
-        const double v = src[i];
-        std::memcpy(dst + 8 * i, &v, 8);
-      }
-      return;
-    default: ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert float to dtype ") + dtype_name(d));
-  }
-}
+// Dtype, dtype_name, dtype_size, parse_dtype, is_float_dtype and the float
+// conversions (half_to_float, ..., to_float, from_float) are in
+// detail/dtypes.hpp; TensorInfo and kMaxHeaderBytes in detail/header_parser.hpp.
+// Reading a sharded checkpoint's index is detail/checkpoint_index.hpp;
+// TensorDecl and the writer's header are in detail/header_writer.hpp.
 
 // ---------------------------------------------------------------------------
 // Reading
-
-struct TensorInfo {
-  std::string name;
-  Dtype dtype = Dtype::F32;
-  std::vector<std::uint64_t> shape;
-  std::uint64_t begin = 0, end = 0;  // byte offsets within the data section
-  std::uint64_t numel = 1;
-  std::uint64_t nbytes() const { return end - begin; }
-};
-
-namespace detail {
-
-inline bool mul_overflows(std::uint64_t a, std::uint64_t b, std::uint64_t& out) {
-  if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return true;
-  out = a * b;
-  return false;
-}
-
-// Parses JSON text, rejecting duplicate keys at any depth and nesting deeper
-// than max_depth. `what` prefixes the messages.
-inline nlohmann::json parse_json_strict(const char* begin, const char* end, const std::string& what,
-                                        int max_depth = 8) {
-  std::vector<std::set<std::string>> keys;
-  std::string dup;
-  int deepest = 0;
-  nlohmann::json::parser_callback_t cb = [&](int depth, nlohmann::json::parse_event_t ev, nlohmann::json& parsed) {
-    using E = nlohmann::json::parse_event_t;
-    if (depth > deepest) deepest = depth;
-    if (depth > max_depth)
-      ::loftq::detail::fail(Errc::parse_error, what + ": JSON nested deeper than " + std::to_string(max_depth));
-    if (ev == E::object_start) {
-      keys.emplace_back();
-    } else if (ev == E::object_end) {
-      if (!keys.empty()) keys.pop_back();
-    } else if (ev == E::key) {
-      if (!keys.empty() && parsed.is_string() && !keys.back().insert(parsed.get<std::string>()).second)
-        ::loftq::detail::fail(Errc::parse_error, what + ": duplicate key '" + parsed.get<std::string>() + "'");
-    }
-    return true;
-  };
-  try {
-    return nlohmann::json::parse(begin, end, cb, /*allow_exceptions=*/true, /*ignore_comments=*/false);
-  } catch (const nlohmann::json::exception& e) {
-    ::loftq::detail::fail(Errc::parse_error, what + ": bad JSON: " + e.what());
-  }
-}
-
-inline std::uint64_t json_u64(const nlohmann::json& v, const std::string& what) {
-  if (v.is_number_unsigned()) return v.get<std::uint64_t>();
-  if (v.is_number_integer()) {
-    const std::int64_t x = v.get<std::int64_t>();
-    ::loftq::detail::require(x >= 0, Errc::parse_error, what + " is negative");
-    return static_cast<std::uint64_t>(x);
-  }
-  ::loftq::detail::fail(Errc::parse_error, what + " is not a non-negative integer");
-}
-
-}  // namespace detail
 
 class SafetensorsFile {
  public:
@@ -412,90 +192,8 @@ class SafetensorsFile {
                                  ", expected F32, F16, BF16 or F64");
   }
 
-  [[noreturn]] void bad(const std::string& msg) const { ::loftq::detail::fail(Errc::parse_error, path_ + ": " + msg); }
 
-  void parse_header() {
-    std::uint64_t n = 0;
-    for (int i = 7; i >= 0; --i) n = (n << 8) | base_[i];
-    if (n > size_ - 8)
-      bad("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size_) +
-          " bytes)");
-    if (n > kMaxHeaderBytes) bad("header length " + std::to_string(n) + " exceeds the limit of " +
-                                 std::to_string(kMaxHeaderBytes) + " bytes");
-    if (n < 2) bad("header length " + std::to_string(n) + " is too small for a JSON object");
-    data_offset_ = 8 + n;
-    const std::uint64_t data_size = size_ - data_offset_;
-    const char* hb = reinterpret_cast<const char*>(base_ + 8);
-    const nlohmann::json h = detail::parse_json_strict(hb, hb + n, path_ + ": header");
-    if (!h.is_object()) bad("header is not a JSON object");
-
-    for (auto it = h.begin(); it != h.end(); ++it) {
-      const std::string& name = it.key();
-      const nlohmann::json& v = it.value();
-      if (name == "__metadata__") {
-        if (!v.is_object()) bad("__metadata__ is not an object");
-        for (auto m = v.begin(); m != v.end(); ++m) {
-          if (!m.value().is_string()) bad("__metadata__ entry '" + m.key() + "' is not a string");
-          metadata_[m.key()] = m.value().get<std::string>();
-        }
-        continue;
-      }
-      const std::string tw = "tensor '" + name + "'";
-      if (name.empty()) bad("a tensor has an empty name");
-      if (!v.is_object()) bad(tw + ": entry is not an object");
-      for (auto k = v.begin(); k != v.end(); ++k)
-        if (k.key() != "dtype" && k.key() != "shape" && k.key() != "data_offsets") bad(tw + ": unknown key '" + k.key() + "'");
-      const auto d = v.find("dtype"), s = v.find("shape"), o = v.find("data_offsets");
-      if (d == v.end() || s == v.end() || o == v.end()) bad(tw + ": needs dtype, shape and data_offsets");
-      TensorInfo t;
-      t.name = name;
-      if (!d->is_string()) bad(tw + ": dtype is not a string");
-      if (!parse_dtype(d->get<std::string>(), t.dtype))
-        ::loftq::detail::fail(Errc::unsupported, path_ + ": " + tw + ": unsupported dtype '" + d->get<std::string>() + "'");
-      if (!s->is_array()) bad(tw + ": shape is not an array");
-      if (s->size() > 64) bad(tw + ": shape has " + std::to_string(s->size()) + " dimensions");
-      std::uint64_t numel = 1;
-      for (const auto& dim : *s) {
-        const std::uint64_t x = json_u64_or_bad(dim, tw + ": shape entry");
-        t.shape.push_back(x);
-        if (detail::mul_overflows(numel, x, numel)) bad(tw + ": shape element count overflows");
-      }
-      t.numel = numel;
-      std::uint64_t expect = 0;
-      if (detail::mul_overflows(numel, dtype_size(t.dtype), expect)) bad(tw + ": byte count overflows");
-      if (!o->is_array() || o->size() != 2) bad(tw + ": data_offsets is not a [begin, end] pair");
-      t.begin = json_u64_or_bad((*o)[0], tw + ": data_offsets begin");
-      t.end = json_u64_or_bad((*o)[1], tw + ": data_offsets end");
-      if (t.end < t.begin) bad(tw + ": data_offsets end " + std::to_string(t.end) + " < begin " + std::to_string(t.begin));
-      if (t.end > data_size)
-        bad(tw + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
-            ") run past the data section (" + std::to_string(data_size) + " bytes; file truncated?)");
-      if (t.end - t.begin != expect)
-        bad(tw + ": holds " + std::to_string(t.end - t.begin) + " bytes but dtype " + dtype_name(t.dtype) +
-            " and its shape need " + std::to_string(expect));
-      tensors_.push_back(std::move(t));
-    }
-    std::sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
-      return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-    });
-    std::uint64_t pos = 0;
-    for (const TensorInfo& t : tensors_) {
-      if (t.begin < pos) bad("tensor '" + t.name + "': data_offsets overlap another tensor");
-      if (t.begin > pos) bad("tensor '" + t.name + "': gap in the data section before offset " + std::to_string(t.begin));
-      pos = t.end;
-    }
-    if (pos != data_size)
-      bad("data section has " + std::to_string(data_size) + " bytes but the tensors cover " + std::to_string(pos));
-    for (std::size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
-  }
-
-  std::uint64_t json_u64_or_bad(const nlohmann::json& v, const std::string& what) const {
-    try {
-      return detail::json_u64(v, what);
-    } catch (const Error& e) {
-      bad(e.what());
-    }
-  }
+  void parse_header() { detail::parse_header(base_, size_, path_, data_offset_, tensors_, index_, metadata_); }
 
   std::string path_;
   const unsigned char* base_ = nullptr;
@@ -532,7 +230,7 @@ class Checkpoint {
       } else {
         std::string single = join(path, "model.safetensors");
         if (::stat(single.c_str(), &st) != 0) {
-          std::vector<std::string> found = list_safetensors(path);
+          std::vector<std::string> found = detail::list_safetensors(path);
           ::loftq::detail::require(found.size() == 1, Errc::invalid_argument,
                                    path + ": expected model.safetensors.index.json, model.safetensors or exactly one "
                                           ".safetensors file (found " + std::to_string(found.size()) + ")");
@@ -576,55 +274,14 @@ class Checkpoint {
     const std::size_t s = p.find_last_of('/');
     return s == std::string::npos ? p : p.substr(s + 1);
   }
-  static bool ends_with(const std::string& s, const std::string& suf) {
-    return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
-  }
-  static std::vector<std::string> list_safetensors(const std::string& dir);
 
   void open_index(const std::string& index) {
     index_path_ = index;
     sharded_ = true;
-    const int fd = ::open(index.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) ::loftq::detail::fail(Errc::io_error, index + ": cannot open: " + std::strerror(errno));
-    struct stat st;
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      ::loftq::detail::fail(Errc::io_error, index + ": not a regular file");
-    }
-    std::string text;
-    char buf[65536];
-    for (;;) {
-      const ssize_t r = ::read(fd, buf, sizeof buf);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0) {
-        ::close(fd);
-        ::loftq::detail::fail(Errc::io_error, index + ": read failed");
-      }
-      if (r == 0) break;
-      text.append(buf, static_cast<std::size_t>(r));
-      if (text.size() > kMaxHeaderBytes) {
-        ::close(fd);
-        ::loftq::detail::fail(Errc::parse_error, index + ": larger than " + std::to_string(kMaxHeaderBytes) + " bytes");
-      }
-    }
-    ::close(fd);
-    const nlohmann::json j = detail::parse_json_strict(text.data(), text.data() + text.size(), index);
-    ::loftq::detail::require(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
-                             Errc::parse_error, index + ": no weight_map object");
-    if (j.contains("metadata")) index_metadata_ = j["metadata"];
-    std::set<std::string> shard_names;
-    for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
-      ::loftq::detail::require(it.value().is_string(), Errc::parse_error,
-                               index + ": weight_map entry '" + it.key() + "' is not a file name");
-      const std::string f = it.value().get<std::string>();
-      // Plain names only: the index must not point outside its directory.
-      ::loftq::detail::require(!f.empty() && f.find('/') == std::string::npos && f != "." && f != "..",
-                               Errc::parse_error, index + ": weight_map entry '" + it.key() + "': bad file name '" + f + "'");
-      weight_map_[it.key()] = f;
-      shard_names.insert(f);
-    }
-    ::loftq::detail::require(!shard_names.empty(), Errc::parse_error, index + ": weight_map is empty");
-    for (const std::string& f : shard_names) {
+    detail::ShardIndex si = detail::read_shard_index(index);
+    weight_map_ = std::move(si.weight_map);
+    index_metadata_ = std::move(si.metadata);
+    for (const std::string& f : si.shard_names) {
       files_.emplace_back(std::make_unique<SafetensorsFile>(join(dir_, f)));
       names_.push_back(f);
     }
@@ -639,27 +296,9 @@ class Checkpoint {
   bool sharded_ = false;
 };
 
-inline std::vector<std::string> Checkpoint::list_safetensors(const std::string& dir) {
-  std::vector<std::string> out;
-  DIR* d = ::opendir(dir.c_str());
-  if (!d) ::loftq::detail::fail(Errc::io_error, dir + ": cannot list: " + std::strerror(errno));
-  while (const dirent* e = ::readdir(d)) {
-    const std::string n = e->d_name;
-    if (n.size() > 12 && ends_with(n, ".safetensors") && n[0] != '.') out.push_back(n);
-  }
-  ::closedir(d);
-  std::sort(out.begin(), out.end());
-  return out;
-}
 
 // ---------------------------------------------------------------------------
 // Writing
-
-struct TensorDecl {
-  std::string name;
-  Dtype dtype = Dtype::F32;
-  std::vector<std::uint64_t> shape;
-};
 
 class SafetensorsWriter {
  public:
@@ -668,25 +307,8 @@ class SafetensorsWriter {
   SafetensorsWriter(std::string path, const std::vector<TensorDecl>& tensors,
                     const std::map<std::string, std::string>& metadata = {})
       : path_(std::move(path)) {
-    nlohmann::json h = nlohmann::json::object();
-    if (!metadata.empty()) h["__metadata__"] = metadata;
-    std::uint64_t pos = 0;
-    for (const TensorDecl& t : tensors) {
-      ::loftq::detail::require(!t.name.empty() && t.name != "__metadata__", Errc::invalid_argument,
-                               path_ + ": bad tensor name '" + t.name + "'");
-      ::loftq::detail::require(!slots_.count(t.name), Errc::invalid_argument,
-                               path_ + ": tensor '" + t.name + "' declared twice");
-      std::uint64_t n = 1, bytes = 0;
-      for (std::uint64_t d : t.shape)
-        ::loftq::detail::require(!detail::mul_overflows(n, d, n), Errc::invalid_argument, path_ + ": shape overflows");
-      ::loftq::detail::require(!detail::mul_overflows(n, dtype_size(t.dtype), bytes), Errc::invalid_argument,
-                               path_ + ": shape overflows");
-      h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {pos, pos + bytes}}};
-      slots_[t.name] = Slot{pos, bytes, 0};
-      pos += bytes;
-    }
-    std::string header = h.dump();
-    header.append((8 - header.size() % 8) % 8, ' ');  // 8-byte aligned data section
+    std::uint64_t pos = 0;  // the data section's size
+    const std::string header = detail::make_header(path_, tensors, metadata, slots_, pos);
     data_offset_ = 8 + header.size();
     for (int k = 0;; ++k) {
       tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k);
@@ -715,7 +337,7 @@ class SafetensorsWriter {
   void write(const std::string& name, const void* data, std::uint64_t n, std::uint64_t offset = 0) {
     const auto it = slots_.find(name);
     ::loftq::detail::require(it != slots_.end(), Errc::invalid_argument, path_ + ": tensor '" + name + "' was not declared");
-    Slot& s = it->second;
+    detail::Slot& s = it->second;
     ::loftq::detail::require(offset <= s.bytes && n <= s.bytes - offset, Errc::invalid_argument,
                              path_ + ": write past the end of tensor '" + name + "'");
     ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": writer is closed");
@@ -749,10 +371,6 @@ class SafetensorsWriter {
   const std::string& path() const { return path_; }
 
  private:
-  struct Slot {
-    std::uint64_t begin, bytes, written;
-  };
-
   [[noreturn]] void fail_io(const char* what) {
     const int e = errno;
     abandon();
@@ -784,7 +402,7 @@ class SafetensorsWriter {
   std::string path_, tmp_;
   int fd_ = -1;
   std::uint64_t data_offset_ = 0;
-  std::map<std::string, Slot> slots_;
+  std::map<std::string, detail::Slot> slots_;
 };
 
 }  // namespace io

@@ -1,0 +1,183 @@
+#pragma once
+// The safetensors dtypes, their names and sizes, and the conversions between
+// the float dtypes and float (IEEE binary16 and bfloat16 round to nearest
+// even). Part of loftq/io/safetensors.hpp's API, kept here for its size.
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "loftq/error.hpp"
+
+namespace loftq {
+namespace io {
+
+enum class Dtype { BOOL, U8, I8, F8_E5M2, F8_E4M3, I16, U16, F16, BF16, I32, U32, F32, F64, I64, U64 };
+
+namespace detail {
+struct DtypeName {
+  Dtype dtype;
+  const char* name;
+  std::size_t size;
+};
+inline const DtypeName* dtype_table() {
+  static const DtypeName t[] = {
+      {Dtype::BOOL, "BOOL", 1}, {Dtype::U8, "U8", 1},   {Dtype::I8, "I8", 1},     {Dtype::F8_E5M2, "F8_E5M2", 1},
+      {Dtype::F8_E4M3, "F8_E4M3", 1}, {Dtype::I16, "I16", 2}, {Dtype::U16, "U16", 2}, {Dtype::F16, "F16", 2},
+      {Dtype::BF16, "BF16", 2}, {Dtype::I32, "I32", 4}, {Dtype::U32, "U32", 4},   {Dtype::F32, "F32", 4},
+      {Dtype::F64, "F64", 8},   {Dtype::I64, "I64", 8}, {Dtype::U64, "U64", 8},
+  };
+  return t;
+}
+constexpr int kNumDtypes = 15;
+}  // namespace detail
+
+inline const char* dtype_name(Dtype d) {
+  for (int i = 0; i < detail::kNumDtypes; ++i)
+    if (detail::dtype_table()[i].dtype == d) return detail::dtype_table()[i].name;
+  return "?";
+}
+inline std::size_t dtype_size(Dtype d) {
+  for (int i = 0; i < detail::kNumDtypes; ++i)
+    if (detail::dtype_table()[i].dtype == d) return detail::dtype_table()[i].size;
+  return 0;
+}
+// False for a name that is not a known dtype.
+inline bool parse_dtype(const std::string& s, Dtype& out) {
+  for (int i = 0; i < detail::kNumDtypes; ++i)
+    if (s == detail::dtype_table()[i].name) {
+      out = detail::dtype_table()[i].dtype;
+      return true;
+    }
+  return false;
+}
+// The dtypes that convert to and from float.
+inline bool is_float_dtype(Dtype d) { return d == Dtype::F32 || d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F64; }
+
+// ---------------------------------------------------------------------------
+// Scalar conversions (IEEE binary16 and bfloat16; round to nearest even)
+
+inline float half_to_float(std::uint16_t h) {
+  const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::uint32_t exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu, bits;
+  if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (mant << 13);
+  } else if (exp != 0) {
+    bits = sign | ((exp + 112u) << 23) | (mant << 13);
+  } else if (mant == 0) {
+    bits = sign;
+  } else {  // subnormal: normalize
+    int e = -1;
+    do {
+      ++e;
+      mant <<= 1;
+    } while ((mant & 0x400u) == 0);
+    bits = sign | (static_cast<std::uint32_t>(112 - e) << 23) | ((mant & 0x3ffu) << 13);
+  }
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline std::uint16_t float_to_half(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  const std::uint16_t sign = static_cast<std::uint16_t>((x >> 16) & 0x8000u);
+  const std::uint32_t absx = x & 0x7fffffffu;
+  if (absx >= 0x7f800000u)  // Inf or NaN (NaN stays quiet NaN)
+    return static_cast<std::uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u | ((absx >> 13) & 0x3ffu) : 0u));
+  if (absx >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: Inf
+  if (absx < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+    if (absx < 0x33000000u) return sign;  // < 2^-25 rounds to zero
+    const std::uint32_t e = absx >> 23;
+    const std::uint32_t m = (absx & 0x7fffffu) | 0x800000u;
+    const std::uint32_t shift = 126u - e;  // 14..24
+    std::uint32_t r = m >> shift;
+    const std::uint32_t rem = m & ((1u << shift) - 1u), halfway = 1u << (shift - 1);
+    if (rem > halfway || (rem == halfway && (r & 1u))) ++r;
+    return static_cast<std::uint16_t>(sign | r);
+  }
+  std::uint32_t r = absx - 0x38000000u;  // rebias exponent 127 -> 15
+  r = (r + 0xfffu + ((r >> 13) & 1u)) >> 13;
+  return static_cast<std::uint16_t>(sign | r);
+}
+
+inline float bf16_to_float(std::uint16_t b) {
+  const std::uint32_t bits = static_cast<std::uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+inline std::uint16_t float_to_bf16(float f) {
+  std::uint32_t x;
+  std::memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);  // quiet NaN
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return static_cast<std::uint16_t>(x >> 16);
+}
+
+// n elements of dtype d (little endian) at src -> float. d must be a float dtype.
+inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* dst) {
+  if (n == 0) return;  // src/dst may be null for an empty tensor; memcpy(null, null, 0) is UB
+  switch (d) {
+    case Dtype::F32: std::memcpy(dst, src, n * 4); return;
+    case Dtype::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = half_to_float(h);
+      }
+      return;
+    case Dtype::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint16_t h;
+        std::memcpy(&h, src + 2 * i, 2);
+        dst[i] = bf16_to_float(h);
+      }
+      return;
+    case Dtype::F64:
+      for (std::size_t i = 0; i < n; ++i) {
+        double v;
+        std::memcpy(&v, src + 8 * i, 8);
+        // Out-of-range double -> float is UB; saturate to +-inf so the
+        // non-finite check downstream rejects it.
+        const double big = static_cast<double>(std::numeric_limits<float>::max());
+        dst[i] = v > big ? std::numeric_limits<float>::infinity()
+                         : v < -big ? -std::numeric_limits<float>::infinity() : static_cast<float>(v);
+      }
+      return;
+    default: ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert dtype ") + dtype_name(d) + " to float");
+  }
+}
+
+// n floats -> dtype d (little endian) at dst. d must be a float dtype.
+inline void from_float(Dtype d, const float* src, std::size_t n, unsigned char* dst) {
+  if (n == 0) return;
+  switch (d) {
+    case Dtype::F32: std::memcpy(dst, src, n * 4); return;
+    case Dtype::F16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t h = float_to_half(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case Dtype::BF16:
+      for (std::size_t i = 0; i < n; ++i) {
+        const std::uint16_t h = float_to_bf16(src[i]);
+        std::memcpy(dst + 2 * i, &h, 2);
+      }
+      return;
+    case Dtype::F64:
+      for (std::size_t i = 0; i < n; ++i) {
+        const double v = src[i];
+        std::memcpy(dst + 8 * i, &v, 8);
+      }
+      return;
+    default: ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert float to dtype ") + dtype_name(d));
+  }
+}
+
+}  // namespace io
+}  // namespace loftq
