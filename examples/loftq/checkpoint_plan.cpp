@@ -127,6 +127,9 @@ Settings Settings::of(const Args& a) {
   s.j["seed"] = a.seed;
   s.j["target_modules"] = a.modules;
   s.j["packed"] = a.packed;
+  // Recorded only with --last, so reports of default runs stay as they were;
+  // a merge then refuses shards that returned different iterates.
+  if (!a.keep_best) s.j["keep_best"] = false;
   s.bits = a.bits;
   s.rank = a.rank;
   s.alpha = s.j["lora_alpha"].get<double>();

@@ -50,7 +50,7 @@ inline bool in_shard(std::size_t i, int k, int n) {
 // and a merge checks its shards against.
 struct Settings {
   nlohmann::json j;  // bits (null with a budget), rank, iters, quantizer, block_size, scale, start, double_quant,
-                     // lora_alpha, svd, seed, target_modules, packed[, bits_budget]
+                     // lora_alpha, svd, seed, target_modules, packed[, bits_budget][, keep_best]
   int bits = 0;
   std::int64_t rank = 0;
   double alpha = 0;

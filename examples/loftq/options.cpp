@@ -331,7 +331,9 @@ constexpr std::size_t kOptColumn = 24;
 std::string options_help(const CLI::App* sub) {
   std::string out;
   for (const CLI::Option* o : sub->get_options()) {
-    std::string head = "  " + o->get_name(false, true);
+    std::string names = o->get_name(false, true);  // "-h,--help"
+    for (std::size_t c = names.find(','); c != std::string::npos; c = names.find(',', c + 2)) names.insert(c + 1, " ");
+    std::string head = "  " + names;
     if (!o->get_option_text().empty()) head += " " + o->get_option_text();
     out += head;
     if (head.size() + 1 >= kOptColumn) {

@@ -238,6 +238,11 @@ last)
   cmp -s Q.npy i/Q.npy || fail "model --last and init --last give different Q"
   [ "$("$TOOL" get m/loftq_report.json "tensors/$name/history")" = "$("$TOOL" get i/report.json history)" ] ||
     fail "model --last and init --last ran different iterations"
+  # Shards that returned different iterates are not one run.
+  expect_rc 0 model --input s --output p1 --rank 4 --iters 3 --last --quiet --shard 1/2
+  expect_rc 0 model --input s --output p2 --rank 4 --iters 3 --quiet --shard 2/2
+  expect_bad_input merge --input s --shards p1,p2 --output merged
+  grep -q '"keep_best": false' p1/loftq_report.json || fail "--last not recorded in the settings"
   expect_usage model --input s --output o --last --last
   expect_usage model --input s --output o --last=1
   ;;
