@@ -163,12 +163,12 @@ TEST_CASE("the low-rank step is the closed-form optimum of ||(E - A B^T) H^{1/2}
     const Eigen::MatrixXd H = mode == StatsMode::full ? s.gram() : Eigen::MatrixXd(h.asDiagonal());
     for (double damping : {0.0, 0.1}) {
       INFO("mode " << (mode == StatsMode::full ? "full" : "diagonal") << ", damping " << damping);
-      const loftq::detail::OutputMetric<float> metric(s, damping);
-      RowMatrix<float> M;
-      metric.apply(E.data(), m, M, 0);
-      loftq::TruncatedSVD<Eigen::MatrixXf> svd;
-      loftq::detail::OutputFactors<float> f;
-      loftq::detail::output_low_rank(metric, M, r, exact, false, svd, f);
+      loftq::detail::OutputMetric<float> metric(s, damping);
+      metric.prepare(E);
+      const loftq::TruncatedSVD<Eigen::MatrixXf> svd(metric.fit_input(E), r, exact);
+      loftq::detail::Factors<float> f;
+      loftq::detail::balanced_factors(svd, f.A, f.B);
+      metric.finish_factors(f);
 
       // Brute force in the damped metric the step minimizes: the tail of the
       // singular values of E Hd^{1/2} is the optimum (Eckart-Young).
@@ -370,6 +370,35 @@ TEST_CASE("data-aware: Options are honoured (keep_best, tolerance, svd start, do
 
   const auto d = loftq::initialize(W.cast<double>(), NormalFloat<2>{}, s, o);
   CHECK(d.error() == doctest::Approx(best.error()).epsilon(1e-3));
+}
+
+TEST_CASE("data-aware: the SVD start falls back to the zero start where it loses to q(W)") {
+  // Twenty huge isolated weights: the SVD start spends the rank on a few of
+  // them and quantizes the rest badly, while absmax stores each exactly as
+  // its block's scale. Without the fallback the result is ~1000x worse than q(W).
+  RowMatrix<float> W = loftq_test::gaussian(64, 96, 71) * 0.01f;
+  for (int i = 0; i < 20; ++i) W((i * 7) % 64, (i * 13) % 96) = i % 2 ? 1000.0f : -1000.0f;
+  const RowMatrix<float> X = loftq_test::gaussian(200, 96, 72);
+  for (StatsMode mode : {StatsMode::full, StatsMode::diagonal}) {
+    InputStatistics s(96, mode);
+    s.add(X);
+    Options o;
+    o.rank = 4;
+    o.iterations = 3;
+    o.start = loftq::Start::svd;
+    o.keep_best = false;  // no fallback: shows that the SVD start alone loses
+    const auto alone = loftq::initialize(W, NormalFloat<4>{}, s, o);
+    CHECK(alone.error() > 10 * alone.qlora_error);
+    o.keep_best = true;
+    const auto svd = loftq::initialize(W, NormalFloat<4>{}, s, o);
+    o.start = loftq::Start::zero;
+    const auto zero = loftq::initialize(W, NormalFloat<4>{}, s, o);
+    CHECK(svd.error() <= svd.qlora_error);
+    CHECK((svd.Q.array() == zero.Q.array()).all());
+    CHECK((svd.A.array() == zero.A.array()).all());
+    CHECK((svd.B.array() == zero.B.array()).all());
+    CHECK(svd.history == zero.history);
+  }
 }
 
 TEST_CASE("data-aware: all-zero inputs fall back to data-free LoftQ (the limit of H = c I as c -> 0)") {

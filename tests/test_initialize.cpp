@@ -196,9 +196,15 @@ TEST_CASE("the fused residual-and-quantize sweep equals the two passes it replac
     RowMatrix<float> R1 = W - loftq::fake_quantize(W, q), R2 = R1;
     loftq::PackedMatrix P1 = loftq::detail::make_packed(c.m, c.n, spec), P2 = P1;
     spec.fractions = f1.data();
-    const double s1 = loftq::detail::low_rank_step(W.data(), R1, A, B, 2, true, &P1, &spec);
+    const double s1 = loftq::detail::requantize_residual(W.data(), R1, A, B, 2, loftq::detail::Requantize{&P1, &spec});
+    // The same steps as separate passes: the error, R := W - A B^T (with the
+    // sweep's own chunked products), then the quantization.
     spec.fractions = f2.data();
-    const double s2 = loftq::detail::low_rank_step(W.data(), R2, A, B, 2);
+    const double s2 = loftq::detail::residual_error(R2, A, B, 2);
+    loftq::detail::residual_sweep<float>(c.m, c.n, A, B, 2, [&](Eigen::Index r0, Eigen::Index len, const float* Pc) {
+      for (Eigen::Index i = 0; i < len * c.n; ++i) R2.data()[r0 * c.n + i] = W.data()[r0 * c.n + i] - Pc[i];
+      return 0.0;
+    });
     loftq::detail::quantize_flat(R2.data(), R2.data(), &P2, N, spec, 2, W.data());
     CHECK(s1 == s2);
     CHECK(R1 == R2);
@@ -270,6 +276,27 @@ TEST_CASE("edge cases: rank = min(m, n), all-zero W, a single outlier, svd start
   CHECK(s.error() < s.qlora_error);
   o.start = loftq::Start::zero;
   CHECK(s.qlora_error == doctest::Approx(loftq::initialize(W, NormalFloat<2>{}, o).qlora_error));
+}
+
+TEST_CASE("the SVD start falls back to the zero start where it loses to q(W)") {
+  // Twenty huge isolated weights (see the data-aware twin of this test).
+  RowMatrix<float> W = loftq_test::gaussian(64, 96, 71) * 0.01f;
+  for (int i = 0; i < 20; ++i) W((i * 7) % 64, (i * 13) % 96) = i % 2 ? 1000.0f : -1000.0f;
+  Options o;
+  o.rank = 4;
+  o.iterations = 3;
+  o.start = loftq::Start::svd;
+  o.keep_best = false;  // no fallback
+  const auto alone = loftq::initialize(W, NormalFloat<4>{}, o);
+  CHECK(alone.error() > 10 * alone.qlora_error);
+  o.keep_best = true;
+  const auto svd = loftq::initialize(W, NormalFloat<4>{}, o);
+  o.start = loftq::Start::zero;
+  const auto zero = loftq::initialize(W, NormalFloat<4>{}, o);
+  CHECK(svd.error() <= svd.qlora_error);
+  CHECK((svd.Q.array() == zero.Q.array()).all());
+  CHECK((svd.A.array() == zero.A.array()).all());
+  CHECK(svd.history == zero.history);
 }
 
 TEST_CASE("qlora_init: Q = q(W), A = 0, B Kaiming-uniform and seeded") {

@@ -198,7 +198,7 @@ DoubleQuantEffect double_quantize(const Eigen::MatrixBase<Derived>& W_in, Result
       for (std::int64_t i = b; i < e; ++i) Rp[i] = Wp[i] - Q[i];
     });
   }
-  auto residual_sq = [&](const Matrix& A, const Matrix& B) { return detail::residual_squared_norm(R, A, B, threads); };
+  auto residual_sq = [&](const Matrix& A, const Matrix& B) { return detail::residual_error(R, A, B, threads); };
   const double rounded_sq = residual_sq(r.A, r.B);
   eff.error_rounded = detail::relative(rounded_sq, w2);
   eff.error_after = eff.error_rounded;
@@ -213,8 +213,8 @@ DoubleQuantEffect double_quantize(const Eigen::MatrixBase<Derived>& W_in, Result
       svd.compute(R, rank, so);
     }
     detail::require(svd.info() == Eigen::Success, Errc::non_finite, "double_quantize: the SVD produced non-finite values");
-    const auto sq = svd.singularValues().cwiseSqrt();
-    Matrix A = svd.matrixU() * sq.asDiagonal(), B = svd.matrixV() * sq.asDiagonal();
+    Matrix A, B;
+    detail::balanced_factors(svd, A, B);
     const double refit_sq = residual_sq(A, B);
     if (refit_sq < rounded_sq) {
       r.A = std::move(A);

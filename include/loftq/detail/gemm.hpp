@@ -23,11 +23,7 @@
 
 #include "simd.hpp"
 
-#if LOFTQ_HAS_AVX2 && defined(__FMA__)
-#define LOFTQ_HAS_SKINNY_GEMM 1
-#else
-#define LOFTQ_HAS_SKINNY_GEMM 0
-#endif
+#include "macro_scope.hpp"
 
 namespace loftq {
 namespace detail {
@@ -156,3 +152,5 @@ inline void skinny_gemm_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows
 
 }  // namespace detail
 }  // namespace loftq
+
+#include "macro_unscope.hpp"

@@ -21,6 +21,10 @@ namespace detail {
 
 inline int resolve_threads(int requested) { return thread_count(requested); }
 
+// Rows per task of the row-chunked loops: the range finder's products, and
+// the residual sweeps (there capped to about 64K elements per chunk).
+constexpr Eigen::Index kRowChunk = 128;
+
 // Runs f(c) for c in [0, chunks). Exceptions are captured and rethrown on the
 // calling thread, because one escaping an OpenMP region terminates.
 template <class F>

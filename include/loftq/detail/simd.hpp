@@ -12,10 +12,9 @@
 
 #if defined(__AVX2__) && !defined(LOFTQ_NO_SIMD)
 #include <immintrin.h>
-#define LOFTQ_HAS_AVX2 1
-#else
-#define LOFTQ_HAS_AVX2 0
 #endif
+
+#include "macro_scope.hpp"
 
 namespace loftq {
 namespace detail {
@@ -279,3 +278,5 @@ std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, cons
 
 }  // namespace detail
 }  // namespace loftq
+
+#include "macro_unscope.hpp"

@@ -1,0 +1,541 @@
+#pragma once
+// The quantization kernels behind quantizer.hpp and the LoftQ loop: QuantSpec
+// (what a pass needs from any quantizer), the per-bit-width level tables,
+// BlockQuantizer (codes, scales, the error-optimal scale search, SIMD paths)
+// and the flat passes quantize_flat / dequantize_flat over a row-major
+// flattening. Blocks are independent and tasks cover whole, byte-aligned
+// groups of blocks, so results do not depend on the thread count.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "../codebook.hpp"
+#include "../error.hpp"
+#include "../packed.hpp"
+#include "instances.hpp"
+#include "memory.hpp"
+#include "parallel.hpp"
+#include "simd.hpp"
+
+#include "macro_scope.hpp"
+
+namespace loftq {
+namespace detail {
+
+// What the kernels need from any quantizer, resolved once per call.
+struct QuantSpec {
+  int bits = 4;
+  Eigen::Index block_size = 64;
+  ScaleMode mode = ScaleMode::absmax;
+  const std::vector<float>* codebook = nullptr;
+  // Scale search (absmax codebooks only): choose each block's scale s <= absmax
+  // minimizing sum_j w_j (x_j - s c_j)^2; w_j = col_weights[e % cols] when
+  // col_weights is given (data-aware), else 1.
+  bool search = false;
+  const float* col_weights = nullptr;
+  std::int64_t cols = 0;
+  // Optional per-block state across repeated passes over slowly changing
+  // input (LoftQ's iterations): each block's chosen fraction of absmax is
+  // written here, and where it is already > 0 the search starts from it
+  // (then Lloyd steps) instead of scanning the grid.
+  float* fractions = nullptr;
+};
+
+template <class Q>
+QuantSpec spec_of(const Q& q) {
+  QuantSpec s;
+  s.bits = q.bits;
+  s.block_size = q.block_size;
+  s.mode = q.scale_mode();
+  s.codebook = &q.codebook();
+  require(s.block_size >= 1, Errc::invalid_argument,
+          "block_size must be >= 1 (got " + std::to_string(s.block_size) + ")");
+  require(s.codebook->size() == (std::size_t{1} << s.bits), Errc::unsupported, "codebook size must be 2^bits");
+  return s;
+}
+
+// Thresholds padded with +inf to 2^Bits - 1 entries, so the count/search never
+// needs the real table length.
+template <class Scalar, int Bits>
+struct Tables {
+  static constexpr int L = 1 << Bits;
+  std::array<Scalar, L> level{};
+  std::array<Scalar, L - 1> thr{};
+  // The same thresholds as a search tree for the AVX2 kernels (float, <= 4 bits).
+  std::conditional_t<(Bits <= 4), SearchTree<(Bits <= 4 ? Bits : 4)>, char> tree{};
+  explicit Tables(const std::vector<float>& cb) {
+    const auto t = decision_thresholds<Scalar>(cb);
+    for (int i = 0; i < L; ++i) level[i] = static_cast<Scalar>(cb[i]);
+    for (int i = 0; i < L - 1; ++i) thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
+    if constexpr (Bits <= 4) tree = SearchTree<Bits>(thr.data(), level.data());
+  }
+  // Number of thresholds y reaches: the index of the nearest level.
+  int code(Scalar y) const {
+    if constexpr (Bits <= 4) {
+      int c = 0;
+      for (int i = 0; i < L - 1; ++i) c += y >= thr[i];
+      return c;
+    } else {
+      int c = 0;
+      for (int s = L / 2; s >= 1; s /= 2) c += (y >= thr[c + s - 1]) ? s : 0;
+      return c;
+    }
+  }
+};
+
+// max |x[j]|, NaN if any x[j] is NaN.
+template <class Scalar>
+Scalar absmax(const Scalar* x, std::int64_t n) {
+#if LOFTQ_HAS_AVX2
+  if constexpr (std::is_same<Scalar, float>::value) return absmax_avx2(x, n);
+#endif
+  // Eigen's reductions vectorize; a plain std::max loop stays scalar.
+  const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, n);
+  return blk.abs().template maxCoeff<Eigen::PropagateNaN>();
+}
+
+template <class Scalar>
+float checked_scale(Scalar s, Eigen::Index block) {
+  // The block reductions propagate NaN, so this one test per block also
+  // catches NaN and Inf in the input: the kernels need no separate pass.
+  // Checked by hand: this runs once per block, and require() would build
+  // the message every time.
+  if (!std::isfinite(s))
+    fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(block) + ")");
+  const float f = static_cast<float>(s);
+  if (!std::isfinite(f))
+    fail(Errc::invalid_argument,
+         "block " + std::to_string(block) + " has magnitude beyond the float range; block scales are fp32");
+  return f;
+}
+
+
+// Codes (and, when vals is given, dequantized values) of one span of a block;
+// den == 0 means a constant block. Up to 4 bits the level is found by a chain
+// of compare-and-select over the sorted thresholds: the last threshold reached
+// wins, which is exactly level[count], and the chain vectorizes with no
+// gathers. Restrict-qualified outputs matter: a uint8_t store may otherwise
+// alias anything and blocks vectorization.
+template <class Scalar, int Bits>
+inline void code_span(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, std::int64_t n, Scalar off,
+                      Scalar den, std::uint8_t* LOFTQ_RESTRICT codes, Scalar* LOFTQ_RESTRICT levels) {
+  constexpr int L = Tables<Scalar, Bits>::L;
+  if (den == Scalar(0)) {
+    const int c0 = T.code(Scalar(0));
+    for (std::int64_t j = 0; j < n; ++j) codes[j] = static_cast<std::uint8_t>(c0);
+    if (levels)
+      for (std::int64_t j = 0; j < n; ++j) levels[j] = T.level[c0];
+    return;
+  }
+  if constexpr (Bits <= 4) {
+    Scalar thr[L - 1], lev[L];
+    for (int i = 0; i < L - 1; ++i) thr[i] = T.thr[i];
+    for (int i = 0; i < L; ++i) lev[i] = T.level[i];
+#if LOFTQ_HAS_AVX2
+    if constexpr (std::is_same<Scalar, float>::value) {
+      const std::int64_t done = code_span_avx2<Bits>(T.tree, x, n, off, den, codes, levels);
+      x += done;
+      codes += done;
+      if (levels) levels += done;
+      n -= done;
+    }
+#endif
+    if (levels) {
+      for (std::int64_t j = 0; j < n; ++j) {
+        const Scalar y = (x[j] - off) / den;
+        std::int32_t c = 0;
+        Scalar v = lev[0];
+        LOFTQ_UNROLL
+        for (int i = 0; i < L - 1; ++i) {
+          const bool ge = y >= thr[i];
+          const Scalar cand = lev[i + 1];
+          c += ge;
+          v = ge ? cand : v;
+        }
+        codes[j] = static_cast<std::uint8_t>(c);
+        levels[j] = v;
+      }
+    } else {
+      for (std::int64_t j = 0; j < n; ++j) {
+        const Scalar y = (x[j] - off) / den;
+        std::int32_t c = 0;
+        LOFTQ_UNROLL
+        for (int i = 0; i < L - 1; ++i) c += y >= thr[i];
+        codes[j] = static_cast<std::uint8_t>(c);
+      }
+    }
+  } else {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const int c = T.code((x[j] - off) / den);
+      codes[j] = static_cast<std::uint8_t>(c);
+      if (levels) levels[j] = T.level[c];
+    }
+  }
+}
+
+// Scales normalized levels into values in place.
+template <class Scalar>
+inline void scale_levels(Scalar* LOFTQ_RESTRICT v, std::int64_t n, ScaleMode mode, Scalar scale, Scalar lo) {
+  if (mode == ScaleMode::absmax) {
+    for (std::int64_t j = 0; j < n; ++j) v[j] = v[j] * scale;
+  } else {
+    for (std::int64_t j = 0; j < n; ++j) {
+      const Scalar t = v[j];
+      const Scalar w = lo * (Scalar(1) - t) + scale * t;
+      v[j] = std::min(std::max(w, lo), scale);
+    }
+  }
+}
+
+template <class Scalar, int Bits>
+inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* LOFTQ_RESTRICT codes, std::int64_t n,
+                        ScaleMode mode, Scalar scale, Scalar lo, Scalar* LOFTQ_RESTRICT out) {
+#if LOFTQ_HAS_AVX2
+  if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
+    if (mode == ScaleMode::absmax) {
+      const std::int64_t done = decode_span_avx2<Bits>(T.tree, codes, n, scale, out);
+      codes += done;
+      out += done;
+      n -= done;
+    }
+  }
+#endif
+  for (std::int64_t j = 0; j < n; ++j) out[j] = T.level[codes[j]];
+  scale_levels(out, n, mode, scale, lo);
+}
+
+// Scale search. For a block with absmax a, candidate scales s = a f with
+// f <= 1 are scored by the block's (weighted) squared error with the nearest
+// codes at that scale. Keeping s <= a makes the extreme element clip to the
+// codebook's +-1 level, so the dequantized block's absmax is s itself and
+// requantizing it with plain absmax gives back the same codes and scale: the
+// storage format and its readers do not change.
+//
+// A coarse grid of fractions is followed by Lloyd steps (for fixed codes the
+// best scale is sum w x c / sum w c^2, clamped to <= a); f = 1 is always a
+// candidate and a step is kept only when it lowers the error. A Lloyd step
+// cannot raise the error (see search_scale), so the last one is taken
+// without scoring it, and the result is never worse than absmax beyond
+// rounding.
+//
+// sums[0] = sum w (z - c)^2, sums[1] = sum w z c, sums[2] = sum w c^2 with
+// z = x * inv and c the level nearest z.
+template <class Scalar, int Bits>
+void scale_error(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, const Scalar* LOFTQ_RESTRICT w,
+                 std::int64_t n, Scalar inv, Scalar* sums) {
+  float facc[3] = {0, 0, 0};
+  std::int64_t j = 0;
+#if LOFTQ_HAS_AVX2
+  if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
+    j = w ? scale_error_avx2<Bits, true>(T.tree, x, w, n, inv, facc)
+          : scale_error_avx2<Bits, false>(T.tree, x, w, n, inv, facc);
+  }
+#endif
+  Scalar e = facc[0], zl = facc[1], ll = facc[2];
+  for (; j < n; ++j) {
+    const Scalar z = x[j] * inv, c = T.level[T.code(z)], d = z - c, wj = w ? w[j] : Scalar(1);
+    e += wj * d * d;
+    zl += wj * z * c;
+    ll += wj * c * c;
+  }
+  sums[0] = e;
+  sums[1] = zl;
+  sums[2] = ll;
+}
+
+// Fractions of absmax tried before the Lloyd steps, and the number of Lloyd
+// steps, by bit width: fewer levels clip harder and gain more from search.
+// Chosen by measurement (LoftQ r16 T5 on a realistic 1024^2 matrix and
+// stories260K r8); larger grids gained < 0.5% error.
+struct ScaleGrid {
+  std::vector<double> fractions;
+  int lloyd_steps;
+};
+inline const ScaleGrid& scale_grid(int bits) {
+  static const ScaleGrid g2{{0.9, 0.75, 0.6}, 2}, g3{{0.9, 0.8, 0.7}, 2}, g4{{0.9, 0.8}, 1}, g5{{0.98, 0.95, 0.92, 0.88}, 2};
+  return bits <= 2 ? g2 : bits == 3 ? g3 : bits == 4 ? g4 : g5;
+}
+
+// The searched scale (a float, <= amax) of one block.
+template <class Scalar, int Bits>
+float search_scale(const Tables<Scalar, Bits>& T, const Scalar* x, const Scalar* w, std::int64_t n, float amax,
+                   const ScaleGrid& grid, float* fraction) {
+  Scalar sums[3];
+  // A warm start replaces absmax and the grid by the previous fraction: the
+  // Lloyd steps that follow only improve on it.
+  const bool warm = fraction && *fraction > 0.0f && *fraction <= 1.0f;
+  float best = warm ? static_cast<float>(static_cast<double>(amax) * *fraction) : amax;
+  if (!(best > 0.0f)) best = amax;
+  scale_error(T, x, w, n, Scalar(1) / static_cast<Scalar>(best), sums);
+  // Errors compare in x units: s^2 * sum w (x/s - c)^2.
+  Scalar best_err = static_cast<Scalar>(best) * static_cast<Scalar>(best) * sums[0];
+  Scalar best_zl = sums[1], best_ll = sums[2];
+  auto consider = [&](float s) {
+    if (!(s > 0.0f) || s > amax || s == best) return false;
+    Scalar su[3];
+    const Scalar sv = static_cast<Scalar>(s);
+    scale_error(T, x, w, n, Scalar(1) / sv, su);
+    const Scalar err = sv * sv * su[0];
+    if (!(err < best_err)) return false;
+    best = s;
+    best_err = err;
+    best_zl = su[1];
+    best_ll = su[2];
+    return true;
+  };
+  if (!warm)
+    for (double f : grid.fractions) consider(static_cast<float>(static_cast<double>(amax) * f));
+  for (int k = 0; k < grid.lloyd_steps; ++k) {
+    if (!(best_ll > 0)) break;
+    const Scalar s = static_cast<Scalar>(best) * best_zl / best_ll;
+    const float next = static_cast<float>(std::min<Scalar>(s, static_cast<Scalar>(amax)));
+    if (k + 1 < grid.lloyd_steps) {
+      if (!consider(next)) break;
+      continue;
+    }
+    // The last step is taken without scoring it, which saves a pass over the
+    // block: for the current codes the Lloyd scale minimizes the (convex
+    // quadratic) error, the clamp to amax keeps it between that minimum and
+    // `best`, and reassigning codes at the new scale only lowers it further.
+    // So it never loses to `best` beyond rounding.
+    if (next > 0.0f && next <= amax) best = next;
+  }
+  if (fraction) *fraction = best / amax;
+  return best;
+}
+
+// Number of consecutive blocks handled by one task: byte-aligned in the code
+// stream (so tasks never share a byte) and large enough to amortize overhead.
+inline std::int64_t blocks_per_task(const QuantSpec& s) {
+  const std::int64_t bb = static_cast<std::int64_t>(s.block_size) * s.bits;
+  std::int64_t g = 8 / std::gcd<std::int64_t>(bb, 8);
+  while (g * s.block_size < 16384) g *= 2;
+  return g;
+}
+
+constexpr std::int64_t kSpan = 1024;
+
+// Quantizes blocks [b0, b1) of an N-element input: in -> (deq, packed),
+// either output optional; deq may alias in because each block is read fully
+// before it is written. With a minuend M it writes M - q(in) instead of q(in):
+// LoftQ's next residual W - Q comes out of the same sweep. Each block's result
+// depends only on its own input (and fraction), never on the range it was
+// handed in, which is what lets callers fuse this into their own sweeps.
+template <class Scalar, int Bits>
+class BlockQuantizer {
+ public:
+  explicit BlockQuantizer(const QuantSpec& s)
+      : s_(s),
+        T_(*s.codebook),
+        search_(s.search && s.mode == ScaleMode::absmax && s.codebook->front() == -1.0f &&
+                s.codebook->back() == 1.0f),
+        grid_(scale_grid(s.bits)) {
+    if (s.col_weights) require(s.cols >= 1, Errc::invalid_argument, "column weights need the column count");
+  }
+
+  void run(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, std::int64_t b0, std::int64_t b1,
+           const Scalar* minuend) const {
+    const QuantSpec& s = s_;
+    const Tables<Scalar, Bits>& T = T_;
+    const std::int64_t bs = s.block_size;
+    std::uint8_t codes[kSpan];
+    Scalar levels[kSpan];
+    std::vector<Scalar> wbuf(s.col_weights && search_ ? static_cast<std::size_t>(bs) : 0);
+    for (std::int64_t b = b0; b < b1; ++b) {
+      const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
+      const Scalar* x = in + e0;
+      Scalar off = 0, den = 0, lo = 0, scale = 0;
+      if (s.mode == ScaleMode::absmax) {
+        scale = static_cast<Scalar>(checked_scale(absmax(x, e1 - e0), b));
+        if (search_ && scale > 0) {
+          const Scalar* wb = nullptr;
+          if (s.col_weights) {
+            // The block's weights; a block may wrap into the next row.
+            for (std::int64_t j = e0; j < e1; ++j) wbuf[j - e0] = static_cast<Scalar>(s.col_weights[j % s.cols]);
+            wb = wbuf.data();
+          }
+          scale = static_cast<Scalar>(search_scale(T, x, wb, e1 - e0, static_cast<float>(scale), grid_,
+                                                   s.fractions ? s.fractions + b : nullptr));
+        }
+        den = scale;
+        if (out) out->scales[b] = static_cast<float>(scale);
+      } else {
+        const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, e1 - e0);
+        lo = static_cast<Scalar>(checked_scale(blk.template minCoeff<Eigen::PropagateNaN>(), b));
+        scale = static_cast<Scalar>(checked_scale(blk.template maxCoeff<Eigen::PropagateNaN>(), b));
+        off = lo;
+        den = scale - lo;
+        if (!std::isfinite(den))
+          fail(Errc::invalid_argument, "block " + std::to_string(b) + " has a range (max - min) beyond the scalar type");
+        if (out) {
+          out->scales[b] = static_cast<float>(scale);
+          out->mins[b] = static_cast<float>(lo);
+        }
+      }
+      for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
+        const std::int64_t n_span = std::min(kSpan, e1 - j0);
+        std::int64_t done = 0;
+#if LOFTQ_HAS_AVX2
+        if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
+          if (s.mode == ScaleMode::absmax && den != Scalar(0)) {
+            // At 2 and 4 bits, from a byte boundary, the codes are packed in
+            // registers instead of through pack_codes' byte loop.
+            std::uint8_t* direct = nullptr;
+            if constexpr (Bits == 2 || Bits == 4)
+              if (out && (j0 * Bits) % 8 == 0) direct = out->codes.data() + j0 * Bits / 8;
+            // Codes and final values in one sweep; the ragged tail goes below.
+            if (deq || direct)
+              done = quantize_span_avx2<Bits>(T.tree, in + j0, n_span, den, scale, minuend ? minuend + j0 : nullptr,
+                                              out && !direct ? codes : nullptr, deq ? deq + j0 : nullptr, direct);
+            if (out && !direct) pack_codes(out->codes.data(), j0, codes, done, s.bits);
+          }
+        }
+#endif
+        if (done == n_span) continue;
+        const std::int64_t j1 = j0 + done, n = n_span - done;
+        // levels is a separate buffer because deq may alias in.
+        code_span(T, in + j1, n, off, den, codes, deq ? levels : nullptr);
+        if (out) pack_codes(out->codes.data(), j1, codes, n, s.bits);
+        if (deq) {
+          scale_levels(levels, n, s.mode, scale, lo);
+          if (minuend) {
+            const Scalar* LOFTQ_RESTRICT w = minuend + j1;
+            for (std::int64_t j = 0; j < n; ++j) deq[j1 + j] = w[j] - levels[j];
+          } else {
+            std::copy(levels, levels + n, deq + j1);
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  const QuantSpec& s_;
+  Tables<Scalar, Bits> T_;
+  bool search_;
+  const ScaleGrid& grid_;
+};
+
+// Calls f(std::integral_constant<int, B>{}) for s.bits == B.
+template <class F>
+decltype(auto) with_bits(int bits, F&& f) {
+  switch (bits) {
+    case 2: return f(std::integral_constant<int, 2>{});
+    case 3: return f(std::integral_constant<int, 3>{});
+    case 4: return f(std::integral_constant<int, 4>{});
+    case 5: return f(std::integral_constant<int, 5>{});
+    case 6: return f(std::integral_constant<int, 6>{});
+    case 7: return f(std::integral_constant<int, 7>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(bits));
+  }
+}
+
+// The one quantization pass over all N elements, in fixed tasks of
+// blocks_per_task blocks.
+template <class Scalar, int Bits>
+void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s,
+                        int threads, const Scalar* minuend) {
+  const BlockQuantizer<Scalar, Bits> bq(s);
+  const std::int64_t nb = (N + s.block_size - 1) / s.block_size, g = blocks_per_task(s);
+  parallel_for((nb + g - 1) / g, threads, [&](std::int64_t task) {
+    bq.run(in, deq, out, N, task * g, std::min(nb, (task + 1) * g), minuend);
+  });
+}
+
+template <class Scalar>
+void quantize_flat(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s, int threads,
+                   const Scalar* minuend = nullptr) {
+  with_bits(s.bits, [&](auto B) { quantize_flat_impl<Scalar, decltype(B)::value>(in, deq, out, N, s, threads, minuend); });
+}
+
+template <class Scalar, int Bits>
+void dequantize_flat_impl(const PackedMatrix& P, Scalar* out, int threads) {
+  const Tables<Scalar, Bits> T(P.codebook);
+  QuantSpec s;
+  s.bits = P.bits;
+  s.block_size = P.block_size;
+  const std::int64_t N = P.size(), bs = P.block_size, nb = P.num_blocks(), g = blocks_per_task(s);
+  parallel_for((nb + g - 1) / g, threads, [&](std::int64_t task) {
+    std::uint8_t codes[kSpan];
+    const std::int64_t b_end = std::min(nb, (task + 1) * g);
+    for (std::int64_t b = task * g; b < b_end; ++b) {
+      const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
+      const Scalar scale = static_cast<Scalar>(P.scales[b]);
+      const Scalar lo = P.scale_mode == ScaleMode::minmax ? static_cast<Scalar>(P.mins[b]) : Scalar(0);
+      for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
+        std::int64_t n = std::min(kSpan, e1 - j0), j = j0;
+#if LOFTQ_HAS_AVX2
+        if constexpr (std::is_same<Scalar, float>::value && (Bits == 2 || Bits == 4)) {
+          if (P.scale_mode == ScaleMode::absmax && (j * Bits) % 8 == 0) {
+            const std::int64_t done =
+                decode_packed_avx2<Bits>(T.tree, P.codes.data() + j * Bits / 8, n, static_cast<float>(scale), out + j);
+            j += done;
+            n -= done;
+          }
+        }
+#endif
+        unpack_codes(P.codes.data(), P.codes.size(), j, codes, n, P.bits);
+        decode_span(T, codes, n, P.scale_mode, scale, lo, out + j);
+      }
+    }
+  });
+}
+
+template <class Scalar>
+void dequantize_flat(const PackedMatrix& P, Scalar* out, int threads) {
+  switch (P.bits) {
+    case 1: fail(Errc::unsupported, "1-bit codes are not supported");
+    case 2: return dequantize_flat_impl<Scalar, 2>(P, out, threads);
+    case 3: return dequantize_flat_impl<Scalar, 3>(P, out, threads);
+    case 4: return dequantize_flat_impl<Scalar, 4>(P, out, threads);
+    case 5: return dequantize_flat_impl<Scalar, 5>(P, out, threads);
+    case 6: return dequantize_flat_impl<Scalar, 6>(P, out, threads);
+    case 7: return dequantize_flat_impl<Scalar, 7>(P, out, threads);
+    case 8: return dequantize_flat_impl<Scalar, 8>(P, out, threads);
+    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(P.bits));
+  }
+}
+
+inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const QuantSpec& s) {
+  PackedMatrix P;
+  P.rows = rows;
+  P.cols = cols;
+  P.block_size = s.block_size;
+  P.bits = s.bits;
+  P.scale_mode = s.mode;
+  P.codebook = *s.codebook;
+  const std::size_t bytes = packed_bytes(rows * cols, s.bits);
+  P.codes.reserve(bytes);
+  advise_huge_pages(P.codes.data(), bytes);  // before the zero fill first touches it
+  P.codes.assign(bytes, 0);
+  P.scales.assign(static_cast<std::size_t>(P.num_blocks()), 0.0f);
+  if (s.mode == ScaleMode::minmax) P.mins.assign(P.scales.size(), 0.0f);
+  return P;
+}
+
+}  // namespace detail
+}  // namespace loftq
+
+#include "macro_unscope.hpp"
+
+#ifdef LOFTQ_INSTANCES
+namespace loftq {
+namespace detail {
+LOFTQ_INSTANCE_FLOAT void quantize_flat<float>(const float*, float*, PackedMatrix*, std::int64_t, const QuantSpec&, int,
+                                               const float*);
+LOFTQ_INSTANCE_DOUBLE void quantize_flat<double>(const double*, double*, PackedMatrix*, std::int64_t, const QuantSpec&, int,
+                                                 const double*);
+LOFTQ_INSTANCE_FLOAT void dequantize_flat<float>(const PackedMatrix&, float*, int);
+LOFTQ_INSTANCE_DOUBLE void dequantize_flat<double>(const PackedMatrix&, double*, int);
+}  // namespace detail
+}  // namespace loftq
+#endif
