@@ -78,24 +78,24 @@ void finish(benchmark::internal::Benchmark* b, const Config& c) {
   if (c.fixed_iterations > 0) b->Iterations(c.fixed_iterations);
 }
 
-void add_initialize(const std::string& name, const Config& c) {
-  auto* b = benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& state) {
+// Registers run(state, c, q) with q NF2 or NF4 as c.bits says.
+template <class Run>
+void add(const std::string& name, const Config& c, Run run) {
+  auto* b = benchmark::RegisterBenchmark(name.c_str(), [c, run](benchmark::State& state) {
     if (c.bits == 2)
-      run_initialize(state, c, loftq::NormalFloat<2>{});
+      run(state, c, loftq::NormalFloat<2>{});
     else
-      run_initialize(state, c, loftq::NormalFloat<4>{});
+      run(state, c, loftq::NormalFloat<4>{});
   });
   finish(b, c);
 }
 
+void add_initialize(const std::string& name, const Config& c) {
+  add(name, c, [](benchmark::State& state, const Config& cc, auto q) { run_initialize(state, cc, q); });
+}
+
 void add_qlora(const std::string& name, const Config& c) {
-  auto* b = benchmark::RegisterBenchmark(name.c_str(), [c](benchmark::State& state) {
-    if (c.bits == 2)
-      run_qlora(state, c, loftq::NormalFloat<2>{});
-    else
-      run_qlora(state, c, loftq::NormalFloat<4>{});
-  });
-  finish(b, c);
+  add(name, c, [](benchmark::State& state, const Config& cc, auto q) { run_qlora(state, cc, q); });
 }
 
 std::string nf(int bits) { return "nf" + std::to_string(bits); }

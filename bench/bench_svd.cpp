@@ -108,54 +108,35 @@ void register_all() {
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
   }
+  // One randomized SVD per iteration of R1 or R2 (second), optionally
+  // warm-started from V1, with p power iterations.
+  auto power = [](const std::string& name, Index m, Index n, int p, bool second, bool warm) {
+    benchmark::RegisterBenchmark(name.c_str(),
+                                 [m, n, p, second, warm](benchmark::State& state) {
+                                   const Case& c = get_case(m, n);
+                                   const RowMatrixXf& R = second ? c.R2 : c.R1;
+                                   loftq::SVDOptions o;
+                                   o.power_iterations = p;
+                                   SVD svd;
+                                   for (auto _ : state) {
+                                     if (warm)
+                                       svd.compute(R, kRank, o, c.V1);
+                                     else
+                                       svd.compute(R, kRank, o);
+                                     benchmark::DoNotOptimize(svd.singularValues().data());
+                                   }
+                                   report(state, R, svd, second ? c.norm2 : c.norm1, second ? c.best2 : c.best1,
+                                          c.ref_exact);
+                                 })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
+  };
   for (Index size : {Index(1024), Index(4096)}) {
-    const Index m = size, n = size;
-    const std::string sh = loftq_bench::shape(m, n);
+    const std::string sh = loftq_bench::shape(size, size);
     for (int p = 0; p <= 3; ++p)
-      benchmark::RegisterBenchmark(("svd/randomized/" + sh + "/r16/power:" + std::to_string(p)).c_str(),
-                                   [m, n, p](benchmark::State& state) {
-                                     const Case& c = get_case(m, n);
-                                     loftq::SVDOptions o;
-                                     o.power_iterations = p;
-                                     SVD svd;
-                                     for (auto _ : state) {
-                                       svd.compute(c.R1, kRank, o);
-                                       benchmark::DoNotOptimize(svd.singularValues().data());
-                                     }
-                                     report(state, c.R1, svd, c.norm1, c.best1, c.ref_exact);
-                                   })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
-    for (int p : {1, 2})
-      benchmark::RegisterBenchmark(("svd/R2/cold/" + sh + "/r16/power:" + std::to_string(p)).c_str(),
-                                   [m, n, p](benchmark::State& state) {
-                                     const Case& c = get_case(m, n);
-                                     loftq::SVDOptions o;
-                                     o.power_iterations = p;
-                                     SVD svd;
-                                     for (auto _ : state) {
-                                       svd.compute(c.R2, kRank, o);
-                                       benchmark::DoNotOptimize(svd.singularValues().data());
-                                     }
-                                     report(state, c.R2, svd, c.norm2, c.best2, c.ref_exact);
-                                   })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
-    for (int p : {0, 1})
-      benchmark::RegisterBenchmark(("svd/R2/warm/" + sh + "/r16/power:" + std::to_string(p)).c_str(),
-                                   [m, n, p](benchmark::State& state) {
-                                     const Case& c = get_case(m, n);
-                                     loftq::SVDOptions o;
-                                     o.power_iterations = p;
-                                     SVD svd;
-                                     for (auto _ : state) {
-                                       svd.compute(c.R2, kRank, o, c.V1);
-                                       benchmark::DoNotOptimize(svd.singularValues().data());
-                                     }
-                                     report(state, c.R2, svd, c.norm2, c.best2, c.ref_exact);
-                                   })
-          ->Unit(benchmark::kMillisecond)
-          ->UseRealTime();
+      power("svd/randomized/" + sh + "/r16/power:" + std::to_string(p), size, size, p, false, false);
+    for (int p : {1, 2}) power("svd/R2/cold/" + sh + "/r16/power:" + std::to_string(p), size, size, p, true, false);
+    for (int p : {0, 1}) power("svd/R2/warm/" + sh + "/r16/power:" + std::to_string(p), size, size, p, true, true);
   }
 }
 

@@ -30,6 +30,8 @@
 #include <string>
 #include <vector>
 
+#include "support/svg_plot.hpp"
+
 #include "matrices.hpp"
 
 #ifndef LOFTQ_SHARED_DATA_DIR
@@ -141,17 +143,6 @@ std::string fmt(double v, int decimals = 2) {
   return buf;
 }
 
-std::string escape(const std::string& s) {
-  std::string o;
-  for (char c : s) {
-    if (c == '&') o += "&amp;";
-    else if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else o += c;
-  }
-  return o;
-}
-
 // A "nice" tick step (1, 2 or 5 times a power of ten) for about `target` ticks.
 double nice_step(double range, int target) {
   const double raw = range / target, p = std::pow(10.0, std::floor(std::log10(raw))), f = raw / p;
@@ -207,7 +198,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
 
     o << "<g>\n";
     o << "<text x=\"" << fmt(x0 + pw / 2) << "\" y=\"" << fmt(y0 - 8) << "\" text-anchor=\"middle\" font-size=\"14\">"
-      << escape(quantizers[pi]) << "</text>\n";
+      << loftq_examples::svg_escape(quantizers[pi]) << "</text>\n";
     const int dec = decimals_for(step);
     for (double v = lo; v <= hi + step * 1e-6; v += step) {
       const double y = Y(v);
@@ -258,12 +249,12 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
     o << "<line x1=\"" << fmt(left) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(left + 30) << "\" y2=\"" << fmt(ly)
       << "\" stroke=\"" << c << "\" stroke-width=\"2\"/>\n";
     o << "<circle cx=\"" << fmt(left + 15) << "\" cy=\"" << fmt(ly) << "\" r=\"3\" fill=\"" << c << "\"/>\n";
-    o << "<text x=\"" << fmt(left + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">LoftQ, " << escape(what)
+    o << "<text x=\"" << fmt(left + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">LoftQ, " << loftq_examples::svg_escape(what)
       << "</text>\n";
     const double lx = left + 430;
     o << "<line x1=\"" << fmt(lx) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(lx + 30) << "\" y2=\"" << fmt(ly)
       << "\" stroke=\"" << c << "\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n";
-    o << "<text x=\"" << fmt(lx + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">QLoRA, " << escape(d)
+    o << "<text x=\"" << fmt(lx + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">QLoRA, " << loftq_examples::svg_escape(d)
       << "</text>\n";
     ly += 22;
   }

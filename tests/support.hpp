@@ -1,5 +1,8 @@
 #pragma once
-// Test helpers: seeded matrices and the stories260K reader.
+// Test helpers: seeded matrices, the stories260K reader, and the check that
+// two LoftQ results are the same bit for bit.
+
+#include <doctest/doctest.h>
 
 #include <Eigen/Core>
 #include <cstdint>
@@ -72,6 +75,21 @@ inline std::vector<NamedMatrix> stories260k() {
   for (auto* v : {&wq, &wk, &wv, &wo, &w1, &w2, &w3})
     for (auto& x : *v) out.push_back(std::move(x));
   return out;
+}
+
+// Two loftq::Result<S> (or any type with the same members) are identical:
+// every output bit, the history and the baseline. Reported as bools, so a
+// failure does not print whole matrices.
+template <class R>
+void check_identical(const R& a, const R& b) {
+  CHECK((a.Q.array() == b.Q.array()).all());
+  CHECK((a.A.array() == b.A.array()).all());
+  CHECK((a.B.array() == b.B.array()).all());
+  CHECK(a.history == b.history);
+  CHECK(a.best_iteration == b.best_iteration);
+  CHECK(a.qlora_error == b.qlora_error);
+  CHECK(a.packed.codes == b.packed.codes);
+  CHECK(a.packed.scales == b.packed.scales);
 }
 
 }  // namespace loftq_test

@@ -1,5 +1,8 @@
 #include <doctest/doctest.h>
 
+#include <functional>
+#include <vector>
+
 #include <loftq/quantizer.hpp>
 #include <random>
 
@@ -59,27 +62,20 @@ TEST_CASE("storage size: bits plus 32 bits of scale per block") {
 TEST_CASE("dequantize validates a PackedMatrix before trusting it") {
   const Eigen::MatrixXf W = loftq_test::gaussian(8, 64, 3);
   const auto good = loftq::quantize(W, loftq::NormalFloat<4>{});
-  auto expect_error = [](PackedMatrix P) { CHECK_THROWS_AS(loftq::dequantize(P), loftq::Error); };
-  PackedMatrix P = good;
-  P.codes.pop_back();
-  expect_error(P);
-  P = good;
-  P.scales.push_back(1.0f);
-  expect_error(P);
-  P = good;
-  P.block_size = 0;
-  expect_error(P);
-  P = good;
-  P.bits = 3;
-  expect_error(P);
-  P = good;
-  P.codebook.resize(4);
-  expect_error(P);
-  P = good;
-  P.rows = 9;
-  expect_error(P);
-  P = good;
-  P.mins.assign(P.scales.size(), 0.0f);
-  expect_error(P);
+  // Each corruption alone makes the matrix inconsistent.
+  const std::vector<std::function<void(PackedMatrix&)>> corruptions = {
+      [](PackedMatrix& P) { P.codes.pop_back(); },
+      [](PackedMatrix& P) { P.scales.push_back(1.0f); },
+      [](PackedMatrix& P) { P.block_size = 0; },
+      [](PackedMatrix& P) { P.bits = 3; },
+      [](PackedMatrix& P) { P.codebook.resize(4); },
+      [](PackedMatrix& P) { P.rows = 9; },
+      [](PackedMatrix& P) { P.mins.assign(P.scales.size(), 0.0f); },
+  };
+  for (const auto& corrupt : corruptions) {
+    PackedMatrix P = good;
+    corrupt(P);
+    CHECK_THROWS_AS(loftq::dequantize(P), loftq::Error);
+  }
   CHECK(loftq::dequantize(good) == loftq::fake_quantize(W, loftq::NormalFloat<4>{}));
 }

@@ -47,18 +47,11 @@ class CalibrationSource {
     for (Index i = 0; i < k; ++i)
       for (Index j = 0; j < n; ++j) loadings_(i, j) = static_cast<float>(g() * sk);
     std::mt19937_64 pick(detail::stream_seed(seed, 0x07a11e75u));
-    const double f = std::clamp(spec.outlier_fraction, 0.0, 1.0);
-    const Index count = f > 0 ? std::max<Index>(1, static_cast<Index>(std::llround(f * static_cast<double>(n)))) : 0;
-    std::vector<Index> idx(static_cast<std::size_t>(n));
-    for (Index j = 0; j < n; ++j) idx[static_cast<std::size_t>(j)] = j;
-    for (Index t = 0; t < count; ++t) {
-      const Index p = t + static_cast<Index>(pick() % static_cast<std::uint64_t>(n - t));
-      std::swap(idx[static_cast<std::size_t>(t)], idx[static_cast<std::size_t>(p)]);
-      const double u = detail::uniform53(pick());
-      scale_(idx[static_cast<std::size_t>(t)]) =
-          static_cast<float>(spec.outlier_min + (spec.outlier_max - spec.outlier_min) * u);
-      outliers_.push_back(idx[static_cast<std::size_t>(t)]);
-    }
+    detail::outlier_channels(n, spec.outlier_fraction, spec.outlier_min, spec.outlier_max, pick,
+                             [&](Index j, float factor) {
+                               scale_(j) = factor;
+                               outliers_.push_back(j);
+                             });
     std::sort(outliers_.begin(), outliers_.end());
   }
 
@@ -66,7 +59,7 @@ class CalibrationSource {
   RowMatrixXf sample(Index N, std::uint64_t sample_seed) const {
     RowMatrixXf X(N, n_);
     if (N <= 0 || n_ <= 0) return X;
-    detail::SerialEigen serial;
+    loftq::EigenSerialScope serial;
     const Index k = loadings_.rows();
     const float noise = static_cast<float>(std::sqrt(std::max(0.0, 1.0 - spec_.factor_energy)));
     constexpr Index kRows = 256;

@@ -16,6 +16,7 @@
 // log / sin / cos).
 
 #include <Eigen/Core>
+#include <loftq/threads.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -83,19 +84,6 @@ class Normal {
   bool has_spare_ = false;
 };
 
-// Holds Eigen's own threading at 1 while alive (GEMM results then do not depend
-// on the thread count); restores the caller's setting afterwards.
-class SerialEigen {
- public:
-  SerialEigen() : old_(Eigen::nbThreads()) { Eigen::setNbThreads(1); }
-  ~SerialEigen() { Eigen::setNbThreads(old_); }
-  SerialEigen(const SerialEigen&) = delete;
-  SerialEigen& operator=(const SerialEigen&) = delete;
-
- private:
-  int old_;
-};
-
 // Student-t(nu = 4) noise for one row, scaled to unit variance, written to
 // out[0..n). t = z / sqrt(chi2_4 / 4) with chi2_4 = -2 log(u u') (a sum of two
 // exponentials), and Var(t_4) = 2; z comes from Box-Muller. Each pair of
@@ -147,6 +135,25 @@ void for_chunks(Index chunks, F&& f) {
 #endif
 }
 
+
+// The outlier channels of a synthetic matrix or input set: round(fraction * n)
+// of the n channels (at least one when fraction > 0), chosen by a partial
+// Fisher-Yates shuffle driven by g, each with a factor uniform in [lo, hi);
+// visit(channel, factor) is called for each, in the order drawn.
+template <class Visit>
+void outlier_channels(Index n, double fraction, double lo, double hi, std::mt19937_64& g, Visit&& visit) {
+  const double f = std::clamp(fraction, 0.0, 1.0);
+  const Index count = f > 0 ? std::max<Index>(1, static_cast<Index>(std::llround(f * static_cast<double>(n)))) : 0;
+  std::vector<Index> idx(static_cast<std::size_t>(n));
+  for (Index j = 0; j < n; ++j) idx[static_cast<std::size_t>(j)] = j;
+  for (Index t = 0; t < count; ++t) {
+    const Index pick = t + static_cast<Index>(g() % static_cast<std::uint64_t>(n - t));
+    std::swap(idx[static_cast<std::size_t>(t)], idx[static_cast<std::size_t>(pick)]);
+    const double u = uniform53(g());
+    visit(idx[static_cast<std::size_t>(t)], static_cast<float>(lo + (hi - lo) * u));
+  }
+}
+
 }  // namespace detail
 
 // A deterministic synthetic weight matrix, m x n (PyTorch layout: out x in).
@@ -165,7 +172,7 @@ void for_chunks(Index chunks, F&& f) {
 inline RowMatrixXf realistic_matrix(Index m, Index n, std::uint64_t seed, const RealisticSpec& spec = {}) {
   RowMatrixXf W(m, n);
   if (m <= 0 || n <= 0) return W;
-  detail::SerialEigen serial;
+  loftq::EigenSerialScope serial;
   const Index k = std::max<Index>(1, std::min({spec.structure_rank, m, n}));
 
   // Spectrum: s_i = i^-decay, normalized so that ||L||_F^2 ~ sum s_i^2 equals
@@ -198,17 +205,8 @@ inline RowMatrixXf realistic_matrix(Index m, Index n, std::uint64_t seed, const 
   Eigen::VectorXf colscale = Eigen::VectorXf::Ones(n);
   {
     std::mt19937_64 g(detail::stream_seed(seed, 0x0077u));
-    const double f = std::clamp(spec.outlier_fraction, 0.0, 1.0);
-    const Index count = f > 0 ? std::max<Index>(1, static_cast<Index>(std::llround(f * static_cast<double>(n)))) : 0;
-    std::vector<Index> idx(static_cast<std::size_t>(n));
-    for (Index j = 0; j < n; ++j) idx[static_cast<std::size_t>(j)] = j;
-    for (Index t = 0; t < count; ++t) {
-      const Index pick = t + static_cast<Index>(g() % static_cast<std::uint64_t>(n - t));
-      std::swap(idx[static_cast<std::size_t>(t)], idx[static_cast<std::size_t>(pick)]);
-      const double u = detail::uniform53(g());
-      colscale(idx[static_cast<std::size_t>(t)]) =
-          static_cast<float>(spec.outlier_min + (spec.outlier_max - spec.outlier_min) * u);
-    }
+    detail::outlier_channels(n, spec.outlier_fraction, spec.outlier_min, spec.outlier_max, g,
+                             [&](Index j, float factor) { colscale(j) = factor; });
   }
   // Expected variance is mean(colscale^2) (unit variance before scaling).
   const double mean_c2 = static_cast<double>(colscale.squaredNorm()) / static_cast<double>(n);

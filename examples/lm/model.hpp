@@ -13,6 +13,7 @@
 // results are therefore bit-identical for any number of threads.
 
 #include <loftq/error.hpp>
+#include <loftq/threads.hpp>
 
 #include <Eigen/Core>
 #include <array>
@@ -101,17 +102,7 @@ const Mat<S>& linear_input(const LayerActs<S>& a, int kind) {
   }
 }
 
-// Holds Eigen's GEMM threading at 1 and restores the caller's setting.
-class EigenSerialScope {
- public:
-  EigenSerialScope() : saved_(Eigen::nbThreads()) { Eigen::setNbThreads(1); }
-  ~EigenSerialScope() { Eigen::setNbThreads(saved_); }
-  EigenSerialScope(const EigenSerialScope&) = delete;
-  EigenSerialScope& operator=(const EigenSerialScope&) = delete;
-
- private:
-  int saved_;
-};
+using loftq::EigenSerialScope;  // Eigen held serial: the same bits for any thread count
 
 // Base weights are replaceable (e.g. by a quantized Q), so their shapes are
 // checked on every call rather than trusted from the reader.

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <type_traits>
 #include <vector>
 
 #include "error.hpp"
@@ -79,37 +80,20 @@ inline float torch_linspace_f32(float start, float end, int steps, int i) {
 // Map a float/double to an integer whose order matches the numeric order,
 // so a bisection over representable values is a bisection over integers.
 template <class Scalar>
-struct OrderedBits;
-template <>
-struct OrderedBits<float> {
-  using U = std::uint32_t;
+struct OrderedBits {
+  static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value, "float or double");
+  using U = std::conditional_t<sizeof(Scalar) == 4, std::uint32_t, std::uint64_t>;
   using I = std::int64_t;
-  static I to(float x) {
+  static constexpr U kSign = U{1} << (8 * sizeof(U) - 1);
+  static I to(Scalar x) {
     U u;
     std::memcpy(&u, &x, sizeof u);
-    const I v = static_cast<I>(u & 0x7fffffffu);
-    return (u >> 31) ? -v : v;
+    const I v = static_cast<I>(u & ~kSign);
+    return (u & kSign) ? -v : v;
   }
-  static float from(I v) {
-    U u = v < 0 ? (static_cast<U>(-v) | 0x80000000u) : static_cast<U>(v);
-    float x;
-    std::memcpy(&x, &u, sizeof x);
-    return x;
-  }
-};
-template <>
-struct OrderedBits<double> {
-  using U = std::uint64_t;
-  using I = std::int64_t;
-  static I to(double x) {
-    U u;
-    std::memcpy(&u, &x, sizeof u);
-    const I v = static_cast<I>(u & 0x7fffffffffffffffull);
-    return (u >> 63) ? -v : v;
-  }
-  static double from(I v) {
-    U u = v < 0 ? (static_cast<U>(-v) | 0x8000000000000000ull) : static_cast<U>(v);
-    double x;
+  static Scalar from(I v) {
+    U u = v < 0 ? (static_cast<U>(-v) | kSign) : static_cast<U>(v);
+    Scalar x;
     std::memcpy(&x, &u, sizeof x);
     return x;
   }

@@ -84,6 +84,18 @@ Quantizer random_quantizer(std::mt19937_64& g) {
   return Quantizer(k == 0 ? Quantizer::Kind::normal_float : Quantizer::Kind::uniform, bits(g), bs, k != 2);
 }
 
+// A case of shape m x n with a random quantizer, seed and one of the first
+// `dists` input distributions, drawn from g in that order.
+Case random_case(std::mt19937_64& g, Eigen::Index m, Eigen::Index n, int dists) {
+  Case c;
+  c.m = m;
+  c.n = n;
+  c.q = random_quantizer(g);
+  c.seed = g();
+  c.dist = static_cast<int>(g() % static_cast<std::uint64_t>(dists));
+  return c;
+}
+
 template <class Scalar>
 bool bit_equal(const RowMatrix<Scalar>& a, const RowMatrix<Scalar>& b) {
   return a.rows() == b.rows() && a.cols() == b.cols() &&
@@ -164,13 +176,7 @@ template <class Scalar>
 void run_quantizer_properties(std::uint64_t seed, int count) {
   std::mt19937_64 g(seed);
   for (const auto& [m, n] : shapes(g, count)) {
-    Case c;
-    c.m = m;
-    c.n = n;
-    c.q = random_quantizer(g);
-    c.seed = g();
-    c.dist = static_cast<int>(g() % 4);
-    check_quantizer_properties<Scalar>(c);
+    check_quantizer_properties<Scalar>(random_case(g, m, n, 4));
   }
 }
 
@@ -221,12 +227,7 @@ void run_initialize_properties(std::uint64_t seed, int count) {
   std::uniform_int_distribution<int> dim(1, 48);
   while (static_cast<int>(s.size()) < count) s.emplace_back(dim(g), dim(g));
   for (const auto& [m, n] : s) {
-    Case c;
-    c.m = m;
-    c.n = n;
-    c.q = random_quantizer(g);
-    c.seed = g();
-    c.dist = static_cast<int>(g() % 3);
+    const Case c = random_case(g, m, n, 3);
     loftq::Options o;
     const Eigen::Index mn = std::min(m, n);
     std::uniform_int_distribution<Eigen::Index> rank(1, mn);

@@ -51,32 +51,8 @@ void parallel_for(std::int64_t chunks, int threads, F&& f) {
   for (std::int64_t c = 0; c < chunks; ++c) f(c);
 }
 
-// Eigen's own OpenMP GEMM picks its k-blocking from the thread count, which
-// changes rounding. While loftq runs, Eigen is held serial and loftq supplies
-// the parallelism through fixed chunks; the caller's setting is restored.
-class EigenSerialScope {
- public:
-  EigenSerialScope() {
-#ifdef _OPENMP
-    old_ = Eigen::nbThreads();
-    was_default_ = old_ == omp_get_max_threads();
-    Eigen::setNbThreads(1);
-#endif
-  }
-  ~EigenSerialScope() {
-#ifdef _OPENMP
-    Eigen::setNbThreads(was_default_ ? 0 : old_);
-#endif
-  }
-  EigenSerialScope(const EigenSerialScope&) = delete;
-  EigenSerialScope& operator=(const EigenSerialScope&) = delete;
-
- private:
-#ifdef _OPENMP
-  int old_ = 1;
-  bool was_default_ = true;
-#endif
-};
+// Held by every entry point; public in threads.hpp.
+using loftq::EigenSerialScope;
 
 }  // namespace detail
 }  // namespace loftq
