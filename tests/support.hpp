@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include <Eigen/Core>
+#include <loftq/error.hpp>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
@@ -75,6 +76,29 @@ inline std::vector<NamedMatrix> stories260k() {
   for (auto* v : {&wq, &wk, &wv, &wo, &w1, &w2, &w3})
     for (auto& x : *v) out.push_back(std::move(x));
   return out;
+}
+
+// Samples with correlated channels (a shared factor) and a few loud ones, so
+// that the Gram matrix H is far from diagonal and far from a multiple of I.
+inline Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> correlated_samples(Eigen::Index N,
+                                                                                               Eigen::Index n,
+                                                                                               std::uint64_t seed) {
+  const Eigen::MatrixXf G = gaussian(N, n, seed), f = gaussian(N, 1, seed + 1);
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> X =
+      G + f * Eigen::RowVectorXf::LinSpaced(n, -1.0f, 2.0f);
+  for (Eigen::Index j = 0; j < n; j += 7) X.col(j) *= 6.0f;
+  return X;
+}
+
+// The loftq::Errc that f() throws, or Errc(0) when it throws nothing.
+template <class F>
+loftq::Errc code_of(F&& f) {
+  try {
+    f();
+  } catch (const loftq::Error& e) {
+    return e.code();
+  }
+  return static_cast<loftq::Errc>(0);
 }
 
 // Two loftq::Result<S> (or any type with the same members) are identical:

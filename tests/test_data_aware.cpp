@@ -17,20 +17,6 @@ using loftq::StatsMode;
 
 namespace {
 
-// Samples with correlated channels (a shared factor) and a few loud ones, so
-// that H is far from diagonal and far from a multiple of I.
-RowMatrix<float> correlated_samples(Eigen::Index N, Eigen::Index n, std::uint64_t seed) {
-  const Eigen::MatrixXf G = loftq_test::gaussian(N, n, seed), f = loftq_test::gaussian(N, 1, seed + 1);
-  RowMatrix<float> X = G + f * Eigen::RowVectorXf::LinSpaced(n, -1.0f, 2.0f);
-  for (Eigen::Index j = 0; j < n; j += 7) X.col(j) *= 6.0f;
-  return X;
-}
-
-Eigen::MatrixXd gram_direct(const RowMatrix<float>& X) {
-  const Eigen::MatrixXd Xd = X.cast<double>();
-  return Xd.transpose() * Xd / static_cast<double>(X.rows());
-}
-
 // The symmetric square root of a PSD matrix.
 Eigen::MatrixXd sqrtm(const Eigen::MatrixXd& H) {
   Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> es(H);
@@ -46,90 +32,7 @@ double output_error(const RowMatrix<float>& W, const loftq::Result<float>& r, co
   return (Xd * D.transpose()).norm() / (Xd * W.cast<double>().transpose()).norm();
 }
 
-template <class F>
-loftq::Errc code_of(F&& f) {
-  try {
-    f();
-  } catch (const loftq::Error& e) {
-    return e.code();
-  }
-  return static_cast<loftq::Errc>(0);
-}
-
 }  // namespace
-
-TEST_CASE("InputStatistics: H = X^T X / N, however the samples are batched or sharded") {
-  const RowMatrix<float> X = correlated_samples(2500, 300, 1);  // > kSampleChunk rows, > 2 column blocks
-  const Eigen::MatrixXd H = gram_direct(X);
-  InputStatistics one(300);
-  one.add(X);
-  CHECK(one.count() == 2500);
-  CHECK(one.features() == 300);
-  CHECK((one.gram() - H).norm() <= 1e-12 * H.norm());
-  CHECK(one.gram().isApprox(one.gram().transpose(), 0.0));
-
-  InputStatistics batched(300), a(300), b(300);
-  batched.add(X.topRows(1)).add(X.middleRows(1, 999)).add(X.bottomRows(1500));
-  a.add(X.topRows(700));
-  b.add(X.bottomRows(1800));
-  a.merge(b);
-  CHECK(batched.count() == 2500);
-  CHECK(a.count() == 2500);
-  CHECK((batched.gram() - H).norm() <= 1e-12 * H.norm());
-  CHECK((a.gram() - H).norm() <= 1e-12 * H.norm());
-  // Any layout and scalar type of the batch.
-  InputStatistics col(300);
-  col.add(Eigen::MatrixXd(X.cast<double>()));
-  CHECK((col.gram() - H).norm() <= 1e-12 * H.norm());
-
-  InputStatistics diag(300, StatsMode::diagonal), diag_parts(300, StatsMode::diagonal);
-  diag.add(X);
-  diag_parts.add(X.topRows(1234));
-  InputStatistics rest(300, StatsMode::diagonal);
-  rest.add(X.bottomRows(1266));
-  diag_parts.merge(rest);
-  CHECK((diag.diagonal() - H.diagonal()).norm() <= 1e-12 * H.diagonal().norm());
-  CHECK((diag_parts.diagonal() - H.diagonal()).norm() <= 1e-12 * H.diagonal().norm());
-  CHECK((one.diagonal() - one.gram().diagonal()).norm() == 0.0);
-  CHECK(diag.mode() == StatsMode::diagonal);
-}
-
-TEST_CASE("InputStatistics: bit-identical for 1 and 2 threads") {
-  const RowMatrix<float> X = correlated_samples(1500, 700, 2);
-  for (StatsMode mode : {StatsMode::full, StatsMode::diagonal}) {
-    InputStatistics s1(700, mode), s2(700, mode);
-    s1.add(X, 1);
-    s2.add(X, 2);
-    CHECK(s1.diagonal() == s2.diagonal());
-    if (mode == StatsMode::full) CHECK(s1.gram() == s2.gram());
-  }
-}
-
-TEST_CASE("InputStatistics: bad input gets a typed error and leaves the statistics unchanged") {
-  InputStatistics s(8);
-  CHECK(code_of([&] { s.gram(); }) == loftq::Errc::invalid_argument);  // no samples yet
-  CHECK(code_of([&] { s.diagonal(); }) == loftq::Errc::invalid_argument);
-  CHECK(code_of([&] { s.add(RowMatrix<float>(0, 8)); }) == loftq::Errc::invalid_argument);
-  CHECK(code_of([&] { s.add(RowMatrix<float>::Ones(3, 7)); }) == loftq::Errc::invalid_argument);
-  RowMatrix<float> X = RowMatrix<float>::Ones(5, 8);
-  s.add(X);
-  const Eigen::MatrixXd before = s.gram();
-  X(4, 3) = std::numeric_limits<float>::quiet_NaN();
-  CHECK(code_of([&] { s.add(X); }) == loftq::Errc::non_finite);
-  X(4, 3) = std::numeric_limits<float>::infinity();
-  CHECK(code_of([&] { s.add(X); }) == loftq::Errc::non_finite);
-  Eigen::MatrixXd big = Eigen::MatrixXd::Ones(2, 8);
-  big(1, 1) = 1e200;  // finite, but its square is not
-  CHECK(code_of([&] { s.add(big); }) == loftq::Errc::invalid_argument);
-  CHECK(s.count() == 5);
-  CHECK(s.gram() == before);
-  CHECK(code_of([&] { s.merge(InputStatistics(9)); }) == loftq::Errc::invalid_argument);
-  CHECK(code_of([&] { s.merge(InputStatistics(8, StatsMode::diagonal)); }) == loftq::Errc::invalid_argument);
-  CHECK(code_of([&] { InputStatistics(0); }) == loftq::Errc::invalid_argument);
-  InputStatistics d(8, StatsMode::diagonal);
-  d.add(X.topRows(4));
-  CHECK(code_of([&] { d.gram(); }) == loftq::Errc::invalid_argument);
-}
 
 TEST_CASE("the blocked Cholesky factor matches Eigen's LLT and does not depend on the thread count") {
   for (Eigen::Index n : {Eigen::Index(1), Eigen::Index(127), Eigen::Index(128), Eigen::Index(300)}) {
@@ -153,7 +56,7 @@ TEST_CASE("the blocked Cholesky factor matches Eigen's LLT and does not depend o
 TEST_CASE("the low-rank step is the closed-form optimum of ||(E - A B^T) H^{1/2}||") {
   const Eigen::Index m = 40, n = 24, r = 5;
   const RowMatrix<float> E = loftq_test::structured(m, n, 31);
-  const RowMatrix<float> X = correlated_samples(300, n, 32);
+  const RowMatrix<float> X = loftq_test::correlated_samples(300, n, 32);
   loftq::SVDOptions exact;
   exact.method = loftq::SVDMethod::exact;
   for (StatsMode mode : {StatsMode::full, StatsMode::diagonal}) {
@@ -282,7 +185,7 @@ TEST_CASE("realistic inputs with outlier channels: output error >= 20% below dat
 TEST_CASE("data-aware: the scale search is weighted by diag(H), damped and scaled to mean 1") {
   const Eigen::Index n = 100;  // not a multiple of the block size: blocks straddle rows
   const RowMatrix<float> W = loftq_test::structured(64, n, 91);
-  RowMatrix<float> X = correlated_samples(300, n, 92);
+  RowMatrix<float> X = loftq_test::correlated_samples(300, n, 92);
   X.col(3) *= 40.0f;  // one loud channel, so the weights are far from uniform
   InputStatistics s(n, StatsMode::diagonal);
   s.add(X);
@@ -315,7 +218,7 @@ TEST_CASE("data-aware: the scale search is weighted by diag(H), damped and scale
 
 TEST_CASE("data-aware: bit-identical for 1 and 2 threads") {
   const RowMatrix<float> W = loftq_test::structured(300, 256, 51);
-  const RowMatrix<float> X = correlated_samples(600, 256, 52);
+  const RowMatrix<float> X = loftq_test::correlated_samples(600, 256, 52);
   for (StatsMode mode : {StatsMode::full, StatsMode::diagonal})
     for (auto method : {loftq::SVDMethod::randomized, loftq::SVDMethod::exact}) {
       InputStatistics s(256, mode);
@@ -334,7 +237,7 @@ TEST_CASE("data-aware: bit-identical for 1 and 2 threads") {
 TEST_CASE("data-aware: Options are honoured (keep_best, tolerance, svd start, double)") {
   const RowMatrix<float> W = loftq_test::structured(128, 160, 61);
   InputStatistics s(160);
-  s.add(correlated_samples(400, 160, 62));
+  s.add(loftq_test::correlated_samples(400, 160, 62));
   Options o;  // explicit, not the library defaults, which may change
   o.rank = 6;
   o.iterations = 6;
@@ -413,7 +316,7 @@ TEST_CASE("data-aware: all-zero W gives zero factors and zero error, no NaN") {
   const RowMatrix<float> Z = RowMatrix<float>::Zero(32, 64);
   for (StatsMode mode : {StatsMode::full, StatsMode::diagonal}) {
     InputStatistics s(64, mode);
-    s.add(correlated_samples(100, 64, 111));
+    s.add(loftq_test::correlated_samples(100, 64, 111));
     Options o;
     o.rank = 4;
     for (loftq::Start start : {loftq::Start::zero, loftq::Start::svd}) {
@@ -431,12 +334,12 @@ TEST_CASE("data-aware: all-zero W gives zero factors and zero error, no NaN") {
 TEST_CASE("data-aware: bad input gets a typed error") {
   const RowMatrix<float> W = loftq_test::structured(20, 32, 81);
   InputStatistics s(32), empty(32), wrong(31);
-  s.add(correlated_samples(50, 32, 82));
-  wrong.add(correlated_samples(50, 31, 83));
+  s.add(loftq_test::correlated_samples(50, 32, 82));
+  wrong.add(loftq_test::correlated_samples(50, 31, 83));
   Options o;
   o.rank = 4;
   auto run = [&](const RowMatrix<float>& M, const InputStatistics& st, Options opt, double damping = 0.1) {
-    return code_of([&] { loftq::initialize(M, NormalFloat<4>{}, st, opt, loftq::DataAwareOptions{damping}); });
+    return loftq_test::code_of([&] { loftq::initialize(M, NormalFloat<4>{}, st, opt, loftq::DataAwareOptions{damping}); });
   };
   CHECK(run(W, s, o) == static_cast<loftq::Errc>(0));
   CHECK(run(W, empty, o) == loftq::Errc::invalid_argument);
@@ -453,7 +356,7 @@ TEST_CASE("data-aware: bad input gets a typed error") {
   nan(3, 3) = std::numeric_limits<float>::quiet_NaN();
   CHECK(run(nan, s, o) == loftq::Errc::non_finite);
   // A channel that never fires makes the undamped H singular.
-  RowMatrix<float> X = correlated_samples(50, 32, 84);
+  RowMatrix<float> X = loftq_test::correlated_samples(50, 32, 84);
   X.col(5).setZero();
   InputStatistics singular(32);
   singular.add(X);

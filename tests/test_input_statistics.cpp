@@ -1,0 +1,94 @@
+// InputStatistics (loftq/input_statistics.hpp): the Gram matrix and its
+// diagonal against a direct computation, batching, sharding, threads, errors.
+#include <doctest/doctest.h>
+
+#include <loftq/input_statistics.hpp>
+
+#include "support.hpp"
+
+using loftq::InputStatistics;
+using loftq::StatsMode;
+template <class S>
+using RowMatrix = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+namespace {
+
+Eigen::MatrixXd gram_direct(const RowMatrix<float>& X) {
+  const Eigen::MatrixXd Xd = X.cast<double>();
+  return Xd.transpose() * Xd / static_cast<double>(X.rows());
+}
+
+}  // namespace
+
+TEST_CASE("InputStatistics: H = X^T X / N, however the samples are batched or sharded") {
+  const RowMatrix<float> X = loftq_test::correlated_samples(2500, 300, 1);  // > kSampleChunk rows, > 2 column blocks
+  const Eigen::MatrixXd H = gram_direct(X);
+  InputStatistics one(300);
+  one.add(X);
+  CHECK(one.count() == 2500);
+  CHECK(one.features() == 300);
+  CHECK((one.gram() - H).norm() <= 1e-12 * H.norm());
+  CHECK(one.gram().isApprox(one.gram().transpose(), 0.0));
+
+  InputStatistics batched(300), a(300), b(300);
+  batched.add(X.topRows(1)).add(X.middleRows(1, 999)).add(X.bottomRows(1500));
+  a.add(X.topRows(700));
+  b.add(X.bottomRows(1800));
+  a.merge(b);
+  CHECK(batched.count() == 2500);
+  CHECK(a.count() == 2500);
+  CHECK((batched.gram() - H).norm() <= 1e-12 * H.norm());
+  CHECK((a.gram() - H).norm() <= 1e-12 * H.norm());
+  // Any layout and scalar type of the batch.
+  InputStatistics col(300);
+  col.add(Eigen::MatrixXd(X.cast<double>()));
+  CHECK((col.gram() - H).norm() <= 1e-12 * H.norm());
+
+  InputStatistics diag(300, StatsMode::diagonal), diag_parts(300, StatsMode::diagonal);
+  diag.add(X);
+  diag_parts.add(X.topRows(1234));
+  InputStatistics rest(300, StatsMode::diagonal);
+  rest.add(X.bottomRows(1266));
+  diag_parts.merge(rest);
+  CHECK((diag.diagonal() - H.diagonal()).norm() <= 1e-12 * H.diagonal().norm());
+  CHECK((diag_parts.diagonal() - H.diagonal()).norm() <= 1e-12 * H.diagonal().norm());
+  CHECK((one.diagonal() - one.gram().diagonal()).norm() == 0.0);
+  CHECK(diag.mode() == StatsMode::diagonal);
+}
+
+TEST_CASE("InputStatistics: bit-identical for 1 and 2 threads") {
+  const RowMatrix<float> X = loftq_test::correlated_samples(1500, 700, 2);
+  for (StatsMode mode : {StatsMode::full, StatsMode::diagonal}) {
+    InputStatistics s1(700, mode), s2(700, mode);
+    s1.add(X, 1);
+    s2.add(X, 2);
+    CHECK(s1.diagonal() == s2.diagonal());
+    if (mode == StatsMode::full) CHECK(s1.gram() == s2.gram());
+  }
+}
+
+TEST_CASE("InputStatistics: bad input gets a typed error and leaves the statistics unchanged") {
+  InputStatistics s(8);
+  CHECK(loftq_test::code_of([&] { s.gram(); }) == loftq::Errc::invalid_argument);  // no samples yet
+  CHECK(loftq_test::code_of([&] { s.diagonal(); }) == loftq::Errc::invalid_argument);
+  CHECK(loftq_test::code_of([&] { s.add(RowMatrix<float>(0, 8)); }) == loftq::Errc::invalid_argument);
+  CHECK(loftq_test::code_of([&] { s.add(RowMatrix<float>::Ones(3, 7)); }) == loftq::Errc::invalid_argument);
+  RowMatrix<float> X = RowMatrix<float>::Ones(5, 8);
+  s.add(X);
+  const Eigen::MatrixXd before = s.gram();
+  X(4, 3) = std::numeric_limits<float>::quiet_NaN();
+  CHECK(loftq_test::code_of([&] { s.add(X); }) == loftq::Errc::non_finite);
+  X(4, 3) = std::numeric_limits<float>::infinity();
+  CHECK(loftq_test::code_of([&] { s.add(X); }) == loftq::Errc::non_finite);
+  Eigen::MatrixXd big = Eigen::MatrixXd::Ones(2, 8);
+  big(1, 1) = 1e200;  // finite, but its square is not
+  CHECK(loftq_test::code_of([&] { s.add(big); }) == loftq::Errc::invalid_argument);
+  CHECK(s.count() == 5);
+  CHECK(s.gram() == before);
+  CHECK(loftq_test::code_of([&] { s.merge(InputStatistics(9)); }) == loftq::Errc::invalid_argument);
+  CHECK(loftq_test::code_of([&] { s.merge(InputStatistics(8, StatsMode::diagonal)); }) == loftq::Errc::invalid_argument);
+  CHECK(loftq_test::code_of([&] { InputStatistics(0); }) == loftq::Errc::invalid_argument);
+  InputStatistics d(8, StatsMode::diagonal);
+  d.add(X.topRows(4));
+  CHECK(loftq_test::code_of([&] { d.gram(); }) == loftq::Errc::invalid_argument);
+}
