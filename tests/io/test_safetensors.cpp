@@ -215,6 +215,12 @@ TEST_CASE("hostile files are typed errors naming the file") {
   check_parse_error("badjson", R"({"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]})", 16);
   check_parse_error("notobject", R"([1,2,3])", 0);
   check_parse_error("nul", std::string("{\"a\":\0}", 7), 0);
+  // Valid JSON up to a NUL: nlohmann's lexer would stop there and ignore the rest.
+  check_parse_error("nultrail", std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") + std::string("\0\0junk", 6), 4);
+  check_parse_error("nulstring", std::string("{\"a\":{\"dtype\":\"F32\0\",\"shape\":[1],\"data_offsets\":[0,4]}}", 55), 4);
+  check_parse_error("bom", "\xEF\xBB\xBF" R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  check_parse_error("dupmeta", R"({"__metadata__":{"k":"v"},"__metadata__":{}})", 0);
+  check_parse_error("dupmetakey", R"({"__metadata__":{"k":"v","k":"w"}})", 0);
   check_parse_error("dupname", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8);
   check_parse_error("dupkey", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"dtype":"F16"}})", 4);
   check_parse_error("overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12);
@@ -308,6 +314,8 @@ TEST_CASE("checkpoints: single file, directory, sharded index") {
   bad_index(R"({"weight_map":[]})");
   bad_index(R"({"weight_map":{"x":"missing.safetensors"}})");
   bad_index("not json");
+  bad_index("\xEF\xBB\xBF" R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})");
+  bad_index(std::string(R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})") + std::string(1, '\0'));
   ::unlink(idx.c_str());
   ::unlink((d + "/part-2.safetensors").c_str());
   {

@@ -14,12 +14,16 @@
 //
 // The parser faces untrusted bytes. Every defect is a loftq::Error naming the
 // file (and the tensor): header length past the end of the file or above
-// kMaxHeaderBytes, bad JSON, duplicate keys (nlohmann's parser would silently
-// keep the last one; a parser callback catches them), unknown keys or dtypes,
-// negative, fractional or overflowing shapes, byte counts that disagree with
-// dtype x shape, offsets outside the data section, overlapping or leaving gaps
-// (the data section must be covered exactly, as the reference implementation
-// requires). Arithmetic on sizes is checked for overflow.
+// kMaxHeaderBytes, bad JSON (a NUL byte or a leading byte-order mark
+// included), duplicate keys (nlohmann's DOM parser would silently keep the
+// last one), unknown keys or dtypes, negative, fractional or overflowing
+// shapes, byte counts that disagree with dtype x shape, offsets outside the
+// data section, overlapping or leaving gaps (the data section must be covered
+// exactly, as the reference implementation requires). Arithmetic on sizes is
+// checked for overflow. The header is checked event by event through a SAX
+// handler (detail/header_parser.hpp), which stops at the first violation and
+// keeps only the tensor table and the metadata strings: time is linear in the
+// header and memory stays proportional to what a valid header holds.
 //
 // Writing (SafetensorsWriter) declares every tensor first, writes the header,
 // then accepts tensor bytes in any order and in pieces (pwrite at the known
