@@ -6,6 +6,9 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -14,8 +17,11 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 namespace {
@@ -629,3 +635,104 @@ TEST_CASE("file errors are io_error and name the path") {
 }
 
 }  // TEST_SUITE
+
+namespace {
+
+// Feeds `head` and then `extra` zero bytes (or zeros until the reader closes
+// when extra is SIZE_MAX) into a FIFO from a thread, while read_npy reads it.
+// Returns the reader's error, if any; `written` gets what the writer got in.
+std::optional<loftq::Error> read_from_fifo(const Bytes& head, std::size_t extra, std::size_t& written,
+                                           NpyArray* out = nullptr) {
+  TempDir dir;
+  const std::string fifo = (dir.path / "w.npy").string();
+  REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+  // A reader that closes early must show up as EPIPE in the writer, not kill
+  // the test.
+  struct sigaction ignore {}, old {};
+  ignore.sa_handler = SIG_IGN;
+  ::sigaction(SIGPIPE, &ignore, &old);
+  std::atomic<std::size_t> sent{0};
+  std::thread writer([&] {
+    const int fd = ::open(fifo.c_str(), O_WRONLY);
+    if (fd < 0) return;
+    std::vector<unsigned char> zeros(1 << 16, 0);
+    auto put = [&](const unsigned char* p, std::size_t n) {
+      while (n > 0) {
+        const ssize_t w = ::write(fd, p, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        p += w;
+        n -= static_cast<std::size_t>(w);
+        sent += static_cast<std::size_t>(w);
+      }
+      return true;
+    };
+    bool ok = put(head.data(), head.size());
+    // "Forever" is capped at 512 MiB so that a reader which never stops fails
+    // the test instead of hanging it.
+    const std::size_t cap = extra == SIZE_MAX ? (std::size_t(512) << 20) : extra;
+    for (std::size_t done = 0; ok && done < cap;) {
+      const std::size_t n = std::min(zeros.size(), cap - done);
+      ok = put(zeros.data(), n);
+      done += n;
+    }
+    ::close(fd);
+  });
+  std::optional<loftq::Error> e = error_of([&] {
+    NpyArray a = loftq::io::read_npy(fifo);
+    if (out) *out = std::move(a);
+  });
+  writer.join();
+  ::sigaction(SIGPIPE, &old, nullptr);
+  written = sent;
+  return e;
+}
+
+}  // namespace
+
+TEST_CASE("read_npy on a pipe reads no more than the header declares") {
+  Eigen::MatrixXf M(3, 4);
+  for (Eigen::Index i = 0; i < M.size(); ++i) M.data()[i] = static_cast<float>(i) - 5.5f;
+  const Bytes img = loftq::io::npy_image(M);
+  std::size_t written = 0;
+
+  SUBCASE("exactly the declared data: the matrix") {
+    NpyArray a;
+    const auto e = read_from_fifo(img, 0, written, &a);
+    REQUIRE_FALSE(e.has_value());
+    REQUIRE(a.shape == std::vector<std::size_t>{3, 4});
+    const auto R = loftq::io::to_matrix<float>(a);
+    CHECK(R == M);
+  }
+  SUBCASE("endless data after it: a parse_error as soon as one byte too many arrives") {
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto e = read_from_fifo(img, SIZE_MAX, written);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    REQUIRE(e.has_value());
+    CHECK(e->code() == Errc::parse_error);
+    CHECK(contains(e->what(), "trailing"));
+    // The reader stopped after at most a pipe buffer and a stream buffer more
+    // than the image, long before the writer's 512 MiB cap (a reader that drains
+    // the stream buffers all of it first).
+    CHECK(written < img.size() + (std::size_t(8) << 20));
+    CHECK(s < 5.0);
+  }
+  SUBCASE("a header promising 4 TB on a short stream: truncated, with memory for what came") {
+    // Same image with the shape patched to (1000000, 1000000), padded with
+    // spaces to keep the header length.
+    std::string h(img.begin() + 10, img.end() - static_cast<std::ptrdiff_t>(M.size() * 4));
+    const auto at = h.find("(3, 4)");
+    REQUIRE(at != std::string::npos);
+    h.replace(at, 6, "(1000000, 1000000)");
+    const auto pad = h.find("   ");
+    REQUIRE(pad != std::string::npos);
+    h.erase(pad, 12);
+    const std::string patched = std::string(img.begin(), img.begin() + 10) + h;
+    const Bytes big(patched.begin(), patched.end());
+    REQUIRE(big.size() == img.size() - static_cast<std::size_t>(M.size()) * 4);
+    const auto e = read_from_fifo(big, std::size_t(1) << 20, written);
+    REQUIRE(e.has_value());
+    CHECK(e->code() == Errc::parse_error);
+    CHECK(contains(e->what(), "truncated"));
+  }
+}

@@ -422,15 +422,23 @@ inline void npy_write_atomic(const std::string& path, const unsigned char* bytes
 
 }  // namespace detail
 
-// Parses a complete .npy image.  Safe on arbitrary bytes: every failure is a
-// loftq::Error (parse_error for malformed input, unsupported for valid files
-// of a dtype other than float32/float64).  `name` only labels messages.
-inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
-                          const std::string& name = "<memory>") {
-  using detail::npy_fail;
+namespace detail {
+
+// What the prefix and header of a .npy image say: where the data starts and
+// how many bytes of it there must be.
+struct NpyHead {
+  NpyHeader header;
+  int itemsize = 0;
+  bool big_endian = false;
+  std::size_t offset = 0;  // of the data: prefix + header length
+  std::size_t need = 0;    // data bytes the shape and dtype call for
+};
+
+// Validates the prefix and header of the `size` bytes at `bytes` (which may
+// stop anywhere after the header).
+inline NpyHead npy_parse_head(const unsigned char* bytes, std::size_t size, const std::string& name) {
   if (bytes == nullptr && size != 0) npy_fail(Errc::invalid_argument, name, "null buffer");
-  if (size < sizeof(detail::kNpyMagic) + 2 ||
-      std::memcmp(bytes, detail::kNpyMagic, sizeof(detail::kNpyMagic)) != 0) {
+  if (size < sizeof(kNpyMagic) + 2 || std::memcmp(bytes, kNpyMagic, sizeof(kNpyMagic)) != 0) {
     npy_fail(Errc::parse_error, name, "not an npy file (bad magic string)");
   }
   const unsigned major = bytes[6], minor = bytes[7];
@@ -442,12 +450,12 @@ inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
   } else if ((major == 2 || major == 3) && minor == 0) {
     prefix = 12;
     if (size < prefix) npy_fail(Errc::parse_error, name, "truncated before the header length");
-    header_len = detail::npy_load_u32le(bytes + 8);
+    header_len = npy_load_u32le(bytes + 8);
   } else {
     npy_fail(Errc::unsupported, name,
              "unsupported npy format version " + std::to_string(major) + "." + std::to_string(minor));
   }
-  if (header_len > detail::kNpyMaxHeaderLen) {
+  if (header_len > kNpyMaxHeaderLen) {
     npy_fail(Errc::parse_error, name,
              "header length " + std::to_string(header_len) + " exceeds the 1 MiB limit");
   }
@@ -457,40 +465,71 @@ inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
                  std::to_string(size - prefix) + " bytes after the prefix)");
   }
 
-  detail::NpyHeader h =
-      detail::NpyHeaderParser(reinterpret_cast<const char*>(bytes + prefix), header_len, name).parse();
-
-  int itemsize = 0;
-  bool big_endian = false;
-  detail::npy_decode_descr(h.descr, name, itemsize, big_endian);
+  NpyHead out;
+  out.header = NpyHeaderParser(reinterpret_cast<const char*>(bytes + prefix), header_len, name).parse();
+  npy_decode_descr(out.header.descr, name, out.itemsize, out.big_endian);
+  const std::vector<std::size_t>& shape = out.header.shape;
 
   // Zero dims make the array empty however large the others are; only the
   // non-zero dims can overflow, and checking them all keeps the verdict
   // independent of their order.
   std::size_t count = 1;
   bool empty = false;
-  for (std::size_t d : h.shape) {
+  for (std::size_t d : shape) {
     if (d == 0) {
       empty = true;
       continue;
     }
     if (count > std::numeric_limits<std::size_t>::max() / d) {
-      npy_fail(Errc::parse_error, name, "shape " + detail::npy_shape_string(h.shape) + " overflows size_t");
+      npy_fail(Errc::parse_error, name, "shape " + npy_shape_string(shape) + " overflows size_t");
     }
     count *= d;
   }
   if (empty) count = 0;
-  const std::size_t isz = static_cast<std::size_t>(itemsize);
+  const std::size_t isz = static_cast<std::size_t>(out.itemsize);
   if (count > std::numeric_limits<std::size_t>::max() / isz) {
-    npy_fail(Errc::parse_error, name,
-             "shape " + detail::npy_shape_string(h.shape) + " overflows size_t in bytes");
+    npy_fail(Errc::parse_error, name, "shape " + npy_shape_string(shape) + " overflows size_t in bytes");
   }
-  const std::size_t need = count * isz;
-  const std::size_t offset = prefix + header_len;
+  out.need = count * isz;
+  out.offset = prefix + header_len;
+  return out;
+}
+
+// Reads up to `n` bytes into `buf` (appended); fewer only at end of input.
+inline std::size_t npy_read_upto(std::istream& in, std::vector<unsigned char>& buf, std::size_t n,
+                                 const std::string& path) {
+  // Grown a piece at a time, so a header promising more than the input holds
+  // costs no more memory than the input.
+  const std::size_t piece = std::size_t(16) << 20;
+  std::size_t total = 0;
+  while (total < n && in) {
+    const std::size_t old = buf.size(), want = std::min(piece, n - total);
+    buf.resize(old + want);
+    in.read(reinterpret_cast<char*>(buf.data() + old), static_cast<std::streamsize>(want));
+    const std::size_t got = static_cast<std::size_t>(in.gcount());
+    buf.resize(old + got);
+    total += got;
+    if (in.bad()) {
+      loftq::detail::fail(Errc::io_error, "read error on '" + path + "'" + npy_errno_suffix(errno));
+    }
+  }
+  return total;
+}
+
+}  // namespace detail
+
+// Parses a complete .npy image.  Safe on arbitrary bytes: every failure is a
+// loftq::Error (parse_error for malformed input, unsupported for valid files
+// of a dtype other than float32/float64).  `name` only labels messages.
+inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
+                          const std::string& name = "<memory>") {
+  using detail::npy_fail;
+  detail::NpyHead h = detail::npy_parse_head(bytes, size, name);
+  const std::size_t need = h.need, offset = h.offset;
   const std::size_t have = size - offset;
   if (have < need) {
     npy_fail(Errc::parse_error, name,
-             "truncated data: shape " + detail::npy_shape_string(h.shape) + " needs " + std::to_string(need) +
+             "truncated data: shape " + detail::npy_shape_string(h.header.shape) + " needs " + std::to_string(need) +
                  " bytes, file has " + std::to_string(have));
   }
   if (have > need) {
@@ -500,38 +539,50 @@ inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
   }
 
   NpyArray a;
-  a.shape = std::move(h.shape);
-  a.fortran_order = h.fortran_order;
+  a.shape = std::move(h.header.shape);
+  a.fortran_order = h.header.fortran_order;
   a.kind = 'f';
-  a.itemsize = itemsize;
+  a.itemsize = h.itemsize;
   a.data.assign(bytes + offset, bytes + size);
-  if (big_endian) {
+  if (h.big_endian) {
+    const std::size_t isz = static_cast<std::size_t>(h.itemsize);
     for (std::size_t k = 0; k < need; k += isz) std::reverse(a.data.begin() + k, a.data.begin() + k + isz);
   }
   return a;
 }
 
-// Reads and parses a whole .npy file.  The OS refusing the read is io_error.
+// Reads and parses a .npy file, or any stream (a pipe, /dev/stdin): never
+// reads more than the prefix, the header and the data the header declares,
+// plus one byte to find out whether anything follows; trailing data is a
+// parse_error as in parse_npy, found without waiting for its end. Memory is
+// bounded by what was actually read. The OS refusing the read is io_error.
 inline NpyArray read_npy(const std::string& path) {
   errno = 0;
   std::ifstream in(path, std::ios::binary);
   if (!in.is_open()) {
     loftq::detail::fail(Errc::io_error, "cannot open '" + path + "' for reading" + detail::npy_errno_suffix(errno));
   }
-  // Read in chunks rather than trusting tellg, which pipes and /proc files
-  // do not support.
+  // Each step reads exactly what the bytes so far call for. A short read
+  // means a truncated input, which parse_npy reports with its usual message.
   std::vector<unsigned char> buf;
-  const std::size_t chunk = std::size_t(1) << 20;
-  for (;;) {
-    const std::size_t old = buf.size();
-    buf.resize(old + chunk);
-    in.read(reinterpret_cast<char*>(buf.data() + old), static_cast<std::streamsize>(chunk));
-    const std::streamsize got = in.gcount();
-    buf.resize(old + static_cast<std::size_t>(got));
-    if (in.bad()) {
-      loftq::detail::fail(Errc::io_error, "read error on '" + path + "'" + detail::npy_errno_suffix(errno));
-    }
-    if (!in) break;  // eof (failbit on a short read)
+  const std::size_t magic = sizeof(detail::kNpyMagic) + 2;
+  if (detail::npy_read_upto(in, buf, magic, path) < magic) return parse_npy(buf.data(), buf.size(), path);
+  const bool known = std::memcmp(buf.data(), detail::kNpyMagic, sizeof(detail::kNpyMagic)) == 0 &&
+                     (buf[6] == 1 || buf[6] == 2 || buf[6] == 3) && buf[7] == 0;
+  if (known) {  // otherwise npy_parse_head reports what is wrong
+    const std::size_t prefix = buf[6] == 1 ? 10 : 12;
+    if (detail::npy_read_upto(in, buf, prefix - magic, path) < prefix - magic)
+      return parse_npy(buf.data(), buf.size(), path);
+    const std::size_t header_len =
+        prefix == 10 ? (std::size_t(buf[8]) | (std::size_t(buf[9]) << 8)) : detail::npy_load_u32le(buf.data() + 8);
+    if (header_len <= detail::kNpyMaxHeaderLen &&
+        detail::npy_read_upto(in, buf, header_len, path) < header_len)
+      return parse_npy(buf.data(), buf.size(), path);
+  }
+  const detail::NpyHead h = detail::npy_parse_head(buf.data(), buf.size(), path);
+  if (detail::npy_read_upto(in, buf, h.need, path) == h.need && detail::npy_read_upto(in, buf, 1, path) == 1) {
+    detail::npy_fail(Errc::parse_error, path,
+                     "trailing bytes after the data (expected " + std::to_string(h.need) + " bytes)");
   }
   return parse_npy(buf.data(), buf.size(), path);
 }
