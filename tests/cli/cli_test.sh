@@ -188,6 +188,21 @@ bad_input)
   [ "$(cat keep/Q.npy)" = "old Q" ] || fail "keep/Q.npy changed"
   ;;
 
+stdin_pipe)
+  make_w W.npy 32x64 f4 C
+  # The pipeline's last command runs in a subshell: a failure there exits it.
+  cat W.npy | expect_rc 0 init --quiet --input /dev/stdin --output out --rank 4 --iters 2 || exit 1
+  check_outputs out 32 64 4
+  # Endless data after a valid image is refused as soon as one byte too many
+  # arrives, not buffered until memory runs out.
+  # The marker goes next to WORK, where the tree listings do not see it.
+  rm -f "$WORK.drained"
+  { cat W.npy; head -c 1000000000 /dev/zero && : >"$WORK.drained"; } 2>/dev/null |
+    expect_bad_input init --quiet --input /dev/stdin --output o2 || exit 1
+  grep -q 'trailing bytes' "$err_file" || fail "no 'trailing bytes' in: $(cat "$err_file")"
+  [ ! -e "$WORK.drained" ] || fail "the tool read all the trailing data"
+  ;;
+
 output_is_file)
   make_w W.npy 64x128 f4 C
   printf 'precious\n' >taken
