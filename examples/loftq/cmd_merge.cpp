@@ -34,7 +34,14 @@ nlohmann::json read_report(const std::string& dir) {
     }
   }
   std::fclose(f);
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  // Strict, as the checkpoint's index is read: a duplicate key or a NUL byte
+  // is refused rather than silently resolved.
+  nlohmann::json j;
+  try {
+    j = loftq::io::detail::parse_json_strict(text, p.string());
+  } catch (const loftq::Error& e) {
+    throw InputError{e.what()};
+  }
   if (!j.is_object() || !j.contains("shard") || !j["shard"].is_object() || !j.contains("settings") ||
       !j["settings"].is_object() || !j.contains("tensors") || !j["tensors"].is_object())
     throw InputError{p.string() + ": not the report of a 'loftq model --shard' run"};

@@ -105,6 +105,12 @@ shard_merge)
   expect_rc 0 model --input sh --output other --rank 4 --iters 2 --quiet --shard 3/3
   expect_bad_input merge --input sh --shards part1,part2,other --output m4
   expect_bad_input merge --input sh --shards part1,part2,full --output m5
+  # A report with a duplicate key is refused, not read as its last value.
+  cp -r part2 part2dup
+  sed -i '0,/{/s//{"shard": {"index": 9, "count": 9},/' part2dup/loftq_report.json
+  grep -c '"shard"' part2dup/loftq_report.json | grep -q 2 || fail "duplicate shard key not planted"
+  expect_bad_input merge --input sh --shards part1,part2dup,part3 --output m8
+  grep -q "duplicate key 'shard'" "$err_file" || fail "no duplicate-key message: $(cat "$err_file")"
   expect_usage merge --input sh --output m6
   expect_usage model --input sh --output m7 --shard 0/3
   expect_usage model --input sh --output m7 --shard 4/3
