@@ -250,6 +250,10 @@ TEST_CASE("hostile files are typed errors naming the file") {
   check_parse_error("deepobj", R"({"a":{"dtype":"F32","shape":[[[[[[[[[[1]]]]]]]]]],"data_offsets":[0,4]}})", 4);
   CHECK(open_error("unkdtype.safetensors", raw_file(R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}})", 1)) ==
         loftq::Errc::unsupported);
+  // An unknown dtype in a file that is malformed anyway is a parse_error.
+  check_parse_error("unkdtype_gap", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})", 6);
+  check_parse_error("unkdtype_json", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},)", 1);
+  check_parse_error("unkdtype_key", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[0],"data_offsets":[1,1],"x":0}})", 1);
   // The tensor is named in per-tensor messages.
   const std::string p = path_of("named.safetensors");
   write_bytes(p, raw_file(R"({"my.weight":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8));

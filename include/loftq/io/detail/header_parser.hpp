@@ -34,7 +34,10 @@ namespace detail {
 // The header's SAX handler: checks each event against the safetensors schema
 // as it arrives and keeps only the tensor table and the metadata strings, so
 // time is linear in the header and memory is bounded by what a valid header
-// would hold. The first violation in document order is reported.
+// would hold. The first violation in document order is reported, except an
+// unknown dtype: that is Errc::unsupported only for a header with no other
+// defect (a malformed file is a parse_error whatever its dtypes), so it is
+// kept in unsupported() until the caller has checked everything else.
 class HeaderSax {
  public:
   using json = nlohmann::json;
@@ -66,7 +69,7 @@ class HeaderSax {
         at_ = in_metadata_ ? At::metadata : At::tensor;
         t_ = TensorInfo{};
         t_.name = key_;
-        have_dtype_ = have_shape_ = have_offsets_ = false;
+        have_dtype_ = have_shape_ = have_offsets_ = unknown_dtype_ = false;
         break;
       default: scalar(Kind::container, nullptr);
     }
@@ -138,6 +141,9 @@ class HeaderSax {
     bad(std::string("header: bad JSON: ") + e.what());
   }
 
+  // The message for the first tensor of an unknown dtype, or empty.
+  const std::string& unsupported() const { return unsupported_; }
+
  private:
   enum class At { start, top, top_value, metadata, metadata_value, tensor, tensor_value, shape, offsets, done };
   enum class Field { dtype, shape, offsets };
@@ -170,8 +176,10 @@ class HeaderSax {
       case At::tensor_value:
         if (field_ == Field::dtype) {
           if (kind != Kind::string) bad(tw() + ": dtype is not a string");
-          if (!parse_dtype(*s, t_.dtype))
-            ::loftq::detail::fail(Errc::unsupported, path_ + ": " + tw() + ": unsupported dtype '" + *s + "'");
+          if (!parse_dtype(*s, t_.dtype)) {
+            unknown_dtype_ = true;
+            if (unsupported_.empty()) unsupported_ = path_ + ": " + tw() + ": unsupported dtype '" + *s + "'";
+          }
         } else if (field_ == Field::shape) {
           bad(tw() + ": shape is not an array");
         } else {
@@ -202,13 +210,13 @@ class HeaderSax {
       if (mul_overflows(numel, x, numel)) bad(tw + ": shape element count overflows");
     t_.numel = numel;
     std::uint64_t expect = 0;
-    if (mul_overflows(numel, dtype_size(t_.dtype), expect)) bad(tw + ": byte count overflows");
+    if (!unknown_dtype_ && mul_overflows(numel, dtype_size(t_.dtype), expect)) bad(tw + ": byte count overflows");
     if (t_.end < t_.begin)
       bad(tw + ": data_offsets end " + std::to_string(t_.end) + " < begin " + std::to_string(t_.begin));
     if (t_.end > data_size_)
       bad(tw + ": data_offsets [" + std::to_string(t_.begin) + ", " + std::to_string(t_.end) +
           ") run past the data section (" + std::to_string(data_size_) + " bytes; file truncated?)");
-    if (t_.end - t_.begin != expect)
+    if (!unknown_dtype_ && t_.end - t_.begin != expect)
       bad(tw + ": holds " + std::to_string(t_.end - t_.begin) + " bytes but dtype " + dtype_name(t_.dtype) +
           " and its shape need " + std::to_string(expect));
     index_.emplace(t_.name, tensors_.size());
@@ -224,7 +232,8 @@ class HeaderSax {
   At at_ = At::start;
   Field field_ = Field::dtype;
   bool in_metadata_ = false, seen_metadata_ = false;
-  bool have_dtype_ = false, have_shape_ = false, have_offsets_ = false;
+  bool have_dtype_ = false, have_shape_ = false, have_offsets_ = false, unknown_dtype_ = false;
+  std::string unsupported_;
   int n_offsets_ = 0;
   std::uint64_t u_ = 0;
   std::string key_;
@@ -263,6 +272,7 @@ inline void parse_header(const unsigned char* base, std::uint64_t size, const st
   }
   if (pos != data_size)
     bad("data section has " + std::to_string(data_size) + " bytes but the tensors cover " + std::to_string(pos));
+  if (!sax.unsupported().empty()) ::loftq::detail::fail(Errc::unsupported, sax.unsupported());
   for (std::size_t i = 0; i < tensors.size(); ++i) index[tensors[i].name] = i;
 }
 
