@@ -124,7 +124,11 @@ TEST_CASE("wide headers of empty containers are refused in linear time") {
   for (std::size_t mb : {1, 4}) {
     CAPTURE(mb);
     const std::size_t n = mb << 20;
-    CHECK(open_code("siblings.safetensors", repeated(R"({"__metadata__":{"x":{})", R"("y":{})", "}}", n)) ==
+    // Distinct keys: a duplicate would stop any strict parser early.
+    std::string sib = R"({"__metadata__":{)";
+    for (std::size_t k = 0; sib.size() < n; ++k) sib += (k ? ",\"" : "\"") + std::to_string(k) + "\":{}";
+    CHECK(open_code("siblings.safetensors", sib + "}}") == loftq::Errc::parse_error);
+    CHECK(open_code("siblings2.safetensors", repeated(R"({"__metadata__":{"x":{})", R"("y":{})", "}}", n)) ==
           loftq::Errc::parse_error);
     CHECK(open_code("flat.safetensors", repeated(R"({"__metadata__":[)", "[]", "]}", n)) == loftq::Errc::parse_error);
     CHECK(open_code("flatshape.safetensors",
