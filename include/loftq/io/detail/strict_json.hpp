@@ -56,7 +56,6 @@ class DepthGuard {
     if (open_ > max_depth_)
       ::loftq::detail::fail(Errc::parse_error, what_ + ": JSON nested deeper than " + std::to_string(max_depth_));
   }
-  int open_containers() const { return open_; }
   const std::string& what() const { return what_; }
 
  private:
