@@ -7,31 +7,16 @@
 // arrays are accepted: that is all a weight matrix can be, and refusing the
 // rest early keeps the byte-order handling to two item sizes.
 
-#include <algorithm>
-#include <atomic>
-#include <cctype>
-#include <cerrno>
-#include <cmath>
+#include <Eigen/Core>
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstring>
 #include <fstream>
-#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
 
-#include <Eigen/Core>
-
-#include "loftq/error.hpp"
 #include "detail/npy_format.hpp"
-
-#if defined(_WIN32)
-#include <process.h>
-#else
-#include <unistd.h>
-#endif
+#include "loftq/error.hpp"
 
 namespace loftq {
 namespace io {
