@@ -231,7 +231,7 @@ class OutputMetric {
   double quantization_squared_error(const Scalar* Wp, RowMatrix<Scalar>& R, const QuantSpec& plain) {
     quantize_flat(Wp, R.data(), static_cast<PackedMatrix*>(nullptr), static_cast<std::int64_t>(R.size()), plain,
                   threads_, Wp);
-    prepare(R);
+    if (full_) prepare(R);  // only the full norm reads the image
     return squared_norm(R);
   }
 
