@@ -5,6 +5,8 @@
 
 #include <loftq/loftq.hpp>
 
+#include <Eigen/QR>
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <random>
@@ -49,9 +51,9 @@ inline std::vector<std::vector<int>> sample_sequences(const Model& w, int n, int
   return seqs;
 }
 
-// Task 1, recovery: match the full-precision model's next-token
-// distributions at every position.
-inline std::vector<ExampleF> recovery_examples(const Model& fp, const std::vector<std::vector<int>>& seqs) {
+// Match a teacher's next-token distributions at every position of the given
+// sequences (task 1: the full-precision model; task 2: a shifted teacher).
+inline std::vector<ExampleF> distillation_examples(const Model& fp, const std::vector<std::vector<int>>& seqs) {
   const auto logits = lm::forward_logits<float>(fp, nullptr, seqs);
   std::vector<ExampleF> out(seqs.size());
   for (std::size_t b = 0; b < seqs.size(); ++b) {
@@ -62,26 +64,48 @@ inline std::vector<ExampleF> recovery_examples(const Model& fp, const std::vecto
   return out;
 }
 
-// Task 2, a skill the base model lacks: BOS, a random span of `span` tokens,
-// then the same span again; only the copied half counts. Span tokens avoid
-// llama2.c's special ids 0..2.
-inline std::vector<ExampleF> copy_examples(int n, int span, int vocab, std::mt19937_64& rng) {
-  std::uniform_int_distribution<int> tok(3, vocab - 1);
-  std::vector<ExampleF> out(static_cast<std::size_t>(n));
-  for (auto& e : out) {
-    std::vector<int> s(static_cast<std::size_t>(span));
-    for (int& x : s) x = tok(rng);
-    e.tokens = {kBos};
-    e.tokens.insert(e.tokens.end(), s.begin(), s.end());
-    e.tokens.insert(e.tokens.end(), s.begin(), s.end());
-    const std::size_t T = e.tokens.size();
-    e.targets.assign(T, 0);
-    e.mask.assign(T, 0);
-    for (std::size_t t = 0; t + 1 < T; ++t) e.targets[t] = e.tokens[t + 1];
-    // Position t predicts token t+1: positions span..2*span-1 predict the copy.
-    for (std::size_t t = static_cast<std::size_t>(span); t + 1 < T; ++t) e.mask[t] = 1;
+// Task 2, a new behaviour within the adapter's reach: the teacher is the
+// full-precision model with a random rank-`rank` update added to every
+// linear, ||dW||_F = size * ||W||_F, in directions drawn independently of W.
+// With rank <= the adapters' rank, LoRA on the full-precision model can match
+// the teacher exactly, so what a method reaches measures how much of its
+// adapter is still free for something new once the quantization error has
+// taken its share.
+inline Model shifted_teacher(const Model& fp, int rank, double size, std::mt19937_64& rng) {
+  std::normal_distribution<double> g(0.0, 1.0);
+  auto orthonormal = [&](Eigen::Index rows) {
+    Eigen::MatrixXd X(rows, rank);
+    for (Eigen::Index j = 0; j < X.cols(); ++j)
+      for (Eigen::Index i = 0; i < X.rows(); ++i) X(i, j) = g(rng);
+    return Eigen::MatrixXd(Eigen::HouseholderQR<Eigen::MatrixXd>(X).householderQ() * Eigen::MatrixXd::Identity(rows, rank));
+  };
+  for (const auto& layer : fp.layers)
+    for (int k = 0; k < lm::kKinds; ++k)
+      if (rank < 1 || rank > std::min(layer.W[k].rows(), layer.W[k].cols()))
+        throw loftq::Error(loftq::Errc::invalid_argument,
+                           "shifted_teacher: rank " + std::to_string(rank) + " does not fit a " +
+                               std::to_string(layer.W[k].rows()) + "x" + std::to_string(layer.W[k].cols()) + " linear");
+  Model t = fp;
+  for (auto& layer : t.layers)
+    for (int k = 0; k < lm::kKinds; ++k) {
+      Mat<float>& W = layer.W[k];
+      const Eigen::MatrixXd U = orthonormal(W.rows()), V = orthonormal(W.cols());
+      const double c = size * W.cast<double>().norm() / std::sqrt(static_cast<double>(rank));
+      W += (c * U * V.transpose()).cast<float>();
+    }
+  return t;
+}
+
+// The teacher's mean entropy per position, in nats.
+inline double mean_entropy(const std::vector<ExampleF>& examples) {
+  double h = 0;
+  double positions = 0;
+  for (const auto& e : examples) {
+    const Eigen::ArrayXXd p = e.teacher.cast<double>().array();
+    h -= (p > 0).select(p * p.log(), 0.0).sum();
+    positions += static_cast<double>(p.rows());
   }
-  return out;
+  return positions > 0 ? h / positions : 0;
 }
 
 // Statistics of every linear's input under the full-precision model, per

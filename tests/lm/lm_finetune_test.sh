@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Runs `lm_finetune --quick` and checks properties that hold whatever the
-# exact numbers: at 2 bits every LoftQ initialization starts closer to the
-# full-precision model (held-out KL) than QLoRA does, and fine-tuning lowers
-# every method's held-out loss on both tasks (except full-precision LoRA on
-# the recovery task, which starts at its optimum, KL 0, and must stay near it).
+# exact numbers: at 2 bits every LoftQ initialization starts closer than
+# QLoRA to the full-precision model and to the shifted teacher (held-out KL
+# on both tasks), and fine-tuning lowers every method's held-out loss on both
+# tasks (except full-precision LoRA on the recovery task, which starts at its
+# optimum, KL 0, and must stay near it).
 #
 # usage: lm_finetune_test.sh LM_FINETUNE OUT_DIR MODEL
 # Exit 77 (skip) when the checkpoint is absent.
@@ -23,15 +24,15 @@ set -e
 [[ $rc -eq 0 ]] || { echo "lm_finetune failed with exit code $rc"; exit 1; }
 summary=$out/summary.csv
 [[ -s $summary ]] || { echo "no $summary"; exit 1; }
-for f in curves.csv recovery_nf2_r8.svg copy_nf4_r8.svg; do
+for f in curves.csv recovery_nf2_r8.svg shift_nf4_r8.svg; do
   [[ -s $out/$f ]] || { echo "missing $out/$f"; exit 1; }
 done
 
-# summary.csv: method,bits_group,avg_bits,rank,weight_error,task1_kl_init,task1_kl_final,task2_ce_init,task2_ce_final
+# summary.csv: method,bits_group,avg_bits,rank,weight_error,task1_kl_init,task1_kl_final,task2_kl_init,task2_kl_final
 awk -F, '
   NR == 1 { next }
   { rows++; m[NR] = $1; g[NR] = $2; r[NR] = $4; ki[NR] = $6; kf[NR] = $7; ci[NR] = $8; cf[NR] = $9
-    if ($1 == "qlora" && $2 == 2) q2[$4] = $6 }
+    if ($1 == "qlora" && $2 == 2) { q2[$4] = $6; s2[$4] = $8 } }
   END {
     bad = 0; loftq = 0
     if (rows < 10) { print "too few rows: " rows; exit 1 }
@@ -39,12 +40,15 @@ awk -F, '
       if (m[i] != "fp_lora" && m[i] != "qlora" && (g[i] == 2 || g[i] == 0)) {
         loftq++
         if (!(r[i] in q2)) { print "no QLoRA row at rank " r[i]; bad = 1 }
-        else if (!(ki[i] < q2[r[i]])) { print m[i] " (bits " g[i] ", rank " r[i] "): init KL " ki[i] " >= QLoRA " q2[r[i]]; bad = 1 }
+        else {
+          if (!(ki[i] < q2[r[i]])) { print m[i] " (bits " g[i] ", rank " r[i] "): init KL " ki[i] " >= QLoRA " q2[r[i]]; bad = 1 }
+          if (!(ci[i] < s2[r[i]])) { print m[i] " (bits " g[i] ", rank " r[i] "): init shift KL " ci[i] " >= QLoRA " s2[r[i]]; bad = 1 }
+        }
       }
       if (m[i] == "fp_lora") {
         if (!(kf[i] < 0.05)) { print "fp_lora drifted to KL " kf[i]; bad = 1 }
       } else if (!(kf[i] < ki[i])) { print m[i] " (bits " g[i] ", rank " r[i] "): recovery KL " ki[i] " -> " kf[i]; bad = 1 }
-      if (!(cf[i] < ci[i])) { print m[i] " (bits " g[i] ", rank " r[i] "): copy loss " ci[i] " -> " cf[i]; bad = 1 }
+      if (!(cf[i] < ci[i])) { print m[i] " (bits " g[i] ", rank " r[i] "): shift KL " ci[i] " -> " cf[i]; bad = 1 }
     }
     if (loftq < 6) { print "expected the LoftQ variants at 2 bits, found " loftq; bad = 1 }
     if (bad) exit 1
