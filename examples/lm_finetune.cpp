@@ -213,13 +213,13 @@ void print_tables(const std::vector<Row>& rows, const Settings& s) {
                               "task 2 (shift): held-out KL(p_teacher || p_model), nats/token"};
   for (int t = 0; t < 2; ++t) {
     std::printf("\n%s, after %d steps\n", task_name[t], s.steps);
-    std::printf("%-5s %-4s %-17s %6s %8s %9s %9s %9s %9s\n", "bits", "rank", "method", "avg_b", "w_err", "init",
+    std::printf("%-5s %-4s %-20s %6s %8s %9s %9s %9s %9s\n", "bits", "rank", "method", "avg_b", "w_err", "init",
                 "final", "init/QL", "final/QL");
     for (const auto& r : rows) {
       const int group = r.bits_group == 0 ? 2 : r.bits_group;  // mixed 2.5 bits is compared with QLoRA at 2
       const Row* q = find(rows, "qlora", group, r.rank);
       const double qi = q ? q->task[t].init : 0, qf = q ? q->task[t].final : 0;
-      std::printf("%-5s %-4d %-17s %6.2f %8.4f %9.4f %9.4f %9s %9s\n",
+      std::printf("%-5s %-4d %-20s %6.2f %8.4f %9.4f %9.4f %9s %9s\n",
                   r.bits_group == 0 ? "mix" : std::to_string(r.bits_group).c_str(), r.rank, r.method.c_str(), r.bits,
                   r.weight_error, r.task[t].init, r.task[t].final, qi > 0 ? fmt("%.3f", r.task[t].init / qi).c_str() : "-",
                   qf > 0 ? fmt("%.3f", r.task[t].final / qf).c_str() : "-");
@@ -354,9 +354,7 @@ int main(int argc, char** argv) {
           for (int b : s.bits) {
             // The one-default-at-a-time ablation runs at the widths the
             // targets are set at (2 and 4 bits), to keep the default run short.
-            const bool ablation = spec.init == Init::scale_search || spec.init == Init::svd_start ||
-                                  spec.init == Init::keep_best;
-            if (!ablation || b != 3) todo.push_back({&spec, b});
+            if (!is_ablation(spec.init) || b != 3) todo.push_back({&spec, b});
           }
       }
       for (const auto& [spec, b] : todo) {
@@ -369,7 +367,7 @@ int main(int argc, char** argv) {
         row.weight_error = m.weight_error;
         row.task[0] = train(m, kl_train, kl_test, lm::Loss::kl, schedule, s.lr);
         row.task[1] = train(m, shift_train, shift_test, lm::Loss::kl, shift_schedule, s.shift_lr);
-        std::fprintf(stderr, "  r%-2d %-4s %-17s KL %.4f -> %.4f   shift %.4f -> %.4f   (%.0f s)\n", rank,
+        std::fprintf(stderr, "  r%-2d %-4s %-20s KL %.4f -> %.4f   shift %.4f -> %.4f   (%.0f s)\n", rank,
                      b == 0 ? "mix" : b == 32 ? "fp" : std::to_string(b).c_str(), m.name.c_str(), row.task[0].init,
                      row.task[0].final, row.task[1].init, row.task[1].final,
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -126,7 +126,18 @@ inline std::vector<std::vector<loftq::InputStatistics>> collect_statistics(const
   return stats;
 }
 
-enum class Init { full_precision, qlora, reference, defaults, scale_search, svd_start, keep_best, data_aware, mixed };
+enum class Init {
+  full_precision, qlora, reference, defaults,
+  scale_search, svd_start, keep_best,           // the reference plus one default
+  no_scale_search, no_svd_start, no_keep_best,  // the defaults minus one
+  data_aware, mixed
+};
+
+// The one-default-at-a-time rows (either direction).
+inline bool is_ablation(Init i) {
+  return i == Init::scale_search || i == Init::svd_start || i == Init::keep_best || i == Init::no_scale_search ||
+         i == Init::no_svd_start || i == Init::no_keep_best;
+}
 
 struct MethodSpec {
   Init init;
@@ -137,13 +148,16 @@ inline const std::vector<MethodSpec>& method_specs() {
   static const std::vector<MethodSpec> m = {
       {Init::full_precision, "fp_lora"}, {Init::qlora, "qlora"},           {Init::reference, "loftq_ref"},
       {Init::defaults, "loftq_default"}, {Init::scale_search, "ref+scale_search"},
-      {Init::svd_start, "ref+svd_start"}, {Init::keep_best, "ref+keep_best"}, {Init::data_aware, "data_aware"},
+      {Init::svd_start, "ref+svd_start"}, {Init::keep_best, "ref+keep_best"},
+      {Init::no_scale_search, "default-scale_search"}, {Init::no_svd_start, "default-svd_start"},
+      {Init::no_keep_best, "default-keep_best"}, {Init::data_aware, "data_aware"},
       {Init::mixed, "mixed_2.5"}};
   return m;
 }
 
 // The reference's settings (PEFT's LoftQ): T = 5, absmax scales, zero start,
-// last iterate, exact SVD. The single-change variants add one default each.
+// last iterate, exact SVD. The single-change variants add one default to
+// it, or take one away from the defaults.
 inline loftq::Options options_for(Init init, int rank) {
   loftq::Options o;
   o.rank = rank;
@@ -153,6 +167,12 @@ inline loftq::Options options_for(Init init, int rank) {
   o.threads = 1;
   o.svd.threads = 1;
   if (init == Init::defaults || init == Init::data_aware || init == Init::mixed) return o;
+  if (init == Init::no_scale_search || init == Init::no_svd_start || init == Init::no_keep_best) {
+    o.scale_search = init != Init::no_scale_search;
+    if (init == Init::no_svd_start) o.start = loftq::Start::zero;
+    o.keep_best = init != Init::no_keep_best;
+    return o;
+  }
   o.iterations = 5;
   o.scale_search = init == Init::scale_search;
   o.start = init == Init::svd_start ? loftq::Start::svd : loftq::Start::zero;

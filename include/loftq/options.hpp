@@ -37,9 +37,11 @@ struct Options {
   // iterate): measured on realistic matrices and stories260K, NF2 error is
   // 0.55-0.83x and NF4 0.62-0.73x the reference's (bench/README.md). They are
   // chosen by what the fine-tuned model gets, not by that error: LoRA
-  // fine-tuned on stories260K (examples/lm_finetune) ends closer to the
-  // full-precision model from these defaults than from the reference or
-  // QLoRA at 2, 3 and 4 bits, so they are the same for every bit width. Set
+  // fine-tuned on stories260K (examples/lm_finetune) from these defaults ends
+  // better than from the reference or QLoRA at 2, 3 and 4 bits, both when
+  // recovering the full-precision model and when learning a new low-rank
+  // behaviour; taking the SVD start or scale search away makes both worse,
+  // so they are the same for every bit width. Set
   // scale_search = false, start = Start::zero and keep_best = false for
   // the reference's results.
   Start start = Start::svd;
