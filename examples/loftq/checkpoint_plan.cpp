@@ -232,12 +232,13 @@ Writers open_writers(const StagedOutput& out, const st::Checkpoint& ck, const st
 
 void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::SafetensorsWriter& w,
                  const std::string& out_name) {
-  const std::uint64_t chunk = std::uint64_t(64) << 20;
+  const std::uint64_t chunk = std::uint64_t(16) << 20;
+  std::vector<unsigned char> buf(static_cast<std::size_t>(std::min(chunk, t.nbytes())));
   std::uint64_t off = 0;
   do {
     const std::uint64_t n = std::min(chunk, t.nbytes() - off);
-    w.write(out_name, f.bytes(t) + off, n, off);
-    f.release(t, off, n);
+    f.read_bytes(t, off, n, buf.data());
+    w.write(out_name, buf.data(), n, off);
     off += n;
     check_interrupt();
   } while (off < t.nbytes());

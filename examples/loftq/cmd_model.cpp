@@ -32,7 +32,6 @@ TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const
                             const loftq::Options& opt, bool double_quant) {
   TargetResult out;
   RowMatrixF W = f.read_matrix(*t.info);
-  f.release(*t.info);
   try {
     out.r = loftq::initialize(W, q, opt);
     if (double_quant) out.dq = loftq::double_quantize(W, out.r, opt);

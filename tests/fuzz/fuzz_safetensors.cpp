@@ -58,7 +58,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       }
     } catch (const loftq::Error&) {
     }
-    st.release(t);
+    try {
+      if (st.read_bytes(t).size() != t.nbytes()) std::abort();
+    } catch (const loftq::Error&) {
+    }
   }
   return 0;
 }

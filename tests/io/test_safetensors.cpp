@@ -147,14 +147,52 @@ TEST_CASE("write then read: F32, F16, BF16, other dtypes, metadata") {
   CHECK(M(1, 2) == -7.0f);
   CHECK(f.at("a.bf16").shape == std::vector<std::uint64_t>{3, 2});
   std::int64_t back[3];
-  std::memcpy(back, f.bytes(f.at("ids")), 24);
+  f.read_bytes(f.at("ids"), 0, 24, back);
   CHECK(back[1] == -2);
   CHECK_THROWS_AS(f.read_float(f.at("ids")), loftq::Error);
   CHECK(f.at("empty").nbytes() == 0);
   CHECK(f.data_offset() % 8 == 0);
-  f.release(f.at("a.f32"));
   CHECK(f.read_float(f.at("a.f32"))[0] == 1.5f);
+  CHECK(f.read_bytes(f.at("ids")).size() == 24);
+  std::int64_t last = 0;
+  f.read_bytes(f.at("ids"), 16, 8, &last);
+  CHECK(last == back[2]);
+  CHECK_THROWS_AS(f.read_bytes(f.at("ids"), 16, 9, &last), loftq::Error);
   CHECK_THROWS_AS(f.at("nope"), loftq::Error);
+}
+
+TEST_CASE("a file that changes while open is an error at the next read, not a signal") {
+  const std::string p = path_of("shrinks.safetensors");
+  std::vector<float> a(4096, 0.5f);
+  auto write = [&] {
+    st::SafetensorsWriter w(p, {{"a", st::Dtype::F32, {64, 64}}, {"b", st::Dtype::F32, {64, 64}}});
+    w.write("a", a.data(), a.size() * 4);
+    w.write("b", a.data(), a.size() * 4);
+    w.commit();
+  };
+  write();
+  {
+    st::SafetensorsFile f(p);
+    CHECK(f.read_float(f.at("b"))[4095] == 0.5f);
+    // Truncated under the reader: a memory map would die of SIGBUS here.
+    REQUIRE(::truncate(p.c_str(), static_cast<off_t>(f.data_offset() + 4096 * 4 + 100)) == 0);
+    CHECK_THROWS_WITH_AS(f.read_float(f.at("b")), doctest::Contains("changed while being read"), loftq::Error);
+    CHECK_THROWS_AS(f.read_matrix(f.at("a")), loftq::Error);
+  }
+  write();
+  {
+    st::SafetensorsFile f(p);
+    // Replaced by rename: the open file is the old one and still reads whole.
+    const std::string other = path_of("other.safetensors");
+    {
+      st::SafetensorsWriter w(other, {{"x", st::Dtype::F32, {1}}});
+      const float x = 1;
+      w.write("x", &x, 4);
+      w.commit();
+    }
+    REQUIRE(std::rename(other.c_str(), p.c_str()) == 0);
+    CHECK(f.read_float(f.at("b"))[0] == 0.5f);
+  }
 }
 
 TEST_CASE("writer: incomplete or undeclared writes fail and leave nothing") {

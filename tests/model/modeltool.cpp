@@ -239,7 +239,7 @@ int cmd_check(const std::string& input, const std::string& out, std::uint64_t r,
     const std::string path = name.substr(0, name.size() - 7);
     const std::string ka = "base_model.model." + path + ".lora_A.weight", kb = "base_model.model." + path + ".lora_B.weight";
     if (!is_target(name, ti)) {
-      require(std::memcmp(fi.bytes(ti), fo.bytes(to), ti.nbytes()) == 0, "non-target not byte-identical: " + name);
+      require(fi.read_bytes(ti) == fo.read_bytes(to), "non-target not byte-identical: " + name);
       require(!ad.find(ka), "adapter for a non-target: " + name);
       continue;
     }
@@ -306,7 +306,7 @@ int cmd_packed(const std::string& out) {
       const std::vector<float> absmax = p.read_float(p.at(name + ".qscales_absmax"));
       const std::vector<float> mean = p.read_float(p.at(name + ".qscales_mean"));
       require(absmax.size() == (nb + 255) / 256 && mean.size() == 1, "double-quant payload sizes of " + name);
-      const unsigned char* q = p.bytes(tq);
+      const std::vector<unsigned char> q = p.read_bytes(tq);
       for (std::uint64_t b = 0; b < nb; ++b) {
         require(q[b] >= 1, "double-quant code 0 in " + name);
         scales.push_back(mean[0] + static_cast<float>(static_cast<int>(q[b]) - 128) * (absmax[b / 256] / 127.0f));
@@ -314,7 +314,7 @@ int cmd_packed(const std::string& out) {
     } else {
       scales = p.read_float(p.at(name + ".qscales"));
     }
-    const unsigned char* codes = p.bytes(t);
+    const std::vector<unsigned char> codes = p.read_bytes(t);
     require(t.nbytes() == (N * static_cast<std::uint64_t>(bits) + 7) / 8, "code bytes of " + name);
     require(scales.size() == nb, "scale count of " + name);
     for (std::uint64_t i = 0; i < N; ++i) {

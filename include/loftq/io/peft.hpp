@@ -512,19 +512,11 @@ inline PackedFile read_packed(const SafetensorsFile& f) {
       if (!ti) bad("missing tensor '" + d.name + "'");
       if (ti->dtype != d.dtype || ti->shape != d.shape) bad("tensor '" + d.name + "' has the wrong dtype or shape");
     }
-    auto bytes_of = [&](const std::string& n) { return f.bytes(f.at(n)); };
-    auto floats_of = [&](const std::string& n) {
-      const TensorInfo& ti = f.at(n);
-      std::vector<float> v(static_cast<std::size_t>(ti.numel));
-      to_float(Dtype::F32, f.bytes(ti), v.size(), v.data());
-      return v;
-    };
-    const TensorInfo& codes = f.at(name + ".qcodes");
-    P.codes.assign(bytes_of(codes.name), bytes_of(codes.name) + codes.nbytes());
+    auto floats_of = [&](const std::string& n) { return f.read_float(f.at(n)); };
+    P.codes = f.read_bytes(f.at(name + ".qcodes"));
     if (s.double_quant) {
-      const TensorInfo& dq = f.at(name + ".qscales_q");
       P.scale_dq.block_size = kDoubleQuantBlock;
-      P.scale_dq.codes.assign(bytes_of(dq.name), bytes_of(dq.name) + dq.nbytes());
+      P.scale_dq.codes = f.read_bytes(f.at(name + ".qscales_q"));
       P.scale_dq.absmax = floats_of(name + ".qscales_absmax");
       P.scale_dq.mean = floats_of(name + ".qscales_mean")[0];
       P.scales = recover_scales(P.scale_dq);

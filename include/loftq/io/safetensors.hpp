@@ -7,10 +7,13 @@
 // (offsets relative to the data section) plus an optional "__metadata__"
 // object of string -> string, which is preserved.
 //
-// Reading maps the file (mmap) and validates the whole header before any
-// tensor is touched; tensor bytes are read only when asked for, and
-// SafetensorsFile::release() hands a tensor's pages back to the OS, so a
-// stream over a large checkpoint keeps a bounded working set.
+// Reading validates the whole header before any tensor is touched; tensor
+// bytes are read (pread, in bounded chunks) only when asked for, so a stream
+// over a large checkpoint keeps a bounded working set. The file stays open,
+// so a rename or unlink during a run does not affect it. A file that shrinks
+// or is rewritten while open is a clear loftq::Error at the next read (its
+// size and modification time are checked on every read), never the SIGBUS a
+// memory map would raise on truncation.
 //
 // The parser faces untrusted bytes. Every defect is a loftq::Error naming the
 // file (and the tensor): header length past the end of the file or above
@@ -45,7 +48,6 @@
 #include <vector>
 
 #include <fcntl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -86,30 +88,27 @@ class SafetensorsFile {
     close();
     path_ = path;
     // O_NONBLOCK: a FIFO in place of the file must not hang the open.
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) ::loftq::detail::fail(Errc::io_error, path + ": cannot open: " + std::strerror(errno));
-    struct stat st;
-    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-      ::close(fd);
-      ::loftq::detail::fail(Errc::io_error, path + ": not a regular file");
-    }
-    size_ = static_cast<std::uint64_t>(st.st_size);
-    if (size_ < 8) {
-      ::close(fd);
-      ::loftq::detail::fail(Errc::parse_error, path + ": truncated: " + std::to_string(size_) +
-                                                   " bytes, shorter than the 8-byte header length");
-    }
-    if (size_ > static_cast<std::uint64_t>(std::numeric_limits<std::size_t>::max())) {
-      ::close(fd);
-      ::loftq::detail::fail(Errc::unsupported, path + ": file too large to map");
-    }
-    void* p = ::mmap(nullptr, static_cast<std::size_t>(size_), PROT_READ, MAP_PRIVATE, fd, 0);
-    const int e = errno;
-    ::close(fd);
-    if (p == MAP_FAILED) ::loftq::detail::fail(Errc::io_error, path + ": cannot map: " + std::strerror(e));
-    base_ = static_cast<const unsigned char*>(p);
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd_ < 0) ::loftq::detail::fail(Errc::io_error, path + ": cannot open: " + std::strerror(errno));
     try {
-      parse_header();
+      struct stat st;
+      if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode))
+        ::loftq::detail::fail(Errc::io_error, path + ": not a regular file");
+      size_ = static_cast<std::uint64_t>(st.st_size);
+      mtime_ = st.st_mtim;
+      if (size_ < 8)
+        ::loftq::detail::fail(Errc::parse_error, path + ": truncated: " + std::to_string(size_) +
+                                                     " bytes, shorter than the 8-byte header length");
+      // The header alone: its length, then at most kMaxHeaderBytes of JSON
+      // (parse_header rejects a longer one before looking at it).
+      unsigned char len[8];
+      pread_exact(len, 0, 8);
+      std::uint64_t n = 0;
+      for (int i = 7; i >= 0; --i) n = (n << 8) | len[i];
+      const std::uint64_t head = 8 + std::min({n, size_ - 8, static_cast<std::uint64_t>(kMaxHeaderBytes)});
+      std::vector<unsigned char> header(static_cast<std::size_t>(head));
+      pread_exact(header.data(), 0, head);
+      detail::parse_header(header.data(), size_, path_, data_offset_, tensors_, index_, metadata_);
     } catch (...) {
       close();
       throw;
@@ -117,8 +116,8 @@ class SafetensorsFile {
   }
 
   void close() noexcept {
-    if (base_) ::munmap(const_cast<unsigned char*>(base_), static_cast<std::size_t>(size_));
-    base_ = nullptr;
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
     size_ = 0;
     data_offset_ = 0;
     tensors_.clear();
@@ -141,14 +140,26 @@ class SafetensorsFile {
     if (!t) ::loftq::detail::fail(Errc::invalid_argument, path_ + ": no tensor '" + name + "'");
     return *t;
   }
-  // The tensor's raw bytes (little endian), inside the mapping.
-  const unsigned char* bytes(const TensorInfo& t) const { return base_ + data_offset_ + t.begin; }
+  // `n` of the tensor's raw bytes (little endian) from byte `offset` of the
+  // tensor, into dst. The range must lie inside the tensor.
+  void read_bytes(const TensorInfo& t, std::uint64_t offset, std::uint64_t n, void* dst) const {
+    ::loftq::detail::require(offset <= t.nbytes() && n <= t.nbytes() - offset, Errc::invalid_argument,
+                             path_ + ": read past the end of tensor '" + t.name + "'");
+    ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": file is closed");
+    pread_exact(static_cast<unsigned char*>(dst), data_offset_ + t.begin + offset, n);
+  }
+  // All of the tensor's raw bytes.
+  std::vector<unsigned char> read_bytes(const TensorInfo& t) const {
+    std::vector<unsigned char> v(static_cast<std::size_t>(t.nbytes()));
+    read_bytes(t, 0, t.nbytes(), v.data());
+    return v;
+  }
 
   // The tensor converted to float, row-major flattening.
   std::vector<float> read_float(const TensorInfo& t) const {
     require_float(t);
     std::vector<float> v(static_cast<std::size_t>(t.numel));
-    to_float(t.dtype, bytes(t), v.size(), v.data());
+    convert(t, v.data());
     return v;
   }
   // A 2-D tensor as an (rows x cols) row-major float matrix.
@@ -161,28 +172,54 @@ class SafetensorsFile {
                              Errc::unsupported, path_ + ": tensor '" + t.name + "' is too large");
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> M(static_cast<Eigen::Index>(t.shape[0]),
                                                                            static_cast<Eigen::Index>(t.shape[1]));
-    to_float(t.dtype, bytes(t), static_cast<std::size_t>(t.numel), M.data());
+    convert(t, M.data());
     return M;
   }
 
-  // Lets the OS drop the tensor's pages from this process (they are read
-  // again from the file if touched later). Keeps streaming passes bounded.
-  // With `offset`/`n`, only those bytes of the tensor (clamped to it).
-  void release(const TensorInfo& t, std::uint64_t offset = 0,
-               std::uint64_t n = std::numeric_limits<std::uint64_t>::max()) const noexcept {
-    if (!base_ || offset >= t.nbytes()) return;
-    n = std::min(n, t.nbytes() - offset);
-    const std::uint64_t page = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
-    std::uint64_t b = data_offset_ + t.begin + offset, e = b + n;
-    b = (b + page - 1) / page * page;
-    e = e / page * page;
-    if (e > b) ::madvise(const_cast<unsigned char*>(base_) + b, static_cast<std::size_t>(e - b), MADV_DONTNEED);
+ private:
+  // Converts the tensor to floats a bounded chunk at a time, so reading it
+  // costs one tensor of floats plus a chunk, not a second copy of its bytes.
+  void convert(const TensorInfo& t, float* out) const {
+    const std::size_t es = dtype_size(t.dtype);
+    const std::uint64_t chunk = (std::uint64_t(1) << 20) / es;  // elements per read
+    std::vector<unsigned char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(chunk, t.numel) * es));
+    for (std::uint64_t i = 0; i < t.numel; i += chunk) {
+      const std::uint64_t k = std::min(chunk, t.numel - i);
+      read_bytes(t, i * es, k * es, buf.data());
+      to_float(t.dtype, buf.data(), static_cast<std::size_t>(k), out + i);
+    }
   }
 
- private:
+  // Reads exactly n bytes at `at`, or fails naming the file: a short read or
+  // a changed size or modification time means the file changed under us.
+  void pread_exact(unsigned char* dst, std::uint64_t at, std::uint64_t n) const {
+    auto changed = [&] {
+      ::loftq::detail::fail(Errc::io_error, path_ + ": the file changed while being read (it was " +
+                                                std::to_string(size_) + " bytes when opened)");
+    };
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) ::loftq::detail::fail(Errc::io_error, path_ + ": cannot stat: " + std::strerror(errno));
+    if (static_cast<std::uint64_t>(st.st_size) != size_ || st.st_mtim.tv_sec != mtime_.tv_sec ||
+        st.st_mtim.tv_nsec != mtime_.tv_nsec)
+      changed();
+    while (n > 0) {
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
+      const ssize_t r = ::pread(fd_, dst, want, static_cast<off_t>(at));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        ::loftq::detail::fail(Errc::io_error, path_ + ": read failed: " + std::strerror(errno));
+      }
+      if (r == 0) changed();
+      dst += r;
+      at += static_cast<std::uint64_t>(r);
+      n -= static_cast<std::uint64_t>(r);
+    }
+  }
+
   void swap(SafetensorsFile& o) noexcept {
     std::swap(path_, o.path_);
-    std::swap(base_, o.base_);
+    std::swap(fd_, o.fd_);
+    std::swap(mtime_, o.mtime_);
     std::swap(size_, o.size_);
     std::swap(data_offset_, o.data_offset_);
     std::swap(tensors_, o.tensors_);
@@ -197,10 +234,9 @@ class SafetensorsFile {
   }
 
 
-  void parse_header() { detail::parse_header(base_, size_, path_, data_offset_, tensors_, index_, metadata_); }
-
   std::string path_;
-  const unsigned char* base_ = nullptr;
+  int fd_ = -1;
+  struct timespec mtime_ = {};
   std::uint64_t size_ = 0, data_offset_ = 0;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::size_t> index_;
