@@ -1,7 +1,10 @@
 #include <doctest/doctest.h>
 
 #include <Eigen/SVD>
+#include <atomic>
+#include <chrono>
 #include <limits>
+#include <thread>
 #include <loftq/initialize.hpp>
 
 #include "support.hpp"
@@ -158,6 +161,40 @@ TEST_CASE("bit-identical for 1 and 2 threads") {
     const auto r2 = loftq::initialize(W, NormalFloat<4>{}, o);
     loftq_test::check_identical(r1, r2);
   }
+}
+
+TEST_CASE("Options::cancel: a raised flag stops the call with Errc::cancelled; a lowered one changes nothing") {
+  const Eigen::MatrixXf W = loftq_test::structured(192, 160, 11);
+  const NormalFloat<2> q{};
+  Options o;
+  o.rank = 8;
+  const auto plain = loftq::initialize(W, q, o);
+  std::atomic<bool> flag{false};
+  o.cancel = &flag;
+  loftq_test::check_identical(plain, loftq::initialize(W, q, o));
+  flag = true;
+  for (loftq::Start s : {loftq::Start::zero, loftq::Start::svd}) {
+    o.start = s;
+    try {
+      (void)loftq::initialize(W, q, o);
+      FAIL("no exception");
+    } catch (const loftq::Error& e) {
+      CHECK(e.code() == loftq::Errc::cancelled);
+    }
+  }
+  // Raised from another thread during a long run: it stops within a step,
+  // not after the 100000 iterations asked for.
+  flag = false;
+  o.iterations = 100000;
+  std::thread raiser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    flag = true;
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_THROWS_AS(loftq::initialize(W, q, o), loftq::Error);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  raiser.join();
+  CHECK(seconds < 5.0);
 }
 
 TEST_CASE("randomized SVD stays within 0.5% of exact") {

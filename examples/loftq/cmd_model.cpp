@@ -36,6 +36,7 @@ TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const
     out.r = loftq::initialize(W, q, opt);
     if (double_quant) out.dq = loftq::double_quantize(W, out.r, opt);
   } catch (const loftq::Error& e) {
+    if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
     throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
   }
   out.sq_err = loftq::squared_error(out.r, W.cast<double>().squaredNorm());

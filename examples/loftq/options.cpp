@@ -9,6 +9,7 @@
 #include "options.hpp"
 
 #include "errors.hpp"
+#include "staged_output.hpp"
 
 #include <loftq/version.hpp>
 
@@ -32,6 +33,7 @@ const char* start_name(loftq::Start s) { return s == loftq::Start::zero ? "zero"
 
 loftq::Options library_options(const Args& a) {
   loftq::Options opt;
+  opt.cancel = cancel_flag();
   opt.rank = a.rank;
   opt.iterations = a.iters;
   opt.svd.method = a.svd;

@@ -22,16 +22,19 @@ namespace {
 
 std::atomic<int> g_stage{0};  // 0: nothing staged, 1: staging, 2: the handler is exiting
 volatile std::sig_atomic_t g_interrupted = 0;
+std::atomic<bool> g_cancel{false};  // Options::cancel: stops a running initialize within a step
 
 extern "C" void on_signal(int) {
   int expected = 0;
   if (g_stage.compare_exchange_strong(expected, 2)) _exit(kExitInterrupted);
   g_interrupted = 1;
+  g_cancel.store(true, std::memory_order_relaxed);
 }
 
 // Moves to stage 1. If a handler has already claimed the exit, wait for it.
 void begin_staging() {
-  static_assert(std::atomic<int>::is_always_lock_free, "the signal handler needs a lock-free atomic");
+  static_assert(std::atomic<int>::is_always_lock_free && std::atomic<bool>::is_always_lock_free,
+                "the signal handler needs lock-free atomics");
   int expected = 0;
   if (!g_stage.compare_exchange_strong(expected, 1)) {
     for (;;) pause();
@@ -53,8 +56,11 @@ void check_interrupt() {
   if (g_interrupted) throw Interrupted{};
 }
 
+const std::atomic<bool>* cancel_flag() { return &g_cancel; }
+
 void reset_signal_state() {
   g_interrupted = 0;
+  g_cancel.store(false);
   g_stage.store(0);
 }
 

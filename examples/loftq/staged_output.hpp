@@ -17,10 +17,12 @@
 //
 // Signals: until stage() a SIGINT/SIGTERM/SIGHUP ends the process at once
 // (exit 130; nothing is on disk). From stage() on, the handler only raises a
-// flag; check_interrupt() turns it into Interrupted, and the destructor of an
-// unpublished StagedOutput removes everything it created. publish() checks
-// the flag one last time just before its commit point.
+// flag (and Options::cancel, see cancel_flag()); check_interrupt() turns it
+// into Interrupted, and the destructor of an unpublished StagedOutput removes
+// everything it created. publish() checks the flag one last time just before
+// its commit point.
 
+#include <atomic>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -33,6 +35,9 @@ namespace fs = std::filesystem;
 void install_signal_handlers();
 // Throws Interrupted when a signal arrived since stage().
 void check_interrupt();
+// Raised by the same signals; library_options() hands it to the library as
+// Options::cancel, so a signal stops a tensor's computation within a step.
+const std::atomic<bool>* cancel_flag();
 // Back to "nothing staged": a later signal ends the process at once again.
 // For a process that runs several commands in turn (the fuzz target).
 void reset_signal_state();

@@ -15,6 +15,7 @@ enum class Errc {
   unsupported = 3,       // a valid request this build does not support (bits, dtype)
   parse_error = 4,       // a malformed or truncated file
   io_error = 5,          // the OS refused a read or write
+  cancelled = 6,         // Options::cancel was raised during the call
 };
 
 inline const char* errc_name(Errc e) noexcept {
@@ -24,6 +25,7 @@ inline const char* errc_name(Errc e) noexcept {
     case Errc::unsupported: return "unsupported";
     case Errc::parse_error: return "parse_error";
     case Errc::io_error: return "io_error";
+    case Errc::cancelled: return "cancelled";
   }
   return "unknown";
 }

@@ -173,6 +173,23 @@ interrupt)
     [ "$rc" -eq 130 ] || { show; fail "exit status $rc after SIG$sig, expected 130 (run finished too fast?)"; }
     [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "big " ] || fail "left behind after SIG$sig: $(ls -A)"
   done
+  # Inside one tensor: 100000 iterations would take minutes, but the signal
+  # reaches the library (Options::cancel) and stops it within a step.
+  "$LOFTQ" model --input big --output out --rank 16 --iters 100000 --threads 1 >"$out_file" 2>"$err_file" &
+  pid=$!
+  for _ in $(seq 600); do
+    compgen -G 'out.tmp-*' >/dev/null && break
+    sleep 0.05
+  done
+  sleep 0.3
+  t0=$(date +%s%N)
+  kill -s TERM "$pid"
+  wait "$pid"
+  rc=$?
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  [ "$rc" -eq 130 ] || { show; fail "exit status $rc after SIGTERM inside a tensor, expected 130"; }
+  [ "$ms" -lt 3000 ] || fail "SIGTERM inside a tensor took $ms ms to act on"
+  [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "big " ] || fail "left behind after SIGTERM inside a tensor: $(ls -A)"
   ;;
 
 bits_budget)

@@ -159,12 +159,15 @@ class Alternation {
     cur_ = make_packed(m_, n_, spec_);
     next_ = make_packed(m_, n_, spec_);
     best_ = make_packed(m_, n_, spec_);
+    check_cancel();
     start();
     for (int t = 1; t <= opt_.iterations; ++t) {
+      check_cancel();
       metric_.prepare(R_);
       if (t == 1 && opt_.start == Start::zero && !spec_.search)  // R = W - q(W): the baseline comes for free
         res_.qlora_error = relative(metric_.squared_norm(R_), w2_);
       fit(R_, svd_cold_);
+      check_cancel();
       const double e = relative(sweep(t < opt_.iterations), w2_);
       if (record(t, e)) break;
     }
@@ -172,11 +175,17 @@ class Alternation {
   }
 
  private:
+  void check_cancel() const {
+    if (opt_.cancel && opt_.cancel->load(std::memory_order_relaxed))
+      fail(Errc::cancelled, "initialize: cancelled");
+  }
+
   // Q_1 = q(W - A_0 B_0^T): with the zero start q(W); with the SVD start,
   // A_0, B_0 come from the metric's SVD of W.
   void start() {
     if (opt_.start == Start::svd) {
       fit(W_, svd_start_);
+      check_cancel();
       requantize_residual(Wp_, R_, f_.A, f_.B, opt_.threads, Requantize{&cur_, &spec_}, NoError{});
     } else {
       quantize_flat(Wp_, R_.data(), &cur_, N_, spec_, opt_.threads, Wp_);
