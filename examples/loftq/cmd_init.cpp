@@ -57,8 +57,10 @@ int run_init(const Args& a) {
     r = loftq::initialize(W, quantizer, opt);
     if (a.double_quant) dq = loftq::double_quantize(W, r, opt);
   } catch (const loftq::Error& e) {
-    throw InputError{a.input + ": " + e.what()};
+    throw InputError{a.input + ": " + numeric_failure(e, W)};
   }
+  if (!r.Q.allFinite() || !r.A.allFinite() || !r.B.allFinite())
+    throw InputError{a.input + ": " + numeric_failure(loftq::Error(loftq::Errc::non_finite, "the result is not finite"), W)};
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
 
