@@ -175,8 +175,8 @@ Settings Settings::from_report(const nlohmann::json& j) {
   count("block_size");
   one_of("svd", {"exact", "randomized"}, false);
   one_of("start", {"zero", "svd"}, true);
-  if (!field("seed").is_number_unsigned() && !(field("seed").is_number_integer() && field("seed").get<std::int64_t>() >= 0))
-    bad("seed is not a non-negative integer");
+  // nlohmann stores every non-negative integer as unsigned.
+  if (!field("seed").is_number_unsigned()) bad("seed is not a non-negative integer");
   if (j.contains("keep_best") && !j["keep_best"].is_boolean()) bad("keep_best is not a boolean");
   if (!field("lora_alpha").is_number() || !lora_alpha_in_range(field("lora_alpha").get<double>()))
     bad("lora_alpha " + field("lora_alpha").dump() + " is not a number in 1e-6..1e6");

@@ -60,7 +60,7 @@ int run_init(const Args& a) {
     throw InputError{a.input + ": " + numeric_failure(e, W)};
   }
   if (!r.Q.allFinite() || !r.A.allFinite() || !r.B.allFinite())
-    throw InputError{a.input + ": " + numeric_failure(loftq::Error(loftq::Errc::non_finite, "the result is not finite"), W)};
+    throw InputError{a.input + ": " + numeric_failure(not_finite_result(), W)};
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
 
@@ -74,8 +74,9 @@ int run_init(const Args& a) {
 
   if (!a.quiet) {
     const int threads = loftq::thread_count(a.threads);
-    std::printf("loftq %s: %s (%ldx%ld %s) -> %s\n", loftq::version().c_str(), a.input.c_str(),
-                static_cast<long>(facts.rows), static_cast<long>(facts.cols), facts.dtype.c_str(), out.dir().c_str());
+    std::printf("loftq %s: %s (%ldx%ld %s) -> %s\n", loftq::version().c_str(), printable(a.input).c_str(),
+                static_cast<long>(facts.rows), static_cast<long>(facts.cols), facts.dtype.c_str(),
+                printable(out.dir().string()).c_str());
     std::printf("  %s%d, block %ld, scale %s, rank %ld, svd %s, start %s, seed %llu, threads %d\n",
                 quantizer_name(a.kind), a.bits, static_cast<long>(a.block_size), scale_name(a.scale_search),
                 static_cast<long>(a.rank), loftq::to_string(a.svd), start_name(a.start),

@@ -209,7 +209,7 @@ int run_merge(const Args& a) {
   out.publish();
   if (!a.quiet) {
     std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", loftq::version().c_str(), n,
-                a.input.c_str(), out.dir().c_str(), plan.targets.size(), total);
+                printable(a.input).c_str(), printable(out.dir().string()).c_str(), plan.targets.size(), total);
     std::fflush(stdout);
   }
   return kExitOk;

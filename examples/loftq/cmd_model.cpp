@@ -41,7 +41,7 @@ TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const
     throw InputError{where + ": " + numeric_failure(e, W)};
   }
   if (!out.r.Q.allFinite() || !out.r.A.allFinite() || !out.r.B.allFinite())
-    throw InputError{where + ": " + numeric_failure(loftq::Error(loftq::Errc::non_finite, "the result is not finite"), W)};
+    throw InputError{where + ": " + numeric_failure(not_finite_result(), W)};
   out.sq_err = loftq::squared_error(out.r, W.cast<double>().squaredNorm());
   return out;
 }
@@ -184,7 +184,8 @@ int run_model(const Args& a) {
   if (!a.quiet) {
     const double k = sel.empty() ? 1.0 : static_cast<double>(sel.size());
     std::printf("loftq %s: %s -> %s: %zu of %zu target tensors%s, mean rel. error %.6f (QLoRA %.6f), %.1f s\n",
-                loftq::version().c_str(), a.input.c_str(), out.dir().c_str(), sel.size(), plan.targets.size(),
+                loftq::version().c_str(), printable(a.input).c_str(), printable(out.dir().string()).c_str(), sel.size(),
+                plan.targets.size(),
                 shard_run ? (" (shard " + std::to_string(a.shard_k) + "/" + std::to_string(a.shard_n) + ")").c_str()
                           : "",
                 sum_err / k, sum_qlora / k, total);

@@ -21,6 +21,8 @@ void apply_threads(int threads);
 // alone explains it (its squares, summed along a row or column as the SVD
 // and the error norms do, exceed the float32 range), the message says so
 // instead of naming the step that happened to overflow first.
+inline loftq::Error not_finite_result() { return loftq::Error(loftq::Errc::non_finite, "the result is not finite"); }
+
 template <class Matrix>
 std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
   if (e.code() != loftq::Errc::non_finite || W.size() == 0) return e.what();

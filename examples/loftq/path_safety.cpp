@@ -48,7 +48,8 @@ fs::path resolve_location(const std::string& p) {
       // The OS walks ".." from the directory a path really names; below a
       // missing directory there is none to walk from.
       if (missing)
-        throw InputError{p + ": cannot be resolved: " + missing_at.string() + " does not exist, so '..' after it names nothing"};
+        throw InputError{p + ": cannot be resolved: " + missing_at.string() +
+                         " does not exist, so '..' after it names nothing"};
       cur = cur.parent_path();
       continue;
     }
@@ -69,7 +70,8 @@ fs::path resolve_location(const std::string& p) {
       continue;
     }
     fs::path r;
-    if (!real_path(next, r)) throw InputError{p + ": cannot be resolved: " + next.string() + ": " + std::strerror(errno)};
+    if (!real_path(next, r))
+      throw InputError{p + ": cannot be resolved: " + next.string() + ": " + std::strerror(errno)};
     cur = r;
   }
   return cur;

@@ -139,7 +139,8 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
             throw InputError{in.shown + ": the input file is an output path (" + (shown_ / name).string() +
                              "); refusing to overwrite it"};
         const fs::file_status ts = fs::symlink_status(t, ec);
-        if (fs::exists(ts) && fs::is_directory(ts)) throw InputError{(shown_ / name).string() + ": exists and is a directory"};
+        if (fs::exists(ts) && fs::is_directory(ts))
+          throw InputError{(shown_ / name).string() + ": exists and is a directory"};
       }
     }
     if (::access(dir_.c_str(), W_OK | X_OK) != 0)
