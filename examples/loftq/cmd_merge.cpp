@@ -150,6 +150,10 @@ int run_merge(const Args& a) {
     const nlohmann::json& e = tensors[t.name];
     const std::string where = a.shards[owner.at(t.name)] + ": report entry of tensor '" + printable(t.name) + "'";
     if (!e.is_object()) throw InputError{where + " is not an object"};
+    // The merged report sums these; a bad one would pass into its totals.
+    for (const char* k : {"sq_err", "rel_err", "qlora_rel_err", "bits_per_weight"})
+      if (e.contains(k) && !(e[k].is_number() && e[k].get<double>() >= 0))
+        throw InputError{where + ": " + k + " " + e[k].dump() + " is not a non-negative number"};
     const int b = e.contains("bits") && e["bits"].is_number_integer() ? e["bits"].get<int>() : s.bits;
     if (b != s.bits)
       throw InputError{where + " has bits " + std::to_string(b) + ", the settings say " + std::to_string(s.bits)};

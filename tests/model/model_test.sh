@@ -221,6 +221,9 @@ merge_trust)
     case $edit in *rank*) grep -q 'rank -1 is not an integer in 1\.\.' "$err_file" || fail "rank -1: $(cat "$err_file")" ;; esac
   done
   rm -rf b1 b2
+  cp -r p1 b1
+  sed -i 's/"sq_err": [0-9]/"sq_err": -1/' b1/loftq_report.json
+  expect_refused "sq_err -1[.0-9]* is not a non-negative number" merge --input s --shards b1,p2 --output m
   # NaN in an adapter or in Q.
   cp -r p1 n1
   poke_nan n1/adapter_model.safetensors
