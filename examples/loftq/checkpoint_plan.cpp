@@ -1,10 +1,12 @@
 #include "checkpoint_plan.hpp"
 
 #include "errors.hpp"
+#include "path_safety.hpp"
 
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -13,6 +15,8 @@
 namespace loftq_cli {
 
 namespace {
+
+constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
 
 // The module of a weight when the tensor is `<prefix>.<module>.weight` with
 // module in `modules`; else "".
@@ -72,6 +76,7 @@ constexpr const char* kSideFiles[] = {"config.json",           "generation_confi
 
 Plan plan_targets(const st::Checkpoint& ck, const std::vector<std::string>& modules, Eigen::Index rank,
                   const std::string& input) {
+  if (rank < 1) throw InputError{input + ": rank " + std::to_string(rank) + " is not a positive integer"};
   Plan p;
   std::set<std::string> used;
   for (const auto& kv : ck.entries()) {  // std::map: sorted by name
@@ -80,16 +85,16 @@ Plan plan_targets(const st::Checkpoint& ck, const std::vector<std::string>& modu
     const std::string m = matched_module(kv.first, modules);
     if (m.empty()) continue;
     if (!st::is_float_dtype(t.dtype))
-      throw InputError{input + ": target tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) +
+      throw InputError{input + ": target tensor '" + printable(t.name) + "' has dtype " + st::dtype_name(t.dtype) +
                        "; expected F32, F16, BF16 or F64"};
     const std::uint64_t mn = std::min(t.shape[0], t.shape[1]);
     if (static_cast<std::uint64_t>(rank) > mn)
       throw InputError{input + ": --rank " + std::to_string(rank) + " exceeds min(out, in) = " + std::to_string(mn) +
-                       " of target tensor '" + t.name + "' (" + std::to_string(t.shape[0]) + "x" +
+                       " of target tensor '" + printable(t.name) + "' (" + std::to_string(t.shape[0]) + "x" +
                        std::to_string(t.shape[1]) + ")"};
     if (t.shape[0] > static_cast<std::uint64_t>(std::numeric_limits<int>::max()) ||
         t.shape[1] > static_cast<std::uint64_t>(std::numeric_limits<int>::max()))
-      throw InputError{input + ": target tensor '" + t.name + "' is too large"};
+      throw InputError{input + ": target tensor '" + printable(t.name) + "' is too large"};
     Target tg;
     tg.name = kv.first;
     tg.module = m;
@@ -149,9 +154,32 @@ Settings Settings::from_report(const nlohmann::json& j) {
   Settings s;
   s.j = j;
   // A --bits-budget run (bits null) cannot be sharded, so a shard has one width.
-  if (!field("bits").is_number_integer()) bad("bits is not an integer");
-  if (!field("rank").is_number_integer() || field("rank").get<std::int64_t>() < 1) bad("rank is not a positive integer");
-  if (!field("lora_alpha").is_number() || !(field("lora_alpha").get<double>() > 0)) bad("lora_alpha is not positive");
+  // The ranges the command line accepts: a report is input like any other.
+  auto count = [&](const char* k) {
+    const nlohmann::json& v = field(k);
+    const bool ok = v.is_number_unsigned() ? v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kIntMax
+                    : v.is_number_integer() ? v.get<std::int64_t>() >= 1 && v.get<std::int64_t>() <= kIntMax
+                                            : false;
+    if (!ok) bad(std::string(k) + " " + v.dump() + " is not an integer in 1.." + std::to_string(kIntMax));
+  };
+  auto one_of = [&](const char* k, std::initializer_list<const char*> names, bool optional) {
+    if (optional && !j.contains(k)) return;
+    const nlohmann::json& v = field(k);
+    for (const char* n : names)
+      if (v.is_string() && v.get<std::string>() == n) return;
+    bad(std::string(k) + " " + v.dump() + " is not a known value");
+  };
+  count("bits");
+  count("rank");
+  count("iters");
+  count("block_size");
+  one_of("svd", {"exact", "randomized"}, false);
+  one_of("start", {"zero", "svd"}, true);
+  // nlohmann stores every non-negative integer as unsigned.
+  if (!field("seed").is_number_unsigned()) bad("seed is not a non-negative integer");
+  if (j.contains("keep_best") && !j["keep_best"].is_boolean()) bad("keep_best is not a boolean");
+  if (!field("lora_alpha").is_number() || !lora_alpha_in_range(field("lora_alpha").get<double>()))
+    bad("lora_alpha " + field("lora_alpha").dump() + " is not a number in 1e-6..1e6");
   if (!field("packed").is_boolean()) bad("packed is not a boolean");
   if (!field("target_modules").is_array()) bad("target_modules is not a list");
   for (const auto& m : field("target_modules")) {
@@ -161,7 +189,6 @@ Settings Settings::from_report(const nlohmann::json& j) {
   const nlohmann::json& q = field("quantizer");
   if (!q.is_string() || (q != "nf" && q != "uniform")) bad("quantizer is neither nf nor uniform");
   const nlohmann::json& bs = field("block_size");
-  if (!bs.is_number_integer() || bs.get<std::int64_t>() < 1) bad("block_size is not a positive integer");
   // Absent in reports of older versions, which had neither.
   const nlohmann::json dq = j.value("double_quant", nlohmann::json(false));
   const nlohmann::json sc = j.value("scale", nlohmann::json("absmax"));
@@ -273,6 +300,122 @@ void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::s
   }
 }
 
+std::vector<std::string> checkpoint_inputs(const st::Checkpoint& ck, const std::string& input) {
+  std::vector<std::string> in;
+  for (std::size_t i = 0; i < ck.num_files(); ++i) in.push_back(ck.file(i).path());
+  const std::string dir = dir_of_input(ck, input);
+  std::error_code ec;
+  if (ck.sharded()) in.push_back((fs::path(dir) / "model.safetensors.index.json").string());
+  for (const char* name : kSideFiles) {
+    const fs::path p = fs::path(dir) / name;
+    if (fs::exists(p, ec)) in.push_back(p.string());
+  }
+  if (!ck.dir().empty()) in.push_back(ck.dir());
+  return in;
+}
+
+void check_checkpoint_names(const st::Checkpoint& ck, bool packed) {
+  std::vector<std::string> files, tool = {kAdapterFile, kReportFile, "adapter_config.json",
+                                          "model.safetensors.index.json", kMarkerFile};
+  if (packed) tool.push_back(kPackedFile);
+  for (const char* name : kSideFiles) tool.push_back(name);
+  for (std::size_t i = 0; i < ck.num_files(); ++i) files.push_back(base_file_name(ck, i));
+  check_output_names(files, tool);
+}
+
+namespace {
+
+struct Fnv64 {
+  std::uint64_t h = 1469598103934665603ull;
+  void bytes(const void* p, std::size_t n) {
+    const unsigned char* b = static_cast<const unsigned char*>(p);
+    for (std::size_t i = 0; i < n; ++i) {
+      h ^= b[i];
+      h *= 1099511628211ull;
+    }
+  }
+  void str(const std::string& s) {
+    num(s.size());
+    bytes(s.data(), s.size());
+  }
+  void num(std::uint64_t x) { bytes(&x, sizeof x); }
+};
+
+}  // namespace
+
+std::string checkpoint_identity(const st::Checkpoint& ck) {
+  Fnv64 h;
+  h.str(ck.index_metadata().dump());
+  h.num(ck.num_files());
+  for (std::size_t i = 0; i < ck.num_files(); ++i) {
+    const st::SafetensorsFile& f = ck.file(i);
+    std::error_code ec;
+    h.str(ck.file_name(i));
+    h.num(static_cast<std::uint64_t>(fs::file_size(f.path(), ec)));
+    for (const auto& kv : f.metadata()) {
+      h.str(kv.first);
+      h.str(kv.second);
+    }
+    for (const st::TensorInfo& t : f.tensors()) {
+      h.str(t.name);
+      h.str(st::dtype_name(t.dtype));
+      h.num(t.shape.size());
+      for (std::uint64_t d : t.shape) h.num(d);
+      h.num(t.begin);
+      const std::uint64_t n = t.nbytes(), k = std::min<std::uint64_t>(n, 64);
+      h.num(n);
+      unsigned char b[64];
+      for (std::uint64_t at : {std::uint64_t(0), (n - k) / 2, n - k}) {
+        f.read_bytes(t, at, k, b);
+        h.bytes(b, k);
+      }
+    }
+  }
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "fnv1a64:%016llx", static_cast<unsigned long long>(h.h));
+  return buf;
+}
+
+void check_finite(const st::SafetensorsFile& f, const st::TensorInfo& t) {
+  const std::vector<unsigned char> bytes = f.read_bytes(t);
+  const unsigned char* b = bytes.data();
+  const std::uint64_t n = t.nbytes();
+  bool ok = true;
+  switch (t.dtype) {
+    case st::Dtype::F32:
+      for (std::uint64_t i = 0; ok && i + 4 <= n; i += 4) {
+        float x;
+        std::memcpy(&x, b + i, 4);
+        ok = std::isfinite(x);
+      }
+      break;
+    case st::Dtype::F64:
+      for (std::uint64_t i = 0; ok && i + 8 <= n; i += 8) {
+        double x;
+        std::memcpy(&x, b + i, 8);
+        ok = std::isfinite(x);
+      }
+      break;
+    case st::Dtype::F16:
+      for (std::uint64_t i = 0; ok && i + 2 <= n; i += 2) {
+        std::uint16_t x;
+        std::memcpy(&x, b + i, 2);
+        ok = ((x >> 10) & 0x1f) != 0x1f;  // all-ones exponent: Inf or NaN
+      }
+      break;
+    case st::Dtype::BF16:
+      for (std::uint64_t i = 0; ok && i + 2 <= n; i += 2) {
+        std::uint16_t x;
+        std::memcpy(&x, b + i, 2);
+        ok = ((x >> 7) & 0xff) != 0xff;  // likewise
+      }
+      break;
+    default:
+      break;
+  }
+  if (!ok) throw InputError{f.path() + ": tensor '" + printable(t.name) + "' holds NaN or infinite values"};
+}
+
 namespace {
 std::string fmt_duration(double s) {
   if (!std::isfinite(s) || s < 0) s = 0;
@@ -296,10 +439,10 @@ void Progress::update(std::size_t done, const std::string& current) {
   if (tty_) {
     std::string bar(20, ' ');
     for (std::size_t i = 0; i < (total_ ? 20 * done / total_ : 20); ++i) bar[i] = '#';
-    std::fprintf(stderr, "\r[%s] %s%s\x1b[K", bar.c_str(), head, current.c_str());
+    std::fprintf(stderr, "\r[%s] %s%s\x1b[K", bar.c_str(), head, printable(current).c_str());
     if (done == total_) std::fputc('\n', stderr);
   } else if (done > 0) {
-    std::fprintf(stderr, "loftq: %s%s\n", head, current.c_str());
+    std::fprintf(stderr, "loftq: %s%s\n", head, printable(current).c_str());
   }
   std::fflush(stderr);
 }

@@ -87,6 +87,24 @@ void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::Safe
 void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::string& input, const Settings& s,
                        const std::vector<std::string>& modules);
 
+// Every file a command reads from the checkpoint at `input`: its tensor
+// files, the index, and the config and tokenizer files an output copies.
+std::vector<std::string> checkpoint_inputs(const st::Checkpoint& ck, const std::string& input);
+
+// Refuses a checkpoint with a tensor file named like one of the files a full
+// output writes besides the checkpoint's own (adapter, report, config...).
+void check_checkpoint_names(const st::Checkpoint& ck, bool packed);
+
+// A fingerprint of the checkpoint, recorded in every report, which a merge
+// compares: the index, every file's name, size, metadata and tensor table,
+// and the first, middle and last 64 bytes of every tensor's data. It tells
+// checkpoints apart that differ in layout or in their weights; it is not a
+// hash of every byte.
+std::string checkpoint_identity(const st::Checkpoint& ck);
+
+// Throws InputError when a float tensor of `f` holds a NaN or an infinity.
+void check_finite(const st::SafetensorsFile& f, const st::TensorInfo& t);
+
 // A progress line on stderr: redrawn in place on a terminal, one line per
 // finished tensor otherwise.
 class Progress {

@@ -57,8 +57,10 @@ int run_init(const Args& a) {
     r = loftq::initialize(W, quantizer, opt);
     if (a.double_quant) dq = loftq::double_quantize(W, r, opt);
   } catch (const loftq::Error& e) {
-    throw InputError{a.input + ": " + e.what()};
+    throw InputError{a.input + ": " + numeric_failure(e, W)};
   }
+  if (!r.Q.allFinite() || !r.A.allFinite() || !r.B.allFinite())
+    throw InputError{a.input + ": " + numeric_failure(not_finite_result(), W)};
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
 
@@ -72,8 +74,9 @@ int run_init(const Args& a) {
 
   if (!a.quiet) {
     const int threads = loftq::thread_count(a.threads);
-    std::printf("loftq %s: %s (%ldx%ld %s) -> %s\n", loftq::version().c_str(), a.input.c_str(),
-                static_cast<long>(facts.rows), static_cast<long>(facts.cols), facts.dtype.c_str(), out.dir().c_str());
+    std::printf("loftq %s: %s (%ldx%ld %s) -> %s\n", loftq::version().c_str(), printable(a.input).c_str(),
+                static_cast<long>(facts.rows), static_cast<long>(facts.cols), facts.dtype.c_str(),
+                printable(out.dir().string()).c_str());
     std::printf("  %s%d, block %ld, scale %s, rank %ld, svd %s, start %s, seed %llu, threads %d\n",
                 quantizer_name(a.kind), a.bits, static_cast<long>(a.block_size), scale_name(a.scale_search),
                 static_cast<long>(a.rank), loftq::to_string(a.svd), start_name(a.start),

@@ -4,6 +4,7 @@
 #include "checkpoint_plan.hpp"
 #include "commands.hpp"
 #include "errors.hpp"
+#include "path_safety.hpp"
 #include "report.hpp"
 
 #include <loftq/version.hpp>
@@ -73,17 +74,42 @@ void check_shard_set(const Args& a, const std::vector<nlohmann::json>& reps) {
 
 int run_merge(const Args& a) {
   const auto t_start = std::chrono::steady_clock::now();
-  std::vector<std::string> inputs = a.shards;
-  inputs.push_back(a.input);
-  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse, inputs);
-
   const std::size_t n = a.shards.size();
+  // A shard named twice, as the same text or as two paths to one directory.
+  std::vector<InputFile> dirs;
+  for (const std::string& d : a.shards) {
+    const InputFile f = input_file(d);
+    for (std::size_t j = 0; j < dirs.size(); ++j)
+      if (d == dirs[j].shown || (!f.real.empty() && f.real == dirs[j].real))
+        throw InputError{d + ": the shard directory is listed twice in --shards (also as " + dirs[j].shown + ")"};
+    dirs.push_back(f);
+  }
   std::vector<nlohmann::json> reps;
   for (const std::string& d : a.shards) reps.push_back(read_report(d));
   check_shard_set(a, reps);
   const Settings s = Settings::from_report(reps[0]["settings"]);
 
   const st::Checkpoint ck(a.input);
+  check_checkpoint_names(ck, s.packed);
+  // Every shard must come from this very checkpoint: equal settings and
+  // shapes alone would let the shards of another model through.
+  const std::string identity = checkpoint_identity(ck);
+  for (std::size_t i = 0; i < n; ++i) {
+    const nlohmann::json& id = reps[i].contains("input_identity") ? reps[i]["input_identity"] : nlohmann::json();
+    if (!id.is_string())
+      throw InputError{a.shards[i] + ": the shard report records no input identity (written by an older loftq); "
+                       "rerun the shard"};
+    if (id.get<std::string>() != identity)
+      throw InputError{a.shards[i] + ": computed from a different checkpoint than " + a.input + " (input identity " +
+                       printable(id.get<std::string>()) + ", " + a.input + " has " + identity + ")"};
+  }
+  std::vector<std::string> inputs = checkpoint_inputs(ck, a.input);
+  for (const std::string& d : a.shards) {
+    inputs.push_back(d);
+    for (const char* f : {kReportFile, kShardModelFile, kAdapterFile, kPackedFile})
+      inputs.push_back((fs::path(d) / f).string());
+  }
+  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse, inputs);
   const Plan plan = plan_targets(ck, s.modules, static_cast<Eigen::Index>(s.rank), a.input);
   std::vector<const Target*> all;
   for (const Target& t : plan.targets) all.push_back(&t);
@@ -99,20 +125,22 @@ int run_merge(const Args& a) {
     if (s.packed) spacked.push_back(std::make_unique<st::SafetensorsFile>((d / kPackedFile).string()));
     for (auto it = reps[i]["tensors"].begin(); it != reps[i]["tensors"].end(); ++it) {
       if (!owner.emplace(it.key(), i).second)
-        throw InputError{a.shards[i] + ": tensor '" + it.key() + "' was also produced by another shard"};
+        throw InputError{a.shards[i] + ": tensor '" + printable(it.key()) + "' was also produced by another shard"};
       tensors[it.key()] = it.value();
     }
   }
   auto expect = [&](const st::SafetensorsFile& f, const std::string& name, st::Dtype dt,
                     const std::vector<std::uint64_t>& shape) -> const st::TensorInfo& {
     const st::TensorInfo* t = f.find(name);
-    if (!t) throw InputError{f.path() + ": missing tensor '" + name + "'"};
+    if (!t) throw InputError{f.path() + ": missing tensor '" + printable(name) + "'"};
     if (t->dtype != dt || t->shape != shape)
-      throw InputError{f.path() + ": tensor '" + name + "' has the wrong dtype or shape"};
+      throw InputError{f.path() + ": tensor '" + printable(name) + "' has the wrong dtype or shape"};
+    check_finite(f, *t);
     return *t;
   };
   for (const Target& t : plan.targets)
-    if (!owner.count(t.name)) throw InputError{a.input + ": target tensor '" + t.name + "' is in none of the shards"};
+    if (!owner.count(t.name))
+      throw InputError{a.input + ": target tensor '" + printable(t.name) + "' is in none of the shards"};
   if (owner.size() != plan.targets.size())
     throw InputError{"the shards hold tensors that are not targets of " + a.input};
   // Each tensor's width as its shard reported it (all equal to the settings'
@@ -120,10 +148,20 @@ int run_merge(const Args& a) {
   std::map<std::string, int> bits_of;
   for (const Target& t : plan.targets) {
     const nlohmann::json& e = tensors[t.name];
+    const std::string where = a.shards[owner.at(t.name)] + ": report entry of tensor '" + printable(t.name) + "'";
+    if (!e.is_object()) throw InputError{where + " is not an object"};
+    // The merged report sums these; a bad one would pass into its totals.
+    for (const char* k : {"sq_err", "rel_err", "qlora_rel_err", "bits_per_weight"})
+      if (e.contains(k) && !(e[k].is_number() && e[k].get<double>() >= 0))
+        throw InputError{where + ": " + k + " " + e[k].dump() + " is not a non-negative number"};
     const int b = e.contains("bits") && e["bits"].is_number_integer() ? e["bits"].get<int>() : s.bits;
     if (b != s.bits)
-      throw InputError{"shard report: tensor '" + t.name + "' has bits " + std::to_string(b) + ", the settings say " +
-                       std::to_string(s.bits)};
+      throw InputError{where + " has bits " + std::to_string(b) + ", the settings say " + std::to_string(s.bits)};
+    if (e.contains("rank") && e["rank"] != s.j["rank"])
+      throw InputError{where + " has rank " + e["rank"].dump() + ", the settings say " + s.j["rank"].dump()};
+    if (e.contains("shape") && e["shape"] != nlohmann::json({t.rows, t.cols}))
+      throw InputError{where + " has shape " + e["shape"].dump() + ", the checkpoint's is [" + std::to_string(t.rows) +
+                       "," + std::to_string(t.cols) + "]"};
     bits_of[t.name] = b;
   }
 
@@ -161,6 +199,7 @@ int run_merge(const Args& a) {
   nlohmann::json rep;
   rep["version"] = loftq::version();
   rep["input"] = a.input;
+  rep["input_identity"] = identity;
   rep["settings"] = s.j;
   rep["target_modules_matched"] = plan.modules;
   rep["num_targets"] = plan.targets.size();
@@ -174,7 +213,7 @@ int run_merge(const Args& a) {
   out.publish();
   if (!a.quiet) {
     std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", loftq::version().c_str(), n,
-                a.input.c_str(), out.dir().c_str(), plan.targets.size(), total);
+                printable(a.input).c_str(), printable(out.dir().string()).c_str(), plan.targets.size(), total);
     std::fflush(stdout);
   }
   return kExitOk;

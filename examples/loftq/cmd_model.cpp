@@ -32,13 +32,16 @@ TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const
                             const loftq::Options& opt, bool double_quant) {
   TargetResult out;
   RowMatrixF W = f.read_matrix(*t.info);
+  const std::string where = f.path() + ": tensor '" + printable(t.name) + "'";
   try {
     out.r = loftq::initialize(W, q, opt);
     if (double_quant) out.dq = loftq::double_quantize(W, out.r, opt);
   } catch (const loftq::Error& e) {
     if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
-    throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
+    throw InputError{where + ": " + numeric_failure(e, W)};
   }
+  if (!out.r.Q.allFinite() || !out.r.A.allFinite() || !out.r.B.allFinite())
+    throw InputError{where + ": " + numeric_failure(not_finite_result(), W)};
   out.sq_err = loftq::squared_error(out.r, W.cast<double>().squaredNorm());
   return out;
 }
@@ -47,7 +50,6 @@ TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const
 
 int run_model(const Args& a) {
   const auto t_start = std::chrono::steady_clock::now();
-  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse, {a.input});
   const bool budget = a.bits_budget > 0;
   // Every width this run may use, validated (unsupported -> exit 1) before any work.
   std::map<int, loftq::Quantizer> quantizers;
@@ -59,8 +61,11 @@ int run_model(const Args& a) {
     }
   }
   const st::Checkpoint ck(a.input);
-  const Plan plan = plan_targets(ck, a.modules, a.rank, a.input);
   const bool shard_run = a.shard_n > 0;
+  if (!shard_run) check_checkpoint_names(ck, a.packed);
+  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse,
+                   checkpoint_inputs(ck, a.input));
+  const Plan plan = plan_targets(ck, a.modules, a.rank, a.input);
   std::vector<const Target*> sel;
   for (std::size_t i = 0; i < plan.targets.size(); ++i)
     if (in_shard(i, a.shard_k, a.shard_n)) sel.push_back(&plan.targets[i]);
@@ -129,7 +134,11 @@ int run_model(const Args& a) {
     st::SafetensorsWriter& bw = *w.base[w.base_of.at(t.name)];
     bw.write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), t.info->dtype);
     r.Q.resize(0, 0);
-    w.adapter->write(t.name, loftq::to_peft(r, s.alpha));
+    const auto peft = loftq::to_peft(r, s.alpha);
+    if (!peft.lora_A.allFinite() || !peft.lora_B.allFinite())
+      throw InputError{f.path() + ": tensor '" + printable(t.name) + "': the adapter at lora_alpha " +
+                       std::to_string(s.alpha) + " is not finite"};
+    w.adapter->write(t.name, peft);
     if (w.packed) w.packed->write(t.name, r.packed);
     tensors[t.name] = tensor_entry(a, facts, r, tr.dq);
     sum_err += r.error();
@@ -158,6 +167,7 @@ int run_model(const Args& a) {
   nlohmann::json rep;
   rep["version"] = loftq::version();
   rep["input"] = a.input;
+  rep["input_identity"] = checkpoint_identity(ck);
   rep["settings"] = s.j;
   rep["threads"] = loftq::thread_count(a.threads);
   rep["target_modules_matched"] = plan.modules;
@@ -174,7 +184,8 @@ int run_model(const Args& a) {
   if (!a.quiet) {
     const double k = sel.empty() ? 1.0 : static_cast<double>(sel.size());
     std::printf("loftq %s: %s -> %s: %zu of %zu target tensors%s, mean rel. error %.6f (QLoRA %.6f), %.1f s\n",
-                loftq::version().c_str(), a.input.c_str(), out.dir().c_str(), sel.size(), plan.targets.size(),
+                loftq::version().c_str(), printable(a.input).c_str(), printable(out.dir().string()).c_str(), sel.size(),
+                plan.targets.size(),
                 shard_run ? (" (shard " + std::to_string(a.shard_k) + "/" + std::to_string(a.shard_n) + ")").c_str()
                           : "",
                 sum_err / k, sum_qlora / k, total);

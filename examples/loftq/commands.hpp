@@ -4,10 +4,39 @@
 
 #include "options.hpp"
 
+#include <loftq/error.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+
 namespace loftq_cli {
 
 // Sets OpenMP's thread count when --threads was given.
 void apply_threads(int threads);
+
+// The message for a numeric failure of the library on W. When W's magnitude
+// alone explains it (its squares, summed along a row or column as the SVD
+// and the error norms do, exceed the float32 range), the message says so
+// instead of naming the step that happened to overflow first.
+inline loftq::Error not_finite_result() { return loftq::Error(loftq::Errc::non_finite, "the result is not finite"); }
+
+template <class Matrix>
+std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
+  if (e.code() != loftq::Errc::non_finite || W.size() == 0) return e.what();
+  const double big = static_cast<double>(W.cwiseAbs().maxCoeff());
+  const double n = static_cast<double>(std::max(W.rows(), W.cols()));
+  const double limit = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / n);
+  if (!(big > limit)) return e.what();
+  char buf[256];
+  std::snprintf(buf, sizeof buf,
+                "the input magnitude overflows float32 arithmetic: max |w| = %.3g is above %.3g, where sums of %.0f "
+                "squares exceed the float32 maximum 3.4e38; scale the weights down",
+                big, limit, n);
+  return buf;
+}
 
 int run_init(const Args& a);   // cmd_init.cpp
 int run_model(const Args& a);  // cmd_model.cpp

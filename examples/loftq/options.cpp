@@ -152,13 +152,13 @@ bool parse_number(const std::string& v, double& x) {
   return end == v.c_str() + v.size() && errno == 0 && std::isfinite(x);
 }
 
-std::vector<std::string> split_list(const std::string& v) {
+std::vector<std::string> split_list(const std::string& v, bool keep_repeats = false) {
   std::vector<std::string> out;
   std::size_t b = 0;
   for (;;) {
     const std::size_t e = v.find(',', b);
     const std::string item = v.substr(b, e == std::string::npos ? std::string::npos : e - b);
-    if (std::find(out.begin(), out.end(), item) == out.end()) out.push_back(item);
+    if (keep_repeats || std::find(out.begin(), out.end(), item) == out.end()) out.push_back(item);
     if (e == std::string::npos) break;
     b = e + 1;
   }
@@ -190,7 +190,7 @@ const std::vector<OptionDef>& option_table() {
         {"--output", "DIR", "output directory, created with its parents; must not exist unless --overwrite",
          kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
         {"--shards", "DIR1,DIR2,...", "the output directories of all N 'loftq model --shard K/N' runs", kMerge, true,
-         list(), [](Args& a, const std::string& v) { a.shards = split_list(v); }},
+         list(), [](Args& a, const std::string& v) { a.shards = split_list(v, /*keep_repeats=*/true); }},
         {"--bits", "N", "bits per weight, 2..8 (default " + std::to_string(d.bits) + ")", kCore, false,
          // Any well-formed count: the library decides which widths it supports
          // (an unsupported one is bad input, exit 1).
@@ -257,10 +257,12 @@ const std::vector<OptionDef>& option_table() {
            return {};
          },
          [](Args& a, const std::string& v) { parse_number(v, a.bits_budget); }},
-        {"--lora-alpha", "A", "PEFT lora_alpha, a positive number (default: r)", kModel, false,
+        {"--lora-alpha", "A", "PEFT lora_alpha, a number in 1e-6..1e6 (default: r)", kModel, false,
          [](const std::string& v) -> std::string {
            double x = 0;
-           return parse_number(v, x) && x > 0 ? std::string() : "invalid value '" + v + "': expected a positive number";
+           return parse_number(v, x) && lora_alpha_in_range(x)
+                      ? std::string()
+                      : "invalid value '" + v + "': expected a number in 1e-6..1e6";
          },
          [](Args& a, const std::string& v) { parse_number(v, a.lora_alpha); }},
         {"--target-modules", "LIST", std::string("comma-separated module names (default ") + kDefaultTargets + ")",

@@ -51,6 +51,11 @@ struct Args {
   std::vector<std::string> shards;
 };
 
+// The lora_alpha values the tool accepts (--lora-alpha and a shard's
+// report). The adapter is scaled by sqrt(r / lora_alpha): far outside this
+// range it overflows to Inf or underflows to zeros in float32.
+inline bool lora_alpha_in_range(double x) { return x >= 1e-6 && x <= 1e6; }
+
 // What the command line asks for.
 struct Parsed {
   enum class Action { run, help, version, usage_help } action = Action::run;

@@ -1,6 +1,7 @@
 #include "staged_output.hpp"
 
 #include "errors.hpp"
+#include "path_safety.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -104,32 +105,6 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
-// Same directory entry, or the same file (hard links, symbolic links).
-bool same_entry(const fs::path& a, const fs::path& b) {
-  std::error_code ec;
-  if (fs::exists(a, ec) && fs::exists(b, ec) && fs::equivalent(a, b, ec) && !ec) return true;
-  // Same directory entry (e.g. a symlink at DIR/Q.npy named as the input).
-  const fs::path ca = fs::weakly_canonical(fs::absolute(a, ec).parent_path(), ec) / a.filename();
-  if (ec) return false;
-  const fs::path cb = fs::weakly_canonical(fs::absolute(b, ec).parent_path(), ec) / b.filename();
-  if (ec) return false;
-  return ca == cb;
-}
-
-// True when `inner` is `outer` or lies below it (after resolving symlinks).
-bool path_within(const fs::path& inner, const fs::path& outer) {
-  std::error_code ec;
-  const fs::path a = fs::weakly_canonical(fs::absolute(inner, ec), ec);
-  const fs::path b = fs::weakly_canonical(fs::absolute(outer, ec), ec);
-  if (ec) return false;
-  auto ia = a.begin();
-  for (auto ib = b.begin(); ib != b.end(); ++ib, ++ia) {
-    if (ib->empty()) continue;
-    if (ia == a.end() || *ia != *ib) return false;
-  }
-  return true;
-}
-
 std::string unique_tag(int k) { return std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k); }
 
 }  // namespace
@@ -145,32 +120,37 @@ fs::path normalize_output(const std::string& out) {
 
 StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::vector<std::string>& inputs,
                            const std::vector<std::string>& names)
-    : dir_(normalize_output(dir)), policy_(policy), names_(names) {
+    : shown_(normalize_output(dir)), policy_(policy), names_(names) {
+  dir_ = resolve_location(dir);
+  std::vector<InputFile> ins;
+  for (const std::string& in : inputs) ins.push_back(input_file(in));
+  const std::string shown = shown_.string();
   std::error_code ec;
   const fs::file_status st = fs::status(dir_, ec);
   const fs::file_status lst = fs::symlink_status(dir_, ec);
   if (fs::exists(lst) || fs::exists(st)) {
     exists_ = true;
     if (policy_ == Existing::refuse)
-      throw InputError{dir_.string() + ": output exists; pass --overwrite to replace it"};
-    if (!fs::exists(st)) throw InputError{dir_.string() + ": output is a dangling symbolic link"};
-    if (!fs::is_directory(st)) throw InputError{dir_.string() + ": output exists and is not a directory"};
+      throw InputError{shown + ": output exists; pass --overwrite to replace it"};
+    if (!fs::exists(st)) throw InputError{shown + ": output is a dangling symbolic link"};
+    if (!fs::is_directory(st)) throw InputError{shown + ": output exists and is not a directory"};
     if (policy_ == Existing::replace) {
-      for (const std::string& in : inputs)
-        if (path_within(in, dir_))
-          throw InputError{in + ": the input is inside the output directory " + dir_.string() + "; refusing to replace it"};
+      check_not_inside(dir_, shown, ins);
+      check_replaceable(dir_, shown);
     } else {
       for (const std::string& name : names_) {
         const fs::path t = dir_ / name;
-        for (const std::string& in : inputs)
-          if (same_entry(fs::path(in), t))
-            throw InputError{in + ": the input file is an output path (" + t.string() + "); refusing to overwrite it"};
+        for (const InputFile& in : ins)
+          if (same_file(t, in))
+            throw InputError{in.shown + ": the input file is an output path (" + (shown_ / name).string() +
+                             "); refusing to overwrite it"};
         const fs::file_status ts = fs::symlink_status(t, ec);
-        if (fs::exists(ts) && fs::is_directory(ts)) throw InputError{t.string() + ": exists and is a directory"};
+        if (fs::exists(ts) && fs::is_directory(ts))
+          throw InputError{(shown_ / name).string() + ": exists and is a directory"};
       }
     }
     if (::access(dir_.c_str(), W_OK | X_OK) != 0)
-      throw InputError{dir_.string() + ": output directory is not writable: " + std::strerror(errno)};
+      throw InputError{shown + ": output directory is not writable: " + std::strerror(errno)};
     return;
   }
   // DIR is missing: the nearest existing ancestor must be a writable directory.
@@ -179,7 +159,7 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
     const fs::file_status as = fs::status(anc, ec);
     if (fs::exists(as)) {
       if (!fs::is_directory(as))
-        throw InputError{anc.string() + ": not a directory (in output path " + dir_.string() + ")"};
+        throw InputError{anc.string() + ": not a directory (in output path " + shown_.string() + ")"};
       if (::access(anc.c_str(), W_OK | X_OK) != 0)
         throw InputError{anc.string() + ": cannot create the output directory there: " + std::strerror(errno)};
       break;
@@ -215,6 +195,10 @@ const fs::path& StagedOutput::stage() {
   begin_staging();
   const bool inside = exists_ && policy_ == Existing::update;
   if (!inside) make_parents();
+  if (inside)
+    remove_stale_staging(dir_, ".loftq-tmp-");
+  else
+    remove_stale_staging(dir_.parent_path(), dir_.filename().string() + ".tmp-");
   check_interrupt();
   for (int k = 0;; ++k) {
     fs::path t;
@@ -226,6 +210,11 @@ const fs::path& StagedOutput::stage() {
     }
     if (::mkdir(t.c_str(), 0777) == 0) {
       stage_ = t;
+      // Marks the directory as the tool's from its first moment: what
+      // --overwrite may later delete once published, and what a later run
+      // may remove if this process dies before publishing (an update
+      // publishes only the named files, so the marker stays behind there).
+      write_file(kMarkerFile, std::string("written by loftq; 'loftq --overwrite' may replace this directory\n"));
       return stage_;
     }
     if (errno != EEXIST || k >= 100) throw InputError{t.string() + ": cannot create directory: " + std::strerror(errno)};
@@ -268,12 +257,12 @@ void StagedOutput::publish_dir() {
       if (k >= 100) throw InputError{old.string() + ": names taken"};
     }
     if (::rename(dir_.c_str(), old.c_str()) != 0)
-      throw InputError{dir_.string() + ": cannot move the existing output aside: " + std::strerror(errno)};
+      throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(errno)};
   }
   if (::rename(stage_.c_str(), dir_.c_str()) != 0) {
     const int e = errno;
     if (exists_) (void)::rename(old.c_str(), dir_.c_str());
-    throw InputError{dir_.string() + ": cannot publish the output directory: " +
+    throw InputError{shown_.string() + ": cannot publish the output directory: " +
                      (!exists_ && (e == ENOTEMPTY || e == EEXIST) ? std::string("it was created meanwhile by someone else")
                                                                    : std::string(std::strerror(e)))};
   }

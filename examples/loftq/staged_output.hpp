@@ -5,7 +5,9 @@
 //   * DIR missing: the staging directory is a fresh sibling DIR.tmp-<pid>-<k>
 //     (missing parents of DIR are created, and removed again on failure),
 //     renamed to DIR at the end.
-//   * DIR exists, policy replace (--overwrite): the same sibling, and at the
+//   * DIR exists, policy replace (--overwrite), and DIR carries the marker
+//     file of a directory the tool published (or is empty): the same sibling,
+//     and at the
 //     end DIR is moved aside to DIR.old-<pid>-<k>, the sibling renamed to DIR
 //     and the old one removed; the old DIR stays until the new one is complete.
 //   * DIR exists, policy update (init): only the named files are replaced and
@@ -14,6 +16,10 @@
 //     never cross a mount point; the files being replaced are hard-linked
 //     there first, so a rename failing halfway puts the old set back.
 //   * DIR exists, policy refuse: an error before any work.
+//
+// Every staging directory carries the marker file (path_safety.hpp) and the
+// pid of its process in its name, so a later run for the same DIR removes
+// those whose process is gone (killed by SIGKILL, or the machine went down).
 //
 // Signals: until stage() a SIGINT/SIGTERM/SIGHUP ends the process at once
 // (exit 130; nothing is on disk). From stage() on, the handler only raises a
@@ -49,16 +55,19 @@ class StagedOutput {
  public:
   enum class Existing { update, replace, refuse };
 
-  // Checks DIR before any work; throws InputError when it cannot be
-  // published. `inputs` must stay untouched: none may be replaced (update) or
-  // lie inside DIR (replace). `names` are the files an update replaces.
+  // Checks DIR before any work (path_safety.hpp); throws InputError when it
+  // cannot be published. `inputs`, every file the command reads, must stay
+  // untouched: none may be replaced (update) or lie inside DIR (replace), and
+  // replace deletes only a directory the tool published or an empty one.
+  // `names` are the files an update replaces.
   StagedOutput(const std::string& dir, Existing policy, const std::vector<std::string>& inputs,
                const std::vector<std::string>& names = {});
   StagedOutput(const StagedOutput&) = delete;
   StagedOutput& operator=(const StagedOutput&) = delete;
   ~StagedOutput();  // removes whatever was not published
 
-  const fs::path& dir() const { return dir_; }
+  // DIR as the user named it (for messages); the tool works on its resolved form.
+  const fs::path& dir() const { return shown_; }
 
   // Enters the publishing window (see above) and creates the staging
   // directory; returns it. Call once.
@@ -80,7 +89,7 @@ class StagedOutput {
   void publish_files();
   void discard() noexcept;
 
-  fs::path dir_, stage_;
+  fs::path shown_, dir_, stage_;
   Existing policy_;
   bool exists_ = false;
   std::vector<std::string> names_;  // update: staged files, in order

@@ -29,8 +29,9 @@ success)
   "$TOOL" report out/report.json 64 128 4 8 4 1 nf randomized || fail "report.json"
   "$TOOL" recon W.npy out || fail "reconstruction"
   grep -q 'QLoRA' "$out_file" || { show; fail "no summary on stdout"; }
-  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = "A.npy B.npy Q.npy report.json " ] || fail "out/ holds $(ls -A out)"
-  [ "$(tree_listing | tr '\n' ' ')" = "./W.npy ./out ./out/A.npy ./out/B.npy ./out/Q.npy ./out/report.json " ] ||
+  # .loftq-output marks a directory the tool published (what --overwrite may delete).
+  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = ".loftq-output A.npy B.npy Q.npy report.json " ] || fail "out/ holds $(ls -A out)"
+  [ "$(tree_listing | tr '\n' ' ')" = "./W.npy ./out ./out/.loftq-output ./out/A.npy ./out/B.npy ./out/Q.npy ./out/report.json " ] ||
     fail "stray files: $(tree_listing)"
   grep -q '"seed": 7' out/report.json || fail "seed not recorded"
   # --quiet prints nothing; nested missing parents are created.
@@ -243,6 +244,56 @@ input_is_output)
   expect_rc 0 init --quiet --input out/W.npy --output out --rank 8 --iters 2
   check_outputs out 64 128 8
   cmp -s out/W.npy orig.npy || fail "input out/W.npy changed"
+  ;;
+
+resolved_paths)
+  # The output is resolved as the OS resolves it: '..' after a missing
+  # directory names nothing (not its parent), after an existing one it is
+  # the parent of the directory it really is.
+  make_w W.npy 32x64 f4 C
+  mkdir sb
+  printf 'keep\n' >sb/keep
+  expect_refused 'sb/nope does not exist' init --input W.npy --output sb/nope/.. --rank 4 --iters 1
+  mkdir -p real/d
+  ln -s real/d ld
+  expect_rc 0 init --quiet --input W.npy --output ld/../o --rank 4 --iters 1
+  check_outputs real/o 32 64 4
+  [ ! -e o ] || fail "ld/.. resolved as text"
+  # An output file through a link to the input is refused.
+  mkdir out
+  ln -s ../W.npy out/Q.npy
+  expect_refused 'the input file is an output path' init --input W.npy --output out --rank 4 --iters 1
+  ;;
+
+stale_staging)
+  # A staging directory of a process that no longer runs is removed by the
+  # next run for the same output, when it carries the marker; others stay.
+  make_w W.npy 32x64 f4 C
+  sh -c 'exit 0' &
+  dead=$!
+  wait "$dead"
+  for d in "out.tmp-$dead-0" "out.tmp-$$-0"; do
+    mkdir -p "$d"
+    : >"$d/.loftq-output"
+    printf 'partial\n' >"$d/Q.npy"
+  done
+  mkdir "out.tmp-$dead-1"
+  printf 'not ours\n' >"out.tmp-$dead-1/notes"
+  expect_rc 0 init --quiet --input W.npy --output out --rank 4 --iters 1
+  [ ! -e "out.tmp-$dead-0" ] || fail "the stale staging directory is still there"
+  [ -e "out.tmp-$$-0" ] || fail "the staging directory of a live process was removed"
+  [ -e "out.tmp-$dead-1/notes" ] || fail "a directory without the marker was removed"
+  mkdir -p "out/.loftq-tmp-$dead-0"
+  : >"out/.loftq-tmp-$dead-0/.loftq-output"
+  expect_rc 0 init --quiet --input W.npy --output out --rank 4 --iters 1
+  [ ! -e "out/.loftq-tmp-$dead-0" ] || fail "the stale staging directory inside out/ is still there"
+  check_outputs out 32 64 4
+  ;;
+
+magnitude)
+  # Finite float32 values whose squares are not: the message names the cause.
+  make_w H.npy 64x128 f4 C huge
+  expect_refused 'input magnitude overflows float32' init --input H.npy --output o --rank 4 --iters 1
   ;;
 
 existing_dir)

@@ -4,7 +4,8 @@
 //       Writes a deterministic .npy by hand (not through loftq::io, so that
 //       inputs the library refuses can be made too). SHAPE: 64x128, 2x3x4, ...
 //       DTYPE: f4, f8, i4 (little endian). ORDER: C or F.
-//       MODE: lowrank (default: a rank-4 signal plus noise), nan, inf.
+//       MODE: lowrank (default: a rank-4 signal plus noise), nan, inf, huge
+//       (the lowrank values times 1e19: finite, but not their squares).
 //       f8 files hold exactly the float32 values of the f4 file of the same
 //       shape, so both must give bit-identical results.
 //   npytool check PATH ROWS COLS
@@ -96,6 +97,8 @@ int make(int argc, char** argv) {
   }
   if (mode == "nan" && count > 0) vals[count / 2] = std::numeric_limits<float>::quiet_NaN();
   if (mode == "inf" && count > 0) vals[count / 3] = std::numeric_limits<float>::infinity();
+  if (mode == "huge")  // finite in float32, but their squares are not
+    for (float& v : vals) v *= 1e19f;
 
   std::string descr;
   if (dtype == "f4")

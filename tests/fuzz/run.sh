@@ -58,7 +58,7 @@ build_tool_lib() {
   # Only what fuzz_cli_args calls: the parser and `init` (model and merge need
   # checkpoints, which fuzz_safetensors covers); cmd_model.cpp alone would
   # double the build under the sanitizers.
-  for f in "$tool_dir"/{options,staged_output,report,cmd_init}.cpp; do
+  for f in "$tool_dir"/{options,staged_output,path_safety,report,cmd_init}.cpp; do
     o="$out/tool/$(basename "$f" .cpp).o"
     objs+=("$o")
     if [[ ! -f "$o" ]] || [[ -n "$(find "$tool_dir" "$root/include" -newer "$o" -print -quit)" ]]; then

@@ -29,6 +29,9 @@ same_outputs() {  # DIR1 DIR2: every tensor file and the config byte-identical
   [ "$(cd "$1" && ls | LC_ALL=C sort)" = "$(cd "$2" && ls | LC_ALL=C sort)" ] || fail "$1 and $2 hold different files"
 }
 
+# Overwrites the last 4 bytes of FILE (the end of its last tensor) with a NaN.
+poke_nan() { local n; n=$(stat -c %s "$1") && printf '\377\377\377\377' | dd of="$1" bs=1 seek=$((n - 4)) conv=notrunc status=none || fail "poke $1"; }
+
 case "$case_name" in
 
 stories)
@@ -154,6 +157,98 @@ bad_input)
   expect_usage model --input s --output o --bogus
   expect_rc 0 model --help
   grep -q 'loftq model' "$out_file" || fail "--help does not document model"
+  ;;
+
+output_safety)
+  # Outputs are compared with inputs as the OS resolves paths, and
+  # --overwrite deletes only a directory loftq published.
+  synth s F32 1 1 64 96
+  expect_rc 0 model --input s --output out --rank 4 --iters 1 --quiet
+  [ -f out/.loftq-output ] || fail "no marker in a published output"
+  # An input reached through a symbolic link into the output directory.
+  mkdir in
+  cp s/config.json in/
+  ln -s ../out/model.safetensors in/model.safetensors
+  expect_refused 'lies inside the output directory' model --input in --output out --rank 4 --iters 1 --quiet --overwrite
+  expect_refused 'lies inside the output directory' model --input out --output out --rank 4 --iters 1 --quiet --overwrite
+  ln -s out lout
+  expect_refused 'symbolic link' model --input s --output lout --rank 4 --iters 1 --quiet --overwrite
+  # '..' after a missing directory names nothing, as for the OS; it is not sb.
+  mkdir sb
+  printf 'keep\n' >sb/keep
+  expect_refused "sb/nope does not exist" model --input s --output sb/nope/.. --rank 4 --iters 1 --quiet --overwrite
+  # A directory without the marker is not deleted; an empty one is replaced.
+  mkdir foreign
+  printf 'mine\n' >foreign/notes
+  expect_refused 'not a loftq output directory' model --input s --output foreign --rank 4 --iters 1 --quiet --overwrite
+  mkdir empty
+  expect_rc 0 model --input s --output empty --rank 4 --iters 1 --quiet --overwrite
+  check s empty 4 4
+  # A checkpoint file named like a file of the output is refused, not lost.
+  synth sh F32 2 1 64 96
+  for n in adapter_model.safetensors model.packed.safetensors loftq_report.json adapter_config.json; do
+    rm -rf "c$n"
+    cp -r sh "c$n"
+    mv "c$n/model-00001-of-00002.safetensors" "c$n/$n"
+    sed -i "s/model-00001-of-00002.safetensors/$n/g" "c$n/model.safetensors.index.json"
+    expect_refused "checkpoint file '$n' has the name of a file loftq writes" \
+      model --input "c$n" --output o --rank 4 --iters 1 --quiet --packed
+  done
+  # Without --packed that name is free: every tensor arrives.
+  expect_rc 0 model --input cmodel.packed.safetensors --output o --rank 4 --iters 1 --quiet
+  check cmodel.packed.safetensors o 4 4
+  ;;
+
+merge_trust)
+  # merge checks what the shards claim: settings, origin, values, names.
+  synth s F32 1 1 64 96
+  for k in 1 2; do expect_rc 0 model --input s --output "p$k" --rank 4 --iters 1 --quiet --shard "$k/2"; done
+  grep -q '"input_identity": "fnv1a64:' p1/loftq_report.json || fail "no input identity in the shard report"
+  # The same layout with other weights: another checkpoint.
+  cp -r s s2
+  poke_nan s2/model.safetensors
+  expect_rc 0 model --input s2 --output o2 --rank 4 --iters 1 --quiet --shard 2/2
+  expect_refused 'computed from a different checkpoint' merge --input s --shards p1,o2 --output m
+  # Every setting of every report is validated (equal bad values in both).
+  for edit in 's/"block_size": 64/"block_size": 0/' 's/"rank": 4/"rank": -1/' 's/"iters": 1,/"iters": 0,/' \
+              's/"lora_alpha": [0-9.e+]*/"lora_alpha": 1e-300/' 's/"svd": "randomized"/"svd": "fast"/'; do
+    rm -rf b1 b2
+    cp -r p1 b1
+    cp -r p2 b2
+    sed -i "$edit" b1/loftq_report.json b2/loftq_report.json
+    cmp -s p1/loftq_report.json b1/loftq_report.json && fail "edit $edit changed nothing"
+    expect_refused '^loftq: error: shard settings: [a-z_]+ .*is not' merge --input s --shards b1,b2 --output m
+    case $edit in *rank*) grep -q 'rank -1 is not an integer in 1\.\.' "$err_file" || fail "rank -1: $(cat "$err_file")" ;; esac
+  done
+  rm -rf b1 b2
+  cp -r p1 b1
+  sed -i 's/"sq_err": [0-9]/"sq_err": -1/' b1/loftq_report.json
+  expect_refused "sq_err -1[.0-9]* is not a non-negative number" merge --input s --shards b1,p2 --output m
+  # NaN in an adapter or in Q.
+  cp -r p1 n1
+  poke_nan n1/adapter_model.safetensors
+  expect_refused 'holds NaN or infinite values' merge --input s --shards n1,p2 --output m
+  cp -r p1 q1
+  poke_nan q1/shard_model.safetensors
+  expect_refused 'holds NaN or infinite values' merge --input s --shards q1,p2 --output m
+  # A shard named twice, as text or through another path.
+  expect_refused 'listed twice' merge --input s --shards p1,p1 --output m
+  ln -s p1 lp
+  expect_refused 'listed twice' merge --input s --shards p1,./lp/ --output m
+  expect_rc 0 merge --input s --shards p2,p1 --output m --quiet
+  check s m 4 4
+  expect_refused 'is the output directory' merge --input s --shards p2,p1 --output p1 --quiet --overwrite
+  ;;
+
+values)
+  synth s F32 1 1 64 96
+  # lora_alpha far from r makes the adapter Inf or zeros in float32.
+  for a in 1e-300 1e300 1e-7 2e6 inf nan; do expect_usage model --input s --output o --lora-alpha "$a"; done
+  # Names from the file are escaped when printed.
+  hdr='{"x\u001b[31m\n.q_proj.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}'
+  { printf "\\x$(printf %02x "${#hdr}")\\0\\0\\0\\0\\0\\0\\0"; printf '%s' "$hdr"; head -c 16 /dev/zero; } >esc.safetensors
+  expect_refused "tensor 'x\\\\x1b\\[31m\\\\x0a\\.q_proj\\.weight'" model --input esc.safetensors --output o
+  ! grep -q $'\x1b' "$err_file" || fail "a raw escape character reached stderr"
   ;;
 
 interrupt)

@@ -65,3 +65,25 @@ expect_bad_input() {
   after=$(tree_listing)
   [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
 }
+
+# Every entry under the working directory: files with their sha256, links
+# with their targets, directories by name.
+tree_state() {
+  { find . -mindepth 1 ! -type f -printf '%y %p %l\n'; find . -mindepth 1 -type f -exec sha256sum {} +; } | LC_ALL=C sort
+}
+
+# A refused run: exit 1, one 'loftq: error:' line matching the extended
+# regex PATTERN, nothing on stdout, and every file as before: inputs and any
+# earlier output byte for byte, no staging directory, no new output.
+expect_refused() {  # PATTERN ARGS...
+  local pattern=$1 before after
+  shift
+  before=$(tree_state)
+  expect_rc 1 "$@"
+  [ "$(wc -l <"$err_file")" -eq 1 ] || { show "$@"; fail "stderr is not exactly one line"; }
+  grep -q '^loftq: error: ' "$err_file" || { show "$@"; fail "stderr does not start with 'loftq: error: '"; }
+  grep -Eq -- "$pattern" "$err_file" || { show "$@"; fail "the message does not match '$pattern'"; }
+  [ ! -s "$out_file" ] || { show "$@"; fail "stdout is not empty"; }
+  after=$(tree_state)
+  [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
+}
