@@ -28,7 +28,6 @@
 #include <string>
 #include <vector>
 
-#include "codebook.hpp"
 #include "double_quant.hpp"
 #include "error.hpp"
 #include "initialize.hpp"
@@ -37,6 +36,30 @@
 namespace loftq {
 
 constexpr Eigen::Index kBnbNestedBlock = 256;  // quantize_4bit's blocksize for the nested absmax
+
+namespace detail {
+
+// torch.linspace(start, end, steps) in float32 as torch's CPU kernel computes
+// it on x86 with AVX2: the scalar path start + step * i (end - step * (steps -
+// 1 - i) past the middle) contracted to an FMA, and runs of 16 elements as
+// two 8-lane vectors, base (by the scalar rule) + lane * step without an FMA.
+// Checked against torch 1.13 on every size the dynamic map uses; builds with
+// other vector widths differ in the last bit of some entries, which is why the
+// map is stored in the file (nested_quant_map) and read from there.
+inline float torch_linspace_avx2(float start, float end, int steps, int i) {
+  const float step = (end - start) / static_cast<float>(steps - 1);
+  const int halfway = steps / 2;
+  auto scalar = [&](int k) {
+    return k < halfway ? std::fma(step, static_cast<float>(k), start)
+                       : std::fma(-step, static_cast<float>(steps - k - 1), end);
+  };
+  if (i >= (steps / 16) * 16) return scalar(i);
+  const int base = i - i % 8;
+  volatile float lane = step * static_cast<float>(i - base);
+  return scalar(base) + lane;
+}
+
+}  // namespace detail
 
 // create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), the
 // 256 sorted fp32 values. bitsandbytes builds it with float32
@@ -50,8 +73,8 @@ inline const std::vector<float>& bnb_dynamic_map() {
       const int items = (1 << i) + 1;
       const float p = static_cast<float>(std::pow(10.0, i - 6));
       for (int j = 0; j + 1 < items; ++j) {
-        const float lo = detail::torch_linspace_f32(0.1f, 1.0f, items, j);
-        const float hi = detail::torch_linspace_f32(0.1f, 1.0f, items, j + 1);
+        const float lo = detail::torch_linspace_avx2(0.1f, 1.0f, items, j);
+        const float hi = detail::torch_linspace_avx2(0.1f, 1.0f, items, j + 1);
         volatile float sum = lo + hi;  // no contraction into the products below
         const float mean = sum / 2.0f;
         volatile float prod = p * mean;
