@@ -258,7 +258,11 @@ Writers open_writers(const StagedOutput& out, const st::Checkpoint& ck, const st
   if (s.packed) {
     std::vector<st::PackedTarget> pt;
     for (const Target* t : sel) pt.push_back({t->name, t->rows, t->cols, bits_of.at(t->name)});
-    w.packed = std::make_unique<st::PackedWriter>(out.path(kPackedFile).string(), pt, s.packing);
+    // bitsandbytes' nested scales are not this file's int8 scheme: with
+    // bnb-nf4 it holds the fp32 scales they recover, which decode to the same Q.
+    st::PackedSettings packing = s.packing;
+    packing.double_quant = packing.double_quant && !s.bnb_nf4;
+    w.packed = std::make_unique<st::PackedWriter>(out.path(kPackedFile).string(), pt, packing);
   }
   return w;
 }

@@ -218,6 +218,11 @@ bnb_nf4)
   "$TOOL" bnb s bd || fail "bnb-nf4 --double-quant output"
   bd=$("$TOOL" get bd/loftq_report.json average_bits_per_weight)
   awk -v b="$bd" 'BEGIN { exit !(b > 4.12 && b < 4.16) }' || fail "bnb double-quant bits per weight $bd"
+  # --packed beside it: the fp32 scales bitsandbytes recovers, the same Q.
+  expect_rc 0 model --input s --output bp --rank 4 --iters 2 --format bnb-nf4 --double-quant --packed --quiet
+  cmp -s bd/model.safetensors bp/model.safetensors || fail "--packed changed the bnb-nf4 base"
+  grep -aq 'up_proj.weight.qscales"' bp/model.packed.safetensors || fail "no fp32 scales in the packed file"
+  ! grep -aq 'qscales_q' bp/model.packed.safetensors || fail "int8 scales in the packed file"
   # What bitsandbytes cannot hold: exit 1, one line.
   expect_bad_input model --input s --output x --format bnb-nf4 --bits 2
   grep -q -- "bits 4 --quantizer nf" "$err_file" || { show; fail "message"; }
