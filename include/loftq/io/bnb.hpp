@@ -14,7 +14,12 @@
 //                     consecutive elements of the flattening (blocks cross
 //                     rows); with double quantization U8, the nested codes.
 //   M.weight.quant_map F32 [16]: get_4bit_type("nf4"), code c decodes to
-//                     quant_map[c] * absmax[e / blocksize] in fp32.
+//                     quant_map[c] * absmax[e / blocksize] in fp32: LoftQ's
+//                     Q bit for bit when "dtype" is float32. With float16 or
+//                     bfloat16 the CUDA kernels round that product to the
+//                     dtype, while the CPU default backend rounds quant_map
+//                     to the dtype before multiplying: the two can differ in
+//                     the last bit of the dtype.
 //   M.weight.nested_absmax    F32 [ceil(n_blocks / 256)]   (double quant only)
 //   M.weight.nested_quant_map F32 [256] create_dynamic_map() (double quant only)
 //   M.weight.quant_state.bitsandbytes__nf4  U8: UTF-8 JSON, json.dumps of
