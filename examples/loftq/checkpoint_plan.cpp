@@ -69,6 +69,32 @@ std::string base_file_name(const st::Checkpoint& ck, std::size_t i) {
   return ck.sharded() ? ck.file_name(i) : std::string("model.safetensors");
 }
 
+// What transformers needs to load the targets as they are: every other 2-D
+// float weight stays a plain nn.Linear (or embedding), so it is skipped.
+nlohmann::json bnb_quantization_config(const st::Checkpoint& ck, const Settings& s, const std::vector<Target>& targets) {
+  std::set<std::string> target_names;
+  std::vector<std::string> quantized, others;
+  for (const Target& t : targets) {
+    target_names.insert(t.name);
+    quantized.push_back(st::lora_module_path(t.name));
+  }
+  static const std::string suffix = ".weight";
+  for (const auto& kv : ck.entries()) {
+    const st::TensorInfo& t = *kv.second.info;
+    const std::string& n = kv.first;
+    if (t.shape.size() != 2 || !st::is_float_dtype(t.dtype) || target_names.count(n) || n.size() <= suffix.size() ||
+        n.compare(n.size() - suffix.size(), suffix.size(), suffix) != 0)
+      continue;
+    others.push_back(n.substr(0, n.size() - suffix.size()));
+  }
+  try {
+    return st::bnb_quantization_config(s.packing.double_quant, targets.front().info->dtype,
+                                       st::bnb_skip_modules(quantized, others));
+  } catch (const loftq::Error& e) {
+    throw InputError{e.what()};
+  }
+}
+
 constexpr const char* kSideFiles[] = {"config.json",           "generation_config.json",  "tokenizer.json",
                                       "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
 
@@ -135,10 +161,12 @@ Settings Settings::of(const Args& a) {
   // Recorded only with --last, so reports of default runs stay as they were;
   // a merge then refuses shards that returned different iterates.
   if (!a.keep_best) s.j["keep_best"] = false;
+  if (a.bnb_nf4) s.j["format"] = "bnb-nf4";
   s.bits = a.bits;
   s.rank = a.rank;
   s.alpha = s.j["lora_alpha"].get<double>();
   s.packed = a.packed;
+  s.bnb_nf4 = a.bnb_nf4;
   s.modules = a.modules;
   s.packing = {a.kind, static_cast<std::int64_t>(a.block_size), a.scale_search, a.double_quant};
   return s;
@@ -236,10 +264,15 @@ Writers open_writers(const StagedOutput& out, const st::Checkpoint& ck, const st
       std::vector<st::TensorDecl> d;
       std::vector<const Target*> here;
       for (const st::TensorInfo& t : ck.file(f).tensors()) {
-        d.push_back({t.name, t.dtype, t.shape});
         w.base_of[t.name] = f;
         const auto it = selected.find(t.name);
         if (it != selected.end()) here.push_back(it->second);
+        if (it != selected.end() && s.bnb_nf4) {
+          for (st::TensorDecl& x : st::bnb_nf4_tensors(bnb_target(*it->second), s.packing.block_size, s.packing.double_quant))
+            d.push_back(std::move(x));
+        } else {
+          d.push_back({t.name, t.dtype, t.shape});
+        }
       }
       w.base.push_back(std::make_unique<st::SafetensorsWriter>(out.path(base_file_name(ck, f)).string(), d,
                                                                with_bits(ck.file(f).metadata(), here)));
@@ -252,7 +285,11 @@ Writers open_writers(const StagedOutput& out, const st::Checkpoint& ck, const st
   if (s.packed) {
     std::vector<st::PackedTarget> pt;
     for (const Target* t : sel) pt.push_back({t->name, t->rows, t->cols, bits_of.at(t->name)});
-    w.packed = std::make_unique<st::PackedWriter>(out.path(kPackedFile).string(), pt, s.packing);
+    // bitsandbytes' nested scales are not this file's int8 scheme: with
+    // bnb-nf4 it holds the fp32 scales they recover, which decode to the same Q.
+    st::PackedSettings packing = s.packing;
+    packing.double_quant = packing.double_quant && !s.bnb_nf4;
+    w.packed = std::make_unique<st::PackedWriter>(out.path(kPackedFile).string(), pt, packing);
   }
   return w;
 }
@@ -271,10 +308,27 @@ void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::Safe
   } while (off < t.nbytes());
 }
 
+st::BnbTarget bnb_target(const Target& t) { return {t.name, t.rows, t.cols, t.info->dtype}; }
+
+void check_bnb_output(const st::Checkpoint& ck, const std::string& input, const Settings& s,
+                      const std::vector<Target>& targets) {
+  if (!read_config(dir_of_input(ck, input)).is_object())
+    throw InputError{"--format bnb-nf4: no valid config.json next to the input " + input +
+                     " (transformers reads quantization_config from it)"};
+  for (const Target& t : targets) {
+    try {
+      (void)st::bnb_dtype_name(t.info->dtype);
+    } catch (const loftq::Error& e) {
+      throw InputError{input + ": target tensor '" + t.name + "': " + e.what()};
+    }
+  }
+  (void)bnb_quantization_config(ck, s, targets);
+}
+
 void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::string& input, const Settings& s,
-                       const std::vector<std::string>& modules) {
+                       const std::vector<std::string>& modules, const std::vector<Target>& targets) {
   const std::string in_dir = dir_of_input(ck, input);
-  const nlohmann::json config = read_config(in_dir);
+  nlohmann::json config = read_config(in_dir);
   st::LoraConfig c;
   c.r = s.rank;
   c.lora_alpha = s.alpha;
@@ -289,6 +343,10 @@ void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::s
     idx["metadata"] = ck.index_metadata();
     nlohmann::json wm = nlohmann::json::object();
     for (const auto& kv : ck.entries()) wm[kv.first] = ck.file_name(kv.second.file);
+    if (s.bnb_nf4)
+      for (const Target& t : targets)
+        for (const st::TensorDecl& d : st::bnb_nf4_tensors(bnb_target(t), s.packing.block_size, s.packing.double_quant))
+          wm[d.name] = ck.file_name(t.file);
     idx["weight_map"] = wm;
     out.write_file("model.safetensors.index.json", idx.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
@@ -296,7 +354,13 @@ void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::s
   for (const char* name : kSideFiles) {
     const fs::path src = fs::path(in_dir) / name;
     std::error_code ec;
+    if (s.bnb_nf4 && std::string(name) == "config.json") continue;
     if (fs::is_regular_file(src, ec)) out.copy_file(src, name);
+  }
+  if (s.bnb_nf4) {
+    if (!config.is_object()) throw InputError{"--format bnb-nf4: no valid config.json next to the input " + input};
+    config["quantization_config"] = bnb_quantization_config(ck, s, targets);
+    out.write_file("config.json", config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
 }
 

@@ -5,6 +5,7 @@
 #include "options.hpp"
 #include "staged_output.hpp"
 
+#include <loftq/io/bnb.hpp>
 #include <loftq/io/peft.hpp>
 #include <loftq/io/safetensors.hpp>
 
@@ -55,6 +56,7 @@ struct Settings {
   std::int64_t rank = 0;
   double alpha = 0;
   bool packed = false;
+  bool bnb_nf4 = false;  // targets in the base as bitsandbytes NF4
   std::vector<std::string> modules;
   st::PackedSettings packing;
 
@@ -84,8 +86,19 @@ void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::Safe
 
 // The files a full (unsharded or merged) output has besides the tensors:
 // adapter_config.json, the index of a sharded input, config and tokenizer files.
+// With s.bnb_nf4, config.json gains the quantization_config of `targets`
+// (required then) and the index lists their bitsandbytes tensors.
 void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::string& input, const Settings& s,
-                       const std::vector<std::string>& modules);
+                       const std::vector<std::string>& modules, const std::vector<Target>& targets);
+
+// The bitsandbytes description of a target.
+st::BnbTarget bnb_target(const Target& t);
+
+// Throws InputError unless a bnb-nf4 output of `targets` can be written: a
+// config.json next to the input, F32, F16 or BF16 targets, and skip modules
+// that leave every target quantized.
+void check_bnb_output(const st::Checkpoint& ck, const std::string& input, const Settings& s,
+                      const std::vector<Target>& targets);
 
 // Every file a command reads from the checkpoint at `input`: its tensor
 // files, the index, and the config and tokenizer files an output copies.

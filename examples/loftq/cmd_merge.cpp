@@ -209,7 +209,7 @@ int run_merge(const Args& a) {
   rep["seconds"] = total;
   rep["shard_seconds"] = shard_seconds;
   out.write_file(kReportFile, dump_json(rep));
-  write_full_extras(out, ck, a.input, s, plan.modules);
+  write_full_extras(out, ck, a.input, s, plan.modules, plan.targets);
   out.publish();
   if (!a.quiet) {
     std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", loftq::version().c_str(), n,

@@ -25,17 +25,19 @@ using RowMatrixF = loftq::RowMatrix<float>;
 struct TargetResult {
   loftq::Result<float> r;
   loftq::DoubleQuantEffect dq;
-  double sq_err = 0;  // ||W - Q - A B^T||^2
+  loftq::BnbNestedScales nested;  // bitsandbytes' double quantization (bnb-nf4 with --double-quant)
+  double sq_err = 0;              // ||W - Q - A B^T||^2
 };
 
 TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const loftq::Quantizer& q,
-                            const loftq::Options& opt, bool double_quant) {
+                            const loftq::Options& opt, bool double_quant, bool bnb) {
   TargetResult out;
   RowMatrixF W = f.read_matrix(*t.info);
   const std::string where = f.path() + ": tensor '" + printable(t.name) + "'";
   try {
     out.r = loftq::initialize(W, q, opt);
-    if (double_quant) out.dq = loftq::double_quantize(W, out.r, opt);
+    // bitsandbytes stores its own nested scales; Q (and the refit) follow what it recovers.
+    if (double_quant) out.dq = bnb ? loftq::bnb_double_quantize(W, out.r, out.nested, opt) : loftq::double_quantize(W, out.r, opt);
   } catch (const loftq::Error& e) {
     if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
     throw InputError{where + ": " + numeric_failure(e, W)};
@@ -60,6 +62,16 @@ int run_model(const Args& a) {
       throw InputError{"--bits " + std::to_string(b) + ": " + e.what()};
     }
   }
+  if (a.bnb_nf4) {
+    // bitsandbytes has NF4 at 64..4096-element blocks and nothing else.
+    if (a.kind != loftq::Quantizer::Kind::normal_float || budget || a.bits != 4)
+      throw InputError{"--format bnb-nf4 needs --bits 4 --quantizer nf (bitsandbytes has no other 4-bit "
+                       "normal float and no NF2 or NF3)"};
+    if (!st::bnb_block_size_ok(static_cast<std::int64_t>(a.block_size)))
+      throw InputError{"--format bnb-nf4 needs --block-size 64, 128, 256, 512, 1024, 2048 or 4096 (got " +
+                       std::to_string(a.block_size) + ")"};
+    if (a.shard_n > 0) throw InputError{"--format bnb-nf4 cannot be combined with --shard"};
+  }
   const st::Checkpoint ck(a.input);
   const bool shard_run = a.shard_n > 0;
   if (!shard_run) check_checkpoint_names(ck, a.packed);
@@ -71,6 +83,7 @@ int run_model(const Args& a) {
     if (in_shard(i, a.shard_k, a.shard_n)) sel.push_back(&plan.targets[i]);
 
   const Settings s = Settings::of(a);
+  if (s.bnb_nf4) check_bnb_output(ck, a.input, s, plan.targets);
   const loftq::Options opt = library_options(a);
   apply_threads(a.threads);
 
@@ -93,7 +106,7 @@ int run_model(const Args& a) {
       loftq::MatrixErrors me;
       me.numel = static_cast<std::int64_t>(t->rows * t->cols);
       for (int b : budget_bits()) {
-        me.sq_error.push_back(compute_target(ck.file(t->file), *t, quantizers.at(b), opt, a.double_quant).sq_err);
+        me.sq_error.push_back(compute_target(ck.file(t->file), *t, quantizers.at(b), opt, a.double_quant, false).sq_err);
         progress.update(++done, t->name + " @ " + std::to_string(b) + " bits");
       }
       measured[t->name] = me.sq_error;
@@ -127,12 +140,20 @@ int run_model(const Args& a) {
     facts.bits = bits_of.at(t.name);
     if (budget) facts.candidates = measured.at(t.name);
     const auto t0 = std::chrono::steady_clock::now();
-    TargetResult tr = compute_target(f, t, quantizers.at(facts.bits), opt, a.double_quant);
+    TargetResult tr = compute_target(f, t, quantizers.at(facts.bits), opt, a.double_quant, s.bnb_nf4);
     loftq::Result<float>& r = tr.r;
     facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     facts.sq_err = tr.sq_err;
     st::SafetensorsWriter& bw = *w.base[w.base_of.at(t.name)];
-    bw.write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), t.info->dtype);
+    if (s.bnb_nf4) {
+      try {
+        st::write_bnb_nf4(bw, bnb_target(t), r.packed, a.double_quant ? &tr.nested : nullptr);
+      } catch (const loftq::Error& e) {
+        throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
+      }
+    } else {
+      bw.write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), t.info->dtype);
+    }
     r.Q.resize(0, 0);
     const auto peft = loftq::to_peft(r, s.alpha);
     if (!peft.lora_A.allFinite() || !peft.lora_B.allFinite())
@@ -178,7 +199,7 @@ int run_model(const Args& a) {
   rep["tensors"] = tensors;
   rep["seconds"] = total;
   out.write_file(kReportFile, dump_json(rep));
-  if (!shard_run) write_full_extras(out, ck, a.input, s, plan.modules);
+  if (!shard_run) write_full_extras(out, ck, a.input, s, plan.modules, plan.targets);
   out.publish();
 
   if (!a.quiet) {

@@ -267,6 +267,14 @@ const std::vector<OptionDef>& option_table() {
          [](Args& a, const std::string& v) { parse_number(v, a.lora_alpha); }},
         {"--target-modules", "LIST", std::string("comma-separated module names (default ") + kDefaultTargets + ")",
          kModel, false, list(), [](Args& a, const std::string& v) { a.modules = split_list(v); }},
+        {"--format", "dequantized|bnb-nf4",
+         "the base model.safetensors: dequantized, Q in the input's dtype; bnb-nf4, the targets as "
+         "bitsandbytes NF4 (packed codes, absmax, quant_state; with --double-quant bitsandbytes' nested absmax) and "
+         "config.json with its quantization_config, which transformers loads without quantizing again; needs "
+         "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
+         "with --shard or --bits-budget (default dequantized)",
+         kModel, false, one_of({"dequantized", "bnb-nf4"}),
+         [](Args& a, const std::string& v) { a.bnb_nf4 = v == "bnb-nf4"; }},
         {"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
          [](Args& a, const std::string&) { a.packed = true; }},
         {"--shard", "K/N",

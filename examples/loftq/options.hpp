@@ -46,6 +46,7 @@ struct Args {
   std::vector<std::string> modules;
   int shard_k = 0, shard_n = 0;  // 0: not sharded
   bool overwrite = false, packed = false;
+  bool bnb_nf4 = false;  // --format bnb-nf4: the base as bitsandbytes NF4 instead of dequantized Q
   double bits_budget = 0;  // 0: one width for every target (--bits)
   // merge
   std::vector<std::string> shards;

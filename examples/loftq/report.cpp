@@ -65,7 +65,8 @@ nlohmann::json tensor_entry(const Args& a, const TensorFacts& t, const loftq::Re
   e["rel_err"] = r.error();
   e["sq_err"] = t.sq_err;
   e["qlora_rel_err"] = r.qlora_error;
-  e["bits_per_weight"] = r.packed.bits_per_weight();
+  // The double quantization knows its storage; PackedMatrix does not know bitsandbytes' nested one.
+  e["bits_per_weight"] = a.double_quant ? dq.bits_per_weight_after : r.packed.bits_per_weight();
   if (a.double_quant) e["double_quant"] = double_quant_json(dq);
   if (!t.candidates.empty()) {
     nlohmann::json c = nlohmann::json::object();

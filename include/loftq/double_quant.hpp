@@ -154,6 +154,80 @@ struct DoubleQuantEffect {
   bool refit_kept = false;       // the refit factors replaced the old ones
 };
 
+namespace detail {
+
+// The part of a double quantization that does not depend on the scheme:
+// `requantize` replaces r.packed's scales by the ones a reader recovers, then
+// r.Q is dequantized again and, with `refit`, A, B are refit to W - Q_dq once
+// (see double_quantize below).
+template <class Derived, class Requantize>
+DoubleQuantEffect replace_scales_and_refit(const Eigen::MatrixBase<Derived>& W_in, Result<typename Derived::Scalar>& r,
+                                           const Options& opt, bool refit, const char* who, Requantize&& requantize) {
+  using Scalar = typename Derived::Scalar;
+  using Matrix = typename Result<Scalar>::Matrix;
+  const Eigen::Index m = W_in.rows(), n = W_in.cols(), rank = r.A.cols();
+  require(r.Q.rows() == m && r.Q.cols() == n && r.packed.rows == m && r.packed.cols == n, Errc::invalid_argument,
+          std::string(who) + ": W is " + std::to_string(m) + "x" + std::to_string(n) + " but the result is for a " +
+              std::to_string(r.Q.rows()) + "x" + std::to_string(r.Q.cols()) + " matrix");
+  require(rank >= 1 && r.A.rows() == m && r.B.rows() == n && r.B.cols() == rank, Errc::invalid_argument,
+          std::string(who) + ": the result has no consistent factors");
+  const int threads = opt.threads;
+  RowMajorView<Derived> view(W_in);
+  check_weights(W_in, view.data(), threads, who);
+  EigenSerialScope serial;
+  const Scalar* Wp = view.data();
+  const std::int64_t N = static_cast<std::int64_t>(m) * n;
+  const double w2 = squared_norm(Wp, N, threads);
+
+  DoubleQuantEffect eff;
+  eff.error_before = r.error();
+  eff.bits_per_weight_before = r.packed.bits_per_weight();
+  requantize(r.packed);
+  eff.bits_per_weight_after = r.packed.bits_per_weight();
+  dequantize_flat(r.packed, r.Q.data(), threads);
+
+  // R = W - Q_dq, the residual the factors approximate.
+  RowMatrix<Scalar> R(m, n);
+  {
+    const Scalar* Q = r.Q.data();
+    Scalar* Rp = R.data();
+    parallel_for((N + 65535) / 65536, threads, [&](std::int64_t c) {
+      const std::int64_t b = c * 65536, e = std::min(N, b + 65536);
+      for (std::int64_t i = b; i < e; ++i) Rp[i] = Wp[i] - Q[i];
+    });
+  }
+  auto residual_sq = [&](const Matrix& A, const Matrix& B) { return residual_error(R, A, B, threads); };
+  const double rounded_sq = residual_sq(r.A, r.B);
+  eff.error_rounded = relative(rounded_sq, w2);
+  eff.error_after = eff.error_rounded;
+  if (refit) {
+    SVDOptions so = opt.svd;
+    so.threads = threads;
+    TruncatedSVD<Matrix> svd;
+    if (opt.svd.method == SVDMethod::randomized && opt.warm_start) {
+      so.power_iterations = warm_power_iterations(opt, m, n);
+      svd.compute(R, rank, so, r.B);
+    } else {
+      svd.compute(R, rank, so);
+    }
+    require(svd.info() == Eigen::Success, Errc::non_finite, std::string(who) + ": the SVD produced non-finite values");
+    Matrix A, B;
+    balanced_factors(svd, A, B);
+    const double refit_sq = residual_sq(A, B);
+    if (refit_sq < rounded_sq) {
+      r.A = std::move(A);
+      r.B = std::move(B);
+      eff.error_after = relative(refit_sq, w2);
+      eff.refit_kept = true;
+    }
+  }
+  r.history.push_back(eff.error_after);
+  r.best_iteration = static_cast<int>(r.history.size());
+  return eff;
+}
+
+}  // namespace detail
+
 // Double-quantizes r.packed and updates r.Q to match; with `refit`, then
 // recomputes A, B = SVD_r(W - Q_dq) once (randomized SVDs warm-start from the
 // old B), keeping the refit factors only if they lower the error, which an
@@ -164,68 +238,8 @@ struct DoubleQuantEffect {
 template <class Derived>
 DoubleQuantEffect double_quantize(const Eigen::MatrixBase<Derived>& W_in, Result<typename Derived::Scalar>& r,
                                   const Options& opt = {}, Eigen::Index block = kDoubleQuantBlock, bool refit = true) {
-  using Scalar = typename Derived::Scalar;
-  using Matrix = typename Result<Scalar>::Matrix;
-  const Eigen::Index m = W_in.rows(), n = W_in.cols(), rank = r.A.cols();
-  detail::require(r.Q.rows() == m && r.Q.cols() == n && r.packed.rows == m && r.packed.cols == n, Errc::invalid_argument,
-                  "double_quantize: W is " + std::to_string(m) + "x" + std::to_string(n) +
-                      " but the result is for a " + std::to_string(r.Q.rows()) + "x" + std::to_string(r.Q.cols()) +
-                      " matrix");
-  detail::require(rank >= 1 && r.A.rows() == m && r.B.rows() == n && r.B.cols() == rank, Errc::invalid_argument,
-                  "double_quantize: the result has no consistent factors");
-  const int threads = opt.threads;
-  detail::RowMajorView<Derived> view(W_in);
-  detail::check_weights(W_in, view.data(), threads, "double_quantize");
-  detail::EigenSerialScope serial;
-  const Scalar* Wp = view.data();
-  const std::int64_t N = static_cast<std::int64_t>(m) * n;
-  const double w2 = detail::squared_norm(Wp, N, threads);
-
-  DoubleQuantEffect eff;
-  eff.error_before = r.error();
-  eff.bits_per_weight_before = r.packed.bits_per_weight();
-  r.packed = double_quantize(std::move(r.packed), block);
-  eff.bits_per_weight_after = r.packed.bits_per_weight();
-  detail::dequantize_flat(r.packed, r.Q.data(), threads);
-
-  // R = W - Q_dq, the residual the factors approximate.
-  RowMatrix<Scalar> R(m, n);
-  {
-    const Scalar* Q = r.Q.data();
-    Scalar* Rp = R.data();
-    detail::parallel_for((N + 65535) / 65536, threads, [&](std::int64_t c) {
-      const std::int64_t b = c * 65536, e = std::min(N, b + 65536);
-      for (std::int64_t i = b; i < e; ++i) Rp[i] = Wp[i] - Q[i];
-    });
-  }
-  auto residual_sq = [&](const Matrix& A, const Matrix& B) { return detail::residual_error(R, A, B, threads); };
-  const double rounded_sq = residual_sq(r.A, r.B);
-  eff.error_rounded = detail::relative(rounded_sq, w2);
-  eff.error_after = eff.error_rounded;
-  if (refit) {
-    SVDOptions so = opt.svd;
-    so.threads = threads;
-    TruncatedSVD<Matrix> svd;
-    if (opt.svd.method == SVDMethod::randomized && opt.warm_start) {
-      so.power_iterations = detail::warm_power_iterations(opt, m, n);
-      svd.compute(R, rank, so, r.B);
-    } else {
-      svd.compute(R, rank, so);
-    }
-    detail::require(svd.info() == Eigen::Success, Errc::non_finite, "double_quantize: the SVD produced non-finite values");
-    Matrix A, B;
-    detail::balanced_factors(svd, A, B);
-    const double refit_sq = residual_sq(A, B);
-    if (refit_sq < rounded_sq) {
-      r.A = std::move(A);
-      r.B = std::move(B);
-      eff.error_after = detail::relative(refit_sq, w2);
-      eff.refit_kept = true;
-    }
-  }
-  r.history.push_back(eff.error_after);
-  r.best_iteration = static_cast<int>(r.history.size());
-  return eff;
+  return detail::replace_scales_and_refit(W_in, r, opt, refit, "double_quantize",
+                                          [&](PackedMatrix& P) { P = double_quantize(std::move(P), block); });
 }
 
 }  // namespace loftq

@@ -1,6 +1,7 @@
 #pragma once
 // Umbrella header: everything the library offers except file I/O.
 
+#include "bnb_double_quant.hpp"
 #include "codebook.hpp"
 #include "data_aware.hpp"
 #include "double_quant.hpp"

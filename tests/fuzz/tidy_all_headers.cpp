@@ -1,5 +1,6 @@
 // Every library header in one translation unit, for clang-tidy and cppcheck
 // (see .clang-tidy). Not built by CMake.
+#include <loftq/io/bnb.hpp>
 #include <loftq/io/npy.hpp>
 #include <loftq/io/peft.hpp>
 #include <loftq/io/safetensors.hpp>

@@ -314,6 +314,44 @@ bits_budget)
   done
   ;;
 
+bnb_nf4)
+  # --format bnb-nf4: rows of 96 (blocks of 64 cross rows), an F32 input so
+  # the default format's Q is exact. Decoded by bitsandbytes' rules, the
+  # targets are that Q bit for bit; with --double-quant (bitsandbytes' nested
+  # absmax) they are the Q the adapter was fitted to.
+  synth s F32 1 1 96 160
+  expect_rc 0 model --input s --output plain --rank 4 --iters 2 --quiet
+  expect_rc 0 model --input s --output b --rank 4 --iters 2 --format bnb-nf4 --quiet
+  "$TOOL" bnb s b plain || fail "bnb-nf4 output"
+  cmp -s plain/adapter_model.safetensors b/adapter_model.safetensors || fail "the adapter differs from the default format's"
+  [ "$(ls b | LC_ALL=C sort | tr '\n' ' ')" = "adapter_config.json adapter_model.safetensors config.json loftq_report.json model.safetensors " ] ||
+    fail "b/ holds $(ls b)"
+  expect_rc 0 model --input s --output bd --rank 4 --iters 2 --format bnb-nf4 --double-quant --quiet
+  "$TOOL" bnb s bd || fail "bnb-nf4 --double-quant output"
+  bd=$("$TOOL" get bd/loftq_report.json average_bits_per_weight)
+  awk -v b="$bd" 'BEGIN { exit !(b > 4.12 && b < 4.16) }' || fail "bnb double-quant bits per weight $bd"
+  # --packed beside it: the fp32 scales bitsandbytes recovers, the same Q.
+  expect_rc 0 model --input s --output bp --rank 4 --iters 2 --format bnb-nf4 --double-quant --packed --quiet
+  cmp -s bd/model.safetensors bp/model.safetensors || fail "--packed changed the bnb-nf4 base"
+  grep -aq 'up_proj.weight.qscales"' bp/model.packed.safetensors || fail "no fp32 scales in the packed file"
+  ! grep -aq 'qscales_q' bp/model.packed.safetensors || fail "int8 scales in the packed file"
+  # What bitsandbytes cannot hold: exit 1, one line.
+  expect_bad_input model --input s --output x --format bnb-nf4 --bits 2
+  grep -q -- "bits 4 --quantizer nf" "$err_file" || { show; fail "message"; }
+  expect_bad_input model --input s --output x --format bnb-nf4 --quantizer uniform
+  grep -q -- "bits 4 --quantizer nf" "$err_file" || { show; fail "message"; }
+  expect_bad_input model --input s --output x --format bnb-nf4 --block-size 32
+  grep -q -- "block-size 64, 128" "$err_file" || { show; fail "message"; }
+  expect_bad_input model --input s --output x --format bnb-nf4 --shard 1/2
+  grep -q -- "shard" "$err_file" || { show; fail "message"; }
+  expect_bad_input model --input s --output x --format bnb-nf4 --bits-budget 3
+  grep -q -- "bits 4 --quantizer nf" "$err_file" || { show; fail "message"; }
+  rm s/config.json
+  expect_bad_input model --input s --output x --format bnb-nf4
+  grep -q -- "config.json" "$err_file" || { show; fail "message"; }
+  [ ! -e x ] || fail "x/ written on bad input"
+  ;;
+
 double_quant)
   # --packed --double-quant: 8-bit scale codes decode (by the documented
   # formula) to the base model's Q, fewer bits per weight; sharding and merge

@@ -6,6 +6,11 @@
 //   modeltool packed OUT                        verify model.packed.safetensors decodes to Q
 //   modeltool get JSON KEY[/KEY...]             print a value of a JSON file
 //   modeltool npy FILE TENSOR OUT.npy           a 2-D tensor of a .safetensors file as float32 .npy
+//   modeltool bnb INPUT OUT [REF]               verify a --format bnb-nf4 output: each target decoded by
+//                                               bitsandbytes' rules from OUT alone equals REF's Q bit for
+//                                               bit (REF: the same run in the default format, F32), or
+//                                               gives the report's error with the adapter (no REF);
+//                                               quant_state, config.json, other tensors, adapter
 //   modeltool budget INPUT OUT REF B            verify a --bits-budget B output: average code bits
 //                                               <= B, mixed widths recorded everywhere, and a lower
 //                                               total ||W - Q - s B A||^2 than the output REF
@@ -367,6 +372,112 @@ double total_sq_error(const std::string& input, const std::string& out) {
   return total;
 }
 
+std::vector<float> f32_of(const st::SafetensorsFile& f, const std::string& name) {
+  const st::TensorInfo& t = f.at(name);
+  require(t.dtype == st::Dtype::F32, name + " is not F32");
+  std::vector<float> v(t.nbytes() / 4);
+  std::memcpy(v.data(), f.bytes(t), t.nbytes());
+  return v;
+}
+
+// bitsandbytes' dequantize_4bit of M.weight, with the nested absmax
+// recovered as dequantize_blockwise(absmax, state2) + offset; every product
+// and sum in fp32, as its kernels compute them.
+RowMatrix bnb_decode(const st::SafetensorsFile& f, const std::string& name, std::uint64_t rows, std::uint64_t cols,
+                     const std::string& dtype, bool dq) {
+  const std::uint64_t n = rows * cols;
+  const st::TensorInfo& w = f.at(name);
+  require(w.dtype == st::Dtype::U8 && w.shape == std::vector<std::uint64_t>{(n + 1) / 2, 1}, name + ": packed shape");
+  const st::TensorInfo& qs = f.at(name + ".quant_state.bitsandbytes__nf4");
+  require(qs.dtype == st::Dtype::U8, name + ": quant_state dtype");
+  const nlohmann::json j = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(f.bytes(qs)), qs.nbytes()));
+  require(j.at("quant_type") == "nf4" && j.at("dtype") == dtype &&
+              j.at("shape") == nlohmann::json::array({rows, cols}) && j.size() == (dq ? 7u : 4u),
+          name + ": quant_state " + j.dump());
+  const std::uint64_t bs = j.at("blocksize").get<std::uint64_t>();
+  const std::vector<float> qmap = f32_of(f, name + ".quant_map");
+  require(qmap.size() == 16 && qmap[0] == -1.0f && qmap[7] == 0.0f && qmap[15] == 1.0f, name + ": quant_map");
+  std::vector<float> absmax;
+  const st::TensorInfo& am = f.at(name + ".absmax");
+  if (dq) {
+    require(j.at("nested_blocksize") == 256 && j.at("nested_dtype") == "float32" && am.dtype == st::Dtype::U8,
+            name + ": nested quant_state");
+    const std::vector<float> nabs = f32_of(f, name + ".nested_absmax"), nmap = f32_of(f, name + ".nested_quant_map");
+    require(nmap.size() == 256 && nabs.size() == (am.nbytes() + 255) / 256, name + ": nested tensors");
+    const float offset = static_cast<float>(j.at("nested_offset").get<double>());
+    for (std::uint64_t b = 0; b < am.nbytes(); ++b) {
+      volatile float prod = nmap[f.bytes(am)[b]] * nabs[b / 256];
+      absmax.push_back(prod + offset);
+    }
+  } else {
+    require(!f.find(name + ".nested_absmax"), name + ": nested tensors without double quant");
+    absmax = f32_of(f, name + ".absmax");
+  }
+  require(absmax.size() == (n + bs - 1) / bs, name + ": absmax count");
+  RowMatrix Q(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+  const std::uint8_t* p = f.bytes(w);
+  for (std::uint64_t e = 0; e < n; ++e) {
+    const unsigned c = e % 2 == 0 ? p[e / 2] >> 4 : p[e / 2] & 0xF;
+    volatile float v = qmap[c] * absmax[e / bs];
+    Q.data()[e] = v;
+  }
+  return Q;
+}
+
+int cmd_bnb(const std::string& input, const std::string& out, const std::string& ref) {
+  st::Checkpoint in(input);
+  st::SafetensorsFile base(out + "/model.safetensors"), ad(out + "/adapter_model.safetensors");
+  const nlohmann::json rep = read_json(out + "/loftq_report.json");
+  const bool dq = rep.at("settings").at("double_quant").get<bool>();
+  require(rep.at("settings").at("format") == "bnb-nf4", "report format");
+  const nlohmann::json cfg = read_json(out + "/config.json"), adcfg = read_json(out + "/adapter_config.json");
+  const double scaling = adcfg.at("lora_alpha").get<double>() / adcfg.at("r").get<double>();
+  const nlohmann::json& qc = cfg.at("quantization_config");
+  require(qc.at("quant_method") == "bitsandbytes" && qc.at("load_in_4bit") == true && qc.at("load_in_8bit") == false &&
+              qc.at("bnb_4bit_quant_type") == "nf4" && qc.at("bnb_4bit_use_double_quant") == dq &&
+              qc.at("bnb_4bit_quant_storage") == "uint8" && qc.at("bnb_4bit_compute_dtype") == "float32",
+          "quantization_config " + qc.dump());
+  std::set<std::string> skip;
+  for (const auto& x : qc.at("llm_int8_skip_modules")) skip.insert(x.get<std::string>());
+  std::size_t targets = 0, extra = 0;
+  for (const auto& kv : in.entries()) {
+    const std::string& name = kv.first;
+    const st::TensorInfo& ti = *kv.second.info;
+    const st::SafetensorsFile& fi = in.file(kv.second.file);
+    const std::string path = name.size() > 7 ? name.substr(0, name.size() - 7) : name;
+    if (!is_target(name, ti)) {
+      const st::TensorInfo& to = base.at(name);
+      require(to.dtype == ti.dtype && to.shape == ti.shape &&
+                  std::memcmp(fi.bytes(ti), base.bytes(to), ti.nbytes()) == 0,
+              "non-target not byte-identical: " + name);
+      if (ti.shape.size() == 2) require(skip.count(path) == 1, "2-D non-target not in llm_int8_skip_modules: " + name);
+      continue;
+    }
+    ++targets;
+    require(!skip.count(path), "target in llm_int8_skip_modules: " + name);
+    extra += dq ? 5 : 3;
+    const std::uint64_t m = ti.shape[0], n = ti.shape[1];
+    const RowMatrix Q = bnb_decode(base, name, m, n, "float32", dq);
+    if (!ref.empty()) {
+      st::SafetensorsFile rf(ref + "/model.safetensors");
+      const RowMatrix R = rf.read_matrix(rf.at(name));
+      require(std::memcmp(Q.data(), R.data(), static_cast<std::size_t>(Q.size()) * 4) == 0,
+              name + ": the decoded Q differs from the reference run's Q");
+    }
+    const RowMatrix W = fi.read_matrix(ti);
+    const RowMatrix LA = ad.read_matrix(ad.at("base_model.model." + path + ".lora_A.weight")),
+                    LB = ad.read_matrix(ad.at("base_model.model." + path + ".lora_B.weight"));
+    const double err = (W - Q - static_cast<float>(scaling) * (LB * LA)).cast<double>().norm() / W.cast<double>().norm();
+    const double want = rep.at("tensors").at(name).at("rel_err").get<double>();
+    require(std::abs(err - want) <= 1e-5 * want, name + ": ||W - Q - s B A|| / ||W|| = " + std::to_string(err) +
+                                                     " with the decoded Q, the report says " + std::to_string(want));
+  }
+  require(targets > 0, "no targets");
+  require(base.tensors().size() == in.entries().size() + extra, "model.safetensors holds other tensors");
+  std::printf("modeltool: %zu bitsandbytes targets verified\n", targets);
+  return 0;
+}
+
 int cmd_budget(const std::string& input, const std::string& out, const std::string& ref, double budget) {
   const nlohmann::json rep = read_json(out + "/loftq_report.json");
   const nlohmann::json& alloc = rep.at("bits_allocation");
@@ -411,6 +522,7 @@ int main(int argc, char** argv) {
       return cmd_synth(a[1], dtype_of(a[2]), std::stoi(a[3]), std::stoi(a[4]), std::stoull(a[5]), std::stoull(a[6]));
     if (a[0] == "check" && a.size() == 5) return cmd_check(a[1], a[2], std::stoull(a[3]), std::stod(a[4]));
     if (a[0] == "packed" && a.size() == 2) return cmd_packed(a[1]);
+    if (a[0] == "bnb" && (a.size() == 3 || a.size() == 4)) return cmd_bnb(a[1], a[2], a.size() == 4 ? a[3] : "");
     if (a[0] == "get" && a.size() == 3) {
       nlohmann::json j = read_json(a[1]);
       for (std::size_t b = 0;;) {
