@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -237,8 +238,38 @@ void StagedOutput::copy_file(const fs::path& src, const std::string& name) {
     throw InputError{src.string() + ": cannot copy: " + ec.message()};
 }
 
+namespace {
+
+// Concurrent runs into one output commit one after the other: each run's
+// renames happen under an exclusive lock on the output's parent directory,
+// so the published set is always one run's, never a mix. A run that expected
+// to create DIR and finds another run's DIR fails (publish_dir).
+class PublishLock {
+ public:
+  explicit PublishLock(const fs::path& dir) {
+    const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+    fd_ = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd_ < 0) throw InputError{parent.string() + ": cannot open to lock the output: " + std::strerror(errno)};
+    while (::flock(fd_, LOCK_EX) != 0) {
+      if (errno == EINTR) continue;
+      const int e = errno;
+      ::close(fd_);
+      throw InputError{parent.string() + ": cannot lock the output: " + std::strerror(e)};
+    }
+  }
+  PublishLock(const PublishLock&) = delete;
+  PublishLock& operator=(const PublishLock&) = delete;
+  ~PublishLock() { ::close(fd_); }  // releases the lock
+
+ private:
+  int fd_ = -1;
+};
+
+}  // namespace
+
 void StagedOutput::publish() {
   fsync_dir(stage_);
+  const PublishLock lock(dir_);
   if (exists_ && policy_ == Existing::update)
     publish_files();
   else

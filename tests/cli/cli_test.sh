@@ -265,6 +265,44 @@ resolved_paths)
   expect_refused 'the input file is an output path' init --input W.npy --output out --rank 4 --iters 1
   ;;
 
+concurrent)
+  # Runs into one output at the same time: whatever the interleaving, the
+  # published set is one run's (Q, A, B and report.json together), and a run
+  # that finds the output created by another meanwhile fails with one line.
+  make_w W.npy 96x128 f4 C
+  for seed in 1 2; do
+    expect_rc 0 init --quiet --input W.npy --output "ref$seed" --rank 8 --iters 3 --seed "$seed"
+  done
+  cmp -s ref1/A.npy ref2/A.npy && fail "the seeds give the same A; nothing to tell the runs apart"
+  sum_of() { cat "$1/Q.npy" "$1/A.npy" "$1/B.npy" | sha256sum | cut -d' ' -f1; }
+  s1=$(sum_of ref1) s2=$(sum_of ref2)
+  mkdir shared
+  for round in 1 2 3 4 5 6; do
+    for seed in 1 2; do
+      "$LOFTQ" init --quiet --input W.npy --output shared --rank 8 --iters 3 --seed "$seed" 2>"err$seed" &
+    done
+    wait
+    got=$(sum_of shared)
+    if [ "$got" = "$s1" ]; then want=1; elif [ "$got" = "$s2" ]; then want=2; else fail "round $round: Q, A and B mix two runs"; fi
+    grep -q "\"seed\": *$want[,}]" shared/report.json || fail "round $round: report.json is not from the run that wrote Q, A and B"
+    [ -z "$(ls -A shared | grep -v -e '^Q.npy$' -e '^A.npy$' -e '^B.npy$' -e '^report.json$' -e '^.loftq-output$')" ] ||
+      fail "round $round: left in the output: $(ls -A shared)"
+  done
+  for round in 1 2 3; do
+    rm -rf fresh
+    "$LOFTQ" init --quiet --input W.npy --output fresh --rank 8 --iters 3 --seed 1 2>err1 & p1=$!
+    "$LOFTQ" init --quiet --input W.npy --output fresh --rank 8 --iters 3 --seed 2 2>err2 & p2=$!
+    wait "$p1"; r1=$?
+    wait "$p2"; r2=$?
+    case "$(sum_of fresh)" in "$s1"|"$s2") ;; *) fail "round $round: a new output mixes two runs" ;; esac
+    for k in 1 2; do
+      rc=$([ "$k" = 1 ] && echo "$r1" || echo "$r2")
+      [ "$rc" -eq 0 ] || { [ "$rc" -eq 1 ] && [ "$(wc -l <"err$k")" -eq 1 ]; } || fail "round $round: run $k exit $rc: $(cat "err$k")"
+    done
+    [ -z "$(ls -d fresh.tmp-* 2>/dev/null)" ] || fail "round $round: staging left behind"
+  done
+  ;;
+
 stale_staging)
   # A staging directory of a process that no longer runs is removed by the
   # next run for the same output, when it carries the marker; others stay.

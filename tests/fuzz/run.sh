@@ -45,26 +45,31 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
 jobs="${FUZZ_JOBS:-$(nproc)}"
 
-# fuzz_cli_args links the tool (examples/loftq/, all but main.cpp) as a
-# library, built here with the same flags minus -fsanitize=fuzzer (which
-# would add a second main), plus CLI11's headers (libcli11-dev).
+# fuzz_cli_args and fuzz_json_inputs link part of the tool (examples/loftq/)
+# as a library, built once before the targets with the same flags minus
+# -fsanitize=fuzzer (which would add a second main), plus CLI11's headers
+# (libcli11-dev).
 tool_dir="$root/examples/loftq"
 tool_flags=("${flags[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=fuzzer-no-link,address,undefined}")
 tool_lib="$out/bin/libloftq_cli_options.a"
 
 build_tool_lib() {
-  local objs=() f o
+  local objs=() f o pids=() status=0
   mkdir -p "$out/tool"
-  # Only what fuzz_cli_args calls: the parser and `init` (model and merge need
-  # checkpoints, which fuzz_safetensors covers); cmd_model.cpp alone would
-  # double the build under the sanitizers.
-  for f in "$tool_dir"/{options,staged_output,path_safety,report,cmd_init}.cpp; do
+  # Only what the targets call: the parser and `init` (fuzz_cli_args), the
+  # shard-report checks (fuzz_json_inputs); cmd_model.cpp and cmd_merge.cpp
+  # would double the build under the sanitizers. Compiled $jobs at a time.
+  for f in "$tool_dir"/{options,staged_output,path_safety,report,cmd_init,checkpoint_plan}.cpp; do
     o="$out/tool/$(basename "$f" .cpp).o"
     objs+=("$o")
     if [[ ! -f "$o" ]] || [[ -n "$(find "$tool_dir" "$root/include" -newer "$o" -print -quit)" ]]; then
-      "$cxx" "${tool_flags[@]}" -c "$f" -o "$o" || return 1
+      while [[ $(jobs -rp | wc -l) -ge $jobs ]]; do wait -n || status=1; done
+      "$cxx" "${tool_flags[@]}" -c "$f" -o "$o" &
+      pids+=($!)
     fi
   done
+  for p in "${pids[@]}"; do wait "$p" || status=1; done
+  [[ $status -eq 0 ]] || return 1
   rm -f "$tool_lib"
   ar rcs "$tool_lib" "${objs[@]}"
 }
@@ -72,8 +77,7 @@ build_tool_lib() {
 # Builds one target, only when its source or a header is newer than the binary.
 build() {
   local t="$1" src="$here/$1.cpp" bin="$out/bin/$1" extra=()
-  if [[ "$t" == fuzz_cli_args ]]; then
-    build_tool_lib > "$out/$t.build.log" 2>&1 || { cat "$out/$t.build.log"; return 1; }
+  if [[ "$t" == fuzz_cli_args || "$t" == fuzz_json_inputs ]]; then
     extra=(-I"$tool_dir" "$tool_lib")
   fi
   if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$root/include" "$root/examples" -newer "$bin" -print -quit)" ]]; then
@@ -113,6 +117,9 @@ each() {
 }
 
 echo "== fuzz: building ${targets[*]} ($jobs at a time)"
+if [[ " ${targets[*]} " == *" fuzz_cli_args "* || " ${targets[*]} " == *" fuzz_json_inputs "* ]]; then
+  build_tool_lib > "$out/tool.build.log" 2>&1 || { cat "$out/tool.build.log"; exit 1; }
+fi
 each build
 echo "== fuzz: running each target for ${seconds}s ($jobs at a time)"
 rm -f "$out"/*.result

@@ -307,7 +307,7 @@ std::vector<float> floats_of(const io::SafetensorsFile& f, const std::string& na
   const io::TensorInfo& t = f.at(name);
   REQUIRE(t.dtype == io::Dtype::F32);
   std::vector<float> v(t.nbytes() / 4);
-  std::memcpy(v.data(), f.bytes(t), t.nbytes());
+  f.read_bytes(t, 0, t.nbytes(), v.data());
   return v;
 }
 
@@ -321,7 +321,8 @@ std::vector<float> bnb_decode(const io::SafetensorsFile& f, const std::string& n
   const io::TensorInfo& qs = f.at(name + ".quant_state.bitsandbytes__nf4");
   REQUIRE(qs.dtype == io::Dtype::U8);
   REQUIRE(qs.shape.size() == 1);
-  const std::string text(reinterpret_cast<const char*>(f.bytes(qs)), qs.nbytes());
+  const std::vector<unsigned char> raw = f.read_bytes(qs);
+  const std::string text(raw.begin(), raw.end());
   const nlohmann::json j = nlohmann::json::parse(text);
   const std::uint64_t bs = j.at("blocksize").get<std::uint64_t>();
   const std::vector<float> qmap = floats_of(f, name + ".quant_map");
@@ -335,7 +336,7 @@ std::vector<float> bnb_decode(const io::SafetensorsFile& f, const std::string& n
     const std::vector<float> nmap = floats_of(f, name + ".nested_quant_map");
     const std::uint64_t nbs = j.at("nested_blocksize").get<std::uint64_t>();
     const float offset = static_cast<float>(j.at("nested_offset").get<double>());
-    const std::uint8_t* q = f.bytes(am);
+    const std::vector<unsigned char> q = f.read_bytes(am);
     for (std::uint64_t b = 0; b < am.nbytes(); ++b) {
       volatile float prod = nmap.at(q[b]) * nabs.at(b / nbs);
       absmax.push_back(prod + offset);
@@ -344,7 +345,7 @@ std::vector<float> bnb_decode(const io::SafetensorsFile& f, const std::string& n
     absmax = floats_of(f, name + ".absmax");
   }
   REQUIRE(absmax.size() == (n + bs - 1) / bs);
-  const std::uint8_t* bytes = f.bytes(w);
+  const std::vector<unsigned char> bytes = f.read_bytes(w);
   std::vector<float> out(n);
   for (std::uint64_t e = 0; e < n; ++e) {
     const unsigned c = e % 2 == 0 ? bytes[e / 2] >> 4 : bytes[e / 2] & 0xF;
@@ -418,7 +419,8 @@ TEST_CASE("bnb-nf4 round trip: an independent decoder gives Q bit for bit, with 
       CHECK(mismatches == 0);
 
       const io::TensorInfo& qs = f.at("m.weight.quant_state.bitsandbytes__nf4");
-      const std::string text(reinterpret_cast<const char*>(f.bytes(qs)), qs.nbytes());
+      const std::vector<unsigned char> raw = f.read_bytes(qs);
+      const std::string text(raw.begin(), raw.end());
       const nlohmann::json j = nlohmann::json::parse(text);
       CHECK(j.at("quant_type") == "nf4");
       CHECK(j.at("blocksize") == sh.block);

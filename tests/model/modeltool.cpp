@@ -376,7 +376,7 @@ std::vector<float> f32_of(const st::SafetensorsFile& f, const std::string& name)
   const st::TensorInfo& t = f.at(name);
   require(t.dtype == st::Dtype::F32, name + " is not F32");
   std::vector<float> v(t.nbytes() / 4);
-  std::memcpy(v.data(), f.bytes(t), t.nbytes());
+  f.read_bytes(t, 0, t.nbytes(), v.data());
   return v;
 }
 
@@ -390,7 +390,8 @@ RowMatrix bnb_decode(const st::SafetensorsFile& f, const std::string& name, std:
   require(w.dtype == st::Dtype::U8 && w.shape == std::vector<std::uint64_t>{(n + 1) / 2, 1}, name + ": packed shape");
   const st::TensorInfo& qs = f.at(name + ".quant_state.bitsandbytes__nf4");
   require(qs.dtype == st::Dtype::U8, name + ": quant_state dtype");
-  const nlohmann::json j = nlohmann::json::parse(std::string(reinterpret_cast<const char*>(f.bytes(qs)), qs.nbytes()));
+  const std::vector<unsigned char> raw = f.read_bytes(qs);
+  const nlohmann::json j = nlohmann::json::parse(std::string(raw.begin(), raw.end()));
   require(j.at("quant_type") == "nf4" && j.at("dtype") == dtype &&
               j.at("shape") == nlohmann::json::array({rows, cols}) && j.size() == (dq ? 7u : 4u),
           name + ": quant_state " + j.dump());
@@ -405,8 +406,9 @@ RowMatrix bnb_decode(const st::SafetensorsFile& f, const std::string& name, std:
     const std::vector<float> nabs = f32_of(f, name + ".nested_absmax"), nmap = f32_of(f, name + ".nested_quant_map");
     require(nmap.size() == 256 && nabs.size() == (am.nbytes() + 255) / 256, name + ": nested tensors");
     const float offset = static_cast<float>(j.at("nested_offset").get<double>());
+    const std::vector<unsigned char> codes = f.read_bytes(am);
     for (std::uint64_t b = 0; b < am.nbytes(); ++b) {
-      volatile float prod = nmap[f.bytes(am)[b]] * nabs[b / 256];
+      volatile float prod = nmap[codes[b]] * nabs[b / 256];
       absmax.push_back(prod + offset);
     }
   } else {
@@ -415,7 +417,7 @@ RowMatrix bnb_decode(const st::SafetensorsFile& f, const std::string& name, std:
   }
   require(absmax.size() == (n + bs - 1) / bs, name + ": absmax count");
   RowMatrix Q(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
-  const std::uint8_t* p = f.bytes(w);
+  const std::vector<unsigned char> p = f.read_bytes(w);
   for (std::uint64_t e = 0; e < n; ++e) {
     const unsigned c = e % 2 == 0 ? p[e / 2] >> 4 : p[e / 2] & 0xF;
     volatile float v = qmap[c] * absmax[e / bs];
@@ -448,7 +450,7 @@ int cmd_bnb(const std::string& input, const std::string& out, const std::string&
     if (!is_target(name, ti)) {
       const st::TensorInfo& to = base.at(name);
       require(to.dtype == ti.dtype && to.shape == ti.shape &&
-                  std::memcmp(fi.bytes(ti), base.bytes(to), ti.nbytes()) == 0,
+                  fi.read_bytes(ti) == base.read_bytes(to),
               "non-target not byte-identical: " + name);
       if (ti.shape.size() == 2) require(skip.count(path) == 1, "2-D non-target not in llm_int8_skip_modules: " + name);
       continue;
