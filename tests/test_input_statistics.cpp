@@ -92,3 +92,24 @@ TEST_CASE("InputStatistics: bad input gets a typed error and leaves the statisti
   d.add(X.topRows(4));
   CHECK(loftq_test::code_of([&] { d.gram(); }) == loftq::Errc::invalid_argument);
 }
+
+TEST_CASE("InputStatistics: an expression is evaluated once, as its plain value") {
+  // Eigen's Random() draws anew at each evaluation; the statistics must be
+  // those of one draw, the same as adding that draw as a plain matrix.
+  std::srand(7);
+  InputStatistics from_expr(16);
+  from_expr.add(Eigen::MatrixXf::Random(40, 16));
+  std::srand(7);
+  const Eigen::MatrixXf drawn = Eigen::MatrixXf::Random(40, 16);
+  InputStatistics from_plain(16);
+  from_plain.add(drawn);
+  CHECK(from_expr.count() == 40);
+  CHECK(from_expr.gram() == from_plain.gram());
+
+  // A product: the same statistics as its evaluated value.
+  const Eigen::MatrixXd M = Eigen::MatrixXd::Identity(16, 16) * 0.5;
+  InputStatistics prod(16), eval(16);
+  prod.add(drawn.cast<double>() * M);
+  eval.add(Eigen::MatrixXd(drawn.cast<double>() * M));
+  CHECK(prod.gram() == eval.gram());
+}

@@ -43,6 +43,13 @@ class InputStatistics {
   // The statistics are unchanged when this throws.
   template <class Derived>
   InputStatistics& add(const Eigen::MatrixBase<Derived>& X, int threads = 0) {
+    if constexpr (!(Derived::Flags & Eigen::DirectAccessBit)) {
+      // The checks and the sums read X several times; an expression such as
+      // Random() or a product would give each read different values or
+      // recompute it, so it is evaluated once here.
+      const typename Derived::PlainObject plain = X;
+      return add(plain, threads);
+    }
     using S = typename Derived::Scalar;
     static_assert(std::is_same<S, float>::value || std::is_same<S, double>::value,
                   "InputStatistics::add takes float or double samples");
