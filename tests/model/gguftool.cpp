@@ -2,7 +2,7 @@
 //
 //   gguftool stories BIN OUT.gguf [f32|f16|bf16]   llama2.c's stories260K as a
 //                                                   llama GGUF (exit 77 when BIN is absent)
-//   gguftool synth OUT.gguf                         odd shapes and types, alignment 64,
+//   gguftool synth OUT.gguf [VARIANT]               odd shapes and types, alignment 64,
 //                                                   assorted key-value types
 //   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE
 //
@@ -124,7 +124,9 @@ int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t ty
 
 // Shapes no real model has: rows of 96 and 33 x 64 (whole blocks), 70 (not:
 // kept), a 3-D I32 tensor, alignment 64, string arrays and floats in the keys.
-int cmd_synth(const std::string& out) {
+// VARIANT: "" as above; "q8target" with blk.0.attn_q already Q8_0; "noarch"
+// without general.architecture.
+int cmd_synth(const std::string& out, const std::string& variant) {
   std::mt19937 g(7);
   std::normal_distribution<float> N(0.0f, 0.05f);
   auto rnd = [&](std::uint64_t n) {
@@ -134,11 +136,14 @@ int cmd_synth(const std::string& out) {
   };
   gl::Builder b;
   b.add_u32("general.alignment", 64);
-  b.add_string("general.architecture", "llama");
+  if (variant != "noarch") b.add_string("general.architecture", "llama");
   b.add_string_array("tokenizer.ggml.tokens", {"<unk>", "a", "", "\xe2\x96\x81" "b"});
   b.add_f32("llama.rope.freq_base", 10000.0f);
   b.add_tensor("token_embd.weight", {64, 10}, gl::F16, gl::Builder::encode_floats(rnd(640), gl::F16));
-  b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::F16, gl::Builder::encode_floats(rnd(96 * 40), gl::F16));
+  if (variant == "q8target")
+    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::Q8_0, std::vector<unsigned char>(3 * 34 * 40, 0));
+  else
+    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::F16, gl::Builder::encode_floats(rnd(96 * 40), gl::F16));
   b.add_tensor("blk.0.attn_k.weight", {64, 33}, gl::BF16, gl::Builder::encode_floats(rnd(64 * 33), gl::BF16));
   b.add_tensor("blk.0.ffn_down.weight", {70, 64}, gl::F32, gl::Builder::encode_floats(rnd(70 * 64), gl::F32));
   std::vector<unsigned char> ints;
@@ -232,14 +237,14 @@ int main(int argc, char** argv) {
   const std::vector<std::string> a(argv + 1, argv + argc);
   try {
     if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
-    if (a.size() == 2 && a[0] == "synth") return cmd_synth(a[1]);
+    if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 8 && a[0] == "verify")
       return cmd_verify(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), std::stod(a[6]), a[7]);
   } catch (const std::exception& e) {
     die(e.what());
   }
   std::fprintf(stderr,
-               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT | "
+               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | "
                "verify IN DIR QUANT RANK ITERS ALPHA SCALE\n");
   return 2;
 }
