@@ -40,11 +40,11 @@ gguf_stories)
   grep -q '"blk.0.ffn_down.weight"' out/loftq_report.json || fail "report: kept_unquantized"
   grep -q '"ggml_type": "IQ4_NL"' out/loftq_report.json || fail "report: ggml_type"
   for q in q4_0 q8_0; do
-    expect_rc 0 model --input s_f32.gguf --output "o_$q" --format gguf --quant "$q" --rank 4 --iters 2 --quiet
-    [ ! -s "$out_file" ] && [ ! -s "$err_file" ] || { show; fail "--quiet printed something"; }
+    expect_rc 0 model --input s_f32.gguf --output "o_$q" --format gguf --quant "$q" --rank 4 --iters 2 --quiet --threads 1
+    [ ! -s "$out_file" ] && [ ! -s "$err_file" ] || { show; fail "--quiet --threads 1 printed something"; }
     verify s_f32.gguf "o_$q" "$q" 4 2 4 search
   done
-  expect_rc 0 model --input s_bf16.gguf --output o_bf --format gguf --quant q4_0 --rank 4 --iters 2 --scale absmax --quiet
+  expect_rc 0 model --input s_bf16.gguf --output o_bf --format gguf --quant q4_0 --rank 4 --iters 2 --scale absmax --quiet --threads 1
   verify s_bf16.gguf o_bf q4_0 4 2 4 absmax
   # Deterministic: the same run again, byte for byte, at another thread count.
   expect_rc 0 model --input s_f16.gguf --output again --format gguf --rank 8 --iters 3 --lora-alpha 16 --threads 2 --quiet
@@ -56,17 +56,17 @@ gguf_stories)
 gguf_synth)
   synth in.gguf
   sum=$(sha256sum in.gguf)
-  expect_rc 0 model --input in.gguf --output out --format gguf --rank 4 --iters 2 --quiet
+  expect_rc 0 model --input in.gguf --output out --format gguf --rank 4 --iters 2 --quiet --threads 1
   verify in.gguf out iq4_nl 4 2 4 search
   # HF module names select the same tensors; llama.cpp names work as well.
-  expect_rc 0 model --input in.gguf --output hf --format gguf --rank 4 --iters 2 --quiet \
+  expect_rc 0 model --input in.gguf --output hf --format gguf --rank 4 --iters 2 --quiet --threads 1 \
     --target-modules q_proj,k_proj,down_proj,up_proj
   cmp -s out/model.gguf hf/model.gguf || fail "HF module names select other tensors"
-  expect_rc 0 model --input in.gguf --output only_q --format gguf --rank 4 --iters 2 --target-modules attn_q
+  expect_rc 0 model --input in.gguf --output only_q --format gguf --rank 4 --iters 2 --target-modules attn_q --threads 1
   grep -q '1 target tensors' "$out_file" || { show; fail "--target-modules attn_q"; }
   for q in q4_0 q8_0; do
     expect_rc 0 model --input in.gguf --output "a_$q" --format gguf --quant "$q" --rank 3 --iters 2 --scale absmax \
-      --lora-alpha 7 --quiet
+      --lora-alpha 7 --quiet --threads 1
     verify in.gguf "a_$q" "$q" 3 2 7 absmax
   done
   [ "$sum" = "$(sha256sum in.gguf)" ] || fail "the input changed"
@@ -105,10 +105,10 @@ gguf_bad_input)
 gguf_safety)
   synth in.gguf
   sum=$(sha256sum in.gguf)
-  expect_rc 0 model --input in.gguf --output out --format gguf --rank 4 --iters 2 --quiet
+  expect_rc 0 model --input in.gguf --output out --format gguf --rank 4 --iters 2 --quiet --threads 1
   # An existing DIR is refused unless --overwrite; the input may not be inside DIR or be DIR.
-  expect_refused 'exists' model --input in.gguf --output out --format gguf --quiet
-  expect_rc 0 model --input in.gguf --output out --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --overwrite
+  expect_refused 'exists' model --input in.gguf --output out --format gguf --quiet --threads 1
+  expect_rc 0 model --input in.gguf --output out --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 1 --overwrite
   verify in.gguf out q8_0 4 2 4 search
   expect_refused '.' model --input in.gguf --output in.gguf --format gguf --overwrite
   mkdir d && cp in.gguf d/in.gguf
