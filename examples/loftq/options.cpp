@@ -63,7 +63,8 @@ const CommandDef kCommands[] = {
      "order, and DIR/report.json (settings, per-iteration errors, timing). PEFT's factors are lora_A = B^T and "
      "lora_B = A (with lora_alpha == r)."},
     {"model", kModel, "loftq model --input PATH --output DIR [options]",
-     "LoftQ-initialize every target weight of a safetensors checkpoint. Targets are the 2-D tensors named "
+     "LoftQ-initialize every target weight of a safetensors checkpoint (or of a GGUF file for llama.cpp: see "
+     "--format gguf). Targets are the 2-D tensors named "
      "<prefix>.<module>.weight with <module> in --target-modules. DIR receives adapter_model.safetensors "
      "(base_model.model.<module path>.lora_A.weight (r x in) and .lora_B.weight (out x r), float32, scaled so that "
      "(lora_alpha / r) * lora_B * lora_A = A B^T), adapter_config.json (PEFT LoraConfig), model.safetensors "
