@@ -183,7 +183,7 @@ const std::vector<OptionDef>& option_table() {
          kInit, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
         {"--input", "PATH",
          "a .safetensors file, or a directory holding model.safetensors, a sharded set with "
-         "model.safetensors.index.json, or exactly one .safetensors file",
+         "model.safetensors.index.json, or exactly one .safetensors file; with --format gguf a .gguf file",
          kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
         {"--output", "DIR",
          "output directory; created if missing (with parents), otherwise the four files in it are replaced", kInit,
@@ -274,7 +274,8 @@ const std::vector<OptionDef>& option_table() {
          "config.json with its quantization_config, which transformers loads without quantizing again; needs "
          "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
          "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
-         "blk.N.attn_q/attn_k/attn_v/attn_output/ffn_gate/ffn_up/ffn_down.weight, or the HF names q_proj, ...); "
+         "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
+         "which --target-modules also accepts by their HF names q_proj, ...); "
          "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) and "
          "adapter.gguf (a llama.cpp LoRA adapter: llama-cli -m DIR/model.gguf --lora DIR/adapter.gguf) and "
          "loftq_report.json; the alternation quantizes in the --quant format itself, --scale absmax being ggml's "

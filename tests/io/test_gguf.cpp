@@ -215,6 +215,9 @@ TEST_CASE("hostile files: every defect is a loftq::Error") {
     Raw r;
     r.head(0, std::uint64_t(1) << 62);
     CHECK(open_code(r.b) == kParse);
+    r.head(0, loftq::io::kGgufMaxKVs + 1);  // more than the limit, though the file could hold them
+    r.data(14 * (loftq::io::kGgufMaxKVs + 1));
+    CHECK(open_code(r.b) == kParse);
     r.head(std::uint64_t(1) << 62, 0);
     CHECK(open_code(r.b) == kParse);
     r.head(0, 1);

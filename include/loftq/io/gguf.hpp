@@ -20,7 +20,9 @@
 // arrays, booleans other than 0/1, empty or duplicate keys and tensor names,
 // names over 63 bytes (ggml's limit), n_dims outside 1..4, zero or
 // overflowing dimensions, rows that are not whole blocks, a bad alignment,
-// offsets that are misaligned, out of order or outside the file.
+// offsets that are misaligned, out of order or outside the file, and more
+// pairs, tensors or header bytes than kGgufMaxKVs, kGgufMaxTensors and
+// kGgufMaxHeaderBytes allow.
 //
 // GgufWriter declares every key-value pair and tensor first, writes the
 // header, then takes tensor bytes in any order and in pieces (pwrite at
@@ -97,8 +99,13 @@ enum class GgufValueType : std::uint32_t {
 constexpr std::uint32_t kGgufVersion = 3;
 constexpr std::uint32_t kGgufDefaultAlignment = 32;
 constexpr std::size_t kGgufMaxName = 63;  // GGML_MAX_NAME - 1
-// The header (key-value pairs and tensor infos) may be at most this long.
-constexpr std::uint64_t kGgufMaxHeaderBytes = std::uint64_t(1) << 30;
+// Limits that keep the reader's memory proportional to what a real file
+// needs (a large vocabulary is tens of MB of metadata, a large model a few
+// thousand tensors), whatever a hostile header claims: the header (key-value
+// pairs and tensor infos) in bytes, the pairs and the tensors in number.
+constexpr std::uint64_t kGgufMaxHeaderBytes = std::uint64_t(256) << 20;
+constexpr std::uint64_t kGgufMaxKVs = std::uint64_t(1) << 16;
+constexpr std::uint64_t kGgufMaxTensors = std::uint64_t(1) << 18;
 
 // One key-value pair; `value` holds the encoded value exactly as it follows
 // the type in the file (an array: element type, count, elements).
@@ -360,6 +367,9 @@ class GgufFile {
     // A pair takes at least 8 + 1 + 4 + 1 bytes, a tensor info 8 + 1 + 4 + 8 + 4 + 8.
     if (n_kv > c.remaining() / 14) c.truncated(std::to_string(n_kv) + " key-value pairs");
     if (n_tensors > c.remaining() / 33) c.truncated(std::to_string(n_tensors) + " tensor infos");
+    if (n_kv > kGgufMaxKVs) bad(std::to_string(n_kv) + " key-value pairs (at most " + std::to_string(kGgufMaxKVs) + ")");
+    if (n_tensors > kGgufMaxTensors)
+      bad(std::to_string(n_tensors) + " tensors (at most " + std::to_string(kGgufMaxTensors) + ")");
     for (std::uint64_t i = 0; i < n_kv; ++i) {
       GgufKV kv;
       kv.key = c.str("key " + std::to_string(i));
@@ -439,7 +449,8 @@ struct GgufTensorDecl {
 class GgufWriter {
  public:
   // Declares everything and writes the header into a temporary file next to
-  // `path`. The alignment is general.alignment's when kvs has it.
+  // `path`. The alignment is general.alignment's when kvs has it. Values are
+  // written as given (GgufFile's, or from gguf_kv_string and friends).
   GgufWriter(const std::string& path, const std::vector<GgufKV>& kvs, const std::vector<GgufTensorDecl>& tensors) {
     std::uint64_t alignment = kGgufDefaultAlignment;
     std::set<std::string> keys;
@@ -465,8 +476,10 @@ class GgufWriter {
     for (const GgufTensorDecl& t : tensors) {
       ::loftq::detail::require(!t.name.empty() && t.name.size() <= kGgufMaxName, Errc::invalid_argument,
                                path + ": tensor name '" + t.name + "' must have 1.." + std::to_string(kGgufMaxName) + " bytes");
-      ::loftq::detail::require(t.ne.size() >= 1 && t.ne.size() <= 4, Errc::invalid_argument,
-                               path + ": tensor '" + t.name + "' must have 1..4 dimensions");
+      ::loftq::detail::require(t.ne.size() >= 1 && t.ne.size() <= 4 &&
+                                   std::find(t.ne.begin(), t.ne.end(), std::uint64_t(0)) == t.ne.end(),
+                               Errc::invalid_argument,
+                               path + ": tensor '" + t.name + "' must have 1..4 dimensions, none of them 0");
       const std::uint64_t bytes = ggml_nbytes(t.type, t.ne, path + ": tensor '" + t.name + "'");
       ::loftq::detail::require(slots_.emplace(t.name, Slot{pos, bytes, 0}).second, Errc::invalid_argument,
                                path + ": duplicate tensor '" + t.name + "'");
