@@ -166,3 +166,21 @@ TEST_CASE("fp16 helpers used by the tests agree with the library's conversion") 
   }
   CHECK_FALSE(is_half(0.1f));
 }
+
+TEST_CASE("data-aware LoftQ in a ggml format: Q is the format's, and the output error beats q(W)") {
+  const RowMatrixF W = random_matrix(32, 64, 21);
+  RowMatrixF X = random_matrix(200, 64, 22, 1.0f);
+  for (int j = 0; j < 8; ++j) X.col(j) *= 10.0f;  // a few loud input channels
+  for (auto mode : {loftq::StatsMode::full, loftq::StatsMode::diagonal}) {
+    loftq::InputStatistics stats(64, mode);
+    stats.add(X);
+    loftq::Options opt;
+    opt.rank = 4;
+    opt.iterations = 3;
+    const auto r = loftq::initialize(W, loftq::GgmlIQ4NL{}, stats, opt);
+    const RowMatrixF D = loftq::dequantize(r.packed);
+    CHECK(std::memcmp(r.Q.data(), D.data(), sizeof(float) * static_cast<std::size_t>(W.size())) == 0);
+    for (float s : r.packed.scales) CHECK(is_half(s));
+    CHECK(r.error() < r.qlora_error);
+  }
+}
