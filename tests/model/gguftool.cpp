@@ -192,6 +192,7 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
   opt.rank = rank;
   opt.iterations = iters;
   opt.scale_search = scale == "search";
+  opt.threads = 1;  // results do not depend on it; one thread is the fastest on a loaded machine
   int targets = 0, copied = 0;
   for (std::size_t i = 0; i < in.tensors.size(); ++i) {
     const gl::Tensor &t = in.tensors[i], &o = model.tensors[i];
