@@ -15,6 +15,7 @@
 // lora_b shapes llama.cpp checks, and (alpha / r) * lora_b * lora_a equal to
 // the library's A B^T, lowering the error of Q alone.
 #include "support/gguf_layout.hpp"
+#include "support/llama2c.hpp"
 
 #include <loftq/loftq.hpp>
 
@@ -61,28 +62,17 @@ void llama_keys(gl::Builder& b, std::uint32_t layers, std::uint32_t dim, std::ui
 }
 
 int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t type) {
-  std::ifstream f(bin, std::ios::binary);
-  if (!f) {
+  Llama2c m;
+  if (!read_llama2c(bin, m)) {
     std::printf("gguftool: %s is absent; skipping\n", bin.c_str());
     return 77;
   }
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  require(bytes.size() >= 28, "short file");
-  std::int32_t h[7];
-  std::memcpy(h, bytes.data(), 28);
-  const std::uint64_t dim = static_cast<std::uint64_t>(h[0]), hidden = static_cast<std::uint64_t>(h[1]);
-  const int L = h[2];
-  const std::uint64_t heads = static_cast<std::uint64_t>(h[3]), kv = static_cast<std::uint64_t>(h[4]),
-                      vocab = static_cast<std::uint64_t>(std::abs(h[5]));
-  const std::uint64_t kv_dim = dim * kv / heads;
-  std::vector<float> w((bytes.size() - 28) / 4);
-  std::memcpy(w.data(), bytes.data() + 28, w.size() * 4);
-  std::size_t pos = 0;
+  const std::uint64_t dim = m.dim, hidden = m.hidden, heads = m.heads, kv = m.kv_heads, vocab = m.vocab,
+                      kv_dim = m.kv_dim();
+  const int L = m.layers;
   auto take = [&](std::uint64_t n) {
-    require(pos + n <= w.size(), "stories: file too short");
-    std::vector<float> v(w.begin() + static_cast<std::ptrdiff_t>(pos), w.begin() + static_cast<std::ptrdiff_t>(pos + n));
-    pos += n;
-    return v;
+    const float* p = m.take(n);
+    return std::vector<float>(p, p + n);
   };
   gl::Builder b;
   llama_keys(b, static_cast<std::uint32_t>(L), static_cast<std::uint32_t>(dim), static_cast<std::uint32_t>(hidden),
