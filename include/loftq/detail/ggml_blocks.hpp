@@ -137,6 +137,9 @@ class GgmlSearch {
   void run(GgmlBlock& b) {
     best_ = b;
     best_err_ = error(b);
+    // ggml picks its codes at the unrounded scale: at the stored one the
+    // nearest codes can only do better.
+    consider(half_to_float(b.dh), true);
     float amax = 0.0f, max = 0.0f;
     for (int j = 0; j < n_; ++j)
       if (std::fabs(x_[j]) > amax) {
@@ -178,13 +181,14 @@ class GgmlSearch {
     }
     return e;
   }
-  // Tries scale d (rounded to fp16); true when it became the best.
-  bool consider(double d) {
+  // Tries scale d (rounded to fp16) with its nearest codes; true when it
+  // became the best. A scale already the best's is skipped unless `again`.
+  bool consider(double d, bool again = false) {
     if (!std::isfinite(d)) return false;
     GgmlBlock c;
     c.dh = float_to_half(static_cast<float>(d));
     const float ds = half_to_float(c.dh);
-    if (!std::isfinite(ds) || ds == 0.0f || c.dh == best_.dh) return false;
+    if (!std::isfinite(ds) || ds == 0.0f || (c.dh == best_.dh && !again)) return false;
     for (int j = 0; j < n_; ++j) c.codes[j] = nearest(static_cast<double>(x_[j]) / ds);
     const double e = error(c);
     if (!(e < best_err_)) return false;
