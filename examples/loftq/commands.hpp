@@ -40,6 +40,7 @@ std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
 
 int run_init(const Args& a);   // cmd_init.cpp
 int run_model(const Args& a);  // cmd_model.cpp
+int run_model_gguf(const Args& a);  // cmd_model_gguf.cpp (--format gguf)
 int run_merge(const Args& a);  // cmd_merge.cpp
 
 }  // namespace loftq_cli

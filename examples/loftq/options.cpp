@@ -63,7 +63,8 @@ const CommandDef kCommands[] = {
      "order, and DIR/report.json (settings, per-iteration errors, timing). PEFT's factors are lora_A = B^T and "
      "lora_B = A (with lora_alpha == r)."},
     {"model", kModel, "loftq model --input PATH --output DIR [options]",
-     "LoftQ-initialize every target weight of a safetensors checkpoint. Targets are the 2-D tensors named "
+     "LoftQ-initialize every target weight of a safetensors checkpoint (or of a GGUF file for llama.cpp: see "
+     "--format gguf). Targets are the 2-D tensors named "
      "<prefix>.<module>.weight with <module> in --target-modules. DIR receives adapter_model.safetensors "
      "(base_model.model.<module path>.lora_A.weight (r x in) and .lora_B.weight (out x r), float32, scaled so that "
      "(lora_alpha / r) * lora_B * lora_A = A B^T), adapter_config.json (PEFT LoraConfig), model.safetensors "
@@ -182,7 +183,7 @@ const std::vector<OptionDef>& option_table() {
          kInit, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
         {"--input", "PATH",
          "a .safetensors file, or a directory holding model.safetensors, a sharded set with "
-         "model.safetensors.index.json, or exactly one .safetensors file",
+         "model.safetensors.index.json, or exactly one .safetensors file; with --format gguf a .gguf file",
          kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
         {"--output", "DIR",
          "output directory; created if missing (with parents), otherwise the four files in it are replaced", kInit,
@@ -267,14 +268,34 @@ const std::vector<OptionDef>& option_table() {
          [](Args& a, const std::string& v) { parse_number(v, a.lora_alpha); }},
         {"--target-modules", "LIST", std::string("comma-separated module names (default ") + kDefaultTargets + ")",
          kModel, false, list(), [](Args& a, const std::string& v) { a.modules = split_list(v); }},
-        {"--format", "dequantized|bnb-nf4",
+        {"--format", "dequantized|bnb-nf4|gguf",
          "the base model.safetensors: dequantized, Q in the input's dtype; bnb-nf4, the targets as "
          "bitsandbytes NF4 (packed codes, absmax, quant_state; with --double-quant bitsandbytes' nested absmax) and "
          "config.json with its quantization_config, which transformers loads without quantizing again; needs "
          "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
-         "with --shard or --bits-budget (default dequantized)",
-         kModel, false, one_of({"dequantized", "bnb-nf4"}),
-         [](Args& a, const std::string& v) { a.bnb_nf4 = v == "bnb-nf4"; }},
+         "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
+         "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
+         "which --target-modules also accepts by their HF names q_proj, ...); "
+         "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) and "
+         "adapter.gguf (a llama.cpp LoRA adapter: llama-cli -m DIR/model.gguf --lora DIR/adapter.gguf) and "
+         "loftq_report.json; the alternation quantizes in the --quant format itself, --scale absmax being ggml's "
+         "own block scales; a target whose rows are not multiples of 32 is copied unchanged without an adapter "
+         "(llama.cpp's fallback); not with --bits, --bits-budget, --shard, --packed or --double-quant "
+         "(default dequantized)",
+         kModel, false, one_of({"dequantized", "bnb-nf4", "gguf"}),
+         [](Args& a, const std::string& v) {
+           a.bnb_nf4 = v == "bnb-nf4";
+           a.gguf = v == "gguf";
+         }},
+        {"--quant", "iq4_nl|q4_0|q8_0",
+         "--format gguf: the ggml type of the targets in model.gguf, blocks of 32 with an fp16 scale: iq4_nl "
+         "(16 non-uniform levels, 4.5 bits per weight), q4_0 (4.5) or q8_0 (8.5) (default iq4_nl)",
+         kModel, false, one_of({"iq4_nl", "q4_0", "q8_0"}),
+         [](Args& a, const std::string& v) {
+           a.quant = v == "q4_0" ? loftq::GgmlFormat::q4_0
+                                 : v == "q8_0" ? loftq::GgmlFormat::q8_0 : loftq::GgmlFormat::iq4_nl;
+           a.quant_given = true;
+         }},
         {"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
          [](Args& a, const std::string&) { a.packed = true; }},
         {"--shard", "K/N",
@@ -493,6 +514,10 @@ Parsed parse_args(const std::vector<std::string>& argv) {
   // The allocation weighs every target against every other; one shard only
   // sees its own.
   if (a.bits_budget > 0 && a.shard_n > 0) throw UsageError{"--bits-budget cannot be combined with --shard"};
+  if (a.quant_given && !a.gguf) throw UsageError{"--quant needs --format gguf"};
+  if (a.gguf && (a.bits_given || a.bits_budget > 0 || a.shard_n > 0 || a.packed || a.double_quant))
+    throw UsageError{"--format gguf takes its width from --quant: not with --bits, --bits-budget, --shard, --packed "
+                     "or --double-quant"};
   if (a.command == "model" && a.modules.empty()) a.modules = split_list(kDefaultTargets);
   return out;
 }

@@ -2,6 +2,7 @@
 // The tool's command line: one table of options (options.cpp) from which the
 // CLI11 parser of every command and the --help text are built.
 
+#include <loftq/ggml_format.hpp>
 #include <loftq/initialize.hpp>
 #include <loftq/quantizer.hpp>
 #include <loftq/svd.hpp>
@@ -48,6 +49,10 @@ struct Args {
   bool overwrite = false, packed = false;
   bool bnb_nf4 = false;  // --format bnb-nf4: the base as bitsandbytes NF4 instead of dequantized Q
   double bits_budget = 0;  // 0: one width for every target (--bits)
+  // --format gguf: a GGUF file in, model.gguf + adapter.gguf out (cmd_model_gguf.cpp)
+  bool gguf = false;
+  loftq::GgmlFormat quant = loftq::GgmlFormat::iq4_nl;  // --quant
+  bool quant_given = false;
   // merge
   std::vector<std::string> shards;
 };

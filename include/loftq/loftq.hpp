@@ -6,6 +6,8 @@
 #include "data_aware.hpp"
 #include "double_quant.hpp"
 #include "error.hpp"
+#include "ggml_format.hpp"
+#include "ggml_quantizer.hpp"
 #include "initialize.hpp"
 #include "input_statistics.hpp"
 #include "mixed_precision.hpp"

@@ -6,38 +6,13 @@
 #include <loftq/io/safetensors.hpp>
 
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <string>
-#include <unistd.h>
 
-namespace {
-
-const std::string& scratch_path() {
-  static const std::string path = [] {
-    char tmpl[] = "/tmp/loftq-fuzz-st-XXXXXX";
-    const int fd = ::mkstemp(tmpl);
-    if (fd < 0) std::abort();
-    ::close(fd);
-    return std::string(tmpl);
-  }();
-  return path;
-}
-
-struct Cleanup {
-  ~Cleanup() { ::unlink(scratch_path().c_str()); }
-} cleanup;
-
-}  // namespace
+#include "scratch_file.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const std::string& path = scratch_path();
-  {
-    std::FILE* f = std::fopen(path.c_str(), "wb");
-    if (!f) std::abort();
-    if (size && std::fwrite(data, 1, size, f) != size) std::abort();
-    std::fclose(f);
-  }
+  const std::string& path = write_scratch_file(data, size);
   loftq::io::SafetensorsFile st;
   try {
     st.open(path);

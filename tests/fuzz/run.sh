@@ -80,7 +80,7 @@ build() {
   if [[ "$t" == fuzz_cli_args || "$t" == fuzz_json_inputs ]]; then
     extra=(-I"$tool_dir" "$tool_lib")
   fi
-  if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$root/include" "$root/examples" -newer "$bin" -print -quit)" ]]; then
+  if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$here"/*.hpp "$root/include" "$root/examples" -newer "$bin" -print -quit)" ]]; then
     "$cxx" "${flags[@]}" "$src" "${extra[@]}" -o "$bin" >> "$out/$t.build.log" 2>&1 || { cat "$out/$t.build.log"; return 1; }
   fi
 }

@@ -19,6 +19,8 @@
 #include <loftq/io/npy.hpp>
 #include <loftq/io/safetensors.hpp>
 
+#include "support/llama2c.hpp"
+
 #include <Eigen/Core>
 #include <algorithm>
 #include <cmath>
@@ -121,30 +123,15 @@ void add_layer_tensors(std::vector<Tensor>& ts, int layer, const std::string& mo
 }
 
 int cmd_stories(const std::string& bin, const std::string& dir, st::Dtype dt, int shards) {
-  std::ifstream f(bin, std::ios::binary);
-  if (!f) {
+  Llama2c m;
+  if (!read_llama2c(bin, m)) {
     std::printf("modeltool: %s is absent; skipping\n", bin.c_str());
     return 77;
   }
-  std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  require(bytes.size() >= 28, "short file");
-  std::int32_t h[7];
-  std::memcpy(h, bytes.data(), 28);
-  const std::uint64_t dim = static_cast<std::uint64_t>(h[0]), hidden = static_cast<std::uint64_t>(h[1]);
-  const int L = h[2];
-  const std::uint64_t heads = static_cast<std::uint64_t>(h[3]), kv = static_cast<std::uint64_t>(h[4]),
-                      vocab = static_cast<std::uint64_t>(std::abs(h[5])), seq = static_cast<std::uint64_t>(h[6]);
-  const std::uint64_t kv_dim = dim * kv / heads, head = dim / heads;
-  const std::size_t nfloats = (bytes.size() - 28) / 4;
-  std::vector<float> w(nfloats);
-  std::memcpy(w.data(), bytes.data() + 28, nfloats * 4);
-  std::size_t pos = 0;
-  auto take = [&](std::uint64_t n) {
-    require(pos + n <= w.size(), "stories: file too short");
-    const float* p = w.data() + pos;
-    pos += n;
-    return p;
-  };
+  const std::uint64_t dim = m.dim, hidden = m.hidden, vocab = m.vocab, seq = m.seq, kv_dim = m.kv_dim(),
+                      head = m.head();
+  const int L = m.layers;
+  auto take = [&](std::uint64_t n) { return m.take(n); };
   std::vector<Tensor> ts;
   auto plain = [&](const std::string& name, std::vector<std::uint64_t> shape) {
     std::uint64_t n = 1;
@@ -174,7 +161,7 @@ int cmd_stories(const std::string& bin, const std::string& dir, st::Dtype dt, in
   plain("model.norm.weight", {dim});
   take(seq * head / 2);  // freq_cis_real / imag: not model parameters
   take(seq * head / 2);
-  require(pos == w.size(), "stories: trailing data");
+  m.expect_end();
   write_checkpoint(dir, ts, dt, shards, "karpathy/tinyllamas-stories260K");
   return 0;
 }

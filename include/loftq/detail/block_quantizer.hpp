@@ -20,47 +20,17 @@
 #include "../codebook.hpp"
 #include "../error.hpp"
 #include "../packed.hpp"
+#include "ggml_blocks.hpp"
 #include "instances.hpp"
 #include "memory.hpp"
 #include "parallel.hpp"
+#include "quant_spec.hpp"
 #include "simd.hpp"
 
 #include "macro_scope.hpp"
 
 namespace loftq {
 namespace detail {
-
-// What the kernels need from any quantizer, resolved once per call.
-struct QuantSpec {
-  int bits = 4;
-  Eigen::Index block_size = 64;
-  ScaleMode mode = ScaleMode::absmax;
-  const std::vector<float>* codebook = nullptr;
-  // Scale search (absmax codebooks only): choose each block's scale s <= absmax
-  // minimizing sum_j w_j (x_j - s c_j)^2; w_j = col_weights[e % cols] when
-  // col_weights is given (data-aware), else 1.
-  bool search = false;
-  const float* col_weights = nullptr;
-  std::int64_t cols = 0;
-  // Optional per-block state across repeated passes over slowly changing
-  // input (LoftQ's iterations): each block's chosen fraction of absmax is
-  // written here, and where it is already > 0 the search starts from it
-  // (then Lloyd steps) instead of scanning the grid.
-  float* fractions = nullptr;
-};
-
-template <class Q>
-QuantSpec spec_of(const Q& q) {
-  QuantSpec s;
-  s.bits = q.bits;
-  s.block_size = q.block_size;
-  s.mode = q.scale_mode();
-  s.codebook = &q.codebook();
-  require(s.block_size >= 1, Errc::invalid_argument,
-          "block_size must be >= 1 (got " + std::to_string(s.block_size) + ")");
-  require(s.codebook->size() == (std::size_t{1} << s.bits), Errc::unsupported, "codebook size must be 2^bits");
-  return s;
-}
 
 // Thresholds padded with +inf to 2^Bits - 1 entries, so the count/search never
 // needs the real table length.
@@ -439,22 +409,31 @@ decltype(auto) with_bits(int bits, F&& f) {
   }
 }
 
-// The one quantization pass over all N elements, in fixed tasks of
-// blocks_per_task blocks.
-template <class Scalar, int Bits>
-void quantize_flat_impl(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s,
-                        int threads, const Scalar* minuend) {
-  const BlockQuantizer<Scalar, Bits> bq(s);
-  const std::int64_t nb = (N + s.block_size - 1) / s.block_size, g = blocks_per_task(s);
-  parallel_for((nb + g - 1) / g, threads, [&](std::int64_t task) {
-    bq.run(in, deq, out, N, task * g, std::min(nb, (task + 1) * g), minuend);
+// Calls f(bq) with the block kernel of s: GgmlBlockQuantizer for a ggml
+// format, else BlockQuantizer at s.bits.
+template <class Scalar, class F>
+decltype(auto) with_block_quantizer(const QuantSpec& s, F&& f) {
+  if (s.ggml != GgmlFormat::none) {
+    const GgmlBlockQuantizer<Scalar> bq(s);
+    return f(bq);
+  }
+  return with_bits(s.bits, [&](auto B) {
+    const BlockQuantizer<Scalar, decltype(B)::value> bq(s);
+    return f(bq);
   });
 }
 
+// The one quantization pass over all N elements, in fixed tasks of
+// blocks_per_task blocks.
 template <class Scalar>
 void quantize_flat(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_t N, const QuantSpec& s, int threads,
                    const Scalar* minuend = nullptr) {
-  with_bits(s.bits, [&](auto B) { quantize_flat_impl<Scalar, decltype(B)::value>(in, deq, out, N, s, threads, minuend); });
+  with_block_quantizer<Scalar>(s, [&](const auto& bq) {
+    const std::int64_t nb = (N + s.block_size - 1) / s.block_size, g = blocks_per_task(s);
+    parallel_for((nb + g - 1) / g, threads, [&](std::int64_t task) {
+      bq.run(in, deq, out, N, task * g, std::min(nb, (task + 1) * g), minuend);
+    });
+  });
 }
 
 template <class Scalar, int Bits>

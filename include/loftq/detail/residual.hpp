@@ -104,8 +104,7 @@ double requantize_residual(const Scalar* Wp, Eigen::Matrix<Scalar, Eigen::Dynami
     quantize_flat(R.data(), R.data(), next.codes, N, spec, threads, Wp);
     return s;
   }
-  return with_bits(spec.bits, [&](auto Bits) {
-    const BlockQuantizer<Scalar, decltype(Bits)::value> bq(spec);
+  return with_block_quantizer<Scalar>(spec, [&](const auto& bq) {
     const std::int64_t bs = spec.block_size;
     return sweep([&](std::int64_t e0, std::int64_t e1) {
       bq.run(R.data(), R.data(), next.codes, N, e0 / bs, (e1 + bs - 1) / bs, Wp);
@@ -123,8 +122,7 @@ template <class Scalar>
 double quantization_squared_error(const Scalar* x, std::int64_t N, const QuantSpec& s, int threads) {
   require(!s.col_weights && !s.fractions, Errc::invalid_argument,
           "quantization_squared_error: column weights and warm fractions are not supported");
-  return with_bits(s.bits, [&](auto Bits) {
-    const BlockQuantizer<Scalar, decltype(Bits)::value> bq(s);
+  return with_block_quantizer<Scalar>(s, [&](const auto& bq) {
     const std::int64_t bs = s.block_size, span = std::max<std::int64_t>(1, (1 << 16) / bs) * bs;
     return chunked_sum((N + span - 1) / span, threads, [&](std::int64_t c) {
       const std::int64_t e0 = c * span, len = std::min(span, N - e0);

@@ -55,6 +55,7 @@
 #include "loftq/io/detail/checkpoint_index.hpp"
 #include "loftq/io/detail/header_parser.hpp"
 #include "loftq/io/detail/header_writer.hpp"
+#include "loftq/io/detail/posix_file.hpp"
 
 namespace loftq {
 namespace io {
@@ -87,27 +88,21 @@ class SafetensorsFile {
   void open(const std::string& path) {
     close();
     path_ = path;
-    // O_NONBLOCK: a FIFO in place of the file must not hang the open.
-    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
-    if (fd_ < 0) ::loftq::detail::fail(Errc::io_error, path + ": cannot open: " + std::strerror(errno));
+    file_.open(path);
     try {
-      struct stat st;
-      if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode))
-        ::loftq::detail::fail(Errc::io_error, path + ": not a regular file");
-      size_ = static_cast<std::uint64_t>(st.st_size);
-      mtime_ = st.st_mtim;
+      size_ = file_.size();
       if (size_ < 8)
         ::loftq::detail::fail(Errc::parse_error, path + ": truncated: " + std::to_string(size_) +
                                                      " bytes, shorter than the 8-byte header length");
       // The header alone: its length, then at most kMaxHeaderBytes of JSON
       // (parse_header rejects a longer one before looking at it).
       unsigned char len[8];
-      pread_exact(len, 0, 8);
+      file_.pread_exact(len, 0, 8);
       std::uint64_t n = 0;
       for (int i = 7; i >= 0; --i) n = (n << 8) | len[i];
       const std::uint64_t head = 8 + std::min({n, size_ - 8, static_cast<std::uint64_t>(kMaxHeaderBytes)});
       std::vector<unsigned char> header(static_cast<std::size_t>(head));
-      pread_exact(header.data(), 0, head);
+      file_.pread_exact(header.data(), 0, head);
       detail::parse_header(header.data(), size_, path_, data_offset_, tensors_, index_, metadata_);
     } catch (...) {
       close();
@@ -116,8 +111,7 @@ class SafetensorsFile {
   }
 
   void close() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
+    file_.close();
     size_ = 0;
     data_offset_ = 0;
     tensors_.clear();
@@ -145,8 +139,7 @@ class SafetensorsFile {
   void read_bytes(const TensorInfo& t, std::uint64_t offset, std::uint64_t n, void* dst) const {
     ::loftq::detail::require(offset <= t.nbytes() && n <= t.nbytes() - offset, Errc::invalid_argument,
                              path_ + ": read past the end of tensor '" + t.name + "'");
-    ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": file is closed");
-    pread_exact(static_cast<unsigned char*>(dst), data_offset_ + t.begin + offset, n);
+    file_.pread_exact(static_cast<unsigned char*>(dst), data_offset_ + t.begin + offset, n);
   }
   // All of the tensor's raw bytes.
   std::vector<unsigned char> read_bytes(const TensorInfo& t) const {
@@ -190,36 +183,9 @@ class SafetensorsFile {
     }
   }
 
-  // Reads exactly n bytes at `at`, or fails naming the file: a short read or
-  // a changed size or modification time means the file changed under us.
-  void pread_exact(unsigned char* dst, std::uint64_t at, std::uint64_t n) const {
-    auto changed = [&] {
-      ::loftq::detail::fail(Errc::io_error, path_ + ": the file changed while being read (it was " +
-                                                std::to_string(size_) + " bytes when opened)");
-    };
-    struct stat st;
-    if (::fstat(fd_, &st) != 0) ::loftq::detail::fail(Errc::io_error, path_ + ": cannot stat: " + std::strerror(errno));
-    if (static_cast<std::uint64_t>(st.st_size) != size_ || st.st_mtim.tv_sec != mtime_.tv_sec ||
-        st.st_mtim.tv_nsec != mtime_.tv_nsec)
-      changed();
-    while (n > 0) {
-      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
-      const ssize_t r = ::pread(fd_, dst, want, static_cast<off_t>(at));
-      if (r < 0) {
-        if (errno == EINTR) continue;
-        ::loftq::detail::fail(Errc::io_error, path_ + ": read failed: " + std::strerror(errno));
-      }
-      if (r == 0) changed();
-      dst += r;
-      at += static_cast<std::uint64_t>(r);
-      n -= static_cast<std::uint64_t>(r);
-    }
-  }
-
   void swap(SafetensorsFile& o) noexcept {
     std::swap(path_, o.path_);
-    std::swap(fd_, o.fd_);
-    std::swap(mtime_, o.mtime_);
+    std::swap(file_, o.file_);
     std::swap(size_, o.size_);
     std::swap(data_offset_, o.data_offset_);
     std::swap(tensors_, o.tensors_);
@@ -235,8 +201,7 @@ class SafetensorsFile {
 
 
   std::string path_;
-  int fd_ = -1;
-  struct timespec mtime_ = {};
+  detail::ReadOnlyFile file_;
   std::uint64_t size_ = 0, data_offset_ = 0;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::size_t> index_;
@@ -350,28 +315,15 @@ class SafetensorsWriter {
     std::uint64_t pos = 0;  // the data section's size
     const std::string header = detail::make_header(path_, tensors, metadata, slots_, pos);
     data_offset_ = 8 + header.size();
-    for (int k = 0;; ++k) {
-      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k);
-      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-      if (fd_ >= 0) break;
-      if (errno != EEXIST || k >= 100) ::loftq::detail::fail(Errc::io_error, tmp_ + ": cannot create: " + std::strerror(errno));
-    }
-    try {
-      unsigned char len[8];
-      const std::uint64_t hl = header.size();
-      for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(hl >> (8 * i));
-      pwrite_all(len, 8, 0);
-      pwrite_all(header.data(), header.size(), 8);
-      if (::ftruncate(fd_, static_cast<off_t>(data_offset_ + pos)) != 0)
-        ::loftq::detail::fail(Errc::io_error, tmp_ + ": cannot size the file: " + std::strerror(errno));
-    } catch (...) {
-      abandon();
-      throw;
-    }
+    file_ = std::make_unique<detail::AtomicFile>(path_, data_offset_ + pos);
+    unsigned char len[8];
+    const std::uint64_t hl = header.size();
+    for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(hl >> (8 * i));
+    file_->pwrite_all(len, 8, 0);
+    file_->pwrite_all(header.data(), header.size(), 8);
   }
   SafetensorsWriter(const SafetensorsWriter&) = delete;
   SafetensorsWriter& operator=(const SafetensorsWriter&) = delete;
-  ~SafetensorsWriter() { abandon(); }
 
   // Writes `n` bytes of tensor `name` starting at byte `offset` of the tensor.
   void write(const std::string& name, const void* data, std::uint64_t n, std::uint64_t offset = 0) {
@@ -380,8 +332,7 @@ class SafetensorsWriter {
     detail::Slot& s = it->second;
     ::loftq::detail::require(offset <= s.bytes && n <= s.bytes - offset, Errc::invalid_argument,
                              path_ + ": write past the end of tensor '" + name + "'");
-    ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": writer is closed");
-    pwrite_all(data, n, data_offset_ + s.begin + offset);
+    file_->pwrite_all(data, n, data_offset_ + s.begin + offset);
     s.written += n;
   }
   // Writes a whole tensor from floats, converting to its declared dtype.
@@ -400,47 +351,14 @@ class SafetensorsWriter {
     for (const auto& s : slots_)
       ::loftq::detail::require(s.second.written == s.second.bytes, Errc::invalid_argument,
                                path_ + ": tensor '" + s.first + "' was not completely written");
-    if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) fail_io("fsync failed");
-    const int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) fail_io("close failed");
-    if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail_io("cannot rename into place");
-    tmp_.clear();
+    file_->commit();
   }
 
   const std::string& path() const { return path_; }
 
  private:
-  [[noreturn]] void fail_io(const char* what) {
-    const int e = errno;
-    abandon();
-    ::loftq::detail::fail(Errc::io_error, path_ + ": " + what + ": " + std::strerror(e));
-  }
-
-  void abandon() noexcept {
-    if (fd_ >= 0) ::close(fd_);
-    fd_ = -1;
-    if (!tmp_.empty()) ::unlink(tmp_.c_str());
-    tmp_.clear();
-  }
-
-  void pwrite_all(const void* data, std::uint64_t n, std::uint64_t at) {
-    const char* p = static_cast<const char*>(data);
-    while (n > 0) {
-      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
-      const ssize_t w = ::pwrite(fd_, p, chunk, static_cast<off_t>(at));
-      if (w < 0) {
-        if (errno == EINTR) continue;
-        fail_io("write failed");
-      }
-      p += w;
-      at += static_cast<std::uint64_t>(w);
-      n -= static_cast<std::uint64_t>(w);
-    }
-  }
-
-  std::string path_, tmp_;
-  int fd_ = -1;
+  std::string path_;
+  std::unique_ptr<detail::AtomicFile> file_;
   std::uint64_t data_offset_ = 0;
   std::map<std::string, detail::Slot> slots_;
 };

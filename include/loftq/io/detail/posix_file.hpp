@@ -1,0 +1,178 @@
+#pragma once
+// The two ways the file formats touch the disk (POSIX):
+//
+//   ReadOnlyFile   a regular file opened once, read with pread at any offset.
+//                  Its size and modification time are checked on every read,
+//                  so a file that shrinks or is rewritten while open is a
+//                  loftq::Error, never a short read taken for data (or the
+//                  SIGBUS a memory map would raise).
+//   AtomicFile     a new file written at known offsets under a temporary name
+//                  next to the target, renamed into place by commit(); one
+//                  destroyed without commit() is removed.
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <string>
+#include <utility>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "loftq/error.hpp"
+
+namespace loftq {
+namespace io {
+namespace detail {
+
+class ReadOnlyFile {
+ public:
+  ReadOnlyFile() = default;
+  ReadOnlyFile(const ReadOnlyFile&) = delete;
+  ReadOnlyFile& operator=(const ReadOnlyFile&) = delete;
+  ReadOnlyFile(ReadOnlyFile&& o) noexcept { swap(o); }
+  ReadOnlyFile& operator=(ReadOnlyFile&& o) noexcept {
+    if (this != &o) {
+      close();
+      swap(o);
+    }
+    return *this;
+  }
+  ~ReadOnlyFile() { close(); }
+
+  void open(const std::string& path) {
+    close();
+    path_ = path;
+    // O_NONBLOCK: a FIFO in place of the file must not hang the open.
+    fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    if (fd_ < 0) ::loftq::detail::fail(Errc::io_error, path + ": cannot open: " + std::strerror(errno));
+    struct stat st;
+    if (::fstat(fd_, &st) != 0 || !S_ISREG(st.st_mode)) {
+      close();
+      ::loftq::detail::fail(Errc::io_error, path + ": not a regular file");
+    }
+    size_ = static_cast<std::uint64_t>(st.st_size);
+    mtime_ = st.st_mtim;
+  }
+
+  void close() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    size_ = 0;
+  }
+
+  bool is_open() const { return fd_ >= 0; }
+  const std::string& path() const { return path_; }
+  std::uint64_t size() const { return size_; }
+
+  // Exactly n bytes at `at`, or a loftq::Error naming the file.
+  void pread_exact(unsigned char* dst, std::uint64_t at, std::uint64_t n) const {
+    ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": file is closed");
+    auto changed = [&] {
+      ::loftq::detail::fail(Errc::io_error, path_ + ": the file changed while being read (it was " +
+                                                std::to_string(size_) + " bytes when opened)");
+    };
+    struct stat st;
+    if (::fstat(fd_, &st) != 0) ::loftq::detail::fail(Errc::io_error, path_ + ": cannot stat: " + std::strerror(errno));
+    if (static_cast<std::uint64_t>(st.st_size) != size_ || st.st_mtim.tv_sec != mtime_.tv_sec ||
+        st.st_mtim.tv_nsec != mtime_.tv_nsec)
+      changed();
+    while (n > 0) {
+      const std::size_t want = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
+      const ssize_t r = ::pread(fd_, dst, want, static_cast<off_t>(at));
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        ::loftq::detail::fail(Errc::io_error, path_ + ": read failed: " + std::strerror(errno));
+      }
+      if (r == 0) changed();
+      dst += r;
+      at += static_cast<std::uint64_t>(r);
+      n -= static_cast<std::uint64_t>(r);
+    }
+  }
+
+ private:
+  void swap(ReadOnlyFile& o) noexcept {
+    std::swap(path_, o.path_);
+    std::swap(fd_, o.fd_);
+    std::swap(mtime_, o.mtime_);
+    std::swap(size_, o.size_);
+  }
+
+  std::string path_;
+  int fd_ = -1;
+  struct timespec mtime_ = {};
+  std::uint64_t size_ = 0;
+};
+
+class AtomicFile {
+ public:
+  // Creates <path>.tmp-<pid>-<k>, `size` bytes of zeros.
+  AtomicFile(std::string path, std::uint64_t size) : path_(std::move(path)) {
+    for (int k = 0;; ++k) {
+      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k);
+      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+      if (fd_ >= 0) break;
+      if (errno != EEXIST || k >= 100) {
+        const int e = errno;
+        tmp_.clear();
+        ::loftq::detail::fail(Errc::io_error, path_ + ".tmp: cannot create: " + std::strerror(e));
+      }
+    }
+    if (::ftruncate(fd_, static_cast<off_t>(size)) != 0) fail_io("cannot size the file");
+  }
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile() { abandon(); }
+
+  const std::string& path() const { return path_; }
+
+  void pwrite_all(const void* data, std::uint64_t n, std::uint64_t at) {
+    ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": writer is closed");
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
+      const ssize_t w = ::pwrite(fd_, p, chunk, static_cast<off_t>(at));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        fail_io("write failed");
+      }
+      p += w;
+      at += static_cast<std::uint64_t>(w);
+      n -= static_cast<std::uint64_t>(w);
+    }
+  }
+
+  // Syncs, closes and renames into place.
+  void commit() {
+    if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) fail_io("fsync failed");
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) fail_io("close failed");
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) fail_io("cannot rename into place");
+    tmp_.clear();
+  }
+
+ private:
+  [[noreturn]] void fail_io(const char* what) {
+    const int e = errno;
+    abandon();
+    ::loftq::detail::fail(Errc::io_error, path_ + ": " + what + ": " + std::strerror(e));
+  }
+
+  void abandon() noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+    if (!tmp_.empty()) ::unlink(tmp_.c_str());
+    tmp_.clear();
+  }
+
+  std::string path_, tmp_;
+  int fd_ = -1;
+};
+
+}  // namespace detail
+}  // namespace io
+}  // namespace loftq

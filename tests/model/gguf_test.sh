@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Tests of `loftq model --format gguf`, one case per CTest test:
+#
+#   bash gguf_test.sh CASE /path/to/loftq /path/to/gguftool WORKDIR DATA_DIR
+#
+# WORKDIR is wiped and rebuilt; GGUF inputs are made here by gguftool, which
+# also verifies the outputs with its own reader and ggml's decoders.
+# Exit 77 (a CTest skip) when a case needs data that is absent.
+set -u
+
+# shellcheck source=../support/cli_helpers.sh
+source "$(dirname "$0")/../support/cli_helpers.sh"
+setup_case "$1" "$2" "$4"
+TOOL=$3
+DATA=$5
+
+stories() {  # OUT.gguf [f32|f16|bf16]
+  "$TOOL" stories "$DATA/stories260K.bin" "$@"
+  local s=$?
+  [ $s -eq 77 ] && exit 77
+  [ $s -eq 0 ] || fail "gguftool stories $*"
+}
+synth() { "$TOOL" synth "$@" || fail "gguftool synth $*"; }
+verify() { "$TOOL" verify "$@" >/dev/null || fail "verify $*"; }
+no_temps() { [ -z "$(find . -name '*.tmp-*' -o -name '.loftq-tmp*')" ] || fail "temporary left behind: $(find . -name '*tmp*')"; }
+
+case "$case_name" in
+
+gguf_stories)
+  # stories260K in each float type, each ggml type; ffn_down's rows (172) are
+  # not whole blocks: kept as they were, without an adapter (30 targets, 5 kept).
+  for dt in f32 f16 bf16; do stories "s_$dt.gguf" "$dt"; done
+  sum=$(sha256sum s_*.gguf)
+  expect_rc 0 model --input s_f16.gguf --output out --format gguf --rank 8 --iters 3 --lora-alpha 16 --threads 1
+  verify s_f16.gguf out iq4_nl 8 3 16 search
+  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = ".loftq-output adapter.gguf loftq_report.json model.gguf " ] ||
+    fail "out/ holds $(ls -A out)"
+  grep -q '30 target tensors as iq4_nl' "$out_file" || { show; fail "summary"; }
+  [ "$(grep -c 'kept as it was: rows of 172' "$err_file")" -eq 5 ] || { show; fail "no note on the kept ffn_down"; }
+  grep -q '"blk.0.ffn_down.weight"' out/loftq_report.json || fail "report: kept_unquantized"
+  grep -q '"ggml_type": "IQ4_NL"' out/loftq_report.json || fail "report: ggml_type"
+  expect_rc 0 model --input s_bf16.gguf --output o_bf --format gguf --quant q4_0 --rank 4 --iters 2 --scale absmax --quiet --threads 1
+  verify s_bf16.gguf o_bf q4_0 4 2 4 absmax
+  # Deterministic: the same run at 2 threads and at 1, byte for byte.
+  expect_rc 0 model --input s_f32.gguf --output o8 --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 2
+  [ ! -s "$out_file" ] && [ ! -s "$err_file" ] || { show; fail "--quiet printed something"; }
+  verify s_f32.gguf o8 q8_0 4 2 4 search
+  expect_rc 0 model --input s_f32.gguf --output o8b --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 1
+  cmp -s o8/model.gguf o8b/model.gguf && cmp -s o8/adapter.gguf o8b/adapter.gguf || fail "not deterministic"
+  [ "$sum" = "$(sha256sum s_*.gguf)" ] || fail "an input changed"
+  no_temps
+  ;;
+
+gguf_synth)
+  synth in.gguf
+  sum=$(sha256sum in.gguf)
+  expect_rc 0 model --input in.gguf --output out --format gguf --rank 4 --iters 2 --quiet --threads 1
+  verify in.gguf out iq4_nl 4 2 4 search
+  # HF module names select the same tensors; llama.cpp names work as well.
+  expect_rc 0 model --input in.gguf --output hf --format gguf --rank 4 --iters 2 --quiet --threads 1 \
+    --target-modules q_proj,k_proj,down_proj,up_proj
+  cmp -s out/model.gguf hf/model.gguf || fail "HF module names select other tensors"
+  expect_rc 0 model --input in.gguf --output only_q --format gguf --rank 4 --iters 2 --target-modules attn_q --threads 1
+  grep -q '1 target tensors' "$out_file" || { show; fail "--target-modules attn_q"; }
+  for q in q4_0 q8_0; do
+    expect_rc 0 model --input in.gguf --output "a_$q" --format gguf --quant "$q" --rank 3 --iters 2 --scale absmax \
+      --lora-alpha 7 --quiet --threads 1
+    verify in.gguf "a_$q" "$q" 3 2 7 absmax
+  done
+  [ "$sum" = "$(sha256sum in.gguf)" ] || fail "the input changed"
+  no_temps
+  ;;
+
+gguf_bad_input)
+  synth ok.gguf
+  synth q8.gguf q8target
+  synth noarch.gguf noarch
+  head -c 100 ok.gguf >trunc.gguf
+  head -c "$(($(stat -c %s ok.gguf) - 7))" ok.gguf >short.gguf
+  printf 'GGUF\002\000\000\000' >v2.gguf
+  head -c 64 /dev/zero >zero.gguf
+  : >empty.gguf
+  mkdir adir
+  expect_refused 'truncated' model --input trunc.gguf --output o --format gguf
+  expect_refused 'truncated' model --input short.gguf --output o --format gguf
+  expect_refused 'version 2' model --input v2.gguf --output o --format gguf
+  expect_refused 'bad magic' model --input zero.gguf --output o --format gguf
+  expect_refused 'truncated' model --input empty.gguf --output o --format gguf
+  expect_refused 'not a regular file' model --input adir --output o --format gguf
+  expect_refused 'cannot open' model --input missing.gguf --output o --format gguf
+  expect_refused 'has type Q8_0' model --input q8.gguf --output o --format gguf
+  expect_refused 'general.architecture' model --input noarch.gguf --output o --format gguf
+  expect_refused 'no target tensors' model --input ok.gguf --output o --format gguf --target-modules lm_head
+  expect_refused 'rank 41' model --input ok.gguf --output o --format gguf --rank 41
+  expect_usage model --input ok.gguf --output o --format gguf --quant q5_0
+  expect_usage model --input ok.gguf --output o --quant q4_0
+  expect_usage model --input ok.gguf --output o --format gguf --bits 4
+  expect_usage model --input ok.gguf --output o --format gguf --packed
+  expect_usage model --input ok.gguf --output o --format gguf --shard 1/2
+  expect_usage model --input ok.gguf --output o --format gguf --double-quant
+  ;;
+
+gguf_safety)
+  synth in.gguf
+  sum=$(sha256sum in.gguf)
+  expect_rc 0 model --input in.gguf --output out --format gguf --rank 4 --iters 2 --quiet --threads 1
+  # An existing DIR is refused unless --overwrite; the input may not be inside DIR or be DIR.
+  expect_refused 'exists' model --input in.gguf --output out --format gguf --quiet --threads 1
+  expect_rc 0 model --input in.gguf --output out --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 1 --overwrite
+  verify in.gguf out q8_0 4 2 4 search
+  expect_refused '.' model --input in.gguf --output in.gguf --format gguf --overwrite
+  mkdir d && cp in.gguf d/in.gguf
+  expect_refused '.' model --input d/in.gguf --output d --format gguf --overwrite
+  # SIGTERM inside a tensor: the library stops within a step; nothing is left.
+  "$LOFTQ" model --input in.gguf --output sig --format gguf --rank 4 --iters 100000 --threads 1 >"$out_file" 2>"$err_file" &
+  pid=$!
+  for _ in $(seq 600); do
+    compgen -G 'sig.tmp-*' >/dev/null && break
+    sleep 0.05
+  done
+  sleep 0.2
+  kill -s TERM "$pid"
+  wait "$pid"
+  rc=$?
+  [ "$rc" -eq 130 ] || { show; fail "exit status $rc after SIGTERM, expected 130"; }
+  [ ! -e sig ] || fail "sig/ exists after SIGTERM"
+  [ "$sum" = "$(sha256sum in.gguf)" ] && cmp -s in.gguf d/in.gguf || fail "an input changed"
+  no_temps
+  ;;
+
+*)
+  echo "unknown case $case_name" >&2
+  exit 2
+  ;;
+esac
+echo "PASS [$case_name]"

@@ -1,0 +1,241 @@
+// The GGUF side of the `loftq model` tests (model_test.sh, cases gguf_*):
+//
+//   gguftool stories BIN OUT.gguf [f32|f16|bf16]   llama2.c's stories260K as a
+//                                                   llama GGUF (exit 77 when BIN is absent)
+//   gguftool synth OUT.gguf [VARIANT]               odd shapes and types, alignment 64,
+//                                                   assorted key-value types
+//   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE
+//
+// verify reads IN and DIR/model.gguf, DIR/adapter.gguf with the layouts of
+// tests/support/gguf_layout.hpp (not the library's reader) and checks: the
+// key-value section copied byte for byte; every tensor in order with its
+// shape; non-targets byte for byte; each target in the QUANT type, decoded
+// by ggml's rules, equal bit for bit in F32 to the Q of loftq::initialize
+// run here with the same settings; the adapter's metadata, the lora_a /
+// lora_b shapes llama.cpp checks, and (alpha / r) * lora_b * lora_a equal to
+// the library's A B^T, lowering the error of Q alone.
+#include "support/gguf_layout.hpp"
+#include "support/llama2c.hpp"
+
+#include <loftq/loftq.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <iterator>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+namespace gl = gguf_layout;
+
+[[noreturn]] void die(const std::string& m) {
+  std::fprintf(stderr, "gguftool: %s\n", m.c_str());
+  std::exit(1);
+}
+void require(bool ok, const std::string& m) {
+  if (!ok) die(m);
+}
+
+std::uint32_t float_type(const std::string& s) {
+  if (s == "f32") return gl::F32;
+  if (s == "f16") return gl::F16;
+  if (s == "bf16") return gl::BF16;
+  die("unknown dtype " + s);
+}
+
+void llama_keys(gl::Builder& b, std::uint32_t layers, std::uint32_t dim, std::uint32_t hidden, std::uint32_t heads,
+                std::uint32_t kv_heads) {
+  b.add_string("general.architecture", "llama");
+  b.add_string("general.name", "stories260K");
+  b.add_u32("llama.block_count", layers);
+  b.add_u32("llama.embedding_length", dim);
+  b.add_u32("llama.feed_forward_length", hidden);
+  b.add_u32("llama.attention.head_count", heads);
+  b.add_u32("llama.attention.head_count_kv", kv_heads);
+  b.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+}
+
+int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t type) {
+  Llama2c m;
+  if (!read_llama2c(bin, m)) {
+    std::printf("gguftool: %s is absent; skipping\n", bin.c_str());
+    return 77;
+  }
+  const std::uint64_t dim = m.dim, hidden = m.hidden, heads = m.heads, kv = m.kv_heads, vocab = m.vocab,
+                      kv_dim = m.kv_dim();
+  const int L = m.layers;
+  auto take = [&](std::uint64_t n) {
+    const float* p = m.take(n);
+    return std::vector<float>(p, p + n);
+  };
+  gl::Builder b;
+  llama_keys(b, static_cast<std::uint32_t>(L), static_cast<std::uint32_t>(dim), static_cast<std::uint32_t>(hidden),
+             static_cast<std::uint32_t>(heads), static_cast<std::uint32_t>(kv));
+  // llama2.c stores each weight (out, in) row-major: ggml's ne = [in, out].
+  std::map<std::string, std::pair<std::vector<std::uint64_t>, std::vector<float>>> ts;
+  auto mat = [&](const std::string& name, std::uint64_t out_dim, std::uint64_t in_dim) {
+    ts[name] = {{in_dim, out_dim}, take(out_dim * in_dim)};
+  };
+  auto vec = [&](const std::string& name) { ts[name] = {{dim}, take(dim)}; };
+  auto layer = [](int l, const char* what) { return "blk." + std::to_string(l) + "." + what + ".weight"; };
+  mat("token_embd.weight", vocab, dim);
+  for (int l = 0; l < L; ++l) vec(layer(l, "attn_norm"));
+  for (int l = 0; l < L; ++l) mat(layer(l, "attn_q"), dim, dim);
+  for (int l = 0; l < L; ++l) mat(layer(l, "attn_k"), kv_dim, dim);
+  for (int l = 0; l < L; ++l) mat(layer(l, "attn_v"), kv_dim, dim);
+  for (int l = 0; l < L; ++l) mat(layer(l, "attn_output"), dim, dim);
+  for (int l = 0; l < L; ++l) vec(layer(l, "ffn_norm"));
+  for (int l = 0; l < L; ++l) mat(layer(l, "ffn_gate"), hidden, dim);
+  for (int l = 0; l < L; ++l) mat(layer(l, "ffn_down"), dim, hidden);
+  for (int l = 0; l < L; ++l) mat(layer(l, "ffn_up"), hidden, dim);
+  vec("output_norm.weight");
+  // In llama.cpp's order: embeddings, then each block, then the final norm.
+  auto add = [&](const std::string& name, bool norm) {
+    const auto& t = ts.at(name);
+    b.add_tensor(name, t.first, norm ? gl::F32 : type, gl::Builder::encode_floats(t.second, norm ? gl::F32 : type));
+  };
+  add("token_embd.weight", false);
+  for (int l = 0; l < L; ++l) {
+    add(layer(l, "attn_norm"), true);
+    for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_output"}) add(layer(l, m), false);
+    add(layer(l, "ffn_norm"), true);
+    for (const char* m : {"ffn_gate", "ffn_down", "ffn_up"}) add(layer(l, m), false);
+  }
+  add("output_norm.weight", true);
+  b.write(out);
+  return 0;
+}
+
+// Shapes no real model has: rows of 96 and 33 x 64 (whole blocks), 70 (not:
+// kept), a 3-D I32 tensor, alignment 64, string arrays and floats in the keys.
+// VARIANT: "" as above; "q8target" with blk.0.attn_q already Q8_0; "noarch"
+// without general.architecture.
+int cmd_synth(const std::string& out, const std::string& variant) {
+  std::mt19937 g(7);
+  std::normal_distribution<float> N(0.0f, 0.05f);
+  auto rnd = [&](std::uint64_t n) {
+    std::vector<float> v(n);
+    for (float& x : v) x = N(g);
+    return v;
+  };
+  gl::Builder b;
+  b.add_u32("general.alignment", 64);
+  if (variant != "noarch") b.add_string("general.architecture", "llama");
+  b.add_string_array("tokenizer.ggml.tokens", {"<unk>", "a", "", "\xe2\x96\x81" "b"});
+  b.add_f32("llama.rope.freq_base", 10000.0f);
+  b.add_tensor("token_embd.weight", {64, 10}, gl::F16, gl::Builder::encode_floats(rnd(640), gl::F16));
+  if (variant == "q8target")
+    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::Q8_0, std::vector<unsigned char>(3 * 34 * 40, 0));
+  else
+    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::F16, gl::Builder::encode_floats(rnd(96 * 40), gl::F16));
+  b.add_tensor("blk.0.attn_k.weight", {64, 33}, gl::BF16, gl::Builder::encode_floats(rnd(64 * 33), gl::BF16));
+  b.add_tensor("blk.0.ffn_down.weight", {70, 64}, gl::F32, gl::Builder::encode_floats(rnd(70 * 64), gl::F32));
+  std::vector<unsigned char> ints;
+  for (int i = 0; i < 2 * 3 * 5; ++i) gl::Builder::put(ints, static_cast<std::uint64_t>(i * 7 + 1), 4);
+  b.add_tensor("blk.0.extra", {2, 3, 5}, gl::I32, ints);
+  b.add_tensor("blk.1.ffn_up.weight", {128, 48}, gl::F32, gl::Builder::encode_floats(rnd(128 * 48), gl::F32));
+  b.write(out);
+  return 0;
+}
+
+// blk.<digits>.<projection>.weight with rows of whole blocks of 32.
+bool is_target(const gl::Tensor& t) {
+  static const char* mods[] = {"attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"};
+  if (t.ne.size() != 2 || t.ne[0] % 32 != 0 || t.name.rfind("blk.", 0) != 0) return false;
+  const std::size_t dot = t.name.find('.', 4);
+  if (dot == std::string::npos || dot == 4) return false;
+  for (std::size_t i = 4; i < dot; ++i)
+    if (t.name[i] < '0' || t.name[i] > '9') return false;
+  const std::string rest = t.name.substr(dot + 1);
+  for (const char* m : mods)
+    if (rest == std::string(m) + ".weight") return true;
+  return false;
+}
+
+int cmd_verify(const std::string& in_path, const std::string& dir, const std::string& quant, long rank, int iters,
+               double alpha, const std::string& scale) {
+  const gl::File in(in_path), model(dir + "/model.gguf"), adapter(dir + "/adapter.gguf");
+  const loftq::GgmlFormat fmt = quant == "q4_0" ? loftq::GgmlFormat::q4_0
+                                : quant == "q8_0" ? loftq::GgmlFormat::q8_0 : loftq::GgmlFormat::iq4_nl;
+  const std::uint32_t qtype = quant == "q4_0" ? gl::Q4_0 : quant == "q8_0" ? gl::Q8_0 : gl::IQ4_NL;
+  require(in.kv_end - in.kv_begin == model.kv_end - model.kv_begin &&
+              std::memcmp(in.bytes.data() + in.kv_begin, model.bytes.data() + model.kv_begin,
+                          in.kv_end - in.kv_begin) == 0,
+          "model.gguf: the key-value section differs from the input's");
+  require(model.tensors.size() == in.tensors.size(), "model.gguf: tensor count");
+  require(adapter.kv_string("general.type") == "adapter", "adapter: general.type");
+  require(adapter.kv_string("adapter.type") == "lora", "adapter: adapter.type");
+  require(adapter.kv_string("general.architecture") == in.kv_string("general.architecture"), "adapter: architecture");
+  const auto* a_kv = adapter.kv("adapter.lora.alpha");
+  require(a_kv && a_kv->size() == 4, "adapter: adapter.lora.alpha is not an F32");
+  float stored_alpha;
+  std::memcpy(&stored_alpha, a_kv->data(), 4);
+  require(stored_alpha == static_cast<float>(alpha), "adapter: alpha " + std::to_string(stored_alpha));
+
+  loftq::Options opt;
+  opt.rank = rank;
+  opt.iterations = iters;
+  opt.scale_search = scale == "search";
+  opt.threads = 1;  // results do not depend on it; one thread is the fastest on a loaded machine
+  int targets = 0, copied = 0;
+  for (std::size_t i = 0; i < in.tensors.size(); ++i) {
+    const gl::Tensor &t = in.tensors[i], &o = model.tensors[i];
+    require(o.name == t.name && o.ne == t.ne, "model.gguf: tensor " + std::to_string(i) + " is " + o.name);
+    if (!is_target(t)) {
+      require(o.type == t.type && o.nbytes == t.nbytes && std::memcmp(in.at(t), model.at(o), t.nbytes) == 0,
+              t.name + ": not copied byte for byte");
+      require(!adapter.find(t.name + ".lora_a"), t.name + ": has an adapter");
+      ++copied;
+      continue;
+    }
+    require(o.type == qtype, t.name + ": type " + std::to_string(o.type));
+    const std::vector<float> w = in.values(t), q = model.values(o);
+    const Eigen::Index m = static_cast<Eigen::Index>(t.ne[1]), n = static_cast<Eigen::Index>(t.ne[0]);
+    const Eigen::Map<const loftq::RowMatrix<float>> W(w.data(), m, n), Q(q.data(), m, n);
+    const loftq::Result<float> r = loftq::initialize(W, loftq::GgmlQuantizer(fmt), opt);
+    require(std::memcmp(r.Q.data(), q.data(), q.size() * 4) == 0, t.name + ": decoded Q differs from the library's");
+    const gl::Tensor* la = adapter.find(t.name + ".lora_a");
+    const gl::Tensor* lb = adapter.find(t.name + ".lora_b");
+    require(la && lb && la->type == gl::F32 && lb->type == gl::F32, t.name + ": lora_a / lora_b missing or not F32");
+    // llama-adapter.cpp: model ne[0] == a ne[0], model ne[1] == b ne[1], a ne[1] == b ne[0] (the rank).
+    require(la->ne == std::vector<std::uint64_t>{t.ne[0], static_cast<std::uint64_t>(rank)} &&
+                lb->ne == std::vector<std::uint64_t>{static_cast<std::uint64_t>(rank), t.ne[1]},
+            t.name + ": adapter shapes");
+    const std::vector<float> av = adapter.values(*la), bv = adapter.values(*lb);
+    const Eigen::Map<const loftq::RowMatrix<float>> A(av.data(), rank, n), B(bv.data(), m, rank);
+    const Eigen::MatrixXd delta = (alpha / static_cast<double>(rank)) * B.cast<double>() * A.cast<double>();
+    const Eigen::MatrixXd lib = r.A.cast<double>() * r.B.cast<double>().transpose();
+    require((delta - lib).norm() <= 1e-5 * std::max(1e-30, lib.norm()), t.name + ": (alpha/r) B A != A B^T");
+    const double e_q = (W.cast<double>() - Q.cast<double>()).norm();
+    const double e_qab = (W.cast<double>() - Q.cast<double>() - delta).norm();
+    require(e_qab < e_q, t.name + ": the adapter does not lower the error");
+    ++targets;
+  }
+  require(adapter.tensors.size() == 2 * static_cast<std::size_t>(targets), "adapter: tensor count");
+  std::printf("gguftool: verified %d targets, %d copied\n", targets, copied);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string> a(argv + 1, argv + argc);
+  try {
+    if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
+    if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
+    if (a.size() == 8 && a[0] == "verify")
+      return cmd_verify(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), std::stod(a[6]), a[7]);
+  } catch (const std::exception& e) {
+    die(e.what());
+  }
+  std::fprintf(stderr,
+               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | "
+               "verify IN DIR QUANT RANK ITERS ALPHA SCALE\n");
+  return 2;
+}
