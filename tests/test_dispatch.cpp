@@ -39,7 +39,7 @@ Eigen::MatrixXf test_matrix(Eigen::Index m, Eigen::Index n, std::uint64_t seed) 
 
 }  // namespace
 
-TEST_CASE("simd_path names the detected family; force_portable switches to the portable loops and back") {
+TEST_CASE("simd_path names the detected family and force_portable switches to the portable loops and back") {
   const std::string detected = loftq::simd_path();
   CHECK((detected == "avx2+fma" || detected == "neon" || detected == "portable"));
   {
@@ -52,7 +52,7 @@ TEST_CASE("simd_path names the detected family; force_portable switches to the p
   MESSAGE("kernel family: " << detected);
 }
 
-TEST_CASE("quantizer: codes, scales and values are bit-identical on the detected and the portable path") {
+TEST_CASE("quantizer codes and scales and values are bit-identical on the detected and the portable path") {
   const Eigen::MatrixXf W = test_matrix(96, 200, 3);
   // Blocks of 60 leave a scalar tail after the vector lanes in every block.
   for (Eigen::Index block : {64, 60})
@@ -134,7 +134,7 @@ TEST_CASE("skinny products: the vector kernels equal the scalar fused multiply-a
   }
 }
 
-TEST_CASE("initialize: each path is bit-identical for 1 and 2 threads; the paths agree to rounding") {
+TEST_CASE("initialize is bit-identical for 1 and 2 threads on each path and the paths agree to rounding") {
   const Eigen::MatrixXf W = loftq_test::structured(160, 136, 21);
   const loftq::NormalFloat<4> nf4;
   auto run = [&](int threads) {
