@@ -19,7 +19,10 @@ using loftq::detail::PortableScope;
 
 namespace {
 
-bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, n * sizeof(float)) == 0; }
+// memcmp of nothing: empty vectors may hand out null pointers.
+bool same_bits(const float* a, const float* b, std::size_t n) {
+  return n == 0 || std::memcmp(a, b, n * sizeof(float)) == 0;
+}
 
 void check_same(const loftq::PackedMatrix& a, const loftq::PackedMatrix& b) {
   CHECK(a.codes == b.codes);
