@@ -271,7 +271,9 @@ std::int64_t scale_error_lanes(const Tables<float, Bits>& T, const float* x, con
         sll[l] = std::fma(v, v, sll[l]);
       }
     }
-  const auto tree_sum = [](const float* a) { return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7])); };
+  const auto tree_sum = [](const float* a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  };
   acc[0] += tree_sum(se);
   acc[1] += tree_sum(szl);
   acc[2] += tree_sum(sll);
@@ -298,7 +300,8 @@ void scale_error(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, 
             : scale_error_neon<Bits, false>(T.neon, x, w, n, inv, facc);
     else
 #endif
-      j = w ? scale_error_lanes<Bits, true>(T, x, w, n, inv, facc) : scale_error_lanes<Bits, false>(T, x, w, n, inv, facc);
+      j = w ? scale_error_lanes<Bits, true>(T, x, w, n, inv, facc)
+            : scale_error_lanes<Bits, false>(T, x, w, n, inv, facc);
   }
   Scalar e = facc[0], zl = facc[1], ll = facc[2];
   for (; j < n; ++j) {

@@ -33,7 +33,8 @@ namespace detail {
 
 #if LOFTQ_X86_KERNELS
 template <int R, int G>
-LOFTQ_TARGET_AVX2 inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
+LOFTQ_TARGET_AVX2
+inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                         std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
   __m256 acc[R][G];
   for (int r = 0; r < R; ++r)
@@ -53,7 +54,8 @@ LOFTQ_TARGET_AVX2 inline void skinny_tile(const float* a, std::ptrdiff_t sar, st
 }
 
 template <int R>
-LOFTQ_TARGET_AVX2 inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
+LOFTQ_TARGET_AVX2
+inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                              std::ptrdiff_t depth, std::ptrdiff_t w8, float* out, std::ptrdiff_t so) {
   std::ptrdiff_t j = 0;
   for (; j + 24 <= w8; j += 24) skinny_tile<R, 3>(a, sar, sat, x + j, sx, depth, out + j, so);
@@ -121,7 +123,8 @@ inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
 // its bits.
 #if LOFTQ_X86_KERNELS
 template <int R, int G>
-LOFTQ_TARGET_AVX2 inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
+LOFTQ_TARGET_AVX2
+inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
                           float* out, std::ptrdiff_t so, bool first) {
   __m256 yv[R][G];
   for (int r = 0; r < R; ++r)
@@ -139,7 +142,8 @@ LOFTQ_TARGET_AVX2 inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, s
 }
 
 template <int G>
-LOFTQ_TARGET_AVX2 inline void skinny_slice_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
+LOFTQ_TARGET_AVX2
+inline void skinny_slice_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
                            std::ptrdiff_t sy, float* out, std::ptrdiff_t so) {
   std::ptrdiff_t i = 0;
   for (; i + 4 <= rows; i += 4) skinny_rows_t<4, G>(m + i * sm, sm, cols, y + i * sy, sy, out, so, i == 0);

@@ -108,7 +108,8 @@ struct SearchTreeRegs {
 // Processes the multiple-of-8 prefix of [0, n) and returns how many elements
 // it handled: codes of y = (x - off) / den and, when levels is given, their levels.
 template <int Bits>
-LOFTQ_TARGET_AVX2 std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float off, float den,
+LOFTQ_TARGET_AVX2
+std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float off, float den,
                             std::uint8_t* codes, float* levels) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 voff = _mm256_set1_ps(off), vden = _mm256_set1_ps(den);
@@ -186,7 +187,8 @@ LOFTQ_TARGET_AVX2 inline void store_packed8(std::uint8_t* dst, __m128i b) {
 // `codes` (a byte each) or, given `packed` (2 and 4 bits, x's first element
 // on a byte boundary of the stream), straight into the bit stream.
 template <int Bits>
-LOFTQ_TARGET_AVX2 std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float den, float scale,
+LOFTQ_TARGET_AVX2
+std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float den, float scale,
                                 const float* minuend, std::uint8_t* codes, float* out, std::uint8_t* packed = nullptr) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vden = _mm256_set1_ps(den), vscale = _mm256_set1_ps(scale);
@@ -216,7 +218,8 @@ LOFTQ_TARGET_AVX2 std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, 
 // out = level[code] * scale, the same multiply as the portable path. Returns
 // how many it wrote.
 template <int Bits>
-LOFTQ_TARGET_AVX2 std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* codes, std::int64_t n, float scale,
+LOFTQ_TARGET_AVX2
+std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* codes, std::int64_t n, float scale,
                               float* out) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vscale = _mm256_set1_ps(scale);
@@ -233,7 +236,8 @@ LOFTQ_TARGET_AVX2 std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, co
 // byte-aligned start), 8 codes per 16 or 32 bits. Returns how many of the n
 // values it wrote (a multiple of 8), the same values as decode_span_avx2.
 template <int Bits>
-LOFTQ_TARGET_AVX2 std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t* packed, std::int64_t n, float scale,
+LOFTQ_TARGET_AVX2
+std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t* packed, std::int64_t n, float scale,
                                 float* out) {
   static_assert(Bits == 2 || Bits == 4, "8 codes per 16 or 32 bits");
   const SearchTreeRegs<Bits> T(tree);
@@ -257,7 +261,8 @@ LOFTQ_TARGET_AVX2 std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, 
 // choice of scale depends on it, and the final codes are recomputed by the
 // exact kernel above.
 template <int Bits, bool Weighted>
-LOFTQ_TARGET_AVX2 std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, const float* w, std::int64_t n, float inv,
+LOFTQ_TARGET_AVX2
+std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, const float* w, std::int64_t n, float inv,
                               float* acc) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vinv = _mm256_set1_ps(inv);
