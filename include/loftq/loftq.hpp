@@ -14,6 +14,7 @@
 #include "options.hpp"
 #include "packed.hpp"
 #include "quantizer.hpp"
+#include "simd.hpp"
 #include "svd.hpp"
 #include "threads.hpp"
 #include "version.hpp"

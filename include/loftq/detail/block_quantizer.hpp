@@ -26,6 +26,7 @@
 #include "parallel.hpp"
 #include "quant_spec.hpp"
 #include "simd.hpp"
+#include "simd_neon.hpp"
 
 #include "macro_scope.hpp"
 
@@ -41,11 +42,18 @@ struct Tables {
   std::array<Scalar, L - 1> thr{};
   // The same thresholds as a search tree for the AVX2 kernels (float, <= 4 bits).
   std::conditional_t<(Bits <= 4), SearchTree<(Bits <= 4 ? Bits : 4)>, char> tree{};
+#if LOFTQ_NEON_KERNELS
+  // And as broadcast registers for the NEON kernels (float, <= 4 bits).
+  std::conditional_t<(Bits <= 4), NeonTable<(Bits <= 4 ? Bits : 4)>, char> neon{};
+#endif
   explicit Tables(const std::vector<float>& cb) {
     const auto t = decision_thresholds<Scalar>(cb);
     for (int i = 0; i < L; ++i) level[i] = static_cast<Scalar>(cb[i]);
     for (int i = 0; i < L - 1; ++i) thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
     if constexpr (Bits <= 4) tree = SearchTree<Bits>(thr.data(), level.data());
+#if LOFTQ_NEON_KERNELS
+    if constexpr (Bits <= 4) neon = NeonTable<Bits>(thr.data(), level.data());
+#endif
   }
   // Number of thresholds y reaches: the index of the nearest level.
   int code(Scalar y) const {
@@ -64,8 +72,13 @@ struct Tables {
 // max |x[j]|, NaN if any x[j] is NaN.
 template <class Scalar>
 Scalar absmax(const Scalar* x, std::int64_t n) {
-#if LOFTQ_HAS_AVX2
-  if constexpr (std::is_same<Scalar, float>::value) return absmax_avx2(x, n);
+#if LOFTQ_X86_KERNELS
+  if constexpr (std::is_same<Scalar, float>::value)
+    if (use_avx2()) return absmax_avx2(x, n);
+#endif
+#if LOFTQ_NEON_KERNELS
+  if constexpr (std::is_same<Scalar, float>::value)
+    if (use_neon()) return absmax_neon(x, n);
 #endif
   // Eigen's reductions vectorize; a plain std::max loop stays scalar.
   const Eigen::Map<const Eigen::Array<Scalar, Eigen::Dynamic, 1>> blk(x, n);
@@ -109,9 +122,18 @@ inline void code_span(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRIC
     Scalar thr[L - 1], lev[L];
     for (int i = 0; i < L - 1; ++i) thr[i] = T.thr[i];
     for (int i = 0; i < L; ++i) lev[i] = T.level[i];
-#if LOFTQ_HAS_AVX2
+#if LOFTQ_X86_KERNELS
     if constexpr (std::is_same<Scalar, float>::value) {
-      const std::int64_t done = code_span_avx2<Bits>(T.tree, x, n, off, den, codes, levels);
+      const std::int64_t done = !use_avx2() ? 0 : code_span_avx2<Bits>(T.tree, x, n, off, den, codes, levels);
+      x += done;
+      codes += done;
+      if (levels) levels += done;
+      n -= done;
+    }
+#endif
+#if LOFTQ_NEON_KERNELS
+    if constexpr (std::is_same<Scalar, float>::value) {
+      const std::int64_t done = !use_neon() ? 0 : code_span_neon<Bits>(T.neon, x, n, off, den, codes, levels);
       x += done;
       codes += done;
       if (levels) levels += done;
@@ -168,9 +190,9 @@ inline void scale_levels(Scalar* LOFTQ_RESTRICT v, std::int64_t n, ScaleMode mod
 template <class Scalar, int Bits>
 inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* LOFTQ_RESTRICT codes, std::int64_t n,
                         ScaleMode mode, Scalar scale, Scalar lo, Scalar* LOFTQ_RESTRICT out) {
-#if LOFTQ_HAS_AVX2
+#if LOFTQ_X86_KERNELS
   if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
-    if (mode == ScaleMode::absmax) {
+    if (mode == ScaleMode::absmax && use_avx2()) {
       const std::int64_t done = decode_span_avx2<Bits>(T.tree, codes, n, scale, out);
       codes += done;
       out += done;
@@ -195,7 +217,39 @@ inline void decode_span(const Tables<Scalar, Bits>& T, const std::uint8_t* LOFTQ
 // cannot raise the error (see search_scale), so the last one is taken
 // without scoring it, and the result is never worse than absmax beyond
 // rounding.
-//
+
+// The portable twin of scale_error_avx2 for float: eight lanes, each a fused
+// multiply-add chain, summed in the same tree, so every kernel family picks
+// the same scale. std::fma is one instruction wherever FMA exists (and exact
+// in software elsewhere).
+template <int Bits, bool Weighted>
+std::int64_t scale_error_lanes(const Tables<float, Bits>& T, const float* x, const float* w, std::int64_t n, float inv,
+                               float* acc) {
+  float se[8] = {}, szl[8] = {}, sll[8] = {};
+  std::int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) {
+      const float z = opaque(x[j + l] * inv), v = T.level[T.code(z)], d = z - v;
+      if constexpr (Weighted) {
+        const float wl = opaque(w[j + l] * v);
+        se[l] = std::fma(opaque(w[j + l] * d), d, se[l]);
+        szl[l] = std::fma(wl, z, szl[l]);
+        sll[l] = std::fma(wl, v, sll[l]);
+      } else {
+        se[l] = std::fma(d, d, se[l]);
+        szl[l] = std::fma(v, z, szl[l]);
+        sll[l] = std::fma(v, v, sll[l]);
+      }
+    }
+  const auto tree_sum = [](const float* a) {
+    return ((a[0] + a[1]) + (a[2] + a[3])) + ((a[4] + a[5]) + (a[6] + a[7]));
+  };
+  acc[0] += tree_sum(se);
+  acc[1] += tree_sum(szl);
+  acc[2] += tree_sum(sll);
+  return j;
+}
+
 // sums[0] = sum w (z - c)^2, sums[1] = sum w z c, sums[2] = sum w c^2 with
 // z = x * inv and c the level nearest z.
 template <class Scalar, int Bits>
@@ -203,12 +257,22 @@ void scale_error(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, 
                  std::int64_t n, Scalar inv, Scalar* sums) {
   float facc[3] = {0, 0, 0};
   std::int64_t j = 0;
-#if LOFTQ_HAS_AVX2
   if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
-    j = w ? scale_error_avx2<Bits, true>(T.tree, x, w, n, inv, facc)
-          : scale_error_avx2<Bits, false>(T.tree, x, w, n, inv, facc);
-  }
+#if LOFTQ_X86_KERNELS
+    if (use_avx2())
+      j = w ? scale_error_avx2<Bits, true>(T.tree, x, w, n, inv, facc)
+            : scale_error_avx2<Bits, false>(T.tree, x, w, n, inv, facc);
+    else
 #endif
+#if LOFTQ_NEON_KERNELS
+    if (use_neon())
+      j = w ? scale_error_neon<Bits, true>(T.neon, x, w, n, inv, facc)
+            : scale_error_neon<Bits, false>(T.neon, x, w, n, inv, facc);
+    else
+#endif
+      j = w ? scale_error_lanes<Bits, true>(T, x, w, n, inv, facc)
+            : scale_error_lanes<Bits, false>(T, x, w, n, inv, facc);
+  }
   Scalar e = facc[0], zl = facc[1], ll = facc[2];
   for (; j < n; ++j) {
     const Scalar z = x[j] * inv, c = T.level[T.code(z)], d = z - c, wj = w ? w[j] : Scalar(1);
@@ -319,6 +383,7 @@ class BlockQuantizer {
     std::uint8_t codes[kSpan];
     Scalar levels[kSpan];
     std::vector<Scalar> wbuf(s.col_weights && search_ ? static_cast<std::size_t>(bs) : 0);
+    [[maybe_unused]] const bool avx2 = use_avx2(), neon = use_neon();
     for (std::int64_t b = b0; b < b1; ++b) {
       const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
       const Scalar* x = in + e0;
@@ -353,9 +418,9 @@ class BlockQuantizer {
       for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
         const std::int64_t n_span = std::min(kSpan, e1 - j0);
         std::int64_t done = 0;
-#if LOFTQ_HAS_AVX2
+#if LOFTQ_X86_KERNELS
         if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
-          if (s.mode == ScaleMode::absmax && den != Scalar(0)) {
+          if (avx2 && s.mode == ScaleMode::absmax && den != Scalar(0)) {
             // At 2 and 4 bits, from a byte boundary, the codes are packed in
             // registers instead of through pack_codes' byte loop.
             std::uint8_t* direct = nullptr;
@@ -366,6 +431,16 @@ class BlockQuantizer {
               done = quantize_span_avx2<Bits>(T.tree, in + j0, n_span, den, scale, minuend ? minuend + j0 : nullptr,
                                               out && !direct ? codes : nullptr, deq ? deq + j0 : nullptr, direct);
             if (out && !direct) pack_codes(out->codes.data(), j0, codes, done, s.bits);
+          }
+        }
+#endif
+#if LOFTQ_NEON_KERNELS
+        if constexpr (std::is_same<Scalar, float>::value && Bits <= 4) {
+          if (neon && s.mode == ScaleMode::absmax && den != Scalar(0) && deq) {
+            // Codes and final values in one sweep; the ragged tail goes below.
+            done = quantize_span_neon<Bits>(T.neon, in + j0, n_span, den, scale, minuend ? minuend + j0 : nullptr,
+                                            out ? codes : nullptr, deq + j0);
+            if (out) pack_codes(out->codes.data(), j0, codes, done, s.bits);
           }
         }
 #endif
@@ -452,9 +527,9 @@ void dequantize_flat_impl(const PackedMatrix& P, Scalar* out, int threads) {
       const Scalar lo = P.scale_mode == ScaleMode::minmax ? static_cast<Scalar>(P.mins[b]) : Scalar(0);
       for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
         std::int64_t n = std::min(kSpan, e1 - j0), j = j0;
-#if LOFTQ_HAS_AVX2
+#if LOFTQ_X86_KERNELS
         if constexpr (std::is_same<Scalar, float>::value && (Bits == 2 || Bits == 4)) {
-          if (P.scale_mode == ScaleMode::absmax && (j * Bits) % 8 == 0) {
+          if (P.scale_mode == ScaleMode::absmax && (j * Bits) % 8 == 0 && use_avx2()) {
             const std::int64_t done =
                 decode_packed_avx2<Bits>(T.tree, P.codes.data() + j * Bits / 8, n, static_cast<float>(scale), out + j);
             j += done;

@@ -16,20 +16,24 @@
 //
 // Each output element is a sum over t in increasing order, whatever the
 // tiling, so results do not depend on how rows are split across threads.
+// Every kernel family (the AVX2 and NEON tiles, the scalar std::fma loops)
+// computes the same fused multiply-add chain, so they agree bit for bit.
 
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
 
 #include "simd.hpp"
+#include "simd_neon.hpp"
 
 #include "macro_scope.hpp"
 
 namespace loftq {
 namespace detail {
 
-#if LOFTQ_HAS_SKINNY_GEMM
+#if LOFTQ_X86_KERNELS
 template <int R, int G>
+LOFTQ_TARGET_AVX2
 inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                         std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
   __m256 acc[R][G];
@@ -50,6 +54,7 @@ inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
 }
 
 template <int R>
+LOFTQ_TARGET_AVX2
 inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                              std::ptrdiff_t depth, std::ptrdiff_t w8, float* out, std::ptrdiff_t so) {
   std::ptrdiff_t j = 0;
@@ -57,13 +62,13 @@ inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t 
   if (w8 - j == 16) skinny_tile<R, 2>(a, sar, sat, x + j, sx, depth, out + j, so);
   if (w8 - j == 8) skinny_tile<R, 1>(a, sar, sat, x + j, sx, depth, out + j, so);
 }
-#endif
 
-inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
-                        std::ptrdiff_t depth, std::ptrdiff_t rows, std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
-  std::ptrdiff_t w8 = 0;
-#if LOFTQ_HAS_SKINNY_GEMM
-  w8 = w / 8 * 8;
+// The multiple-of-8 prefix of the columns; returns its width.
+LOFTQ_TARGET_AVX2 inline std::ptrdiff_t skinny_gemm_avx2(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat,
+                                                        const float* x, std::ptrdiff_t sx, std::ptrdiff_t depth,
+                                                        std::ptrdiff_t rows, std::ptrdiff_t w, float* out,
+                                                        std::ptrdiff_t so) {
+  const std::ptrdiff_t w8 = w / 8 * 8;
   std::ptrdiff_t i = 0;
   for (; i + 4 <= rows; i += 4) skinny_row_tiles<4>(a + i * sar, sar, sat, x, sx, depth, w8, out + i * so, so);
   const float* ai = a + i * sar;
@@ -74,8 +79,25 @@ inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
     case 1: skinny_row_tiles<1>(ai, sar, sat, x, sx, depth, w8, oi, so); break;
     default: break;
   }
+  return w8;
+}
 #endif
-  // Columns past the last full vector (all of them without AVX2), in the
+
+// Whether the skinny products run a vector kernel (AVX2+FMA or NEON) in this
+// process. Without one, callers use Eigen's GEMM instead: the scalar FMA
+// loops below are the kernels' exact reference, not a fast path.
+inline bool skinny_kernels() { return use_avx2() || use_neon(); }
+
+inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
+                        std::ptrdiff_t depth, std::ptrdiff_t rows, std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
+  std::ptrdiff_t w8 = 0;
+#if LOFTQ_X86_KERNELS
+  if (use_avx2()) w8 = skinny_gemm_avx2(a, sar, sat, x, sx, depth, rows, w, out, so);
+#endif
+#if LOFTQ_NEON_KERNELS
+  if (use_neon()) w8 = skinny_gemm_neon(a, sar, sat, x, sx, depth, rows, w, out, so);
+#endif
+  // Columns past the last full vector (all of them without a vector kernel), in the
   // same t order and with the same fused multiply-add as the vector lanes, so
   // the strides cannot change how the compiler rounds them.
   for (std::ptrdiff_t r = 0; r < rows; ++r)
@@ -99,8 +121,9 @@ inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
 // in bench/README.md times the whole SVD). Each output element is an FMA chain
 // over i in increasing order, so neither the row nor the column split changes
 // its bits.
-#if LOFTQ_HAS_SKINNY_GEMM
+#if LOFTQ_X86_KERNELS
 template <int R, int G>
+LOFTQ_TARGET_AVX2
 inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
                           float* out, std::ptrdiff_t so, bool first) {
   __m256 yv[R][G];
@@ -119,20 +142,20 @@ inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols
 }
 
 template <int G>
+LOFTQ_TARGET_AVX2
 inline void skinny_slice_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
                            std::ptrdiff_t sy, float* out, std::ptrdiff_t so) {
   std::ptrdiff_t i = 0;
   for (; i + 4 <= rows; i += 4) skinny_rows_t<4, G>(m + i * sm, sm, cols, y + i * sy, sy, out, so, i == 0);
   for (; i < rows; ++i) skinny_rows_t<1, G>(m + i * sm, sm, cols, y + i * sy, sy, out, so, i == 0);
 }
-#endif
 
-inline void skinny_gemm_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
-                          std::ptrdiff_t sy, std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
-  std::ptrdiff_t w8 = 0;
-#if LOFTQ_HAS_SKINNY_GEMM
-  // Slices of up to 24 columns of y, each a pass over m's rows.
-  w8 = w / 8 * 8;
+// Slices of up to 24 columns of y, each a pass over m's rows, over the
+// multiple-of-8 prefix of the columns; returns its width.
+LOFTQ_TARGET_AVX2 inline std::ptrdiff_t skinny_gemm_t_avx2(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows,
+                                                          std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
+                                                          std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
+  const std::ptrdiff_t w8 = w / 8 * 8;
   for (std::ptrdiff_t g = 0; g < w8; g += 24) {
     switch (std::min<std::ptrdiff_t>(24, w8 - g)) {
       case 24: skinny_slice_t<3>(m, sm, rows, cols, y + g, sy, out + g, so); break;
@@ -140,6 +163,18 @@ inline void skinny_gemm_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows
       default: skinny_slice_t<1>(m, sm, rows, cols, y + g, sy, out + g, so); break;
     }
   }
+  return w8;
+}
+#endif
+
+inline void skinny_gemm_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
+                          std::ptrdiff_t sy, std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
+  std::ptrdiff_t w8 = 0;
+#if LOFTQ_X86_KERNELS
+  if (use_avx2()) w8 = skinny_gemm_t_avx2(m, sm, rows, cols, y, sy, w, out, so);
+#endif
+#if LOFTQ_NEON_KERNELS
+  if (use_neon()) w8 = skinny_gemm_t_neon(m, sm, rows, cols, y, sy, w, out, so);
 #endif
   // Columns past the last full vector: the same chain as the vector lanes.
   for (std::ptrdiff_t j = 0; j < cols; ++j)

@@ -1,20 +1,30 @@
-// Macros of the kernel headers (simd.hpp, gemm.hpp, range_finder.hpp,
-// block_quantizer.hpp). Each includes this after its own includes and
-// macro_unscope.hpp at its end, so the names never leak into user code. No
-// include guard: every kernel header defines and undefines them again.
+// Macros of the kernel headers (dispatch.hpp, simd.hpp, gemm.hpp,
+// range_finder.hpp, block_quantizer.hpp, residual.hpp). Each includes this
+// after its own includes and macro_unscope.hpp at its end, so the names never
+// leak into user code. No include guard: every kernel header defines and
+// undefines them again.
 
-// Which hand-written kernels this translation unit compiles: the AVX2 ones
-// when it is compiled for AVX2 (the skinny products also need FMA), unless
-// LOFTQ_NO_SIMD asks for the portable loops.
-#if defined(__AVX2__) && !defined(LOFTQ_NO_SIMD)
-#define LOFTQ_HAS_AVX2 1
+// Which hand-written kernel families this translation unit compiles. None of
+// them depends on the flags the translation unit is compiled with:
+//  - x86-64 with GCC or Clang: the AVX2+FMA kernels, compiled through
+//    per-function target attributes and chosen at run time when the CPU has
+//    both (dispatch.hpp). A build without -mavx2 gets them too, and every
+//    translation unit, whatever its -march, compiles the same source, so
+//    inline functions linked from differently compiled units stay one
+//    definition.
+//  - AArch64: the NEON kernels (NEON is part of the base architecture).
+// LOFTQ_NO_SIMD compiles neither: only the portable loops.
+#if !defined(LOFTQ_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define LOFTQ_X86_KERNELS 1
+#define LOFTQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #else
-#define LOFTQ_HAS_AVX2 0
+#define LOFTQ_X86_KERNELS 0
+#define LOFTQ_TARGET_AVX2
 #endif
-#if LOFTQ_HAS_AVX2 && defined(__FMA__)
-#define LOFTQ_HAS_SKINNY_GEMM 1
+#if !defined(LOFTQ_NO_SIMD) && defined(__aarch64__) && defined(__ARM_NEON)
+#define LOFTQ_NEON_KERNELS 1
 #else
-#define LOFTQ_HAS_SKINNY_GEMM 0
+#define LOFTQ_NEON_KERNELS 0
 #endif
 
 #if defined(__clang__)

@@ -1,6 +1,7 @@
 // Undefines what macro_scope.hpp defined.
 
-#undef LOFTQ_HAS_AVX2
-#undef LOFTQ_HAS_SKINNY_GEMM
+#undef LOFTQ_X86_KERNELS
+#undef LOFTQ_TARGET_AVX2
+#undef LOFTQ_NEON_KERNELS
 #undef LOFTQ_UNROLL
 #undef LOFTQ_RESTRICT

@@ -1,18 +1,20 @@
 #pragma once
-// AVX2 kernels for the nearest-code search on float, used when the including
-// translation unit is compiled with AVX2 (e.g. -march=native) and
-// LOFTQ_NO_SIMD is not defined. code_span_avx2 computes exactly what the
-// portable loop computes: the same IEEE division and the same >= comparisons
-// against the same thresholds, so codes and values are bit-identical with and
-// without it.
+// AVX2 kernels for the nearest-code search on float. They are compiled in
+// every x86-64 build through target attributes (macro_scope.hpp) and called
+// only when the CPU has AVX2 and FMA (dispatch.hpp). code_span_avx2 computes
+// exactly what the portable loop computes: the same IEEE division and the
+// same >= comparisons against the same thresholds, so codes and values are
+// bit-identical with and without it.
 
 #include <cstdint>
 #include <cstring>
 #include <limits>
 
-#if defined(__AVX2__) && !defined(LOFTQ_NO_SIMD)
+#if !defined(LOFTQ_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #endif
+
+#include "dispatch.hpp"
 
 #include "macro_scope.hpp"
 
@@ -44,20 +46,32 @@ struct SearchTree {
   }
 };
 
-#if LOFTQ_HAS_AVX2
-inline __m256 fmadd(__m256 a, __m256 b, __m256 c) {
-#if defined(__FMA__)
-  return _mm256_fmadd_ps(a, b, c);
-#else
-  return _mm256_add_ps(_mm256_mul_ps(a, b), c);
+// A float the compiler must treat as rounded: under GCC's default
+// -ffp-contract=fast a product feeding an addition may otherwise become one
+// fused multiply-add on an FMA-capable target, which rounds once instead of
+// twice. Where the bits must match another path, products go through this.
+inline float opaque(float v) {
+#if (defined(__GNUC__) || defined(__clang__)) && defined(__x86_64__)
+  __asm__("" : "+x"(v));
+#elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
+  __asm__("" : "+w"(v));
 #endif
+  return v;
 }
+
+#if LOFTQ_X86_KERNELS
+LOFTQ_TARGET_AVX2 inline __m256 opaque(__m256 v) {
+  __asm__("" : "+x"(v));
+  return v;
+}
+
+LOFTQ_TARGET_AVX2 inline __m256 fmadd(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 
 template <int Bits>
 struct SearchTreeRegs {
   __m256 step[Bits];
   __m256 lo, hi;
-  explicit SearchTreeRegs(const SearchTree<Bits>& t) {
+  LOFTQ_TARGET_AVX2 explicit SearchTreeRegs(const SearchTree<Bits>& t) {
     for (int j = 0; j < Bits; ++j) step[j] = _mm256_load_ps(t.tree[j]);
     // Up to 2 bits the 4 levels repeat in both 128-bit lanes, for the in-lane permute.
     lo = Bits <= 2 ? _mm256_broadcast_ps(reinterpret_cast<const __m128*>(t.level)) : _mm256_load_ps(t.level);
@@ -67,7 +81,7 @@ struct SearchTreeRegs {
   // k -> 2k + [y >= tree[j][k]] through the tree. Levels 1 and 2 have at most
   // 4 thresholds, repeated in both 128-bit lanes, so an in-lane permute
   // (cheaper than the cross-lane one) picks them.
-  __m256i code(__m256 y) const {
+  LOFTQ_TARGET_AVX2 __m256i code(__m256 y) const {
     __m256i k = _mm256_setzero_si256();
     for (int j = 0; j < Bits; ++j) {
       const __m256 t = j == 0  ? step[0]
@@ -78,7 +92,7 @@ struct SearchTreeRegs {
     }
     return k;
   }
-  __m256 level(__m256i c) const {
+  LOFTQ_TARGET_AVX2 __m256 level(__m256i c) const {
     if constexpr (Bits <= 2) {
       return _mm256_permutevar_ps(lo, c);
     } else if constexpr (Bits == 3) {
@@ -94,6 +108,7 @@ struct SearchTreeRegs {
 // Processes the multiple-of-8 prefix of [0, n) and returns how many elements
 // it handled: codes of y = (x - off) / den and, when levels is given, their levels.
 template <int Bits>
+LOFTQ_TARGET_AVX2
 std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float off, float den,
                             std::uint8_t* codes, float* levels) {
   const SearchTreeRegs<Bits> T(tree);
@@ -116,7 +131,7 @@ std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::i
 // max |x[j]| over [0, n), NaN when any x[j] is NaN (as Eigen's
 // maxCoeff<PropagateNaN> on abs()): the per-block scale, computed once per
 // block, so it is worth a kernel. The maximum is exact in any order.
-inline float absmax_avx2(const float* x, std::int64_t n) {
+LOFTQ_TARGET_AVX2 inline float absmax_avx2(const float* x, std::int64_t n) {
   const __m256 sign = _mm256_set1_ps(-0.0f);
   __m256 m0 = _mm256_setzero_ps(), m1 = _mm256_setzero_ps(), nan = _mm256_setzero_ps();
   std::int64_t j = 0;
@@ -149,7 +164,7 @@ inline float absmax_avx2(const float* x, std::int64_t n) {
 // Eight codes (bytes 0..7 of b) into the bit stream at dst in pack_codes'
 // layout, element i at bit Bits * i: 4 bytes at 4 bits, 2 at 2 bits.
 template <int Bits>
-inline void store_packed8(std::uint8_t* dst, __m128i b) {
+LOFTQ_TARGET_AVX2 inline void store_packed8(std::uint8_t* dst, __m128i b) {
   static_assert(Bits == 2 || Bits == 4, "whole bytes per 8 codes at 2 and 4 bits only");
   if constexpr (Bits == 4) {
     const __m128i pairs = _mm_maddubs_epi16(b, _mm_set1_epi16(0x1001));  // c[2i] + 16 c[2i+1]
@@ -172,6 +187,7 @@ inline void store_packed8(std::uint8_t* dst, __m128i b) {
 // `codes` (a byte each) or, given `packed` (2 and 4 bits, x's first element
 // on a byte boundary of the stream), straight into the bit stream.
 template <int Bits>
+LOFTQ_TARGET_AVX2
 std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float den, float scale,
                                 const float* minuend, std::uint8_t* codes, float* out, std::uint8_t* packed = nullptr) {
   const SearchTreeRegs<Bits> T(tree);
@@ -191,7 +207,7 @@ std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, st
       if (codes) _mm_storel_epi64(reinterpret_cast<__m128i*>(codes + j), bytes);
     }
     if (out) {
-      const __m256 v = _mm256_mul_ps(T.level(c), vscale);
+      const __m256 v = opaque(_mm256_mul_ps(T.level(c), vscale));
       _mm256_storeu_ps(out + j, minuend ? _mm256_sub_ps(_mm256_loadu_ps(minuend + j), v) : v);
     }
   }
@@ -202,6 +218,7 @@ std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, st
 // out = level[code] * scale, the same multiply as the portable path. Returns
 // how many it wrote.
 template <int Bits>
+LOFTQ_TARGET_AVX2
 std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* codes, std::int64_t n, float scale,
                               float* out) {
   const SearchTreeRegs<Bits> T(tree);
@@ -219,6 +236,7 @@ std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* 
 // byte-aligned start), 8 codes per 16 or 32 bits. Returns how many of the n
 // values it wrote (a multiple of 8), the same values as decode_span_avx2.
 template <int Bits>
+LOFTQ_TARGET_AVX2
 std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t* packed, std::int64_t n, float scale,
                                 float* out) {
   static_assert(Bits == 2 || Bits == 4, "8 codes per 16 or 32 bits");
@@ -243,6 +261,7 @@ std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t
 // choice of scale depends on it, and the final codes are recomputed by the
 // exact kernel above.
 template <int Bits, bool Weighted>
+LOFTQ_TARGET_AVX2
 std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, const float* w, std::int64_t n, float inv,
                               float* acc) {
   const SearchTreeRegs<Bits> T(tree);
@@ -250,12 +269,12 @@ std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, cons
   __m256 se = _mm256_setzero_ps(), szl = _mm256_setzero_ps(), sll = _mm256_setzero_ps();
   std::int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const __m256 z = _mm256_mul_ps(_mm256_loadu_ps(x + j), vinv);
+    const __m256 z = opaque(_mm256_mul_ps(_mm256_loadu_ps(x + j), vinv));
     const __m256 v = T.level(T.code(z));
     const __m256 d = _mm256_sub_ps(z, v);
     if constexpr (Weighted) {
-      const __m256 wv = _mm256_loadu_ps(w + j), wl = _mm256_mul_ps(wv, v);
-      se = fmadd(_mm256_mul_ps(wv, d), d, se);
+      const __m256 wv = _mm256_loadu_ps(w + j), wl = opaque(_mm256_mul_ps(wv, v));
+      se = fmadd(opaque(_mm256_mul_ps(wv, d)), d, se);
       szl = fmadd(wl, z, szl);
       sll = fmadd(wl, v, sll);
     } else {
