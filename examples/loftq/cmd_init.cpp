@@ -59,7 +59,7 @@ int run_init(const Args& a) {
   } catch (const loftq::Error& e) {
     throw InputError{a.input + ": " + numeric_failure(e, W)};
   }
-  if (!r.Q.allFinite() || !r.A.allFinite() || !r.B.allFinite())
+  if (!result_finite(r, opt.threads))
     throw InputError{a.input + ": " + numeric_failure(not_finite_result(), W)};
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
