@@ -139,7 +139,7 @@ void BackgroundWriter::rethrow_locked() {
 
 void BackgroundWriter::submit(std::function<void()> task) {
   std::unique_lock<std::mutex> lk(m_);
-  cv_.wait(lk, [&] { return error_ || queue_.empty(); });
+  cv_.wait(lk, [&] { return error_ || (queue_.empty() && !busy_); });
   rethrow_locked();
   queue_.push_back(std::move(task));
   lk.unlock();

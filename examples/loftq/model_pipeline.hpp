@@ -66,9 +66,10 @@ class TensorPrefetcher {
   std::thread thread_;
 };
 
-// Runs tasks in submission order on one thread. At most one task waits while
-// another runs: submit() blocks until the queue is empty, which bounds the
-// memory held by results on their way to disk.
+// Runs tasks in submission order on one thread. submit() blocks until the
+// previous task is done, so one result at most is held on its way to disk
+// while the next is computed (writing a target takes a fraction of its
+// computation, so the wait is rare).
 class BackgroundWriter {
  public:
   BackgroundWriter();
