@@ -106,6 +106,7 @@ for _ in $(seq 150); do
   sleep 0.2
 done
 [ -n "$idle" ] || fail "the node never became idle (state '$state')"
+echo "cluster up after ${SECONDS} s"
 
 # A small sharded checkpoint, the unsharded reference run, then the array.
 cd "$WORK/run" || fail "cd"
@@ -124,6 +125,7 @@ for _ in $(seq 600); do
   sleep 0.1
 done
 [ "$st" = COMPLETED ] || fail "merge job $merge ended as '$st'"
+echo "array and merge done after ${SECONDS} s"
 for k in 1 2 3; do
   [ -f "parts/shard-$k-of-3/shard_model.safetensors" ] || fail "shard $k/3 missing"
 done
