@@ -14,6 +14,8 @@
 # shape) against init's report.json seconds, and init's wall against its
 # compute; then medians over rounds, and the 32-layer extrapolation
 # wall(Lmax) + (32 - Lmax) * (wall(Lmax) - wall(Lmin)) / (Lmax - Lmin).
+# Wall times follow the machine's load (printed per round); the CPU time
+# (user + system, both cores) depends on it much less.
 set -euo pipefail
 BUILD=${1:-build/ci}
 shift || true
@@ -42,9 +44,9 @@ res=$WORK/results.txt
 for r in $(seq "$ROUNDS"); do
   for L in "${LAYERS[@]}"; do
     rm -rf "$WORK/out$L"
-    /usr/bin/time -f "%e %M" -o "$WORK/time.txt" "$LOFTQ" model --input "$WORK/ck$L" --output "$WORK/out$L" --quiet
-    read -r wall rss < "$WORK/time.txt"
-    echo "model $L wall $wall rss_mb $((rss / 1024))" >> "$res"
+    /usr/bin/time -f "%e %M %U %S" -o "$WORK/time.txt" "$LOFTQ" model --input "$WORK/ck$L" --output "$WORK/out$L" --quiet
+    read -r wall rss user sys < "$WORK/time.txt"
+    echo "model $L wall $wall rss_mb $((rss / 1024)) cpu $(awk -v u="$user" -v s="$sys" 'BEGIN {print u + s}')" >> "$res"
     for s in "${!NPY[@]}"; do
       rows=${s%x*} cols=${s#*x}
       jq -r --argjson r "$rows" --argjson c "$cols" \
@@ -67,7 +69,8 @@ echo "medians over $ROUNDS rounds ($(nproc) cores):"
 for L in "${LAYERS[@]}"; do
   w=$(awk -v L="$L" '$1 == "model" && $2 == L {print $4}' "$res" | median)
   m=$(awk -v L="$L" '$1 == "model" && $2 == L {print $6}' "$res" | median)
-  echo "  model, $L layers: wall $w s, peak RSS $m MB"
+  c=$(awk -v L="$L" '$1 == "model" && $2 == L {print $8}' "$res" | median)
+  echo "  model, $L layers: wall $w s, peak RSS $m MB, CPU (user + system) $c s"
   eval "wall_$L=$w"
 done
 for s in "${!NPY[@]}"; do

@@ -15,12 +15,7 @@
 
 #include <chrono>
 #include <cstdio>
-#include <limits>
 #include <set>
-
-#if defined(__GLIBC__)
-#include <malloc.h>
-#endif
 
 namespace loftq_cli {
 
@@ -57,14 +52,6 @@ TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const
 
 int run_model(const Args& a) {
   const auto t_start = std::chrono::steady_clock::now();
-#if defined(__GLIBC__)
-  // glibc serves every block above 32 MB with a fresh mmap and unmaps it on
-  // free, so each target's W-sized buffers were zeroed and faulted in again
-  // by the kernel (a second of system time per 14 7B-shaped targets). From
-  // the heap, never trimmed, they are reused; peak RSS stays under 1 GB.
-  mallopt(M_MMAP_MAX, 0);
-  mallopt(M_TRIM_THRESHOLD, std::numeric_limits<int>::max());
-#endif
   const bool budget = a.bits_budget > 0;
   // Every width this run may use, validated (unsupported -> exit 1) before any work.
   std::map<int, loftq::Quantizer> quantizers;
