@@ -84,7 +84,12 @@ done
 lo=${LAYERS[0]} hi=${LAYERS[${#LAYERS[@]}-1]}
 if [ "$lo" != "$hi" ]; then
   wl=$(eval echo "\$wall_$lo") wh=$(eval echo "\$wall_$hi")
-  awk -v wl="$wl" -v wh="$wh" -v lo="$lo" -v hi="$hi" 'BEGIN {
-    per = (wh - wl) / (hi - lo)
-    printf "  per layer %.2f s; 32 layers extrapolated: %.0f s (%.2f min)\n", per, wh + (32 - hi) * per, (wh + (32 - hi) * per) / 60 }'
+  # A layer's targets at init's speed: 4 of 4096x4096, 2 of 11008x4096, 1 of 4096x11008.
+  sq=$(awk '$1 == "init" && $2 == "4096x4096" {print $6}' "$res" | median)
+  up=$(awk '$1 == "init" && $2 == "11008x4096" {print $6}' "$res" | median)
+  dn=$(awk '$1 == "init" && $2 == "4096x11008" {print $6}' "$res" | median)
+  awk -v wl="$wl" -v wh="$wh" -v lo="$lo" -v hi="$hi" -v sq="$sq" -v up="$up" -v dn="$dn" 'BEGIN {
+    per = (wh - wl) / (hi - lo); k = 4 * sq + 2 * up + dn
+    printf "  per layer %.2f s wall, against %.2f s of init compute for its 7 targets: %.2fx\n", per, k, per / k
+    printf "  32 layers extrapolated: %.0f s (%.2f min)\n", wh + (32 - hi) * per, (wh + (32 - hi) * per) / 60 }'
 fi
