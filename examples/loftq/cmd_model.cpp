@@ -174,7 +174,8 @@ int run_model(const Args& a) {
     sum_err += r.error();
     sum_qlora += r.qlora_error;
     st::SafetensorsWriter* bw = w.base[w.base_of.at(t.name)].get();
-    writer.submit([&, tr, bw, tp = &t] {
+    writer.submit([&a, &s, &w, tr, bw, tp = &t, fp = &f] {
+      const st::SafetensorsFile& f = *fp;
       loftq::Result<float>& r = tr->r;
       if (s.bnb_nf4) {
         try {
@@ -203,7 +204,7 @@ int run_model(const Args& a) {
       process(*j.target);
     } else {
       const st::SafetensorsFile& f = ck.file(j.file);
-      writer.submit([&f, &j, bw = w.base[j.file].get()] { copy_tensor(f, *j.info, *bw, j.info->name); });
+      writer.submit([fp = &f, info = j.info, bw = w.base[j.file].get()] { copy_tensor(*fp, *info, *bw, info->name); });
     }
   }
   writer.finish();
