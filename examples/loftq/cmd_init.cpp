@@ -38,12 +38,9 @@ int run_init(const Args& a) {
   }();
 
   InitFacts facts;
-  loftq::io::NpyMatrix<float> W;
-  {
-    const loftq::io::NpyArray arr = loftq::io::read_npy(a.input);
-    facts.dtype = arr.itemsize == 8 ? "float64" : "float32";
-    W = loftq::io::to_matrix<float>(arr, a.input);
-  }
+  int itemsize = 4;
+  loftq::io::NpyMatrix<float> W = loftq::io::read_npy_matrix<float>(a.input, &itemsize);
+  facts.dtype = itemsize == 8 ? "float64" : "float32";
   facts.rows = W.rows();
   facts.cols = W.cols();
 
@@ -59,14 +56,21 @@ int run_init(const Args& a) {
   } catch (const loftq::Error& e) {
     throw InputError{a.input + ": " + numeric_failure(e, W)};
   }
-  if (!r.Q.allFinite() || !r.A.allFinite() || !r.B.allFinite())
+  if (!result_finite(r, opt.threads))
     throw InputError{a.input + ": " + numeric_failure(not_finite_result(), W)};
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
 
   const std::string json = dump_json(init_report(a, facts, r, dq));
   out.stage();
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  // Row-major float32 on a little-endian host is the .npy data as it is:
+  // written from Q itself, not from a 64 MB image of it (at 4096x4096).
+  out.write_file("Q.npy", loftq::io::detail::npy_head_f32(static_cast<std::size_t>(r.Q.rows()), static_cast<std::size_t>(r.Q.cols())),
+                 r.Q.data(), static_cast<std::size_t>(r.Q.size()) * sizeof(float));
+#else
   out.write_file("Q.npy", loftq::io::npy_image(r.Q));
+#endif
   out.write_file("A.npy", loftq::io::npy_image(r.A));
   out.write_file("B.npy", loftq::io::npy_image(r.B));
   out.write_file("report.json", json);

@@ -1,12 +1,14 @@
 // loftq model: every target weight of a safetensors checkpoint, streamed.
 //
-// One target is in memory at a time: the input is memory-mapped and its pages
-// are released after use, and every output file is written at known offsets
-// as the tensors are produced, into the staging directory (staged_output.hpp).
+// A target is computed while the next one is read (TensorPrefetcher) and the
+// previous one written (BackgroundWriter, model_pipeline.hpp): three targets
+// in memory at most. Every output file is written at known offsets as the
+// tensors are produced, into the staging directory (staged_output.hpp).
 
 #include "checkpoint_plan.hpp"
 #include "commands.hpp"
 #include "errors.hpp"
+#include "model_pipeline.hpp"
 #include "report.hpp"
 
 #include <loftq/loftq.hpp>
@@ -19,8 +21,6 @@ namespace loftq_cli {
 
 namespace {
 
-using RowMatrixF = loftq::RowMatrix<float>;
-
 // One target's LoftQ result (and double quantization), as written out.
 struct TargetResult {
   loftq::Result<float> r;
@@ -29,10 +29,10 @@ struct TargetResult {
   double sq_err = 0;              // ||W - Q - A B^T||^2
 };
 
-TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const loftq::Quantizer& q,
-                            const loftq::Options& opt, bool double_quant, bool bnb) {
+// W comes from the TensorPrefetcher, with w2 = ||W||^2.
+TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const ConstMapF& W, double w2,
+                            const loftq::Quantizer& q, const loftq::Options& opt, bool double_quant, bool bnb) {
   TargetResult out;
-  RowMatrixF W = f.read_matrix(*t.info);
   const std::string where = f.path() + ": tensor '" + printable(t.name) + "'";
   try {
     out.r = loftq::initialize(W, q, opt);
@@ -42,9 +42,9 @@ TargetResult compute_target(const st::SafetensorsFile& f, const Target& t, const
     if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
     throw InputError{where + ": " + numeric_failure(e, W)};
   }
-  if (!out.r.Q.allFinite() || !out.r.A.allFinite() || !out.r.B.allFinite())
+  if (!result_finite(out.r, opt.threads))
     throw InputError{where + ": " + numeric_failure(not_finite_result(), W)};
-  out.sq_err = loftq::squared_error(out.r, W.cast<double>().squaredNorm());
+  out.sq_err = loftq::squared_error(out.r, w2);
   return out;
 }
 
@@ -102,11 +102,14 @@ int run_model(const Args& a) {
   loftq::BitAllocation alloc;
   if (budget) {
     std::vector<loftq::MatrixErrors> errs;
+    TensorPrefetcher reader(ck, sel);
     for (const Target* t : sel) {
+      const TensorPrefetcher::Loaded in = reader.next();
       loftq::MatrixErrors me;
       me.numel = static_cast<std::int64_t>(t->rows * t->cols);
       for (int b : budget_bits()) {
-        me.sq_error.push_back(compute_target(ck.file(t->file), *t, quantizers.at(b), opt, a.double_quant, false).sq_err);
+        me.sq_error.push_back(
+            compute_target(ck.file(t->file), *t, in.W, in.w2, quantizers.at(b), opt, a.double_quant, false).sq_err);
         progress.update(++done, t->name + " @ " + std::to_string(b) + " bits");
       }
       measured[t->name] = me.sq_error;
@@ -129,8 +132,29 @@ int run_model(const Args& a) {
   std::map<std::string, const Target*> by_name;
   for (const Target& t : plan.targets) by_name[t.name] = &t;
 
+  // The order of the work: targets and, in a full run, the other tensors
+  // copied through, file by file in data order.
+  struct Job {
+    const Target* target;                  // or null: a copy
+    std::size_t file = 0;
+    const st::TensorInfo* info = nullptr;  // for a copy
+  };
+  std::vector<Job> jobs;
+  std::vector<const Target*> order;
+  if (shard_run) {
+    for (const Target* t : sel) jobs.push_back({t});
+  } else {
+    for (std::size_t fi = 0; fi < ck.num_files(); ++fi)
+      for (const st::TensorInfo& t : ck.file(fi).tensors())
+        jobs.push_back(selected.count(t.name) ? Job{by_name.at(t.name)} : Job{nullptr, fi, &t});
+  }
+  for (const Job& j : jobs)
+    if (j.target) order.push_back(j.target);
+
   nlohmann::json tensors = nlohmann::json::object();
   double sum_err = 0, sum_qlora = 0;
+  TensorPrefetcher reader(ck, order);
+  BackgroundWriter writer;  // declared after w: joined before w's files are abandoned
   auto process = [&](const Target& t) {
     const st::SafetensorsFile& f = ck.file(t.file);
     TensorFacts facts;
@@ -140,48 +164,50 @@ int run_model(const Args& a) {
     facts.bits = bits_of.at(t.name);
     if (budget) facts.candidates = measured.at(t.name);
     const auto t0 = std::chrono::steady_clock::now();
-    TargetResult tr = compute_target(f, t, quantizers.at(facts.bits), opt, a.double_quant, s.bnb_nf4);
-    loftq::Result<float>& r = tr.r;
+    const TensorPrefetcher::Loaded in = reader.next();
+    auto tr = std::make_shared<TargetResult>(
+        compute_target(f, t, in.W, in.w2, quantizers.at(facts.bits), opt, a.double_quant, s.bnb_nf4));
+    const loftq::Result<float>& r = tr->r;
     facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    facts.sq_err = tr.sq_err;
-    st::SafetensorsWriter& bw = *w.base[w.base_of.at(t.name)];
-    if (s.bnb_nf4) {
-      try {
-        st::write_bnb_nf4(bw, bnb_target(t), r.packed, a.double_quant ? &tr.nested : nullptr);
-      } catch (const loftq::Error& e) {
-        throw InputError{f.path() + ": tensor '" + t.name + "': " + e.what()};
-      }
-    } else {
-      bw.write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), t.info->dtype);
-    }
-    r.Q.resize(0, 0);
-    const auto peft = loftq::to_peft(r, s.alpha);
-    if (!peft.lora_A.allFinite() || !peft.lora_B.allFinite())
-      throw InputError{f.path() + ": tensor '" + printable(t.name) + "': the adapter at lora_alpha " +
-                       std::to_string(s.alpha) + " is not finite"};
-    w.adapter->write(t.name, peft);
-    if (w.packed) w.packed->write(t.name, r.packed);
-    tensors[t.name] = tensor_entry(a, facts, r, tr.dq);
+    facts.sq_err = tr->sq_err;
+    tensors[t.name] = tensor_entry(a, facts, r, tr->dq);
     sum_err += r.error();
     sum_qlora += r.qlora_error;
+    st::SafetensorsWriter* bw = w.base[w.base_of.at(t.name)].get();
+    writer.submit([&a, &s, &w, tr, bw, tp = &t, fp = &f] {
+      const st::SafetensorsFile& f = *fp;
+      loftq::Result<float>& r = tr->r;
+      if (s.bnb_nf4) {
+        try {
+          st::write_bnb_nf4(*bw, bnb_target(*tp), r.packed, a.double_quant ? &tr->nested : nullptr);
+        } catch (const loftq::Error& e) {
+          throw InputError{f.path() + ": tensor '" + tp->name + "': " + e.what()};
+        }
+      } else {
+        bw->write_float(tp->name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), tp->info->dtype);
+      }
+      r.Q.resize(0, 0);
+      const auto peft = loftq::to_peft(r, s.alpha);
+      if (!peft.lora_A.allFinite() || !peft.lora_B.allFinite())
+        throw InputError{f.path() + ": tensor '" + printable(tp->name) + "': the adapter at lora_alpha " +
+                         std::to_string(s.alpha) + " is not finite"};
+      w.adapter->write(tp->name, peft);
+      if (w.packed) w.packed->write(tp->name, r.packed);
+    });
     ++done;
     progress.update(done, t.name);
     check_interrupt();
   };
 
-  if (shard_run) {
-    for (const Target* t : sel) process(*t);
-  } else {
-    for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
-      const st::SafetensorsFile& f = ck.file(fi);
-      for (const st::TensorInfo& t : f.tensors()) {
-        if (selected.count(t.name))
-          process(*by_name.at(t.name));
-        else
-          copy_tensor(f, t, *w.base[fi], t.name);
-      }
+  for (const Job& j : jobs) {
+    if (j.target) {
+      process(*j.target);
+    } else {
+      const st::SafetensorsFile& f = ck.file(j.file);
+      writer.submit([fp = &f, info = j.info, bw = w.base[j.file].get()] { copy_tensor(*fp, *info, *bw, info->name); });
     }
   }
+  writer.finish();
   w.commit();
 
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();

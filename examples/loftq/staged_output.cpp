@@ -71,8 +71,9 @@ void reset_signal_state() {
 
 namespace {
 
-// Creates `path` (which must not exist) with `bytes`; every failure throws.
-void write_new_file(const std::string& path, const unsigned char* bytes, std::size_t size) {
+// Creates `path` (which must not exist) with `bytes` then `more`; every failure throws.
+void write_new_file(const std::string& path, const unsigned char* bytes, std::size_t size,
+                    const unsigned char* more = nullptr, std::size_t more_size = 0) {
   const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd < 0) throw InputError{path + ": cannot create: " + std::strerror(errno)};
   auto fail = [&](const char* what, int e) {
@@ -80,15 +81,17 @@ void write_new_file(const std::string& path, const unsigned char* bytes, std::si
     ::unlink(path.c_str());
     throw InputError{path + ": " + what + ": " + std::strerror(e)};
   };
-  std::size_t off = 0;
-  while (off < size) {
-    const std::size_t chunk = std::min<std::size_t>(size - off, std::size_t(1) << 30);
-    const ssize_t n = ::write(fd, bytes + off, chunk);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      fail("write failed", errno);
+  for (const auto& part : {std::make_pair(bytes, size), std::make_pair(more, more_size)}) {
+    std::size_t off = 0;
+    while (off < part.second) {
+      const std::size_t chunk = std::min<std::size_t>(part.second - off, std::size_t(1) << 30);
+      const ssize_t n = ::write(fd, part.first + off, chunk);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        fail("write failed", errno);
+      }
+      off += static_cast<std::size_t>(n);
     }
-    off += static_cast<std::size_t>(n);
   }
   if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) fail("fsync failed", errno);
   if (::close(fd) != 0) {
@@ -230,6 +233,12 @@ void StagedOutput::write_file(const std::string& name, const std::string& bytes)
 void StagedOutput::write_file(const std::string& name, const std::vector<unsigned char>& bytes) {
   check_interrupt();
   write_new_file(path(name).string(), bytes.data(), bytes.size());
+}
+
+void StagedOutput::write_file(const std::string& name, const std::string& head, const void* data, std::size_t size) {
+  check_interrupt();
+  write_new_file(path(name).string(), reinterpret_cast<const unsigned char*>(head.data()), head.size(),
+                 static_cast<const unsigned char*>(data), size);
 }
 
 void StagedOutput::copy_file(const fs::path& src, const std::string& name) {

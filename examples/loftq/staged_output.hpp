@@ -77,6 +77,8 @@ class StagedOutput {
   // Writes a new file in the staging directory.
   void write_file(const std::string& name, const std::string& bytes);
   void write_file(const std::string& name, const std::vector<unsigned char>& bytes);
+  // ...made of `head` then `size` bytes at `data`, without joining them first.
+  void write_file(const std::string& name, const std::string& head, const void* data, std::size_t size);
   // Copies `src` into the staging directory under `name`.
   void copy_file(const fs::path& src, const std::string& name);
 

@@ -119,6 +119,52 @@ std::optional<loftq::Error> read_from_fifo(const Bytes& head, std::size_t extra,
 
 }  // namespace
 
+TEST_CASE("read_npy_matrix reads float32 C-order files directly, with read_npy's results and errors") {
+  TempDir dir;
+  const Eigen::MatrixXf M = Eigen::MatrixXf::Random(37, 53);
+  const fs::path p = dir.path / "m.npy";
+  loftq::io::write_npy(p.string(), M);
+  const std::vector<unsigned char> img = loftq::io::npy_image(M);
+  auto same_error = [&](const Bytes& bytes) {
+    write_file(p, bytes);
+    const auto a = error_of([&] { loftq::io::to_matrix<float>(loftq::io::read_npy(p.string()), p.string()); });
+    const auto b = error_of([&] { loftq::io::read_npy_matrix<float>(p.string()); });
+    REQUIRE(a.has_value());
+    REQUIRE(b.has_value());
+    CHECK(a->code() == b->code());
+    CHECK(std::string(a->what()) == b->what());
+  };
+  SUBCASE("the same matrix as read_npy + to_matrix, and the item size") {
+    int itemsize = 0;
+    const auto R = loftq::io::read_npy_matrix<float>(p.string(), &itemsize);
+    CHECK(itemsize == 4);
+    CHECK(R == loftq::io::to_matrix<float>(loftq::io::read_npy(p.string())));
+    CHECK(R == M);
+    // The head helper gives the bytes npy_image puts before the data.
+    const std::string head = loftq::io::detail::npy_head_f32(37, 53);
+    CHECK(head.size() % 64 == 0);
+    CHECK(Bytes(img.begin(), img.begin() + static_cast<std::ptrdiff_t>(head.size())) == Bytes(head.begin(), head.end()));
+  }
+  SUBCASE("float64 and Fortran order take the general path") {
+    const Eigen::MatrixXd D = M.cast<double>();
+    write_file(p, image(dict("<f8", false, "(2, 2)"), Bytes(32, 0)));
+    int itemsize = 0;
+    CHECK(loftq::io::read_npy_matrix<float>(p.string(), &itemsize) == Eigen::MatrixXf::Zero(2, 2));
+    CHECK(itemsize == 8);
+    write_file(p, image(dict("<f4", true, "(2, 3)"), f32le({1, 2, 3, 4, 5, 6})));
+    const auto F = loftq::io::read_npy_matrix<float>(p.string());
+    CHECK(F(0, 1) == 3.0f);  // column-major data: (0, 1) is the third value
+    CHECK(F(1, 0) == 2.0f);
+  }
+  SUBCASE("truncated, trailing bytes and a shape promising more than the file: the same errors") {
+    same_error(Bytes(img.begin(), img.end() - 5));
+    Bytes longer = img;
+    longer.push_back(0);
+    same_error(longer);
+    same_error(Bytes(img.begin(), img.begin() + 20));
+  }
+}
+
 TEST_CASE("read_npy on a pipe reads no more than the header declares") {
   Eigen::MatrixXf M(3, 4);
   for (Eigen::Index i = 0; i < M.size(); ++i) M.data()[i] = static_cast<float>(i) - 5.5f;

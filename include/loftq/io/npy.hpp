@@ -10,12 +10,16 @@
 #include <Eigen/Core>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <filesystem>
 #include <fstream>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
 
 #include "detail/npy_format.hpp"
+#include "loftq/detail/memory.hpp"
 #include "loftq/error.hpp"
 
 namespace loftq {
@@ -106,29 +110,44 @@ inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
 // plus one byte to find out whether anything follows; trailing data is a
 // parse_error as in parse_npy, found without waiting for its end. Memory is
 // bounded by what was actually read. The OS refusing the read is io_error.
-inline NpyArray read_npy(const std::string& path) {
-  errno = 0;
-  std::ifstream in(path, std::ios::binary);
-  if (!in.is_open()) {
-    loftq::detail::fail(Errc::io_error, "cannot open '" + path + "' for reading" + detail::npy_errno_suffix(errno));
-  }
-  // Each step reads exactly what the bytes so far call for. A short read
-  // means a truncated input, which parse_npy reports with its usual message.
-  std::vector<unsigned char> buf;
-  const std::size_t magic = sizeof(detail::kNpyMagic) + 2;
-  if (detail::npy_read_upto(in, buf, magic, path) < magic) return parse_npy(buf.data(), buf.size(), path);
-  const bool known = std::memcmp(buf.data(), detail::kNpyMagic, sizeof(detail::kNpyMagic)) == 0 &&
+namespace detail {
+// Reads the prefix and header of a .npy stream into buf: exactly what the
+// bytes so far call for. False when the input ended early (parse_npy on buf
+// then reports it with its usual message).
+inline bool npy_read_head(std::istream& in, std::vector<unsigned char>& buf, const std::string& path) {
+  const std::size_t magic = sizeof(kNpyMagic) + 2;
+  if (npy_read_upto(in, buf, magic, path) < magic) return false;
+  const bool known = std::memcmp(buf.data(), kNpyMagic, sizeof(kNpyMagic)) == 0 &&
                      (buf[6] == 1 || buf[6] == 2 || buf[6] == 3) && buf[7] == 0;
   if (known) {  // otherwise npy_parse_head reports what is wrong
     const std::size_t prefix = buf[6] == 1 ? 10 : 12;
-    if (detail::npy_read_upto(in, buf, prefix - magic, path) < prefix - magic)
-      return parse_npy(buf.data(), buf.size(), path);
+    if (npy_read_upto(in, buf, prefix - magic, path) < prefix - magic) return false;
     const std::size_t header_len =
-        prefix == 10 ? (std::size_t(buf[8]) | (std::size_t(buf[9]) << 8)) : detail::npy_load_u32le(buf.data() + 8);
-    if (header_len <= detail::kNpyMaxHeaderLen &&
-        detail::npy_read_upto(in, buf, header_len, path) < header_len)
-      return parse_npy(buf.data(), buf.size(), path);
+        prefix == 10 ? (std::size_t(buf[8]) | (std::size_t(buf[9]) << 8)) : npy_load_u32le(buf.data() + 8);
+    if (header_len <= kNpyMaxHeaderLen && npy_read_upto(in, buf, header_len, path) < header_len) return false;
   }
+  return true;
+}
+
+inline std::ifstream npy_open(const std::string& path) {
+  errno = 0;
+  std::ifstream in(path, std::ios::binary);
+  if (!in.is_open()) loftq::detail::fail(Errc::io_error, "cannot open '" + path + "' for reading" + npy_errno_suffix(errno));
+  return in;
+}
+}  // namespace detail
+
+// Reads and parses a .npy file, or any stream (a pipe, /dev/stdin): never
+// reads more than the prefix, the header and the data the header declares,
+// plus one byte to find out whether anything follows; trailing data is a
+// parse_error as in parse_npy, found without waiting for its end. Memory is
+// bounded by what was actually read. The OS refusing the read is io_error.
+inline NpyArray read_npy(const std::string& path) {
+  std::ifstream in = detail::npy_open(path);
+  // Each step reads exactly what the bytes so far call for. A short read
+  // means a truncated input, which parse_npy reports with its usual message.
+  std::vector<unsigned char> buf;
+  if (!detail::npy_read_head(in, buf, path)) return parse_npy(buf.data(), buf.size(), path);
   const detail::NpyHead h = detail::npy_parse_head(buf.data(), buf.size(), path);
   if (detail::npy_read_upto(in, buf, h.need, path) == h.need && detail::npy_read_upto(in, buf, 1, path) == 1) {
     detail::npy_fail(Errc::parse_error, path,
@@ -173,17 +192,61 @@ inline NpyMatrix<Scalar> to_matrix(const NpyArray& a, const std::string& name = 
   return M;
 }
 
+// read_npy + to_matrix. A 2-D little-endian float32 C-order file read as
+// float (what numpy writes by default) goes straight from the file into the
+// matrix: one copy instead of three, the same matrix and the same errors.
+// `itemsize`, when given, receives the file's item size (4 or 8).
 template <class Scalar>
-inline NpyMatrix<Scalar> read_npy_matrix(const std::string& path) {
-  return to_matrix<Scalar>(read_npy(path), path);
+inline NpyMatrix<Scalar> read_npy_matrix(const std::string& path, int* itemsize = nullptr) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  if constexpr (std::is_same<Scalar, float>::value) {
+    std::ifstream in = detail::npy_open(path);
+    std::vector<unsigned char> buf;
+    if (!detail::npy_read_head(in, buf, path)) return to_matrix<Scalar>(parse_npy(buf.data(), buf.size(), path), path);
+    const detail::NpyHead h = detail::npy_parse_head(buf.data(), buf.size(), path);
+    const auto& shape = h.header.shape;
+    const std::size_t index_max = static_cast<std::size_t>(std::numeric_limits<Eigen::Index>::max());
+    // Only for a regular file of exactly the declared size, so a header that
+    // promises more than the file holds allocates nothing.
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    if (!ec && size == h.offset + h.need && h.itemsize == 4 && !h.big_endian && !h.header.fortran_order &&
+        shape.size() == 2 && shape[0] > 0 && shape[1] > 0 && shape[0] <= index_max && shape[1] <= index_max &&
+        h.need / 4 / shape[0] == shape[1]) {
+      NpyMatrix<Scalar> M;
+      loftq::detail::resize_large(M, static_cast<Eigen::Index>(shape[0]), static_cast<Eigen::Index>(shape[1]));
+      in.read(reinterpret_cast<char*>(M.data()), static_cast<std::streamsize>(h.need));
+      const std::size_t got = static_cast<std::size_t>(in.gcount());
+      if (got < h.need) {  // truncated: parse_npy words the error
+        if (in.bad()) detail::npy_fail(Errc::io_error, path, "read failed" + detail::npy_errno_suffix(errno));
+        const unsigned char* p = reinterpret_cast<const unsigned char*>(M.data());
+        buf.insert(buf.end(), p, p + got);
+        return to_matrix<Scalar>(parse_npy(buf.data(), buf.size(), path), path);
+      }
+      if (detail::npy_read_upto(in, buf, 1, path) == 1)
+        detail::npy_fail(Errc::parse_error, path,
+                         "trailing bytes after the data (expected " + std::to_string(h.need) + " bytes)");
+      if (itemsize) *itemsize = 4;
+      return M;
+    }
+    if (detail::npy_read_upto(in, buf, h.need, path) == h.need && detail::npy_read_upto(in, buf, 1, path) == 1)
+      detail::npy_fail(Errc::parse_error, path,
+                       "trailing bytes after the data (expected " + std::to_string(h.need) + " bytes)");
+    const NpyArray a = parse_npy(buf.data(), buf.size(), path);
+    if (itemsize) *itemsize = a.itemsize;
+    return to_matrix<Scalar>(a, path);
+  }
+#endif
+  const NpyArray a = read_npy(path);
+  if (itemsize) *itemsize = a.itemsize;
+  return to_matrix<Scalar>(a, path);
 }
 
 namespace detail {
-template <class Derived>
-inline std::vector<unsigned char> npy_image_impl(const Eigen::DenseBase<Derived>& M, const std::string& name) {
-  using Src = typename Derived::Scalar;
-  static_assert(std::is_arithmetic<Src>::value, "npy_image needs a real arithmetic Scalar");
-  const std::size_t rows = static_cast<std::size_t>(M.rows()), cols = static_cast<std::size_t>(M.cols());
+// The bytes before the data of a rows x cols float32 C-order .npy file
+// (format 1.0): magic, version, header length, header padded so the data
+// starts on a 64-byte boundary as numpy does.
+inline std::string npy_head_f32(std::size_t rows, std::size_t cols) {
   std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(rows) +
                        ", " + std::to_string(cols) + "), }";
   const std::size_t prefix = 10;
@@ -192,18 +255,26 @@ inline std::vector<unsigned char> npy_image_impl(const Eigen::DenseBase<Derived>
   header += '\n';
   // Two decimal dims cannot come near the 65535-byte limit of a 1.0 header.
   const std::size_t hlen = header.size();
+  std::string out(reinterpret_cast<const char*>(kNpyMagic), sizeof(kNpyMagic));
+  out += static_cast<char>(1);
+  out += static_cast<char>(0);
+  out += static_cast<char>(hlen & 0xff);
+  out += static_cast<char>(hlen >> 8);
+  return out + header;
+}
 
+template <class Derived>
+inline std::vector<unsigned char> npy_image_impl(const Eigen::DenseBase<Derived>& M, const std::string& name) {
+  using Src = typename Derived::Scalar;
+  static_assert(std::is_arithmetic<Src>::value, "npy_image needs a real arithmetic Scalar");
+  const std::size_t rows = static_cast<std::size_t>(M.rows()), cols = static_cast<std::size_t>(M.cols());
   if (cols != 0 && rows > std::numeric_limits<std::size_t>::max() / cols / 4) {
     npy_fail(Errc::invalid_argument, name, "matrix too large");
   }
-  std::vector<unsigned char> out(prefix + hlen + rows * cols * 4);
-  std::memcpy(out.data(), kNpyMagic, sizeof(kNpyMagic));
-  out[6] = 1;
-  out[7] = 0;
-  out[8] = static_cast<unsigned char>(hlen & 0xff);
-  out[9] = static_cast<unsigned char>(hlen >> 8);
-  std::memcpy(out.data() + prefix, header.data(), hlen);
-  unsigned char* p = out.data() + prefix + hlen;
+  const std::string head = npy_head_f32(rows, cols);
+  std::vector<unsigned char> out(head.size() + rows * cols * 4);
+  std::memcpy(out.data(), head.data(), head.size());
+  unsigned char* p = out.data() + head.size();
   for (Eigen::Index i = 0; i < M.rows(); ++i) {
     for (Eigen::Index j = 0; j < M.cols(); ++j) {
       const Src v = M.derived().coeff(i, j);

@@ -1,0 +1,155 @@
+#include "model_pipeline.hpp"
+
+#include <loftq/detail/memory.hpp>
+#include <loftq/io/detail/dtypes.hpp>
+
+#include <algorithm>
+
+namespace loftq_cli {
+
+// ---------------------------------------------------------------------------
+// TensorPrefetcher
+
+TensorPrefetcher::TensorPrefetcher(const st::Checkpoint& ck, std::vector<const Target*> order)
+    : ck_(ck), order_(std::move(order)) {
+  if (!order_.empty()) thread_ = std::thread([this] { run(); });
+}
+
+TensorPrefetcher::~TensorPrefetcher() {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void TensorPrefetcher::run() {
+  std::uint64_t capacity = 0;
+  for (const Target* t : order_) capacity = std::max(capacity, t->rows * t->cols);
+  std::vector<unsigned char> chunk;
+  for (std::size_t k = 0; k < order_.size(); ++k) {
+    Slot& s = slots_[k % 2];
+    {
+      // Target k reuses the buffer of k - 2, which the consumer gives up when it takes k.
+      std::unique_lock<std::mutex> lk(m_);
+      cv_.wait(lk, [&] { return stop_ || k < 2 || taken_ >= k; });
+      if (stop_) return;
+    }
+    std::exception_ptr error;
+    double w2 = 0;
+    try {
+      const Target& t = *order_[k];
+      if (!s.data) {
+        s.data.reset(new float[static_cast<std::size_t>(capacity)]);
+        loftq::detail::advise_huge_pages(s.data.get(), static_cast<std::size_t>(capacity) * sizeof(float));
+      }
+      const st::SafetensorsFile& f = ck_.file(t.file);
+      const st::TensorInfo& info = *t.info;
+      const std::size_t es = st::dtype_size(info.dtype);
+      const std::uint64_t per = (std::uint64_t(1) << 20) / es;  // elements per read
+      chunk.resize(static_cast<std::size_t>(std::min<std::uint64_t>(per, info.numel) * es));
+      for (std::uint64_t i = 0; i < info.numel; i += per) {
+        const std::uint64_t n = std::min(per, info.numel - i);
+        f.read_bytes(info, i * es, n * es, chunk.data());
+        st::to_float(info.dtype, chunk.data(), static_cast<std::size_t>(n), s.data.get() + i);
+      }
+      // The same expression as before the prefetch thread existed, so the
+      // reported squared errors keep their last bits.
+      w2 = ConstMapF(s.data.get(), static_cast<Eigen::Index>(t.rows), static_cast<Eigen::Index>(t.cols))
+               .cast<double>()
+               .squaredNorm();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      s.w2 = w2;
+      s.error = error;
+      s.ready = true;
+    }
+    cv_.notify_all();
+    if (error) return;
+  }
+}
+
+TensorPrefetcher::Loaded TensorPrefetcher::next() {
+  std::unique_lock<std::mutex> lk(m_);
+  const std::size_t k = taken_;
+  Slot& s = slots_[k % 2];
+  cv_.wait(lk, [&] { return s.ready; });
+  if (s.error) std::rethrow_exception(s.error);
+  s.ready = false;
+  ++taken_;
+  lk.unlock();
+  cv_.notify_all();
+  const Target* t = order_[k];
+  return {t, ConstMapF(s.data.get(), static_cast<Eigen::Index>(t->rows), static_cast<Eigen::Index>(t->cols)), s.w2};
+}
+
+// ---------------------------------------------------------------------------
+// BackgroundWriter
+
+BackgroundWriter::BackgroundWriter() : thread_([this] { run(); }) {}
+
+BackgroundWriter::~BackgroundWriter() {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = true;
+    queue_.clear();
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void BackgroundWriter::run() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lk(m_);
+      cv_.wait(lk, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      task = std::move(queue_.front());
+      queue_.pop_front();
+      busy_ = true;
+    }
+    std::exception_ptr error;
+    try {
+      task();
+    } catch (...) {
+      error = std::current_exception();
+    }
+    task = nullptr;  // frees what the task held (a result) before the next one is taken
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      busy_ = false;
+      if (error && !error_) error_ = error;
+      if (error_) queue_.clear();  // later writes would follow a failed one
+    }
+    cv_.notify_all();
+  }
+}
+
+void BackgroundWriter::rethrow_locked() {
+  if (error_) {
+    std::exception_ptr e = error_;
+    std::rethrow_exception(e);
+  }
+}
+
+void BackgroundWriter::submit(std::function<void()> task) {
+  std::unique_lock<std::mutex> lk(m_);
+  cv_.wait(lk, [&] { return error_ || (queue_.empty() && !busy_); });
+  rethrow_locked();
+  queue_.push_back(std::move(task));
+  lk.unlock();
+  cv_.notify_all();
+}
+
+void BackgroundWriter::finish() {
+  std::unique_lock<std::mutex> lk(m_);
+  cv_.wait(lk, [&] { return error_ || (queue_.empty() && !busy_); });
+  rethrow_locked();
+}
+
+}  // namespace loftq_cli
