@@ -37,20 +37,20 @@ LOFTQ_TARGET_AVX2
 inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                         std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
   __m256 acc[R][G];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
   for (std::ptrdiff_t t = 0; t < depth; ++t) {
     const float* xt = x + t * sx;
     __m256 xv[G];
-    for (int g = 0; g < G; ++g) xv[g] = _mm256_loadu_ps(xt + 8 * g);
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) xv[g] = _mm256_loadu_ps(xt + 8 * g);
     const float* at = a + t * sat;
-    for (int r = 0; r < R; ++r) {
+    LOFTQ_UNROLL for (int r = 0; r < R; ++r) {
       const __m256 b = _mm256_broadcast_ss(at + r * sar);
-      for (int g = 0; g < G; ++g) acc[r][g] = _mm256_fmadd_ps(b, xv[g], acc[r][g]);
+      LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm256_fmadd_ps(b, xv[g], acc[r][g]);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) _mm256_storeu_ps(out + r * so + 8 * g, acc[r][g]);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) _mm256_storeu_ps(out + r * so + 8 * g, acc[r][g]);
 }
 
 template <int R>
@@ -127,17 +127,17 @@ LOFTQ_TARGET_AVX2
 inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
                           float* out, std::ptrdiff_t so, bool first) {
   __m256 yv[R][G];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) yv[r][g] = _mm256_loadu_ps(y + r * sy + 8 * g);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) yv[r][g] = _mm256_loadu_ps(y + r * sy + 8 * g);
   for (std::ptrdiff_t j = 0; j < cols; ++j) {
     float* oj = out + j * so;
     __m256 acc[G];
-    for (int g = 0; g < G; ++g) acc[g] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(oj + 8 * g);
-    for (int r = 0; r < R; ++r) {
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(oj + 8 * g);
+    LOFTQ_UNROLL for (int r = 0; r < R; ++r) {
       const __m256 b = _mm256_broadcast_ss(m + r * sm + j);
-      for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(b, yv[r][g], acc[g]);
+      LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = _mm256_fmadd_ps(b, yv[r][g], acc[g]);
     }
-    for (int g = 0; g < G; ++g) _mm256_storeu_ps(oj + 8 * g, acc[g]);
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) _mm256_storeu_ps(oj + 8 * g, acc[g]);
   }
 }
 

@@ -37,7 +37,7 @@ struct SearchTree {
   template <class T>
   SearchTree(const T* thr, const T* lev) {
     // Lanes past 2^j repeat the pattern, so level 0 is a broadcast of the root.
-    for (int j = 0; j < Bits; ++j)
+    LOFTQ_UNROLL for (int j = 0; j < Bits; ++j)
       for (int k = 0; k < 8; ++k) {
         const int kk = k % (1 << j);
         tree[j][k] = static_cast<float>(thr[(2 * kk + 1) * (L >> (j + 1)) - 1]);
@@ -72,7 +72,7 @@ struct SearchTreeRegs {
   __m256 step[Bits];
   __m256 lo, hi;
   LOFTQ_TARGET_AVX2 explicit SearchTreeRegs(const SearchTree<Bits>& t) {
-    for (int j = 0; j < Bits; ++j) step[j] = _mm256_load_ps(t.tree[j]);
+    LOFTQ_UNROLL for (int j = 0; j < Bits; ++j) step[j] = _mm256_load_ps(t.tree[j]);
     // Up to 2 bits the 4 levels repeat in both 128-bit lanes, for the in-lane permute.
     lo = Bits <= 2 ? _mm256_broadcast_ps(reinterpret_cast<const __m128*>(t.level)) : _mm256_load_ps(t.level);
     hi = _mm256_load_ps(t.level + 8);
@@ -83,7 +83,7 @@ struct SearchTreeRegs {
   // (cheaper than the cross-lane one) picks them.
   LOFTQ_TARGET_AVX2 __m256i code(__m256 y) const {
     __m256i k = _mm256_setzero_si256();
-    for (int j = 0; j < Bits; ++j) {
+    LOFTQ_UNROLL for (int j = 0; j < Bits; ++j) {
       const __m256 t = j == 0  ? step[0]
                        : j < 3 ? _mm256_permutevar_ps(step[j], k)
                                : _mm256_permutevar8x32_ps(step[j], k);

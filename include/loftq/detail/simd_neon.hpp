@@ -160,19 +160,19 @@ template <int R, int G>
 inline void skinny_tile_neon(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                              std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
   float32x4_t acc[R][G];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) acc[r][g] = vdupq_n_f32(0.0f);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vdupq_n_f32(0.0f);
   for (std::ptrdiff_t t = 0; t < depth; ++t) {
     float32x4_t xv[G];
-    for (int g = 0; g < G; ++g) xv[g] = vld1q_f32(x + t * sx + 4 * g);
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) xv[g] = vld1q_f32(x + t * sx + 4 * g);
     const float* at = a + t * sat;
-    for (int r = 0; r < R; ++r) {
+    LOFTQ_UNROLL for (int r = 0; r < R; ++r) {
       const float b = at[r * sar];
-      for (int g = 0; g < G; ++g) acc[r][g] = vfmaq_n_f32(acc[r][g], xv[g], b);
+      LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vfmaq_n_f32(acc[r][g], xv[g], b);
     }
   }
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) vst1q_f32(out + r * so + 4 * g, acc[r][g]);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) vst1q_f32(out + r * so + 4 * g, acc[r][g]);
 }
 
 template <int R>
@@ -199,17 +199,17 @@ template <int R, int G>
 inline void skinny_rows_t_neon(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y,
                                std::ptrdiff_t sy, float* out, std::ptrdiff_t so, bool first) {
   float32x4_t yv[R][G];
-  for (int r = 0; r < R; ++r)
-    for (int g = 0; g < G; ++g) yv[r][g] = vld1q_f32(y + r * sy + 4 * g);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) yv[r][g] = vld1q_f32(y + r * sy + 4 * g);
   for (std::ptrdiff_t j = 0; j < cols; ++j) {
     float* oj = out + j * so;
     float32x4_t acc[G];
-    for (int g = 0; g < G; ++g) acc[g] = first ? vdupq_n_f32(0.0f) : vld1q_f32(oj + 4 * g);
-    for (int r = 0; r < R; ++r) {
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = first ? vdupq_n_f32(0.0f) : vld1q_f32(oj + 4 * g);
+    LOFTQ_UNROLL for (int r = 0; r < R; ++r) {
       const float b = m[r * sm + j];
-      for (int g = 0; g < G; ++g) acc[g] = vfmaq_n_f32(acc[g], yv[r][g], b);
+      LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = vfmaq_n_f32(acc[g], yv[r][g], b);
     }
-    for (int g = 0; g < G; ++g) vst1q_f32(oj + 4 * g, acc[g]);
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) vst1q_f32(oj + 4 * g, acc[g]);
   }
 }
 
