@@ -43,7 +43,7 @@ struct Tables {
   // The same thresholds as a search tree for the AVX2 kernels (float, <= 4 bits).
   std::conditional_t<(Bits <= 4), SearchTree<(Bits <= 4 ? Bits : 4)>, char> tree{};
 #if LOFTQ_NEON_KERNELS
-  // And as broadcast registers for the NEON kernels (float, <= 4 bits).
+  // And as table registers for the NEON kernels (float, <= 4 bits).
   std::conditional_t<(Bits <= 4), NeonTable<(Bits <= 4 ? Bits : 4)>, char> neon{};
 #endif
   explicit Tables(const std::vector<float>& cb) {
@@ -52,7 +52,7 @@ struct Tables {
     for (int i = 0; i < L - 1; ++i) thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
     if constexpr (Bits <= 4) tree = SearchTree<Bits>(thr.data(), level.data());
 #if LOFTQ_NEON_KERNELS
-    if constexpr (Bits <= 4) neon = NeonTable<Bits>(thr.data(), level.data());
+    if constexpr (Bits <= 4) neon = NeonTable<Bits>(tree);
 #endif
   }
   // Number of thresholds y reaches: the index of the nearest level.

@@ -15,6 +15,7 @@
 #endif
 
 #include "dispatch.hpp"
+#include "simd.hpp"
 
 #include "macro_scope.hpp"
 
@@ -27,33 +28,42 @@ inline float32x4_t opaque(float32x4_t v) {
   return v;
 }
 
-// Sorted thresholds (+inf padded) and levels of a codebook of up to 16
-// entries: the code is the number of thresholds y reaches, the level the
-// last one reached, as in the portable compare chain.
+// The codebook as registers: the search tree of the AVX2 kernels (simd.hpp),
+// level j's 2^j thresholds (lanes past them repeat) as 32 table bytes, and
+// the 16 (padded) levels as 64. The code is the path k -> 2k + [y >=
+// tree[j][k]], the number of thresholds y reaches, as in the portable
+// compare chain; TBL picks each lane's threshold and level by the bytes of
+// float k. Per 4 elements at 4 bits: 4 steps of 5 instructions and one
+// lookup, where comparing against all 15 thresholds and selecting among 16
+// levels took about 100 (bench/arm_instructions.sh).
 template <int Bits>
 struct NeonTable {
-  static constexpr int L = 1 << Bits;
-  float32x4_t thr[L - 1];
-  float lev[L];
+  uint8x16x2_t step[Bits];
+  uint8x16x4_t lev;
   NeonTable() = default;
-  template <class T>
-  NeonTable(const T* t, const T* l) {
-    for (int i = 0; i < L - 1; ++i) thr[i] = vdupq_n_f32(static_cast<float>(t[i]));
-    for (int i = 0; i < L; ++i) lev[i] = static_cast<float>(l[i]);
+  explicit NeonTable(const SearchTree<Bits>& t) {
+    LOFTQ_UNROLL for (int j = 0; j < Bits; ++j) {
+      const auto* b = reinterpret_cast<const std::uint8_t*>(t.tree[j]);
+      step[j].val[0] = vld1q_u8(b);
+      step[j].val[1] = vld1q_u8(b + 16);
+    }
+    const auto* b = reinterpret_cast<const std::uint8_t*>(t.level);
+    LOFTQ_UNROLL for (int i = 0; i < 4; ++i) lev.val[i] = vld1q_u8(b + 16 * i);
+  }
+  // The table bytes of float k in each lane: 4k, 4k + 1, 4k + 2, 4k + 3.
+  static uint8x16_t bytes_of(uint32x4_t k) {
+    return vreinterpretq_u8_u32(vmlaq_n_u32(vdupq_n_u32(0x03020100u), k, 0x04040404u));
   }
   uint32x4_t code(float32x4_t y) const {
-    uint32x4_t c = vdupq_n_u32(0);
-    for (int i = 0; i < L - 1; ++i) c = vsubq_u32(c, vcgeq_f32(y, thr[i]));  // all-ones is -1
-    return c;
-  }
-  float32x4_t level(uint32x4_t c) const {
-    float32x4_t v = vdupq_n_f32(lev[0]);
-    for (int i = 0; i < L - 1; ++i) {
-      const uint32x4_t reached = vcgeq_u32(c, vdupq_n_u32(static_cast<std::uint32_t>(i + 1)));
-      v = vbslq_f32(reached, vdupq_n_f32(lev[i + 1]), v);
+    uint32x4_t k = vdupq_n_u32(0);
+    LOFTQ_UNROLL for (int j = 0; j < Bits; ++j) {
+      // Level 0 is the root in every lane.
+      const float32x4_t t = vreinterpretq_f32_u8(j == 0 ? step[0].val[0] : vqtbl2q_u8(step[j], bytes_of(k)));
+      k = vsubq_u32(vaddq_u32(k, k), vcgeq_f32(y, t));  // all-ones is -1
     }
-    return v;
+    return k;
   }
+  float32x4_t level(uint32x4_t c) const { return vreinterpretq_f32_u8(vqtbl4q_u8(lev, bytes_of(c))); }
 };
 
 inline void store_codes4(std::uint8_t* dst, uint32x4_t c) {
@@ -181,7 +191,13 @@ inline void skinny_row_tiles_neon(const float* a, std::ptrdiff_t sar, std::ptrdi
                                   std::ptrdiff_t so) {
   std::ptrdiff_t j = 0;
   for (; j + 16 <= w4; j += 16) skinny_tile_neon<R, 4>(a, sar, sat, x + j, sx, depth, out + j, so);
-  for (; j + 4 <= w4; j += 4) skinny_tile_neon<R, 1>(a, sar, sat, x + j, sx, depth, out + j, so);
+  // The rest in one tile: every tile reloads a's R values per depth step.
+  switch (w4 - j) {
+    case 12: skinny_tile_neon<R, 3>(a, sar, sat, x + j, sx, depth, out + j, so); break;
+    case 8: skinny_tile_neon<R, 2>(a, sar, sat, x + j, sx, depth, out + j, so); break;
+    case 4: skinny_tile_neon<R, 1>(a, sar, sat, x + j, sx, depth, out + j, so); break;
+    default: break;
+  }
 }
 
 // The multiple-of-4 prefix of the columns; returns its width.
@@ -227,7 +243,13 @@ inline std::ptrdiff_t skinny_gemm_t_neon(const float* m, std::ptrdiff_t sm, std:
   const std::ptrdiff_t w4 = w / 4 * 4;
   std::ptrdiff_t g = 0;
   for (; g + 16 <= w4; g += 16) skinny_slice_t_neon<4>(m, sm, rows, cols, y + g, sy, out + g, so);
-  for (; g < w4; g += 4) skinny_slice_t_neon<1>(m, sm, rows, cols, y + g, sy, out + g, so);
+  // The rest in one slice: every slice is a pass over all of m.
+  switch (w4 - g) {
+    case 12: skinny_slice_t_neon<3>(m, sm, rows, cols, y + g, sy, out + g, so); break;
+    case 8: skinny_slice_t_neon<2>(m, sm, rows, cols, y + g, sy, out + g, so); break;
+    case 4: skinny_slice_t_neon<1>(m, sm, rows, cols, y + g, sy, out + g, so); break;
+    default: break;
+  }
   return w4;
 }
 #endif
