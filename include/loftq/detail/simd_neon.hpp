@@ -165,14 +165,35 @@ std::int64_t scale_error_neon(const NeonTable<Bits>& T, const float* x, const fl
 
 // The skinny products' tiles (gemm.hpp): R rows x 4G columns of
 // out = a x by broadcast, and the transposed update, each output element one
-// fused multiply-add chain in increasing depth order.
+// fused multiply-add chain in increasing depth order. Where a's rows (or m's)
+// are contiguous, one load brings four depth steps (columns) of a row and
+// FMLA by lane uses them in order: the same chain, a quarter of the loads
+// (bench/arm_instructions.sh counts the difference).
+template <int R, int G, int Lane>
+inline void skinny_lane_step(float32x4_t (&acc)[R][G], const float32x4_t (&av)[R], const float* xt) {
+  float32x4_t xv[G];
+  LOFTQ_UNROLL for (int g = 0; g < G; ++g) xv[g] = vld1q_f32(xt + 4 * g);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vfmaq_laneq_f32(acc[r][g], xv[g], av[r], Lane);
+}
+
 template <int R, int G>
 inline void skinny_tile_neon(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                              std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
   float32x4_t acc[R][G];
   LOFTQ_UNROLL for (int r = 0; r < R; ++r)
     LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vdupq_n_f32(0.0f);
-  for (std::ptrdiff_t t = 0; t < depth; ++t) {
+  std::ptrdiff_t t = 0;
+  if (sat == 1)
+    for (; t + 4 <= depth; t += 4) {
+      float32x4_t av[R];
+      LOFTQ_UNROLL for (int r = 0; r < R; ++r) av[r] = vld1q_f32(a + r * sar + t);
+      skinny_lane_step<R, G, 0>(acc, av, x + t * sx);
+      skinny_lane_step<R, G, 1>(acc, av, x + (t + 1) * sx);
+      skinny_lane_step<R, G, 2>(acc, av, x + (t + 2) * sx);
+      skinny_lane_step<R, G, 3>(acc, av, x + (t + 3) * sx);
+    }
+  for (; t < depth; ++t) {
     float32x4_t xv[G];
     LOFTQ_UNROLL for (int g = 0; g < G; ++g) xv[g] = vld1q_f32(x + t * sx + 4 * g);
     const float* at = a + t * sat;
@@ -211,13 +232,33 @@ inline std::ptrdiff_t skinny_gemm_neon(const float* a, std::ptrdiff_t sar, std::
   return w4;
 }
 
+// Output row j of the transposed update: out[j] (+)= sum_r m[r][j] y[r], the
+// r-th term taken from lane Lane of mv[r] = m[r][j - Lane .. j - Lane + 3].
+template <int R, int G, int Lane>
+inline void skinny_lane_row_t(const float32x4_t (&yv)[R][G], const float32x4_t (&mv)[R], float* oj, bool first) {
+  float32x4_t acc[G];
+  LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = first ? vdupq_n_f32(0.0f) : vld1q_f32(oj + 4 * g);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
+    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = vfmaq_laneq_f32(acc[g], yv[r][g], mv[r], Lane);
+  LOFTQ_UNROLL for (int g = 0; g < G; ++g) vst1q_f32(oj + 4 * g, acc[g]);
+}
+
 template <int R, int G>
 inline void skinny_rows_t_neon(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y,
                                std::ptrdiff_t sy, float* out, std::ptrdiff_t so, bool first) {
   float32x4_t yv[R][G];
   LOFTQ_UNROLL for (int r = 0; r < R; ++r)
     LOFTQ_UNROLL for (int g = 0; g < G; ++g) yv[r][g] = vld1q_f32(y + r * sy + 4 * g);
-  for (std::ptrdiff_t j = 0; j < cols; ++j) {
+  std::ptrdiff_t j = 0;
+  for (; j + 4 <= cols; j += 4) {
+    float32x4_t mv[R];
+    LOFTQ_UNROLL for (int r = 0; r < R; ++r) mv[r] = vld1q_f32(m + r * sm + j);
+    skinny_lane_row_t<R, G, 0>(yv, mv, out + j * so, first);
+    skinny_lane_row_t<R, G, 1>(yv, mv, out + (j + 1) * so, first);
+    skinny_lane_row_t<R, G, 2>(yv, mv, out + (j + 2) * so, first);
+    skinny_lane_row_t<R, G, 3>(yv, mv, out + (j + 3) * so, first);
+  }
+  for (; j < cols; ++j) {
     float* oj = out + j * so;
     float32x4_t acc[G];
     LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = first ? vdupq_n_f32(0.0f) : vld1q_f32(oj + 4 * g);
