@@ -37,7 +37,7 @@ struct SearchTree {
   template <class T>
   SearchTree(const T* thr, const T* lev) {
     // Lanes past 2^j repeat the pattern, so level 0 is a broadcast of the root.
-    LOFTQ_UNROLL for (int j = 0; j < Bits; ++j)
+    for (int j = 0; j < Bits; ++j)
       for (int k = 0; k < 8; ++k) {
         const int kk = k % (1 << j);
         tree[j][k] = static_cast<float>(thr[(2 * kk + 1) * (L >> (j + 1)) - 1]);

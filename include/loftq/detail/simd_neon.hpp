@@ -193,14 +193,10 @@ inline void skinny_tile_neon(const float* a, std::ptrdiff_t sar, std::ptrdiff_t 
       skinny_lane_step<R, G, 2>(acc, av, x + (t + 2) * sx);
       skinny_lane_step<R, G, 3>(acc, av, x + (t + 3) * sx);
     }
-  for (; t < depth; ++t) {
-    float32x4_t xv[G];
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) xv[g] = vld1q_f32(x + t * sx + 4 * g);
-    const float* at = a + t * sat;
-    LOFTQ_UNROLL for (int r = 0; r < R; ++r) {
-      const float b = at[r * sar];
-      LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vfmaq_n_f32(acc[r][g], xv[g], b);
-    }
+  for (; t < depth; ++t) {  // one depth step: each row's value in lane 0
+    float32x4_t av[R];
+    LOFTQ_UNROLL for (int r = 0; r < R; ++r) av[r] = vdupq_n_f32(a[r * sar + t * sat]);
+    skinny_lane_step<R, G, 0>(acc, av, x + t * sx);
   }
   LOFTQ_UNROLL for (int r = 0; r < R; ++r)
     LOFTQ_UNROLL for (int g = 0; g < G; ++g) vst1q_f32(out + r * so + 4 * g, acc[r][g]);
@@ -258,15 +254,10 @@ inline void skinny_rows_t_neon(const float* m, std::ptrdiff_t sm, std::ptrdiff_t
     skinny_lane_row_t<R, G, 2>(yv, mv, out + (j + 2) * so, first);
     skinny_lane_row_t<R, G, 3>(yv, mv, out + (j + 3) * so, first);
   }
-  for (; j < cols; ++j) {
-    float* oj = out + j * so;
-    float32x4_t acc[G];
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = first ? vdupq_n_f32(0.0f) : vld1q_f32(oj + 4 * g);
-    LOFTQ_UNROLL for (int r = 0; r < R; ++r) {
-      const float b = m[r * sm + j];
-      LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = vfmaq_n_f32(acc[g], yv[r][g], b);
-    }
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) vst1q_f32(oj + 4 * g, acc[g]);
+  for (; j < cols; ++j) {  // one column: each row's value in lane 0
+    float32x4_t mv[R];
+    LOFTQ_UNROLL for (int r = 0; r < R; ++r) mv[r] = vdupq_n_f32(m[r * sm + j]);
+    skinny_lane_row_t<R, G, 0>(yv, mv, out + j * so, first);
   }
 }
 
