@@ -25,7 +25,7 @@ read -r -a cases <<<"${SIZES:-quantize:512x512 search:512x512 svd:512x512 initia
 mkdir -p "$out"
 
 # -O3 -DNDEBUG as CMake's Release build; no -march: NEON is part of the base architecture.
-"$cxx" -std=c++17 -O3 -DNDEBUG -fopenmp -I"$src/include" -I"$src/bench/support" -isystem /usr/include/eigen3 \
+"$cxx" -std=c++17 -O3 -DNDEBUG -fopenmp -I"$src/include" -I"$src" -isystem /usr/include/eigen3 \
   "$src/bench/arm_kernels.cpp" -o "$out/arm_kernels"
 
 # Prints the user-space instruction count of one run.

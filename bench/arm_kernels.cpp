@@ -20,7 +20,7 @@
 #include <exception>
 #include <string>
 
-#include "matrices.hpp"
+#include "common/matrices.hpp"
 
 int main(int argc, char** argv) {
   if (argc != 4) {
@@ -34,7 +34,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    const loftq_bench::RowMatrixXf W = loftq_bench::realistic_matrix(m, n, 7);
+    const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(m, n, 7);
     double check = 0;
     if (op == "none") {
       check = W.cast<double>().sum();

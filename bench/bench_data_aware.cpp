@@ -33,7 +33,7 @@
 #include <string>
 #include <tuple>
 
-#include "calibration.hpp"
+#include "common/calibration.hpp"
 
 namespace {
 

@@ -26,7 +26,7 @@ if [ -n "${LOFTQ_REV:-}" ]; then
   git -C "$src" archive "$LOFTQ_REV" | tar -x -C "$lib"
 fi
 cmake -S "$lib" -B "$work/loftq-build" -DCMAKE_INSTALL_PREFIX="$work/prefix" -DLOFTQ_BUILD_TESTS=OFF \
-  -DLOFTQ_BUILD_EXAMPLES=OFF -DLOFTQ_BUILD_BENCHMARKS=OFF -DLOFTQ_INSTALL=ON >/dev/null
+  -DLOFTQ_BUILD_TOOLS=OFF -DLOFTQ_BUILD_EXAMPLES=OFF -DLOFTQ_BUILD_BENCHMARKS=OFF -DLOFTQ_INSTALL=ON >/dev/null
 cmake --install "$work/loftq-build" >/dev/null
 for flavour in default native; do
   flags=""

@@ -2,7 +2,7 @@
 // hidden 4096, intermediate 11008, 32 heads, vocabulary 32000; per layer
 // q/k/v/o_proj (4096x4096), gate/up_proj (11008x4096), down_proj (4096x11008)
 // and two RMSNorm weights; embed_tokens, the final norm and lm_head. Matrices
-// are loftq_bench::realistic_matrix (decaying spectrum, heavy tails, outlier
+// are loftq_common::realistic_matrix (decaying spectrum, heavy tails, outlier
 // input channels), one seed per tensor derived from SEED, stored as BF16 (or
 // another float dtype), and split over files the way transformers shards a
 // checkpoint: LAYERS_PER_FILE layers a file, with model.safetensors.index.json
@@ -28,7 +28,7 @@
 
 #include <sys/stat.h>
 
-#include "matrices.hpp"
+#include "common/matrices.hpp"
 
 namespace st = loftq::io;
 
@@ -63,12 +63,12 @@ std::vector<Spec> layer_tensors(int l, const Shape& s) {
 // Values of one tensor: realistic matrices for 2-D, 1 + small noise for norms.
 std::vector<float> values(const Spec& t, std::uint64_t seed) {
   if (t.shape.size() == 2) {
-    const auto M = loftq_bench::realistic_matrix(static_cast<Eigen::Index>(t.shape[0]),
+    const auto M = loftq_common::realistic_matrix(static_cast<Eigen::Index>(t.shape[0]),
                                                  static_cast<Eigen::Index>(t.shape[1]), seed);
     return std::vector<float>(M.data(), M.data() + M.size());
   }
   std::vector<float> v(t.shape[0]);
-  loftq_bench::detail::Normal nd(seed);
+  loftq_common::detail::Normal nd(seed);
   for (float& x : v) x = static_cast<float>(1.0 + 0.05 * nd());
   return v;
 }
@@ -98,7 +98,7 @@ int run(const std::string& dir, const Shape& s) {
     for (const Spec& t : files[f]) decls.push_back({t.name, s.dtype, t.shape});
     st::SafetensorsWriter w(dir + "/" + fname, decls, {{"format", "pt"}});
     for (const Spec& t : files[f]) {
-      const std::vector<float> v = values(t, loftq_bench::detail::stream_seed(s.seed, stream++));
+      const std::vector<float> v = values(t, loftq_common::detail::stream_seed(s.seed, stream++));
       w.write_float(t.name, v.data(), v.size(), s.dtype);
       wm[t.name] = fname;
       total += v.size() * st::dtype_size(s.dtype);

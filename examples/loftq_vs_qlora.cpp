@@ -30,9 +30,10 @@
 #include <string>
 #include <vector>
 
-#include "support/svg_plot.hpp"
+#include "common/svg_plot.hpp"
 
-#include "matrices.hpp"
+#include "common/llama2c.hpp"
+#include "common/matrices.hpp"
 
 #ifndef LOFTQ_SHARED_DATA_DIR
 #define LOFTQ_SHARED_DATA_DIR "../shared/data"
@@ -66,7 +67,7 @@ loftq::Options reference_options() {
 }
 
 template <class Q>
-Series run(const std::string& dataset, const std::vector<const loftq_bench::RowMatrixXf*>& Ws, const Q& q, long rank,
+Series run(const std::string& dataset, const std::vector<const loftq_common::RowMatrixXf*>& Ws, const Q& q, long rank,
            bool reference) {
   Series s;
   s.dataset = dataset;
@@ -198,7 +199,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
 
     o << "<g>\n";
     o << "<text x=\"" << fmt(x0 + pw / 2) << "\" y=\"" << fmt(y0 - 8) << "\" text-anchor=\"middle\" font-size=\"14\">"
-      << loftq_examples::svg_escape(quantizers[pi]) << "</text>\n";
+      << loftq_common::svg_escape(quantizers[pi]) << "</text>\n";
     const int dec = decimals_for(step);
     for (double v = lo; v <= hi + step * 1e-6; v += step) {
       const double y = Y(v);
@@ -249,12 +250,12 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
     o << "<line x1=\"" << fmt(left) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(left + 30) << "\" y2=\"" << fmt(ly)
       << "\" stroke=\"" << c << "\" stroke-width=\"2\"/>\n";
     o << "<circle cx=\"" << fmt(left + 15) << "\" cy=\"" << fmt(ly) << "\" r=\"3\" fill=\"" << c << "\"/>\n";
-    o << "<text x=\"" << fmt(left + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">LoftQ, " << loftq_examples::svg_escape(what)
+    o << "<text x=\"" << fmt(left + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">LoftQ, " << loftq_common::svg_escape(what)
       << "</text>\n";
     const double lx = left + 430;
     o << "<line x1=\"" << fmt(lx) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(lx + 30) << "\" y2=\"" << fmt(ly)
       << "\" stroke=\"" << c << "\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n";
-    o << "<text x=\"" << fmt(lx + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">QLoRA, " << loftq_examples::svg_escape(d)
+    o << "<text x=\"" << fmt(lx + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">QLoRA, " << loftq_common::svg_escape(d)
       << "</text>\n";
     ly += 22;
   }
@@ -272,7 +273,7 @@ int main(int argc, char** argv) {
     if (!out_dir.empty()) std::filesystem::create_directories(out_dir);
 
     std::vector<Series> all;
-    const auto W = loftq_bench::realistic_matrix(1024, 1024, /*seed=*/2024);
+    const auto W = loftq_common::realistic_matrix(1024, 1024, /*seed=*/2024);
     for (bool ref : {true, false}) {
       all.push_back(run("synthetic", {&W}, loftq::NormalFloat<2>{}, 16, ref));
       all.push_back(run("synthetic", {&W}, loftq::NormalFloat<4>{}, 16, ref));
@@ -280,9 +281,14 @@ int main(int argc, char** argv) {
 
     const std::string ckpt = std::string(LOFTQ_SHARED_DATA_DIR) + "/stories260K.bin";
     std::string why;
-    const auto real = loftq_bench::load_llama2c(ckpt, &why);
+    std::vector<lm::NamedMatrix> real;
+    try {
+      real = lm::named_matrices(lm::read_checkpoint(ckpt));
+    } catch (const loftq::Error& e) {
+      why = e.what();
+    }
     if (!real.empty()) {
-      std::vector<const loftq_bench::RowMatrixXf*> ptrs;
+      std::vector<const loftq_common::RowMatrixXf*> ptrs;
       for (const auto& nm : real) ptrs.push_back(&nm.W);
       for (bool ref : {true, false}) {
         all.push_back(run("stories260K", ptrs, loftq::NormalFloat<2>{}, 8, ref));

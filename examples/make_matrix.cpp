@@ -12,7 +12,7 @@
 #include <exception>
 #include <string>
 
-#include "matrices.hpp"
+#include "common/matrices.hpp"
 
 int main(int argc, char** argv) {
   if (argc < 4 || argc > 5) {
@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     return 2;
   }
   try {
-    loftq::io::write_npy(argv[3], loftq_bench::realistic_matrix(m, n, seed));
+    loftq::io::write_npy(argv[3], loftq_common::realistic_matrix(m, n, seed));
   } catch (const std::exception& e) {
     std::fprintf(stderr, "make_matrix: %s\n", e.what());
     return 1;

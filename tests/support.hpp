@@ -1,5 +1,5 @@
 #pragma once
-// Test helpers: seeded matrices, the stories260K reader, and the check that
+// Test helpers: seeded matrices, the stories260K weights, and the check that
 // two LoftQ results are the same bit for bit.
 
 #include <doctest/doctest.h>
@@ -12,6 +12,8 @@
 #include <random>
 #include <string>
 #include <vector>
+
+#include "common/llama2c.hpp"
 
 namespace loftq_test {
 
@@ -37,45 +39,15 @@ inline Eigen::MatrixXf structured(Eigen::Index m, Eigen::Index n, std::uint64_t 
   return (U * V.transpose()) / std::sqrt(static_cast<float>(n)) + 0.3f * gaussian(m, n, seed + 2);
 }
 
-struct NamedMatrix {
-  std::string name;
-  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> W;
-};
-
 inline std::string shared_data(const char* file) { return std::string(LOFTQ_SHARED_DATA_DIR) + "/" + file; }
 
-// The 36 weight matrices of llama2.c's stories260K (format: ../shared/data/README.md).
-// Empty when the file is absent.
-inline std::vector<NamedMatrix> stories260k() {
-  std::vector<NamedMatrix> out;
-  std::ifstream f(shared_data("stories260K.bin"), std::ios::binary);
-  if (!f) return out;
-  std::int32_t h[7];
-  f.read(reinterpret_cast<char*>(h), sizeof h);
-  const int dim = h[0], hidden = h[1], layers = h[2], heads = h[3], kv_heads = h[4], vocab = h[5];
-  const int kv_dim = dim * kv_heads / heads;
-  auto read = [&](const std::string& name, int rows, int cols) {
-    NamedMatrix nm{name, {}};
-    nm.W.resize(rows, cols);
-    f.read(reinterpret_cast<char*>(nm.W.data()), static_cast<std::streamsize>(sizeof(float)) * rows * cols);
-    return nm;
-  };
-  auto skip = [&](std::int64_t floats) { f.seekg(floats * 4, std::ios::cur); };
-  out.push_back(read("token_embedding", vocab, dim));
-  skip(static_cast<std::int64_t>(layers) * dim);  // rms_att_weight
-  std::vector<NamedMatrix> wq, wk, wv, wo, w1, w2, w3;
-  for (int l = 0; l < layers; ++l) wq.push_back(read("layers." + std::to_string(l) + ".wq", dim, dim));
-  for (int l = 0; l < layers; ++l) wk.push_back(read("layers." + std::to_string(l) + ".wk", kv_dim, dim));
-  for (int l = 0; l < layers; ++l) wv.push_back(read("layers." + std::to_string(l) + ".wv", kv_dim, dim));
-  for (int l = 0; l < layers; ++l) wo.push_back(read("layers." + std::to_string(l) + ".wo", dim, dim));
-  skip(static_cast<std::int64_t>(layers) * dim);  // rms_ffn_weight
-  for (int l = 0; l < layers; ++l) w1.push_back(read("layers." + std::to_string(l) + ".w1", hidden, dim));
-  for (int l = 0; l < layers; ++l) w2.push_back(read("layers." + std::to_string(l) + ".w2", dim, hidden));
-  for (int l = 0; l < layers; ++l) w3.push_back(read("layers." + std::to_string(l) + ".w3", hidden, dim));
-  if (!f) return {};
-  for (auto* v : {&wq, &wk, &wv, &wo, &w1, &w2, &w3})
-    for (auto& x : *v) out.push_back(std::move(x));
-  return out;
+// The 36 weight matrices of llama2.c's stories260K (format: README.md in the
+// shared data directory), read by the project's one llama2.c reader. Empty
+// when the file is absent.
+inline std::vector<lm::NamedMatrix> stories260k() {
+  const std::string path = shared_data("stories260K.bin");
+  if (!std::ifstream(path, std::ios::binary)) return {};
+  return lm::named_matrices(lm::read_checkpoint(path));
 }
 
 // Samples with correlated channels (a shared factor) and a few loud ones, so

@@ -5,8 +5,8 @@
 #include <limits>
 #include <loftq/data_aware.hpp>
 
-#include "../bench/support/calibration.hpp"
-#include "../bench/support/matrices.hpp"
+#include "common/calibration.hpp"
+#include "common/matrices.hpp"
 #include "support.hpp"
 
 using loftq::InputStatistics;
@@ -138,8 +138,8 @@ TEST_CASE("with H = I the data-aware result is the data-free one") {
 //     data-aware, full H     0.0970 / 0.0962   (-70%)
 TEST_CASE("realistic inputs with outlier channels: output error >= 20% below data-free LoftQ at NF2 r16 T5") {
   const Eigen::Index n = 512;
-  const RowMatrix<float> W = loftq_bench::realistic_matrix(n, n, 1);
-  const loftq_bench::CalibrationSource source(n, 7);
+  const RowMatrix<float> W = loftq_common::realistic_matrix(n, n, 1);
+  const loftq_common::CalibrationSource source(n, 7);
   const RowMatrix<float> X = source.sample(2048, 1), held_out = source.sample(2048, 2);
   InputStatistics full(n), diagonal(n, StatsMode::diagonal);
   full.add(X);

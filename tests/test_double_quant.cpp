@@ -9,7 +9,7 @@
 #include <random>
 #include <vector>
 
-#include "../bench/support/matrices.hpp"
+#include "common/matrices.hpp"
 #include "support.hpp"
 
 using loftq::DoubleQuantScales;
@@ -230,7 +230,7 @@ TEST_CASE("double_quantize(W, result): the factors absorb the scale rounding") {
 
 TEST_CASE("double quantization on a realistic matrix: NF4 and NF2, block 64" * doctest::timeout(300)) {
   // The figures in double_quant.hpp's header comment come from this test.
-  const loftq_bench::RowMatrixXf W = loftq_bench::realistic_matrix(1024, 1024, 1);
+  const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(1024, 1024, 1);
   loftq::Options opt;
   opt.rank = 16;
   opt.iterations = 5;

@@ -14,12 +14,12 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "matrices.hpp"
+#include "common/matrices.hpp"
 
 int main(int argc, char** argv) {
   const Eigen::Index m = argc > 2 ? std::atol(argv[1]) : 4096, n = argc > 2 ? std::atol(argv[2]) : 4096;
   const int reps = argc > 3 ? std::atoi(argv[3]) : 1;
-  const loftq_bench::RowMatrixXf W = loftq_bench::realistic_matrix(m, n, 7);
+  const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(m, n, 7);
   double err = 0;
   for (int k = 0; k < reps; ++k) {
     const auto t0 = std::chrono::steady_clock::now();

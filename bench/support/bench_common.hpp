@@ -16,9 +16,13 @@
 #include <omp.h>
 #endif
 
-#include "matrices.hpp"
+#include "common/matrices.hpp"
 
 namespace loftq_bench {
+
+// The realistic matrices (common/matrices.hpp) under the benchmarks' namespace.
+using namespace loftq_common;  // NOLINT(google-build-using-namespace)
+
 
 // One realistic matrix per (m, n, seed), generated on first use and kept for
 // the whole run, so setup is not timed and not repeated across benchmarks.

@@ -5,7 +5,7 @@
 
 #include <cmath>
 
-#include "model.hpp"
+#include "common/lm/model.hpp"
 
 namespace lm {
 

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "model.hpp"
+#include "common/lm/model.hpp"
 
 namespace lm_finetune {
 

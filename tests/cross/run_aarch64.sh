@@ -29,7 +29,7 @@ declare -A skip=(
 mkdir -p "$out/include"
 # doctest's headers without the rest of the host's /usr/include.
 ln -sfn /usr/include/doctest "$out/include/doctest"
-flags=(-std=c++17 -O1 -fopenmp -Wall -Wextra -Wpedantic -Werror -I"$src/include" -I"$src/tests"
+flags=(-std=c++17 -O1 -fopenmp -Wall -Wextra -Wpedantic -Werror -I"$src/include" -I"$src/tests" -I"$src"
        -isystem /usr/include/eigen3 -isystem "$out/include" -DLOFTQ_SHARED_DATA_DIR="\"$out/no-shared-data\"")
 
 start=$(date +%s)

@@ -1,7 +1,7 @@
-// libFuzzer target: the loftq tool's command line (examples/loftq/).
+// libFuzzer target: the loftq tool's command line (tools/loftq/).
 //
 // Links the tool's option parser and commands as a library (run.sh builds
-// everything in examples/loftq/ but main.cpp into one archive). The input is
+// everything in tools/loftq/ but main.cpp into one archive). The input is
 // split at NUL/newline bytes into argv[1..]. Argument vectors that parse as
 // `init` are then run for real, but with --input pointing at a tiny valid
 // matrix and --output inside a private temp directory, iterations and

@@ -45,11 +45,11 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
 jobs="${FUZZ_JOBS:-$(nproc)}"
 
-# fuzz_cli_args and fuzz_json_inputs link part of the tool (examples/loftq/)
+# fuzz_cli_args and fuzz_json_inputs link part of the tool (tools/loftq/)
 # as a library, built once before the targets with the same flags minus
 # -fsanitize=fuzzer (which would add a second main), plus CLI11's headers
 # (libcli11-dev).
-tool_dir="$root/examples/loftq"
+tool_dir="$root/tools/loftq"
 tool_flags=("${flags[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=fuzzer-no-link,address,undefined}")
 tool_lib="$out/bin/libloftq_cli_options.a"
 
@@ -80,7 +80,7 @@ build() {
   if [[ "$t" == fuzz_cli_args || "$t" == fuzz_json_inputs ]]; then
     extra=(-I"$tool_dir" "$tool_lib")
   fi
-  if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$here"/*.hpp "$root/include" "$root/examples" -newer "$bin" -print -quit)" ]]; then
+  if [[ ! -x "$bin" ]] || [[ -n "$(find "$src" "$here"/*.hpp "$root/include" "$root/tools" -newer "$bin" -print -quit)" ]]; then
     "$cxx" "${flags[@]}" "$src" "${extra[@]}" -o "$bin" >> "$out/$t.build.log" 2>&1 || { cat "$out/$t.build.log"; return 1; }
   fi
 }

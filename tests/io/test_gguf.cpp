@@ -4,7 +4,7 @@
 #include <loftq/io/gguf.hpp>
 #include <loftq/loftq.hpp>
 
-#include "support/gguf_layout.hpp"
+#include "common/gguf_layout.hpp"
 
 #include <doctest/doctest.h>
 

@@ -19,9 +19,9 @@
 #include <omp.h>
 #endif
 
-#include "lm/adam.hpp"
-#include "lm/checkpoint.hpp"
-#include "lm/model.hpp"
+#include "examples/lm/adam.hpp"
+#include "common/llama2c.hpp"
+#include "common/lm/model.hpp"
 
 namespace {
 

@@ -19,7 +19,7 @@
 #include <loftq/io/npy.hpp>
 #include <loftq/io/safetensors.hpp>
 
-#include "support/llama2c.hpp"
+#include "common/llama2c.hpp"
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -123,45 +123,41 @@ void add_layer_tensors(std::vector<Tensor>& ts, int layer, const std::string& mo
 }
 
 int cmd_stories(const std::string& bin, const std::string& dir, st::Dtype dt, int shards) {
-  Llama2c m;
-  if (!read_llama2c(bin, m)) {
+  if (!std::ifstream(bin, std::ios::binary)) {
     std::printf("modeltool: %s is absent; skipping\n", bin.c_str());
     return 77;
   }
-  const std::uint64_t dim = m.dim, hidden = m.hidden, vocab = m.vocab, seq = m.seq, kv_dim = m.kv_dim(),
-                      head = m.head();
-  const int L = m.layers;
-  auto take = [&](std::uint64_t n) { return m.take(n); };
+  const lm::Weights<float> w = lm::read_checkpoint(bin);
+  const int L = w.config.n_layers;
   std::vector<Tensor> ts;
-  auto plain = [&](const std::string& name, std::vector<std::uint64_t> shape) {
-    std::uint64_t n = 1;
-    for (auto d : shape) n *= d;
-    const float* p = take(n);
-    ts.push_back({name, shape, std::vector<float>(p, p + n)});
-  };
-  auto per_layer = [&](const std::string& mod, std::uint64_t rows, std::uint64_t cols) {
-    for (int l = 0; l < L; ++l) add_layer_tensors(ts, l, mod, rows, cols, take(rows * cols));
-  };
-  auto per_layer_vec = [&](const std::string& mod) {
+  auto matrix = [](const lm::Mat<float>& m) { return lm::row_major(m); };
+  auto vec = [](const lm::Vec<float>& v) { return std::vector<float>(v.data(), v.data() + v.size()); };
+  auto layer_name = [](int l, const std::string& mod) { return "model.layers." + std::to_string(l) + "." + mod + ".weight"; };
+  // In llama2.c's file order, which is also the order of the shards.
+  ts.push_back({"model.embed_tokens.weight", {std::uint64_t(w.embedding.rows()), std::uint64_t(w.embedding.cols())},
+                matrix(w.embedding)});
+  auto per_layer_vec = [&](const std::string& mod, lm::Vec<float> lm::LayerWeights<float>::*field) {
     for (int l = 0; l < L; ++l) {
-      const float* p = take(dim);
-      ts.push_back({"model.layers." + std::to_string(l) + "." + mod + ".weight", {dim}, std::vector<float>(p, p + dim)});
+      const auto& v = w.layers[std::size_t(l)].*field;
+      ts.push_back({layer_name(l, mod), {std::uint64_t(v.size())}, vec(v)});
     }
   };
-  plain("model.embed_tokens.weight", {vocab, dim});
-  per_layer_vec("input_layernorm");
-  per_layer("self_attn.q_proj", dim, dim);
-  per_layer("self_attn.k_proj", kv_dim, dim);
-  per_layer("self_attn.v_proj", kv_dim, dim);
-  per_layer("self_attn.o_proj", dim, dim);
-  per_layer_vec("post_attention_layernorm");
-  per_layer("mlp.gate_proj", hidden, dim);  // w1
-  per_layer("mlp.down_proj", dim, hidden);  // w2
-  per_layer("mlp.up_proj", hidden, dim);    // w3
-  plain("model.norm.weight", {dim});
-  take(seq * head / 2);  // freq_cis_real / imag: not model parameters
-  take(seq * head / 2);
-  m.expect_end();
+  auto per_layer = [&](const std::string& mod, int kind) {
+    for (int l = 0; l < L; ++l) {
+      const auto& m = w.layers[std::size_t(l)].W[std::size_t(kind)];
+      ts.push_back({layer_name(l, mod), {std::uint64_t(m.rows()), std::uint64_t(m.cols())}, matrix(m)});
+    }
+  };
+  per_layer_vec("input_layernorm", &lm::LayerWeights<float>::rms_att);
+  per_layer("self_attn.q_proj", lm::kQ);
+  per_layer("self_attn.k_proj", lm::kK);
+  per_layer("self_attn.v_proj", lm::kV);
+  per_layer("self_attn.o_proj", lm::kO);
+  per_layer_vec("post_attention_layernorm", &lm::LayerWeights<float>::rms_ffn);
+  per_layer("mlp.gate_proj", lm::kGate);  // w1
+  per_layer("mlp.down_proj", lm::kDown);  // w2
+  per_layer("mlp.up_proj", lm::kUp);      // w3
+  ts.push_back({"model.norm.weight", {std::uint64_t(w.rms_final.size())}, vec(w.rms_final)});
   write_checkpoint(dir, ts, dt, shards, "karpathy/tinyllamas-stories260K");
   return 0;
 }

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-namespace loftq_examples {
+namespace loftq_common {
 
 struct Line {
   std::string name;
@@ -83,4 +83,4 @@ inline bool write_line_plot(const std::string& path, const std::string& title, c
   return static_cast<bool>(f);
 }
 
-}  // namespace loftq_examples
+}  // namespace loftq_common

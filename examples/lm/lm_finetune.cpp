@@ -37,11 +37,11 @@
 #include <string>
 #include <vector>
 
-#include "lm/adam.hpp"
-#include "lm/checkpoint.hpp"
-#include "lm/finetune_methods.hpp"
-#include "lm/model.hpp"
-#include "support/svg_plot.hpp"
+#include "adam.hpp"
+#include "common/llama2c.hpp"
+#include "finetune_methods.hpp"
+#include "common/lm/model.hpp"
+#include "common/svg_plot.hpp"
 
 #ifndef LOFTQ_SHARED_DATA_DIR
 #define LOFTQ_SHARED_DATA_DIR "../shared/data"
@@ -274,11 +274,11 @@ void write_outputs(const std::vector<Row>& rows, const Settings& s) {
   for (int t = 0; t < 2; ++t)
     for (int rank : s.ranks)
       for (int g : groups) {
-        std::vector<loftq_examples::Line> lines;
+        std::vector<loftq_common::Line> lines;
         for (const auto& r : rows) {
           if (r.rank != rank || !(r.bits_group == g || r.method == "fp_lora" || (g == 0 && r.method == "qlora" && r.bits_group == 2)))
             continue;
-          loftq_examples::Line l;
+          loftq_common::Line l;
           l.name = r.method;
           l.x = r.task[t].curve.step;
           l.y = r.task[t].curve.value;
@@ -289,7 +289,7 @@ void write_outputs(const std::vector<Row>& rows, const Settings& s) {
         if (lines.size() < 2) continue;
         const std::string tag = (g == 0 ? std::string("mix2.5") : "nf" + std::to_string(g));
         const std::string file = std::string(t == 0 ? "recovery" : "shift") + "_" + tag + "_r" + std::to_string(rank) + ".svg";
-        loftq_examples::write_line_plot((fs::path(s.out) / file).string(),
+        loftq_common::write_line_plot((fs::path(s.out) / file).string(),
                                         std::string(t == 0 ? "held-out KL to the fp model" : "held-out KL to the shifted teacher") +
                                             ", " + tag + ", rank " + std::to_string(rank),
                                         "Adam step", "KL (nats/token)", lines,

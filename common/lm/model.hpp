@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint.hpp"
-#include "layers.hpp"
+#include "common/llama2c.hpp"
+#include "common/lm/layers.hpp"
 
 namespace lm {
 

@@ -7,15 +7,15 @@
 //   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE
 //
 // verify reads IN and DIR/model.gguf, DIR/adapter.gguf with the layouts of
-// tests/support/gguf_layout.hpp (not the library's reader) and checks: the
+// common/gguf_layout.hpp (not the library's reader) and checks: the
 // key-value section copied byte for byte; every tensor in order with its
 // shape; non-targets byte for byte; each target in the QUANT type, decoded
 // by ggml's rules, equal bit for bit in F32 to the Q of loftq::initialize
 // run here with the same settings; the adapter's metadata, the lora_a /
 // lora_b shapes llama.cpp checks, and (alpha / r) * lora_b * lora_a equal to
 // the library's A B^T, lowering the error of Q alone.
-#include "support/gguf_layout.hpp"
-#include "support/llama2c.hpp"
+#include "common/gguf_layout.hpp"
+#include "common/llama2c.hpp"
 
 #include <loftq/loftq.hpp>
 
@@ -62,39 +62,38 @@ void llama_keys(gl::Builder& b, std::uint32_t layers, std::uint32_t dim, std::ui
 }
 
 int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t type) {
-  Llama2c m;
-  if (!read_llama2c(bin, m)) {
+  if (!std::ifstream(bin, std::ios::binary)) {
     std::printf("gguftool: %s is absent; skipping\n", bin.c_str());
     return 77;
   }
-  const std::uint64_t dim = m.dim, hidden = m.hidden, heads = m.heads, kv = m.kv_heads, vocab = m.vocab,
-                      kv_dim = m.kv_dim();
-  const int L = m.layers;
-  auto take = [&](std::uint64_t n) {
-    const float* p = m.take(n);
-    return std::vector<float>(p, p + n);
-  };
+  const lm::Weights<float> w = lm::read_checkpoint(bin);
+  const lm::Config& c = w.config;
+  const std::uint64_t dim = std::uint64_t(c.dim);
+  const int L = c.n_layers;
   gl::Builder b;
-  llama_keys(b, static_cast<std::uint32_t>(L), static_cast<std::uint32_t>(dim), static_cast<std::uint32_t>(hidden),
-             static_cast<std::uint32_t>(heads), static_cast<std::uint32_t>(kv));
+  llama_keys(b, static_cast<std::uint32_t>(L), static_cast<std::uint32_t>(c.dim), static_cast<std::uint32_t>(c.hidden_dim),
+             static_cast<std::uint32_t>(c.n_heads), static_cast<std::uint32_t>(c.n_kv_heads));
   // llama2.c stores each weight (out, in) row-major: ggml's ne = [in, out].
   std::map<std::string, std::pair<std::vector<std::uint64_t>, std::vector<float>>> ts;
-  auto mat = [&](const std::string& name, std::uint64_t out_dim, std::uint64_t in_dim) {
-    ts[name] = {{in_dim, out_dim}, take(out_dim * in_dim)};
+  auto mat = [&](const std::string& name, const lm::Mat<float>& m) {
+    ts[name] = {{std::uint64_t(m.cols()), std::uint64_t(m.rows())}, lm::row_major(m)};
   };
-  auto vec = [&](const std::string& name) { ts[name] = {{dim}, take(dim)}; };
+  auto vec = [&](const std::string& name, const lm::Vec<float>& v) {
+    ts[name] = {{dim}, std::vector<float>(v.data(), v.data() + v.size())};
+  };
   auto layer = [](int l, const char* what) { return "blk." + std::to_string(l) + "." + what + ".weight"; };
-  mat("token_embd.weight", vocab, dim);
-  for (int l = 0; l < L; ++l) vec(layer(l, "attn_norm"));
-  for (int l = 0; l < L; ++l) mat(layer(l, "attn_q"), dim, dim);
-  for (int l = 0; l < L; ++l) mat(layer(l, "attn_k"), kv_dim, dim);
-  for (int l = 0; l < L; ++l) mat(layer(l, "attn_v"), kv_dim, dim);
-  for (int l = 0; l < L; ++l) mat(layer(l, "attn_output"), dim, dim);
-  for (int l = 0; l < L; ++l) vec(layer(l, "ffn_norm"));
-  for (int l = 0; l < L; ++l) mat(layer(l, "ffn_gate"), hidden, dim);
-  for (int l = 0; l < L; ++l) mat(layer(l, "ffn_down"), dim, hidden);
-  for (int l = 0; l < L; ++l) mat(layer(l, "ffn_up"), hidden, dim);
-  vec("output_norm.weight");
+  mat("token_embd.weight", w.embedding);
+  static const std::pair<const char*, int> kinds[] = {{"attn_q", lm::kQ},      {"attn_k", lm::kK},
+                                                      {"attn_v", lm::kV},      {"attn_output", lm::kO},
+                                                      {"ffn_gate", lm::kGate}, {"ffn_down", lm::kDown},
+                                                      {"ffn_up", lm::kUp}};
+  for (int l = 0; l < L; ++l) {
+    const auto& lw = w.layers[std::size_t(l)];
+    vec(layer(l, "attn_norm"), lw.rms_att);
+    vec(layer(l, "ffn_norm"), lw.rms_ffn);
+    for (const auto& [name, kind] : kinds) mat(layer(l, name), lw.W[std::size_t(kind)]);
+  }
+  vec("output_norm.weight", w.rms_final);
   // In llama.cpp's order: embeddings, then each block, then the final norm.
   auto add = [&](const std::string& name, bool norm) {
     const auto& t = ts.at(name);

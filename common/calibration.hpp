@@ -1,7 +1,7 @@
 #pragma once
 // Synthetic calibration inputs for data-aware LoftQ (bench_data_aware and
 // tests/test_data_aware.cpp). Support code for the project's own programs, not
-// part of the loftq API: namespace loftq_bench, may change at any time.
+// part of the loftq API: namespace loftq_common, may change at any time.
 //
 //   CalibrationSource src(n, seed);        one layer's input distribution
 //   RowMatrixXf X = src.sample(N, s);      N samples (rows) x n channels
@@ -24,9 +24,9 @@
 #include <utility>
 #include <vector>
 
-#include "matrices.hpp"
+#include "common/matrices.hpp"
 
-namespace loftq_bench {
+namespace loftq_common {
 
 struct CalibrationSpec {
   Index factors = 8;              // shared latent factors (channel correlation)
@@ -88,4 +88,4 @@ class CalibrationSource {
   std::vector<Index> outliers_;
 };
 
-}  // namespace loftq_bench
+}  // namespace loftq_common

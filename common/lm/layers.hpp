@@ -13,7 +13,7 @@
 #include <cmath>
 #include <vector>
 
-#include "checkpoint.hpp"
+#include "common/llama2c.hpp"
 
 namespace lm {
 

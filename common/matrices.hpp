@@ -1,10 +1,9 @@
 #pragma once
-// Test matrices for the benchmarks and the loftq_vs_qlora example.
+// Realistic test matrices for the tests, the benchmarks and the examples.
 // This is support code for the project's own programs, not part of the loftq
-// API: it lives in namespace loftq_bench and may change at any time.
+// API: it lives in namespace loftq_common and may change at any time.
 //
 //   realistic_matrix(m, n, seed)  a synthetic "trained weight" (row-major float)
-//   load_llama2c(path)            the weight matrices of a llama2.c v0 checkpoint
 //
 // realistic_matrix is deterministic. Its random stream is the same on every
 // platform and standard library: a fixed engine (std::mt19937_64, whose output
@@ -21,13 +20,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <fstream>
 #include <random>
 #include <string>
 #include <utility>
 #include <vector>
 
-namespace loftq_bench {
+namespace loftq_common {
 
 using Index = Eigen::Index;
 using RowMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -234,87 +232,4 @@ inline RowMatrixXf realistic_matrix(Index m, Index n, std::uint64_t seed, const 
   return W;
 }
 
-// ---------------------------------------------------------------------------
-// llama2.c "version 0" checkpoints (see ../shared/data/README.md).
-
-struct NamedMatrix {
-  std::string name;  // "token_embedding", "layers.0.wq", ..., as PyTorch (out, in)
-  RowMatrixXf W;
-};
-
-struct Llama2cConfig {
-  int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0, seq_len = 0;
-};
-
-// The weight matrices of a llama2.c v0 checkpoint: the token embedding, then
-// per layer wq, wk, wv, wo, w1, w2, w3 (and "output" when the classifier is not
-// shared). Returns an empty list when the file is absent or malformed; when
-// `error` is given it receives the reason. Assumes a little-endian host, like
-// llama2.c itself.
-inline std::vector<NamedMatrix> load_llama2c(const std::string& path, std::string* error = nullptr,
-                                             Llama2cConfig* config = nullptr) {
-  auto fail = [&](const std::string& why) {
-    if (error) *error = why;
-    return std::vector<NamedMatrix>{};
-  };
-  std::ifstream f(path, std::ios::binary);
-  if (!f) return fail("cannot open " + path);
-  f.seekg(0, std::ios::end);
-  const std::streamoff size = f.tellg();
-  f.seekg(0, std::ios::beg);
-  std::int32_t h[7];
-  if (size < static_cast<std::streamoff>(sizeof h) || !f.read(reinterpret_cast<char*>(h), sizeof h))
-    return fail(path + ": too short for a llama2.c header");
-  Llama2cConfig c{h[0], h[1], h[2], h[3], h[4], h[5], h[6]};
-  const bool shared = c.vocab_size > 0;
-  const std::int64_t vocab = shared ? c.vocab_size : -static_cast<std::int64_t>(c.vocab_size);
-  if (c.dim <= 0 || c.hidden_dim <= 0 || c.n_layers <= 0 || c.n_heads <= 0 || c.n_kv_heads <= 0 || vocab <= 0 ||
-      c.seq_len <= 0 || c.dim % c.n_heads != 0 || (static_cast<std::int64_t>(c.dim) * c.n_kv_heads) % c.n_heads != 0)
-    return fail(path + ": implausible llama2.c header");
-  const std::int64_t dim = c.dim, hid = c.hidden_dim, L = c.n_layers, seq = c.seq_len;
-  const std::int64_t kv = dim * c.n_kv_heads / c.n_heads, head = dim / c.n_heads;
-  const std::int64_t floats = vocab * dim + L * dim + L * dim * dim + 2 * L * kv * dim + L * dim * dim + L * dim +
-                              3 * L * hid * dim + dim + seq * head + (shared ? 0 : vocab * dim);
-  const std::int64_t expect = static_cast<std::int64_t>(sizeof h) + 4 * floats;
-  if (static_cast<std::int64_t>(size) != expect)
-    return fail(path + ": size " + std::to_string(static_cast<long long>(size)) + " does not match the header (expected " +
-                std::to_string(static_cast<long long>(expect)) + ")");
-
-  std::vector<float> data(static_cast<std::size_t>(floats));
-  if (!f.read(reinterpret_cast<char*>(data.data()), static_cast<std::streamsize>(4 * floats)))
-    return fail(path + ": read error");
-  const float* p = data.data();
-  auto take = [&p](std::int64_t rows, std::int64_t cols) {
-    RowMatrixXf M = Eigen::Map<const RowMatrixXf>(p, rows, cols);
-    p += rows * cols;
-    return M;
-  };
-  RowMatrixXf emb = take(vocab, dim);
-  p += L * dim;  // rms_att_weight
-  std::vector<std::vector<RowMatrixXf>> per(static_cast<std::size_t>(L));
-  auto layer_block = [&](std::int64_t rows, std::int64_t cols) {
-    for (std::int64_t l = 0; l < L; ++l) per[static_cast<std::size_t>(l)].push_back(take(rows, cols));
-  };
-  layer_block(dim, dim);  // wq
-  layer_block(kv, dim);   // wk
-  layer_block(kv, dim);   // wv
-  layer_block(dim, dim);  // wo
-  p += L * dim;           // rms_ffn_weight
-  layer_block(hid, dim);  // w1
-  layer_block(dim, hid);  // w2
-  layer_block(hid, dim);  // w3
-  p += dim + seq * head;  // rms_final_weight, freq_cis_real, freq_cis_imag
-
-  static const char* const names[] = {"wq", "wk", "wv", "wo", "w1", "w2", "w3"};
-  std::vector<NamedMatrix> out;
-  out.push_back({"token_embedding", std::move(emb)});
-  for (std::int64_t l = 0; l < L; ++l)
-    for (std::size_t t = 0; t < 7; ++t)
-      out.push_back({"layers." + std::to_string(l) + "." + names[t], std::move(per[static_cast<std::size_t>(l)][t])});
-  if (!shared) out.push_back({"output", take(vocab, dim)});
-  if (config) *config = c;
-  if (error) error->clear();
-  return out;
-}
-
-}  // namespace loftq_bench
+}  // namespace loftq_common

@@ -1,5 +1,7 @@
 #pragma once
 // llama2.c "version 0" checkpoints: a 7 x int32 header, then float32 arrays.
+// The one reader of the format in the project: the LM (common/lm/), the
+// tools, the tests and the benchmarks all take their llama2.c weights here.
 //
 // The file is untrusted input: every header field is range-checked, every
 // size is computed in 64-bit with overflow checks, and the file must hold
@@ -204,12 +206,42 @@ inline Weights<float> parse_checkpoint(const std::vector<unsigned char>& bytes, 
   return w;
 }
 
+// The file's bytes, or a loftq::Error naming `path`.
 inline Weights<float> read_checkpoint(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw loftq::Error(loftq::Errc::io_error, path + ": cannot open the checkpoint");
   std::vector<unsigned char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
   if (f.bad()) throw loftq::Error(loftq::Errc::io_error, path + ": read failed");
   return parse_checkpoint(bytes, path);
+}
+
+using RowMat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+// A weight matrix under llama2.c's own name, (out, in) row-major as in the file.
+struct NamedMatrix {
+  std::string name;  // "token_embedding", "layers.0.wq", ..., "output"
+  RowMat W;
+};
+
+// The checkpoint's weight matrices in llama2.c's names: the token embedding,
+// then per layer wq, wk, wv, wo, w1, w2, w3, then "output" when the
+// classifier is not shared.
+inline std::vector<NamedMatrix> named_matrices(const Weights<float>& w) {
+  static const char* const names[kKinds] = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"};  // in Kind order
+  static const int file_order[kKinds] = {kQ, kK, kV, kO, kGate, kDown, kUp};             // w1, w2, w3
+  std::vector<NamedMatrix> out;
+  out.push_back({"token_embedding", w.embedding});
+  for (std::size_t l = 0; l < w.layers.size(); ++l)
+    for (int k : file_order) out.push_back({"layers." + std::to_string(l) + "." + names[k], w.layers[l].W[k]});
+  if (!w.config.shared_classifier) out.push_back({"output", w.classifier});
+  return out;
+}
+
+// A matrix's elements in row-major order (the file's and safetensors' order).
+inline std::vector<float> row_major(const Mat<float>& m) {
+  std::vector<float> v(static_cast<std::size_t>(m.size()));
+  Eigen::Map<RowMat>(v.data(), m.rows(), m.cols()) = m;
+  return v;
 }
 
 }  // namespace lm
