@@ -4,7 +4,11 @@
 # Fails on any crash, leak, timeout or sanitizer report.
 #
 #   tests/fuzz/run.sh [target...]        (default: every fuzz_*.cpp here)
-#   FUZZ_SECONDS=60   seconds per target
+#   FUZZ_TOTAL_SECONDS=120  wall-clock budget of the run phase, shared by
+#                     the targets (each gets TOTAL * FUZZ_JOBS / targets
+#                     seconds, at least 10), so adding a target does not
+#                     lengthen CI
+#   FUZZ_SECONDS      seconds per target instead (overrides the total)
 #   FUZZ_BUILD_DIR    where binaries, working corpora and logs go
 #                     (default build/fuzz)
 #   CXX_FUZZ          the clang++ to use (default clang++)
@@ -19,7 +23,7 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-seconds="${FUZZ_SECONDS:-60}"
+total_seconds="${FUZZ_TOTAL_SECONDS:-120}"
 out="${FUZZ_BUILD_DIR:-$root/build/fuzz}"
 cxx="${CXX_FUZZ:-clang++}"
 mkdir -p "$out/bin"
@@ -44,6 +48,12 @@ export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:allocator_m
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 
 jobs="${FUZZ_JOBS:-$(nproc)}"
+if [[ -n "${FUZZ_SECONDS:-}" ]]; then
+  seconds="$FUZZ_SECONDS"
+else
+  seconds=$(( total_seconds * jobs / ${#targets[@]} ))
+  (( seconds >= 10 )) || seconds=10
+fi
 
 # fuzz_cli_args and fuzz_json_inputs link part of the tool (tools/loftq/)
 # as a library, built once before the targets with the same flags minus
