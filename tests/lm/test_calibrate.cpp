@@ -181,7 +181,7 @@ lm::RowMat hf_permute(const Mat<float>& w, int n_heads) {
 }
 
 // A sharded Hugging Face checkpoint (two shards and the index) of `w`.
-void write_hf(const lm::Weights<float>& w, const std::string& dir) {
+void write_hf(const lm::Weights<float>& w, const std::string& dir, loftq::io::Dtype dtype = loftq::io::Dtype::F32) {
   const lm::Config& c = w.config;
   std::ofstream(dir + "/config.json")
       << "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_act\": \"silu\","
@@ -214,7 +214,7 @@ void write_hf(const lm::Weights<float>& w, const std::string& dir) {
     for (std::size_t i = 0; i < t.size(); ++i) {
       if (static_cast<int>(i % 2) != s) continue;
       const bool vec = t[i].second.cols() == 1;
-      decl.push_back({t[i].first, loftq::io::Dtype::F32,
+      decl.push_back({t[i].first, dtype,
                       vec ? std::vector<std::uint64_t>{static_cast<std::uint64_t>(t[i].second.rows())}
                           : std::vector<std::uint64_t>{static_cast<std::uint64_t>(t[i].second.rows()),
                                                        static_cast<std::uint64_t>(t[i].second.cols())}});
@@ -224,14 +224,14 @@ void write_hf(const lm::Weights<float>& w, const std::string& dir) {
     for (std::size_t i = 0; i < t.size(); ++i)
       if (static_cast<int>(i % 2) == s)
         wr.write_float(t[i].first, t[i].second.data(), static_cast<std::uint64_t>(t[i].second.size()),
-                       loftq::io::Dtype::F32);
+                       dtype);
     wr.commit();
   }
   std::ofstream(dir + "/model.safetensors.index.json")
       << nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", map}}.dump();
 }
 
-enum class GgufWeights { f32, f16, q8_0 };
+enum class GgufWeights { f32, f16, bf16, q8_0 };
 
 // Q8_0 blocks of a row-major tensor (ggml's quantize_row_q8_0_ref: d =
 // amax / 127 stored as fp16, codes round(x / d)).
@@ -300,7 +300,7 @@ void write_gguf(const lm::Weights<float>& w, const std::string& path, GgufWeight
   std::vector<GgmlType> types;
   for (const auto& [name, M] : t) {
     const bool vec = M.rows() == 1;
-    GgmlType ty = type == GgufWeights::f16 ? GgmlType::F16 : GgmlType::F32;
+    GgmlType ty = type == GgufWeights::f16 ? GgmlType::F16 : type == GgufWeights::bf16 ? GgmlType::BF16 : GgmlType::F32;
     if (type == GgufWeights::q8_0 && !vec && M.cols() % 32 == 0) ty = GgmlType::Q8_0;
     types.push_back(ty);
     decl.push_back({name,
@@ -321,6 +321,9 @@ void write_gguf(const lm::Weights<float>& w, const std::string& path, GgufWeight
         bytes.push_back(static_cast<unsigned char>(h & 0xff));
         bytes.push_back(static_cast<unsigned char>(h >> 8));
       }
+    } else if (types[i] == GgmlType::BF16) {
+      bytes.resize(static_cast<std::size_t>(M.size()) * 2);
+      loftq::io::from_float(loftq::io::Dtype::BF16, M.data(), static_cast<std::size_t>(M.size()), bytes.data());
     } else {
       bytes.resize(static_cast<std::size_t>(M.size()) * 4);
       std::memcpy(bytes.data(), M.data(), bytes.size());
@@ -328,6 +331,25 @@ void write_gguf(const lm::Weights<float>& w, const std::string& path, GgufWeight
     wr.write(t[i].first, bytes.data(), bytes.size());
   }
   wr.commit();
+}
+
+// `w` with every tensor rounded through a 16-bit storage type.
+lm::Weights<float> rounded(const lm::Weights<float>& w, loftq::io::Dtype d) {
+  auto r = [&](auto& M) {
+    std::vector<unsigned char> b(static_cast<std::size_t>(M.size()) * 2);
+    loftq::io::from_float(d, M.data(), static_cast<std::size_t>(M.size()), b.data());
+    loftq::io::to_float(d, b.data(), static_cast<std::size_t>(M.size()), M.data());
+  };
+  lm::Weights<float> o = w;
+  r(o.embedding);
+  r(o.rms_final);
+  if (!o.config.shared_classifier) r(o.classifier);
+  for (auto& lw : o.layers) {
+    r(lw.rms_att);
+    r(lw.rms_ffn);
+    for (auto& M : lw.W) r(M);
+  }
+  return o;
 }
 
 void write_tokens_npy(const std::string& path, const char* descr, int itemsize, const std::vector<std::int64_t>& ids,
@@ -537,6 +559,21 @@ TEST_CASE("Hugging Face and GGUF checkpoints of the same weights give the same s
     // Without the inverse permutation the rotary pairs would be wrong: the
     // permuted q differs from the original.
     CHECK(Mat<float>(hf_permute(w.layers[0].W[lm::kQ], w.config.n_heads)) != w.layers[0].W[lm::kQ]);
+  }
+  SUBCASE("Hugging Face BF16: the weights rounded to bfloat16") {
+    write_hf(w, dir.path.string(), loftq::io::Dtype::BF16);
+    const lm::Weights<float> h = lm::read_hf_checkpoint(dir.path.string());
+    const lm::Weights<float> r = rounded(w, loftq::io::Dtype::BF16);
+    CHECK(h.layers[0].W[lm::kQ] != w.layers[0].W[lm::kQ]);
+    check_identical(lm::collect_statistics(h, seqs, o), lm::collect_statistics(r, seqs, o));
+  }
+  SUBCASE("GGUF BF16 and F16: the weights rounded") {
+    write_gguf(w, dir / "bf.gguf", GgufWeights::bf16);
+    check_identical(lm::collect_statistics(lm::read_model(dir / "bf.gguf"), seqs, o),
+                    lm::collect_statistics(rounded(w, loftq::io::Dtype::BF16), seqs, o));
+    write_gguf(w, dir / "f16.gguf", GgufWeights::f16);
+    check_identical(lm::collect_statistics(lm::read_model(dir / "f16.gguf"), seqs, o),
+                    lm::collect_statistics(rounded(w, loftq::io::Dtype::F16), seqs, o));
   }
   SUBCASE("GGUF F32") {
     write_gguf(w, dir / "m.gguf", GgufWeights::f32);
