@@ -38,7 +38,8 @@ const lm::Weights<float>* stories() {
   if (!tried) {
     tried = true;
     try {
-      w = std::make_unique<lm::Weights<float>>(lm::read_checkpoint(std::string(LOFTQ_SHARED_DATA_DIR) + "/stories260K.bin"));
+      w = std::make_unique<lm::Weights<float>>(
+          lm::read_checkpoint(std::string(LOFTQ_SHARED_DATA_DIR) + "/stories260K.bin"));
     } catch (const loftq::Error&) {
     }
   }
@@ -100,8 +101,8 @@ void run(benchmark::State& state, const lm::Weights<float>& w, int n_seqs, int T
   }
   const double tokens = static_cast<double>(n_seqs) * T;
   state.counters["tokens_per_s"] = benchmark::Counter(tokens, benchmark::Counter::kIsIterationInvariantRate);
-  state.counters["linear_GFLOPs"] =
-      benchmark::Counter(tokens * linear_flops_per_token(w.config) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
+  state.counters["linear_GFLOPs"] = benchmark::Counter(tokens * linear_flops_per_token(w.config) * 1e-9,
+                                                       benchmark::Counter::kIsIterationInvariantRate);
   state.counters["stats_GFLOPs"] = benchmark::Counter(tokens * stats_flops_per_token(w.config, mode) * 1e-9,
                                                       benchmark::Counter::kIsIterationInvariantRate);
   state.counters["threads"] = loftq::thread_count();
@@ -124,8 +125,9 @@ void register_all() {
         })
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
-    benchmark::RegisterBenchmark((std::string("calibrate/7b_layer/") + mode_name(mode) + "/T" + std::to_string(T)).c_str(),
-                                 [=](benchmark::State& st) { run(st, layer7b(), 2, T, mode); })
+    benchmark::RegisterBenchmark(
+        (std::string("calibrate/7b_layer/") + mode_name(mode) + "/T" + std::to_string(T)).c_str(),
+        [=](benchmark::State& st) { run(st, layer7b(), 2, T, mode); })
         ->Unit(benchmark::kMillisecond)
         ->UseRealTime();
   }

@@ -86,8 +86,8 @@ struct Calibration {
   }
   const loftq::InputStatistics& at(int layer, int kind) const {
     if (layer < 0 || kind < 0 || kind >= kKinds || static_cast<std::size_t>(layer) * 4 >= inputs.size())
-      throw loftq::Error(loftq::Errc::invalid_argument, "calibration: no layer " + std::to_string(layer) +
-                                                            " kind " + std::to_string(kind));
+      throw loftq::Error(loftq::Errc::invalid_argument,
+                         "calibration: no layer " + std::to_string(layer) + " kind " + std::to_string(kind));
     const int slot = kind <= kV ? 0 : kind == kO ? 1 : kind <= kUp ? 2 : 3;
     return inputs[static_cast<std::size_t>(layer) * 4 + static_cast<std::size_t>(slot)].stats;
   }
@@ -96,8 +96,8 @@ struct Calibration {
 namespace detail {
 
 inline LinearInput make_input(const Config& c, int layer, std::vector<int> kinds, loftq::StatsMode mode) {
-  LinearInput in{layer, kinds.front(), module_path(layer, kinds.front()), {}, kinds,
-                 loftq::InputStatistics(kind_shape(c, kinds.front())[1], mode)};
+  LinearInput in{layer, kinds.front(), module_path(layer, kinds.front()),
+                 {},    kinds,         loftq::InputStatistics(kind_shape(c, kinds.front())[1], mode)};
   for (int k : kinds) in.targets.push_back(module_path(layer, k));
   return in;
 }

@@ -104,9 +104,7 @@ inline Config parse_hf_config(const std::string& text, const std::string& path) 
     detail::bad(path, std::string("config.json is not valid JSON: ") + e.what());
   }
   if (!j.is_object()) detail::bad(path, "config.json is not a JSON object");
-  auto unsupported = [&](const std::string& what) {
-    throw loftq::Error(loftq::Errc::unsupported, path + ": " + what);
-  };
+  auto unsupported = [&](const std::string& what) { throw loftq::Error(loftq::Errc::unsupported, path + ": " + what); };
   if (j.contains("model_type") && j["model_type"].is_string()) {
     const std::string t = j["model_type"].get<std::string>();
     if (t != "llama" && t != "mistral")
@@ -195,10 +193,16 @@ inline std::uint64_t gguf_uint(const loftq::io::GgufFile& g, const std::string& 
   std::uint64_t v = 0;
   std::int64_t s = 0;
   switch (kv->type) {
-    case T::UINT8: case T::UINT16: case T::UINT32: case T::UINT64:
+    case T::UINT8:
+    case T::UINT16:
+    case T::UINT32:
+    case T::UINT64:
       v = loftq::io::detail::get_le(kv->value.data(), static_cast<int>(kv->value.size()));
       break;
-    case T::INT8: case T::INT16: case T::INT32: case T::INT64: {
+    case T::INT8:
+    case T::INT16:
+    case T::INT32:
+    case T::INT64: {
       const int n = static_cast<int>(kv->value.size());
       const std::uint64_t u = loftq::io::detail::get_le(kv->value.data(), n);
       s = n == 8 ? static_cast<std::int64_t>(u)
@@ -207,7 +211,8 @@ inline std::uint64_t gguf_uint(const loftq::io::GgufFile& g, const std::string& 
       v = static_cast<std::uint64_t>(s);
       break;
     }
-    default: bad(g.path(), "key '" + key + "' is not an integer");
+    default:
+      bad(g.path(), "key '" + key + "' is not an integer");
   }
   if (v < 1 || v > static_cast<std::uint64_t>(kMaxDim))
     bad(g.path(), "key '" + key + "' = " + std::to_string(v) + " is out of range");
@@ -255,7 +260,8 @@ inline std::vector<float> gguf_floats(const loftq::io::GgufFile& g, const loftq:
     for (std::size_t b = 0; b < blocks; ++b) {
       const unsigned char* p = bytes.data() + b * 34;
       const float scale = loftq::detail::half_to_float(static_cast<std::uint16_t>(p[0] | (p[1] << 8)));
-      for (int j = 0; j < 32; ++j) out[b * 32 + static_cast<std::size_t>(j)] = static_cast<float>(static_cast<std::int8_t>(p[2 + j])) * scale;
+      for (int j = 0; j < 32; ++j)
+        out[b * 32 + static_cast<std::size_t>(j)] = static_cast<float>(static_cast<std::int8_t>(p[2 + j])) * scale;
     }
   } else {
     throw loftq::Error(loftq::Errc::unsupported, g.path() + ": tensor '" + t.name + "' has type " +
@@ -311,9 +317,7 @@ inline Weights<float> read_gguf_model(const std::string& path) {
     detail::require_finite(M, path, name);
     return M;
   };
-  auto vector = [&](const std::string& name, Eigen::Index n) {
-    return Vec<float>(tensor(name, 1, n).transpose());
-  };
+  auto vector = [&](const std::string& name, Eigen::Index n) { return Vec<float>(tensor(name, 1, n).transpose()); };
   const int d = c.dim, h = c.hidden_dim, kv = c.kv_dim();
   w.embedding = tensor("token_embd.weight", c.vocab_size, d);
   w.layers.resize(static_cast<std::size_t>(c.n_layers));
@@ -368,10 +372,10 @@ inline std::vector<std::vector<int>> read_tokens(const std::string& path, const 
     for (Eigen::Index t = 0; t < ids.cols(); ++t) {
       const std::int64_t id = ids(i, t);
       if (id < 0 || id >= c.vocab_size)
-        throw loftq::Error(loftq::Errc::invalid_argument,
-                           path + ": token id " + std::to_string(id) + " (sequence " + std::to_string(i) +
-                               ", position " + std::to_string(t) + ") is outside the vocabulary of " +
-                               std::to_string(c.vocab_size));
+        throw loftq::Error(loftq::Errc::invalid_argument, path + ": token id " + std::to_string(id) + " (sequence " +
+                                                              std::to_string(i) + ", position " + std::to_string(t) +
+                                                              ") is outside the vocabulary of " +
+                                                              std::to_string(c.vocab_size));
       s.push_back(static_cast<int>(id));
     }
   }

@@ -35,10 +35,10 @@ using lm::Mat;
 std::string shared(const std::string& name) { return std::string(LOFTQ_SHARED_DATA_DIR) + "/" + name; }
 bool exists(const std::string& path) { return std::ifstream(path).good(); }
 
-#define REQUIRE_STORIES()                                                            \
-  if (!exists(shared("stories260K.bin"))) {                                          \
-    MESSAGE("skipped: " << shared("stories260K.bin") << " is absent");               \
-    return;                                                                          \
+#define REQUIRE_STORIES()                                              \
+  if (!exists(shared("stories260K.bin"))) {                            \
+    MESSAGE("skipped: " << shared("stories260K.bin") << " is absent"); \
+    return;                                                            \
   }
 
 struct TempDir {
@@ -175,8 +175,7 @@ lm::RowMat hf_permute(const Mat<float>& w, int n_heads) {
   lm::RowMat out(dim1, w.cols());
   for (Eigen::Index h = 0; h < n_heads; ++h)
     for (Eigen::Index p = 0; p < half; ++p)
-      for (Eigen::Index j = 0; j < 2; ++j)
-        out.row((h * 2 + j) * half + p) = w.row((h * half + p) * 2 + j);
+      for (Eigen::Index j = 0; j < 2; ++j) out.row((h * 2 + j) * half + p) = w.row((h * half + p) * 2 + j);
   return out;
 }
 
@@ -223,8 +222,7 @@ void write_hf(const lm::Weights<float>& w, const std::string& dir, loftq::io::Dt
     loftq::io::SafetensorsWriter wr(dir + "/" + shard[s], decl);
     for (std::size_t i = 0; i < t.size(); ++i)
       if (static_cast<int>(i % 2) == s)
-        wr.write_float(t[i].first, t[i].second.data(), static_cast<std::uint64_t>(t[i].second.size()),
-                       dtype);
+        wr.write_float(t[i].first, t[i].second.data(), static_cast<std::uint64_t>(t[i].second.size()), dtype);
     wr.commit();
   }
   std::ofstream(dir + "/model.safetensors.index.json")
@@ -303,11 +301,11 @@ void write_gguf(const lm::Weights<float>& w, const std::string& path, GgufWeight
     GgmlType ty = type == GgufWeights::f16 ? GgmlType::F16 : type == GgufWeights::bf16 ? GgmlType::BF16 : GgmlType::F32;
     if (type == GgufWeights::q8_0 && !vec && M.cols() % 32 == 0) ty = GgmlType::Q8_0;
     types.push_back(ty);
-    decl.push_back({name,
-                    vec ? std::vector<std::uint64_t>{static_cast<std::uint64_t>(M.cols())}
-                        : std::vector<std::uint64_t>{static_cast<std::uint64_t>(M.cols()),
-                                                     static_cast<std::uint64_t>(M.rows())},
-                    static_cast<std::uint32_t>(ty)});
+    decl.push_back(
+        {name,
+         vec ? std::vector<std::uint64_t>{static_cast<std::uint64_t>(M.cols())}
+             : std::vector<std::uint64_t>{static_cast<std::uint64_t>(M.cols()), static_cast<std::uint64_t>(M.rows())},
+         static_cast<std::uint32_t>(ty)});
   }
   loftq::io::GgufWriter wr(path, kvs, decl);
   for (std::size_t i = 0; i < t.size(); ++i) {
@@ -405,9 +403,9 @@ TEST_CASE("calibration statistics equal a float64 brute force over an independen
     }
   // Names and sharing.
   CHECK(cd.inputs[0].name == "model.layers.0.self_attn.q_proj");
-  CHECK(cd.inputs[0].targets ==
-        std::vector<std::string>{"model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj",
-                                 "model.layers.0.self_attn.v_proj"});
+  CHECK(cd.inputs[0].targets == std::vector<std::string>{"model.layers.0.self_attn.q_proj",
+                                                         "model.layers.0.self_attn.k_proj",
+                                                         "model.layers.0.self_attn.v_proj"});
   CHECK(cd.inputs[2].targets == std::vector<std::string>{"model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"});
   CHECK(cd.inputs[3].name == "model.layers.0.mlp.down_proj");
   CHECK(&cd.at("model.layers.1.mlp.up_proj") == &cd.inputs[6]);
