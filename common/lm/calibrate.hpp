@@ -25,7 +25,7 @@
 //   activations  B s T (8 d + 2 kv + 3 h + H T) bytes (one layer's, per sequence)
 //   widening     8 min(T, 1024) h bytes (InputStatistics::add's double copy)
 // so the full statistics of a 7B LLaMA (d 4096, h 11008, L 32) take 44 GB;
-// diagonal ones 4.3 MB.
+// diagonal ones 6.0 MB.
 
 #include <loftq/error.hpp>
 #include <loftq/input_statistics.hpp>
