@@ -30,6 +30,9 @@ using Vec = Eigen::Matrix<S, Eigen::Dynamic, 1>;
 struct Config {
   int dim = 0, hidden_dim = 0, n_layers = 0, n_heads = 0, n_kv_heads = 0, vocab_size = 0, seq_len = 0;
   bool shared_classifier = true;
+  // Not in llama2.c's header: run.c's constants, which other formats override.
+  double rms_eps = 1e-5;
+  double rope_theta = 10000.0;
   int head_size() const { return dim / n_heads; }
   int kv_dim() const { return dim / n_heads * n_kv_heads; }
 };

@@ -26,17 +26,16 @@ struct Adapter {
   bool active() const { return A.size() > 0; }
 };
 
-constexpr double kRmsEps = 1e-5;
-
+// eps is Config::rms_eps (llama2.c's 1e-5 unless the checkpoint says otherwise).
 template <class S>
-void rmsnorm_forward(const Mat<S>& x, const Vec<S>& w, Mat<S>& out, Vec<S>& rstd) {
+void rmsnorm_forward(const Mat<S>& x, const Vec<S>& w, double eps, Mat<S>& out, Vec<S>& rstd) {
   const Eigen::Index T = x.rows(), d = x.cols();
   out.resize(T, d);
   rstd.resize(T);
   for (Eigen::Index t = 0; t < T; ++t) {
     S ss = 0;
     for (Eigen::Index j = 0; j < d; ++j) ss += x(t, j) * x(t, j);
-    ss = ss / static_cast<S>(d) + static_cast<S>(kRmsEps);
+    ss = ss / static_cast<S>(d) + static_cast<S>(eps);
     rstd(t) = S(1) / std::sqrt(ss);
     for (Eigen::Index j = 0; j < d; ++j) out(t, j) = w(j) * (rstd(t) * x(t, j));
   }
@@ -86,13 +85,14 @@ void linear_backward(const Mat<S>& dy, const Mat<S>& x, const Mat<S>& W, const A
 // cos/sin of position t times the frequency of pair p (0 .. head_size/2-1),
 // computed as run.c does rather than read from the checkpoint's tables;
 // evaluated in double so float and double models rotate by the same angles.
+// theta is Config::rope_theta (run.c's 10000 unless the checkpoint says otherwise).
 template <class S>
 struct RopeTable {
   Mat<S> cos, sin;  // T x head_size/2
-  RopeTable(Eigen::Index T, int head_size) : cos(T, head_size / 2), sin(T, head_size / 2) {
+  RopeTable(Eigen::Index T, int head_size, double theta) : cos(T, head_size / 2), sin(T, head_size / 2) {
     for (Eigen::Index t = 0; t < T; ++t)
       for (int p = 0; p < head_size / 2; ++p) {
-        const double freq = 1.0 / std::pow(10000.0, static_cast<double>(2 * p) / head_size);
+        const double freq = 1.0 / std::pow(theta, static_cast<double>(2 * p) / head_size);
         const double a = static_cast<double>(t) * freq;
         cos(t, p) = static_cast<S>(std::cos(a));
         sin(t, p) = static_cast<S>(std::sin(a));

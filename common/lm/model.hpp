@@ -148,39 +148,53 @@ inline void check_tokens(const Config& c, const std::vector<int>& tokens) {
       throw loftq::Error(loftq::Errc::invalid_argument, "token " + std::to_string(t) + " is outside the vocabulary");
 }
 
+// One decoder layer of one sequence: x (T x dim) is the layer's input on
+// entry and its output on return; `la` receives the activations. `ad` is the
+// layer's adapters or null. The one definition of a layer's forward, shared by
+// forward_sequence and the calibration pass (calibrate.hpp).
+template <class S>
+void forward_layer(const Config& c, const LayerWeights<S>& lw, const std::array<Adapter<S>, kKinds>* ad,
+                   const RopeTable<S>& rope, Mat<S>& x, LayerActs<S>& la) {
+  auto adapter = [&](int k) { return ad ? &(*ad)[static_cast<std::size_t>(k)] : nullptr; };
+  Mat<S> tmp;
+  la.x_in = x;
+  rmsnorm_forward(la.x_in, lw.rms_att, c.rms_eps, la.xn1, la.rstd1);
+  linear_forward(la.xn1, lw.W[kQ], adapter(kQ), la.q, la.u[kQ]);
+  linear_forward(la.xn1, lw.W[kK], adapter(kK), la.k, la.u[kK]);
+  linear_forward(la.xn1, lw.W[kV], adapter(kV), la.v, la.u[kV]);
+  rope_apply(la.q, rope, c.head_size(), false);
+  rope_apply(la.k, rope, c.head_size(), false);
+  attention_forward(c, la.q, la.k, la.v, la.Pt, la.att_out);
+  linear_forward(la.att_out, lw.W[kO], adapter(kO), tmp, la.u[kO]);
+  la.x_mid = la.x_in + tmp;
+  rmsnorm_forward(la.x_mid, lw.rms_ffn, c.rms_eps, la.xn2, la.rstd2);
+  linear_forward(la.xn2, lw.W[kGate], adapter(kGate), la.h1, la.u[kGate]);
+  linear_forward(la.xn2, lw.W[kUp], adapter(kUp), la.h3, la.u[kUp]);
+  swiglu_forward(la.h1, la.h3, la.hh);
+  linear_forward(la.hh, lw.W[kDown], adapter(kDown), tmp, la.u[kDown]);
+  x = la.x_mid + tmp;
+}
+
+// The embeddings of a sequence's tokens (T x dim).
+template <class S>
+Mat<S> embed(const Weights<S>& w, const std::vector<int>& tokens) {
+  Mat<S> x(static_cast<Eigen::Index>(tokens.size()), w.config.dim);
+  for (Eigen::Index t = 0; t < x.rows(); ++t) x.row(t) = w.embedding.row(tokens[static_cast<std::size_t>(t)]);
+  return x;
+}
+
 // One sequence (positions 0..T-1), all activations kept. Inputs are assumed
 // checked (check_tokens, check_lora).
 template <class S>
 void forward_sequence(const Weights<S>& w, const Lora<S>* lora, const std::vector<int>& tokens, Acts<S>& a) {
   const Config& c = w.config;
-  const Eigen::Index T = static_cast<Eigen::Index>(tokens.size());
-  const RopeTable<S> rope(T, c.head_size());
-  Mat<S> x(T, c.dim), tmp;
-  for (Eigen::Index t = 0; t < T; ++t) x.row(t) = w.embedding.row(tokens[static_cast<std::size_t>(t)]);
+  const RopeTable<S> rope(static_cast<Eigen::Index>(tokens.size()), c.head_size(), c.rope_theta);
+  Mat<S> x = embed(w, tokens);
   a.layers.resize(w.layers.size());
-  for (std::size_t l = 0; l < w.layers.size(); ++l) {
-    const LayerWeights<S>& lw = w.layers[l];
-    LayerActs<S>& la = a.layers[l];
-    auto ad = [&](int k) { return lora ? &lora->layers[l][k] : nullptr; };
-    la.x_in = x;
-    rmsnorm_forward(la.x_in, lw.rms_att, la.xn1, la.rstd1);
-    linear_forward(la.xn1, lw.W[kQ], ad(kQ), la.q, la.u[kQ]);
-    linear_forward(la.xn1, lw.W[kK], ad(kK), la.k, la.u[kK]);
-    linear_forward(la.xn1, lw.W[kV], ad(kV), la.v, la.u[kV]);
-    rope_apply(la.q, rope, c.head_size(), false);
-    rope_apply(la.k, rope, c.head_size(), false);
-    attention_forward(c, la.q, la.k, la.v, la.Pt, la.att_out);
-    linear_forward(la.att_out, lw.W[kO], ad(kO), tmp, la.u[kO]);
-    la.x_mid = la.x_in + tmp;
-    rmsnorm_forward(la.x_mid, lw.rms_ffn, la.xn2, la.rstd2);
-    linear_forward(la.xn2, lw.W[kGate], ad(kGate), la.h1, la.u[kGate]);
-    linear_forward(la.xn2, lw.W[kUp], ad(kUp), la.h3, la.u[kUp]);
-    swiglu_forward(la.h1, la.h3, la.hh);
-    linear_forward(la.hh, lw.W[kDown], ad(kDown), tmp, la.u[kDown]);
-    x = la.x_mid + tmp;
-  }
+  for (std::size_t l = 0; l < w.layers.size(); ++l)
+    forward_layer(c, w.layers[l], lora ? &lora->layers[l] : nullptr, rope, x, a.layers[l]);
   a.x_final = x;
-  rmsnorm_forward(a.x_final, w.rms_final, a.xn_final, a.rstd_final);
+  rmsnorm_forward(a.x_final, w.rms_final, c.rms_eps, a.xn_final, a.rstd_final);
   a.logits.noalias() = a.xn_final * w.output_matrix().transpose();
 }
 
@@ -189,7 +203,7 @@ template <class S>
 void backward_sequence(const Weights<S>& w, const Lora<S>& lora, const Acts<S>& a, const Mat<S>& dlogits,
                        Lora<S>& grad) {
   const Config& c = w.config;
-  const RopeTable<S> rope(dlogits.rows(), c.head_size());
+  const RopeTable<S> rope(dlogits.rows(), c.head_size(), c.rope_theta);
   const Mat<S> dxn = dlogits * w.output_matrix();
   Mat<S> dx = Mat<S>::Zero(dxn.rows(), dxn.cols());
   rmsnorm_backward(dxn, a.x_final, w.rms_final, a.rstd_final, dx);

@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "common/lm/calibrate.hpp"
 #include "common/lm/model.hpp"
 
 namespace lm_finetune {
@@ -108,24 +109,6 @@ inline double mean_entropy(const std::vector<ExampleF>& examples) {
   return positions > 0 ? h / positions : 0;
 }
 
-// Statistics of every linear's input under the full-precision model, per
-// layer and kind (q, k and v share theirs, as do gate and up).
-inline std::vector<std::vector<loftq::InputStatistics>> collect_statistics(const Model& fp,
-                                                                           const std::vector<std::vector<int>>& seqs) {
-  const lm::Config& c = fp.config;
-  std::vector<std::vector<loftq::InputStatistics>> stats(static_cast<std::size_t>(c.n_layers));
-  for (auto& layer : stats)
-    for (int k = 0; k < lm::kKinds; ++k) layer.emplace_back(lm::kind_shape(c, k)[1], loftq::StatsMode::full);
-  lm::EigenSerialScope serial;
-  for (const auto& s : seqs) {
-    lm::Acts<float> a;
-    lm::forward_sequence<float>(fp, nullptr, s, a);
-    for (std::size_t l = 0; l < stats.size(); ++l)
-      for (int k = 0; k < lm::kKinds; ++k) stats[l][static_cast<std::size_t>(k)].add(lm::linear_input(a.layers[l], k), 1);
-  }
-  return stats;
-}
-
 enum class Init {
   full_precision, qlora, reference, defaults,
   scale_search, svd_start, keep_best,           // the reference plus one default
@@ -195,7 +178,7 @@ struct Method {
 // Builds one method's model. `seed` seeds the random lora_A of QLoRA-style
 // inits (different per matrix, the same across methods).
 inline Method make_method(const MethodSpec& spec, int bits, int rank, const Model& fp,
-                          const std::vector<std::vector<loftq::InputStatistics>>& stats, std::uint64_t seed) {
+                          const lm::Calibration& stats, std::uint64_t seed) {
   const lm::Config& c = fp.config;
   const std::array<bool, lm::kKinds> all = {true, true, true, true, true, true, true};
   Method m;
@@ -230,7 +213,7 @@ inline Method make_method(const MethodSpec& spec, int bits, int rank, const Mode
         ad.B.setZero();
       } else {
         const auto r = spec.init == Init::data_aware
-                           ? loftq::initialize(W, nf(b), stats[static_cast<std::size_t>(l)][static_cast<std::size_t>(k)], o)
+                           ? loftq::initialize(W, nf(b), stats.at(l, k), o)
                            : loftq::initialize(W, nf(b), o);
         const auto p = loftq::to_peft(r, kLoraAlpha);
         Q = r.Q;

@@ -331,7 +331,7 @@ int main(int argc, char** argv) {
     // full-precision model before fine-tuning), and whether it still makes
     // confident predictions rather than near-uniform ones.
     const double shift_gap = lm::loss_and_grad<float>(fp, lm::make_lora<float>(fp.config, 1, kLoraAlpha, {}), shift_test, lm::Loss::kl, nullptr);
-    const auto stats = collect_statistics(fp, train_seqs);
+    const auto stats = lm::collect_statistics(fp, train_seqs);  // full X^T X of every linear input
     const auto schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 1);
     const auto shift_schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 2);
     std::printf("lm_finetune: %s, lora_alpha %g, seed %llu\n"

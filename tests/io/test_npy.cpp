@@ -362,6 +362,39 @@ TEST_CASE("valid npy of other dtypes is unsupported, naming the descr") {
   NPY_CHECK_ERRC(parse(v4), Errc::unsupported);
 }
 
+TEST_CASE("integer arrays (token ids) through the _integers readers") {
+  auto le = [](std::initializer_list<std::int64_t> v, std::size_t isz) {
+    Bytes b;
+    for (std::int64_t x : v)
+      for (std::size_t k = 0; k < isz; ++k) b.push_back(static_cast<unsigned char>(static_cast<std::uint64_t>(x) >> (8 * k)));
+    return b;
+  };
+  auto ints = [](const Bytes& b) { return loftq::io::parse_npy_integers(b.data(), b.size()); };
+  const auto m32 = loftq::io::to_int_matrix(ints(
+      image(dict("<i4", false, "(2, 3)"), le({0, 1, -2, 2147483647, -2147483648LL, 5}, 4))));
+  CHECK(m32.rows() == 2);
+  CHECK(m32(0, 2) == -2);
+  CHECK(m32(1, 0) == 2147483647);
+  CHECK(m32(1, 1) == -2147483648LL);
+  const auto m64 = loftq::io::to_int_matrix(
+      ints(image(dict("<i8", true, "(2, 2)"), le({1, 2, 3, std::int64_t(1) << 40}, 8))));
+  CHECK(m64(1, 0) == 2);  // Fortran order: column-major
+  CHECK(m64(1, 1) == std::int64_t(1) << 40);
+  const auto be = loftq::io::to_int_matrix(
+      ints(image(dict(">i4", false, "(1, 2)"), reversed_items(le({7, -7}, 4), 4))));
+  CHECK(be(0, 0) == 7);
+  CHECK(be(0, 1) == -7);
+  // Floats and other integer widths stay out; the float readers still refuse ints.
+  for (const char* descr : {"<f4", "<u4", "<i2", "|i1"}) {
+    CAPTURE(descr);
+    NPY_CHECK_ERRC(ints(image(dict(descr, false, "(1, 1)"), Bytes(4, 0))), Errc::unsupported);
+  }
+  NPY_CHECK_ERRC(loftq::io::to_int_matrix(parse(image(dict("<f4", false, "(1, 1)"), f32le({1.0f})))), Errc::unsupported);
+  NPY_CHECK_ERRC(loftq::io::to_int_matrix(ints(image(dict("<i4", false, "(4,)"), Bytes(16, 0)))),
+                 Errc::invalid_argument);
+  NPY_CHECK_ERRC(ints(image(dict("<i4", false, "(2, 2)"), Bytes(12, 0))), Errc::parse_error);
+}
+
 TEST_CASE("to_matrix wants exactly 2 dims") {
   const NpyArray a3 = parse(image(dict("<f4", false, "(2, 1, 3)"), f32le({0, 1, 2, 3, 4, 5})));
   auto e = error_of([&] { (void)loftq::io::to_matrix<float>(a3, "w.npy"); });

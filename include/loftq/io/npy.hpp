@@ -5,7 +5,8 @@
 // checks every length against the input before it reads or allocates, and
 // every failure is a loftq::Error, never a crash.  Only float32 and float64
 // arrays are accepted: that is all a weight matrix can be, and refusing the
-// rest early keeps the byte-order handling to two item sizes.
+// rest early keeps the byte-order handling to two item sizes. Token ids are
+// the one exception, read by the _integers variants: int32 and int64 only.
 
 #include <Eigen/Core>
 #include <cstddef>
@@ -31,7 +32,7 @@ namespace io {
 struct NpyArray {
   std::vector<std::size_t> shape;  // empty for a 0-d array (one element)
   bool fortran_order = false;
-  char kind = 'f';   // always 'f' after parse_npy
+  char kind = 'f';   // 'f' after parse_npy, 'i' after parse_npy_integers
   int itemsize = 4;  // 4 or 8 after parse_npy
   std::vector<unsigned char> data;
 
@@ -75,10 +76,10 @@ inline void npy_fill(NpyMatrix<Scalar>& M, const NpyArray& a, const std::string&
 // Parses a complete .npy image.  Safe on arbitrary bytes: every failure is a
 // loftq::Error (parse_error for malformed input, unsupported for valid files
 // of a dtype other than float32/float64).  `name` only labels messages.
-inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
-                          const std::string& name = "<memory>") {
+namespace detail {
+inline NpyArray parse_npy_impl(const unsigned char* bytes, std::size_t size, const std::string& name, bool integers) {
   using detail::npy_fail;
-  detail::NpyHead h = detail::npy_parse_head(bytes, size, name);
+  detail::NpyHead h = detail::npy_parse_head(bytes, size, name, integers);
   const std::size_t need = h.need, offset = h.offset;
   const std::size_t have = size - offset;
   if (have < need) {
@@ -95,7 +96,7 @@ inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
   NpyArray a;
   a.shape = std::move(h.header.shape);
   a.fortran_order = h.header.fortran_order;
-  a.kind = 'f';
+  a.kind = integers ? 'i' : 'f';
   a.itemsize = h.itemsize;
   a.data.assign(bytes + offset, bytes + size);
   if (h.big_endian) {
@@ -103,6 +104,15 @@ inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size,
     for (std::size_t k = 0; k < need; k += isz) std::reverse(a.data.begin() + k, a.data.begin() + k + isz);
   }
   return a;
+}
+}  // namespace detail
+
+inline NpyArray parse_npy(const unsigned char* bytes, std::size_t size, const std::string& name = "<memory>") {
+  return detail::parse_npy_impl(bytes, size, name, false);
+}
+// The same for an int32 or int64 array (anything else is unsupported).
+inline NpyArray parse_npy_integers(const unsigned char* bytes, std::size_t size, const std::string& name = "<memory>") {
+  return detail::parse_npy_impl(bytes, size, name, true);
 }
 
 // Reads and parses a .npy file, or any stream (a pipe, /dev/stdin): never
@@ -142,18 +152,55 @@ inline std::ifstream npy_open(const std::string& path) {
 // plus one byte to find out whether anything follows; trailing data is a
 // parse_error as in parse_npy, found without waiting for its end. Memory is
 // bounded by what was actually read. The OS refusing the read is io_error.
-inline NpyArray read_npy(const std::string& path) {
+namespace detail {
+inline NpyArray read_npy_impl(const std::string& path, bool integers) {
   std::ifstream in = detail::npy_open(path);
   // Each step reads exactly what the bytes so far call for. A short read
   // means a truncated input, which parse_npy reports with its usual message.
   std::vector<unsigned char> buf;
-  if (!detail::npy_read_head(in, buf, path)) return parse_npy(buf.data(), buf.size(), path);
-  const detail::NpyHead h = detail::npy_parse_head(buf.data(), buf.size(), path);
+  if (!detail::npy_read_head(in, buf, path)) return parse_npy_impl(buf.data(), buf.size(), path, integers);
+  const detail::NpyHead h = detail::npy_parse_head(buf.data(), buf.size(), path, integers);
   if (detail::npy_read_upto(in, buf, h.need, path) == h.need && detail::npy_read_upto(in, buf, 1, path) == 1) {
     detail::npy_fail(Errc::parse_error, path,
                      "trailing bytes after the data (expected " + std::to_string(h.need) + " bytes)");
   }
-  return parse_npy(buf.data(), buf.size(), path);
+  return parse_npy_impl(buf.data(), buf.size(), path, integers);
+}
+}  // namespace detail
+
+inline NpyArray read_npy(const std::string& path) { return detail::read_npy_impl(path, false); }
+// The same for an int32 or int64 array.
+inline NpyArray read_npy_integers(const std::string& path) { return detail::read_npy_impl(path, true); }
+
+// A 2-D int32/int64 array (from the _integers readers) as a row-major int64
+// matrix, honouring fortran_order. Non-2-D is invalid_argument.
+inline NpyMatrix<std::int64_t> to_int_matrix(const NpyArray& a, const std::string& name = "<memory>") {
+  using detail::npy_fail;
+  if (a.kind != 'i' || (a.itemsize != 4 && a.itemsize != 8))
+    npy_fail(Errc::unsupported, name,
+             "unsupported dtype '" + detail::npy_descr_string(a.kind, a.itemsize) +
+                 "' (only int32 '<i4' and int64 '<i8' are supported)");
+  if (a.shape.size() != 2)
+    npy_fail(Errc::invalid_argument, name, "expected a 2-D array, got shape " + detail::npy_shape_string(a.shape));
+  const std::size_t rows = a.shape[0], cols = a.shape[1], isz = static_cast<std::size_t>(a.itemsize);
+  const std::size_t index_max = static_cast<std::size_t>(std::numeric_limits<Eigen::Index>::max());
+  const bool fits = rows <= index_max && cols <= index_max &&
+                    (rows == 0 || cols == 0 || (cols <= index_max / rows && rows * cols <= a.data.size() / isz));
+  if (!fits || (rows * cols) * isz != a.data.size())
+    npy_fail(Errc::invalid_argument, name,
+             "shape " + detail::npy_shape_string(a.shape) + " does not match the " + std::to_string(a.data.size()) +
+                 " data bytes");
+  NpyMatrix<std::int64_t> M(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
+  for (std::size_t i = 0; i < rows; ++i)
+    for (std::size_t j = 0; j < cols; ++j) {
+      const std::size_t k = a.fortran_order ? j * rows + i : i * cols + j;
+      std::uint64_t u = 0;
+      for (std::size_t b = 0; b < isz; ++b) u |= std::uint64_t(a.data[k * isz + b]) << (8 * b);
+      M(static_cast<Eigen::Index>(i), static_cast<Eigen::Index>(j)) =
+          isz == 4 ? static_cast<std::int64_t>(static_cast<std::int32_t>(static_cast<std::uint32_t>(u)))
+                   : static_cast<std::int64_t>(u);
+    }
+  return M;
 }
 
 // Converts a 2-D float32/float64 array to a row-major matrix of Scalar,

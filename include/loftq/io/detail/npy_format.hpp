@@ -254,9 +254,10 @@ class NpyHeaderParser {
   const std::string& name_;
 };
 
-// descr -> (itemsize, big_endian).  Only float32/float64 get through.
+// descr -> (itemsize, big_endian).  Only float32/float64 get through, or,
+// with `integers`, only int32/int64 (token ids).
 inline void npy_decode_descr(const std::string& descr, const std::string& name, int& itemsize,
-                             bool& big_endian) {
+                             bool& big_endian, bool integers = false) {
   std::size_t i = 0;
   big_endian = false;
   if (!descr.empty() && (descr[0] == '<' || descr[0] == '>' || descr[0] == '=' || descr[0] == '|')) {
@@ -267,14 +268,16 @@ inline void npy_decode_descr(const std::string& descr, const std::string& name, 
     i = 1;
   }
   const std::string rest = descr.substr(i);
-  if (rest == "f4") {
+  const char kind = integers ? 'i' : 'f';
+  if (rest == std::string(1, kind) + "4") {
     itemsize = 4;
-  } else if (rest == "f8") {
+  } else if (rest == std::string(1, kind) + "8") {
     itemsize = 8;
   } else {
     npy_fail(Errc::unsupported, name,
              "unsupported dtype '" + npy_printable(descr.data(), descr.size()) +
-                 "' (only float32 '<f4' and float64 '<f8' are supported)");
+                 (integers ? "' (only int32 '<i4' and int64 '<i8' are supported)"
+                           : "' (only float32 '<f4' and float64 '<f8' are supported)"));
   }
 }
 
@@ -383,7 +386,8 @@ struct NpyHead {
 
 // Validates the prefix and header of the `size` bytes at `bytes` (which may
 // stop anywhere after the header).
-inline NpyHead npy_parse_head(const unsigned char* bytes, std::size_t size, const std::string& name) {
+inline NpyHead npy_parse_head(const unsigned char* bytes, std::size_t size, const std::string& name,
+                              bool integers = false) {
   if (bytes == nullptr && size != 0) npy_fail(Errc::invalid_argument, name, "null buffer");
   if (size < sizeof(kNpyMagic) + 2 || std::memcmp(bytes, kNpyMagic, sizeof(kNpyMagic)) != 0) {
     npy_fail(Errc::parse_error, name, "not an npy file (bad magic string)");
@@ -414,7 +418,7 @@ inline NpyHead npy_parse_head(const unsigned char* bytes, std::size_t size, cons
 
   NpyHead out;
   out.header = NpyHeaderParser(reinterpret_cast<const char*>(bytes + prefix), header_len, name).parse();
-  npy_decode_descr(out.header.descr, name, out.itemsize, out.big_endian);
+  npy_decode_descr(out.header.descr, name, out.itemsize, out.big_endian, integers);
   const std::vector<std::size_t>& shape = out.header.shape;
 
   // Zero dims make the array empty however large the others are; only the
