@@ -92,15 +92,16 @@ inline std::string hf_to_llama(const std::string& module) {
 }
 
 // The other modules reading the same input as Hugging Face module `module`,
-// most similar first: q/k/v (then the fused qkv_proj) and gate/up of the same
-// layer. Empty for any other module.
+// most similar first: q/k/v (then the fused qkv_proj, or q/k/v of a fused
+// qkv_proj) and gate/up of the same layer. Empty for any other module.
 inline std::vector<std::string> input_siblings(const std::string& module) {
   std::string s = module, layer, rest;
   detail::strip_suffix(s, ".weight");
   if (!detail::strip_prefix(s, "model.layers.") || !detail::split_layer(s, layer, rest)) return {};
   const std::string p = "model.layers." + layer + ".";
   std::vector<std::string> group;
-  if (rest == "self_attn.q_proj" || rest == "self_attn.k_proj" || rest == "self_attn.v_proj")
+  if (rest == "self_attn.q_proj" || rest == "self_attn.k_proj" || rest == "self_attn.v_proj" ||
+      rest == "self_attn.qkv_proj")
     group = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.qkv_proj"};
   else if (rest == "mlp.gate_proj" || rest == "mlp.up_proj")
     group = {"mlp.gate_proj", "mlp.up_proj"};
