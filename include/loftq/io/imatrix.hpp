@@ -169,7 +169,7 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
     ::loftq::detail::require(n <= (std::uint64_t(1) << 31), Errc::unsupported, what + " is too large");
     sums.resize(static_cast<std::size_t>(n));
     g.read_bytes(*s, 0, s->nbytes, sums.data());
-    detail::check_sums(what + ".in_sum2", sums.data(), n);
+    detail::check_sums(path + ": tensor '" + p.first + ".in_sum2'", sums.data(), n);
     const std::int64_t count = std::llround(counts[0]);
     Eigen::VectorXd v = Eigen::Map<const Eigen::VectorXf>(sums.data(), static_cast<Eigen::Index>(n)).cast<double>();
     if (count == 0) {
