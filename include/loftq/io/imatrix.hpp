@@ -153,7 +153,7 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
                                  c->type == static_cast<std::uint32_t>(GgmlType::F32),
                              Errc::parse_error, what + ": .in_sum2 and .counts must be F32");
     const std::uint64_t n_expert = c->numel, n = s->ne[0];
-    ::loftq::detail::require(s->numel == n * n_expert, Errc::parse_error,
+    ::loftq::detail::require(s->numel % n_expert == 0 && s->numel / n_expert == n, Errc::parse_error,
                              what + ": .in_sum2 holds " + std::to_string(s->numel) + " values, not " +
                                  std::to_string(n) + " per count of .counts (" + std::to_string(n_expert) + ")");
     counts.resize(static_cast<std::size_t>(n_expert));
