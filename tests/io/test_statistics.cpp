@@ -3,6 +3,7 @@
 // validation error.
 #include <doctest/doctest.h>
 
+#include <loftq/data_aware.hpp>
 #include <loftq/io/statistics.hpp>
 
 #include "calib_support.hpp"
@@ -274,4 +275,26 @@ TEST_CASE("statistics: writing refuses what it cannot store, and leaves nothing 
   lio::write_statistics(path_of("w.safetensors"), two_entries());
   CHECK(lio::read_statistics(path_of("w.safetensors")).entries().size() == 2);
   CHECK(calib_test::no_temporaries(dir));
+}
+
+TEST_CASE("statistics: read back, they drive data-aware LoftQ exactly as the originals") {
+  const auto stats = two_entries();
+  const std::string p = path_of("drive.safetensors");
+  lio::write_statistics(p, stats, {}, lio::Dtype::F64);
+  const lio::StatisticsFile f = lio::read_statistics(p);
+  for (const auto& s : stats) {
+    CAPTURE(s.first);
+    const Eigen::Index n = s.second.features();
+    const Eigen::MatrixXf W = Eigen::MatrixXf::NullaryExpr(12, n, [](Eigen::Index i, Eigen::Index j) {
+      return std::sin(0.7f * static_cast<float>(i) + 1.3f * static_cast<float>(j * j));
+    });
+    loftq::Options o;
+    o.rank = 2;
+    const loftq::Quantizer q(loftq::Quantizer::Kind::normal_float, 2);
+    const auto a = loftq::initialize(W, q, s.second, o), b = loftq::initialize(W, q, f.statistics(s.first), o);
+    CHECK(a.Q == b.Q);
+    CHECK(a.A == b.A);
+    CHECK(a.B == b.B);
+    CHECK(a.history == b.history);
+  }
 }

@@ -96,8 +96,8 @@ inline void derive_imatrix_shares(StatisticsFile& out) {
 
 inline void check_sums(const std::string& what, const float* v, std::uint64_t n) {
   for (std::uint64_t j = 0; j < n; ++j)
-    ::loftq::detail::require(std::isfinite(v[j]) && v[j] >= 0, std::isfinite(v[j]) ? Errc::invalid_argument : Errc::non_finite,
-                             what + ": value " + std::to_string(j) + " (" + std::to_string(v[j]) +
+    if (!(std::isfinite(v[j]) && v[j] >= 0))
+      ::loftq::detail::fail(std::isfinite(v[j]) ? Errc::invalid_argument : Errc::non_finite, what + ": value " + std::to_string(j) + " (" + std::to_string(v[j]) +
                                  ") is not a finite non-negative sum of squares");
 }
 
@@ -159,8 +159,8 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
     counts.resize(static_cast<std::size_t>(n_expert));
     g.read_bytes(*c, 0, c->nbytes, counts.data());
     for (float k : counts)
-      ::loftq::detail::require(std::isfinite(k) && k >= 0 && k < 9e18f, Errc::parse_error,
-                               what + ": a token count (" + std::to_string(k) + ") is not a count");
+      if (!(std::isfinite(k) && k >= 0 && k < 9e18f))
+        ::loftq::detail::fail(Errc::parse_error, what + ": a token count (" + std::to_string(k) + ") is not a count");
     if (n_expert > 1 || detail::is_expert_tensor(p.first)) {
       detail::refuse_imatrix_entry(out, p.first, "per-expert statistics (" + std::to_string(n_expert) +
                                                      " experts) do not map to one module");
@@ -302,7 +302,7 @@ inline void write_imatrix_gguf(const std::string& path, const std::map<std::stri
                                                           : ::loftq::detail::StatsAccess::diagonal_sums(s);
     v.assign(d.data(), d.data() + d.size());  // to float
     for (float x : v)
-      ::loftq::detail::require(std::isfinite(x), Errc::non_finite, path + ": '" + o.first + "': a sum overflows F32");
+      if (!std::isfinite(x)) ::loftq::detail::fail(Errc::non_finite, path + ": '" + o.first + "': a sum overflows F32");
     w.write(o.first + ".in_sum2", v.data(), v.size() * 4);
     const float count = static_cast<float>(s.count());
     w.write(o.first + ".counts", &count, 4);

@@ -181,8 +181,8 @@ class StatisticsFile {
             std::memcpy(&f, p, 4);
             v = f;
           }
-          ::loftq::detail::require(std::isfinite(v), Errc::non_finite,
-                                   what + ": element " + std::to_string(r0 + i) +
+          if (!std::isfinite(v))
+            ::loftq::detail::fail(Errc::non_finite, what + ": element " + std::to_string(r0 + i) +
                                        (rows > 1 ? "," + std::to_string(j) : std::string()) + " is NaN or Inf");
           M(static_cast<Eigen::Index>(r0 + i), static_cast<Eigen::Index>(j)) = v;
         }
@@ -190,16 +190,15 @@ class StatisticsFile {
     const Eigen::Index nn = e.features;
     auto diag = [&](Eigen::Index j) { return e.mode == StatsMode::full ? M(j, j) : M(0, j); };
     for (Eigen::Index j = 0; j < nn; ++j)
-      ::loftq::detail::require(diag(j) >= 0, Errc::invalid_argument,
-                               what + ": diagonal element " + std::to_string(j) + " is negative (" +
+      if (!(diag(j) >= 0))
+        ::loftq::detail::fail(Errc::invalid_argument, what + ": diagonal element " + std::to_string(j) + " is negative (" +
                                    std::to_string(diag(j)) + "); a second moment cannot be");
     if (e.mode == StatsMode::diagonal) return ::loftq::detail::StatsAccess::restore(Eigen::VectorXd(M.row(0).transpose()), e.count);
     for (Eigen::Index j = 0; j < nn; ++j)
       for (Eigen::Index i = j + 1; i < nn; ++i) {
         const double a = M(i, j), b = M(j, i);
-        ::loftq::detail::require(std::abs(a - b) <= kSymmetryTolerance * std::sqrt(M(i, i) * M(j, j)),
-                                 Errc::invalid_argument,
-                                 what + ": not symmetric: element " + std::to_string(i) + "," + std::to_string(j) +
+        if (!(std::abs(a - b) <= kSymmetryTolerance * std::sqrt(M(i, i) * M(j, j))))
+          ::loftq::detail::fail(Errc::invalid_argument, what + ": not symmetric: element " + std::to_string(i) + "," + std::to_string(j) +
                                      " is " + std::to_string(a) + ", element " + std::to_string(j) + "," +
                                      std::to_string(i) + " is " + std::to_string(b));
         M(i, j) = 0.5 * a + 0.5 * b;
@@ -352,8 +351,8 @@ inline void write_statistics(const std::string& path, const std::map<std::string
           std::memcpy(p, &f, 4);
           finite = std::isfinite(f);
         }
-        ::loftq::detail::require(finite, Errc::non_finite,
-                                 path + ": '" + s.first + "': a sum is not finite in " + dtype_name(dtype));
+        if (!finite)
+          ::loftq::detail::fail(Errc::non_finite, path + ": '" + s.first + "': a sum is not finite in " + dtype_name(dtype));
       }
       w.write(name, row.data(), row.size(), static_cast<std::uint64_t>(i) * row.size());
     }
