@@ -67,7 +67,8 @@ inline void expect_error(const std::function<void()>& f, loftq::Errc code, const
     f();
   } catch (const loftq::Error& e) {
     CHECK_MESSAGE(e.code() == code, e.what());
-    for (const std::string& p : parts) CHECK_MESSAGE(std::string(e.what()).find(p) != std::string::npos, e.what(), " lacks ", p);
+    for (const std::string& p : parts)
+      CHECK_MESSAGE(std::string(e.what()).find(p) != std::string::npos, e.what(), " lacks ", p);
     return;
   }
   FAIL("no loftq::Error thrown");

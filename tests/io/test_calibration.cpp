@@ -88,15 +88,16 @@ TEST_CASE("llama_names: every row of the table, both ways") {
     CHECK(lio::hf_to_llama(t.second + ".weight") == t.first);
   }
   for (const char* bad : {"blk.0.attn_q", "blk.01.attn_q.weight", "blk..attn_q.weight", "blk.0.attn_norm.weight",
-                                 "token_embd.weight", "blk.x.attn_q.weight", "blk.1234567890.attn_q.weight", ""})
+                          "token_embd.weight", "blk.x.attn_q.weight", "blk.1234567890.attn_q.weight", ""})
     CHECK(lio::llama_to_hf(bad).empty());
-  for (const char* bad : {"model.layers.0.self_attn.rotary_emb", "model.layers.00.mlp.up_proj",
-                                 "model.embed_tokens", "layers.0.mlp.up_proj", ""})
+  for (const char* bad : {"model.layers.0.self_attn.rotary_emb", "model.layers.00.mlp.up_proj", "model.embed_tokens",
+                          "layers.0.mlp.up_proj", ""})
     CHECK(lio::hf_to_llama(bad).empty());
   CHECK(lio::input_siblings("model.layers.2.self_attn.k_proj") ==
         std::vector<std::string>{"model.layers.2.self_attn.q_proj", "model.layers.2.self_attn.v_proj",
                                  "model.layers.2.self_attn.qkv_proj"});
-  CHECK(lio::input_siblings("model.layers.2.mlp.up_proj.weight") == std::vector<std::string>{"model.layers.2.mlp.gate_proj"});
+  CHECK(lio::input_siblings("model.layers.2.mlp.up_proj.weight") ==
+        std::vector<std::string>{"model.layers.2.mlp.gate_proj"});
   CHECK(lio::input_siblings("model.layers.2.mlp.down_proj").empty());
   CHECK(lio::input_siblings("model.layers.2.self_attn.o_proj").empty());
 }
@@ -123,7 +124,8 @@ TEST_CASE("read_calibration: the format comes from the content, not the name") {
     CHECK(f.check("model.layers.0.self_attn.q_proj", 4).features == 4);
     if (f.format() != lio::CalibrationFormat::loftq) CHECK(f.lookup("model.layers.0.self_attn.v_proj").shared);
   }
-  CHECK(lio::read_calibration(dat).statistics("model.layers.0.self_attn.q_proj").diagonal() == Eigen::Vector4d(1, 2, 3, 4));
+  CHECK(lio::read_calibration(dat).statistics("model.layers.0.self_attn.q_proj").diagonal() ==
+        Eigen::Vector4d(1, 2, 3, 4));
   expect_error([&] { lio::read_calibration(path_of("missing")); }, Errc::io_error, {path_of("missing")});
   calib_test::put_bytes(path_of("empty"), {});
   expect_error([&] { lio::read_calibration(path_of("empty")); }, Errc::parse_error, {path_of("empty")});
@@ -218,7 +220,8 @@ TEST_CASE("imatrix GGUF: hostile files") {
   }
   {
     gl::Builder b = imatrix_builder();
-    b.add_tensor("blk.0.attn_q.weight.in_sum2", {2, 3}, gl::F32, gl::Builder::encode_floats({1, 2, 3, 4, 5, 6}, gl::F32));
+    b.add_tensor("blk.0.attn_q.weight.in_sum2", {2, 3}, gl::F32,
+                 gl::Builder::encode_floats({1, 2, 3, 4, 5, 6}, gl::F32));
     b.add_tensor("blk.0.attn_q.weight.counts", {1}, gl::F32, gl::Builder::encode_floats({3}, gl::F32));
     cases.push_back({"sizes disagree", b, Errc::parse_error, "blk.0.attn_q.weight"});
   }
@@ -253,7 +256,8 @@ TEST_CASE("imatrix GGUF: hostile files") {
   const std::vector<unsigned char> whole = b.bytes();
   for (std::size_t len = 0; len < whole.size(); ++len) {
     CAPTURE(len);
-    calib_test::put_bytes(p, std::vector<unsigned char>(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(len)));
+    calib_test::put_bytes(p,
+                          std::vector<unsigned char>(whole.begin(), whole.begin() + static_cast<std::ptrdiff_t>(len)));
     if (len >= end) {
       CHECK(lio::read_calibration(p).statistics("blk.0.attn_q.weight").diagonal() == Eigen::Vector2d(1, 2) / 3);
       continue;

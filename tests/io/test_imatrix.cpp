@@ -29,7 +29,7 @@ std::string path_of(const std::string& name) { return calib_test::scratch_dir("i
 
 // llama-imatrix's collector state for one tensor (struct Stats).
 struct Stats {
-  std::vector<float> values;    // per expert, per column: sum of x^2
+  std::vector<float> values;         // per expert, per column: sum of x^2
   std::vector<std::int64_t> counts;  // per expert: tokens
 };
 using Collected = std::map<std::string, Stats>;
@@ -46,10 +46,11 @@ void write_gguf(const std::string& path, const Collected& c, const std::vector<s
   for (const auto& e : c) {  // std::map: sorted as std::sort sorts the names
     const std::uint64_t nmat = e.second.counts.size(), nval = e.second.values.size();
     std::vector<float> counts(e.second.counts.begin(), e.second.counts.end());
-    b.add_tensor(e.first + ".in_sum2", nmat == 1 ? std::vector<std::uint64_t>{nval} : std::vector<std::uint64_t>{nval / nmat, nmat},
-                 gl::F32, gl::Builder::encode_floats(e.second.values, gl::F32));
-    b.add_tensor(e.first + ".counts", nmat == 1 ? std::vector<std::uint64_t>{1} : std::vector<std::uint64_t>{1, nmat}, gl::F32,
-                 gl::Builder::encode_floats(counts, gl::F32));
+    b.add_tensor(e.first + ".in_sum2",
+                 nmat == 1 ? std::vector<std::uint64_t>{nval} : std::vector<std::uint64_t>{nval / nmat, nmat}, gl::F32,
+                 gl::Builder::encode_floats(e.second.values, gl::F32));
+    b.add_tensor(e.first + ".counts", nmat == 1 ? std::vector<std::uint64_t>{1} : std::vector<std::uint64_t>{1, nmat},
+                 gl::F32, gl::Builder::encode_floats(counts, gl::F32));
   }
   b.write(path);
 }
@@ -72,7 +73,8 @@ void write_dat(const std::string& path, const Collected& c, std::int32_t last_ch
     const std::int32_t ncall = static_cast<std::int32_t>(
         (*std::max_element(s.counts.begin(), s.counts.end()) + (chunk_size - 1)) / chunk_size);
     i32(ncall);
-    const std::int32_t nval = static_cast<std::int32_t>(s.values.size()), nmat = static_cast<std::int32_t>(s.counts.size());
+    const std::int32_t nval = static_cast<std::int32_t>(s.values.size()),
+                       nmat = static_cast<std::int32_t>(s.counts.size());
     i32(nval);
     for (std::int32_t i = 0; i < nval; ++i) {
       float count = static_cast<float>(s.counts[static_cast<std::size_t>(i / (nval / nmat))]);
@@ -200,7 +202,8 @@ TEST_CASE("imatrix: a GGUF from llama.cpp's layout reads as llama-quantize reads
   CHECK(s.count() == 1000);
   CHECK(s.mode() == StatsMode::diagonal);
   for (Eigen::Index j = 0; j < 16; ++j)
-    CHECK(s.diagonal()(j) == static_cast<double>(c.at("blk.0.ffn_down.weight").values[static_cast<std::size_t>(j)]) / 1000);
+    CHECK(s.diagonal()(j) ==
+          static_cast<double>(c.at("blk.0.ffn_down.weight").values[static_cast<std::size_t>(j)]) / 1000);
   CHECK(f.entries().count("model.layers.0.self_attn.q_proj") == 1);
   CHECK(f.entries().count("lm_head") == 1);
   CHECK(f.entries().count("blk.0.ffn_gate_inp.weight") == 1);  // no Hugging Face name: kept
@@ -278,8 +281,10 @@ TEST_CASE("imatrix: write_imatrix_gguf is what llama-imatrix writes, read indepe
   stats.emplace("model.layers.0.self_attn.q_proj", calib_test::sample_stats(8, 300, StatsMode::full, 5));
   stats.emplace("model.layers.0.mlp.down_proj", calib_test::sample_stats(16, 200, StatsMode::diagonal, 6));
   stats.emplace("lm_head", calib_test::sample_stats(8, 300, StatsMode::diagonal, 7));
-  stats.emplace("blk.3.ffn_up.weight", calib_test::sample_stats(8, 100, StatsMode::diagonal, 8));  // llama.cpp name kept
-  const std::map<std::string, std::string> shares = {{"model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.q_proj"}};
+  stats.emplace("blk.3.ffn_up.weight",
+                calib_test::sample_stats(8, 100, StatsMode::diagonal, 8));  // llama.cpp name kept
+  const std::map<std::string, std::string> shares = {
+      {"model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.q_proj"}};
   const std::string p = path_of("written.imatrix.gguf");
   lio::write_imatrix_gguf(p, stats, {"calib.txt"}, 3, 100, shares);
   CHECK(calib_test::no_temporaries(calib_test::scratch_dir("imatrix")));
@@ -312,7 +317,8 @@ TEST_CASE("imatrix: write_imatrix_gguf is what llama-imatrix writes, read indepe
     CAPTURE(llama);
     const std::vector<float>& e = imp.at(llama);
     REQUIRE(static_cast<Eigen::Index>(e.size()) == s.features());
-    for (Eigen::Index j = 0; j < s.features(); ++j) CHECK(e[static_cast<std::size_t>(j)] == doctest::Approx(s.diagonal()(j)).epsilon(1e-6));
+    for (Eigen::Index j = 0; j < s.features(); ++j)
+      CHECK(e[static_cast<std::size_t>(j)] == doctest::Approx(s.diagonal()(j)).epsilon(1e-6));
     CHECK(f.values(*f.find(llama + ".counts"))[0] == static_cast<float>(s.count()));
   };
   expect_mean("blk.0.attn_q.weight", stats.at("model.layers.0.self_attn.q_proj"));  // a full matrix's diagonal
@@ -339,17 +345,21 @@ TEST_CASE("imatrix: write_imatrix_gguf is what llama-imatrix writes, read indepe
   write_gguf(path_of("again.imatrix.gguf"), c, {"calib.txt"}, 3, 100);
   CHECK(calib_test::file_bytes(path_of("again.imatrix.gguf")) == calib_test::file_bytes(p));
 
-  expect_error([&] {
-    std::map<std::string, InputStatistics> bad;
-    bad.emplace("model.embed_tokens", calib_test::sample_stats(4, 10, StatsMode::diagonal, 1));
-    lio::write_imatrix_gguf(path_of("bad.gguf"), bad, {}, 1, 1);
-  }, Errc::invalid_argument, {"model.embed_tokens"});
-  expect_error([&] {
-    std::map<std::string, InputStatistics> twice;
-    twice.emplace("lm_head", calib_test::sample_stats(4, 10, StatsMode::diagonal, 1));
-    twice.emplace("output.weight", calib_test::sample_stats(4, 10, StatsMode::diagonal, 1));
-    lio::write_imatrix_gguf(path_of("bad.gguf"), twice, {}, 1, 1);
-  }, Errc::invalid_argument, {"output.weight"});
+  expect_error(
+      [&] {
+        std::map<std::string, InputStatistics> bad;
+        bad.emplace("model.embed_tokens", calib_test::sample_stats(4, 10, StatsMode::diagonal, 1));
+        lio::write_imatrix_gguf(path_of("bad.gguf"), bad, {}, 1, 1);
+      },
+      Errc::invalid_argument, {"model.embed_tokens"});
+  expect_error(
+      [&] {
+        std::map<std::string, InputStatistics> twice;
+        twice.emplace("lm_head", calib_test::sample_stats(4, 10, StatsMode::diagonal, 1));
+        twice.emplace("output.weight", calib_test::sample_stats(4, 10, StatsMode::diagonal, 1));
+        lio::write_imatrix_gguf(path_of("bad.gguf"), twice, {}, 1, 1);
+      },
+      Errc::invalid_argument, {"output.weight"});
   CHECK_FALSE(std::filesystem::exists(path_of("bad.gguf")));
 }
 

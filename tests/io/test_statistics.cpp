@@ -52,8 +52,8 @@ std::vector<unsigned char> bytes_of(const std::vector<T>& v) {
   std::memcpy(b.data(), v.data(), b.size());
   return b;
 }
-void write_raw(const std::string& path, const std::vector<RawTensor>& ts, std::map<std::string, std::string> md = {
-                                                                               {"loftq.format", lio::kStatisticsFormat}}) {
+void write_raw(const std::string& path, const std::vector<RawTensor>& ts,
+               std::map<std::string, std::string> md = {{"loftq.format", lio::kStatisticsFormat}}) {
   std::vector<lio::TensorDecl> decls;
   for (const auto& t : ts) decls.push_back({t.name, t.dtype, t.shape});
   lio::SafetensorsWriter w(path, decls, md);
@@ -114,8 +114,9 @@ TEST_CASE("statistics: F32 layout on disk, read without the library") {
     const bool full = s.second.mode() == StatsMode::full;
     CHECK(x["shape"] == (full ? nlohmann::json{n, n} : nlohmann::json{n}));
     // The stored values are the sums: count x the mean, row-major.
-    const Eigen::MatrixXd sums = full ? Eigen::MatrixXd(s.second.gram() * static_cast<double>(s.second.count()))
-                                      : Eigen::MatrixXd(s.second.diagonal().transpose() * static_cast<double>(s.second.count()));
+    const Eigen::MatrixXd sums =
+        full ? Eigen::MatrixXd(s.second.gram() * static_cast<double>(s.second.count()))
+             : Eigen::MatrixXd(s.second.diagonal().transpose() * static_cast<double>(s.second.count()));
     const std::size_t at = data + x["data_offsets"][0].get<std::size_t>();
     for (Eigen::Index i = 0; i < sums.rows(); ++i)
       for (Eigen::Index j = 0; j < sums.cols(); ++j) {
@@ -157,10 +158,16 @@ TEST_CASE("statistics: shares fall back, and lookup says so") {
   expect_error([&] { f.statistics("model.layers.1.self_attn.q_proj"); }, Errc::invalid_argument,
                {p, "model.layers.1.self_attn.q_proj"});
   // A share must fall back to an entry, and not shadow one.
-  expect_error([&] { lio::write_statistics(path_of("bad.safetensors"), stats, {{kK, "nowhere"}}); },
-               Errc::invalid_argument, {kK, "nowhere"});
-  expect_error([&] { lio::write_statistics(path_of("bad.safetensors"), stats, {{kDown, kQ}}); },
-               Errc::invalid_argument, {kDown});
+  expect_error(
+      [&] {
+        lio::write_statistics(path_of("bad.safetensors"), stats, {{kK, "nowhere"}});
+      },
+      Errc::invalid_argument, {kK, "nowhere"});
+  expect_error(
+      [&] {
+        lio::write_statistics(path_of("bad.safetensors"), stats, {{kDown, kQ}});
+      },
+      Errc::invalid_argument, {kDown});
   write_raw(path_of("dangling.safetensors"), {xtx(kDown, {1, 2}, {2}), tokens(kDown, 3)},
             {{"loftq.format", lio::kStatisticsFormat}, {"loftq.shares." + kK, kQ}});
   expect_error([&] { lio::read_statistics(path_of("dangling.safetensors")); }, Errc::invalid_argument,
@@ -224,11 +231,15 @@ TEST_CASE("statistics: structural errors at read") {
       {"no_tokens.safetensors", {xtx(m, {1, 2}, {2})}, Errc::parse_error, m + ".xtx"},
       {"no_xtx.safetensors", {tokens(m, 3)}, Errc::parse_error, m + ".tokens"},
       {"stray.safetensors", {xtx(m, {1, 2}, {2}), tokens(m, 3), xtx("x", {1}, {1})}, Errc::parse_error, "x.xtx"},
-      {"stray2.safetensors", {xtx(m, {1, 2}, {2}), tokens(m, 3), {"weight", lio::Dtype::F32, {1}, bytes_of(std::vector<float>{1})}},
-       Errc::parse_error, "weight"},
+      {"stray2.safetensors",
+       {xtx(m, {1, 2}, {2}), tokens(m, 3), {"weight", lio::Dtype::F32, {1}, bytes_of(std::vector<float>{1})}},
+       Errc::parse_error,
+       "weight"},
       {"f16.safetensors", {{m + ".xtx", lio::Dtype::F16, {1}, {0, 0x3c}}, tokens(m, 3)}, Errc::unsupported, "F16"},
-      {"tokens_f32.safetensors", {xtx(m, {1}, {1}), {m + ".tokens", lio::Dtype::F32, {}, bytes_of(std::vector<float>{3})}},
-       Errc::parse_error, m + ".tokens"},
+      {"tokens_f32.safetensors",
+       {xtx(m, {1}, {1}), {m + ".tokens", lio::Dtype::F32, {}, bytes_of(std::vector<float>{3})}},
+       Errc::parse_error,
+       m + ".tokens"},
   };
   for (const Case& c : cases) {
     CAPTURE(c.file);

@@ -73,8 +73,8 @@ inline void refuse_imatrix_entry(StatisticsFile& out, const std::string& file_na
   using A = StatisticsFileAccess;
   const std::string hf = llama_to_hf(file_name);
   const std::string key = hf.empty() ? file_name : hf;
-  ::loftq::detail::require(!A::entries(out).count(key) && A::refused(out).emplace(key, why).second,
-                           Errc::parse_error, A::path(out) + ": two entries for '" + key + "'");
+  ::loftq::detail::require(!A::entries(out).count(key) && A::refused(out).emplace(key, why).second, Errc::parse_error,
+                           A::path(out) + ": two entries for '" + key + "'");
 }
 
 // Each module of a q/k/v or gate/up group without an entry falls back to
@@ -97,8 +97,9 @@ inline void derive_imatrix_shares(StatisticsFile& out) {
 inline void check_sums(const std::string& what, const float* v, std::uint64_t n) {
   for (std::uint64_t j = 0; j < n; ++j)
     if (!(std::isfinite(v[j]) && v[j] >= 0))
-      ::loftq::detail::fail(std::isfinite(v[j]) ? Errc::invalid_argument : Errc::non_finite, what + ": value " + std::to_string(j) + " (" + std::to_string(v[j]) +
-                                 ") is not a finite non-negative sum of squares");
+      ::loftq::detail::fail(std::isfinite(v[j]) ? Errc::invalid_argument : Errc::non_finite,
+                            what + ": value " + std::to_string(j) + " (" + std::to_string(v[j]) +
+                                ") is not a finite non-negative sum of squares");
 }
 
 inline bool is_expert_tensor(const std::string& name) { return name.find("_exps") != std::string::npos; }
@@ -119,8 +120,9 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
   const GgufKV* ds = g.find_kv(kImatrixDatasets);
   const GgufKV* cc = g.find_kv(kImatrixChunkCount);
   const GgufKV* cs = g.find_kv(kImatrixChunkSize);
-  ::loftq::detail::require(ds && cc && cs, Errc::parse_error,
-                           path + ": missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size)");
+  ::loftq::detail::require(
+      ds && cc && cs, Errc::parse_error,
+      path + ": missing imatrix metadata (imatrix.datasets, imatrix.chunk_count, imatrix.chunk_size)");
   ::loftq::detail::require(cc->type == GgufValueType::UINT32 && cs->type == GgufValueType::UINT32, Errc::parse_error,
                            path + ": imatrix.chunk_count and imatrix.chunk_size must be UINT32");
   A::chunk_count(out) = static_cast<std::int64_t>(detail::get_le(cc->value.data(), 4));
@@ -131,7 +133,8 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
   // GgufFile has checked the array's strings lie inside the value.
   for (std::size_t pos = 12; pos < ds->value.size();) {
     const std::uint64_t len = detail::get_le(ds->value.data() + pos, 8);
-    A::datasets(out).emplace_back(reinterpret_cast<const char*>(ds->value.data() + pos + 8), static_cast<std::size_t>(len));
+    A::datasets(out).emplace_back(reinterpret_cast<const char*>(ds->value.data() + pos + 8),
+                                  static_cast<std::size_t>(len));
     pos += 8 + static_cast<std::size_t>(len);
   }
   std::map<std::string, std::pair<const GgufTensorInfo*, const GgufTensorInfo*>> pairs;
@@ -149,9 +152,9 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
     const GgufTensorInfo* c = p.second.second;
     const std::string what = path + ": '" + p.first + "'";
     ::loftq::detail::require(s && c, Errc::parse_error, what + ": needs both .in_sum2 and .counts");
-    ::loftq::detail::require(s->type == static_cast<std::uint32_t>(GgmlType::F32) &&
-                                 c->type == static_cast<std::uint32_t>(GgmlType::F32),
-                             Errc::parse_error, what + ": .in_sum2 and .counts must be F32");
+    ::loftq::detail::require(
+        s->type == static_cast<std::uint32_t>(GgmlType::F32) && c->type == static_cast<std::uint32_t>(GgmlType::F32),
+        Errc::parse_error, what + ": .in_sum2 and .counts must be F32");
     const std::uint64_t n_expert = c->numel, n = s->ne[0];
     ::loftq::detail::require(s->numel % n_expert == 0 && s->numel / n_expert == n, Errc::parse_error,
                              what + ": .in_sum2 holds " + std::to_string(s->numel) + " values, not " +
@@ -162,8 +165,8 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
       if (!(std::isfinite(k) && k >= 0 && k < 9e18f))
         ::loftq::detail::fail(Errc::parse_error, what + ": a token count (" + std::to_string(k) + ") is not a count");
     if (n_expert > 1 || detail::is_expert_tensor(p.first)) {
-      detail::refuse_imatrix_entry(out, p.first, "per-expert statistics (" + std::to_string(n_expert) +
-                                                     " experts) do not map to one module");
+      detail::refuse_imatrix_entry(
+          out, p.first, "per-expert statistics (" + std::to_string(n_expert) + " experts) do not map to one module");
       continue;
     }
     ::loftq::detail::require(n <= (std::uint64_t(1) << 31), Errc::unsupported, what + " is too large");
@@ -216,14 +219,16 @@ inline StatisticsFile read_imatrix_dat(const std::string& path) {
   for (std::int32_t i = 0; i < n_entries; ++i) {
     const std::string entry = "entry " + std::to_string(i);
     const std::int32_t len = i32("the name length of " + entry);
-    ::loftq::detail::require(len >= 1, Errc::parse_error, path + ": " + entry + " has a name of " + std::to_string(len) + " bytes");
+    ::loftq::detail::require(len >= 1, Errc::parse_error,
+                             path + ": " + entry + " has a name of " + std::to_string(len) + " bytes");
     std::string name(static_cast<std::size_t>(std::min<std::uint64_t>(static_cast<std::uint64_t>(len), left())), '\0');
     bytes(&name[0], static_cast<std::uint64_t>(len), "the name of " + entry);
     ::loftq::detail::require(name.find('\0') == std::string::npos, Errc::parse_error,
                              path + ": the name of " + entry + " holds a NUL byte");
     const std::int32_t ncall = i32("ncall of '" + name + "'");
     const std::int32_t nval = i32("nval of '" + name + "'");
-    ::loftq::detail::require(nval >= 1, Errc::parse_error, path + ": '" + name + "' has " + std::to_string(nval) + " values");
+    ::loftq::detail::require(nval >= 1, Errc::parse_error,
+                             path + ": '" + name + "' has " + std::to_string(nval) + " values");
     ::loftq::detail::require(static_cast<std::uint64_t>(nval) <= left() / 4, Errc::parse_error,
                              path + ": truncated: the " + std::to_string(nval) + " values of '" + name + "'");
     vals.resize(static_cast<std::size_t>(nval));
@@ -270,7 +275,8 @@ inline void write_imatrix_gguf(const std::string& path, const std::map<std::stri
   };
   std::map<std::string, const InputStatistics*> out;  // sorted as llama-imatrix sorts
   for (const auto& s : stats) {
-    ::loftq::detail::require(s.second.count() >= 1, Errc::invalid_argument, path + ": '" + s.first + "' has no samples");
+    ::loftq::detail::require(s.second.count() >= 1, Errc::invalid_argument,
+                             path + ": '" + s.first + "' has no samples");
     ::loftq::detail::require(out.emplace(llama_name(s.first), &s.second).second, Errc::invalid_argument,
                              path + ": two modules are named '" + llama_name(s.first) + "'");
   }
@@ -290,7 +296,8 @@ inline void write_imatrix_gguf(const std::string& path, const std::map<std::stri
                                    gguf_kv_u32(kImatrixChunkSize, chunk_size)};
   std::vector<GgufTensorDecl> decls;
   for (const auto& o : out) {
-    decls.push_back({o.first + ".in_sum2", {static_cast<std::uint64_t>(o.second->features())},
+    decls.push_back({o.first + ".in_sum2",
+                     {static_cast<std::uint64_t>(o.second->features())},
                      static_cast<std::uint32_t>(GgmlType::F32)});
     decls.push_back({o.first + ".counts", {1}, static_cast<std::uint32_t>(GgmlType::F32)});
   }
@@ -298,8 +305,9 @@ inline void write_imatrix_gguf(const std::string& path, const std::map<std::stri
   std::vector<float> v;
   for (const auto& o : out) {
     const InputStatistics& s = *o.second;
-    const Eigen::VectorXd d = s.mode() == StatsMode::full ? Eigen::VectorXd(::loftq::detail::StatsAccess::sums(s).diagonal())
-                                                          : ::loftq::detail::StatsAccess::diagonal_sums(s);
+    const Eigen::VectorXd d = s.mode() == StatsMode::full
+                                  ? Eigen::VectorXd(::loftq::detail::StatsAccess::sums(s).diagonal())
+                                  : ::loftq::detail::StatsAccess::diagonal_sums(s);
     v.assign(d.data(), d.data() + d.size());  // to float
     for (float x : v)
       if (!std::isfinite(x)) ::loftq::detail::fail(Errc::non_finite, path + ": '" + o.first + "': a sum overflows F32");

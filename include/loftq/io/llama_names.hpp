@@ -32,7 +32,7 @@ struct LayerName {
 };
 inline const LayerName* layer_names(std::size_t& n) {
   static const LayerName t[] = {
-      {"attn_q", "self_attn.q_proj"},     {"attn_k", "self_attn.k_proj"},  {"attn_v", "self_attn.v_proj"},
+      {"attn_q", "self_attn.q_proj"},     {"attn_k", "self_attn.k_proj"},      {"attn_v", "self_attn.v_proj"},
       {"attn_qkv", "self_attn.qkv_proj"}, {"attn_output", "self_attn.o_proj"}, {"ffn_gate", "mlp.gate_proj"},
       {"ffn_up", "mlp.up_proj"},          {"ffn_down", "mlp.down_proj"},
   };

@@ -79,7 +79,7 @@ class StatisticsFile {
  public:
   struct Match {
     const CalibrationEntry* entry = nullptr;  // nullptr: no statistics for the target
-    bool shared = false;                       // true: another module's entry, same input
+    bool shared = false;                      // true: another module's entry, same input
   };
 
   StatisticsFile() = default;
@@ -118,7 +118,8 @@ class StatisticsFile {
   // The entry for `target`, which must exist and have n features.
   const CalibrationEntry& check(const std::string& target, Eigen::Index n) const {
     const Match m = lookup(target);
-    ::loftq::detail::require(m.entry != nullptr, Errc::invalid_argument, path_ + ": no statistics for '" + target + "'");
+    ::loftq::detail::require(m.entry != nullptr, Errc::invalid_argument,
+                             path_ + ": no statistics for '" + target + "'");
     ::loftq::detail::require(m.entry->features == n, Errc::invalid_argument,
                              path_ + ": tensor '" + tensor_name(*m.entry) + "' has " +
                                  std::to_string(m.entry->features) + " features, but '" + target + "' has " +
@@ -129,7 +130,8 @@ class StatisticsFile {
   // The statistics of `target` (see lookup), read and validated.
   InputStatistics statistics(const std::string& target) const {
     const Match m = lookup(target);
-    ::loftq::detail::require(m.entry != nullptr, Errc::invalid_argument, path_ + ": no statistics for '" + target + "'");
+    ::loftq::detail::require(m.entry != nullptr, Errc::invalid_argument,
+                             path_ + ": no statistics for '" + target + "'");
     return load(*m.entry);
   }
 
@@ -183,7 +185,8 @@ class StatisticsFile {
           }
           if (!std::isfinite(v))
             ::loftq::detail::fail(Errc::non_finite, what + ": element " + std::to_string(r0 + i) +
-                                       (rows > 1 ? "," + std::to_string(j) : std::string()) + " is NaN or Inf");
+                                                        (rows > 1 ? "," + std::to_string(j) : std::string()) +
+                                                        " is NaN or Inf");
           M(static_cast<Eigen::Index>(r0 + i), static_cast<Eigen::Index>(j)) = v;
         }
     }
@@ -191,16 +194,19 @@ class StatisticsFile {
     auto diag = [&](Eigen::Index j) { return e.mode == StatsMode::full ? M(j, j) : M(0, j); };
     for (Eigen::Index j = 0; j < nn; ++j)
       if (!(diag(j) >= 0))
-        ::loftq::detail::fail(Errc::invalid_argument, what + ": diagonal element " + std::to_string(j) + " is negative (" +
-                                   std::to_string(diag(j)) + "); a second moment cannot be");
-    if (e.mode == StatsMode::diagonal) return ::loftq::detail::StatsAccess::restore(Eigen::VectorXd(M.row(0).transpose()), e.count);
+        ::loftq::detail::fail(Errc::invalid_argument, what + ": diagonal element " + std::to_string(j) +
+                                                          " is negative (" + std::to_string(diag(j)) +
+                                                          "); a second moment cannot be");
+    if (e.mode == StatsMode::diagonal)
+      return ::loftq::detail::StatsAccess::restore(Eigen::VectorXd(M.row(0).transpose()), e.count);
     for (Eigen::Index j = 0; j < nn; ++j)
       for (Eigen::Index i = j + 1; i < nn; ++i) {
         const double a = M(i, j), b = M(j, i);
         if (!(std::abs(a - b) <= kSymmetryTolerance * std::sqrt(M(i, i) * M(j, j))))
-          ::loftq::detail::fail(Errc::invalid_argument, what + ": not symmetric: element " + std::to_string(i) + "," + std::to_string(j) +
-                                     " is " + std::to_string(a) + ", element " + std::to_string(j) + "," +
-                                     std::to_string(i) + " is " + std::to_string(b));
+          ::loftq::detail::fail(Errc::invalid_argument, what + ": not symmetric: element " + std::to_string(i) + "," +
+                                                            std::to_string(j) + " is " + std::to_string(a) +
+                                                            ", element " + std::to_string(j) + "," + std::to_string(i) +
+                                                            " is " + std::to_string(b));
         M(i, j) = 0.5 * a + 0.5 * b;
       }
     return ::loftq::detail::StatsAccess::restore(std::move(M), e.count);
@@ -211,7 +217,7 @@ class StatisticsFile {
   std::map<std::string, CalibrationEntry> entries_;
   std::map<std::string, std::string> shares_, refused_;
   std::map<std::string, Eigen::VectorXd> diagonal_;  // imatrix entries, held in memory
-  std::unique_ptr<SafetensorsFile> file_;             // project files: read on demand
+  std::unique_ptr<SafetensorsFile> file_;            // project files: read on demand
   std::vector<std::string> datasets_;
   std::int64_t chunk_count_ = 0, chunk_size_ = 0;
   bool counts_are_chunks_ = false;
@@ -256,9 +262,9 @@ inline StatisticsFile read_statistics(const std::string& path) {
   const auto fmt = md.find(kStatisticsFormatKey);
   ::loftq::detail::require(fmt != md.end(), Errc::parse_error,
                            path + ": not a loftq statistics file (no '" + kStatisticsFormatKey + "' metadata)");
-  ::loftq::detail::require(fmt->second == kStatisticsFormat, Errc::unsupported,
-                           path + ": statistics format '" + fmt->second + "' is not supported (expected '" +
-                               kStatisticsFormat + "')");
+  ::loftq::detail::require(
+      fmt->second == kStatisticsFormat, Errc::unsupported,
+      path + ": statistics format '" + fmt->second + "' is not supported (expected '" + kStatisticsFormat + "')");
   auto& entries = A::entries(out);
   for (const TensorInfo& t : file->tensors()) {
     std::string module = t.name;
@@ -321,8 +327,9 @@ inline void write_statistics(const std::string& path, const std::map<std::string
                              path + ": '" + s.first + "' has no samples");
     const std::uint64_t n = static_cast<std::uint64_t>(s.second.features());
     entries[s.first] = CalibrationEntry{s.first, s.second.features(), s.second.mode(), s.second.count()};
-    decls.push_back({s.first + ".xtx", dtype,
-                     s.second.mode() == StatsMode::full ? std::vector<std::uint64_t>{n, n} : std::vector<std::uint64_t>{n}});
+    decls.push_back(
+        {s.first + ".xtx", dtype,
+         s.second.mode() == StatsMode::full ? std::vector<std::uint64_t>{n, n} : std::vector<std::uint64_t>{n}});
     decls.push_back({s.first + ".tokens", Dtype::I64, {}});
   }
   detail::check_shares(path, entries, shares);
@@ -352,7 +359,8 @@ inline void write_statistics(const std::string& path, const std::map<std::string
           finite = std::isfinite(f);
         }
         if (!finite)
-          ::loftq::detail::fail(Errc::non_finite, path + ": '" + s.first + "': a sum is not finite in " + dtype_name(dtype));
+          ::loftq::detail::fail(Errc::non_finite,
+                                path + ": '" + s.first + "': a sum is not finite in " + dtype_name(dtype));
       }
       w.write(name, row.data(), row.size(), static_cast<std::uint64_t>(i) * row.size());
     }
