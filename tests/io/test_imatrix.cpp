@@ -7,7 +7,7 @@
 #include <loftq/io/imatrix.hpp>
 
 #include "calib_support.hpp"
-#include "support/gguf_layout.hpp"
+#include "common/gguf_layout.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -33,9 +33,12 @@ inline CalibrationFormat detect_calibration_format(const std::string& path) {
 
 inline StatisticsFile read_calibration(const std::string& path) {
   switch (detect_calibration_format(path)) {
-    case CalibrationFormat::imatrix_gguf: return read_imatrix_gguf(path);
-    case CalibrationFormat::loftq: return read_statistics(path);
-    case CalibrationFormat::imatrix_dat: break;
+    case CalibrationFormat::imatrix_gguf:
+      return read_imatrix_gguf(path);
+    case CalibrationFormat::loftq:
+      return read_statistics(path);
+    case CalibrationFormat::imatrix_dat:
+      break;
   }
   return read_imatrix_dat(path);
 }

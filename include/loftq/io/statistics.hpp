@@ -55,9 +55,12 @@ enum class CalibrationFormat { loftq, imatrix_gguf, imatrix_dat };
 
 inline const char* calibration_format_name(CalibrationFormat f) {
   switch (f) {
-    case CalibrationFormat::loftq: return "loftq statistics (safetensors)";
-    case CalibrationFormat::imatrix_gguf: return "llama.cpp imatrix (GGUF)";
-    case CalibrationFormat::imatrix_dat: return "llama.cpp imatrix (legacy .dat)";
+    case CalibrationFormat::loftq:
+      return "loftq statistics (safetensors)";
+    case CalibrationFormat::imatrix_gguf:
+      return "llama.cpp imatrix (GGUF)";
+    case CalibrationFormat::imatrix_dat:
+      return "llama.cpp imatrix (legacy .dat)";
   }
   return "?";
 }
