@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "detail/parallel.hpp"
 #include "error.hpp"
@@ -149,6 +150,25 @@ namespace detail {
 struct StatsAccess {
   static const Eigen::MatrixXd& sums(const InputStatistics& s) { return s.sum_; }
   static const Eigen::VectorXd& diagonal_sums(const InputStatistics& s) { return s.diag_; }
+  // Statistics from stored sums (the file readers of io/statistics.hpp, which
+  // validate them first): `sums` is sum x x^T (lower triangle used) or the
+  // vector of sum x_j^2, over `count` >= 1 samples.
+  static InputStatistics restore(Eigen::MatrixXd sums, std::int64_t count) {
+    require(sums.rows() >= 1 && sums.rows() == sums.cols() && count >= 1, Errc::invalid_argument,
+            "InputStatistics: stored sums must be square over at least one sample");
+    InputStatistics s(sums.rows(), StatsMode::full);
+    s.sum_ = std::move(sums);
+    s.count_ = count;
+    return s;
+  }
+  static InputStatistics restore(Eigen::VectorXd sums, std::int64_t count) {
+    require(sums.size() >= 1 && count >= 1, Errc::invalid_argument,
+            "InputStatistics: stored sums must be over at least one sample");
+    InputStatistics s(sums.size(), StatsMode::diagonal);
+    s.diag_ = std::move(sums);
+    s.count_ = count;
+    return s;
+  }
 };
 
 }  // namespace detail

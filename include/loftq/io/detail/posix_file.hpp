@@ -13,7 +13,9 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <string>
 #include <utility>
 
@@ -109,10 +111,15 @@ class ReadOnlyFile {
 
 class AtomicFile {
  public:
-  // Creates <path>.tmp-<pid>-<k>, `size` bytes of zeros.
+  // Creates <path>.tmp-<pid>-<random>, `size` bytes of zeros. The random
+  // part keeps two containers' processes (both often PID 1) sharing a
+  // directory from taking turns on the same names; O_EXCL settles the rest.
   AtomicFile(std::string path, std::uint64_t size) : path_(std::move(path)) {
+    std::random_device rd;
     for (int k = 0;; ++k) {
-      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k);
+      char tag[17];
+      std::snprintf(tag, sizeof tag, "%08x%08x", static_cast<unsigned>(rd()), static_cast<unsigned>(rd()));
+      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + tag;
       fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd_ >= 0) break;
       if (errno != EEXIST || k >= 100) {
