@@ -420,6 +420,50 @@ scale_start)
   done
   ;;
 
+deep_json)
+  # Every JSON the tool parses goes through the bounded-depth reader; files it
+  # only copies are copied byte for byte, never parsed.
+  deep() {  # LEVELS: {"a":[[...]]}
+    printf '{"a":'
+    head -c "$1" /dev/zero | tr '\0' '['
+    head -c "$1" /dev/zero | tr '\0' ']'
+    printf '}'
+  }
+  synth s F32 1 1 64 96
+  for k in 1 2; do expect_rc 0 model --input s --output "p$k" --rank 4 --iters 1 --quiet --shard "$k/2"; done
+  cp -r s d
+  deep 300000 >d/config.json
+  for fmt in "" "--format bnb-nf4"; do
+    # shellcheck disable=SC2086
+    expect_refused 'd/config.json: JSON nested deeper than 64' model --input d --output out --rank 4 --iters 1 --quiet $fmt
+  done
+  deep 20000 >d/config.json
+  expect_refused 'd/config.json: JSON nested deeper than 64' model --input d --output out --rank 4 --iters 1 --quiet --format bnb-nf4
+  deep 300000 >d/config.json
+  expect_refused 'd/config.json: JSON nested deeper than 64' merge --input d --shards p1,p2 --output m
+  # Not JSON, or too large to be a configuration: one line naming the file.
+  printf '{"a": 1, "a": 2}' >d/config.json
+  expect_refused "d/config.json: duplicate key 'a'" model --input d --output out --rank 4 --iters 1 --quiet
+  head -c $((17 << 20)) /dev/zero | tr '\0' ' ' >d/config.json
+  expect_refused 'd/config.json: larger than 16 MiB' model --input d --output out --rank 4 --iters 1 --quiet
+  # Deep but legal (64 levels) is read; the copied side files are never parsed.
+  { printf '{"model_type": "llama", "x": '; head -c 63 /dev/zero | tr '\0' '['; head -c 63 /dev/zero | tr '\0' ']'; printf '}'; } >d/config.json
+  for f in generation_config.json tokenizer.json tokenizer_config.json special_tokens_map.json; do deep 300000 >"d/$f"; done
+  expect_rc 0 model --input d --output out --rank 4 --iters 1 --quiet
+  check d out 4 4
+  for f in config.json generation_config.json tokenizer.json tokenizer_config.json special_tokens_map.json; do
+    cmp -s "d/$f" "out/$f" || fail "$f not copied byte for byte"
+  done
+  # A shard report or an index nested deep: refused like any bad JSON.
+  cp -r p1 q1
+  deep 300000 >q1/loftq_report.json
+  expect_refused 'q1/loftq_report.json.*(nested deeper|bad JSON)' merge --input s --shards q1,p2 --output m
+  synth sh F32 2 1 64 96
+  { printf '{"metadata": {}, "weight_map": {"x": '; head -c 300000 /dev/zero | tr '\0' '['; head -c 300000 /dev/zero | tr '\0' ']'; printf '}}'; } \
+    >sh/model.safetensors.index.json
+  expect_refused 'model.safetensors.index.json.*(nested deeper|bad JSON)' model --input sh --output out2 --rank 4 --iters 1 --quiet
+  ;;
+
 *)
   fail "unknown case"
   ;;
