@@ -5,7 +5,9 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,6 +15,8 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 #include <thread>
@@ -61,6 +65,7 @@ void check_interrupt() {
 }
 
 const std::atomic<bool>* cancel_flag() { return &g_cancel; }
+
 
 void reset_signal_state() {
   g_interrupted = 0;
@@ -139,7 +144,32 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
-std::string unique_tag(int k) { return std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k); }
+// <pid>-<16 hex digits>: the pid for whoever looks at the directory, the
+// random part so that no name is predictable from the pid alone (every
+// container's first process is pid 1). Creation is O_EXCL / mkdir anyway.
+std::string unique_tag() {
+  std::uint64_t r = 0;
+  if (::getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r)) {
+    static std::atomic<std::uint64_t> counter{0};
+    struct timespec ts;
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    r = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
+        (counter.fetch_add(1) * 0x9e3779b97f4a7c15ull);
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(r));
+  return std::to_string(static_cast<long>(::getpid())) + "-" + buf;
+}
+
+// Leftovers of runs that died (SIGKILL, power loss) for the output `dir`:
+// a previous output moved aside by a publish that died half-way is put back
+// when `dir` is missing, every other leftover is removed.
+void clean_leftovers(const fs::path& dir) {
+  const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+  const std::string name = dir.filename().string();
+  remove_stale_staging(parent, name + ".old-", dir);
+  remove_stale_staging(parent, name + ".tmp-");
+}
 
 }  // namespace
 
@@ -156,8 +186,9 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
                            const std::vector<std::string>& names)
     : shown_(normalize_output(dir)), policy_(policy), names_(names) {
   dir_ = resolve_location(dir);
-  std::vector<InputFile> ins;
-  for (const std::string& in : inputs) ins.push_back(input_file(in));
+  for (const std::string& in : inputs) ins_.push_back(input_file(in));
+  const std::vector<InputFile>& ins = ins_;
+  clean_leftovers(dir_);
   const std::string shown = shown_.string();
   std::error_code ec;
   const fs::file_status st = fs::status(dir_, ec);
@@ -171,6 +202,7 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
     if (policy_ == Existing::replace) {
       check_not_inside(dir_, shown, ins);
       check_replaceable(dir_, shown);
+      check_removable(dir_, shown, ins);
     } else {
       for (const std::string& name : names_) {
         const fs::path t = dir_ / name;
@@ -232,18 +264,27 @@ const fs::path& StagedOutput::stage() {
   if (inside)
     remove_stale_staging(dir_, ".loftq-tmp-");
   else
-    remove_stale_staging(dir_.parent_path(), dir_.filename().string() + ".tmp-");
+    clean_leftovers(dir_);
   check_interrupt();
   for (int k = 0;; ++k) {
     fs::path t;
     if (inside) {
-      t = dir_ / (".loftq-tmp-" + unique_tag(k));
+      t = dir_ / (".loftq-tmp-" + unique_tag());
     } else {
       t = dir_;
-      t += ".tmp-" + unique_tag(k);
+      t += ".tmp-" + unique_tag();
     }
     if (::mkdir(t.c_str(), 0777) == 0) {
       stage_ = t;
+      // Held until the process ends or publishes: a later run takes the
+      // directory for a dead run's only when it can take this lock.
+      stage_lock_ = lock_directory(t);
+      if (stage_lock_ < 0) {
+        const int e = errno;
+        ::rmdir(t.c_str());
+        stage_.clear();
+        throw InputError{shown_.string() + ": cannot lock the staging directory: " + std::strerror(e)};
+      }
       // Marks the directory as the tool's from its first moment: what
       // --overwrite may later delete once published, and what a later run
       // may remove if this process dies before publishing (an update
@@ -317,32 +358,84 @@ void StagedOutput::publish() {
 
 void StagedOutput::publish_dir() {
   check_interrupt();  // the commit point
-  fs::path old;
-  if (exists_) {
-    for (int k = 0;; ++k) {
-      old = dir_;
-      old += ".old-" + unique_tag(k);
-      std::error_code ec;
-      if (!fs::exists(fs::symlink_status(old, ec))) break;
-      if (k >= 100) throw InputError{old.string() + ": names taken"};
+  const fs::path parent = dir_.has_parent_path() ? dir_.parent_path() : fs::path(".");
+  if (!exists_) {
+    // RENAME_NOREPLACE: a DIR created meanwhile, even empty, is someone else's.
+    int r = ::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
+    if (r != 0 && (errno == EINVAL || errno == ENOSYS)) {
+      struct stat st;
+      r = ::lstat(dir_.c_str(), &st) == 0 ? (errno = EEXIST, -1) : ::rename(stage_.c_str(), dir_.c_str());
     }
-    if (::rename(dir_.c_str(), old.c_str()) != 0)
-      throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(errno)};
+    if (r != 0) {
+      const int e = errno;
+      throw InputError{shown_.string() + ": cannot publish the output directory: " +
+                       (e == ENOTEMPTY || e == EEXIST ? std::string("it was created meanwhile by someone else")
+                                                      : std::string(std::strerror(e)))};
+    }
+    stage_.clear();
+    created_dirs_.clear();
+    release_stage_lock();
+    fsync_dir(parent);
+    return;
+  }
+  // DIR may have changed since the checks before the work; under the publish
+  // lock, the same checks again.
+  check_replaceable(dir_, shown_.string());
+  check_removable(dir_, shown_.string(), ins_);
+  // One atomic step swaps the complete new output with the complete old one:
+  // a crash on either side of it leaves one of them at DIR, and the other at
+  // the staging name, unlocked, which the next run removes.
+  if (::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) == 0) {
+    const fs::path old = stage_;
+    stage_.clear();
+    created_dirs_.clear();
+    release_stage_lock();
+    fsync_dir(parent);
+    remove_old(old);
+    return;
+  }
+  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+    throw InputError{shown_.string() + ": cannot replace the existing output: " + std::strerror(errno)};
+  // Fallback for file systems without RENAME_EXCHANGE: two renames, the old
+  // output locked while it is aside, so a run that finds DIR missing and an
+  // unlocked DIR.old-* puts it back (remove_stale_staging).
+  fs::path old;
+  for (int k = 0;; ++k) {
+    old = dir_;
+    old += ".old-" + unique_tag();
+    std::error_code ec;
+    if (!fs::exists(fs::symlink_status(old, ec))) break;
+    if (k >= 100) throw InputError{old.string() + ": names taken"};
+  }
+  const int old_lock = lock_directory(dir_);
+  if (::rename(dir_.c_str(), old.c_str()) != 0) {
+    const int e = errno;
+    if (old_lock >= 0) ::close(old_lock);
+    throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(e)};
   }
   if (::rename(stage_.c_str(), dir_.c_str()) != 0) {
     const int e = errno;
-    if (exists_) (void)::rename(old.c_str(), dir_.c_str());
-    throw InputError{shown_.string() + ": cannot publish the output directory: " +
-                     (!exists_ && (e == ENOTEMPTY || e == EEXIST) ? std::string("it was created meanwhile by someone else")
-                                                                   : std::string(std::strerror(e)))};
+    (void)::renameat2(AT_FDCWD, old.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
+    if (old_lock >= 0) ::close(old_lock);
+    throw InputError{shown_.string() + ": cannot publish the output directory: " + std::strerror(e)};
   }
   stage_.clear();
   created_dirs_.clear();
-  fsync_dir(dir_.has_parent_path() ? dir_.parent_path() : fs::path("."));
-  if (exists_) {
-    std::error_code ec;
-    fs::remove_all(old, ec);
-  }
+  release_stage_lock();
+  fsync_dir(parent);
+  remove_old(old);
+  if (old_lock >= 0) ::close(old_lock);
+}
+
+void StagedOutput::remove_old(const fs::path& old) {
+  if (!remove_tree(old))
+    std::fprintf(stderr, "loftq: warning: %s: the previous output could not be removed completely\n",
+                 printable(old.string()).c_str());
+}
+
+void StagedOutput::release_stage_lock() noexcept {
+  if (stage_lock_ >= 0) ::close(stage_lock_);
+  stage_lock_ = -1;
 }
 
 void StagedOutput::publish_files() {
@@ -387,13 +480,14 @@ void StagedOutput::publish_files() {
   fsync_dir(dir_);
   replaced_.clear();
   backups_.clear();
-  fs::remove_all(stage_, ec);
+  (void)remove_tree(stage_);
   stage_.clear();
+  release_stage_lock();
 }
 
 void StagedOutput::discard() noexcept {
-  std::error_code ec;
-  if (!stage_.empty()) fs::remove_all(stage_, ec);
+  if (!stage_.empty()) (void)remove_tree(stage_);
+  release_stage_lock();
   for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) ::rmdir(it->c_str());
   stage_.clear();
   created_dirs_.clear();

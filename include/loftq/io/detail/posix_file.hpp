@@ -6,11 +6,12 @@
 //                  so a file that shrinks or is rewritten while open is a
 //                  loftq::Error, never a short read taken for data (or the
 //                  SIGBUS a memory map would raise).
-//   AtomicFile     a new file written at known offsets under a temporary name
-//                  next to the target, renamed into place by commit(); one
+//   AtomicFile     a new file written at known offsets under an unpredictable
+//                  temporary name next to the target, renamed into place by commit(); one
 //                  destroyed without commit() is removed.
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -18,7 +19,9 @@
 #include <utility>
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loftq/error.hpp"
@@ -109,10 +112,13 @@ class ReadOnlyFile {
 
 class AtomicFile {
  public:
-  // Creates <path>.tmp-<pid>-<k>, `size` bytes of zeros.
+  // Creates <path>.tmp-<pid>-<16 random hex digits>, `size` bytes of zeros.
+  // The name is unpredictable, so it cannot be another file's name chosen in
+  // advance (a shard named like the temporary of another output file), and
+  // O_EXCL refuses the rare one that exists.
   AtomicFile(std::string path, std::uint64_t size) : path_(std::move(path)) {
     for (int k = 0;; ++k) {
-      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k);
+      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + random_hex();
       fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd_ >= 0) break;
       if (errno != EEXIST || k >= 100) {
@@ -156,6 +162,22 @@ class AtomicFile {
   }
 
  private:
+  static std::string random_hex() {
+    std::uint64_t r = 0;
+    if (::getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r)) {
+      // No entropy yet (early boot): the clock and a counter still differ per call.
+      static std::atomic<std::uint64_t> counter{0};
+      struct timespec ts;
+      ::clock_gettime(CLOCK_REALTIME, &ts);
+      r = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
+          ((counter.fetch_add(1) + 1) * 0x9e3779b97f4a7c15ull);
+    }
+    static const char hex[] = "0123456789abcdef";
+    std::string out(16, '0');
+    for (int i = 0; i < 16; ++i) out[static_cast<std::size_t>(i)] = hex[(r >> (4 * i)) & 15];
+    return out;
+  }
+
   [[noreturn]] void fail_io(const char* what) {
     const int e = errno;
     abandon();
