@@ -628,6 +628,61 @@ publish_crash)
   echo "$points kill points"
   ;;
 
+environment)
+  # Death by the environment: a closed pipe, a file-size limit, threads that
+  # cannot be created. Either a complete run (exit 0) or one line and exit 1,
+  # never a signal death, never staging left behind.
+  synth s F32 1 2 256 512
+  "$LOFTQ" model --input s --output piped --rank 4 --iters 1 --threads 2 2>"$err_file" | true
+  rc=${PIPESTATUS[0]}
+  [ "$rc" -eq 0 ] || { show; fail "stdout a closed pipe: exit $rc"; }
+  check s piped 4 4
+  "$LOFTQ" model --input s --output closed --rank 4 --iters 1 --threads 2 >&- 2>"$err_file"
+  rc=$?
+  [ "$rc" -eq 0 ] || { show; fail "stdout closed: exit $rc"; }
+  check s closed 4 4
+  before=$(tree_state)
+  (ulimit -f 500 && exec "$LOFTQ" model --input s --output big --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file")
+  rc=$?
+  [ "$rc" -eq 1 ] || { show; fail "ulimit -f: exit $rc, expected 1"; }
+  [ "$(wc -l <"$err_file")" -eq 1 ] && grep -q 'File too large' "$err_file" || { show; fail "ulimit -f: message"; }
+  # The message names the output as the user did, not a staging path that is gone.
+  grep -q ' big/[a-z_.]*: ' "$err_file" && ! grep -q 'tmp-' "$err_file" || { show; fail "ulimit -f: the message names $(cat "$err_file")"; }
+  [ "$(tree_state)" = "$before" ] || fail "ulimit -f: files changed: $(ls -A)"
+  (ulimit -v 1500000 && exec "$LOFTQ" model --input s --output many --rank 4 --iters 1 --quiet --threads 1024 \
+    >"$out_file" 2>"$err_file")
+  rc=$?
+  [ "$rc" -eq 1 ] || { show; fail "--threads 1024 under ulimit -v: exit $rc, expected 1"; }
+  [ "$(wc -l <"$err_file")" -eq 1 ] && grep -q '^loftq: error: cannot start 1024 threads' "$err_file" ||
+    { show; fail "--threads 1024 under ulimit -v: message"; }
+  [ "$(tree_state)" = "$before" ] || fail "--threads 1024: files changed: $(ls -A)"
+  ;;
+
+signal_latency)
+  # A run waiting for another to finish publishing into the same parent
+  # (its lock held here by flock(1)) still acts on SIGTERM at once.
+  command -v flock >/dev/null || { echo "skipped: flock(1) is not installed"; exit 77; }
+  synth s F32 1 1 64 96
+  mkdir par
+  exec 9<par
+  flock -x 9 || fail "cannot lock par"
+  "$LOFTQ" model --input s --output par/out --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file" 9<&- &
+  pid=$!
+  for _ in $(seq 500); do compgen -G 'par/out.tmp-*/loftq_report.json' >/dev/null && break; sleep 0.01; done
+  compgen -G 'par/out.tmp-*/loftq_report.json' >/dev/null || fail "the run never got to publishing"
+  sleep 0.3
+  t0=$(date +%s%N)
+  kill -TERM "$pid"
+  wait "$pid"
+  rc=$?
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  exec 9<&-
+  [ "$rc" -eq 130 ] || { show; fail "SIGTERM while waiting for the publish lock: exit $rc, expected 130"; }
+  [ "$ms" -lt 1000 ] || fail "SIGTERM while waiting for the publish lock took $ms ms"
+  [ -z "$(ls -A par)" ] || fail "left behind: $(ls -A par)"
+  echo "acted on in $ms ms"
+  ;;
+
 *)
   fail "unknown case"
   ;;

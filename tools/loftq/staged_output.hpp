@@ -52,6 +52,12 @@ void check_interrupt();
 // Raised by the same signals; library_options() hands it to the library as
 // Options::cancel, so a signal stops a tensor's computation within a step.
 const std::atomic<bool>* cancel_flag();
+// `msg` with every staging directory this process created replaced by the
+// output it stands for: messages name the user's paths, which exist.
+std::string user_paths(std::string msg);
+// Starts the OpenMP threads a run will use (omp_get_max_threads()); throws
+// InputError when they cannot be created. stage() calls it first.
+void start_threads();
 // Back to "nothing staged": a later signal ends the process at once again.
 // For a process that runs several commands in turn (the fuzz target).
 void reset_signal_state();

@@ -110,6 +110,19 @@ class ReadOnlyFile {
   std::uint64_t size_ = 0;
 };
 
+// The flag a program raises to stop long writes (a signal handler's, like
+// Options::cancel): AtomicFile looks at it between pieces of a large write
+// and of its final sync, and gives up with Errc::cancelled. Null: never.
+inline std::atomic<const std::atomic<bool>*>& io_cancel_flag() {
+  static std::atomic<const std::atomic<bool>*> flag{nullptr};
+  return flag;
+}
+
+inline bool io_cancelled() {
+  const std::atomic<bool>* f = io_cancel_flag().load(std::memory_order_relaxed);
+  return f != nullptr && f->load(std::memory_order_relaxed);
+}
+
 class AtomicFile {
  public:
   // Creates <path>.tmp-<pid>-<16 random hex digits>, `size` bytes of zeros.
@@ -139,20 +152,39 @@ class AtomicFile {
     ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": writer is closed");
     const char* p = static_cast<const char*>(data);
     while (n > 0) {
-      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
+      if (io_cancelled()) fail_cancelled();
+      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, kPiece));
       const ssize_t w = ::pwrite(fd_, p, chunk, static_cast<off_t>(at));
       if (w < 0) {
         if (errno == EINTR) continue;
         fail_io("write failed");
       }
+#if defined(__linux__)
+      // Writeback starts now (advisory), so the sync in commit() waits for
+      // little more than the last piece.
+      (void)::sync_file_range(fd_, static_cast<off_t>(at), w, SYNC_FILE_RANGE_WRITE);
+#endif
       p += w;
       at += static_cast<std::uint64_t>(w);
       n -= static_cast<std::uint64_t>(w);
     }
   }
 
-  // Syncs, closes and renames into place.
+  // Syncs, closes and renames into place. A large file is synced piece by
+  // piece first, so a cancel is seen within one piece's writeback.
   void commit() {
+#if defined(__linux__)
+    struct stat st;
+    if (::fstat(fd_, &st) == 0) {
+      for (std::uint64_t at = 0; at < static_cast<std::uint64_t>(st.st_size); at += kPiece) {
+        if (io_cancelled()) fail_cancelled();
+        if (::sync_file_range(fd_, static_cast<off_t>(at), static_cast<off_t>(kPiece),
+                              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+          break;  // not supported here: the fsync below does it all
+      }
+    }
+#endif
+    if (io_cancelled()) fail_cancelled();
     if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) fail_io("fsync failed");
     const int fd = fd_;
     fd_ = -1;
@@ -176,6 +208,13 @@ class AtomicFile {
     std::string out(16, '0');
     for (int i = 0; i < 16; ++i) out[static_cast<std::size_t>(i)] = hex[(r >> (4 * i)) & 15];
     return out;
+  }
+
+  static constexpr std::uint64_t kPiece = std::uint64_t(64) << 20;
+
+  [[noreturn]] void fail_cancelled() {
+    abandon();
+    ::loftq::detail::fail(Errc::cancelled, path_ + ": cancelled");
   }
 
   [[noreturn]] void fail_io(const char* what) {
