@@ -683,6 +683,38 @@ signal_latency)
   echo "acted on in $ms ms"
   ;;
 
+side_links)
+  # A side file that is a symbolic link is copied only when it leads inside
+  # the input directory or, in a Hugging Face cache, into the blobs.
+  synth s F32 1 1 64 96
+  cp -r s in
+  printf 'secret\n' >secret.txt
+  ln -s "$WORK/secret.txt" in/tokenizer.model
+  expect_refused 'in/tokenizer.model: a symbolic link to .*secret.txt, outside the input directory' \
+    model --input in --output out --rank 4 --iters 1 --quiet
+  ln -sf ../secret.txt in/tokenizer.model
+  expect_refused 'in/tokenizer.model: a symbolic link' model --input in --output out --rank 4 --iters 1 --quiet
+  rm in/tokenizer.model
+  mkdir in/sub
+  printf 'tokens\n' >in/sub/tok.model
+  ln -s sub/tok.model in/tokenizer.model
+  expect_rc 0 model --input in --output out --rank 4 --iters 1 --quiet
+  [ -f out/tokenizer.model ] && [ ! -L out/tokenizer.model ] && cmp -s in/sub/tok.model out/tokenizer.model ||
+    fail "a link inside the input was not copied as its file"
+  # The cache layout: snapshots/<rev>/ links into blobs/.
+  hf=models--x--y
+  mkdir -p "$hf/blobs" "$hf/snapshots/abc"
+  for f in model.safetensors config.json; do
+    cp "s/$f" "$hf/blobs/$f.blob"
+    ln -s "../../blobs/$f.blob" "$hf/snapshots/abc/$f"
+  done
+  expect_rc 0 model --input "$hf/snapshots/abc" --output hfout --rank 4 --iters 1 --quiet
+  check "$hf/snapshots/abc" hfout 4 4
+  cmp -s s/config.json hfout/config.json || fail "config.json of the cache not copied"
+  ln -s "$WORK/secret.txt" "$hf/snapshots/abc/tokenizer.json"
+  expect_refused 'tokenizer.json: a symbolic link to .*secret.txt' model --input "$hf/snapshots/abc" --output hfout2 --rank 4 --iters 1 --quiet
+  ;;
+
 *)
   fail "unknown case"
   ;;

@@ -114,6 +114,25 @@ nlohmann::json bnb_quantization_config(const st::Checkpoint& ck, const Settings&
 constexpr const char* kSideFiles[] = {"config.json",           "generation_config.json",  "tokenizer.json",
                                       "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
 
+// Refuses a side file that is a symbolic link leading out of the input: it
+// would be copied into the output as a regular file. Allowed: a target
+// inside the input directory, or, for a Hugging Face cache snapshot
+// (.../snapshots/<rev>/), inside that repository's .../blobs/.
+void check_side_link(const fs::path& file, const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(file, ec))) return;
+  const fs::path target = fs::canonical(file, ec);
+  if (ec) throw InputError{file.string() + ": a symbolic link that cannot be resolved: " + ec.message()};
+  const fs::path in_dir = fs::canonical(dir, ec);
+  if (ec) throw InputError{dir + ": cannot resolve the input directory: " + ec.message()};
+  if (lies_within(target, in_dir)) return;
+  if (in_dir.has_parent_path() && in_dir.parent_path().filename() == "snapshots" &&
+      lies_within(target, in_dir.parent_path().parent_path() / "blobs"))
+    return;
+  throw InputError{file.string() + ": a symbolic link to " + target.string() +
+                   ", outside the input directory (and not a Hugging Face cache blob); refusing to copy it"};
+}
+
 }  // namespace
 
 Plan plan_targets(const st::Checkpoint& ck, const std::vector<std::string>& modules, Eigen::Index rank,
@@ -388,6 +407,7 @@ std::vector<std::string> checkpoint_inputs(const st::Checkpoint& ck, const std::
   if (ck.sharded()) in.push_back((fs::path(dir) / "model.safetensors.index.json").string());
   for (const char* name : kSideFiles) {
     const fs::path p = fs::path(dir) / name;
+    check_side_link(p, dir);
     if (fs::exists(p, ec)) in.push_back(p.string());
   }
   // Before any work: a config.json the output needs parsed must parse.
