@@ -325,7 +325,8 @@ bool remove_tree(const fs::path& path) noexcept {
     if (!where_at(parent.get(), "", up) || crosses_mount(w, up)) return false;
     const Fd fd(::openat(parent.get(), name.c_str(), kDirOpen));
     Where root;
-    if (!fd || !where_at(fd.get(), "", root) || root.dev != w.dev || root.ino != w.ino || !empty_tree(fd.get(), root, 0))
+    if (!fd || !where_at(fd.get(), "", root) || root.dev != w.dev || root.ino != w.ino ||
+        !empty_tree(fd.get(), root, 0))
       return false;
     return ::unlinkat(parent.get(), name.c_str(), AT_REMOVEDIR) == 0 || errno == ENOENT;
   } catch (...) {
@@ -360,7 +361,8 @@ void remove_stale_staging(const fs::path& parent, const std::string& prefix, con
       const std::string tag = name.substr(prefix.size());
       const std::size_t dash = tag.find('-');
       if (dash == 0 || dash == std::string::npos || dash + 1 == tag.size() ||
-          tag.find_first_not_of("0123456789") < dash || tag.find_first_not_of("0123456789abcdef", dash + 1) != std::string::npos)
+          tag.find_first_not_of("0123456789") < dash ||
+          tag.find_first_not_of("0123456789abcdef", dash + 1) != std::string::npos)
         continue;
       // A process of an earlier version, which did not lock, may still run.
       errno = 0;
