@@ -3,6 +3,9 @@
 #include "errors.hpp"
 #include "path_safety.hpp"
 
+#include <loftq/io/detail/posix_file.hpp>
+#include <loftq/io/detail/strict_json.hpp>
+
 #include <unistd.h>
 
 #include <algorithm>
@@ -37,20 +40,33 @@ std::string dir_of_input(const st::Checkpoint& ck, const std::string& input) {
   return p.empty() ? std::string(".") : p.string();
 }
 
-// config.json next to the checkpoint, when present and valid; else null.
+// Real configurations nest a few levels (rope_scaling, quantization_config,
+// task_specific_params); the bound keeps every tree the tool builds, copies
+// and serializes shallow, whatever the file holds.
+constexpr int kConfigDepth = 64;
+constexpr std::uint64_t kConfigMaxBytes = std::uint64_t{16} << 20;
+
+// config.json next to the checkpoint: null when there is none (or it is not
+// a regular file, which is not copied either); an InputError naming it when
+// it cannot be used. Read through the strict, bounded-depth reader.
 nlohmann::json read_config(const std::string& dir) {
   const fs::path p = fs::path(dir) / "config.json";
   std::error_code ec;
-  if (!fs::is_regular_file(p, ec) || fs::file_size(p, ec) > (std::uintmax_t{16} << 20)) return nullptr;
-  std::FILE* f = std::fopen(p.c_str(), "rb");
-  if (!f) return nullptr;
-  std::string text;
-  char buf[65536];
-  std::size_t n;
-  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) text.append(buf, n);
-  std::fclose(f);
-  const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-  return j.is_object() ? j : nlohmann::json(nullptr);
+  if (!fs::is_regular_file(p, ec)) return nullptr;
+  try {
+    loftq::io::detail::ReadOnlyFile f;
+    f.open(p.string());
+    if (f.size() > kConfigMaxBytes)
+      throw InputError{p.string() + ": larger than 16 MiB (" + std::to_string(f.size()) +
+                       " bytes); not a model configuration loftq reads"};
+    std::string text(static_cast<std::size_t>(f.size()), '\0');
+    f.pread_exact(reinterpret_cast<unsigned char*>(&text[0]), 0, f.size());
+    nlohmann::json j = loftq::io::detail::parse_json_strict(text, p.string(), kConfigDepth);
+    if (!j.is_object()) throw InputError{p.string() + ": not a JSON object"};
+    return j;
+  } catch (const loftq::Error& e) {
+    throw InputError{e.what()};
+  }
 }
 
 std::map<std::string, std::string> with_format(std::map<std::string, std::string> m) {
@@ -97,6 +113,25 @@ nlohmann::json bnb_quantization_config(const st::Checkpoint& ck, const Settings&
 
 constexpr const char* kSideFiles[] = {"config.json",           "generation_config.json",  "tokenizer.json",
                                       "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
+
+// Refuses a side file that is a symbolic link leading out of the input: it
+// would be copied into the output as a regular file. Allowed: a target
+// inside the input directory, or, for a Hugging Face cache snapshot
+// (.../snapshots/<rev>/), inside that repository's .../blobs/.
+void check_side_link(const fs::path& file, const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_symlink(fs::symlink_status(file, ec))) return;
+  const fs::path target = fs::canonical(file, ec);
+  if (ec) throw InputError{file.string() + ": a symbolic link that cannot be resolved: " + ec.message()};
+  const fs::path in_dir = fs::canonical(dir, ec);
+  if (ec) throw InputError{dir + ": cannot resolve the input directory: " + ec.message()};
+  if (lies_within(target, in_dir)) return;
+  if (in_dir.has_parent_path() && in_dir.parent_path().filename() == "snapshots" &&
+      lies_within(target, in_dir.parent_path().parent_path() / "blobs"))
+    return;
+  throw InputError{file.string() + ": a symbolic link to " + target.string() +
+                   ", outside the input directory (and not a Hugging Face cache blob); refusing to copy it"};
+}
 
 }  // namespace
 
@@ -313,7 +348,7 @@ st::BnbTarget bnb_target(const Target& t) { return {t.name, t.rows, t.cols, t.in
 void check_bnb_output(const st::Checkpoint& ck, const std::string& input, const Settings& s,
                       const std::vector<Target>& targets) {
   if (!read_config(dir_of_input(ck, input)).is_object())
-    throw InputError{"--format bnb-nf4: no valid config.json next to the input " + input +
+    throw InputError{"--format bnb-nf4: no config.json next to the input " + input +
                      " (transformers reads quantization_config from it)"};
   for (const Target& t : targets) {
     try {
@@ -358,7 +393,7 @@ void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::s
     if (fs::is_regular_file(src, ec)) out.copy_file(src, name);
   }
   if (s.bnb_nf4) {
-    if (!config.is_object()) throw InputError{"--format bnb-nf4: no valid config.json next to the input " + input};
+    if (!config.is_object()) throw InputError{"--format bnb-nf4: no config.json next to the input " + input};
     config["quantization_config"] = bnb_quantization_config(ck, s, targets);
     out.write_file("config.json", config.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
@@ -372,8 +407,11 @@ std::vector<std::string> checkpoint_inputs(const st::Checkpoint& ck, const std::
   if (ck.sharded()) in.push_back((fs::path(dir) / "model.safetensors.index.json").string());
   for (const char* name : kSideFiles) {
     const fs::path p = fs::path(dir) / name;
+    check_side_link(p, dir);
     if (fs::exists(p, ec)) in.push_back(p.string());
   }
+  // Before any work: a config.json the output needs parsed must parse.
+  (void)read_config(dir);
   if (!ck.dir().empty()) in.push_back(ck.dir());
   return in;
 }

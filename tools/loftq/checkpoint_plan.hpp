@@ -102,6 +102,10 @@ void check_bnb_output(const st::Checkpoint& ck, const std::string& input, const 
 
 // Every file a command reads from the checkpoint at `input`: its tensor
 // files, the index, and the config and tokenizer files an output copies.
+// Called before any work, it throws InputError for a config.json that does
+// not parse (strict JSON, 64 levels, 16 MiB) and for a side file that is a
+// symbolic link leading out of the input directory (a Hugging Face cache
+// snapshot's links into its blobs/ excepted).
 std::vector<std::string> checkpoint_inputs(const st::Checkpoint& ck, const std::string& input);
 
 // Refuses a checkpoint with a tensor file named like one of the files a full

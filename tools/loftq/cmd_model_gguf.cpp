@@ -74,6 +74,7 @@ void copy_gguf_tensor(const gg::GgufFile& in, const gg::GgufTensorInfo& t, gg::G
     const std::uint64_t n = std::min(chunk, t.nbytes - off);
     in.read_bytes(t, off, n, buf.data());
     w.write(t.name, buf.data(), n, off);
+    check_interrupt();
   }
 }
 

@@ -27,7 +27,9 @@ namespace {
 
 using namespace loftq_cli;
 
-void print_error(const std::string& msg) { std::fprintf(stderr, "loftq: error: %s\n", one_line(msg).c_str()); }
+void print_error(const std::string& msg) {
+  std::fprintf(stderr, "loftq: error: %s\n", one_line(user_paths(msg)).c_str());
+}
 
 int dispatch(const std::vector<std::string>& argv) {
   const Parsed p = parse_args(argv);
@@ -62,6 +64,10 @@ int main(int argc, char** argv) {
     print_error("interrupted; no output written");
     return kExitInterrupted;
   } catch (const loftq::Error& e) {
+    if (e.code() == loftq::Errc::cancelled) {  // a file writer saw the signal
+      print_error("interrupted; no output written");
+      return kExitInterrupted;
+    }
     print_error(e.what());
   } catch (const std::bad_alloc&) {
     print_error("out of memory");

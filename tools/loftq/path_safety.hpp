@@ -59,9 +59,29 @@ void check_not_inside(const fs::path& dir, const std::string& shown, const std::
 // file the tool writes into the same output directory.
 void check_output_names(const std::vector<std::string>& checkpoint_files, const std::vector<std::string>& tool_files);
 
-// Removes the staging directories <prefix><pid>-<k> in `parent` that
-// processes which no longer run left behind (SIGKILL, power loss); only
-// those carrying kMarkerFile, so nothing the tool did not create goes.
-void remove_stale_staging(const fs::path& parent, const std::string& prefix) noexcept;
+// Throws InputError unless deleting the directory `dir` (resolved, existing)
+// stays on its own mount and loses no input: nothing below it is a mount
+// point (a bind mount of the same file system included) or one of `inputs`
+// by device and inode, however that input was named; `dir` itself is not a
+// mount point.
+void check_removable(const fs::path& dir, const std::string& shown, const std::vector<InputFile>& inputs);
+
+// Deletes `path` and everything below it without following symbolic links
+// and without entering another mount: what lies on another mount (or too
+// deep to walk) stays, and the result is false. A missing path is true.
+bool remove_tree(const fs::path& path) noexcept;
+
+// Locks the directory `dir` (a descriptor kept open, flock) for as long as
+// the returned descriptor is open: the mark of a live owner, whichever PID
+// namespace it runs in. -1 when it cannot be opened or locked.
+int lock_directory(const fs::path& dir) noexcept;
+
+// Removes the staging directories <prefix><tag> in `parent` whose owner is
+// gone (SIGKILL, power loss): those nobody holds locked (lock_directory) and
+// that carry kMarkerFile, or are empty, so nothing the tool did not create
+// goes. When `restore` is non-empty and does not exist, the newest such
+// directory carrying the marker is renamed back to it instead of deleted:
+// the previous output moved aside by a publish that died half-way.
+void remove_stale_staging(const fs::path& parent, const std::string& prefix, const fs::path& restore = {}) noexcept;
 
 }  // namespace loftq_cli

@@ -3,9 +3,14 @@
 #include "errors.hpp"
 #include "path_safety.hpp"
 
+#include <loftq/io/detail/posix_file.hpp>
+
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <sys/file.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,9 +18,15 @@
 #include <atomic>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <system_error>
 #include <thread>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 namespace loftq_cli {
 
@@ -54,6 +65,14 @@ void install_signal_handlers() {
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = SA_RESTART;
   for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaction(s, &sa, nullptr);
+  // The library's file writers stop between pieces when it is raised.
+  loftq::io::detail::io_cancel_flag().store(&g_cancel);
+  // A closed pipe (`loftq ... | head -1`) or a file-size limit (ulimit -f)
+  // must not kill the process with staging on disk: ignored, the write
+  // fails with EPIPE or EFBIG instead, which is reported and cleaned up;
+  // a summary that cannot be printed after publishing costs nothing.
+  std::signal(SIGPIPE, SIG_IGN);
+  std::signal(SIGXFSZ, SIG_IGN);
 }
 
 void check_interrupt() {
@@ -61,6 +80,23 @@ void check_interrupt() {
 }
 
 const std::atomic<bool>* cancel_flag() { return &g_cancel; }
+
+namespace {
+// Every staging directory of the process and the output it stands for.
+std::vector<std::pair<std::string, std::string>>& staging_names() {
+  static std::vector<std::pair<std::string, std::string>> names;
+  return names;
+}
+}  // namespace
+
+std::string user_paths(std::string msg) {
+  for (const auto& sn : staging_names()) {
+    for (std::size_t at = msg.find(sn.first); at != std::string::npos; at = msg.find(sn.first, at + sn.second.size())) {
+      msg.replace(at, sn.first.size(), sn.second);
+    }
+  }
+  return msg;
+}
 
 void reset_signal_state() {
   g_interrupted = 0;
@@ -73,14 +109,17 @@ void reset_signal_state() {
 
 namespace {
 
+constexpr std::size_t kSyncPiece = std::size_t(64) << 20;
+
 // Writes size bytes at file offset at, in 32 MB pieces, each handed to the
 // disk as soon as it is in the page cache (Linux: writeback started, not
 // waited for), so the caller's fsync waits for the last piece rather than
-// the whole file. Returns 0 or an errno value.
+// the whole file. Returns 0 or an errno value (ECANCELED after a signal).
 int write_at(int fd, const unsigned char* data, std::size_t size, off_t at) {
   constexpr std::size_t kPiece = std::size_t(32) << 20;
   std::size_t off = 0;
   while (off < size) {
+    if (g_interrupted) return ECANCELED;
     const ssize_t n = ::pwrite(fd, data + off, std::min(size - off, kPiece), at + static_cast<off_t>(off));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return errno;
@@ -94,20 +133,70 @@ int write_at(int fd, const unsigned char* data, std::size_t size, off_t at) {
   return 0;
 }
 
+// A file being created in the staging directory at `path`; messages name
+// `shown`, the file's place in the output as the user named it, since the
+// staging directory is gone by the time anyone reads them.
+class NewFile {
+ public:
+  NewFile(std::string path, std::string shown) : path_(std::move(path)), shown_(std::move(shown)) {
+    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd_ < 0) throw InputError{shown_ + ": cannot create: " + std::strerror(errno)};
+  }
+  NewFile(const NewFile&) = delete;
+  NewFile& operator=(const NewFile&) = delete;
+  ~NewFile() {
+    if (fd_ >= 0) {
+      ::close(fd_);
+      ::unlink(path_.c_str());
+    }
+  }
+  int fd() const { return fd_; }
+
+  // Turns write_at's result into the failure it stands for.
+  void check(int e) const {
+    if (e == ECANCELED) throw Interrupted{};
+    if (e != 0) throw InputError{shown_ + ": write failed: " + std::strerror(e)};
+  }
+
+  // Syncs `total` bytes, piece by piece so that a signal is acted on within
+  // one piece, and closes.
+  void finish(std::size_t total) {
+#if defined(__linux__)
+    for (std::size_t at = 0; at < total; at += kSyncPiece) {
+      if (g_interrupted) throw Interrupted{};
+      if (::sync_file_range(fd_, static_cast<off_t>(at), static_cast<off_t>(kSyncPiece),
+                            SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+        break;  // not supported here: the fsync does it all
+    }
+#else
+    (void)total;
+#endif
+    if (g_interrupted) throw Interrupted{};
+    if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS)
+      throw InputError{shown_ + ": fsync failed: " + std::strerror(errno)};
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) {
+      const int ce = errno;
+      ::unlink(path_.c_str());
+      throw InputError{shown_ + ": close failed: " + std::strerror(ce)};
+    }
+  }
+
+ private:
+  std::string path_, shown_;
+  int fd_ = -1;
+};
+
 // Creates `path` (which must not exist) with `bytes` then `more`; every failure throws.
 // A `more` of 64 MB or more (Q.npy from 4096x4096 up) is written by two
 // threads, half each: copying into the page cache is most of a write's time,
 // and at 4096x4096 `init`'s write of Q and its fsync took about 30 ms, a
 // sixth of the computation before them.
-void write_new_file(const std::string& path, const unsigned char* bytes, std::size_t size,
+void write_new_file(const std::string& path, const std::string& shown, const unsigned char* bytes, std::size_t size,
                     const unsigned char* more = nullptr, std::size_t more_size = 0) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
-  if (fd < 0) throw InputError{path + ": cannot create: " + std::strerror(errno)};
-  auto fail = [&](const char* what, int e) {
-    ::close(fd);
-    ::unlink(path.c_str());
-    throw InputError{path + ": " + what + ": " + std::strerror(e)};
-  };
+  NewFile f(path, shown);
+  const int fd = f.fd();
   int e = write_at(fd, bytes, size, 0);
   if (e == 0 && more_size > 0) {
     const off_t at = static_cast<off_t>(size);
@@ -122,13 +211,36 @@ void write_new_file(const std::string& path, const unsigned char* bytes, std::si
       e = write_at(fd, more, more_size, at);
     }
   }
-  if (e != 0) fail("write failed", e);
-  if (::fsync(fd) != 0 && errno != EINVAL && errno != EROFS) fail("fsync failed", errno);
-  if (::close(fd) != 0) {
-    const int ce = errno;
-    ::unlink(path.c_str());
-    throw InputError{path + ": close failed: " + std::strerror(ce)};
+  f.check(e);
+  f.finish(size + more_size);
+}
+
+// Copies the regular file `src` to the new file `path`, in pieces with a
+// signal check between them. Failures name `src` when reading and `shown`
+// when writing: a full disk is not the input's fault.
+void copy_new_file(const fs::path& src, const std::string& path, const std::string& shown) {
+  const int in = ::open(src.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (in < 0) throw InputError{src.string() + ": cannot open: " + std::strerror(errno)};
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{in};
+  struct stat st;
+  if (::fstat(in, &st) != 0 || !S_ISREG(st.st_mode)) throw InputError{src.string() + ": not a regular file"};
+  NewFile f(path, shown);
+  constexpr std::size_t kPiece = std::size_t(16) << 20;
+  std::vector<unsigned char> buf(std::min<std::size_t>(kPiece, static_cast<std::size_t>(st.st_size) + 1));
+  std::size_t total = 0;
+  for (;;) {
+    if (g_interrupted) throw Interrupted{};
+    const ssize_t n = ::read(in, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw InputError{src.string() + ": read failed: " + std::strerror(errno)};
+    if (n == 0) break;
+    f.check(write_at(f.fd(), buf.data(), static_cast<std::size_t>(n), static_cast<off_t>(total)));
+    total += static_cast<std::size_t>(n);
   }
+  f.finish(total);
 }
 
 void fsync_dir(const fs::path& dir) {
@@ -139,9 +251,58 @@ void fsync_dir(const fs::path& dir) {
   }
 }
 
-std::string unique_tag(int k) { return std::to_string(static_cast<long>(::getpid())) + "-" + std::to_string(k); }
+// <pid>-<16 hex digits>: the pid for whoever looks at the directory, the
+// random part so that no name is predictable from the pid alone (every
+// container's first process is pid 1). Creation is O_EXCL / mkdir anyway.
+std::string unique_tag() {
+  std::uint64_t r = 0;
+  if (::getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r)) {
+    static std::atomic<std::uint64_t> counter{0};
+    struct timespec ts;
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    r = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
+        (counter.fetch_add(1) * 0x9e3779b97f4a7c15ull);
+  }
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(r));
+  return std::to_string(static_cast<long>(::getpid())) + "-" + buf;
+}
+
+// Leftovers of runs that died (SIGKILL, power loss) for the output `dir`:
+// a previous output moved aside by a publish that died half-way is put back
+// when `dir` is missing, every other leftover is removed.
+void clean_leftovers(const fs::path& dir) {
+  const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
+  const std::string name = dir.filename().string();
+  remove_stale_staging(parent, name + ".old-", dir);
+  remove_stale_staging(parent, name + ".tmp-");
+}
 
 }  // namespace
+
+void start_threads() {
+#ifdef _OPENMP
+  const int n = omp_get_max_threads();
+  // Started together, as the runtime's pool will be, so that a limit on
+  // threads or address space refuses them here with a message of ours.
+  std::vector<pthread_t> ts;
+  int e = 0;
+  for (int i = 1; i < n && e == 0; ++i) {
+    pthread_t t;
+    e = ::pthread_create(&t, nullptr, [](void*) -> void* { return nullptr; }, nullptr);
+    if (e == 0) ts.push_back(t);
+  }
+  for (pthread_t t : ts) ::pthread_join(t, nullptr);
+  if (e != 0)
+    throw InputError{"cannot start " + std::to_string(n) + " threads: " + std::strerror(e) +
+                     " (lower --threads or raise the process limits)"};
+  // The pool now, while nothing is staged; later parallel regions reuse it.
+  std::atomic<int> started{0};
+#pragma omp parallel num_threads(n)
+  started.fetch_add(1, std::memory_order_relaxed);
+  (void)started;
+#endif
+}
 
 fs::path normalize_output(const std::string& out) {
   fs::path p = fs::path(out).lexically_normal();
@@ -156,8 +317,9 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
                            const std::vector<std::string>& names)
     : shown_(normalize_output(dir)), policy_(policy), names_(names) {
   dir_ = resolve_location(dir);
-  std::vector<InputFile> ins;
-  for (const std::string& in : inputs) ins.push_back(input_file(in));
+  for (const std::string& in : inputs) ins_.push_back(input_file(in));
+  const std::vector<InputFile>& ins = ins_;
+  clean_leftovers(dir_);
   const std::string shown = shown_.string();
   std::error_code ec;
   const fs::file_status st = fs::status(dir_, ec);
@@ -171,6 +333,7 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
     if (policy_ == Existing::replace) {
       check_not_inside(dir_, shown, ins);
       check_replaceable(dir_, shown);
+      check_removable(dir_, shown, ins);
     } else {
       for (const std::string& name : names_) {
         const fs::path t = dir_ / name;
@@ -226,24 +389,37 @@ void StagedOutput::make_parents() {
 }
 
 const fs::path& StagedOutput::stage() {
+  // The OpenMP runtime ends the process when it cannot start its threads;
+  // that must happen, if at all, before anything is on disk.
+  start_threads();
   begin_staging();
   const bool inside = exists_ && policy_ == Existing::update;
   if (!inside) make_parents();
   if (inside)
     remove_stale_staging(dir_, ".loftq-tmp-");
   else
-    remove_stale_staging(dir_.parent_path(), dir_.filename().string() + ".tmp-");
+    clean_leftovers(dir_);
   check_interrupt();
   for (int k = 0;; ++k) {
     fs::path t;
     if (inside) {
-      t = dir_ / (".loftq-tmp-" + unique_tag(k));
+      t = dir_ / (".loftq-tmp-" + unique_tag());
     } else {
       t = dir_;
-      t += ".tmp-" + unique_tag(k);
+      t += ".tmp-" + unique_tag();
     }
     if (::mkdir(t.c_str(), 0777) == 0) {
       stage_ = t;
+      staging_names().emplace_back(stage_.string(), shown_.string());
+      // Held until the process ends or publishes: a later run takes the
+      // directory for a dead run's only when it can take this lock.
+      stage_lock_ = lock_directory(t);
+      if (stage_lock_ < 0) {
+        const int e = errno;
+        ::rmdir(t.c_str());
+        stage_.clear();
+        throw InputError{shown_.string() + ": cannot lock the staging directory: " + std::strerror(e)};
+      }
       // Marks the directory as the tool's from its first moment: what
       // --overwrite may later delete once published, and what a later run
       // may remove if this process dies before publishing (an update
@@ -257,24 +433,24 @@ const fs::path& StagedOutput::stage() {
 
 void StagedOutput::write_file(const std::string& name, const std::string& bytes) {
   check_interrupt();
-  write_new_file(path(name).string(), reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size());
+  write_new_file(path(name).string(), (shown_ / name).string(), reinterpret_cast<const unsigned char*>(bytes.data()),
+                 bytes.size());
 }
 
 void StagedOutput::write_file(const std::string& name, const std::vector<unsigned char>& bytes) {
   check_interrupt();
-  write_new_file(path(name).string(), bytes.data(), bytes.size());
+  write_new_file(path(name).string(), (shown_ / name).string(), bytes.data(), bytes.size());
 }
 
 void StagedOutput::write_file(const std::string& name, const std::string& head, const void* data, std::size_t size) {
   check_interrupt();
-  write_new_file(path(name).string(), reinterpret_cast<const unsigned char*>(head.data()), head.size(),
-                 static_cast<const unsigned char*>(data), size);
+  write_new_file(path(name).string(), (shown_ / name).string(), reinterpret_cast<const unsigned char*>(head.data()),
+                 head.size(), static_cast<const unsigned char*>(data), size);
 }
 
 void StagedOutput::copy_file(const fs::path& src, const std::string& name) {
-  std::error_code ec;
-  if (!fs::copy_file(src, path(name), fs::copy_options::none, ec) || ec)
-    throw InputError{src.string() + ": cannot copy: " + ec.message()};
+  check_interrupt();
+  copy_new_file(src, path(name).string(), (shown_ / name).string());
 }
 
 namespace {
@@ -289,9 +465,20 @@ class PublishLock {
     const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
     fd_ = ::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd_ < 0) throw InputError{parent.string() + ": cannot open to lock the output: " + std::strerror(errno)};
-    while (::flock(fd_, LOCK_EX) != 0) {
-      if (errno == EINTR) continue;
+    // Polled, not a blocking wait: the signal handlers restart system calls
+    // (SA_RESTART), so a blocking flock would sit out a SIGTERM for as long
+    // as another run holds the lock.
+    while (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
       const int e = errno;
+      if (e == EWOULDBLOCK || e == EINTR) {
+        if (g_interrupted) {
+          ::close(fd_);
+          throw Interrupted{};
+        }
+        const struct timespec pause_for = {0, 20 * 1000 * 1000};
+        ::nanosleep(&pause_for, nullptr);
+        continue;
+      }
       ::close(fd_);
       throw InputError{parent.string() + ": cannot lock the output: " + std::strerror(e)};
     }
@@ -317,32 +504,84 @@ void StagedOutput::publish() {
 
 void StagedOutput::publish_dir() {
   check_interrupt();  // the commit point
-  fs::path old;
-  if (exists_) {
-    for (int k = 0;; ++k) {
-      old = dir_;
-      old += ".old-" + unique_tag(k);
-      std::error_code ec;
-      if (!fs::exists(fs::symlink_status(old, ec))) break;
-      if (k >= 100) throw InputError{old.string() + ": names taken"};
+  const fs::path parent = dir_.has_parent_path() ? dir_.parent_path() : fs::path(".");
+  if (!exists_) {
+    // RENAME_NOREPLACE: a DIR created meanwhile, even empty, is someone else's.
+    int r = ::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
+    if (r != 0 && (errno == EINVAL || errno == ENOSYS)) {
+      struct stat st;
+      r = ::lstat(dir_.c_str(), &st) == 0 ? (errno = EEXIST, -1) : ::rename(stage_.c_str(), dir_.c_str());
     }
-    if (::rename(dir_.c_str(), old.c_str()) != 0)
-      throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(errno)};
+    if (r != 0) {
+      const int e = errno;
+      throw InputError{shown_.string() + ": cannot publish the output directory: " +
+                       (e == ENOTEMPTY || e == EEXIST ? std::string("it was created meanwhile by someone else")
+                                                      : std::string(std::strerror(e)))};
+    }
+    stage_.clear();
+    created_dirs_.clear();
+    release_stage_lock();
+    fsync_dir(parent);
+    return;
+  }
+  // DIR may have changed since the checks before the work; under the publish
+  // lock, the same checks again.
+  check_replaceable(dir_, shown_.string());
+  check_removable(dir_, shown_.string(), ins_);
+  // One atomic step swaps the complete new output with the complete old one:
+  // a crash on either side of it leaves one of them at DIR, and the other at
+  // the staging name, unlocked, which the next run removes.
+  if (::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) == 0) {
+    const fs::path old = stage_;
+    stage_.clear();
+    created_dirs_.clear();
+    release_stage_lock();
+    fsync_dir(parent);
+    remove_old(old);
+    return;
+  }
+  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+    throw InputError{shown_.string() + ": cannot replace the existing output: " + std::strerror(errno)};
+  // Fallback for file systems without RENAME_EXCHANGE: two renames, the old
+  // output locked while it is aside, so a run that finds DIR missing and an
+  // unlocked DIR.old-* puts it back (remove_stale_staging).
+  fs::path old;
+  for (int k = 0;; ++k) {
+    old = dir_;
+    old += ".old-" + unique_tag();
+    std::error_code ec;
+    if (!fs::exists(fs::symlink_status(old, ec))) break;
+    if (k >= 100) throw InputError{old.string() + ": names taken"};
+  }
+  const int old_lock = lock_directory(dir_);
+  if (::rename(dir_.c_str(), old.c_str()) != 0) {
+    const int e = errno;
+    if (old_lock >= 0) ::close(old_lock);
+    throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(e)};
   }
   if (::rename(stage_.c_str(), dir_.c_str()) != 0) {
     const int e = errno;
-    if (exists_) (void)::rename(old.c_str(), dir_.c_str());
-    throw InputError{shown_.string() + ": cannot publish the output directory: " +
-                     (!exists_ && (e == ENOTEMPTY || e == EEXIST) ? std::string("it was created meanwhile by someone else")
-                                                                   : std::string(std::strerror(e)))};
+    (void)::renameat2(AT_FDCWD, old.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
+    if (old_lock >= 0) ::close(old_lock);
+    throw InputError{shown_.string() + ": cannot publish the output directory: " + std::strerror(e)};
   }
   stage_.clear();
   created_dirs_.clear();
-  fsync_dir(dir_.has_parent_path() ? dir_.parent_path() : fs::path("."));
-  if (exists_) {
-    std::error_code ec;
-    fs::remove_all(old, ec);
-  }
+  release_stage_lock();
+  fsync_dir(parent);
+  remove_old(old);
+  if (old_lock >= 0) ::close(old_lock);
+}
+
+void StagedOutput::remove_old(const fs::path& old) {
+  if (!remove_tree(old))
+    std::fprintf(stderr, "loftq: warning: %s: the previous output could not be removed completely\n",
+                 printable(old.string()).c_str());
+}
+
+void StagedOutput::release_stage_lock() noexcept {
+  if (stage_lock_ >= 0) ::close(stage_lock_);
+  stage_lock_ = -1;
 }
 
 void StagedOutput::publish_files() {
@@ -387,13 +626,14 @@ void StagedOutput::publish_files() {
   fsync_dir(dir_);
   replaced_.clear();
   backups_.clear();
-  fs::remove_all(stage_, ec);
+  (void)remove_tree(stage_);
   stage_.clear();
+  release_stage_lock();
 }
 
 void StagedOutput::discard() noexcept {
-  std::error_code ec;
-  if (!stage_.empty()) fs::remove_all(stage_, ec);
+  if (!stage_.empty()) (void)remove_tree(stage_);
+  release_stage_lock();
   for (auto it = created_dirs_.rbegin(); it != created_dirs_.rend(); ++it) ::rmdir(it->c_str());
   stage_.clear();
   created_dirs_.clear();

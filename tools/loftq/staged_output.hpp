@@ -2,24 +2,30 @@
 // The one way the tool writes output: everything goes into a staging
 // directory first, and only a complete result is published, by rename.
 //
-//   * DIR missing: the staging directory is a fresh sibling DIR.tmp-<pid>-<k>
+//   * DIR missing: the staging directory is a fresh sibling DIR.tmp-<tag>
 //     (missing parents of DIR are created, and removed again on failure),
-//     renamed to DIR at the end.
+//     renamed to DIR at the end (never over a DIR created meanwhile).
 //   * DIR exists, policy replace (--overwrite), and DIR carries the marker
-//     file of a directory the tool published (or is empty): the same sibling,
-//     and at the
-//     end DIR is moved aside to DIR.old-<pid>-<k>, the sibling renamed to DIR
-//     and the old one removed; the old DIR stays until the new one is complete.
+//     file of a directory the tool published (or is empty), and deleting it
+//     loses no input and crosses no mount (path_safety.hpp): the same
+//     sibling, swapped with DIR in one step at the end (RENAME_EXCHANGE), then
+//     the old output, now at the sibling's name, removed. Where the file
+//     system has no exchange, DIR is moved aside to DIR.old-<tag> first and
+//     the sibling renamed to DIR; a run that finds DIR missing puts a dead
+//     run's DIR.old-<tag> back. Either way DIR holds a complete output
+//     whenever it exists.
 //   * DIR exists, policy update (init): only the named files are replaced and
 //     the rest of DIR is kept. The staging directory is then DIR/.loftq-tmp-
-//     <pid>-<k>, so only DIR itself must be writable and the final renames
+//     <tag>, so only DIR itself must be writable and the final renames
 //     never cross a mount point; the files being replaced are hard-linked
 //     there first, so a rename failing halfway puts the old set back.
 //   * DIR exists, policy refuse: an error before any work.
 //
-// Every staging directory carries the marker file (path_safety.hpp) and the
-// pid of its process in its name, so a later run for the same DIR removes
-// those whose process is gone (killed by SIGKILL, or the machine went down).
+// <tag> is <pid>-<16 random hex digits>. Every staging directory carries the
+// marker file (path_safety.hpp) and is flock'ed by its process while it is
+// in use, so a later run for the same DIR removes those nobody holds (their
+// process was killed by SIGKILL, or the machine went down), whatever PID
+// namespace they came from.
 //
 // Signals: until stage() a SIGINT/SIGTERM/SIGHUP ends the process at once
 // (exit 130; nothing is on disk). From stage() on, the handler only raises a
@@ -27,6 +33,8 @@
 // into Interrupted, and the destructor of an unpublished StagedOutput removes
 // everything it created. publish() checks the flag one last time just before
 // its commit point.
+
+#include "path_safety.hpp"
 
 #include <atomic>
 #include <filesystem>
@@ -44,6 +52,12 @@ void check_interrupt();
 // Raised by the same signals; library_options() hands it to the library as
 // Options::cancel, so a signal stops a tensor's computation within a step.
 const std::atomic<bool>* cancel_flag();
+// `msg` with every staging directory this process created replaced by the
+// output it stands for: messages name the user's paths, which exist.
+std::string user_paths(std::string msg);
+// Starts the OpenMP threads a run will use (omp_get_max_threads()); throws
+// InputError when they cannot be created. stage() calls it first.
+void start_threads();
 // Back to "nothing staged": a later signal ends the process at once again.
 // For a process that runs several commands in turn (the fuzz target).
 void reset_signal_state();
@@ -90,10 +104,14 @@ class StagedOutput {
   void publish_dir();
   void publish_files();
   void discard() noexcept;
+  void remove_old(const fs::path& old);
+  void release_stage_lock() noexcept;
 
   fs::path shown_, dir_, stage_;
   Existing policy_;
   bool exists_ = false;
+  std::vector<InputFile> ins_;
+  int stage_lock_ = -1;             // flock on the staging directory, held while it is ours
   std::vector<std::string> names_;  // update: staged files, in order
   std::vector<fs::path> created_dirs_;
   // update: targets already replaced, and their saved old versions ("" when

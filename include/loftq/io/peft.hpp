@@ -58,6 +58,7 @@
 #include "loftq/double_quant.hpp"
 #include "loftq/error.hpp"
 #include "loftq/initialize.hpp"
+#include "loftq/io/detail/strict_json.hpp"
 #include "loftq/io/safetensors.hpp"
 #include "loftq/packed.hpp"
 #include "loftq/quantizer.hpp"
@@ -477,7 +478,8 @@ inline PackedFile read_packed(const SafetensorsFile& f) {
     bad("double quantization block is not " + std::to_string(kDoubleQuantBlock));
   const auto cbs = meta.find("loftq.codebooks");
   if (cbs == meta.end()) bad("metadata lacks loftq.codebooks");
-  const nlohmann::json codebooks = nlohmann::json::parse(cbs->second, nullptr, /*allow_exceptions=*/false);
+  // Bounded depth: metadata is input, and a deep tree would overflow the stack when destroyed.
+  const nlohmann::json codebooks = detail::parse_json_strict(cbs->second, path + ": loftq.codebooks", 4);
   if (!codebooks.is_object()) bad("loftq.codebooks is not a JSON object");
 
   static const std::string bits_suffix = ".bits";
@@ -493,7 +495,7 @@ inline PackedFile read_packed(const SafetensorsFile& f) {
     P.scale_mode = ScaleMode::absmax;
     const auto shp = meta.find(name + ".shape");
     if (shp == meta.end()) bad("metadata lacks " + name + ".shape");
-    const nlohmann::json shape = nlohmann::json::parse(shp->second, nullptr, false);
+    const nlohmann::json shape = detail::parse_json_strict(shp->second, path + ": " + name + ".shape", 2);
     if (!shape.is_array() || shape.size() != 2 || !shape[0].is_number_unsigned() || !shape[1].is_number_unsigned() ||
         shape[0].get<std::uint64_t>() > (std::uint64_t{1} << 31) || shape[1].get<std::uint64_t>() > (std::uint64_t{1} << 31))
       bad(name + ".shape is not [rows, cols]");

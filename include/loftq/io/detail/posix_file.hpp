@@ -6,21 +6,22 @@
 //                  so a file that shrinks or is rewritten while open is a
 //                  loftq::Error, never a short read taken for data (or the
 //                  SIGBUS a memory map would raise).
-//   AtomicFile     a new file written at known offsets under a temporary name
-//                  next to the target, renamed into place by commit(); one
+//   AtomicFile     a new file written at known offsets under an unpredictable
+//                  temporary name next to the target, renamed into place by commit(); one
 //                  destroyed without commit() is removed.
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <cstdint>
-#include <cstdio>
 #include <cstring>
-#include <random>
 #include <string>
 #include <utility>
 
 #include <fcntl.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "loftq/error.hpp"
@@ -109,17 +110,28 @@ class ReadOnlyFile {
   std::uint64_t size_ = 0;
 };
 
+// The flag a program raises to stop long writes (a signal handler's, like
+// Options::cancel): AtomicFile looks at it between pieces of a large write
+// and of its final sync, and gives up with Errc::cancelled. Null: never.
+inline std::atomic<const std::atomic<bool>*>& io_cancel_flag() {
+  static std::atomic<const std::atomic<bool>*> flag{nullptr};
+  return flag;
+}
+
+inline bool io_cancelled() {
+  const std::atomic<bool>* f = io_cancel_flag().load(std::memory_order_relaxed);
+  return f != nullptr && f->load(std::memory_order_relaxed);
+}
+
 class AtomicFile {
  public:
-  // Creates <path>.tmp-<pid>-<random>, `size` bytes of zeros. The random
-  // part keeps two containers' processes (both often PID 1) sharing a
-  // directory from taking turns on the same names; O_EXCL settles the rest.
+  // Creates <path>.tmp-<pid>-<16 random hex digits>, `size` bytes of zeros.
+  // The name is unpredictable, so it cannot be another file's name chosen in
+  // advance (a shard named like the temporary of another output file), and
+  // O_EXCL refuses the rare one that exists.
   AtomicFile(std::string path, std::uint64_t size) : path_(std::move(path)) {
-    std::random_device rd;
     for (int k = 0;; ++k) {
-      char tag[17];
-      std::snprintf(tag, sizeof tag, "%08x%08x", static_cast<unsigned>(rd()), static_cast<unsigned>(rd()));
-      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + tag;
+      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + random_hex();
       fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd_ >= 0) break;
       if (errno != EEXIST || k >= 100) {
@@ -140,20 +152,39 @@ class AtomicFile {
     ::loftq::detail::require(fd_ >= 0, Errc::invalid_argument, path_ + ": writer is closed");
     const char* p = static_cast<const char*>(data);
     while (n > 0) {
-      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, std::uint64_t(1) << 30));
+      if (io_cancelled()) fail_cancelled();
+      const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(n, kPiece));
       const ssize_t w = ::pwrite(fd_, p, chunk, static_cast<off_t>(at));
       if (w < 0) {
         if (errno == EINTR) continue;
         fail_io("write failed");
       }
+#if defined(__linux__)
+      // Writeback starts now (advisory), so the sync in commit() waits for
+      // little more than the last piece.
+      (void)::sync_file_range(fd_, static_cast<off_t>(at), w, SYNC_FILE_RANGE_WRITE);
+#endif
       p += w;
       at += static_cast<std::uint64_t>(w);
       n -= static_cast<std::uint64_t>(w);
     }
   }
 
-  // Syncs, closes and renames into place.
+  // Syncs, closes and renames into place. A large file is synced piece by
+  // piece first, so a cancel is seen within one piece's writeback.
   void commit() {
+#if defined(__linux__)
+    struct stat st;
+    if (::fstat(fd_, &st) == 0) {
+      for (std::uint64_t at = 0; at < static_cast<std::uint64_t>(st.st_size); at += kPiece) {
+        if (io_cancelled()) fail_cancelled();
+        if (::sync_file_range(fd_, static_cast<off_t>(at), static_cast<off_t>(kPiece),
+                              SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0)
+          break;  // not supported here: the fsync below does it all
+      }
+    }
+#endif
+    if (io_cancelled()) fail_cancelled();
     if (::fsync(fd_) != 0 && errno != EINVAL && errno != EROFS) fail_io("fsync failed");
     const int fd = fd_;
     fd_ = -1;
@@ -163,6 +194,29 @@ class AtomicFile {
   }
 
  private:
+  static std::string random_hex() {
+    std::uint64_t r = 0;
+    if (::getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r)) {
+      // No entropy yet (early boot): the clock and a counter still differ per call.
+      static std::atomic<std::uint64_t> counter{0};
+      struct timespec ts;
+      ::clock_gettime(CLOCK_REALTIME, &ts);
+      r = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
+          ((counter.fetch_add(1) + 1) * 0x9e3779b97f4a7c15ull);
+    }
+    static const char hex[] = "0123456789abcdef";
+    std::string out(16, '0');
+    for (int i = 0; i < 16; ++i) out[static_cast<std::size_t>(i)] = hex[(r >> (4 * i)) & 15];
+    return out;
+  }
+
+  static constexpr std::uint64_t kPiece = std::uint64_t(64) << 20;
+
+  [[noreturn]] void fail_cancelled() {
+    abandon();
+    ::loftq::detail::fail(Errc::cancelled, path_ + ": cancelled");
+  }
+
   [[noreturn]] void fail_io(const char* what) {
     const int e = errno;
     abandon();
