@@ -11,19 +11,7 @@
 #include <chrono>
 #include <cstdio>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace loftq_cli {
-
-void apply_threads(int threads) {
-#ifdef _OPENMP
-  if (threads > 0) omp_set_num_threads(threads);
-#else
-  (void)threads;
-#endif
-}
 
 int run_init(const Args& a) {
   StagedOutput out(a.output, StagedOutput::Existing::update, {a.input}, {"Q.npy", "A.npy", "B.npy", "report.json"});
@@ -61,7 +49,7 @@ int run_init(const Args& a) {
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
 
-  const std::string json = dump_json(init_report(a, facts, r, dq));
+  const std::string json = init_report(a, facts, r, dq);
   out.stage();
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   // Row-major float32 on a little-endian host is the .npy data as it is:

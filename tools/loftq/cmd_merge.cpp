@@ -6,6 +6,7 @@
 #include "errors.hpp"
 #include "path_safety.hpp"
 #include "report.hpp"
+#include "safetensors_output.hpp"
 
 #include <loftq/version.hpp>
 
@@ -89,7 +90,7 @@ int run_merge(const Args& a) {
   check_shard_set(a, reps);
   const Settings s = Settings::from_report(reps[0]["settings"]);
 
-  const st::Checkpoint ck(a.input);
+  const io::Checkpoint ck(a.input);
   check_checkpoint_names(ck, s.packed);
   // Every shard must come from this very checkpoint: equal settings and
   // shapes alone would let the shards of another model through.
@@ -115,23 +116,23 @@ int run_merge(const Args& a) {
   for (const Target& t : plan.targets) all.push_back(&t);
 
   // Which shard holds each target; every target exactly once.
-  std::vector<std::unique_ptr<st::SafetensorsFile>> smodel, sadapter, spacked;
+  std::vector<std::unique_ptr<io::SafetensorsFile>> smodel, sadapter, spacked;
   std::map<std::string, std::size_t> owner;
   nlohmann::json tensors = nlohmann::json::object();
   for (std::size_t i = 0; i < n; ++i) {
     const fs::path d(a.shards[i]);
-    smodel.push_back(std::make_unique<st::SafetensorsFile>((d / kShardModelFile).string()));
-    sadapter.push_back(std::make_unique<st::SafetensorsFile>((d / kAdapterFile).string()));
-    if (s.packed) spacked.push_back(std::make_unique<st::SafetensorsFile>((d / kPackedFile).string()));
+    smodel.push_back(std::make_unique<io::SafetensorsFile>((d / kShardModelFile).string()));
+    sadapter.push_back(std::make_unique<io::SafetensorsFile>((d / kAdapterFile).string()));
+    if (s.packed) spacked.push_back(std::make_unique<io::SafetensorsFile>((d / kPackedFile).string()));
     for (auto it = reps[i]["tensors"].begin(); it != reps[i]["tensors"].end(); ++it) {
       if (!owner.emplace(it.key(), i).second)
         throw InputError{a.shards[i] + ": tensor '" + printable(it.key()) + "' was also produced by another shard"};
       tensors[it.key()] = it.value();
     }
   }
-  auto expect = [&](const st::SafetensorsFile& f, const std::string& name, st::Dtype dt,
-                    const std::vector<std::uint64_t>& shape) -> const st::TensorInfo& {
-    const st::TensorInfo* t = f.find(name);
+  auto expect = [&](const io::SafetensorsFile& f, const std::string& name, io::Dtype dt,
+                    const std::vector<std::uint64_t>& shape) -> const io::TensorInfo& {
+    const io::TensorInfo* t = f.find(name);
     if (!t) throw InputError{f.path() + ": missing tensor '" + printable(name) + "'"};
     if (t->dtype != dt || t->shape != shape)
       throw InputError{f.path() + ": tensor '" + printable(name) + "' has the wrong dtype or shape"};
@@ -166,28 +167,28 @@ int run_merge(const Args& a) {
   }
 
   out.stage();
-  Writers w = open_writers(out, ck, all, /*shard_run=*/false, s, bits_of);
+  Writers w = open_writers(out, ck, all, s, bits_of);
   const std::uint64_t r = static_cast<std::uint64_t>(s.rank);
   for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
-    const st::SafetensorsFile& f = ck.file(fi);
-    for (const st::TensorInfo& t : f.tensors()) {
+    const io::SafetensorsFile& f = ck.file(fi);
+    for (const io::TensorInfo& t : f.tensors()) {
       const auto o = owner.find(t.name);
       if (o == owner.end()) {
-        copy_tensor(f, t, *w.base[fi], t.name);
+        copy_tensor(f, t, *w.base.files[fi], t.name);
         continue;
       }
       const std::size_t i = o->second;
-      copy_tensor(*smodel[i], expect(*smodel[i], t.name, t.dtype, t.shape), *w.base[fi], t.name);
+      copy_tensor(*smodel[i], expect(*smodel[i], t.name, t.dtype, t.shape), *w.base.files[fi], t.name);
     }
   }
   for (const Target& t : plan.targets) {
     const std::size_t i = owner.at(t.name);
-    const std::string la = st::lora_a_name(t.name), lb = st::lora_b_name(t.name);
-    copy_tensor(*sadapter[i], expect(*sadapter[i], la, st::Dtype::F32, {r, t.cols}), w.adapter->file(), la);
-    copy_tensor(*sadapter[i], expect(*sadapter[i], lb, st::Dtype::F32, {t.rows, r}), w.adapter->file(), lb);
+    const std::string la = io::lora_a_name(t.name), lb = io::lora_b_name(t.name);
+    copy_tensor(*sadapter[i], expect(*sadapter[i], la, io::Dtype::F32, {r, t.cols}), w.adapter->file(), la);
+    copy_tensor(*sadapter[i], expect(*sadapter[i], lb, io::Dtype::F32, {t.rows, r}), w.adapter->file(), lb);
     if (w.packed)
-      for (const st::TensorDecl& d :
-           st::packed_tensors({t.name, t.rows, t.cols, bits_of.at(t.name)}, s.packing.block_size, s.packing.double_quant))
+      for (const io::TensorDecl& d :
+           io::packed_tensors({t.name, t.rows, t.cols, bits_of.at(t.name)}, s.packing.block_size, s.packing.double_quant))
         copy_tensor(*spacked[i], expect(*spacked[i], d.name, d.dtype, d.shape), w.packed->file(), d.name);
   }
   w.commit();
@@ -196,19 +197,15 @@ int run_merge(const Args& a) {
   double shard_seconds = 0;
   for (const auto& rp : reps)
     if (rp.contains("seconds") && rp["seconds"].is_number()) shard_seconds += rp["seconds"].get<double>();
-  nlohmann::json rep;
-  rep["version"] = loftq::version();
-  rep["input"] = a.input;
+  ReportBuilder rep(a.input);
   rep["input_identity"] = identity;
   rep["settings"] = s.j;
   rep["target_modules_matched"] = plan.modules;
   rep["num_targets"] = plan.targets.size();
   rep["merged_shards"] = n;
-  add_totals(rep, tensors);
-  rep["tensors"] = tensors;
-  rep["seconds"] = total;
+  rep.tensors(tensors);
   rep["shard_seconds"] = shard_seconds;
-  out.write_file(kReportFile, dump_json(rep));
+  out.write_file(kReportFile, rep.finish(total));
   write_full_extras(out, ck, a.input, s, plan.modules, plan.targets);
   out.publish();
   if (!a.quiet) {

@@ -14,10 +14,20 @@
 #include <limits>
 #include <string>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace loftq_cli {
 
 // Sets OpenMP's thread count when --threads was given.
-void apply_threads(int threads);
+inline void apply_threads(int threads) {
+#ifdef _OPENMP
+  if (threads > 0) omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+}
 
 // The message for a numeric failure of the library on W. When W's magnitude
 // alone explains it (its squares, summed along a row or column as the SVD
@@ -50,8 +60,7 @@ std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
 }
 
 int run_init(const Args& a);   // cmd_init.cpp
-int run_model(const Args& a);  // cmd_model.cpp
-int run_model_gguf(const Args& a);  // cmd_model_gguf.cpp (--format gguf)
+int run_model(const Args& a);  // cmd_model.cpp (every input and output format)
 int run_merge(const Args& a);  // cmd_merge.cpp
 
 }  // namespace loftq_cli

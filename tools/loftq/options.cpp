@@ -11,6 +11,7 @@
 #include "errors.hpp"
 #include "staged_output.hpp"
 
+#include <loftq/io/bnb.hpp>
 #include <loftq/version.hpp>
 
 #include <CLI/CLI.hpp>
@@ -514,6 +515,16 @@ Parsed parse_args(const std::vector<std::string>& argv) {
   // The allocation weighs every target against every other; one shard only
   // sees its own.
   if (a.bits_budget > 0 && a.shard_n > 0) throw UsageError{"--bits-budget cannot be combined with --shard"};
+  if (a.bnb_nf4) {
+    // bitsandbytes has NF4 at 64..4096-element blocks and nothing else.
+    if (a.kind != loftq::Quantizer::Kind::normal_float || a.bits_budget > 0 || a.bits != 4)
+      throw UsageError{"--format bnb-nf4 needs --bits 4 --quantizer nf (bitsandbytes has no other 4-bit "
+                       "normal float and no NF2 or NF3)"};
+    if (!loftq::io::bnb_block_size_ok(static_cast<std::int64_t>(a.block_size)))
+      throw UsageError{"--format bnb-nf4 needs --block-size 64, 128, 256, 512, 1024, 2048 or 4096 (got " +
+                       std::to_string(a.block_size) + ")"};
+    if (a.shard_n > 0) throw UsageError{"--format bnb-nf4 cannot be combined with --shard"};
+  }
   if (a.quant_given && !a.gguf) throw UsageError{"--quant needs --format gguf"};
   if (a.gguf && (a.bits_given || a.bits_budget > 0 || a.shard_n > 0 || a.packed || a.double_quant))
     throw UsageError{"--format gguf takes its width from --quant: not with --bits, --bits-budget, --shard, --packed "

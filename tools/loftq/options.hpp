@@ -11,7 +11,14 @@
 #include <string>
 #include <vector>
 
+namespace loftq {
+namespace io {}
+}  // namespace loftq
+
 namespace loftq_cli {
+
+// The library's I/O namespace, under one name in the whole tool.
+namespace io = loftq::io;
 
 constexpr int kMaxThreads = 1024;
 constexpr const char* kDefaultTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
