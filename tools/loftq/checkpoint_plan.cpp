@@ -128,26 +128,8 @@ Plan plan_targets(const io::Checkpoint& ck, const std::vector<std::string>& modu
 }
 
 Settings Settings::of(const Args& a) {
-  const bool budget = a.bits_budget > 0;
   Settings s;
-  s.j["bits"] = budget ? nlohmann::json(nullptr) : nlohmann::json(a.bits);
-  if (budget) s.j["bits_budget"] = a.bits_budget;
-  s.j["rank"] = a.rank;
-  s.j["iters"] = a.iters;
-  s.j["quantizer"] = quantizer_name(a.kind);
-  s.j["block_size"] = a.block_size;
-  s.j["scale"] = scale_name(a.scale_search);
-  s.j["start"] = start_name(a.start);
-  s.j["double_quant"] = a.double_quant;
-  s.j["lora_alpha"] = a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank);
-  s.j["svd"] = loftq::to_string(a.svd);
-  s.j["seed"] = a.seed;
-  s.j["target_modules"] = a.modules;
-  s.j["packed"] = a.packed;
-  // Recorded only with --last, so reports of default runs stay as they were;
-  // a merge then refuses shards that returned different iterates.
-  if (!a.keep_best) s.j["keep_best"] = false;
-  if (a.bnb_nf4) s.j["format"] = "bnb-nf4";
+  s.j = settings_json(a);
   s.bits = a.bits;
   s.rank = a.rank;
   s.alpha = s.j["lora_alpha"].get<double>();
@@ -159,65 +141,13 @@ Settings Settings::of(const Args& a) {
 }
 
 Settings Settings::from_report(const nlohmann::json& j) {
-  auto bad = [](const std::string& what) { throw InputError{"shard settings: " + what}; };
-  if (!j.is_object()) bad("not an object");
-  auto field = [&](const char* k) -> const nlohmann::json& {
-    if (!j.contains(k)) bad(std::string("no ") + k);
-    return j[k];
-  };
-  Settings s;
+  // The option table's rows read their own keys back.
+  Settings s = of(args_from_settings(j));
   s.j = j;
-  // A --bits-budget run (bits null) cannot be sharded, so a shard has one width.
-  // The ranges the command line accepts: a report is input like any other.
-  auto count = [&](const char* k) {
-    const nlohmann::json& v = field(k);
-    const bool ok = v.is_number_unsigned() ? v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kIntMax
-                    : v.is_number_integer() ? v.get<std::int64_t>() >= 1 && v.get<std::int64_t>() <= kIntMax
-                                            : false;
-    if (!ok) bad(std::string(k) + " " + v.dump() + " is not an integer in 1.." + std::to_string(kIntMax));
-  };
-  auto one_of = [&](const char* k, std::initializer_list<const char*> names, bool optional) {
-    if (optional && !j.contains(k)) return;
-    const nlohmann::json& v = field(k);
-    for (const char* n : names)
-      if (v.is_string() && v.get<std::string>() == n) return;
-    bad(std::string(k) + " " + v.dump() + " is not a known value");
-  };
-  count("bits");
-  count("rank");
-  count("iters");
-  count("block_size");
-  one_of("svd", {"exact", "randomized"}, false);
-  one_of("start", {"zero", "svd"}, true);
-  // nlohmann stores every non-negative integer as unsigned.
-  if (!field("seed").is_number_unsigned()) bad("seed is not a non-negative integer");
-  if (j.contains("keep_best") && !j["keep_best"].is_boolean()) bad("keep_best is not a boolean");
-  if (!field("lora_alpha").is_number() || !lora_alpha_in_range(field("lora_alpha").get<double>()))
-    bad("lora_alpha " + field("lora_alpha").dump() + " is not a number in 1e-6..1e6");
-  if (!field("packed").is_boolean()) bad("packed is not a boolean");
-  if (!field("target_modules").is_array()) bad("target_modules is not a list");
-  for (const auto& m : field("target_modules")) {
-    if (!m.is_string() || m.get<std::string>().empty()) bad("target_modules holds a non-name");
-    s.modules.push_back(m.get<std::string>());
-  }
-  const nlohmann::json& q = field("quantizer");
-  if (!q.is_string() || (q != "nf" && q != "uniform")) bad("quantizer is neither nf nor uniform");
-  const nlohmann::json& bs = field("block_size");
-  // Absent in reports of older versions, which had neither.
-  const nlohmann::json dq = j.value("double_quant", nlohmann::json(false));
-  const nlohmann::json sc = j.value("scale", nlohmann::json("absmax"));
-  if (!dq.is_boolean()) bad("double_quant is not a boolean");
-  if (sc != "absmax" && sc != "search") bad("scale is neither absmax nor search");
-  s.bits = j["bits"].get<int>();
-  s.rank = j["rank"].get<std::int64_t>();
-  s.alpha = j["lora_alpha"].get<double>();
-  s.packed = j["packed"].get<bool>();
-  s.packing = {q == "uniform" ? loftq::Quantizer::Kind::uniform : loftq::Quantizer::Kind::normal_float,
-               bs.get<std::int64_t>(), sc == "search", dq.get<bool>()};
   try {
     (void)loftq::Quantizer(s.packing.kind, s.bits, static_cast<Eigen::Index>(s.packing.block_size), true);
   } catch (const loftq::Error& e) {
-    bad(e.what());
+    throw InputError{std::string("shard settings: ") + e.what()};
   }
   return s;
 }

@@ -123,7 +123,7 @@ int run_model(const Args& a) {
 
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   ReportBuilder rep(a.input);
-  rep["settings"] = model_settings(a);
+  rep["settings"] = settings_json(a);
   rep["threads"] = loftq::thread_count(a.threads);
   src->describe(rep.json());
   if (compute.budget()) rep["bits_allocation"] = compute.allocation_json();

@@ -1,9 +1,5 @@
 #include "report.hpp"
 
-#include "checkpoint_plan.hpp"
-
-#include <loftq/ggml_format.hpp>
-
 #include <loftq/threads.hpp>
 #include <loftq/version.hpp>
 
@@ -134,22 +130,6 @@ nlohmann::json bits_allocation_json(double budget, const loftq::BitAllocation& a
           {"total_sq_err", alloc.total_sq_error},
           {"total_sq_err_all_" + std::to_string(cand.front()) + "_bit", at_min},
           {"tensors_per_width", counts}};
-}
-
-nlohmann::json model_settings(const Args& a) {
-  if (!a.gguf) return Settings::of(a).j;
-  nlohmann::json s = {{"format", "gguf"},
-                      {"quant", loftq::ggml_format_name(a.quant)},
-                      {"rank", a.rank},
-                      {"iters", a.iters},
-                      {"scale", a.scale_search ? "search" : "ggml"},
-                      {"start", start_name(a.start)},
-                      {"lora_alpha", a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank)},
-                      {"svd", loftq::to_string(a.svd)},
-                      {"seed", a.seed},
-                      {"target_modules", a.modules}};
-  if (!a.keep_best) s["keep_best"] = false;
-  return s;
 }
 
 }  // namespace loftq_cli

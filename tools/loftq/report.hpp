@@ -50,8 +50,6 @@ struct InitFacts {
 std::string init_report(const Args& a, const InitFacts& f, const loftq::Result<float>& r,
                         const loftq::DoubleQuantEffect& dq);
 
-// model: the settings the output records (loftq_report.json "settings").
-nlohmann::json model_settings(const Args& a);
 
 // model: one tensor's entry. `candidates` are the squared errors measured at
 // each width of a bit budget (empty without one).
