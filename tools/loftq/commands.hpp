@@ -4,7 +4,7 @@
 
 #include "options.hpp"
 
-#include <loftq/detail/matrix_view.hpp>
+#include <loftq/finite.hpp>
 #include <loftq/error.hpp>
 #include <loftq/options.hpp>
 
@@ -29,21 +29,21 @@ inline void apply_threads(int threads) {
 #endif
 }
 
-// The message for a numeric failure of the library on W. When W's magnitude
-// alone explains it (its squares, summed along a row or column as the SVD
-// and the error norms do, exceed the float32 range), the message says so
-// instead of naming the step that happened to overflow first.
 // Whether Q, A and B are all finite. Eigen's allFinite() is a scalar loop,
 // about 0.1 s on a 4096x11008 Q; this scan vectorizes and uses the worker threads.
 inline bool result_finite(const loftq::Result<float>& r, int threads) {
   auto finite = [&](const auto& M) {
-    return loftq::detail::all_finite(M.data(), static_cast<std::int64_t>(M.size()), threads);
+    return loftq::all_finite(M.data(), static_cast<std::int64_t>(M.size()), threads);
   };
   return finite(r.Q) && finite(r.A) && finite(r.B);
 }
 
 inline loftq::Error not_finite_result() { return loftq::Error(loftq::Errc::non_finite, "the result is not finite"); }
 
+// The message for a numeric failure of the library on W. When W's magnitude
+// alone explains it (its squares, summed along a row or column as the SVD
+// and the error norms do, exceed the float32 range), the message says so
+// instead of naming the step that happened to overflow first.
 template <class Matrix>
 std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
   if (e.code() != loftq::Errc::non_finite || W.size() == 0) return e.what();

@@ -1,6 +1,6 @@
 #include "model_pipeline.hpp"
 
-#include <loftq/detail/memory.hpp>
+#include <loftq/huge_pages.hpp>
 
 #include <algorithm>
 
@@ -40,7 +40,7 @@ void TensorPrefetcher::run() {
       const ModelTarget& t = *order_[k];
       if (!s.data) {
         s.data.reset(new float[static_cast<std::size_t>(capacity)]);
-        loftq::detail::advise_huge_pages(s.data.get(), static_cast<std::size_t>(capacity) * sizeof(float));
+        loftq::advise_huge_pages(s.data.get(), static_cast<std::size_t>(capacity) * sizeof(float));
       }
       src_.read(t, s.data.get());
       // The same expression as before the prefetch thread existed, so the

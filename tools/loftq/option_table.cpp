@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <utility>
 
 namespace loftq_cli {
 
@@ -189,264 +190,299 @@ std::string format_conflicts(const Args& a) {
   return {};
 }
 
+// The table in parts of under 80 lines, in its order (the order of the help).
+void rows_1(std::vector<OptionDef>& t, const Args& d) {
+  (void)d;
+  for (OptionDef& r : std::vector<OptionDef>{
+    {"--input", "PATH", "2-D .npy weight matrix, float32 or float64, C or Fortran order (computed in float32)",
+     kInit, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
+    {"--input", "PATH",
+     "a .safetensors file, or a directory holding model.safetensors, a sharded set with "
+     "model.safetensors.index.json, or exactly one .safetensors file; with --format gguf a .gguf file",
+     kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
+    {"--output", "DIR",
+     "output directory; created if missing (with parents), otherwise the four files in it are replaced", kInit,
+     true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
+    {"--output", "DIR", "output directory, created with its parents; must not exist unless --overwrite",
+     kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
+    {"--shards", "DIR1,DIR2,...", "the output directories of all N 'loftq model --shard K/N' runs", kMerge, true,
+     list(), [](Args& a, const std::string& v) { a.shards = split_list(v, /*keep_repeats=*/true); }},
+    OptionDef{"--bits", "N", "bits per weight, 2..8 (default " + std::to_string(d.bits) + ")", kCore, false,
+     // Any well-formed count: the library decides which widths it supports
+     // (an unsupported one is bad input, exit 1).
+     count(0, kIntMax),
+     [](Args& a, const std::string& v) {
+       a.bits = static_cast<int>(to_u64(v));
+       a.bits_given = true;
+     }}
+        // null with a budget: the widths vary; a GGUF output's width is --quant's.
+        .recorded("bits",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (!a.gguf) s["bits"] = a.bits_budget > 0 ? nlohmann::json(nullptr) : nlohmann::json(a.bits);
+                  },
+                  // A --bits-budget run (bits null) cannot be sharded, so a shard has one width.
+                  [](const nlohmann::json& j, Args& a) { a.bits = static_cast<int>(count_field(j, "bits")); }),
+    OptionDef{"--rank", "N", "LoRA rank r, 1..min(m, n) (default " + std::to_string(d.rank) + ")", kCore, false,
+              count(1, kIntMax), [](Args& a, const std::string& v) { a.rank = static_cast<Eigen::Index>(to_u64(v)); }}
+        .recorded("rank", [](const Args& a, nlohmann::json& s) { s["rank"] = a.rank; },
+                  [](const nlohmann::json& j, Args& a) { a.rank = static_cast<Eigen::Index>(count_field(j, "rank")); }),
+    OptionDef{"--iters", "N", "LoftQ alternating steps (default " + std::to_string(d.iters) + ")", kCore, false,
+              count(1, kIntMax), [](Args& a, const std::string& v) { a.iters = static_cast<int>(to_u64(v)); }}
+        .recorded("iters", [](const Args& a, nlohmann::json& s) { s["iters"] = a.iters; },
+                  [](const nlohmann::json& j, Args& a) { a.iters = static_cast<int>(count_field(j, "iters")); }),
+    OptionDef{"--quantizer", "nf|uniform",
+     std::string("normal-float (QLoRA NF-k) or uniform grid (default ") + quantizer_name(d.kind) + ")", kCore,
+     false, one_of({"nf", "uniform"}),
+     [](Args& a, const std::string& v) {
+       a.kind = v == "nf" ? loftq::Quantizer::Kind::normal_float : loftq::Quantizer::Kind::uniform;
+     }}
+        .recorded("quantizer",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (!a.gguf) s["quantizer"] = quantizer_name(a.kind);
+                  },
+                  [](const nlohmann::json& j, Args& a) {
+                    a.kind = name_field(j, "quantizer", {"nf", "uniform"}, nullptr,
+                                        "quantizer is neither nf nor uniform") == "uniform"
+                                 ? loftq::Quantizer::Kind::uniform
+                                 : loftq::Quantizer::Kind::normal_float;
+                  }),
+    OptionDef{"--block-size", "N",
+     "elements per quantization block of the row-major flattening (default " + std::to_string(d.block_size) + ")",
+     kCore, false, count(1, kIntMax),
+     [](Args& a, const std::string& v) { a.block_size = static_cast<Eigen::Index>(to_u64(v)); }}
+        .recorded("block_size",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (!a.gguf) s["block_size"] = a.block_size;
+                  },
+                  [](const nlohmann::json& j, Args& a) {
+                    a.block_size = static_cast<Eigen::Index>(count_field(j, "block_size"));
+                  })
+       })
+    t.push_back(std::move(r));
+}
+
+// The table in parts of under 80 lines, in its order (the order of the help).
+void rows_2(std::vector<OptionDef>& t, const Args& d) {
+  (void)d;
+  for (OptionDef& r : std::vector<OptionDef>{
+    OptionDef{"--scale", "absmax|search",
+     std::string("block scales: absmax, or searched per block for the lowest squared error (same storage) "
+                 "(default ") + scale_name(d.scale_search) + ")",
+     kCore, false, one_of({"absmax", "search"}),
+     [](Args& a, const std::string& v) { a.scale_search = v == "search"; }}
+        // A GGUF output's absmax scales are ggml's own.
+        .recorded("scale",
+                  [](const Args& a, nlohmann::json& s) {
+                    s["scale"] = a.scale_search ? "search" : a.gguf ? "ggml" : scale_name(false);
+                  },
+                  // Absent in reports of older versions, which had absmax only.
+                  [](const nlohmann::json& j, Args& a) {
+                    a.scale_search = name_field(j, "scale", {"absmax", "search"}, "absmax",
+                                                "scale is neither absmax nor search") == std::string("search");
+                  }),
+    OptionDef{"--svd", "exact|randomized",
+     std::string("truncated SVD method (default ") + loftq::to_string(d.svd) + ")", kCore, false,
+     one_of({"exact", "randomized"}),
+     [](Args& a, const std::string& v) {
+       a.svd = v == "exact" ? loftq::SVDMethod::exact : loftq::SVDMethod::randomized;
+     }}
+        .recorded("svd", [](const Args& a, nlohmann::json& s) { s["svd"] = loftq::to_string(a.svd); },
+                  [](const nlohmann::json& j, Args& a) {
+                    a.svd = name_field(j, "svd", {"exact", "randomized"}, nullptr, "") == std::string("exact")
+                                ? loftq::SVDMethod::exact
+                                : loftq::SVDMethod::randomized;
+                  }),
+    OptionDef{"--seed", "N", "seed of the randomized SVD, 0..2^64-1 (default " + std::to_string(d.seed) + ")",
+              kCore, false, count(0, std::numeric_limits<std::uint64_t>::max()),
+              [](Args& a, const std::string& v) { a.seed = to_u64(v); }}
+        .recorded("seed", [](const Args& a, nlohmann::json& s) { s["seed"] = a.seed; },
+                  [](const nlohmann::json& j, Args& a) {
+                    // nlohmann stores every non-negative integer as unsigned.
+                    if (!field(j, "seed").is_number_unsigned()) bad("seed is not a non-negative integer");
+                    a.seed = j["seed"].get<std::uint64_t>();
+                  }),
+    OptionDef{"--start", "zero|svd",
+     std::string("zero: LoftQ's A = B = 0 start; svd: start from the top-r SVD of W (default ") +
+         start_name(d.start) + ")",
+     kCore, false, one_of({"zero", "svd"}),
+     [](Args& a, const std::string& v) { a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd; }}
+        .recorded("start", [](const Args& a, nlohmann::json& s) { s["start"] = start_name(a.start); },
+                  [](const nlohmann::json& j, Args& a) {
+                    const std::string v = name_field(j, "start", {"zero", "svd"}, start_name(a.start), "");
+                    a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd;
+                  }),
+    OptionDef{"--double-quant", "",
+     "double quantization (QLoRA): the fp32 block scales are quantized to 8 bits in blocks of 256 after "
+     "subtracting their mean (0.5 -> 0.127 bits/weight at block 64), then A, B are refit to the rounded Q once; "
+     "Q (and the packed scales) are that Q",
+     kCore, false, nullptr, [](Args& a, const std::string&) { a.double_quant = true; }}
+        .recorded("double_quant",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (!a.gguf) s["double_quant"] = a.double_quant;
+                  },
+                  // Absent in reports of older versions, which had none.
+                  [](const nlohmann::json& j, Args& a) { a.double_quant = bool_field(j, "double_quant", true, false); }),
+    {"--threads", "N",
+     "worker threads, 1.." + std::to_string(kMaxThreads) +
+         " (default: OpenMP's); the results are bit-identical for any thread count",
+     kCore, false, count(1, kMaxThreads),
+     [](Args& a, const std::string& v) { a.threads = static_cast<int>(to_u64(v)); }}
+       })
+    t.push_back(std::move(r));
+}
+
+// The table in parts of under 80 lines, in its order (the order of the help).
+void rows_3(std::vector<OptionDef>& t, const Args& d) {
+  (void)d;
+  const std::string budget_lo = std::to_string(budget_bits().front()), budget_hi = std::to_string(budget_bits().back());
+  for (OptionDef& r : std::vector<OptionDef>{
+    OptionDef{"--last", "", "return the last iterate (as the reference does), not the one with the lowest error",
+              kCore, false, nullptr, [](Args& a, const std::string&) { a.keep_best = false; }}
+        // Recorded only with --last, so reports of default runs stay as they were;
+        // a merge then refuses shards that returned different iterates.
+        .recorded("keep_best",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (!a.keep_best) s["keep_best"] = false;
+                  },
+                  [](const nlohmann::json& j, Args& a) { a.keep_best = bool_field(j, "keep_best", true, true); }),
+    OptionDef{"--bits-budget", "B",
+     "mixed precision instead of --bits: " + budget_lo + ", 3 or " + budget_hi +
+         " bits per target, chosen (exact knapsack) to minimize the total squared error ||W - Q - A B^T||^2 "
+         "with an average of at most B code bits per weight, " + budget_lo + " <= B <= " + budget_hi +
+         " (block scales not counted); measures each target at every width, then recomputes the chosen one; "
+         "not with --shard",
+     kModel, false,
+     [budget_lo, budget_hi](const std::string& v) -> std::string {
+       double x = 0;
+       if (!parse_number(v, x) || x < budget_bits().front() || x > budget_bits().back())
+         return "invalid value '" + v + "': expected a number of bits per weight in " + budget_lo + ".." + budget_hi;
+       return {};
+     },
+     [](Args& a, const std::string& v) { parse_number(v, a.bits_budget); }}
+        .recorded("bits_budget",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (a.bits_budget > 0) s["bits_budget"] = a.bits_budget;
+                  })
+        .excluding([](const Args& a) -> std::string {
+          if (a.bits_given) return "--bits and --bits-budget exclude each other: the budget chooses the widths";
+          // The allocation weighs every target against every other; one shard only sees its own.
+          if (a.shard_n > 0) return "--bits-budget cannot be combined with --shard";
+          return {};
+        }),
+    OptionDef{"--lora-alpha", "A", "PEFT lora_alpha, a number in 1e-6..1e6 (default: r)", kModel, false,
+     [](const std::string& v) -> std::string {
+       double x = 0;
+       return parse_number(v, x) && lora_alpha_in_range(x)
+                  ? std::string()
+                  : "invalid value '" + v + "': expected a number in 1e-6..1e6";
+     },
+     [](Args& a, const std::string& v) { parse_number(v, a.lora_alpha); }}
+        .recorded("lora_alpha", [](const Args& a, nlohmann::json& s) { s["lora_alpha"] = alpha_of(a); },
+                  [](const nlohmann::json& j, Args& a) {
+                    if (!field(j, "lora_alpha").is_number() || !lora_alpha_in_range(j["lora_alpha"].get<double>()))
+                      bad("lora_alpha " + j["lora_alpha"].dump() + " is not a number in 1e-6..1e6");
+                    a.lora_alpha = j["lora_alpha"].get<double>();
+                  }),
+    OptionDef{"--target-modules", "LIST", std::string("comma-separated module names (default ") + kDefaultTargets + ")",
+              kModel, false, list(), [](Args& a, const std::string& v) { a.modules = split_list(v); }}
+        .recorded("target_modules", [](const Args& a, nlohmann::json& s) { s["target_modules"] = a.modules; },
+                  [](const nlohmann::json& j, Args& a) {
+                    if (!field(j, "target_modules").is_array()) bad("target_modules is not a list");
+                    for (const auto& m : j["target_modules"]) {
+                      if (!m.is_string() || m.get<std::string>().empty()) bad("target_modules holds a non-name");
+                      a.modules.push_back(m.get<std::string>());
+                    }
+                  })
+       })
+    t.push_back(std::move(r));
+}
+
+// The table in parts of under 80 lines, in its order (the order of the help).
+void rows_4(std::vector<OptionDef>& t, const Args& d) {
+  (void)d;
+  for (OptionDef& r : std::vector<OptionDef>{
+    OptionDef{"--format", "dequantized|bnb-nf4|gguf",
+     "the base model.safetensors: dequantized, Q in the input's dtype; bnb-nf4, the targets as "
+     "bitsandbytes NF4 (packed codes, absmax, quant_state; with --double-quant bitsandbytes' nested absmax) and "
+     "config.json with its quantization_config, which transformers loads without quantizing again; needs "
+     "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
+     "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
+     "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
+     "which --target-modules also accepts by their HF names q_proj, ...); "
+     "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) and "
+     "adapter.gguf (a llama.cpp LoRA adapter: llama-cli -m DIR/model.gguf --lora DIR/adapter.gguf) and "
+     "loftq_report.json; the alternation quantizes in the --quant format itself, --scale absmax being ggml's "
+     "own block scales; a target whose rows are not multiples of 32 is copied unchanged without an adapter "
+     "(llama.cpp's fallback); not with --bits, --bits-budget, --shard, --packed or --double-quant "
+     "(default dequantized)",
+     kModel, false, one_of({"dequantized", "bnb-nf4", "gguf"}),
+     [](Args& a, const std::string& v) {
+       a.bnb_nf4 = v == "bnb-nf4";
+       a.gguf = v == "gguf";
+     }}
+        .recorded("format",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (a.bnb_nf4) s["format"] = "bnb-nf4";
+                    if (a.gguf) s["format"] = "gguf";
+                  })
+        .excluding(format_conflicts),
+    OptionDef{"--quant", "iq4_nl|q4_0|q8_0",
+     "--format gguf: the ggml type of the targets in model.gguf, blocks of 32 with an fp16 scale: iq4_nl "
+     "(16 non-uniform levels, 4.5 bits per weight), q4_0 (4.5) or q8_0 (8.5) (default iq4_nl)",
+     kModel, false, one_of({"iq4_nl", "q4_0", "q8_0"}),
+     [](Args& a, const std::string& v) {
+       a.quant = v == "q4_0" ? loftq::GgmlFormat::q4_0
+                             : v == "q8_0" ? loftq::GgmlFormat::q8_0 : loftq::GgmlFormat::iq4_nl;
+       a.quant_given = true;
+     }}
+        .recorded("quant",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (a.gguf) s["quant"] = loftq::ggml_format_name(a.quant);
+                  })
+        .excluding([](const Args& a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
+    OptionDef{"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
+              [](Args& a, const std::string&) { a.packed = true; }}
+        .recorded("packed",
+                  [](const Args& a, nlohmann::json& s) {
+                    if (!a.gguf) s["packed"] = a.packed;
+                  },
+                  [](const nlohmann::json& j, Args& a) { a.packed = bool_field(j, "packed", false, false); }),
+    {"--shard", "K/N",
+     "process only targets i (0-based, in sorted name order) with i % N == K - 1, 1 <= K <= N, into a partial "
+     "output (adapter_model.safetensors, shard_model.safetensors, loftq_report.json); combine the N outputs "
+     "with merge",
+     kModel, false,
+     [](const std::string& v) -> std::string {
+       const std::size_t slash = v.find('/');
+       if (slash == std::string::npos) return "invalid value '" + v + "': expected K/N";
+       const std::string n = v.substr(slash + 1), k = v.substr(0, slash);
+       std::string e = count(1, 1000000)(n);
+       if (e.empty()) e = count(1, to_u64(n))(k);
+       return e;
+     },
+     [](Args& a, const std::string& v) {
+       const std::size_t slash = v.find('/');
+       a.shard_n = static_cast<int>(to_u64(v.substr(slash + 1)));
+       a.shard_k = static_cast<int>(to_u64(v.substr(0, slash)));
+     }},
+    {"--overwrite", "", "replace an existing DIR (only once the new one is complete)", kModel | kMerge, false,
+     nullptr, [](Args& a, const std::string&) { a.overwrite = true; }},
+    {"--quiet", "", "print nothing on success (no progress, no summary)", kAll, false, nullptr,
+     [](Args& a, const std::string&) { a.quiet = true; }}
+       })
+    t.push_back(std::move(r));
+}
+
 }  // namespace
 
 const std::vector<OptionDef>& option_table() {
   static const std::vector<OptionDef> table = [] {
     const Args d;
-    const std::string budget_lo = std::to_string(budget_bits().front()), budget_hi = std::to_string(budget_bits().back());
-    std::vector<OptionDef> t = {
-        {"--input", "PATH", "2-D .npy weight matrix, float32 or float64, C or Fortran order (computed in float32)",
-         kInit, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
-        {"--input", "PATH",
-         "a .safetensors file, or a directory holding model.safetensors, a sharded set with "
-         "model.safetensors.index.json, or exactly one .safetensors file; with --format gguf a .gguf file",
-         kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
-        {"--output", "DIR",
-         "output directory; created if missing (with parents), otherwise the four files in it are replaced", kInit,
-         true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
-        {"--output", "DIR", "output directory, created with its parents; must not exist unless --overwrite",
-         kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
-        {"--shards", "DIR1,DIR2,...", "the output directories of all N 'loftq model --shard K/N' runs", kMerge, true,
-         list(), [](Args& a, const std::string& v) { a.shards = split_list(v, /*keep_repeats=*/true); }},
-        OptionDef{"--bits", "N", "bits per weight, 2..8 (default " + std::to_string(d.bits) + ")", kCore, false,
-         // Any well-formed count: the library decides which widths it supports
-         // (an unsupported one is bad input, exit 1).
-         count(0, kIntMax),
-         [](Args& a, const std::string& v) {
-           a.bits = static_cast<int>(to_u64(v));
-           a.bits_given = true;
-         }}
-            // null with a budget: the widths vary; a GGUF output's width is --quant's.
-            .recorded("bits",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (!a.gguf) s["bits"] = a.bits_budget > 0 ? nlohmann::json(nullptr) : nlohmann::json(a.bits);
-                      },
-                      // A --bits-budget run (bits null) cannot be sharded, so a shard has one width.
-                      [](const nlohmann::json& j, Args& a) { a.bits = static_cast<int>(count_field(j, "bits")); }),
-        OptionDef{"--rank", "N", "LoRA rank r, 1..min(m, n) (default " + std::to_string(d.rank) + ")", kCore, false,
-                  count(1, kIntMax), [](Args& a, const std::string& v) { a.rank = static_cast<Eigen::Index>(to_u64(v)); }}
-            .recorded("rank", [](const Args& a, nlohmann::json& s) { s["rank"] = a.rank; },
-                      [](const nlohmann::json& j, Args& a) { a.rank = static_cast<Eigen::Index>(count_field(j, "rank")); }),
-        OptionDef{"--iters", "N", "LoftQ alternating steps (default " + std::to_string(d.iters) + ")", kCore, false,
-                  count(1, kIntMax), [](Args& a, const std::string& v) { a.iters = static_cast<int>(to_u64(v)); }}
-            .recorded("iters", [](const Args& a, nlohmann::json& s) { s["iters"] = a.iters; },
-                      [](const nlohmann::json& j, Args& a) { a.iters = static_cast<int>(count_field(j, "iters")); }),
-        OptionDef{"--quantizer", "nf|uniform",
-         std::string("normal-float (QLoRA NF-k) or uniform grid (default ") + quantizer_name(d.kind) + ")", kCore,
-         false, one_of({"nf", "uniform"}),
-         [](Args& a, const std::string& v) {
-           a.kind = v == "nf" ? loftq::Quantizer::Kind::normal_float : loftq::Quantizer::Kind::uniform;
-         }}
-            .recorded("quantizer",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (!a.gguf) s["quantizer"] = quantizer_name(a.kind);
-                      },
-                      [](const nlohmann::json& j, Args& a) {
-                        a.kind = name_field(j, "quantizer", {"nf", "uniform"}, nullptr,
-                                            "quantizer is neither nf nor uniform") == "uniform"
-                                     ? loftq::Quantizer::Kind::uniform
-                                     : loftq::Quantizer::Kind::normal_float;
-                      }),
-        OptionDef{"--block-size", "N",
-         "elements per quantization block of the row-major flattening (default " + std::to_string(d.block_size) + ")",
-         kCore, false, count(1, kIntMax),
-         [](Args& a, const std::string& v) { a.block_size = static_cast<Eigen::Index>(to_u64(v)); }}
-            .recorded("block_size",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (!a.gguf) s["block_size"] = a.block_size;
-                      },
-                      [](const nlohmann::json& j, Args& a) {
-                        a.block_size = static_cast<Eigen::Index>(count_field(j, "block_size"));
-                      }),
-        OptionDef{"--scale", "absmax|search",
-         std::string("block scales: absmax, or searched per block for the lowest squared error (same storage) "
-                     "(default ") + scale_name(d.scale_search) + ")",
-         kCore, false, one_of({"absmax", "search"}),
-         [](Args& a, const std::string& v) { a.scale_search = v == "search"; }}
-            // A GGUF output's absmax scales are ggml's own.
-            .recorded("scale",
-                      [](const Args& a, nlohmann::json& s) {
-                        s["scale"] = a.scale_search ? "search" : a.gguf ? "ggml" : scale_name(false);
-                      },
-                      // Absent in reports of older versions, which had absmax only.
-                      [](const nlohmann::json& j, Args& a) {
-                        a.scale_search = name_field(j, "scale", {"absmax", "search"}, "absmax",
-                                                    "scale is neither absmax nor search") == std::string("search");
-                      }),
-        OptionDef{"--svd", "exact|randomized",
-         std::string("truncated SVD method (default ") + loftq::to_string(d.svd) + ")", kCore, false,
-         one_of({"exact", "randomized"}),
-         [](Args& a, const std::string& v) {
-           a.svd = v == "exact" ? loftq::SVDMethod::exact : loftq::SVDMethod::randomized;
-         }}
-            .recorded("svd", [](const Args& a, nlohmann::json& s) { s["svd"] = loftq::to_string(a.svd); },
-                      [](const nlohmann::json& j, Args& a) {
-                        a.svd = name_field(j, "svd", {"exact", "randomized"}, nullptr, "") == std::string("exact")
-                                    ? loftq::SVDMethod::exact
-                                    : loftq::SVDMethod::randomized;
-                      }),
-        OptionDef{"--seed", "N", "seed of the randomized SVD, 0..2^64-1 (default " + std::to_string(d.seed) + ")",
-                  kCore, false, count(0, std::numeric_limits<std::uint64_t>::max()),
-                  [](Args& a, const std::string& v) { a.seed = to_u64(v); }}
-            .recorded("seed", [](const Args& a, nlohmann::json& s) { s["seed"] = a.seed; },
-                      [](const nlohmann::json& j, Args& a) {
-                        // nlohmann stores every non-negative integer as unsigned.
-                        if (!field(j, "seed").is_number_unsigned()) bad("seed is not a non-negative integer");
-                        a.seed = j["seed"].get<std::uint64_t>();
-                      }),
-        OptionDef{"--start", "zero|svd",
-         std::string("zero: LoftQ's A = B = 0 start; svd: start from the top-r SVD of W (default ") +
-             start_name(d.start) + ")",
-         kCore, false, one_of({"zero", "svd"}),
-         [](Args& a, const std::string& v) { a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd; }}
-            .recorded("start", [](const Args& a, nlohmann::json& s) { s["start"] = start_name(a.start); },
-                      [](const nlohmann::json& j, Args& a) {
-                        const std::string v = name_field(j, "start", {"zero", "svd"}, start_name(a.start), "");
-                        a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd;
-                      }),
-        OptionDef{"--double-quant", "",
-         "double quantization (QLoRA): the fp32 block scales are quantized to 8 bits in blocks of 256 after "
-         "subtracting their mean (0.5 -> 0.127 bits/weight at block 64), then A, B are refit to the rounded Q once; "
-         "Q (and the packed scales) are that Q",
-         kCore, false, nullptr, [](Args& a, const std::string&) { a.double_quant = true; }}
-            .recorded("double_quant",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (!a.gguf) s["double_quant"] = a.double_quant;
-                      },
-                      // Absent in reports of older versions, which had none.
-                      [](const nlohmann::json& j, Args& a) { a.double_quant = bool_field(j, "double_quant", true, false); }),
-        {"--threads", "N",
-         "worker threads, 1.." + std::to_string(kMaxThreads) +
-             " (default: OpenMP's); the results are bit-identical for any thread count",
-         kCore, false, count(1, kMaxThreads),
-         [](Args& a, const std::string& v) { a.threads = static_cast<int>(to_u64(v)); }},
-        OptionDef{"--last", "", "return the last iterate (as the reference does), not the one with the lowest error",
-                  kCore, false, nullptr, [](Args& a, const std::string&) { a.keep_best = false; }}
-            // Recorded only with --last, so reports of default runs stay as they were;
-            // a merge then refuses shards that returned different iterates.
-            .recorded("keep_best",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (!a.keep_best) s["keep_best"] = false;
-                      },
-                      [](const nlohmann::json& j, Args& a) { a.keep_best = bool_field(j, "keep_best", true, true); }),
-        OptionDef{"--bits-budget", "B",
-         "mixed precision instead of --bits: " + budget_lo + ", 3 or " + budget_hi +
-             " bits per target, chosen (exact knapsack) to minimize the total squared error ||W - Q - A B^T||^2 "
-             "with an average of at most B code bits per weight, " + budget_lo + " <= B <= " + budget_hi +
-             " (block scales not counted); measures each target at every width, then recomputes the chosen one; "
-             "not with --shard",
-         kModel, false,
-         [budget_lo, budget_hi](const std::string& v) -> std::string {
-           double x = 0;
-           if (!parse_number(v, x) || x < budget_bits().front() || x > budget_bits().back())
-             return "invalid value '" + v + "': expected a number of bits per weight in " + budget_lo + ".." + budget_hi;
-           return {};
-         },
-         [](Args& a, const std::string& v) { parse_number(v, a.bits_budget); }}
-            .recorded("bits_budget",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (a.bits_budget > 0) s["bits_budget"] = a.bits_budget;
-                      })
-            .excluding([](const Args& a) -> std::string {
-              if (a.bits_given) return "--bits and --bits-budget exclude each other: the budget chooses the widths";
-              // The allocation weighs every target against every other; one shard only sees its own.
-              if (a.shard_n > 0) return "--bits-budget cannot be combined with --shard";
-              return {};
-            }),
-        OptionDef{"--lora-alpha", "A", "PEFT lora_alpha, a number in 1e-6..1e6 (default: r)", kModel, false,
-         [](const std::string& v) -> std::string {
-           double x = 0;
-           return parse_number(v, x) && lora_alpha_in_range(x)
-                      ? std::string()
-                      : "invalid value '" + v + "': expected a number in 1e-6..1e6";
-         },
-         [](Args& a, const std::string& v) { parse_number(v, a.lora_alpha); }}
-            .recorded("lora_alpha", [](const Args& a, nlohmann::json& s) { s["lora_alpha"] = alpha_of(a); },
-                      [](const nlohmann::json& j, Args& a) {
-                        if (!field(j, "lora_alpha").is_number() || !lora_alpha_in_range(j["lora_alpha"].get<double>()))
-                          bad("lora_alpha " + j["lora_alpha"].dump() + " is not a number in 1e-6..1e6");
-                        a.lora_alpha = j["lora_alpha"].get<double>();
-                      }),
-        OptionDef{"--target-modules", "LIST", std::string("comma-separated module names (default ") + kDefaultTargets + ")",
-                  kModel, false, list(), [](Args& a, const std::string& v) { a.modules = split_list(v); }}
-            .recorded("target_modules", [](const Args& a, nlohmann::json& s) { s["target_modules"] = a.modules; },
-                      [](const nlohmann::json& j, Args& a) {
-                        if (!field(j, "target_modules").is_array()) bad("target_modules is not a list");
-                        for (const auto& m : j["target_modules"]) {
-                          if (!m.is_string() || m.get<std::string>().empty()) bad("target_modules holds a non-name");
-                          a.modules.push_back(m.get<std::string>());
-                        }
-                      }),
-        OptionDef{"--format", "dequantized|bnb-nf4|gguf",
-         "the base model.safetensors: dequantized, Q in the input's dtype; bnb-nf4, the targets as "
-         "bitsandbytes NF4 (packed codes, absmax, quant_state; with --double-quant bitsandbytes' nested absmax) and "
-         "config.json with its quantization_config, which transformers loads without quantizing again; needs "
-         "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
-         "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
-         "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
-         "which --target-modules also accepts by their HF names q_proj, ...); "
-         "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) and "
-         "adapter.gguf (a llama.cpp LoRA adapter: llama-cli -m DIR/model.gguf --lora DIR/adapter.gguf) and "
-         "loftq_report.json; the alternation quantizes in the --quant format itself, --scale absmax being ggml's "
-         "own block scales; a target whose rows are not multiples of 32 is copied unchanged without an adapter "
-         "(llama.cpp's fallback); not with --bits, --bits-budget, --shard, --packed or --double-quant "
-         "(default dequantized)",
-         kModel, false, one_of({"dequantized", "bnb-nf4", "gguf"}),
-         [](Args& a, const std::string& v) {
-           a.bnb_nf4 = v == "bnb-nf4";
-           a.gguf = v == "gguf";
-         }}
-            .recorded("format",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (a.bnb_nf4) s["format"] = "bnb-nf4";
-                        if (a.gguf) s["format"] = "gguf";
-                      })
-            .excluding(format_conflicts),
-        OptionDef{"--quant", "iq4_nl|q4_0|q8_0",
-         "--format gguf: the ggml type of the targets in model.gguf, blocks of 32 with an fp16 scale: iq4_nl "
-         "(16 non-uniform levels, 4.5 bits per weight), q4_0 (4.5) or q8_0 (8.5) (default iq4_nl)",
-         kModel, false, one_of({"iq4_nl", "q4_0", "q8_0"}),
-         [](Args& a, const std::string& v) {
-           a.quant = v == "q4_0" ? loftq::GgmlFormat::q4_0
-                                 : v == "q8_0" ? loftq::GgmlFormat::q8_0 : loftq::GgmlFormat::iq4_nl;
-           a.quant_given = true;
-         }}
-            .recorded("quant",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (a.gguf) s["quant"] = loftq::ggml_format_name(a.quant);
-                      })
-            .excluding([](const Args& a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
-        OptionDef{"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
-                  [](Args& a, const std::string&) { a.packed = true; }}
-            .recorded("packed",
-                      [](const Args& a, nlohmann::json& s) {
-                        if (!a.gguf) s["packed"] = a.packed;
-                      },
-                      [](const nlohmann::json& j, Args& a) { a.packed = bool_field(j, "packed", false, false); }),
-        {"--shard", "K/N",
-         "process only targets i (0-based, in sorted name order) with i % N == K - 1, 1 <= K <= N, into a partial "
-         "output (adapter_model.safetensors, shard_model.safetensors, loftq_report.json); combine the N outputs "
-         "with merge",
-         kModel, false,
-         [](const std::string& v) -> std::string {
-           const std::size_t slash = v.find('/');
-           if (slash == std::string::npos) return "invalid value '" + v + "': expected K/N";
-           const std::string n = v.substr(slash + 1), k = v.substr(0, slash);
-           std::string e = count(1, 1000000)(n);
-           if (e.empty()) e = count(1, to_u64(n))(k);
-           return e;
-         },
-         [](Args& a, const std::string& v) {
-           const std::size_t slash = v.find('/');
-           a.shard_n = static_cast<int>(to_u64(v.substr(slash + 1)));
-           a.shard_k = static_cast<int>(to_u64(v.substr(0, slash)));
-         }},
-        {"--overwrite", "", "replace an existing DIR (only once the new one is complete)", kModel | kMerge, false,
-         nullptr, [](Args& a, const std::string&) { a.overwrite = true; }},
-        {"--quiet", "", "print nothing on success (no progress, no summary)", kAll, false, nullptr,
-         [](Args& a, const std::string&) { a.quiet = true; }},
-    };
+    std::vector<OptionDef> t;
+    rows_1(t, d);
+    rows_2(t, d);
+    rows_3(t, d);
+    rows_4(t, d);
     return t;
   }();
   return table;
