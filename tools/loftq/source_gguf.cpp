@@ -1,6 +1,7 @@
 #include "source_gguf.hpp"
 
 #include "errors.hpp"
+#include "staged_output.hpp"
 
 #include <loftq/ggml_format.hpp>
 
@@ -103,6 +104,7 @@ void GgufSource::copy(std::size_t copy, const CopyOut& out) const {
     const std::uint64_t n = std::min(chunk, t.nbytes - off);
     in_.read_bytes(t, off, n, buf.data());
     out(t.name, 0, buf.data(), n, off);
+    check_interrupt();
   }
 }
 
