@@ -22,6 +22,24 @@ check_outputs() {  # DIR M N R
 
 case "$case_name" in
 
+tool_doc)
+  # docs/tool.md is `loftq --help-markdown`, generated from the option table;
+  # every option of every command's --help is in it, with its help text.
+  doc="$(dirname "$0")/../../docs/tool.md"
+  expect_rc 0 --help-markdown
+  cmp -s "$out_file" "$doc" || {
+    diff "$out_file" "$doc" | head -20 >&2
+    fail "docs/tool.md is not the output of 'loftq --help-markdown' (regenerate: loftq --help-markdown > docs/tool.md)"
+  }
+  for cmd in init model merge; do
+    expect_rc 0 "$cmd" --help
+    grep -q "^## loftq $cmd\$" "$doc" || fail "docs/tool.md has no section for $cmd"
+    for opt in $(grep -o -- '^  --[a-z-]*' "$out_file"); do
+      grep -q -- "\`$opt\`" "$doc" || fail "docs/tool.md lacks $cmd's option $opt"
+    done
+  done
+  ;;
+
 success)
   make_w W.npy 64x128 f4 C
   expect_rc 0 init --input W.npy --output out --rank=8 --iters 4 --bits 4 --seed=7

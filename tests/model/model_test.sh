@@ -335,16 +335,16 @@ bnb_nf4)
   cmp -s bd/model.safetensors bp/model.safetensors || fail "--packed changed the bnb-nf4 base"
   grep -aq 'up_proj.weight.qscales"' bp/model.packed.safetensors || fail "no fp32 scales in the packed file"
   ! grep -aq 'qscales_q' bp/model.packed.safetensors || fail "int8 scales in the packed file"
-  # What bitsandbytes cannot hold: exit 1, one line.
-  expect_bad_input model --input s --output x --format bnb-nf4 --bits 2
+  # Options bitsandbytes cannot hold: a usage error (exit 2) before any work.
+  expect_usage model --input s --output x --format bnb-nf4 --bits 2
   grep -q -- "bits 4 --quantizer nf" "$err_file" || { show; fail "message"; }
-  expect_bad_input model --input s --output x --format bnb-nf4 --quantizer uniform
+  expect_usage model --input s --output x --format bnb-nf4 --quantizer uniform
   grep -q -- "bits 4 --quantizer nf" "$err_file" || { show; fail "message"; }
-  expect_bad_input model --input s --output x --format bnb-nf4 --block-size 32
+  expect_usage model --input s --output x --format bnb-nf4 --block-size 32
   grep -q -- "block-size 64, 128" "$err_file" || { show; fail "message"; }
-  expect_bad_input model --input s --output x --format bnb-nf4 --shard 1/2
+  expect_usage model --input s --output x --format bnb-nf4 --shard 1/2
   grep -q -- "shard" "$err_file" || { show; fail "message"; }
-  expect_bad_input model --input s --output x --format bnb-nf4 --bits-budget 3
+  expect_usage model --input s --output x --format bnb-nf4 --bits-budget 3
   grep -q -- "bits 4 --quantizer nf" "$err_file" || { show; fail "message"; }
   rm s/config.json
   expect_bad_input model --input s --output x --format bnb-nf4

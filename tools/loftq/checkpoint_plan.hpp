@@ -9,16 +9,12 @@
 #include <loftq/io/peft.hpp>
 #include <loftq/io/safetensors.hpp>
 
-#include <chrono>
 #include <map>
-#include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 
 namespace loftq_cli {
-
-namespace st = loftq::io;
 
 constexpr const char* kShardModelFile = "shard_model.safetensors";
 constexpr const char* kAdapterFile = "adapter_model.safetensors";
@@ -28,7 +24,7 @@ constexpr const char* kReportFile = "loftq_report.json";
 struct Target {
   std::string name, module;  // the weight, and the --target-modules entry it matched
   std::size_t file = 0;      // index into the checkpoint's files
-  const st::TensorInfo* info = nullptr;
+  const io::TensorInfo* info = nullptr;
   std::uint64_t rows = 0, cols = 0;
 };
 
@@ -39,7 +35,7 @@ struct Plan {
 
 // The targets of `ck`: 2-D float tensors <prefix>.<module>.weight. Throws
 // InputError when there are none, or one cannot take `rank`.
-Plan plan_targets(const st::Checkpoint& ck, const std::vector<std::string>& modules, Eigen::Index rank,
+Plan plan_targets(const io::Checkpoint& ck, const std::vector<std::string>& modules, Eigen::Index rank,
                   const std::string& input);
 
 // Whether target i (0-based, in name order) belongs to shard K of N (1-based).
@@ -58,47 +54,32 @@ struct Settings {
   bool packed = false;
   bool bnb_nf4 = false;  // targets in the base as bitsandbytes NF4
   std::vector<std::string> modules;
-  st::PackedSettings packing;
+  io::PackedSettings packing;
 
   static Settings of(const Args& a);
   // From a shard's report; throws InputError unless every field is usable.
   static Settings from_report(const nlohmann::json& j);
 };
 
-// The writers of one run: base model files (mirroring the input's files, or
-// shard_model.safetensors for a --shard run), the adapter, the packed codes.
-struct Writers {
-  std::vector<std::unique_ptr<st::SafetensorsWriter>> base;  // one per input file (full), or one (shard)
-  std::unique_ptr<st::AdapterWriter> adapter;
-  std::unique_ptr<st::PackedWriter> packed;
-  std::map<std::string, std::size_t> base_of;  // tensor name -> index into base
-
-  void commit();
-};
-
-Writers open_writers(const StagedOutput& out, const st::Checkpoint& ck, const std::vector<const Target*>& sel,
-                     bool shard_run, const Settings& s, const std::map<std::string, int>& bits_of);
-
-// Copies a mapped tensor into a writer in 64 MiB chunks, releasing the input
-// pages as it goes.
-void copy_tensor(const st::SafetensorsFile& f, const st::TensorInfo& t, st::SafetensorsWriter& w,
-                 const std::string& out_name);
 
 // The files a full (unsharded or merged) output has besides the tensors:
 // adapter_config.json, the index of a sharded input, config and tokenizer files.
 // With s.bnb_nf4, config.json gains the quantization_config of `targets`
 // (required then) and the index lists their bitsandbytes tensors.
-void write_full_extras(StagedOutput& out, const st::Checkpoint& ck, const std::string& input, const Settings& s,
+void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::string& input, const Settings& s,
                        const std::vector<std::string>& modules, const std::vector<Target>& targets);
 
 // The bitsandbytes description of a target.
-st::BnbTarget bnb_target(const Target& t);
+io::BnbTarget bnb_target(const Target& t);
 
 // Throws InputError unless a bnb-nf4 output of `targets` can be written: a
 // config.json next to the input, F32, F16 or BF16 targets, and skip modules
 // that leave every target quantized.
-void check_bnb_output(const st::Checkpoint& ck, const std::string& input, const Settings& s,
+void check_bnb_output(const io::Checkpoint& ck, const std::string& input, const Settings& s,
                       const std::vector<Target>& targets);
+
+// The name of output file i of a full run: the input's name when sharded.
+std::string base_file_name(const io::Checkpoint& ck, std::size_t i);
 
 // Every file a command reads from the checkpoint at `input`: its tensor
 // files, the index, and the config and tokenizer files an output copies.
@@ -106,33 +87,21 @@ void check_bnb_output(const st::Checkpoint& ck, const std::string& input, const 
 // not parse (strict JSON, 64 levels, 16 MiB) and for a side file that is a
 // symbolic link leading out of the input directory (a Hugging Face cache
 // snapshot's links into its blobs/ excepted).
-std::vector<std::string> checkpoint_inputs(const st::Checkpoint& ck, const std::string& input);
+std::vector<std::string> checkpoint_inputs(const io::Checkpoint& ck, const std::string& input);
 
 // Refuses a checkpoint with a tensor file named like one of the files a full
 // output writes besides the checkpoint's own (adapter, report, config...).
-void check_checkpoint_names(const st::Checkpoint& ck, bool packed);
+void check_checkpoint_names(const io::Checkpoint& ck, bool packed);
 
 // A fingerprint of the checkpoint, recorded in every report, which a merge
 // compares: the index, every file's name, size, metadata and tensor table,
 // and the first, middle and last 64 bytes of every tensor's data. It tells
 // checkpoints apart that differ in layout or in their weights; it is not a
 // hash of every byte.
-std::string checkpoint_identity(const st::Checkpoint& ck);
+std::string checkpoint_identity(const io::Checkpoint& ck);
 
 // Throws InputError when a float tensor of `f` holds a NaN or an infinity.
-void check_finite(const st::SafetensorsFile& f, const st::TensorInfo& t);
+void check_finite(const io::SafetensorsFile& f, const io::TensorInfo& t);
 
-// A progress line on stderr: redrawn in place on a terminal, one line per
-// finished tensor otherwise.
-class Progress {
- public:
-  Progress(std::size_t total, bool quiet);
-  void update(std::size_t done, const std::string& current);
-
- private:
-  std::size_t total_;
-  bool quiet_, tty_;
-  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now();
-};
 
 }  // namespace loftq_cli

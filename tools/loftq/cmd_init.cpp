@@ -11,19 +11,42 @@
 #include <chrono>
 #include <cstdio>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 namespace loftq_cli {
 
-void apply_threads(int threads) {
-#ifdef _OPENMP
-  if (threads > 0) omp_set_num_threads(threads);
-#else
-  (void)threads;
-#endif
+namespace {
+
+void print_summary(const Args& a, const InitFacts& facts, const loftq::Result<float>& r,
+                   const loftq::DoubleQuantEffect& dq, const StagedOutput& out) {
+  const int threads = loftq::thread_count(a.threads);
+  std::printf("loftq %s: %s (%ldx%ld %s) -> %s\n", loftq::version().c_str(), printable(a.input).c_str(),
+              static_cast<long>(facts.rows), static_cast<long>(facts.cols), facts.dtype.c_str(),
+              printable(out.dir().string()).c_str());
+  std::printf("  %s%d, block %ld, scale %s, rank %ld, svd %s, start %s, seed %llu, threads %d\n",
+              quantizer_name(a.kind), a.bits, static_cast<long>(a.block_size), scale_name(a.scale_search),
+              static_cast<long>(a.rank), loftq::to_string(a.svd), start_name(a.start),
+              static_cast<unsigned long long>(a.seed), threads);
+  std::printf("  QLoRA  rel. error %.6f\n", r.qlora_error);
+  const std::size_t iters = iterations_run(r, a.double_quant);
+  for (std::size_t t = 0; t < r.history.size(); ++t) {
+    const char* mark = static_cast<int>(t + 1) == r.best_iteration ? "  <- returned" : "";
+    if (t >= iters)
+      std::printf("  double-quant rel. error %.6f%s\n", r.history[t], mark);
+    else
+      std::printf("  iter %-2zu rel. error %.6f%s\n", t + 1, r.history[t], mark);
+  }
+  if (a.double_quant) {
+    std::printf("  double quantization: %.4f -> %.4f bits/weight, rel. error %.6f -> %.6f (%.6f before the refit)\n",
+                dq.bits_per_weight_before, dq.bits_per_weight_after, dq.error_before, dq.error_after, dq.error_rounded);
+    std::printf("  returned the double-quantized %s iterate, rel. error %.6f; %.3f s\n", a.keep_best ? "best" : "last",
+                r.error(), facts.seconds);
+  } else {
+    std::printf("  returned iteration %d (%s), rel. error %.6f; %.3f s\n", r.best_iteration,
+                a.keep_best ? "best" : "last", r.error(), facts.seconds);
+  }
+  std::fflush(stdout);
 }
+
+}  // namespace
 
 int run_init(const Args& a) {
   StagedOutput out(a.output, StagedOutput::Existing::update, {a.input}, {"Q.npy", "A.npy", "B.npy", "report.json"});
@@ -61,12 +84,12 @@ int run_init(const Args& a) {
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
 
-  const std::string json = dump_json(init_report(a, facts, r, dq));
+  const std::string json = init_report(a, facts, r, dq);
   out.stage();
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   // Row-major float32 on a little-endian host is the .npy data as it is:
   // written from Q itself, not from a 64 MB image of it (at 4096x4096).
-  out.write_file("Q.npy", loftq::io::detail::npy_head_f32(static_cast<std::size_t>(r.Q.rows()), static_cast<std::size_t>(r.Q.cols())),
+  out.write_file("Q.npy", loftq::io::npy_header_f32(static_cast<std::size_t>(r.Q.rows()), static_cast<std::size_t>(r.Q.cols())),
                  r.Q.data(), static_cast<std::size_t>(r.Q.size()) * sizeof(float));
 #else
   out.write_file("Q.npy", loftq::io::npy_image(r.Q));
@@ -76,35 +99,7 @@ int run_init(const Args& a) {
   out.write_file("report.json", json);
   out.publish();
 
-  if (!a.quiet) {
-    const int threads = loftq::thread_count(a.threads);
-    std::printf("loftq %s: %s (%ldx%ld %s) -> %s\n", loftq::version().c_str(), printable(a.input).c_str(),
-                static_cast<long>(facts.rows), static_cast<long>(facts.cols), facts.dtype.c_str(),
-                printable(out.dir().string()).c_str());
-    std::printf("  %s%d, block %ld, scale %s, rank %ld, svd %s, start %s, seed %llu, threads %d\n",
-                quantizer_name(a.kind), a.bits, static_cast<long>(a.block_size), scale_name(a.scale_search),
-                static_cast<long>(a.rank), loftq::to_string(a.svd), start_name(a.start),
-                static_cast<unsigned long long>(a.seed), threads);
-    std::printf("  QLoRA  rel. error %.6f\n", r.qlora_error);
-    const std::size_t iters = iterations_run(r, a.double_quant);
-    for (std::size_t t = 0; t < r.history.size(); ++t) {
-      const char* mark = static_cast<int>(t + 1) == r.best_iteration ? "  <- returned" : "";
-      if (t >= iters)
-        std::printf("  double-quant rel. error %.6f%s\n", r.history[t], mark);
-      else
-        std::printf("  iter %-2zu rel. error %.6f%s\n", t + 1, r.history[t], mark);
-    }
-    if (a.double_quant) {
-      std::printf("  double quantization: %.4f -> %.4f bits/weight, rel. error %.6f -> %.6f (%.6f before the refit)\n",
-                  dq.bits_per_weight_before, dq.bits_per_weight_after, dq.error_before, dq.error_after, dq.error_rounded);
-      std::printf("  returned the double-quantized %s iterate, rel. error %.6f; %.3f s\n", a.keep_best ? "best" : "last",
-                  r.error(), facts.seconds);
-    } else {
-      std::printf("  returned iteration %d (%s), rel. error %.6f; %.3f s\n", r.best_iteration,
-                  a.keep_best ? "best" : "last", r.error(), facts.seconds);
-    }
-    std::fflush(stdout);
-  }
+  if (!a.quiet) print_summary(a, facts, r, dq, out);
   return kExitOk;
 }
 

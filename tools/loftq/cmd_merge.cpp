@@ -6,7 +6,9 @@
 #include "errors.hpp"
 #include "path_safety.hpp"
 #include "report.hpp"
+#include "safetensors_output.hpp"
 
+#include <loftq/io/strict_json.hpp>
 #include <loftq/version.hpp>
 
 #include <cerrno>
@@ -39,7 +41,7 @@ nlohmann::json read_report(const std::string& dir) {
   // is refused rather than silently resolved.
   nlohmann::json j;
   try {
-    j = loftq::io::detail::parse_json_strict(text, p.string());
+    j = loftq::io::parse_json_strict(text, p.string());
   } catch (const loftq::Error& e) {
     throw InputError{e.what()};
   }
@@ -70,11 +72,9 @@ void check_shard_set(const Args& a, const std::vector<nlohmann::json>& reps) {
   }
 }
 
-}  // namespace
-
-int run_merge(const Args& a) {
-  const auto t_start = std::chrono::steady_clock::now();
-  const std::size_t n = a.shards.size();
+// Reads the reports of the --shards directories: each named once, shards
+// 1..N of one run with equal settings.
+std::vector<nlohmann::json> read_shard_reports(const Args& a) {
   // A shard named twice, as the same text or as two paths to one directory.
   std::vector<InputFile> dirs;
   for (const std::string& d : a.shards) {
@@ -87,14 +87,13 @@ int run_merge(const Args& a) {
   std::vector<nlohmann::json> reps;
   for (const std::string& d : a.shards) reps.push_back(read_report(d));
   check_shard_set(a, reps);
-  const Settings s = Settings::from_report(reps[0]["settings"]);
+  return reps;
+}
 
-  const st::Checkpoint ck(a.input);
-  check_checkpoint_names(ck, s.packed);
-  // Every shard must come from this very checkpoint: equal settings and
-  // shapes alone would let the shards of another model through.
-  const std::string identity = checkpoint_identity(ck);
-  for (std::size_t i = 0; i < n; ++i) {
+// Every shard must come from this very checkpoint: equal settings and
+// shapes alone would let the shards of another model through.
+void check_identity(const Args& a, const std::vector<nlohmann::json>& reps, const std::string& identity) {
+  for (std::size_t i = 0; i < reps.size(); ++i) {
     const nlohmann::json& id = reps[i].contains("input_identity") ? reps[i]["input_identity"] : nlohmann::json();
     if (!id.is_string())
       throw InputError{a.shards[i] + ": the shard report records no input identity (written by an older loftq); "
@@ -103,52 +102,53 @@ int run_merge(const Args& a) {
       throw InputError{a.shards[i] + ": computed from a different checkpoint than " + a.input + " (input identity " +
                        printable(id.get<std::string>()) + ", " + a.input + " has " + identity + ")"};
   }
+}
+
+std::vector<std::string> merge_inputs(const Args& a, const io::Checkpoint& ck) {
   std::vector<std::string> inputs = checkpoint_inputs(ck, a.input);
   for (const std::string& d : a.shards) {
     inputs.push_back(d);
     for (const char* f : {kReportFile, kShardModelFile, kAdapterFile, kPackedFile})
       inputs.push_back((fs::path(d) / f).string());
   }
-  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse, inputs);
-  const Plan plan = plan_targets(ck, s.modules, static_cast<Eigen::Index>(s.rank), a.input);
-  std::vector<const Target*> all;
-  for (const Target& t : plan.targets) all.push_back(&t);
+  return inputs;
+}
 
-  // Which shard holds each target; every target exactly once.
-  std::vector<std::unique_ptr<st::SafetensorsFile>> smodel, sadapter, spacked;
+// The shards' files, and which shard holds each target (every target exactly once).
+struct Shards {
+  std::vector<std::unique_ptr<io::SafetensorsFile>> model, adapter, packed;
   std::map<std::string, std::size_t> owner;
-  nlohmann::json tensors = nlohmann::json::object();
-  for (std::size_t i = 0; i < n; ++i) {
+  nlohmann::json tensors = nlohmann::json::object();  // the shards' report entries
+};
+
+Shards open_shards(const Args& a, const std::vector<nlohmann::json>& reps, const Settings& s, const Plan& plan) {
+  Shards sh;
+  for (std::size_t i = 0; i < reps.size(); ++i) {
     const fs::path d(a.shards[i]);
-    smodel.push_back(std::make_unique<st::SafetensorsFile>((d / kShardModelFile).string()));
-    sadapter.push_back(std::make_unique<st::SafetensorsFile>((d / kAdapterFile).string()));
-    if (s.packed) spacked.push_back(std::make_unique<st::SafetensorsFile>((d / kPackedFile).string()));
+    sh.model.push_back(std::make_unique<io::SafetensorsFile>((d / kShardModelFile).string()));
+    sh.adapter.push_back(std::make_unique<io::SafetensorsFile>((d / kAdapterFile).string()));
+    if (s.packed) sh.packed.push_back(std::make_unique<io::SafetensorsFile>((d / kPackedFile).string()));
     for (auto it = reps[i]["tensors"].begin(); it != reps[i]["tensors"].end(); ++it) {
-      if (!owner.emplace(it.key(), i).second)
+      if (!sh.owner.emplace(it.key(), i).second)
         throw InputError{a.shards[i] + ": tensor '" + printable(it.key()) + "' was also produced by another shard"};
-      tensors[it.key()] = it.value();
+      sh.tensors[it.key()] = it.value();
     }
   }
-  auto expect = [&](const st::SafetensorsFile& f, const std::string& name, st::Dtype dt,
-                    const std::vector<std::uint64_t>& shape) -> const st::TensorInfo& {
-    const st::TensorInfo* t = f.find(name);
-    if (!t) throw InputError{f.path() + ": missing tensor '" + printable(name) + "'"};
-    if (t->dtype != dt || t->shape != shape)
-      throw InputError{f.path() + ": tensor '" + printable(name) + "' has the wrong dtype or shape"};
-    check_finite(f, *t);
-    return *t;
-  };
   for (const Target& t : plan.targets)
-    if (!owner.count(t.name))
+    if (!sh.owner.count(t.name))
       throw InputError{a.input + ": target tensor '" + printable(t.name) + "' is in none of the shards"};
-  if (owner.size() != plan.targets.size())
+  if (sh.owner.size() != plan.targets.size())
     throw InputError{"the shards hold tensors that are not targets of " + a.input};
-  // Each tensor's width as its shard reported it (all equal to the settings'
-  // today: a --bits-budget run cannot be sharded).
+  return sh;
+}
+
+// Each tensor's width as its shard reported it (all equal to the settings'
+// today: a --bits-budget run cannot be sharded), its entry checked.
+std::map<std::string, int> check_entries(const Args& a, const Shards& sh, const Settings& s, const Plan& plan) {
   std::map<std::string, int> bits_of;
   for (const Target& t : plan.targets) {
-    const nlohmann::json& e = tensors[t.name];
-    const std::string where = a.shards[owner.at(t.name)] + ": report entry of tensor '" + printable(t.name) + "'";
+    const nlohmann::json& e = sh.tensors[t.name];
+    const std::string where = a.shards[sh.owner.at(t.name)] + ": report entry of tensor '" + printable(t.name) + "'";
     if (!e.is_object()) throw InputError{where + " is not an object"};
     // The merged report sums these; a bad one would pass into its totals.
     for (const char* k : {"sq_err", "rel_err", "qlora_rel_err", "bits_per_weight"})
@@ -164,56 +164,90 @@ int run_merge(const Args& a) {
                        "," + std::to_string(t.cols) + "]"};
     bits_of[t.name] = b;
   }
+  return bits_of;
+}
 
-  out.stage();
-  Writers w = open_writers(out, ck, all, /*shard_run=*/false, s, bits_of);
+// A shard's tensor, checked to be what the merged output declares.
+const io::TensorInfo& expect(const io::SafetensorsFile& f, const std::string& name, io::Dtype dt,
+                             const std::vector<std::uint64_t>& shape) {
+  const io::TensorInfo* t = f.find(name);
+  if (!t) throw InputError{f.path() + ": missing tensor '" + printable(name) + "'"};
+  if (t->dtype != dt || t->shape != shape)
+    throw InputError{f.path() + ": tensor '" + printable(name) + "' has the wrong dtype or shape"};
+  check_finite(f, *t);
+  return *t;
+}
+
+void copy_tensors(const io::Checkpoint& ck, const Plan& plan, const Shards& sh, const Settings& s,
+                  const std::map<std::string, int>& bits_of, Writers& w) {
   const std::uint64_t r = static_cast<std::uint64_t>(s.rank);
   for (std::size_t fi = 0; fi < ck.num_files(); ++fi) {
-    const st::SafetensorsFile& f = ck.file(fi);
-    for (const st::TensorInfo& t : f.tensors()) {
-      const auto o = owner.find(t.name);
-      if (o == owner.end()) {
-        copy_tensor(f, t, *w.base[fi], t.name);
+    const io::SafetensorsFile& f = ck.file(fi);
+    for (const io::TensorInfo& t : f.tensors()) {
+      const auto o = sh.owner.find(t.name);
+      if (o == sh.owner.end()) {
+        copy_tensor(f, t, *w.base.files[fi], t.name);
         continue;
       }
-      const std::size_t i = o->second;
-      copy_tensor(*smodel[i], expect(*smodel[i], t.name, t.dtype, t.shape), *w.base[fi], t.name);
+      const io::SafetensorsFile& m = *sh.model[o->second];
+      copy_tensor(m, expect(m, t.name, t.dtype, t.shape), *w.base.files[fi], t.name);
     }
   }
   for (const Target& t : plan.targets) {
-    const std::size_t i = owner.at(t.name);
-    const std::string la = st::lora_a_name(t.name), lb = st::lora_b_name(t.name);
-    copy_tensor(*sadapter[i], expect(*sadapter[i], la, st::Dtype::F32, {r, t.cols}), w.adapter->file(), la);
-    copy_tensor(*sadapter[i], expect(*sadapter[i], lb, st::Dtype::F32, {t.rows, r}), w.adapter->file(), lb);
+    const std::size_t i = sh.owner.at(t.name);
+    const io::SafetensorsFile& ad = *sh.adapter[i];
+    const std::string la = io::lora_a_name(t.name), lb = io::lora_b_name(t.name);
+    copy_tensor(ad, expect(ad, la, io::Dtype::F32, {r, t.cols}), w.adapter->file(), la);
+    copy_tensor(ad, expect(ad, lb, io::Dtype::F32, {t.rows, r}), w.adapter->file(), lb);
     if (w.packed)
-      for (const st::TensorDecl& d :
-           st::packed_tensors({t.name, t.rows, t.cols, bits_of.at(t.name)}, s.packing.block_size, s.packing.double_quant))
-        copy_tensor(*spacked[i], expect(*spacked[i], d.name, d.dtype, d.shape), w.packed->file(), d.name);
+      for (const io::TensorDecl& d :
+           io::packed_tensors({t.name, t.rows, t.cols, bits_of.at(t.name)}, s.packing.block_size, s.packing.double_quant))
+        copy_tensor(*sh.packed[i], expect(*sh.packed[i], d.name, d.dtype, d.shape), w.packed->file(), d.name);
   }
+}
+
+}  // namespace
+
+int run_merge(const Args& a) {
+  const auto t_start = std::chrono::steady_clock::now();
+  const std::vector<nlohmann::json> reps = read_shard_reports(a);
+  const Settings s = Settings::from_report(reps[0]["settings"]);
+  const io::Checkpoint ck(a.input);
+  check_checkpoint_names(ck, s.packed);
+  const std::string identity = checkpoint_identity(ck);
+  check_identity(a, reps, identity);
+  StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse,
+                   merge_inputs(a, ck));
+  const Plan plan = plan_targets(ck, s.modules, static_cast<Eigen::Index>(s.rank), a.input);
+  std::vector<const Target*> all;
+  for (const Target& t : plan.targets) all.push_back(&t);
+  const Shards sh = open_shards(a, reps, s, plan);
+  const std::map<std::string, int> bits_of = check_entries(a, sh, s, plan);
+
+  out.stage();
+  Writers w = open_writers(out, ck, all, s, bits_of);
+  copy_tensors(ck, plan, sh, s, bits_of, w);
   w.commit();
 
   const double total = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_start).count();
   double shard_seconds = 0;
   for (const auto& rp : reps)
     if (rp.contains("seconds") && rp["seconds"].is_number()) shard_seconds += rp["seconds"].get<double>();
-  nlohmann::json rep;
-  rep["version"] = loftq::version();
-  rep["input"] = a.input;
+  ReportBuilder rep(a.input);
   rep["input_identity"] = identity;
   rep["settings"] = s.j;
   rep["target_modules_matched"] = plan.modules;
   rep["num_targets"] = plan.targets.size();
-  rep["merged_shards"] = n;
-  add_totals(rep, tensors);
-  rep["tensors"] = tensors;
-  rep["seconds"] = total;
+  rep["merged_shards"] = reps.size();
+  rep.tensors(sh.tensors);
   rep["shard_seconds"] = shard_seconds;
-  out.write_file(kReportFile, dump_json(rep));
+  out.write_file(kReportFile, rep.finish(total));
   write_full_extras(out, ck, a.input, s, plan.modules, plan.targets);
   out.publish();
   if (!a.quiet) {
-    std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", loftq::version().c_str(), n,
-                printable(a.input).c_str(), printable(out.dir().string()).c_str(), plan.targets.size(), total);
+    std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", loftq::version().c_str(),
+                reps.size(), printable(a.input).c_str(), printable(out.dir().string()).c_str(), plan.targets.size(),
+                total);
     std::fflush(stdout);
   }
   return kExitOk;

@@ -4,7 +4,7 @@
 
 #include "options.hpp"
 
-#include <loftq/detail/matrix_view.hpp>
+#include <loftq/finite.hpp>
 #include <loftq/error.hpp>
 #include <loftq/options.hpp>
 
@@ -14,26 +14,36 @@
 #include <limits>
 #include <string>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace loftq_cli {
 
 // Sets OpenMP's thread count when --threads was given.
-void apply_threads(int threads);
+inline void apply_threads(int threads) {
+#ifdef _OPENMP
+  if (threads > 0) omp_set_num_threads(threads);
+#else
+  (void)threads;
+#endif
+}
 
-// The message for a numeric failure of the library on W. When W's magnitude
-// alone explains it (its squares, summed along a row or column as the SVD
-// and the error norms do, exceed the float32 range), the message says so
-// instead of naming the step that happened to overflow first.
 // Whether Q, A and B are all finite. Eigen's allFinite() is a scalar loop,
 // about 0.1 s on a 4096x11008 Q; this scan vectorizes and uses the worker threads.
 inline bool result_finite(const loftq::Result<float>& r, int threads) {
   auto finite = [&](const auto& M) {
-    return loftq::detail::all_finite(M.data(), static_cast<std::int64_t>(M.size()), threads);
+    return loftq::all_finite(M.data(), static_cast<std::int64_t>(M.size()), threads);
   };
   return finite(r.Q) && finite(r.A) && finite(r.B);
 }
 
 inline loftq::Error not_finite_result() { return loftq::Error(loftq::Errc::non_finite, "the result is not finite"); }
 
+// The message for a numeric failure of the library on W. When W's magnitude
+// alone explains it (its squares, summed along a row or column as the SVD
+// and the error norms do, exceed the float32 range), the message says so
+// instead of naming the step that happened to overflow first.
 template <class Matrix>
 std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
   if (e.code() != loftq::Errc::non_finite || W.size() == 0) return e.what();
@@ -50,8 +60,7 @@ std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
 }
 
 int run_init(const Args& a);   // cmd_init.cpp
-int run_model(const Args& a);  // cmd_model.cpp
-int run_model_gguf(const Args& a);  // cmd_model_gguf.cpp (--format gguf)
+int run_model(const Args& a);  // cmd_model.cpp (every input and output format)
 int run_merge(const Args& a);  // cmd_merge.cpp
 
 }  // namespace loftq_cli

@@ -45,7 +45,7 @@ int dispatch(const std::vector<std::string>& argv) {
       break;
   }
   install_signal_handlers();
-  if (p.args.command == "model") return p.args.gguf ? run_model_gguf(p.args) : run_model(p.args);
+  if (p.args.command == "model") return run_model(p.args);
   if (p.args.command == "merge") return run_merge(p.args);
   return run_init(p.args);
 }

@@ -1,7 +1,6 @@
 #include "model_pipeline.hpp"
 
-#include <loftq/detail/memory.hpp>
-#include <loftq/io/detail/dtypes.hpp>
+#include <loftq/huge_pages.hpp>
 
 #include <algorithm>
 
@@ -10,8 +9,8 @@ namespace loftq_cli {
 // ---------------------------------------------------------------------------
 // TensorPrefetcher
 
-TensorPrefetcher::TensorPrefetcher(const st::Checkpoint& ck, std::vector<const Target*> order)
-    : ck_(ck), order_(std::move(order)) {
+TensorPrefetcher::TensorPrefetcher(const Source& src, std::vector<const ModelTarget*> order)
+    : src_(src), order_(std::move(order)) {
   if (!order_.empty()) thread_ = std::thread([this] { run(); });
 }
 
@@ -26,8 +25,7 @@ TensorPrefetcher::~TensorPrefetcher() {
 
 void TensorPrefetcher::run() {
   std::uint64_t capacity = 0;
-  for (const Target* t : order_) capacity = std::max(capacity, t->rows * t->cols);
-  std::vector<unsigned char> chunk;
+  for (const ModelTarget* t : order_) capacity = std::max(capacity, t->rows * t->cols);
   for (std::size_t k = 0; k < order_.size(); ++k) {
     Slot& s = slots_[k % 2];
     {
@@ -39,21 +37,12 @@ void TensorPrefetcher::run() {
     std::exception_ptr error;
     double w2 = 0;
     try {
-      const Target& t = *order_[k];
+      const ModelTarget& t = *order_[k];
       if (!s.data) {
         s.data.reset(new float[static_cast<std::size_t>(capacity)]);
-        loftq::detail::advise_huge_pages(s.data.get(), static_cast<std::size_t>(capacity) * sizeof(float));
+        loftq::advise_huge_pages(s.data.get(), static_cast<std::size_t>(capacity) * sizeof(float));
       }
-      const st::SafetensorsFile& f = ck_.file(t.file);
-      const st::TensorInfo& info = *t.info;
-      const std::size_t es = st::dtype_size(info.dtype);
-      const std::uint64_t per = (std::uint64_t(1) << 20) / es;  // elements per read
-      chunk.resize(static_cast<std::size_t>(std::min<std::uint64_t>(per, info.numel) * es));
-      for (std::uint64_t i = 0; i < info.numel; i += per) {
-        const std::uint64_t n = std::min(per, info.numel - i);
-        f.read_bytes(info, i * es, n * es, chunk.data());
-        st::to_float(info.dtype, chunk.data(), static_cast<std::size_t>(n), s.data.get() + i);
-      }
+      src_.read(t, s.data.get());
       // The same expression as before the prefetch thread existed, so the
       // reported squared errors keep their last bits.
       w2 = ConstMapF(s.data.get(), static_cast<Eigen::Index>(t.rows), static_cast<Eigen::Index>(t.cols))
@@ -83,7 +72,7 @@ TensorPrefetcher::Loaded TensorPrefetcher::next() {
   ++taken_;
   lk.unlock();
   cv_.notify_all();
-  const Target* t = order_[k];
+  const ModelTarget* t = order_[k];
   return {t, ConstMapF(s.data.get(), static_cast<Eigen::Index>(t->rows), static_cast<Eigen::Index>(t->cols)), s.w2};
 }
 

@@ -11,7 +11,7 @@
 // next()/submit()/finish(). Destructors stop and join their thread, dropping
 // any work not yet started; a writer task already running is completed.
 
-#include "checkpoint_plan.hpp"
+#include "source.hpp"
 
 #include <Eigen/Core>
 #include <condition_variable>
@@ -25,21 +25,18 @@
 
 namespace loftq_cli {
 
-using RowMatrixF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-using ConstMapF = Eigen::Map<const RowMatrixF>;
-
-// Reads the targets of `order`, in that order, one ahead of the consumer, into
-// two buffers allocated once (the largest target's size), so no target's
-// weights are faulted in page by page again.
+// Reads the targets of `order` from `src`, in that order, one ahead of the
+// consumer, into two buffers allocated once (the largest target's size), so no
+// target's weights are faulted in page by page again.
 class TensorPrefetcher {
  public:
   struct Loaded {
-    const Target* target;
+    const ModelTarget* target;
     ConstMapF W;    // valid until the next call of next()
     double w2;      // W.cast<double>().squaredNorm(), computed on the prefetch thread
   };
 
-  TensorPrefetcher(const st::Checkpoint& ck, std::vector<const Target*> order);
+  TensorPrefetcher(const Source& src, std::vector<const ModelTarget*> order);
   ~TensorPrefetcher();
   TensorPrefetcher(const TensorPrefetcher&) = delete;
   TensorPrefetcher& operator=(const TensorPrefetcher&) = delete;
@@ -56,8 +53,8 @@ class TensorPrefetcher {
   };
   void run();
 
-  const st::Checkpoint& ck_;
-  std::vector<const Target*> order_;
+  const Source& src_;
+  std::vector<const ModelTarget*> order_;
   Slot slots_[2];
   std::size_t taken_ = 0;  // targets handed out by next()
   bool stop_ = false;

@@ -4,14 +4,24 @@
 
 #include <loftq/ggml_format.hpp>
 #include <loftq/initialize.hpp>
+#include <loftq/options.hpp>
 #include <loftq/quantizer.hpp>
 #include <loftq/svd.hpp>
+
+#include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
+namespace loftq {
+namespace io {}
+}  // namespace loftq
+
 namespace loftq_cli {
+
+// The library's I/O namespace, under one name in the whole tool.
+namespace io = loftq::io;
 
 constexpr int kMaxThreads = 1024;
 constexpr const char* kDefaultTargets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
@@ -27,18 +37,18 @@ inline const std::vector<int>& budget_bits() {
 struct Args {
   std::string command;  // init, model or merge
   std::string input, output;
-  int bits = 4;
-  bool bits_given = false;
-  Eigen::Index rank = 16;
-  int iters = 5;
-  loftq::Quantizer::Kind kind = loftq::Quantizer::Kind::normal_float;
-  Eigen::Index block_size = 64;
-  loftq::SVDMethod svd = loftq::SVDMethod::randomized;
-  std::uint64_t seed = 0;
-  int threads = 0;  // 0: not given (OpenMP's default)
-  bool keep_best = true;
-  bool quiet = false;
   // The library's defaults, so a change there reaches the tool.
+  int bits = 4;  // the tool's own: the library has no default width
+  bool bits_given = false;
+  Eigen::Index rank = loftq::Options{}.rank;
+  int iters = loftq::Options{}.iterations;
+  loftq::Quantizer::Kind kind = loftq::Quantizer::Kind::normal_float;
+  Eigen::Index block_size = loftq::Quantizer(kind, bits).block_size;
+  loftq::SVDMethod svd = loftq::Options{}.svd.method;
+  std::uint64_t seed = loftq::Options{}.svd.seed;
+  int threads = loftq::Options{}.threads;  // 0: not given (OpenMP's default)
+  bool keep_best = loftq::Options{}.keep_best;
+  bool quiet = false;
   loftq::Start start = loftq::Options{}.start;
   bool scale_search = loftq::Options{}.scale_search;
   bool double_quant = false;
@@ -64,7 +74,7 @@ inline bool lora_alpha_in_range(double x) { return x >= 1e-6 && x <= 1e6; }
 
 // What the command line asks for.
 struct Parsed {
-  enum class Action { run, help, version, usage_help } action = Action::run;
+  enum class Action { run, help, version, usage_help } action = Action::run;  // help: also --help-markdown
   Args args;         // action run
   std::string text;  // help or version text; usage_help: help for stderr
 };
@@ -72,8 +82,12 @@ struct Parsed {
 // argv without the program name. Throws UsageError.
 Parsed parse_args(const std::vector<std::string>& argv);
 
-// The full help text (every command).
-std::string help_text();
+// The settings a model run's report records ("settings"): each option
+// table row that has a settings key writes it.
+nlohmann::json settings_json(const Args& a);
+// merge: the options of a shard's recorded settings, read back by the same
+// rows; throws InputError unless every field is usable.
+Args args_from_settings(const nlohmann::json& settings);
 
 // Names the report and the summary use.
 const char* quantizer_name(loftq::Quantizer::Kind k);

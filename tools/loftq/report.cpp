@@ -9,6 +9,43 @@ std::string dump_json(const nlohmann::json& j) {
   return j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
+namespace {
+
+// Run-wide figures from the per-tensor entries, summed in name order so that
+// an unsharded run and a merge of shards report the same numbers.
+void add_totals(nlohmann::json& rep, const nlohmann::json& tensors) {
+  double weights = 0, code_bits = 0, storage_bits = 0, total_sq = 0;
+  for (const auto& e : tensors) {
+    if (!e.contains("shape") || !e["shape"].is_array() || e["shape"].size() != 2) continue;
+    const double n = e["shape"][0].get<double>() * e["shape"][1].get<double>();
+    weights += n;
+    if (e.contains("bits") && e["bits"].is_number()) code_bits += n * e["bits"].get<double>();
+    if (e.contains("bits_per_weight") && e["bits_per_weight"].is_number())
+      storage_bits += n * e["bits_per_weight"].get<double>();
+    if (e.contains("sq_err") && e["sq_err"].is_number()) total_sq += e["sq_err"].get<double>();
+  }
+  rep["average_code_bits"] = weights > 0 ? code_bits / weights : 0.0;
+  rep["average_bits_per_weight"] = weights > 0 ? storage_bits / weights : 0.0;  // codes + scales
+  rep["total_sq_err"] = total_sq;
+}
+
+}  // namespace
+
+ReportBuilder::ReportBuilder(const std::string& input) {
+  j_["version"] = loftq::version();
+  j_["input"] = input;
+}
+
+void ReportBuilder::tensors(const nlohmann::json& tensors) {
+  add_totals(j_, tensors);
+  j_["tensors"] = tensors;
+}
+
+std::string ReportBuilder::finish(double seconds) {
+  j_["seconds"] = seconds;
+  return dump_json(j_);
+}
+
 nlohmann::json double_quant_json(const loftq::DoubleQuantEffect& e) {
   return {{"scheme", "int8 absmax, mean subtracted"},
           {"block", loftq::kDoubleQuantBlock},
@@ -22,11 +59,9 @@ std::size_t iterations_run(const loftq::Result<float>& r, bool double_quant) {
   return r.history.size() - (double_quant && !r.history.empty() ? 1 : 0);
 }
 
-nlohmann::json init_report(const Args& a, const InitFacts& f, const loftq::Result<float>& r,
-                           const loftq::DoubleQuantEffect& dq) {
-  nlohmann::json rep;
-  rep["version"] = loftq::version();
-  rep["input"] = a.input;
+std::string init_report(const Args& a, const InitFacts& f, const loftq::Result<float>& r,
+                        const loftq::DoubleQuantEffect& dq) {
+  ReportBuilder rep(a.input);
   rep["dtype"] = f.dtype;
   rep["shape"] = {f.rows, f.cols};
   rep["bits"] = a.bits;
@@ -47,8 +82,7 @@ nlohmann::json init_report(const Args& a, const InitFacts& f, const loftq::Resul
   rep["qlora_rel_err"] = r.qlora_error;
   rep["bits_per_weight"] = r.packed.bits_per_weight();
   rep["double_quant"] = a.double_quant ? double_quant_json(dq) : nlohmann::json(false);
-  rep["seconds"] = f.seconds;
-  return rep;
+  return rep.finish(f.seconds);
 }
 
 nlohmann::json tensor_entry(const Args& a, const TensorFacts& t, const loftq::Result<float>& r,
@@ -75,22 +109,6 @@ nlohmann::json tensor_entry(const Args& a, const TensorFacts& t, const loftq::Re
   }
   e["seconds"] = t.seconds;
   return e;
-}
-
-void add_totals(nlohmann::json& rep, const nlohmann::json& tensors) {
-  double weights = 0, code_bits = 0, storage_bits = 0, total_sq = 0;
-  for (const auto& e : tensors) {
-    if (!e.contains("shape") || !e["shape"].is_array() || e["shape"].size() != 2) continue;
-    const double n = e["shape"][0].get<double>() * e["shape"][1].get<double>();
-    weights += n;
-    if (e.contains("bits") && e["bits"].is_number()) code_bits += n * e["bits"].get<double>();
-    if (e.contains("bits_per_weight") && e["bits_per_weight"].is_number())
-      storage_bits += n * e["bits_per_weight"].get<double>();
-    if (e.contains("sq_err") && e["sq_err"].is_number()) total_sq += e["sq_err"].get<double>();
-  }
-  rep["average_code_bits"] = weights > 0 ? code_bits / weights : 0.0;
-  rep["average_bits_per_weight"] = weights > 0 ? storage_bits / weights : 0.0;  // codes + scales
-  rep["total_sq_err"] = total_sq;
 }
 
 nlohmann::json bits_allocation_json(double budget, const loftq::BitAllocation& alloc,

@@ -1,6 +1,6 @@
 #pragma once
 // The reports the commands write: report.json (init) and
-// loftq_report.json (model, merge).
+// loftq_report.json (model, merge), all made by one ReportBuilder.
 
 #include "options.hpp"
 
@@ -18,6 +18,23 @@ namespace loftq_cli {
 // Two-space indented, invalid UTF-8 replaced, a final newline.
 std::string dump_json(const nlohmann::json& j);
 
+// A report: the tool's version and the input, then what the command adds,
+// and last the run's wall-clock seconds. Keys are kept sorted (nlohmann's
+// object), so the order in which they are set does not matter.
+class ReportBuilder {
+ public:
+  explicit ReportBuilder(const std::string& input);
+  nlohmann::json& operator[](const std::string& key) { return j_[key]; }
+  nlohmann::json& json() { return j_; }
+  // model, merge: the per-tensor entries and the run-wide totals over them.
+  void tensors(const nlohmann::json& tensors);
+  // The file's text, with "seconds".
+  std::string finish(double seconds);
+
+ private:
+  nlohmann::json j_;
+};
+
 nlohmann::json double_quant_json(const loftq::DoubleQuantEffect& e);
 
 // The LoftQ iterations that ran. double_quantize() appends the error after
@@ -30,8 +47,9 @@ struct InitFacts {
   Eigen::Index rows = 0, cols = 0;
   double seconds = 0;
 };
-nlohmann::json init_report(const Args& a, const InitFacts& f, const loftq::Result<float>& r,
-                           const loftq::DoubleQuantEffect& dq);
+std::string init_report(const Args& a, const InitFacts& f, const loftq::Result<float>& r,
+                        const loftq::DoubleQuantEffect& dq);
+
 
 // model: one tensor's entry. `candidates` are the squared errors measured at
 // each width of a bit budget (empty without one).
@@ -44,10 +62,6 @@ struct TensorFacts {
 };
 nlohmann::json tensor_entry(const Args& a, const TensorFacts& t, const loftq::Result<float>& r,
                             const loftq::DoubleQuantEffect& dq);
-
-// Run-wide figures from the per-tensor entries, summed in name order so that
-// an unsharded run and a merge of shards report the same numbers.
-void add_totals(nlohmann::json& rep, const nlohmann::json& tensors);
 
 // model --bits-budget: how the widths were chosen.
 nlohmann::json bits_allocation_json(double budget, const loftq::BitAllocation& alloc,

@@ -3,7 +3,7 @@
 #include "errors.hpp"
 #include "path_safety.hpp"
 
-#include <loftq/io/detail/posix_file.hpp>
+#include <loftq/io/file.hpp>
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -66,7 +66,7 @@ void install_signal_handlers() {
   sa.sa_flags = SA_RESTART;
   for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaction(s, &sa, nullptr);
   // The library's file writers stop between pieces when it is raised.
-  loftq::io::detail::io_cancel_flag().store(&g_cancel);
+  loftq::io::set_write_cancel_flag(&g_cancel);
   // A closed pipe (`loftq ... | head -1`) or a file-size limit (ulimit -f)
   // must not kill the process with staging on disk: ignored, the write
   // fails with EPIPE or EFBIG instead, which is reported and cleaned up;

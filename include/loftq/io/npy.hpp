@@ -337,6 +337,11 @@ inline std::vector<unsigned char> npy_image_impl(const Eigen::DenseBase<Derived>
 }
 }  // namespace detail
 
+// The bytes of a rows x cols float32 C-order .npy file before its data: a
+// writer that puts a row-major float matrix's data right after them writes
+// the file without an image of it in memory.
+inline std::string npy_header_f32(std::size_t rows, std::size_t cols) { return detail::npy_head_f32(rows, cols); }
+
 // The complete .npy image of M as float32 ('<f4'), C order, format 1.0, with
 // the header padded so the data starts on a 64-byte boundary as numpy does.
 // Callers that want their own write strategy start here.  Finite values

@@ -1,0 +1,108 @@
+#include "compute.hpp"
+
+#include "checkpoint_plan.hpp"
+#include "commands.hpp"
+#include "errors.hpp"
+#include "model_pipeline.hpp"
+#include "progress.hpp"
+#include "report.hpp"
+
+#include <loftq/bnb_double_quant.hpp>
+#include <loftq/ggml_format.hpp>
+
+#include <chrono>
+#include <cstdio>
+
+namespace loftq_cli {
+
+Compute::Compute(const Args& a) : a_(a), opt_(library_options(a)) {
+  if (a.gguf) {
+    ggml_ = std::make_unique<loftq::GgmlQuantizer>(a.quant);
+    return;
+  }
+  for (int b : budget() ? budget_bits() : std::vector<int>{a.bits}) {
+    try {
+      quantizers_.emplace(b, loftq::Quantizer(a.kind, b, a.block_size, /*symmetric=*/true));
+    } catch (const loftq::Error& e) {
+      throw InputError{"--bits " + std::to_string(b) + ": " + e.what()};
+    }
+  }
+}
+
+std::size_t Compute::runs_per_target() const { return budget() ? budget_bits().size() + 1 : 1; }
+
+TargetResult Compute::run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant,
+                               bool bnb) const {
+  TargetResult out;
+  out.bits = bits;
+  try {
+    if (ggml_) {
+      out.r = loftq::initialize(W, *ggml_, opt_);
+    } else {
+      out.r = loftq::initialize(W, quantizers_.at(bits), opt_);
+      // bitsandbytes stores its own nested scales; Q (and the refit) follow what it recovers.
+      if (double_quant)
+        out.dq = bnb ? loftq::bnb_double_quantize(W, out.r, out.nested, opt_) : loftq::double_quantize(W, out.r, opt_);
+    }
+  } catch (const loftq::Error& e) {
+    if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
+    throw InputError{t.where + ": " + numeric_failure(e, W)};
+  }
+  if (!result_finite(out.r, opt_.threads)) throw InputError{t.where + ": " + numeric_failure(not_finite_result(), W)};
+  out.sq_err = loftq::squared_error(out.r, w2);
+  return out;
+}
+
+TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) const {
+  const auto t0 = std::chrono::steady_clock::now();
+  const int bits = ggml_ ? loftq::ggml_format_bits(a_.quant) : bits_of_.at(t.name);
+  TargetResult out = run_bits(t, W, w2, bits, a_.double_quant, a_.bnb_nf4);
+  if (budget()) out.candidates = measured_.at(t.name);
+  out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return out;
+}
+
+void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& done) {
+  if (!budget()) {
+    for (const ModelTarget& t : src.targets()) bits_of_[t.name] = ggml_ ? loftq::ggml_format_bits(a_.quant) : a_.bits;
+    return;
+  }
+  // Nothing is on disk yet, so a signal here simply ends the process.
+  std::vector<loftq::MatrixErrors> errs;
+  std::vector<const ModelTarget*> order;
+  for (const ModelTarget& t : src.targets()) order.push_back(&t);
+  TensorPrefetcher reader(src, order);
+  for (const ModelTarget* t : order) {
+    const TensorPrefetcher::Loaded in = reader.next();
+    loftq::MatrixErrors me;
+    me.numel = static_cast<std::int64_t>(t->rows * t->cols);
+    for (int b : budget_bits()) {
+      me.sq_error.push_back(run_bits(*t, in.W, in.w2, b, a_.double_quant, false).sq_err);
+      progress.update(++done, t->name + " @ " + std::to_string(b) + " bits");
+    }
+    measured_[t->name] = me.sq_error;
+    errs.push_back(std::move(me));
+  }
+  try {
+    alloc_ = loftq::allocate_bits(errs, budget_bits(), a_.bits_budget);
+  } catch (const loftq::Error& e) {
+    throw InputError{std::string("--bits-budget: ") + e.what()};
+  }
+  for (std::size_t i = 0; i < order.size(); ++i) bits_of_[order[i]->name] = alloc_.bits[i];
+}
+
+nlohmann::json Compute::allocation_json() const {
+  return bits_allocation_json(a_.bits_budget, alloc_, measured_, bits_of_);
+}
+
+void Compute::print_allocation(const nlohmann::json& rep) const {
+  std::map<int, int> widths;
+  for (const auto& kv : bits_of_) ++widths[kv.second];
+  std::string mix;
+  for (const auto& kv : widths)
+    mix += (mix.empty() ? "" : ", ") + std::to_string(kv.second) + " at " + std::to_string(kv.first) + " bits";
+  std::printf("  bit budget %.4g: %s; average %.4f code bits per weight (%.4f with scales)\n", a_.bits_budget,
+              mix.c_str(), rep["average_code_bits"].get<double>(), rep["average_bits_per_weight"].get<double>());
+}
+
+}  // namespace loftq_cli

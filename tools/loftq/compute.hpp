@@ -1,0 +1,76 @@
+#pragma once
+// The compute step of `loftq model`: one target's W in, its result out.
+// Which computation runs is the options' choice: LoftQ with the block
+// quantizer of --bits (or of each width a --bits-budget allocation chose),
+// with double quantization (ours or bitsandbytes'), or LoftQ in a ggml block
+// format (--format gguf).
+
+#include "options.hpp"
+#include "source.hpp"
+
+#include <loftq/double_quant.hpp>
+#include <loftq/ggml_quantizer.hpp>
+#include <loftq/initialize.hpp>
+#include <loftq/io/bnb.hpp>
+#include <loftq/mixed_precision.hpp>
+#include <loftq/quantizer.hpp>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace loftq_cli {
+
+class Progress;
+
+// One target's result, as the sinks write it.
+struct TargetResult {
+  loftq::Result<float> r;
+  loftq::DoubleQuantEffect dq;
+  loftq::BnbNestedScales nested;  // bitsandbytes' double quantization (bnb-nf4 with --double-quant)
+  double sq_err = 0;              // ||W - Q - A B^T||^2
+  int bits = 0;
+  std::vector<double> candidates;  // squared error at each width of a bit budget
+  double seconds = 0;
+};
+
+class Compute {
+ public:
+  // Validates every width the run may use (unsupported -> InputError) before any work.
+  explicit Compute(const Args& a);
+
+  // W comes from the TensorPrefetcher, with w2 = ||W||^2.
+  TargetResult run(const ModelTarget& t, const ConstMapF& W, double w2) const;
+
+  // With --bits-budget: computes every target of `src` at every width, then
+  // allocates the widths (reading the targets once more is left to the
+  // pipeline). Only the errors are kept; initialize's determinism makes the
+  // recomputation of the chosen width bit-identical to the measured run.
+  // Without a budget every target gets --bits.
+  void choose_widths(const Source& src, Progress& progress, std::size_t& done);
+
+  // The width of each target (by name), known after choose_widths().
+  const std::map<std::string, int>& bits_of() const { return bits_of_; }
+  bool budget() const { return a_.bits_budget > 0; }
+  // Computations per target: one, or one per width and the chosen one.
+  std::size_t runs_per_target() const;
+  // The report's "bits_allocation" (with a budget).
+  nlohmann::json allocation_json() const;
+  // The summary's line about the widths (with a budget), given the report.
+  void print_allocation(const nlohmann::json& report) const;
+
+ private:
+  TargetResult run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant,
+                        bool bnb) const;
+
+  const Args& a_;
+  loftq::Options opt_;
+  std::map<int, loftq::Quantizer> quantizers_;
+  std::unique_ptr<loftq::GgmlQuantizer> ggml_;
+  std::map<std::string, int> bits_of_;
+  std::map<std::string, std::vector<double>> measured_;
+  loftq::BitAllocation alloc_;
+};
+
+}  // namespace loftq_cli
