@@ -112,6 +112,24 @@ TEST_CASE("K formats: the stored super-blocks decode to Q bit for bit, and quant
     }
 }
 
+TEST_CASE("K formats: a double matrix quantizes as its float values, and fake_quantize equals dequantize<double>") {
+  const RowMatrixF W = realistic(4, 256, 11);
+  const loftq::RowMatrix<double> Wd = W.cast<double>();
+  for (GgmlFormat f : kFormats) {
+    const loftq::GgmlQuantizer q(f);
+    const loftq::PackedMatrix P = loftq::quantize(Wd, q, with_search(true)), Pf = loftq::quantize(W, q, with_search(true));
+    CHECK(P.ggml_blocks == Pf.ggml_blocks);
+    const loftq::RowMatrix<double> F = loftq::fake_quantize(Wd, q, with_search(true));
+    const loftq::RowMatrix<double> D = loftq::dequantize<double>(P);
+    CHECK(std::memcmp(F.data(), D.data(), sizeof(double) * static_cast<std::size_t>(W.size())) == 0);
+    // Each value is within float roundings (of the product and the
+    // difference, relative to the matrix's scale) of ggml's float value.
+    const RowMatrixF G = loftq::dequantize(Pf);
+    const double tol = 1e-6 * static_cast<double>(W.cwiseAbs().maxCoeff());
+    for (Eigen::Index i = 0; i < W.size(); ++i) CHECK(std::fabs(D.data()[i] - G.data()[i]) <= tol);
+  }
+}
+
 TEST_CASE("K formats: a shape that is not whole super-blocks quantizes as if padded with zeros") {
   const RowMatrixF W = realistic(3, 100, 2);  // 300 elements: one full super-block and 44 more
   RowMatrixF Wp = RowMatrixF::Zero(1, 512);
@@ -151,6 +169,60 @@ TEST_CASE("K formats: the search never loses to ggml's block, super-block by sup
     MESSAGE(std::string(loftq::ggml_format_name(f))
             << ": searched / ggml squared error " << (W - B).squaredNorm() / (W - A).squaredNorm() << ", " << better
             << " of " << W.size() / 256 << " super-blocks improved");
+  }
+}
+
+TEST_CASE("K formats: with column weights the search never loses to ggml's block in the weighted error") {
+  const RowMatrixF W = realistic(8, 512, 8);
+  std::vector<float> w(512);
+  for (std::size_t j = 0; j < w.size(); ++j) w[j] = j % 7 == 0 ? 25.0f : 0.5f + static_cast<float>(j % 5);
+  auto weighted = [&](const RowMatrixF& Q, Eigen::Index b) {
+    double e = 0;
+    for (Eigen::Index j = 256 * b; j < 256 * (b + 1); ++j) {
+      const double d = static_cast<double>(W.data()[j]) - Q.data()[j];
+      e += static_cast<double>(w[static_cast<std::size_t>(j % 512)]) * d * d;
+    }
+    return e;
+  };
+  for (GgmlFormat f : kFormats) {
+    loftq::detail::QuantSpec s = loftq::detail::spec_of(loftq::GgmlQuantizer(f));
+    RowMatrixF A(W.rows(), W.cols()), B(W.rows(), W.cols()), U(W.rows(), W.cols());
+    loftq::detail::quantize_flat<float>(W.data(), A.data(), nullptr, W.size(), s, 1);
+    s.search = true;
+    loftq::detail::quantize_flat<float>(W.data(), U.data(), nullptr, W.size(), s, 1);
+    s.col_weights = w.data();
+    s.cols = 512;
+    loftq::detail::quantize_flat<float>(W.data(), B.data(), nullptr, W.size(), s, 1);
+    double ea = 0, eb = 0, eu = 0;
+    for (Eigen::Index b = 0; b < W.size() / 256; ++b) {
+      CHECK(weighted(B, b) <= weighted(A, b));
+      ea += weighted(A, b);
+      eb += weighted(B, b);
+      eu += weighted(U, b);
+    }
+    // The weights steer the search: better in the weighted error than the unweighted search.
+    CHECK(eb < eu);
+    MESSAGE(std::string(loftq::ggml_format_name(f)) << ": weighted error, column-weighted search / ggml " << eb / ea
+                                                    << ", unweighted search / ggml " << eu / ea);
+  }
+}
+
+TEST_CASE("K formats: data-aware LoftQ gives the format's Q and beats q(W) in the output error") {
+  const RowMatrixF W = realistic(32, 256, 9);
+  RowMatrixF X = realistic(300, 256, 10);
+  for (int j = 0; j < 8; ++j) X.col(j * 31) *= 10.0f;  // a few loud input channels
+  loftq::InputStatistics stats(256, loftq::StatsMode::diagonal);
+  stats.add(X);
+  loftq::Options opt;
+  opt.rank = 4;
+  opt.iterations = 3;
+  for (GgmlFormat f : {GgmlFormat::q4_K, GgmlFormat::q3_K}) {
+    const auto r = loftq::initialize(W, loftq::GgmlQuantizer(f), stats, opt);
+    const RowMatrixF D = loftq::dequantize(r.packed);
+    CHECK(same_bits(r.Q.data(), D.data(), static_cast<std::size_t>(W.size())));
+    const std::vector<float> G = decode_blocks(r.packed, f);
+    CHECK(same_bits(G.data(), r.Q.data(), static_cast<std::size_t>(W.size())));
+    CHECK(r.error() < r.qlora_error);
   }
 }
 

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -30,12 +31,13 @@ namespace detail {
 // ggml dequantizes it) over ggml's own super-block and changes to it, each
 // kept only when it lowers the error, so the result is never worse than
 // ggml's block:
-//   - per sub-block, the integer scale (and minimum) within +-1..2 of the
+//   - per sub-block, the integer scale (and minimum) within +-2 (+-1) of the
 //     present one and around the least-squares optimum for the present
 //     codes, each with its nearest codes;
 //   - the super-block's d (and dmin): the least-squares fit for the present
-//     integer scales and codes and the fp16 neighbours, the integer scales
-//     rescaled to keep their products and then refitted as above.
+//     integer scales and codes and the fp16 neighbours, each with the integer
+//     scales rescaled to keep their products; the best of these is refitted
+//     sub-block by sub-block as above (two rounds).
 class KSearch {
  public:
   // x: 256 values (a short block padded), w: their weights (0 on padding).
@@ -57,32 +59,44 @@ class KSearch {
           {static_cast<std::uint16_t>(h - 1), hm},
           {h, static_cast<std::uint16_t>(hm + 1)},
           {h, static_cast<std::uint16_t>(hm - 1)}};
+      // Candidates are ranked by their error with rescaled integer scales
+      // and nearest codes; only the most promising one is refitted.
+      KBlock t, pick;
+      double pick_err = std::numeric_limits<double>::infinity();
       for (const auto& c : cand) {
         if (!has_min_ && c[1] != hm) continue;
         const float nd = half_to_float(c[0]), ndm = half_to_float(c[1]);
         if (!std::isfinite(nd) || !std::isfinite(ndm) || nd == 0.0f || (c[0] == h && c[1] == hm)) continue;
-        KBlock t = start;
+        t = start;
         t.d = c[0];
         t.dmin = c[1];
+        double e = 0;
         for (int i = 0; i < F_.nsub; ++i) {
-          t.sc[i] =
-              clampi(static_cast<int>(std::lround(static_cast<double>(start.sc[i]) * d / nd)), F_.sc_lo, F_.sc_hi);
-          if (has_min_ && ndm != 0.0f)
-            t.m[i] = clampi(static_cast<int>(std::lround(static_cast<double>(start.m[i]) * dm / ndm)), 0, F_.m_hi);
+          t.sc[i] = clamp_to(static_cast<double>(start.sc[i]) * d / nd, F_.sc_lo, F_.sc_hi, false);
+          if (has_min_ && ndm != 0.0f) t.m[i] = clamp_to(static_cast<double>(start.m[i]) * dm / ndm, 0, F_.m_hi, false);
           recode(t, i);
+          e += sub_error(t, i);
         }
-        const double e = fit_all(t);
-        if (e < err) {
-          err = e;
-          b = t;
+        if (e < pick_err) {
+          pick_err = e;
+          pick = t;
         }
       }
-      if (b.d == start.d && b.dmin == start.dmin) break;
+      if (!(pick_err < std::numeric_limits<double>::infinity())) break;
+      const double e = fit_all(pick);
+      if (!(e < err)) break;
+      err = e;
+      b = pick;
     }
   }
 
  private:
-  static int clampi(int v, int lo, int hi) { return std::min(hi, std::max(lo, v)); }
+  // v (possibly huge or NaN) rounded down or to nearest, into [lo, hi].
+  static int clamp_to(double v, int lo, int hi, bool floor_it) {
+    if (!(v >= lo)) return lo;
+    if (v >= hi) return hi;
+    return static_cast<int>(floor_it ? std::floor(v) : std::nearbyint(v));
+  }
 
   double sub_error(const KBlock& b, int i) const {
     const float s = kblock_scale(b, i), mn = kblock_min(b, i);
@@ -106,19 +120,13 @@ class KSearch {
     int c;
     if (uniform_) {
       const double lo = levels_.front();
-      c = clampi(static_cast<int>(std::lround(std::min(std::max(t - lo, -1.0), static_cast<double>(F_.codes)))), 0,
-                 F_.codes - 1);
+      c = clamp_to(t - lo, 0, F_.codes - 1, false);
     } else {
-      c = 0;
-      for (int k = 1; k < F_.codes; ++k)
-        if (std::fabs(t - levels_[k]) < std::fabs(t - levels_[c])) c = k;
+      c = kbest_index(F_.codes, kIq4nlValues.data(), static_cast<float>(t));
     }
-    // The rounded value decides: a neighbour can win by an ulp.
-    auto err = [&](int k) { return std::fabs(static_cast<double>(x) - kquant_value(s, levels_[k], mn, has_min_)); };
-    if (c > 0 && err(c - 1) < err(c))
-      --c;
-    else if (c + 1 < F_.codes && err(c + 1) < err(c))
-      ++c;
+    // Nearest in exact arithmetic; the rounded values may prefer a
+    // neighbour by an ulp, which every candidate's error (computed as ggml
+    // dequantizes) accounts for.
     return static_cast<std::uint8_t>(c);
   }
 
@@ -155,7 +163,8 @@ class KSearch {
         const double fs = s_opt / d, fm = has_min_ && dm != 0.0f ? mn_opt / dm : b.m[i];
         for (int a = 0; a < 2; ++a)
           for (int c = 0; c < (WM ? 2 : 1); ++c)
-            try_sub(b, i, static_cast<int>(std::floor(fs)) + a, WM ? static_cast<int>(std::floor(fm)) + c : b.m[i], e);
+            try_sub(b, i, clamp_to(fs, F_.sc_lo - 1, F_.sc_hi, true) + a, WM ? clamp_to(fm, -1, F_.m_hi, true) + c : b.m[i],
+                    e);
       }
       total += e;
     }

@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include "loftq/detail/ggml_kquant_layout.hpp"
 #include "loftq/detail/half.hpp"
 #include "loftq/error.hpp"
 #include "loftq/ggml_format.hpp"
@@ -553,6 +554,29 @@ inline std::vector<unsigned char> ggml_block_bytes(const PackedMatrix& P, GgmlFo
                                  P.codebook == ggml_levels(f) && P.ggml_blocks.size() == want,
                              Errc::invalid_argument,
                              std::string("ggml_block_bytes: the matrix holds no ") + ggml_format_name(f) + " blocks");
+    // The bytes must decode to the codes, scales and minimums the matrix
+    // carries, or the file and the dequantized values would tell different
+    // stories.
+    const std::size_t bytes = static_cast<std::size_t>(ggml_format_block_bytes(f));
+    const ::loftq::detail::KFormat F = ::loftq::detail::kformat(f);
+    const bool has_min = ggml_has_min(f);
+    auto same = [](float a, float b) { return a == b && std::signbit(a) == std::signbit(b); };
+    std::uint8_t codes[kGgmlSuperBlock];
+    ::loftq::detail::KBlock k;
+    for (std::size_t b = 0; b * bytes < want; ++b) {
+      ::loftq::detail::kblock_unpack(f, P.ggml_blocks.data() + b * bytes, k);
+      ::loftq::detail::unpack_codes(P.codes.data(), P.codes.size(), static_cast<std::int64_t>(b) * kGgmlSuperBlock, codes,
+                                    kGgmlSuperBlock, P.bits);
+      bool ok = std::memcmp(codes, k.q, kGgmlSuperBlock) == 0;
+      for (int i = 0; i < F.nsub && ok; ++i) {
+        const std::size_t s = b * static_cast<std::size_t>(F.nsub) + static_cast<std::size_t>(i);
+        ok = same(::loftq::detail::kblock_scale(k, i), P.scales[s]) &&
+             (!has_min || same(::loftq::detail::kblock_min(k, i), P.mins[s]));
+      }
+      if (!ok)
+        ::loftq::detail::fail(Errc::invalid_argument, "ggml_block_bytes: super-block " + std::to_string(b) +
+                                                          " disagrees with the codes and scales");
+    }
     return std::vector<unsigned char>(P.ggml_blocks.begin(), P.ggml_blocks.end());
   }
   ::loftq::detail::require(f != GgmlFormat::none && P.block_size == kGgmlBlock && P.bits == ggml_format_bits(f) &&
