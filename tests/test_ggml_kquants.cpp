@@ -117,7 +117,8 @@ TEST_CASE("K formats: a double matrix quantizes as its float values, and fake_qu
   const loftq::RowMatrix<double> Wd = W.cast<double>();
   for (GgmlFormat f : kFormats) {
     const loftq::GgmlQuantizer q(f);
-    const loftq::PackedMatrix P = loftq::quantize(Wd, q, with_search(true)), Pf = loftq::quantize(W, q, with_search(true));
+    const loftq::PackedMatrix P = loftq::quantize(Wd, q, with_search(true));
+    const loftq::PackedMatrix Pf = loftq::quantize(W, q, with_search(true));
     CHECK(P.ggml_blocks == Pf.ggml_blocks);
     const loftq::RowMatrix<double> F = loftq::fake_quantize(Wd, q, with_search(true));
     const loftq::RowMatrix<double> D = loftq::dequantize<double>(P);

@@ -163,8 +163,8 @@ class KSearch {
         const double fs = s_opt / d, fm = has_min_ && dm != 0.0f ? mn_opt / dm : b.m[i];
         for (int a = 0; a < 2; ++a)
           for (int c = 0; c < (WM ? 2 : 1); ++c)
-            try_sub(b, i, clamp_to(fs, F_.sc_lo - 1, F_.sc_hi, true) + a, WM ? clamp_to(fm, -1, F_.m_hi, true) + c : b.m[i],
-                    e);
+            try_sub(b, i, clamp_to(fs, F_.sc_lo - 1, F_.sc_hi, true) + a,
+                    WM ? clamp_to(fm, -1, F_.m_hi, true) + c : b.m[i], e);
       }
       total += e;
     }

@@ -565,8 +565,8 @@ inline std::vector<unsigned char> ggml_block_bytes(const PackedMatrix& P, GgmlFo
     ::loftq::detail::KBlock k;
     for (std::size_t b = 0; b * bytes < want; ++b) {
       ::loftq::detail::kblock_unpack(f, P.ggml_blocks.data() + b * bytes, k);
-      ::loftq::detail::unpack_codes(P.codes.data(), P.codes.size(), static_cast<std::int64_t>(b) * kGgmlSuperBlock, codes,
-                                    kGgmlSuperBlock, P.bits);
+      ::loftq::detail::unpack_codes(P.codes.data(), P.codes.size(), static_cast<std::int64_t>(b) * kGgmlSuperBlock,
+                                    codes, kGgmlSuperBlock, P.bits);
       bool ok = std::memcmp(codes, k.q, kGgmlSuperBlock) == 0;
       for (int i = 0; i < F.nsub && ok; ++i) {
         const std::size_t s = b * static_cast<std::size_t>(F.nsub) + static_cast<std::size_t>(i);
