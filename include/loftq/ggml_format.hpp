@@ -42,12 +42,12 @@ enum class GgmlFormat { none, q4_0, q8_0, iq4_nl, q2_K, q3_K, q4_K, q5_K, q6_K, 
 constexpr int kGgmlBlock = 32;
 constexpr int kGgmlSuperBlock = 256;  // QK_K
 
-inline bool ggml_is_k_format(GgmlFormat f) {
+constexpr bool ggml_is_k_format(GgmlFormat f) {
   return f == GgmlFormat::q2_K || f == GgmlFormat::q3_K || f == GgmlFormat::q4_K || f == GgmlFormat::q5_K ||
          f == GgmlFormat::q6_K || f == GgmlFormat::iq4_xs;
 }
 // Whether a format stores sub-block minimums (ScaleMode::affine).
-inline bool ggml_has_min(GgmlFormat f) {
+constexpr bool ggml_has_min(GgmlFormat f) {
   return f == GgmlFormat::q2_K || f == GgmlFormat::q4_K || f == GgmlFormat::q5_K;
 }
 
@@ -56,7 +56,7 @@ constexpr std::array<std::int8_t, 16> kIq4nlValues = {-127, -104, -83, -65, -49,
                                                       1,    13,   25,  38,  53,  69,  89,  113};
 
 // Bits of one code (the PackedMatrix's bit width).
-inline int ggml_format_bits(GgmlFormat f) {
+constexpr int ggml_format_bits(GgmlFormat f) {
   switch (f) {
     case GgmlFormat::q8_0: return 8;
     case GgmlFormat::q2_K: return 2;
@@ -68,7 +68,7 @@ inline int ggml_format_bits(GgmlFormat f) {
 }
 
 // Elements per block as ggml stores it: 32, or a K format's super-block.
-inline int ggml_format_block(GgmlFormat f) { return ggml_is_k_format(f) ? kGgmlSuperBlock : kGgmlBlock; }
+constexpr int ggml_format_block(GgmlFormat f) { return ggml_is_k_format(f) ? kGgmlSuperBlock : kGgmlBlock; }
 
 // Elements per stored scale: the PackedMatrix's block_size.
 inline int ggml_format_sub_block(GgmlFormat f) {

@@ -49,15 +49,8 @@ namespace loftq {
 template <GgmlFormat F>
 struct Ggml {
   static_assert(F != GgmlFormat::none, "a ggml block format");
-  static constexpr int bits = F == GgmlFormat::q8_0   ? 8
-                              : F == GgmlFormat::q2_K ? 2
-                              : F == GgmlFormat::q3_K ? 3
-                              : F == GgmlFormat::q5_K ? 5
-                              : F == GgmlFormat::q6_K ? 6
-                                                      : 4;
-  static constexpr bool k_format = F == GgmlFormat::q2_K || F == GgmlFormat::q3_K || F == GgmlFormat::q4_K ||
-                                   F == GgmlFormat::q5_K || F == GgmlFormat::q6_K || F == GgmlFormat::iq4_xs;
-  static constexpr Eigen::Index block_size = k_format ? kGgmlSuperBlock : kGgmlBlock;
+  static constexpr int bits = ggml_format_bits(F);
+  static constexpr Eigen::Index block_size = ggml_format_block(F);
   ScaleMode scale_mode() const { return ggml_has_min(F) ? ScaleMode::affine : ScaleMode::absmax; }
   const std::vector<float>& codebook() const { return ggml_levels(F); }
   GgmlFormat ggml_format() const { return F; }
