@@ -4,6 +4,7 @@
 // ggml's block, LoftQ runs in each format, and with scale_search off the
 // bytes are ggml's own, checked against ggml_quantize_chunk of a prebuilt
 // llama.cpp when one is available.
+#include <loftq/io/gguf.hpp>
 #include <loftq/loftq.hpp>
 
 #include <doctest/doctest.h>
@@ -301,7 +302,7 @@ TEST_CASE("K formats: NaN or Inf in W is rejected") {
 // which then run quantize_row_q*_K_ref on the whole chunk, and quantize_iq4_xs,
 // which runs quantize_row_iq4_nl_impl with no quant weights (weights x^2):
 // exactly what scale_search = false reproduces.
-TEST_CASE("K formats: scale_search = false writes ggml_quantize_chunk's bytes") {
+TEST_CASE("scale_search = false writes ggml_quantize_chunk's bytes, K formats and the 32-element ones") {
   const char* env = std::getenv("LOFTQ_LLAMA_CPP_DIR");
   std::string dir = env ? env : "";
 #ifdef LOFTQ_LLAMA_CPP_DIR
@@ -349,6 +350,18 @@ TEST_CASE("K formats: scale_search = false writes ggml_quantize_chunk's bytes") 
     CHECK(differ == 0);
     MESSAGE(std::string(loftq::ggml_format_name(f))
             << ": " << nb - differ << " of " << nb << " super-blocks identical to ggml's");
+  }
+  // The 32-element formats too (ggml_quantize_chunk: quantize_row_q4_0_ref,
+  // quantize_row_q8_0_ref, quantize_iq4_nl with no quant weights), through
+  // the GGUF writer's bytes.
+  for (GgmlFormat f : {GgmlFormat::q4_0, GgmlFormat::q8_0, GgmlFormat::iq4_nl}) {
+    const std::string fname = loftq::ggml_format_name(f);
+    CAPTURE(fname);
+    const std::vector<unsigned char> ours =
+        loftq::io::ggml_block_bytes(loftq::quantize(W, loftq::GgmlQuantizer(f), with_search(false)), f);
+    std::vector<unsigned char> ref(ours.size());
+    REQUIRE(chunk(loftq::ggml_format_type_id(f), W.data(), ref.data(), 0, W.rows(), W.cols(), nullptr) == ours.size());
+    CHECK(ref == ours);
   }
   dlclose(lib);
 }
