@@ -1,6 +1,6 @@
 // ggml's K formats as LoftQ quantizers (ggml_quantizer.hpp, ggml_format.hpp):
 // the stored super-blocks decoded by an independent reading of ggml-common.h
-// (support/gguf_layout.hpp) give Q bit for bit, the search never loses to
+// (common/gguf_layout.hpp) give Q bit for bit, the search never loses to
 // ggml's block, LoftQ runs in each format, and with scale_search off the
 // bytes are ggml's own, checked against ggml_quantize_chunk of a prebuilt
 // llama.cpp when one is available.
@@ -18,8 +18,8 @@
 #include <string>
 #include <vector>
 
-#include "../bench/support/matrices.hpp"
-#include "support/gguf_layout.hpp"
+#include "common/matrices.hpp"
+#include "common/gguf_layout.hpp"
 
 namespace {
 
@@ -30,7 +30,7 @@ const GgmlFormat kFormats[] = {GgmlFormat::q2_K, GgmlFormat::q3_K, GgmlFormat::q
                                GgmlFormat::q5_K, GgmlFormat::q6_K, GgmlFormat::iq4_xs};
 
 RowMatrixF realistic(Eigen::Index m, Eigen::Index n, std::uint64_t seed) {
-  return loftq_bench::realistic_matrix(m, n, seed);
+  return loftq_common::realistic_matrix(m, n, seed);
 }
 
 bool same_bits(const float* a, const float* b, std::size_t n) { return std::memcmp(a, b, sizeof(float) * n) == 0; }
