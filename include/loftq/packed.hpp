@@ -15,6 +15,12 @@
 //   * minmax scaling (asymmetric): with t = codebook[code] in [0, 1],
 //     value = mins[b] * (1 - t) + scales[b] * t, so scales[b] is the block's
 //     maximum and mins[b] its minimum; both endpoints are reproduced exactly.
+//   * affine scaling (ggml's K formats with minimums):
+//     value = codebook[code] * scales[b] - mins[b], the product rounded to
+//     float before the subtraction, as ggml's dequantize_row_q4_K computes.
+//   * ggml_blocks (optional): a ggml K format's super-blocks byte for byte
+//     (ggml_format.hpp), which codes, scales and mins decode; kept because
+//     the float scale d * sc does not determine the stored d and sc.
 //   * Double-quantized scales (optional, absmax only; QLoRA's scheme, encoder
 //     in double_quant.hpp): when scale_dq is present, storage holds no fp32
 //     scales but one 8-bit code per scale, one fp32 absmax per scale_dq.block_size
@@ -38,7 +44,7 @@
 
 namespace loftq {
 
-enum class ScaleMode : std::uint8_t { absmax = 0, minmax = 1 };
+enum class ScaleMode : std::uint8_t { absmax = 0, minmax = 1, affine = 2 };
 
 // Second-level quantization of the block scales (see the layout above).
 // Empty codes: the scales are stored as plain fp32.
@@ -70,8 +76,9 @@ struct PackedMatrix {
   std::vector<float> codebook;      // 2^bits normalized levels, sorted
   std::vector<std::uint8_t> codes;  // bit stream, see above
   std::vector<float> scales;        // one per block
-  std::vector<float> mins;          // one per block for minmax, else empty
+  std::vector<float> mins;          // one per block for minmax and affine, else empty
   DoubleQuantScales scale_dq;       // when present, what storage holds instead of fp32 scales
+  std::vector<std::uint8_t> ggml_blocks;  // a K format's super-blocks as ggml stores them, else empty
 
   Eigen::Index size() const { return rows * cols; }
   Eigen::Index num_blocks() const { return block_size > 0 ? (size() + block_size - 1) / block_size : 0; }
@@ -188,7 +195,7 @@ inline void validate(const PackedMatrix& P) {
   require(P.scales.size() == static_cast<std::size_t>(P.num_blocks()), Errc::invalid_argument,
           "PackedMatrix: expected one scale per block");
   require(P.scale_mode == ScaleMode::absmax ? P.mins.empty() : P.mins.size() == P.scales.size(),
-          Errc::invalid_argument, "PackedMatrix: mins must be empty for absmax and one per block for minmax");
+          Errc::invalid_argument, "PackedMatrix: mins must be empty for absmax and one per block for minmax and affine");
   if (P.double_quantized()) validate_dq(P.scale_dq, P.scales, P.scale_mode);
 }
 

@@ -7,8 +7,11 @@
 // quantize / dequantize / fake_quantize and loftq::initialize rely on:
 //   q.bits                 bit width (static constexpr or data member)
 //   q.block_size           elements per block of the row-major flattening
-//   q.scale_mode()         ScaleMode::absmax or ScaleMode::minmax
+//   q.scale_mode()         ScaleMode::absmax, ScaleMode::minmax, or ScaleMode::affine
+//                          (scale * level - minimum: ggml's K formats with minimums)
 //   q.codebook()           the sorted normalized levels
+//   q.ggml_format()        (optional) a ggml block format whose kernel chooses
+//                          the scales, minimums and codes (ggml_quantizer.hpp)
 
 #include <Eigen/Core>
 #include <string>

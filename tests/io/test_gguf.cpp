@@ -178,6 +178,39 @@ TEST_CASE("ggml block bytes decode, by ggml's rules, to the library's Q bit for 
         const std::vector<float> d = gl::decode(type, bytes.data(), static_cast<std::uint64_t>(W.size()));
         CHECK(std::memcmp(d.data(), Q.data(), d.size() * 4) == 0);
       }
+  // The K formats: the super-blocks the quantizer kept, rows of whole 256s.
+  for (auto f : {loftq::GgmlFormat::q2_K, loftq::GgmlFormat::q3_K, loftq::GgmlFormat::q4_K, loftq::GgmlFormat::q5_K,
+                 loftq::GgmlFormat::q6_K, loftq::GgmlFormat::iq4_xs})
+    for (bool search : {false, true}) {
+      const RowMatrixF W = random_matrix(3, 512, 18);
+      loftq::QuantizeOptions o;
+      o.scale_search = search;
+      const loftq::PackedMatrix P = loftq::quantize(W, loftq::GgmlQuantizer(f), o);
+      const RowMatrixF Q = loftq::dequantize(P);
+      const std::vector<unsigned char> bytes = gio::ggml_block_bytes(P, f);
+      const std::uint32_t type = static_cast<std::uint32_t>(gio::ggml_type_of(f));
+      CHECK(type == static_cast<std::uint32_t>(loftq::ggml_format_type_id(f)));
+      std::uint64_t be, bb;
+      gl::block_of(type, be, bb);
+      CHECK(bytes.size() == static_cast<std::size_t>(W.size()) / be * bb);
+      CHECK(gio::ggml_type_traits(type)->bytes == bb);
+      const std::vector<float> d = gl::decode(type, bytes.data(), static_cast<std::uint64_t>(W.size()));
+      CHECK(std::memcmp(d.data(), Q.data(), d.size() * 4) == 0);
+    }
+  // Bytes that disagree with the codes or the scales are refused.
+  loftq::PackedMatrix k_bad = loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_K{});
+  k_bad.ggml_blocks[20] ^= 0x01;  // one code of the first super-block
+  CHECK_THROWS_AS(gio::ggml_block_bytes(k_bad, loftq::GgmlFormat::q4_K), loftq::Error);
+  k_bad = loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_K{});
+  k_bad.scales[3] *= 2.0f;
+  CHECK_THROWS_AS(gio::ggml_block_bytes(k_bad, loftq::GgmlFormat::q4_K), loftq::Error);
+  const loftq::PackedMatrix k_odd = loftq::quantize(random_matrix(2, 384, 3), loftq::GgmlQ4_K{});
+  CHECK_THROWS_AS(gio::ggml_block_bytes(k_odd, loftq::GgmlFormat::q4_K), loftq::Error);
+  const loftq::PackedMatrix k4 = loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_K{});
+  CHECK_THROWS_AS(gio::ggml_block_bytes(k4, loftq::GgmlFormat::q5_K), loftq::Error);
+  CHECK_THROWS_AS(gio::ggml_block_bytes(loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_0{}),
+                                        loftq::GgmlFormat::q4_K),
+                  loftq::Error);
   // Rows that are not whole blocks have no ggml layout; nor have other codes.
   const loftq::PackedMatrix odd = loftq::quantize(random_matrix(2, 48, 3), loftq::GgmlQ4_0{});
   CHECK_THROWS_AS(gio::ggml_block_bytes(odd, loftq::GgmlFormat::q4_0), loftq::Error);

@@ -21,6 +21,7 @@
 #include "../error.hpp"
 #include "../packed.hpp"
 #include "ggml_blocks.hpp"
+#include "ggml_kquant_block.hpp"
 #include "instances.hpp"
 #include "memory.hpp"
 #include "parallel.hpp"
@@ -178,6 +179,9 @@ template <class Scalar>
 inline void scale_levels(Scalar* LOFTQ_RESTRICT v, std::int64_t n, ScaleMode mode, Scalar scale, Scalar lo) {
   if (mode == ScaleMode::absmax) {
     for (std::int64_t j = 0; j < n; ++j) v[j] = v[j] * scale;
+  } else if (mode == ScaleMode::affine) {
+    // The product rounded before the subtraction, as ggml's C reads.
+    for (std::int64_t j = 0; j < n; ++j) v[j] = opaque_scalar(v[j] * scale) - lo;
   } else {
     for (std::int64_t j = 0; j < n; ++j) {
       const Scalar t = v[j];
@@ -484,10 +488,15 @@ decltype(auto) with_bits(int bits, F&& f) {
   }
 }
 
-// Calls f(bq) with the block kernel of s: GgmlBlockQuantizer for a ggml
-// format, else BlockQuantizer at s.bits.
+// Calls f(bq) with the block kernel of s: GgmlKBlockQuantizer for a ggml K
+// format, GgmlBlockQuantizer for another ggml format, else BlockQuantizer at
+// s.bits.
 template <class Scalar, class F>
 decltype(auto) with_block_quantizer(const QuantSpec& s, F&& f) {
+  if (ggml_is_k_format(s.ggml)) {
+    const GgmlKBlockQuantizer<Scalar> bq(s);
+    return f(bq);
+  }
   if (s.ggml != GgmlFormat::none) {
     const GgmlBlockQuantizer<Scalar> bq(s);
     return f(bq);
@@ -524,7 +533,7 @@ void dequantize_flat_impl(const PackedMatrix& P, Scalar* out, int threads) {
     for (std::int64_t b = task * g; b < b_end; ++b) {
       const std::int64_t e0 = b * bs, e1 = std::min(N, e0 + bs);
       const Scalar scale = static_cast<Scalar>(P.scales[b]);
-      const Scalar lo = P.scale_mode == ScaleMode::minmax ? static_cast<Scalar>(P.mins[b]) : Scalar(0);
+      const Scalar lo = P.scale_mode != ScaleMode::absmax ? static_cast<Scalar>(P.mins[b]) : Scalar(0);
       for (std::int64_t j0 = e0; j0 < e1; j0 += kSpan) {
         std::int64_t n = std::min(kSpan, e1 - j0), j = j0;
 #if LOFTQ_X86_KERNELS
@@ -563,7 +572,8 @@ inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const Quan
   PackedMatrix P;
   P.rows = rows;
   P.cols = cols;
-  P.block_size = s.block_size;
+  // A K format quantizes super-blocks but stores a scale per sub-block.
+  P.block_size = ggml_is_k_format(s.ggml) ? ggml_format_sub_block(s.ggml) : s.block_size;
   P.bits = s.bits;
   P.scale_mode = s.mode;
   P.codebook = *s.codebook;
@@ -572,7 +582,11 @@ inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const Quan
   advise_huge_pages(P.codes.data(), bytes);  // before the zero fill first touches it
   P.codes.assign(bytes, 0);
   P.scales.assign(static_cast<std::size_t>(P.num_blocks()), 0.0f);
-  if (s.mode == ScaleMode::minmax) P.mins.assign(P.scales.size(), 0.0f);
+  if (s.mode != ScaleMode::absmax) P.mins.assign(P.scales.size(), 0.0f);
+  if (ggml_is_k_format(s.ggml))
+    P.ggml_blocks.assign(static_cast<std::size_t>((rows * cols + kGgmlSuperBlock - 1) / kGgmlSuperBlock) *
+                             static_cast<std::size_t>(ggml_format_block_bytes(s.ggml)),
+                         0);
   return P;
 }
 

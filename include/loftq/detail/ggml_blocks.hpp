@@ -223,7 +223,7 @@ inline void ggml_quantize_block(GgmlFormat f, const float* x, const float* w, in
     case GgmlFormat::q4_0: ggml_q4_0_block(x, n, b); break;
     case GgmlFormat::q8_0: ggml_q8_0_block(x, n, b); break;
     case GgmlFormat::iq4_nl: ggml_iq4_nl_block(x, n, b); break;
-    case GgmlFormat::none: fail(Errc::invalid_argument, "ggml_quantize_block: not a ggml format");
+    default: fail(Errc::invalid_argument, "ggml_quantize_block: not a 32-element ggml format");
   }
   if (search) {
     GgmlSearch s(f, x, w, n);

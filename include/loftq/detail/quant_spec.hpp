@@ -35,7 +35,8 @@ struct QuantSpec {
   // (then Lloyd steps) instead of scanning the grid.
   float* fractions = nullptr;
   // A ggml block format (ggml_format.hpp): the block kernel is then
-  // GgmlBlockQuantizer (ggml_blocks.hpp) instead of BlockQuantizer.
+  // GgmlBlockQuantizer (ggml_blocks.hpp) or, for a K format, whose blocks are
+  // super-blocks of 256, GgmlKBlockQuantizer (ggml_kquant_block.hpp).
   GgmlFormat ggml = GgmlFormat::none;
 };
 
@@ -56,9 +57,12 @@ QuantSpec spec_of(const Q& q) {
   require(s.codebook->size() == (std::size_t{1} << s.bits), Errc::unsupported, "codebook size must be 2^bits");
   if constexpr (has_ggml_format<Q>::value) {
     s.ggml = q.ggml_format();
-    require(s.ggml == GgmlFormat::none || s.block_size == kGgmlBlock, Errc::invalid_argument,
-            "ggml formats have blocks of " + std::to_string(kGgmlBlock));
+    require(s.ggml == GgmlFormat::none || s.block_size == ggml_format_block(s.ggml), Errc::invalid_argument,
+            std::string(ggml_format_name(s.ggml)) + " has blocks of " + std::to_string(ggml_format_block(s.ggml)));
   }
+  // Scale times level minus a minimum is ggml's K formats' own arithmetic.
+  require(s.mode != ScaleMode::affine || ggml_has_min(s.ggml), Errc::unsupported,
+          "affine scaling is the K formats' (q2_K, q4_K, q5_K)");
   return s;
 }
 

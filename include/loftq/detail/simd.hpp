@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #if !defined(LOFTQ_NO_SIMD) && defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -56,6 +57,14 @@ inline float opaque(float v) {
 #elif (defined(__GNUC__) || defined(__clang__)) && defined(__aarch64__)
   __asm__("" : "+w"(v));
 #endif
+  return v;
+}
+
+// The same for either scalar type (double needs nothing: the products it
+// forms from float operands are exact).
+template <class Scalar>
+inline Scalar opaque_scalar(Scalar v) {
+  if constexpr (std::is_same<Scalar, float>::value) return opaque(v);
   return v;
 }
 

@@ -41,6 +41,7 @@
 #include <utility>
 #include <vector>
 
+#include "loftq/detail/ggml_kquant_layout.hpp"
 #include "loftq/detail/half.hpp"
 #include "loftq/error.hpp"
 #include "loftq/ggml_format.hpp"
@@ -86,6 +87,12 @@ inline GgmlType ggml_type_of(GgmlFormat f) {
     case GgmlFormat::q4_0: return GgmlType::Q4_0;
     case GgmlFormat::q8_0: return GgmlType::Q8_0;
     case GgmlFormat::iq4_nl: return GgmlType::IQ4_NL;
+    case GgmlFormat::q2_K: return GgmlType::Q2_K;
+    case GgmlFormat::q3_K: return GgmlType::Q3_K;
+    case GgmlFormat::q4_K: return GgmlType::Q4_K;
+    case GgmlFormat::q5_K: return GgmlType::Q5_K;
+    case GgmlFormat::q6_K: return GgmlType::Q6_K;
+    case GgmlFormat::iq4_xs: return GgmlType::IQ4_XS;
     case GgmlFormat::none: break;
   }
   ::loftq::detail::fail(Errc::invalid_argument, "ggml_type_of: not a ggml format");
@@ -530,11 +537,48 @@ class GgufWriter {
 // ggml blocks
 
 // The bytes of a PackedMatrix in ggml format f (rows of whole 32-element
-// blocks), as a GGUF tensor with ne = [cols, rows] of ggml_type_of(f) holds
-// them: per block the fp16 scale, then the codes (4-bit: element j in the
-// low nibble of byte j, element j + 16 in its high nibble; Q8_0: int8).
+// blocks, or of 256-element super-blocks for a K format), as a GGUF tensor
+// with ne = [cols, rows] of ggml_type_of(f) holds them: per block the fp16
+// scale, then the codes (4-bit: element j in the low nibble of byte j,
+// element j + 16 in its high nibble; Q8_0: int8); a K format's super-blocks
+// as the quantizer kept them (PackedMatrix::ggml_blocks).
 inline std::vector<unsigned char> ggml_block_bytes(const PackedMatrix& P, GgmlFormat f) {
   ::loftq::detail::validate(P);
+  if (ggml_is_k_format(f)) {
+    // K formats: the super-blocks the quantizer kept, verbatim.
+    const std::size_t want = static_cast<std::size_t>(P.size() / kGgmlSuperBlock) *
+                             static_cast<std::size_t>(ggml_format_block_bytes(f));
+    ::loftq::detail::require(P.cols % kGgmlSuperBlock == 0, Errc::invalid_argument,
+                             "ggml_block_bytes: rows of " + std::to_string(P.cols) + " are not whole blocks of 256");
+    ::loftq::detail::require(P.block_size == ggml_format_sub_block(f) && P.bits == ggml_format_bits(f) &&
+                                 P.codebook == ggml_levels(f) && P.ggml_blocks.size() == want,
+                             Errc::invalid_argument,
+                             std::string("ggml_block_bytes: the matrix holds no ") + ggml_format_name(f) + " blocks");
+    // The bytes must decode to the codes, scales and minimums the matrix
+    // carries, or the file and the dequantized values would tell different
+    // stories.
+    const std::size_t bytes = static_cast<std::size_t>(ggml_format_block_bytes(f));
+    const ::loftq::detail::KFormat F = ::loftq::detail::kformat(f);
+    const bool has_min = ggml_has_min(f);
+    auto same = [](float a, float b) { return a == b && std::signbit(a) == std::signbit(b); };
+    std::uint8_t codes[kGgmlSuperBlock];
+    ::loftq::detail::KBlock k;
+    for (std::size_t b = 0; b * bytes < want; ++b) {
+      ::loftq::detail::kblock_unpack(f, P.ggml_blocks.data() + b * bytes, k);
+      ::loftq::detail::unpack_codes(P.codes.data(), P.codes.size(), static_cast<std::int64_t>(b) * kGgmlSuperBlock,
+                                    codes, kGgmlSuperBlock, P.bits);
+      bool ok = std::memcmp(codes, k.q, kGgmlSuperBlock) == 0;
+      for (int i = 0; i < F.nsub && ok; ++i) {
+        const std::size_t s = b * static_cast<std::size_t>(F.nsub) + static_cast<std::size_t>(i);
+        ok = same(::loftq::detail::kblock_scale(k, i), P.scales[s]) &&
+             (!has_min || same(::loftq::detail::kblock_min(k, i), P.mins[s]));
+      }
+      if (!ok)
+        ::loftq::detail::fail(Errc::invalid_argument, "ggml_block_bytes: super-block " + std::to_string(b) +
+                                                          " disagrees with the codes and scales");
+    }
+    return std::vector<unsigned char>(P.ggml_blocks.begin(), P.ggml_blocks.end());
+  }
   ::loftq::detail::require(f != GgmlFormat::none && P.block_size == kGgmlBlock && P.bits == ggml_format_bits(f) &&
                                P.codebook == ggml_levels(f) && P.scale_mode == ScaleMode::absmax && !P.double_quantized(),
                            Errc::invalid_argument,
