@@ -113,15 +113,6 @@ void write_checkpoint(const std::string& dir, std::vector<Tensor> ts, st::Dtype 
   write_text(dir + "/config.json", cfg.dump(2));
 }
 
-void add_layer_tensors(std::vector<Tensor>& ts, int layer, const std::string& mod, std::uint64_t rows, std::uint64_t cols,
-                       const float* data) {
-  Tensor t;
-  t.name = "model.layers." + std::to_string(layer) + "." + mod + ".weight";
-  t.shape = {rows, cols};
-  t.v.assign(data, data + rows * cols);
-  ts.push_back(std::move(t));
-}
-
 int cmd_stories(const std::string& bin, const std::string& dir, st::Dtype dt, int shards) {
   if (!std::ifstream(bin, std::ios::binary)) {
     std::printf("modeltool: %s is absent; skipping\n", bin.c_str());
