@@ -4,7 +4,7 @@
 #
 #   bench/model_throughput.sh [BUILD_DIR] [LAYERS...]      (default: build/ci 2 4)
 #
-# Needs BUILD_DIR/bench/make_checkpoint, BUILD_DIR/tools/loftq/loftq,
+# Needs BUILD_DIR/bench/make_checkpoint, BUILD_DIR/tools/loftq,
 # BUILD_DIR/tests/model/loftq_model_tool, /usr/bin/time and jq. Checkpoints go
 # to $WORK (default /tmp/loftq-model-bench; about 1.3 GB per 2 layers plus
 # 0.5 GB, and as much again for each output), kept for the next run.
@@ -23,7 +23,7 @@ LAYERS=("$@")
 [ ${#LAYERS[@]} -gt 0 ] || LAYERS=(2 4)
 WORK=${WORK:-/tmp/loftq-model-bench}
 ROUNDS=${ROUNDS:-3}
-GEN=$BUILD/bench/make_checkpoint LOFTQ=$BUILD/tools/loftq/loftq TOOL=$BUILD/tests/model/loftq_model_tool
+GEN=$BUILD/bench/make_checkpoint LOFTQ=$BUILD/tools/loftq TOOL=$BUILD/tests/model/loftq_model_tool
 for b in "$GEN" "$LOFTQ" "$TOOL" /usr/bin/time; do [ -x "$b" ] || { echo "model_throughput: $b not found (build it first)" >&2; exit 1; }; done
 command -v jq >/dev/null || { echo "model_throughput: needs jq" >&2; exit 1; }
 mkdir -p "$WORK"

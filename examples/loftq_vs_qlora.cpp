@@ -144,14 +144,6 @@ std::string fmt(double v, int decimals = 2) {
   return buf;
 }
 
-// A "nice" tick step (1, 2 or 5 times a power of ten) for about `target` ticks.
-double nice_step(double range, int target) {
-  const double raw = range / target, p = std::pow(10.0, std::floor(std::log10(raw))), f = raw / p;
-  return (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * p;
-}
-
-int decimals_for(double step) { return std::max(0, static_cast<int>(-std::floor(std::log10(step) + 1e-9))); }
-
 bool write_svg(const std::string& path, const std::vector<Series>& all) {
   std::vector<std::string> quantizers, datasets;
   for (const Series& s : all) {
@@ -190,17 +182,17 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
         hi = std::max(hi, e);
       }
     }
-    if (!(hi > lo)) hi = lo + 1e-3;
-    const double step = nice_step(hi - lo, 5);
-    lo = std::floor(lo / step) * step;
-    hi = std::ceil(hi / step) * step;
+    const loftq_common::RoundAxis axis = loftq_common::round_axis(lo, hi, 5);
+    const double step = axis.step;
+    lo = axis.lo;
+    hi = axis.hi;
     auto X = [&](double it) { return x0 + (it - 0.5) / (kIterations) * pw; };  // iterations 1..T in (0.5, T + 0.5)
     auto Y = [&](double e) { return y0 + ph - (e - lo) / (hi - lo) * ph; };
 
     o << "<g>\n";
     o << "<text x=\"" << fmt(x0 + pw / 2) << "\" y=\"" << fmt(y0 - 8) << "\" text-anchor=\"middle\" font-size=\"14\">"
       << loftq_common::svg_escape(quantizers[pi]) << "</text>\n";
-    const int dec = decimals_for(step);
+    const int dec = axis.decimals;
     for (double v = lo; v <= hi + step * 1e-6; v += step) {
       const double y = Y(v);
       o << "<line x1=\"" << fmt(x0) << "\" y1=\"" << fmt(y) << "\" x2=\"" << fmt(x0 + pw) << "\" y2=\"" << fmt(y)
@@ -244,7 +236,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
     for (const Series& x : all)
       if (x.label() == d) s = &x;
     const char* c = color_of(d);
-    const std::string what = d == "synthetic" ? "synthetic 1024x1024, rank " + std::to_string(s->rank)
+    const std::string what = s->matrices == 1 ? d + " (1024x1024), rank " + std::to_string(s->rank)
                                               : d + ": mean of " + std::to_string(s->matrices) + " matrices, rank " +
                                                     std::to_string(s->rank);
     o << "<line x1=\"" << fmt(left) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(left + 30) << "\" y2=\"" << fmt(ly)

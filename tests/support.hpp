@@ -41,9 +41,9 @@ inline Eigen::MatrixXf structured(Eigen::Index m, Eigen::Index n, std::uint64_t 
 
 inline std::string shared_data(const char* file) { return std::string(LOFTQ_SHARED_DATA_DIR) + "/" + file; }
 
-// The 36 weight matrices of llama2.c's stories260K (format: README.md in the
-// shared data directory), read by the project's one llama2.c reader. Empty
-// when the file is absent.
+// The 36 weight matrices of llama2.c's stories260K, read by the project's one
+// llama2.c reader (common/llama2c.hpp documents the format). Empty when the
+// file is absent.
 inline std::vector<lm::NamedMatrix> stories260k() {
   const std::string path = shared_data("stories260K.bin");
   if (!std::ifstream(path, std::ios::binary)) return {};

@@ -1,5 +1,5 @@
 // The run-time kernel choice (loftq/simd.hpp, detail/dispatch.hpp) and the
-// agreement README.md promises across kernel families: on the detected path
+// agreement docs/design.md promises across kernel families: on the detected path
 // (AVX2+FMA, NEON) and on the portable loops, quantizer codes, scales and
 // values are bit-identical, and so are the skinny products; the LoftQ result
 // agrees to rounding, and each path is bit-identical for 1 and 2 threads.

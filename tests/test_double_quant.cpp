@@ -229,7 +229,7 @@ TEST_CASE("double_quantize(W, result): the factors absorb the scale rounding") {
 }
 
 TEST_CASE("double quantization on a realistic matrix: NF4 and NF2, block 64" * doctest::timeout(300)) {
-  // The figures in double_quant.hpp's header comment come from this test.
+  // The figures in docs/results.md ("Double-quantized scales") come from this test.
   const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(1024, 1024, 1);
   loftq::Options opt;
   opt.rank = 16;

@@ -334,12 +334,14 @@ int main(int argc, char** argv) {
     const auto stats = lm::collect_statistics(fp, train_seqs);  // full X^T X of every linear input
     const auto schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 1);
     const auto shift_schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 2);
+    // The checkpoint's file name only: the output stays the same wherever the data directory is.
     std::printf("lm_finetune: %s, lora_alpha %g, seed %llu\n"
                 "  both tasks: %d train / %d held-out sampled sequences of %d tokens, batch %d, %d Adam steps\n"
                 "  recovery: lr %g\n"
                 "  shift: a rank-%d update of relative size %g on every linear, lr %g; the base's KL to the teacher\n"
                 "    is %.3f, and their mean entropies are %.3f (teacher) and %.3f (base) nats/token\n",
-                s.model.c_str(), kLoraAlpha, static_cast<unsigned long long>(s.seed), s.n_train, s.n_test, s.seq_len,
+                std::filesystem::path(s.model).filename().c_str(), kLoraAlpha,
+                static_cast<unsigned long long>(s.seed), s.n_train, s.n_test, s.seq_len,
                 s.batch, s.steps, s.lr, s.shift_rank, s.shift_size, s.shift_lr, shift_gap, mean_entropy(shift_test),
                 mean_entropy(kl_test));
 

@@ -28,23 +28,15 @@ struct Options {
   // are >= kWarmNoPowerFrom, else 1 (svd.hpp has the measurements).
   int warm_power_iterations = -1;
   // Extra sketch columns once warm-started (svd.oversampling applies to cold
-  // solves). The warm basis already carries the subspace: on realistic
-  // 256^2-2048^2 matrices, r16 T5, NF2/NF4, 4 instead of 8 moved the final
-  // error by at most 0.05% and saves a sixth of each warm SVD's GEMM work.
+  // solves). The warm basis already carries the subspace, and 4 instead of 8
+  // saves a sixth of each warm SVD's GEMM work at rank 16.
   Eigen::Index warm_oversampling = 4;
   // Power iterations for Start::svd's SVD of W; -1: svd.power_iterations.
   int start_power_iterations = -1;
   // The defaults go beyond the reference LoftQ (absmax, zero start, last
-  // iterate): measured on realistic matrices and stories260K, NF2 error is
-  // 0.55-0.83x and NF4 0.62-0.73x the reference's (bench/README.md). They are
-  // chosen by what the fine-tuned model gets, not by that error: LoRA
-  // fine-tuned on stories260K (examples/lm_finetune) from these defaults ends
-  // better than from the reference or QLoRA at 2, 3 and 4 bits, both when
-  // recovering the full-precision model and when learning a new low-rank
-  // behaviour; taking the SVD start or scale search away makes both worse,
-  // so they are the same for every bit width. Set
-  // scale_search = false, start = Start::zero and keep_best = false for
-  // the reference's results.
+  // iterate), chosen by what a fine-tuned model gets rather than by the
+  // matrix error; measurements in docs/results.md. Set scale_search = false,
+  // start = Start::zero and keep_best = false for the reference's results.
   Start start = Start::svd;
   bool scale_search = true;       // per-block squared-error-optimal scales <= absmax (same storage)
   bool warm_scale_search = true;  // after the first iteration, search each block's scale from its last choice

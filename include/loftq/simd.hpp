@@ -3,7 +3,7 @@
 // "neon" (AArch64) or "portable". It is chosen once, at first use, from the
 // CPU, whatever flags the including program was compiled with;
 // LOFTQ_SIMD=portable in the environment, or compiling with LOFTQ_NO_SIMD,
-// selects "portable". README.md ("SIMD dispatch") says which results agree
+// selects "portable". docs/design.md ("SIMD dispatch") says which results agree
 // bit for bit across the families.
 
 #include "detail/dispatch.hpp"

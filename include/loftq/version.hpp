@@ -6,7 +6,7 @@
 #include <string>
 
 #define LOFTQ_VERSION_MAJOR 0
-#define LOFTQ_VERSION_MINOR 1
+#define LOFTQ_VERSION_MINOR 3
 #define LOFTQ_VERSION_PATCH 0
 
 namespace loftq {

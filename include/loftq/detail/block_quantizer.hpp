@@ -1,9 +1,9 @@
 #pragma once
-// The quantization kernels behind quantizer.hpp and the LoftQ loop: QuantSpec
-// (what a pass needs from any quantizer), the per-bit-width level tables,
-// BlockQuantizer (codes, scales, the error-optimal scale search, SIMD paths)
-// and the flat passes quantize_flat / dequantize_flat over a row-major
-// flattening. Blocks are independent and tasks cover whole, byte-aligned
+// The quantization kernels behind quantizer.hpp and the LoftQ loop, driven by
+// a QuantSpec (quant_spec.hpp: what a pass needs from any quantizer): the
+// per-bit-width level tables, BlockQuantizer (codes, scales, the error-optimal
+// scale search, SIMD paths) and the flat passes quantize_flat /
+// dequantize_flat over a row-major flattening. Blocks are independent and tasks cover whole, byte-aligned
 // groups of blocks, so results do not depend on the thread count.
 
 #include <Eigen/Core>

@@ -9,7 +9,7 @@
 // block of 16-72 columns, where Eigen's GEMM spends much of its time packing:
 // Y = M X at 4096^2 with 24 columns took 11.0-11.3 ms with Eigen and
 // 6.5-7.1 ms with this kernel, 2 threads, alternated in one process
-// (CHANGELOG.md; bench_svd in bench/README.md times the whole SVD). It
+// (a one-off measurement; bench_svd in bench/README.md times the whole SVD). It
 // broadcasts a(i, t) and multiplies whole rows of x, so neither operand is
 // packed; a 4 x 24 register tile keeps 12 accumulators, enough for both FMA
 // pipes.
@@ -117,8 +117,8 @@ inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
 // rows of M at a time stream through in order and update every output row
 // they touch: y's four rows stay in 12 registers, each m[i][j] is
 // broadcast, and out's rows (a block the caller keeps small enough for L2)
-// are loaded and stored once per four rows (6.1 ms, CHANGELOG.md; bench_svd
-// in bench/README.md times the whole SVD). Each output element is an FMA chain
+// are loaded and stored once per four rows (6.1 ms in a one-off measurement;
+// bench_svd in bench/README.md times the whole SVD). Each output element is an FMA chain
 // over i in increasing order, so neither the row nor the column split changes
 // its bits.
 #if LOFTQ_X86_KERNELS
