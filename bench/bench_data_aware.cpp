@@ -128,9 +128,8 @@ void run(benchmark::State& state, const Config& c, Variant v) {
                               : &stats(c.n, v == Variant::full ? loftq::StatsMode::full : loftq::StatsMode::diagonal);
   loftq::Result<float> res;
   for (auto _ : state) {
-    res = with_bits(c.bits, [&](const auto& q) {
-      return st ? loftq::initialize(W, q, *st, opt) : loftq::initialize(W, q, opt);
-    });
+    res = with_bits(
+        c.bits, [&](const auto& q) { return st ? loftq::initialize(W, q, *st, opt) : loftq::initialize(W, q, opt); });
     benchmark::DoNotOptimize(res.Q.data());
   }
   const double out = output_error(W, res, samples(c.n, kCalibrationSeed));
@@ -162,8 +161,8 @@ void register_all() {
         c.bits = bits;
         c.search = search;
         c.fixed_iterations = n >= 4096 ? 1 : 0;
-        const std::string tail = "/" + loftq_bench::shape(n, n) + "/nf" + std::to_string(bits) + "/r16/T5" +
-                                 (search ? "/svd_search" : "");
+        const std::string tail =
+            "/" + loftq_bench::shape(n, n) + "/nf" + std::to_string(bits) + "/r16/T5" + (search ? "/svd_search" : "");
         for (const Variant v : {Variant::data_free, Variant::full, Variant::diagonal}) {
           const std::string name = name_of(v) + tail;
           auto* b = benchmark::RegisterBenchmark(name.c_str(), [c, v](benchmark::State& s) { run(s, c, v); });
@@ -173,8 +172,8 @@ void register_all() {
       }
   for (const Index n : {Index(1024), Index(4096)})
     for (const auto mode : {loftq::StatsMode::full, loftq::StatsMode::diagonal}) {
-      const std::string name = std::string("stats/add/") + (mode == loftq::StatsMode::full ? "full/" : "diag/") +
-                               std::to_string(n);
+      const std::string name =
+          std::string("stats/add/") + (mode == loftq::StatsMode::full ? "full/" : "diag/") + std::to_string(n);
       benchmark::RegisterBenchmark(name.c_str(), [n, mode](benchmark::State& s) { run_add(s, n, mode); })
           ->Unit(benchmark::kMillisecond)
           ->UseRealTime();

@@ -155,10 +155,10 @@ void register_all() {
         loftq::Start start;
         bool keep_best;
       };
-      for (const Variant v : {Variant{"reference", false, loftq::Start::zero, false},
-                              Variant{"search", true, loftq::Start::zero, true},
-                              Variant{"svd_start", false, loftq::Start::svd, true},
-                              Variant{"search+svd_start", true, loftq::Start::svd, true}}) {
+      for (const Variant v :
+           {Variant{"reference", false, loftq::Start::zero, false}, Variant{"search", true, loftq::Start::zero, true},
+            Variant{"svd_start", false, loftq::Start::svd, true},
+            Variant{"search+svd_start", true, loftq::Start::svd, true}}) {
         Config c;
         c.m = c.n = size;
         c.bits = bits;

@@ -53,59 +53,72 @@ void register_quantizer(const Q& q) {
           ->UseRealTime();
     }
 
-    benchmark::RegisterBenchmark(("fake_quantize_alloc" + suffix).c_str(), [q, threads](benchmark::State& state) {
-      const auto& W = cached_matrix(kM, kN);
-      for (auto _ : state) {
-        auto F = loftq::fake_quantize(W, q, threads);
-        benchmark::DoNotOptimize(F.data());
-        benchmark::ClobberMemory();
-      }
-      state.SetItemsProcessed(state.iterations() * W.size());
-      state.SetBytesProcessed(state.iterations() * W.size() * 8);
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("fake_quantize_alloc" + suffix).c_str(),
+                                 [q, threads](benchmark::State& state) {
+                                   const auto& W = cached_matrix(kM, kN);
+                                   for (auto _ : state) {
+                                     auto F = loftq::fake_quantize(W, q, threads);
+                                     benchmark::DoNotOptimize(F.data());
+                                     benchmark::ClobberMemory();
+                                   }
+                                   state.SetItemsProcessed(state.iterations() * W.size());
+                                   state.SetBytesProcessed(state.iterations() * W.size() * 8);
+                                 })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
 
-    benchmark::RegisterBenchmark(("quantize" + suffix).c_str(), [q, threads](benchmark::State& state) {
-      const auto& W = cached_matrix(kM, kN);
-      std::int64_t out_bytes = 0;
-      for (auto _ : state) {
-        auto P = loftq::quantize(W, q, threads);
-        out_bytes = packed_size(P);
-        benchmark::DoNotOptimize(P.codes.data());
-        benchmark::ClobberMemory();
-      }
-      state.SetItemsProcessed(state.iterations() * W.size());
-      state.SetBytesProcessed(state.iterations() * (W.size() * 4 + out_bytes));
-      state.counters["bits_per_weight"] = 8.0 * static_cast<double>(out_bytes) / static_cast<double>(W.size());
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("quantize" + suffix).c_str(),
+                                 [q, threads](benchmark::State& state) {
+                                   const auto& W = cached_matrix(kM, kN);
+                                   std::int64_t out_bytes = 0;
+                                   for (auto _ : state) {
+                                     auto P = loftq::quantize(W, q, threads);
+                                     out_bytes = packed_size(P);
+                                     benchmark::DoNotOptimize(P.codes.data());
+                                     benchmark::ClobberMemory();
+                                   }
+                                   state.SetItemsProcessed(state.iterations() * W.size());
+                                   state.SetBytesProcessed(state.iterations() * (W.size() * 4 + out_bytes));
+                                   state.counters["bits_per_weight"] =
+                                       8.0 * static_cast<double>(out_bytes) / static_cast<double>(W.size());
+                                 })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
 
-    benchmark::RegisterBenchmark(("dequantize" + suffix).c_str(), [q, threads](benchmark::State& state) {
-      const auto& W = cached_matrix(kM, kN);
-      const auto P = loftq::quantize(W, q, threads);
-      loftq::RowMatrix<float> D;
-      for (auto _ : state) {
-        loftq::dequantize(P, D, threads);
-        benchmark::DoNotOptimize(D.data());
-        benchmark::ClobberMemory();
-      }
-      state.SetItemsProcessed(state.iterations() * W.size());
-      state.SetBytesProcessed(state.iterations() * (packed_size(P) + W.size() * 4));
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("dequantize" + suffix).c_str(),
+                                 [q, threads](benchmark::State& state) {
+                                   const auto& W = cached_matrix(kM, kN);
+                                   const auto P = loftq::quantize(W, q, threads);
+                                   loftq::RowMatrix<float> D;
+                                   for (auto _ : state) {
+                                     loftq::dequantize(P, D, threads);
+                                     benchmark::DoNotOptimize(D.data());
+                                     benchmark::ClobberMemory();
+                                   }
+                                   state.SetItemsProcessed(state.iterations() * W.size());
+                                   state.SetBytesProcessed(state.iterations() * (packed_size(P) + W.size() * 4));
+                                 })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
 
-    benchmark::RegisterBenchmark(("quantize_dequantize" + suffix).c_str(), [q, threads](benchmark::State& state) {
-      const auto& W = cached_matrix(kM, kN);
-      std::int64_t packed = 0;
-      loftq::RowMatrix<float> D;
-      for (auto _ : state) {
-        auto P = loftq::quantize(W, q, threads);
-        loftq::dequantize(P, D, threads);
-        packed = packed_size(P);
-        benchmark::DoNotOptimize(D.data());
-        benchmark::ClobberMemory();
-      }
-      state.SetItemsProcessed(state.iterations() * W.size());
-      state.SetBytesProcessed(state.iterations() * 2 * (W.size() * 4 + packed));
-      state.counters["rel_err"] = static_cast<double>((W - D).norm() / W.norm());
-    })->Unit(benchmark::kMillisecond)->UseRealTime();
+    benchmark::RegisterBenchmark(("quantize_dequantize" + suffix).c_str(),
+                                 [q, threads](benchmark::State& state) {
+                                   const auto& W = cached_matrix(kM, kN);
+                                   std::int64_t packed = 0;
+                                   loftq::RowMatrix<float> D;
+                                   for (auto _ : state) {
+                                     auto P = loftq::quantize(W, q, threads);
+                                     loftq::dequantize(P, D, threads);
+                                     packed = packed_size(P);
+                                     benchmark::DoNotOptimize(D.data());
+                                     benchmark::ClobberMemory();
+                                   }
+                                   state.SetItemsProcessed(state.iterations() * W.size());
+                                   state.SetBytesProcessed(state.iterations() * 2 * (W.size() * 4 + packed));
+                                   state.counters["rel_err"] = static_cast<double>((W - D).norm() / W.norm());
+                                 })
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime();
   }
 }
 

@@ -44,8 +44,8 @@ double approx_error(const RowMatrixXf& M, const SVD& svd) {
 struct Case {
   RowMatrixXf R1, R2;
   Eigen::MatrixXf V1;
-  double norm1 = 0, norm2 = 0;      // ||R1||, ||R2||
-  double best1 = 0, best2 = 0;      // ||R - R_16|| of the reference
+  double norm1 = 0, norm2 = 0;  // ||R1||, ||R2||
+  double best1 = 0, best2 = 0;  // ||R - R_16|| of the reference
   bool ref_exact = false;
 };
 

@@ -49,14 +49,10 @@ struct Shape {
 std::vector<Spec> layer_tensors(int l, const Shape& s) {
   const std::string p = "model.layers." + std::to_string(l) + ".";
   const std::uint64_t h = s.hidden, i = s.intermediate;
-  return {{p + "input_layernorm.weight", {h}},
-          {p + "mlp.down_proj.weight", {h, i}},
-          {p + "mlp.gate_proj.weight", {i, h}},
-          {p + "mlp.up_proj.weight", {i, h}},
-          {p + "post_attention_layernorm.weight", {h}},
-          {p + "self_attn.k_proj.weight", {h, h}},
-          {p + "self_attn.o_proj.weight", {h, h}},
-          {p + "self_attn.q_proj.weight", {h, h}},
+  return {{p + "input_layernorm.weight", {h}},          {p + "mlp.down_proj.weight", {h, i}},
+          {p + "mlp.gate_proj.weight", {i, h}},         {p + "mlp.up_proj.weight", {i, h}},
+          {p + "post_attention_layernorm.weight", {h}}, {p + "self_attn.k_proj.weight", {h, h}},
+          {p + "self_attn.o_proj.weight", {h, h}},      {p + "self_attn.q_proj.weight", {h, h}},
           {p + "self_attn.v_proj.weight", {h, h}}};
 }
 
@@ -64,7 +60,7 @@ std::vector<Spec> layer_tensors(int l, const Shape& s) {
 std::vector<float> values(const Spec& t, std::uint64_t seed) {
   if (t.shape.size() == 2) {
     const auto M = loftq_common::realistic_matrix(static_cast<Eigen::Index>(t.shape[0]),
-                                                 static_cast<Eigen::Index>(t.shape[1]), seed);
+                                                  static_cast<Eigen::Index>(t.shape[1]), seed);
     return std::vector<float>(M.data(), M.data() + M.size());
   }
   std::vector<float> v(t.shape[0]);
@@ -120,7 +116,7 @@ int run(const std::string& dir, const Shape& s) {
                               {"num_hidden_layers", s.layers},
                               {"vocab_size", s.vocab},
                               {"rms_norm_eps", 1e-5},
-                              {"torch_dtype", s.dtype == st::Dtype::BF16 ? "bfloat16"
+                              {"torch_dtype", s.dtype == st::Dtype::BF16  ? "bfloat16"
                                               : s.dtype == st::Dtype::F16 ? "float16"
                                                                           : "float32"}};
   std::ofstream c(dir + "/config.json");
@@ -147,7 +143,8 @@ int main(int argc, char** argv) {
     const unsigned long long v = std::strtoull(argv[i + 1], &end, 10);
     const bool num = *end == '\0' && argv[i + 1][0] != '-';
     if (k == "--dtype") {
-      if (!st::parse_dtype(argv[i + 1], s.dtype) || !st::is_float_dtype(s.dtype) || s.dtype == st::Dtype::F64) return usage();
+      if (!st::parse_dtype(argv[i + 1], s.dtype) || !st::is_float_dtype(s.dtype) || s.dtype == st::Dtype::F64)
+        return usage();
       continue;
     }
     if (!num) return usage();

@@ -29,9 +29,9 @@
 namespace loftq_common {
 
 struct CalibrationSpec {
-  Index factors = 8;              // shared latent factors (channel correlation)
-  double factor_energy = 0.5;     // share of a typical channel's variance carried by the factors
-  double outlier_fraction = 0.01;  // share of channels with a large standard deviation...
+  Index factors = 8;                              // shared latent factors (channel correlation)
+  double factor_energy = 0.5;                     // share of a typical channel's variance carried by the factors
+  double outlier_fraction = 0.01;                 // share of channels with a large standard deviation...
   double outlier_min = 10.0, outlier_max = 30.0;  // ...by a factor drawn uniformly from this range
 };
 

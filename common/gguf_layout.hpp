@@ -17,15 +17,42 @@
 
 namespace gguf_layout {
 
-enum : std::uint32_t { F32 = 0, F16 = 1, Q4_0 = 2, Q8_0 = 8, Q2_K = 10, Q3_K = 11, Q4_K = 12, Q5_K = 13, Q6_K = 14,
-                       IQ4_NL = 20, IQ4_XS = 23, I32 = 26, BF16 = 30 };
-enum : std::uint32_t { T_U8 = 0, T_I8 = 1, T_U16 = 2, T_I16 = 3, T_U32 = 4, T_I32 = 5, T_F32 = 6, T_BOOL = 7,
-                       T_STRING = 8, T_ARRAY = 9, T_U64 = 10, T_I64 = 11, T_F64 = 12 };
+enum : std::uint32_t {
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q8_0 = 8,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  IQ4_NL = 20,
+  IQ4_XS = 23,
+  I32 = 26,
+  BF16 = 30
+};
+enum : std::uint32_t {
+  T_U8 = 0,
+  T_I8 = 1,
+  T_U16 = 2,
+  T_I16 = 3,
+  T_U32 = 4,
+  T_I32 = 5,
+  T_F32 = 6,
+  T_BOOL = 7,
+  T_STRING = 8,
+  T_ARRAY = 9,
+  T_U64 = 10,
+  T_I64 = 11,
+  T_F64 = 12
+};
 
 inline float f16(std::uint16_t h) {
   const int e = (h >> 10) & 31, m = h & 1023;
-  float v = e == 0 ? std::ldexp(static_cast<float>(m), -24)
-                   : e == 31 ? (m ? NAN : INFINITY) : std::ldexp(static_cast<float>(1024 + m), e - 25);
+  float v = e == 0    ? std::ldexp(static_cast<float>(m), -24)
+            : e == 31 ? (m ? NAN : INFINITY)
+                      : std::ldexp(static_cast<float>(1024 + m), e - 25);
   return (h & 0x8000) ? -v : v;
 }
 inline float bf16(std::uint16_t b) {
@@ -49,18 +76,54 @@ inline const std::int8_t* iq4nl_levels() {
 // Bytes per block and elements per block.
 inline void block_of(std::uint32_t type, std::uint64_t& elems, std::uint64_t& bytes) {
   switch (type) {
-    case F32: elems = 1; bytes = 4; return;
-    case F16: case BF16: elems = 1; bytes = 2; return;
-    case I32: elems = 1; bytes = 4; return;
-    case Q4_0: case IQ4_NL: elems = 32; bytes = 18; return;
-    case Q8_0: elems = 32; bytes = 34; return;
-    case Q2_K: elems = 256; bytes = 84; return;
-    case Q3_K: elems = 256; bytes = 110; return;
-    case Q4_K: elems = 256; bytes = 144; return;
-    case Q5_K: elems = 256; bytes = 176; return;
-    case Q6_K: elems = 256; bytes = 210; return;
-    case IQ4_XS: elems = 256; bytes = 136; return;
-    default: throw std::runtime_error("gguf_layout: type " + std::to_string(type));
+    case F32:
+      elems = 1;
+      bytes = 4;
+      return;
+    case F16:
+    case BF16:
+      elems = 1;
+      bytes = 2;
+      return;
+    case I32:
+      elems = 1;
+      bytes = 4;
+      return;
+    case Q4_0:
+    case IQ4_NL:
+      elems = 32;
+      bytes = 18;
+      return;
+    case Q8_0:
+      elems = 32;
+      bytes = 34;
+      return;
+    case Q2_K:
+      elems = 256;
+      bytes = 84;
+      return;
+    case Q3_K:
+      elems = 256;
+      bytes = 110;
+      return;
+    case Q4_K:
+      elems = 256;
+      bytes = 144;
+      return;
+    case Q5_K:
+      elems = 256;
+      bytes = 176;
+      return;
+    case Q6_K:
+      elems = 256;
+      bytes = 210;
+      return;
+    case IQ4_XS:
+      elems = 256;
+      bytes = 136;
+      return;
+    default:
+      throw std::runtime_error("gguf_layout: type " + std::to_string(type));
   }
 }
 
@@ -85,8 +148,7 @@ inline void decode_k(std::uint32_t type, const unsigned char* x, float* y) {
           for (int half = 0; half < 2; ++half) {
             const unsigned char sc = x[is++];
             const float dl = d * static_cast<float>(sc & 0xF), ml = rounded(min * static_cast<float>(sc >> 4));
-            for (int l = 0; l < 16; ++l)
-              *y++ = rounded(dl * static_cast<float>((q[l + 16 * half] >> shift) & 3)) - ml;
+            for (int l = 0; l < 16; ++l) *y++ = rounded(dl * static_cast<float>((q[l + 16 * half] >> shift) & 3)) - ml;
           }
       return;
     }
@@ -178,7 +240,8 @@ inline void decode_k(std::uint32_t type, const unsigned char* x, float* y) {
       }
       return;
     }
-    default: throw std::runtime_error("gguf_layout: not a K type " + std::to_string(type));
+    default:
+      throw std::runtime_error("gguf_layout: not a K type " + std::to_string(type));
   }
 }
 
@@ -186,15 +249,26 @@ inline void decode_k(std::uint32_t type, const unsigned char* x, float* y) {
 inline std::vector<float> decode(std::uint32_t type, const unsigned char* p, std::uint64_t n) {
   std::vector<float> y(n);
   switch (type) {
-    case Q2_K: case Q3_K: case Q4_K: case Q5_K: case Q6_K: case IQ4_XS: {
+    case Q2_K:
+    case Q3_K:
+    case Q4_K:
+    case Q5_K:
+    case Q6_K:
+    case IQ4_XS: {
       std::uint64_t elems, bytes;
       block_of(type, elems, bytes);
       for (std::uint64_t b = 0; b < n / 256; ++b) decode_k(type, p + b * bytes, y.data() + 256 * b);
       break;
     }
-    case F32: std::memcpy(y.data(), p, n * 4); break;
-    case F16: for (std::uint64_t i = 0; i < n; ++i) y[i] = f16(static_cast<std::uint16_t>(le(p + 2 * i, 2))); break;
-    case BF16: for (std::uint64_t i = 0; i < n; ++i) y[i] = bf16(static_cast<std::uint16_t>(le(p + 2 * i, 2))); break;
+    case F32:
+      std::memcpy(y.data(), p, n * 4);
+      break;
+    case F16:
+      for (std::uint64_t i = 0; i < n; ++i) y[i] = f16(static_cast<std::uint16_t>(le(p + 2 * i, 2)));
+      break;
+    case BF16:
+      for (std::uint64_t i = 0; i < n; ++i) y[i] = bf16(static_cast<std::uint16_t>(le(p + 2 * i, 2)));
+      break;
     case Q4_0:
     case IQ4_NL:
       for (std::uint64_t b = 0; b < n / 32; ++b) {
@@ -219,7 +293,8 @@ inline std::vector<float> decode(std::uint32_t type, const unsigned char* p, std
         for (int j = 0; j < 32; ++j) y[32 * b + j] = static_cast<float>(static_cast<std::int8_t>(q[2 + j])) * d;
       }
       break;
-    default: throw std::runtime_error("gguf_layout: cannot decode type " + std::to_string(type));
+    default:
+      throw std::runtime_error("gguf_layout: cannot decode type " + std::to_string(type));
   }
   return y;
 }
@@ -261,11 +336,23 @@ struct File {
     };
     auto scalar = [](std::uint32_t t) -> int {
       switch (t) {
-        case T_U8: case T_I8: case T_BOOL: return 1;
-        case T_U16: case T_I16: return 2;
-        case T_U32: case T_I32: case T_F32: return 4;
-        case T_U64: case T_I64: case T_F64: return 8;
-        default: return 0;
+        case T_U8:
+        case T_I8:
+        case T_BOOL:
+          return 1;
+        case T_U16:
+        case T_I16:
+          return 2;
+        case T_U32:
+        case T_I32:
+        case T_F32:
+          return 4;
+        case T_U64:
+        case T_I64:
+        case T_F64:
+          return 8;
+        default:
+          return 0;
       }
     };
     for (std::uint64_t i = 0; i < nkv; ++i) {
@@ -278,7 +365,10 @@ struct File {
         const std::uint32_t et = static_cast<std::uint32_t>(u(4));
         const std::uint64_t n = u(8);
         for (std::uint64_t k = 0; k < n; ++k)
-          if (et == T_STRING) str(); else u(scalar(et));
+          if (et == T_STRING)
+            str();
+          else
+            u(scalar(et));
       } else {
         const std::uint64_t v = u(scalar(t));
         if (key == "general.alignment") alignment = v;

@@ -46,10 +46,17 @@ inline const char* kind_name(int k) {
 // (out_features, in_features) of each kind.
 inline std::array<int, 2> kind_shape(const Config& c, int k) {
   switch (k) {
-    case kQ: case kO: return {c.dim, c.dim};
-    case kK: case kV: return {c.kv_dim(), c.dim};
-    case kGate: case kUp: return {c.hidden_dim, c.dim};
-    default: return {c.dim, c.hidden_dim};
+    case kQ:
+    case kO:
+      return {c.dim, c.dim};
+    case kK:
+    case kV:
+      return {c.kv_dim(), c.dim};
+    case kGate:
+    case kUp:
+      return {c.hidden_dim, c.dim};
+    default:
+      return {c.dim, c.hidden_dim};
   }
 }
 
@@ -98,7 +105,8 @@ constexpr std::int64_t kMaxDim = std::int64_t{1} << 24;
 
 inline void check_config(const Config& c, const std::string& name) {
   auto field = [&](const char* f, std::int64_t v) {
-    if (v < 1 || v > kMaxDim) bad(name, std::string("header field ") + f + " = " + std::to_string(v) + " is out of range");
+    if (v < 1 || v > kMaxDim)
+      bad(name, std::string("header field ") + f + " = " + std::to_string(v) + " is out of range");
   };
   field("dim", c.dim);
   field("hidden_dim", c.hidden_dim);
@@ -125,18 +133,18 @@ inline std::uint64_t payload_floats(const Config& c, const std::string& name) {
     if (t > lim - total) bad(name, "array sizes overflow");
     total += t;
   };
-  add(V, d, 1);                    // token_embedding
-  add(L, d, 1);                    // rms_att
-  add(L, d, d);                    // wq
-  add(L, kv, d);                   // wk
-  add(L, kv, d);                   // wv
-  add(L, d, d);                    // wo
-  add(L, d, 1);                    // rms_ffn
-  add(L, h, d);                    // w1
-  add(L, d, h);                    // w2
-  add(L, h, d);                    // w3
-  add(d, 1, 1);                    // rms_final
-  add(T, hs / 2, 2);               // freq_cis_real, freq_cis_imag
+  add(V, d, 1);       // token_embedding
+  add(L, d, 1);       // rms_att
+  add(L, d, d);       // wq
+  add(L, kv, d);      // wk
+  add(L, kv, d);      // wv
+  add(L, d, d);       // wo
+  add(L, d, 1);       // rms_ffn
+  add(L, h, d);       // w1
+  add(L, d, h);       // w2
+  add(L, h, d);       // w3
+  add(d, 1, 1);       // rms_final
+  add(T, hs / 2, 2);  // freq_cis_real, freq_cis_imag
   if (!c.shared_classifier) add(V, d, 1);
   return total;
 }
@@ -180,8 +188,8 @@ inline Weights<float> parse_checkpoint(const std::vector<unsigned char>& bytes, 
   // Row-major (out, in) arrays into column-major Eigen matrices.
   auto matrix = [&](Eigen::Index rows, Eigen::Index cols) {
     const std::vector<float> v = take(rows * cols);
-    return Mat<float>(Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
-        v.data(), rows, cols));
+    return Mat<float>(
+        Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(v.data(), rows, cols));
   };
   auto vector = [&](Eigen::Index len) {
     const std::vector<float> v = take(len);
@@ -231,7 +239,7 @@ struct NamedMatrix {
 // classifier is not shared.
 inline std::vector<NamedMatrix> named_matrices(const Weights<float>& w) {
   static const char* const names[kKinds] = {"wq", "wk", "wv", "wo", "w1", "w3", "w2"};  // in Kind order
-  static const int file_order[kKinds] = {kQ, kK, kV, kO, kGate, kDown, kUp};             // w1, w2, w3
+  static const int file_order[kKinds] = {kQ, kK, kV, kO, kGate, kDown, kUp};            // w1, w2, w3
   std::vector<NamedMatrix> out;
   out.push_back({"token_embedding", w.embedding});
   for (std::size_t l = 0; l < w.layers.size(); ++l)

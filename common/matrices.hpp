@@ -34,13 +34,13 @@ using RowMatrixXf = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::
 // LLM projection matrix: std ~0.02, a decaying top of the spectrum, heavy-tailed
 // entries and a few large input channels.
 struct RealisticSpec {
-  Index structure_rank = 64;     // rank of the smooth low-rank part U diag(s) V^T
-  double decay = 0.8;            // s_i ~ i^-decay
-  double low_rank_energy = 0.3;  // share of the (pre-outlier) variance in the low-rank part;
-                                 // the rest is Student-t noise with nu = 4 (heavy tails)
-  double outlier_fraction = 0.01;  // share of input channels (columns) that are scaled up...
+  Index structure_rank = 64;                     // rank of the smooth low-rank part U diag(s) V^T
+  double decay = 0.8;                            // s_i ~ i^-decay
+  double low_rank_energy = 0.3;                  // share of the (pre-outlier) variance in the low-rank part;
+                                                 // the rest is Student-t noise with nu = 4 (heavy tails)
+  double outlier_fraction = 0.01;                // share of input channels (columns) that are scaled up...
   double outlier_min = 5.0, outlier_max = 10.0;  // ...by a factor drawn uniformly from this range
-  double target_std = 0.02;      // expected entry standard deviation of the result
+  double target_std = 0.02;                      // expected entry standard deviation of the result
 };
 
 namespace detail {
@@ -52,10 +52,14 @@ inline std::uint64_t mix(std::uint64_t x) {
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
   return x ^ (x >> 31);
 }
-inline std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t stream) { return mix(mix(seed) ^ mix(stream + 0x51ed27ull)); }
+inline std::uint64_t stream_seed(std::uint64_t seed, std::uint64_t stream) {
+  return mix(mix(seed) ^ mix(stream + 0x51ed27ull));
+}
 
 // Uniform in (0, 1), never 0 or 1, from 53 random bits.
-inline double uniform53(std::uint64_t bits) { return (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+inline double uniform53(std::uint64_t bits) {
+  return (static_cast<double>(bits >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+}
 // Uniform in (0, 1), never 0, from 24 random bits: two per 64-bit draw.
 inline float uniform24(std::uint32_t bits) { return (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f); }
 
@@ -132,7 +136,6 @@ void for_chunks(Index chunks, F&& f) {
   for (Index c = 0; c < chunks; ++c) f(c);
 #endif
 }
-
 
 // The outlier channels of a synthetic matrix or input set: round(fraction * n)
 // of the n channels (at least one when fraction > 0), chosen by a partial

@@ -54,10 +54,14 @@ inline std::string fixed(double v, int decimals) {
 inline std::string svg_escape(const std::string& s) {
   std::string o;
   for (char c : s) {
-    if (c == '<') o += "&lt;";
-    else if (c == '>') o += "&gt;";
-    else if (c == '&') o += "&amp;";
-    else o += c;
+    if (c == '<')
+      o += "&lt;";
+    else if (c == '>')
+      o += "&gt;";
+    else if (c == '&')
+      o += "&amp;";
+    else
+      o += c;
   }
   return o;
 }
@@ -95,7 +99,8 @@ inline bool write_line_plot(const std::string& path, const std::string& title, c
   o.precision(4);
   o << "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" << W << "\" height=\"" << H
     << "\" font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  o << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << svg_escape(title) << "</text>\n";
+  o << "<text x=\"" << W / 2 << "\" y=\"22\" text-anchor=\"middle\" font-size=\"15\">" << svg_escape(title)
+    << "</text>\n";
   o << "<rect x=\"" << L << "\" y=\"" << T << "\" width=\"" << W - L - R << "\" height=\"" << H - T - B
     << "\" fill=\"none\" stroke=\"#333\"/>\n";
   const int ny = log_y ? 5 : static_cast<int>(std::lround((y1 - y0) / ya.step));
@@ -126,9 +131,9 @@ inline bool write_line_plot(const std::string& path, const std::string& title, c
     for (std::size_t i = 0; i < l.x.size(); ++i) o << px(l.x[i]) << "," << py(l.y[i]) << " ";
     o << "\"/>\n";
     const double ly = T + 14 + 20.0 * static_cast<double>(k);
-    o << "<line x1=\"" << W - R + 12 << "\" x2=\"" << W - R + 40 << "\" y1=\"" << ly << "\" y2=\"" << ly << "\" stroke=\""
-      << l.color << "\" stroke-width=\"2\"" << (l.dashed ? " stroke-dasharray=\"6 4\"" : "") << "/>\n<text x=\""
-      << W - R + 46 << "\" y=\"" << ly + 4 << "\">" << svg_escape(l.name) << "</text>\n";
+    o << "<line x1=\"" << W - R + 12 << "\" x2=\"" << W - R + 40 << "\" y1=\"" << ly << "\" y2=\"" << ly
+      << "\" stroke=\"" << l.color << "\" stroke-width=\"2\"" << (l.dashed ? " stroke-dasharray=\"6 4\"" : "")
+      << "/>\n<text x=\"" << W - R + 46 << "\" y=\"" << ly + 4 << "\">" << svg_escape(l.name) << "</text>\n";
   }
   o << "</svg>\n";
   std::ofstream f(path);

@@ -48,12 +48,12 @@ struct Series {
   std::string dataset;    // "synthetic" or "stories260K"
   std::string quantizer;  // "nf2", "nf4"
   long rank = 0;
-  int matrices = 0;                  // how many matrices the means are over
-  double qlora = 0;                  // mean QLoRA-style error
-  std::vector<double> loftq;         // mean LoftQ error after t = 1..T
-  std::vector<int> wins;             // matrices with LoftQ error < QLoRA error after t
-  std::string method;                // "reference" (PEFT's LoftQ) or "default" (this library's)
-  double returned = 0;               // mean error of the iterate initialize returns
+  int matrices = 0;           // how many matrices the means are over
+  double qlora = 0;           // mean QLoRA-style error
+  std::vector<double> loftq;  // mean LoftQ error after t = 1..T
+  std::vector<int> wins;      // matrices with LoftQ error < QLoRA error after t
+  std::string method;         // "reference" (PEFT's LoftQ) or "default" (this library's)
+  double returned = 0;        // mean error of the iterate initialize returns
   std::string label() const { return dataset + " " + method; }
 };
 
@@ -128,8 +128,7 @@ bool write_csv(const std::string& path, const std::vector<Series>& all) {
   for (const Series& s : all)
     for (int t = 0; t < kIterations; ++t) {
       std::snprintf(buf, sizeof buf, "%s,%s,%s,%ld,%d,%d,%.7f,%.7f,%d\n", s.dataset.c_str(), s.method.c_str(),
-                    s.quantizer.c_str(), s.rank,
-                    s.matrices, t + 1, s.qlora, s.loftq[static_cast<std::size_t>(t)],
+                    s.quantizer.c_str(), s.rank, s.matrices, t + 1, s.qlora, s.loftq[static_cast<std::size_t>(t)],
                     s.wins[static_cast<std::size_t>(t)]);
       f << buf;
     }
@@ -147,7 +146,8 @@ std::string fmt(double v, int decimals = 2) {
 bool write_svg(const std::string& path, const std::vector<Series>& all) {
   std::vector<std::string> quantizers, datasets;
   for (const Series& s : all) {
-    if (std::find(quantizers.begin(), quantizers.end(), s.quantizer) == quantizers.end()) quantizers.push_back(s.quantizer);
+    if (std::find(quantizers.begin(), quantizers.end(), s.quantizer) == quantizers.end())
+      quantizers.push_back(s.quantizer);
     if (std::find(datasets.begin(), datasets.end(), s.label()) == datasets.end()) datasets.push_back(s.label());
   }
   static const char* const colors[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"};
@@ -168,7 +168,8 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
   o << "<text x=\"" << fmt(W / 2, 1) << "\" y=\"26\" text-anchor=\"middle\" font-size=\"16\" font-weight=\"bold\">"
     << "LoftQ vs QLoRA initialization: relative error ||W - Q - AB&#7488;||/||W||</text>\n";
   o << "<text x=\"" << fmt(W / 2, 1) << "\" y=\"44\" text-anchor=\"middle\" font-size=\"12\" fill=\"#555\">"
-    << "solid: LoftQ error after T alternating steps (reference = PEFT settings, default = this library); dashed: QLoRA q(W)</text>\n";
+    << "solid: LoftQ error after T alternating steps (reference = PEFT settings, default = this library); dashed: "
+       "QLoRA q(W)</text>\n";
 
   for (std::size_t pi = 0; pi < quantizers.size(); ++pi) {
     const double x0 = left + static_cast<double>(pi) * (pw + gap), y0 = top;
@@ -186,7 +187,7 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
     const double step = axis.step;
     lo = axis.lo;
     hi = axis.hi;
-    auto X = [&](double it) { return x0 + (it - 0.5) / (kIterations) * pw; };  // iterations 1..T in (0.5, T + 0.5)
+    auto X = [&](double it) { return x0 + (it - 0.5) / (kIterations)*pw; };  // iterations 1..T in (0.5, T + 0.5)
     auto Y = [&](double e) { return y0 + ph - (e - lo) / (hi - lo) * ph; };
 
     o << "<g>\n";
@@ -204,10 +205,10 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
       << "\" fill=\"none\" stroke=\"#333\"/>\n";
     for (int t = 1; t <= kIterations; ++t) {
       const double x = X(t);
-      o << "<line x1=\"" << fmt(x) << "\" y1=\"" << fmt(y0 + ph) << "\" x2=\"" << fmt(x) << "\" y2=\"" << fmt(y0 + ph + 5)
-        << "\" stroke=\"#333\"/>\n";
-      o << "<text x=\"" << fmt(x) << "\" y=\"" << fmt(y0 + ph + 19) << "\" text-anchor=\"middle\" font-size=\"11\">" << t
-        << "</text>\n";
+      o << "<line x1=\"" << fmt(x) << "\" y1=\"" << fmt(y0 + ph) << "\" x2=\"" << fmt(x) << "\" y2=\""
+        << fmt(y0 + ph + 5) << "\" stroke=\"#333\"/>\n";
+      o << "<text x=\"" << fmt(x) << "\" y=\"" << fmt(y0 + ph + 19) << "\" text-anchor=\"middle\" font-size=\"11\">"
+        << t << "</text>\n";
     }
     o << "<text x=\"" << fmt(x0 + pw / 2) << "\" y=\"" << fmt(y0 + ph + 40)
       << "\" text-anchor=\"middle\" font-size=\"12\">LoftQ iteration T</text>\n";
@@ -242,13 +243,13 @@ bool write_svg(const std::string& path, const std::vector<Series>& all) {
     o << "<line x1=\"" << fmt(left) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(left + 30) << "\" y2=\"" << fmt(ly)
       << "\" stroke=\"" << c << "\" stroke-width=\"2\"/>\n";
     o << "<circle cx=\"" << fmt(left + 15) << "\" cy=\"" << fmt(ly) << "\" r=\"3\" fill=\"" << c << "\"/>\n";
-    o << "<text x=\"" << fmt(left + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">LoftQ, " << loftq_common::svg_escape(what)
-      << "</text>\n";
+    o << "<text x=\"" << fmt(left + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">LoftQ, "
+      << loftq_common::svg_escape(what) << "</text>\n";
     const double lx = left + 430;
     o << "<line x1=\"" << fmt(lx) << "\" y1=\"" << fmt(ly) << "\" x2=\"" << fmt(lx + 30) << "\" y2=\"" << fmt(ly)
       << "\" stroke=\"" << c << "\" stroke-width=\"1.5\" stroke-dasharray=\"6,4\"/>\n";
-    o << "<text x=\"" << fmt(lx + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">QLoRA, " << loftq_common::svg_escape(d)
-      << "</text>\n";
+    o << "<text x=\"" << fmt(lx + 38) << "\" y=\"" << fmt(ly + 4) << "\" font-size=\"12\">QLoRA, "
+      << loftq_common::svg_escape(d) << "</text>\n";
     ly += 22;
   }
   o << "</svg>\n";

@@ -53,8 +53,8 @@ inline std::vector<lm::NamedMatrix> stories260k() {
 // Samples with correlated channels (a shared factor) and a few loud ones, so
 // that the Gram matrix H is far from diagonal and far from a multiple of I.
 inline Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> correlated_samples(Eigen::Index N,
-                                                                                               Eigen::Index n,
-                                                                                               std::uint64_t seed) {
+                                                                                                Eigen::Index n,
+                                                                                                std::uint64_t seed) {
   const Eigen::MatrixXf G = gaussian(N, n, seed), f = gaussian(N, 1, seed + 1);
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> X =
       G + f * Eigen::RowVectorXf::LinSpaced(n, -1.0f, 2.0f);

@@ -26,8 +26,7 @@ Eigen::MatrixXd sqrtm(const Eigen::MatrixXd& H) {
 // The layer's output error measured on samples, independently of the library:
 // ||X (W - Q - A B^T)^T|| / ||X W^T||.
 double output_error(const RowMatrix<float>& W, const loftq::Result<float>& r, const RowMatrix<float>& X) {
-  const Eigen::MatrixXd D =
-      W.cast<double>() - r.Q.cast<double>() - r.A.cast<double>() * r.B.cast<double>().transpose();
+  const Eigen::MatrixXd D = W.cast<double>() - r.Q.cast<double>() - r.A.cast<double>() * r.B.cast<double>().transpose();
   const Eigen::MatrixXd Xd = X.cast<double>();
   return (Xd * D.transpose()).norm() / (Xd * W.cast<double>().transpose()).norm();
 }
@@ -156,10 +155,10 @@ TEST_CASE("realistic inputs with outlier channels: output error >= 20% below dat
       const bool is_full = s->mode() == StatsMode::full;
       const auto aware = loftq::initialize(W, NormalFloat<2>{}, *s, o);
       const double cal = output_error(W, aware, X), held = output_error(W, aware, held_out);
-      const std::string what = std::string(improved ? "svd start + search, " : "reference loop, ") +
-                               (is_full ? "full" : "diagonal");
+      const std::string what =
+          std::string(improved ? "svd start + search, " : "reference loop, ") + (is_full ? "full" : "diagonal");
       MESSAGE(what << ": output error " << cal << " (held-out " << held << ") vs data-free " << free_cal << " ("
-              << free_held << ")");
+                   << free_held << ")");
       CHECK(cal <= 0.8 * free_cal);
       CHECK(held <= 0.8 * free_held);
       CHECK(aware.Q == loftq::dequantize<float>(aware.packed));
@@ -339,7 +338,8 @@ TEST_CASE("data-aware: bad input gets a typed error") {
   Options o;
   o.rank = 4;
   auto run = [&](const RowMatrix<float>& M, const InputStatistics& st, Options opt, double damping = 0.1) {
-    return loftq_test::code_of([&] { loftq::initialize(M, NormalFloat<4>{}, st, opt, loftq::DataAwareOptions{damping}); });
+    return loftq_test::code_of(
+        [&] { loftq::initialize(M, NormalFloat<4>{}, st, opt, loftq::DataAwareOptions{damping}); });
   };
   CHECK(run(W, s, o) == static_cast<loftq::Errc>(0));
   CHECK(run(W, empty, o) == loftq::Errc::invalid_argument);
@@ -369,4 +369,32 @@ TEST_CASE("data-aware: bad input gets a typed error") {
   CHECK(r.A.allFinite());
   CHECK(r.B.allFinite());
   CHECK(r.Q.allFinite());
+}
+
+TEST_CASE("output_error equals the error measured on the samples, and data-aware LoftQ's own history") {
+  const RowMatrix<float> X = loftq_test::correlated_samples(400, 48, 31);
+  const RowMatrix<float> W = loftq_test::structured(24, 48, 32);
+  InputStatistics full(48, StatsMode::full), diag(48, StatsMode::diagonal);
+  full.add(X);
+  diag.add(X);
+  Options o;
+  o.rank = 4;
+  const auto free = loftq::initialize(W, NormalFloat<2>{}, o);
+  const RowMatrix<float> approx = free.Q + free.A * free.B.transpose();
+  // Full statistics: the samples' own ||X (W - W')^T|| / ||X W^T||.
+  CHECK(loftq::output_error(W, approx, full) == doctest::Approx(output_error(W, free, X)).epsilon(1e-9));
+  // Diagonal statistics: the same with the channels taken as uncorrelated.
+  const Eigen::MatrixXd E = W.cast<double>() - approx.cast<double>();
+  const Eigen::VectorXd d = X.cast<double>().colwise().squaredNorm().transpose();
+  const double want =
+      std::sqrt((E.array().square().matrix() * d).sum() / (W.cast<double>().array().square().matrix() * d).sum());
+  CHECK(loftq::output_error(W, approx, diag) == doctest::Approx(want).epsilon(1e-9));
+  // The data-aware result's history is this error of its own iterate.
+  const auto aware = loftq::initialize(W, NormalFloat<2>{}, full, o);
+  const RowMatrix<float> aware_approx = aware.Q + aware.A * aware.B.transpose();
+  CHECK(loftq::output_error(W, aware_approx, full) == doctest::Approx(aware.error()).epsilon(1e-5));
+  CHECK(loftq::output_error(W, aware_approx, full) < loftq::output_error(W, approx, full));
+  CHECK(loftq::output_error(W, W, full) == 0.0);
+  CHECK_THROWS_AS(loftq::output_error(W, approx.leftCols(40), full), loftq::Error);
+  CHECK_THROWS_AS(loftq::output_error(W.leftCols(40), approx.leftCols(40), full), loftq::Error);
 }

@@ -59,25 +59,25 @@ TEST_CASE("quantizer codes and scales and values are bit-identical on the detect
   const Eigen::MatrixXf W = test_matrix(96, 200, 3);
   // Blocks of 60 leave a scalar tail after the vector lanes in every block.
   for (Eigen::Index block : {64, 60})
-  for (bool search : {false, true})
-    for (int bits : {2, 3, 4}) {
-      CAPTURE(block);
-      CAPTURE(search);
-      CAPTURE(bits);
-      const loftq::Quantizer nf{loftq::Quantizer::Kind::normal_float, bits, block};
-      loftq::QuantizeOptions opt;
-      opt.scale_search = search;
-      const loftq::PackedMatrix fast = loftq::quantize(W, nf, opt);
-      const auto fast_deq = loftq::fake_quantize(W, nf, opt);
-      const auto fast_back = loftq::dequantize<float>(fast);
-      PortableScope portable;
-      const loftq::PackedMatrix slow = loftq::quantize(W, nf, opt);
-      check_same(fast, slow);
-      const auto slow_deq = loftq::fake_quantize(W, nf, opt);
-      CHECK(same_bits(fast_deq.data(), slow_deq.data(), static_cast<std::size_t>(W.size())));
-      const auto slow_back = loftq::dequantize<float>(slow);
-      CHECK(same_bits(fast_back.data(), slow_back.data(), static_cast<std::size_t>(W.size())));
-    }
+    for (bool search : {false, true})
+      for (int bits : {2, 3, 4}) {
+        CAPTURE(block);
+        CAPTURE(search);
+        CAPTURE(bits);
+        const loftq::Quantizer nf{loftq::Quantizer::Kind::normal_float, bits, block};
+        loftq::QuantizeOptions opt;
+        opt.scale_search = search;
+        const loftq::PackedMatrix fast = loftq::quantize(W, nf, opt);
+        const auto fast_deq = loftq::fake_quantize(W, nf, opt);
+        const auto fast_back = loftq::dequantize<float>(fast);
+        PortableScope portable;
+        const loftq::PackedMatrix slow = loftq::quantize(W, nf, opt);
+        check_same(fast, slow);
+        const auto slow_deq = loftq::fake_quantize(W, nf, opt);
+        CHECK(same_bits(fast_deq.data(), slow_deq.data(), static_cast<std::size_t>(W.size())));
+        const auto slow_back = loftq::dequantize<float>(slow);
+        CHECK(same_bits(fast_back.data(), slow_back.data(), static_cast<std::size_t>(W.size())));
+      }
   // Uniform (min-max) codes.
   const loftq::Quantizer un{loftq::Quantizer::Kind::uniform, 4, 64};
   const loftq::PackedMatrix fast = loftq::quantize(W, un);

@@ -61,7 +61,8 @@ void check_round_trip(const std::vector<float>& s, Eigen::Index block) {
     const float step = D.absmax[k] / 127.0f;
     CHECK(127.0f * step == D.absmax[k]);
     // The grid covers the block: max |s - mean| <= 127 steps.
-    for (std::size_t i = k * static_cast<std::size_t>(block); i < std::min(s.size(), (k + 1) * static_cast<std::size_t>(block)); ++i)
+    for (std::size_t i = k * static_cast<std::size_t>(block);
+         i < std::min(s.size(), (k + 1) * static_cast<std::size_t>(block)); ++i)
       CHECK(std::abs(static_cast<double>(s[i]) - D.mean) <= static_cast<double>(D.absmax[k]));
   }
 }
@@ -173,10 +174,12 @@ TEST_CASE("double-quantized PackedMatrix: bits per weight, dequantize, requantiz
     CHECK(P.codes == P0.codes);
     const double N = 9600, nb = 150;
     CHECK(P0.bits_per_weight() == doctest::Approx(bits + 32 * nb / N));
-    CHECK(P.bits_per_weight() == doctest::Approx(bits + (8 * nb + 32 * 1 + 32 * 1) / N));  // ceil(150/256) absmax + mean
+    CHECK(P.bits_per_weight() ==
+          doctest::Approx(bits + (8 * nb + 32 * 1 + 32 * 1) / N));  // ceil(150/256) absmax + mean
     const loftq::RowMatrix<float> D = loftq::dequantize(P);
     for (Eigen::Index e = 0; e < P.size(); ++e)
-      REQUIRE(D.data()[e] == P.codebook[static_cast<std::size_t>(P.code(e))] * P.scales[static_cast<std::size_t>(e / 64)]);
+      REQUIRE(D.data()[e] ==
+              P.codebook[static_cast<std::size_t>(P.code(e))] * P.scales[static_cast<std::size_t>(e / 64)]);
     // The recovered scales are what requantization finds again.
     const PackedMatrix R = loftq::quantize(D, q);
     CHECK(R.codes == P.codes);
@@ -241,10 +244,11 @@ TEST_CASE("double quantization on a realistic matrix: NF4 and NF2, block 64" * d
     const loftq::Quantizer q(loftq::Quantizer::Kind::normal_float, bits, 64);
     auto r = loftq::initialize(W, q, opt);
     const auto eff = loftq::double_quantize(W, r, opt);
-    std::printf("double quant NF%d block 64: bits/weight %.4f -> %.4f; rel. error LoftQ %.5f, DQ same factors %.5f, "
-                "DQ + refit %.5f\n",
-                bits, eff.bits_per_weight_before, eff.bits_per_weight_after, eff.error_before, eff.error_rounded,
-                eff.error_after);
+    std::printf(
+        "double quant NF%d block 64: bits/weight %.4f -> %.4f; rel. error LoftQ %.5f, DQ same factors %.5f, "
+        "DQ + refit %.5f\n",
+        bits, eff.bits_per_weight_before, eff.bits_per_weight_after, eff.error_before, eff.error_rounded,
+        eff.error_after);
     const double N = 1024.0 * 1024, nb = N / 64;
     CHECK(eff.bits_per_weight_before == doctest::Approx(bits + 0.5));
     CHECK(eff.bits_per_weight_after == doctest::Approx(bits + (8 * nb + 32 * (nb / 256) + 32) / N));

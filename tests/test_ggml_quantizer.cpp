@@ -129,7 +129,7 @@ TEST_CASE("the searched scale never loses to ggml's block, block by block") {
     return sq_err(W, B) / sq_err(W, A);
   };
   MESSAGE("searched / ggml squared error: q4_0 " << run(loftq::GgmlQ4_0{}) << ", iq4_nl " << run(loftq::GgmlIQ4NL{})
-                                                   << ", q8_0 " << run(loftq::GgmlQ8_0{}));
+                                                 << ", q8_0 " << run(loftq::GgmlQ8_0{}));
 }
 
 TEST_CASE("LoftQ in each format: Q is the format's, beats q(W), and does not depend on threads") {

@@ -73,7 +73,8 @@ TEST_CASE("matches a brute-force reference loop: T=1 codes exactly, errors to 1e
     o1.iterations = 1;
     const auto ref = reference_loftq(W, q.codebook(), 8, 5, 64);
     const auto r1 = loftq::initialize(W, q, o1);
-    for (Eigen::Index e = 0; e < W.size(); ++e) REQUIRE(r1.packed.code(e) == ref.first_codes[static_cast<std::size_t>(e)]);
+    for (Eigen::Index e = 0; e < W.size(); ++e)
+      REQUIRE(r1.packed.code(e) == ref.first_codes[static_cast<std::size_t>(e)]);
     const auto r = loftq::initialize(W, q, o);
     REQUIRE(r.history.size() == 5);
     for (int t = 0; t < 5; ++t) CHECK(r.history[t] == doctest::Approx(ref.history[t]).epsilon(1e-4));
@@ -94,7 +95,8 @@ TEST_CASE("the result is consistent: history, Q, packed, A and B agree") {
   CHECK(r.Q == loftq::dequantize<float>(r.packed));
   CHECK(true_error(W, r) == doctest::Approx(r.error()).epsilon(1e-5));
   CHECK(r.error() == *std::min_element(r.history.begin(), r.history.end()));
-  CHECK(r.qlora_error == doctest::Approx((W - loftq::fake_quantize(W, NormalFloat<2>{})).norm() / W.norm()).epsilon(1e-5));
+  CHECK(r.qlora_error ==
+        doctest::Approx((W - loftq::fake_quantize(W, NormalFloat<2>{})).norm() / W.norm()).epsilon(1e-5));
   CHECK(r.history[0] < r.qlora_error);  // one SVD step can only help
   // The sqrt(S) split: A and B have equal column norms.
   for (Eigen::Index j = 0; j < 12; ++j) CHECK(r.A.col(j).norm() == doctest::Approx(r.B.col(j).norm()).epsilon(1e-4));
@@ -420,7 +422,7 @@ TEST_CASE("defaults (scale search, SVD start) beat the reference configuration o
     // only the scale search helps. Realistic and real weights gain more
     // (test_real_weights, bench/README.md).
     CHECK(a.error() < (bits == 2 ? 0.75 : 0.95) * b.error());
-    CHECK(a.qlora_error == b.qlora_error);  // the baseline is QLoRA's absmax q(W) either way
+    CHECK(a.qlora_error == b.qlora_error);                   // the baseline is QLoRA's absmax q(W) either way
     CHECK(loftq::quantize(a.Q, q).codes == a.packed.codes);  // storage readable by plain absmax
   }
 }

@@ -86,7 +86,8 @@ TEST_CASE("InputStatistics: bad input gets a typed error and leaves the statisti
   CHECK(s.count() == 5);
   CHECK(s.gram() == before);
   CHECK(loftq_test::code_of([&] { s.merge(InputStatistics(9)); }) == loftq::Errc::invalid_argument);
-  CHECK(loftq_test::code_of([&] { s.merge(InputStatistics(8, StatsMode::diagonal)); }) == loftq::Errc::invalid_argument);
+  CHECK(loftq_test::code_of([&] { s.merge(InputStatistics(8, StatsMode::diagonal)); }) ==
+        loftq::Errc::invalid_argument);
   CHECK(loftq_test::code_of([&] { InputStatistics(0); }) == loftq::Errc::invalid_argument);
   InputStatistics d(8, StatsMode::diagonal);
   d.add(X.topRows(4));

@@ -139,7 +139,8 @@ TEST_CASE("blocks follow the row-major flattening whatever the input layout") {
   CHECK(loftq::quantize(map, NormalFloat<4>{32}).codes == Pr.codes);
   const Eigen::MatrixXf big = loftq_test::gaussian(10, 100, 4);
   const RowMatrix<float> sub = big.block(2, 2, 6, 96);
-  CHECK(loftq::quantize(big.block(2, 2, 6, 96), NormalFloat<4>{32}).codes == loftq::quantize(sub, NormalFloat<4>{32}).codes);
+  CHECK(loftq::quantize(big.block(2, 2, 6, 96), NormalFloat<4>{32}).codes ==
+        loftq::quantize(sub, NormalFloat<4>{32}).codes);
 }
 
 TEST_CASE("requantizing the dequantized matrix gives back the same codes and scales") {
@@ -170,7 +171,8 @@ TEST_CASE("requantizing the dequantized matrix gives back the same codes and sca
 TEST_CASE("fake_quantize is bit-identical to dequantize(quantize) for float and double") {
   const Eigen::MatrixXf W = loftq_test::gaussian(50, 70, 5);
   CHECK(loftq::fake_quantize(W, NormalFloat<4>{}) == loftq::dequantize<float>(loftq::quantize(W, NormalFloat<4>{})));
-  CHECK(loftq::fake_quantize(W, Uniform<3>{64, false}) == loftq::dequantize<float>(loftq::quantize(W, Uniform<3>{64, false})));
+  CHECK(loftq::fake_quantize(W, Uniform<3>{64, false}) ==
+        loftq::dequantize<float>(loftq::quantize(W, Uniform<3>{64, false})));
   const Eigen::MatrixXd Wd = W.cast<double>();
   CHECK(loftq::fake_quantize(Wd, NormalFloat<2>{}) == loftq::dequantize<double>(loftq::quantize(Wd, NormalFloat<2>{})));
 }

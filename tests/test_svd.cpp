@@ -33,9 +33,7 @@ Known with_spectrum(Eigen::Index m, Eigen::Index n, const Eigen::VectorXd& s, st
 }
 
 // Largest principal angle (as sin) between two subspaces with orthonormal bases.
-double subspace_gap(const Eigen::MatrixXd& A, const Eigen::MatrixXd& B) {
-  return (B - A * (A.transpose() * B)).norm();
-}
+double subspace_gap(const Eigen::MatrixXd& A, const Eigen::MatrixXd& B) { return (B - A * (A.transpose() * B)).norm(); }
 
 }  // namespace
 
@@ -188,8 +186,8 @@ TEST_CASE("skinny_gemm: every tile shape and column tail against a double-precis
         loftq::detail::skinny_gemm(ac.data(), 1, rows, x.data(), w, depth, rows, w, out2.data(), w);
         const Eigen::MatrixXd exact = a.cast<double>() * x.cast<double>();
         // Float rounding bound for a length-depth sum: depth * eps * sum |a||x|.
-        const Eigen::MatrixXd bound = (a.cast<double>().cwiseAbs() * x.cast<double>().cwiseAbs()) *
-                                      (static_cast<double>(depth) * 1.2e-7);
+        const Eigen::MatrixXd bound =
+            (a.cast<double>().cwiseAbs() * x.cast<double>().cwiseAbs()) * (static_cast<double>(depth) * 1.2e-7);
         CHECK(((out1.cast<double>() - exact).cwiseAbs() - bound).maxCoeff() <= 0.0);
         CHECK(out1 == out2);  // same t order whatever the strides
       }

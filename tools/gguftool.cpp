@@ -71,8 +71,9 @@ int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t ty
   const std::uint64_t dim = std::uint64_t(c.dim);
   const int L = c.n_layers;
   gl::Builder b;
-  llama_keys(b, static_cast<std::uint32_t>(L), static_cast<std::uint32_t>(c.dim), static_cast<std::uint32_t>(c.hidden_dim),
-             static_cast<std::uint32_t>(c.n_heads), static_cast<std::uint32_t>(c.n_kv_heads));
+  llama_keys(b, static_cast<std::uint32_t>(L), static_cast<std::uint32_t>(c.dim),
+             static_cast<std::uint32_t>(c.hidden_dim), static_cast<std::uint32_t>(c.n_heads),
+             static_cast<std::uint32_t>(c.n_kv_heads));
   // llama2.c stores each weight (out, in) row-major: ggml's ne = [in, out].
   std::map<std::string, std::pair<std::vector<std::uint64_t>, std::vector<float>>> ts;
   auto mat = [&](const std::string& name, const lm::Mat<float>& m) {
@@ -83,10 +84,9 @@ int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t ty
   };
   auto layer = [](int l, const char* what) { return "blk." + std::to_string(l) + "." + what + ".weight"; };
   mat("token_embd.weight", w.embedding);
-  static const std::pair<const char*, int> kinds[] = {{"attn_q", lm::kQ},      {"attn_k", lm::kK},
-                                                      {"attn_v", lm::kV},      {"attn_output", lm::kO},
-                                                      {"ffn_gate", lm::kGate}, {"ffn_down", lm::kDown},
-                                                      {"ffn_up", lm::kUp}};
+  static const std::pair<const char*, int> kinds[] = {
+      {"attn_q", lm::kQ},      {"attn_k", lm::kK},      {"attn_v", lm::kV}, {"attn_output", lm::kO},
+      {"ffn_gate", lm::kGate}, {"ffn_down", lm::kDown}, {"ffn_up", lm::kUp}};
   for (int l = 0; l < L; ++l) {
     const auto& lw = w.layers[std::size_t(l)];
     vec(layer(l, "attn_norm"), lw.rms_att);
@@ -126,7 +126,9 @@ int cmd_synth(const std::string& out, const std::string& variant) {
   gl::Builder b;
   b.add_u32("general.alignment", 64);
   if (variant != "noarch") b.add_string("general.architecture", "llama");
-  b.add_string_array("tokenizer.ggml.tokens", {"<unk>", "a", "", "\xe2\x96\x81" "b"});
+  b.add_string_array("tokenizer.ggml.tokens", {"<unk>", "a", "",
+                                               "\xe2\x96\x81"
+                                               "b"});
   b.add_f32("llama.rope.freq_base", 10000.0f);
   b.add_tensor("token_embd.weight", {64, 10}, gl::F16, gl::Builder::encode_floats(rnd(640), gl::F16));
   if (variant == "q8target")
@@ -160,13 +162,14 @@ bool is_target(const gl::Tensor& t) {
 int cmd_verify(const std::string& in_path, const std::string& dir, const std::string& quant, long rank, int iters,
                double alpha, const std::string& scale) {
   const gl::File in(in_path), model(dir + "/model.gguf"), adapter(dir + "/adapter.gguf");
-  const loftq::GgmlFormat fmt = quant == "q4_0" ? loftq::GgmlFormat::q4_0
-                                : quant == "q8_0" ? loftq::GgmlFormat::q8_0 : loftq::GgmlFormat::iq4_nl;
+  const loftq::GgmlFormat fmt = quant == "q4_0"   ? loftq::GgmlFormat::q4_0
+                                : quant == "q8_0" ? loftq::GgmlFormat::q8_0
+                                                  : loftq::GgmlFormat::iq4_nl;
   const std::uint32_t qtype = quant == "q4_0" ? gl::Q4_0 : quant == "q8_0" ? gl::Q8_0 : gl::IQ4_NL;
-  require(in.kv_end - in.kv_begin == model.kv_end - model.kv_begin &&
-              std::memcmp(in.bytes.data() + in.kv_begin, model.bytes.data() + model.kv_begin,
-                          in.kv_end - in.kv_begin) == 0,
-          "model.gguf: the key-value section differs from the input's");
+  require(
+      in.kv_end - in.kv_begin == model.kv_end - model.kv_begin &&
+          std::memcmp(in.bytes.data() + in.kv_begin, model.bytes.data() + model.kv_begin, in.kv_end - in.kv_begin) == 0,
+      "model.gguf: the key-value section differs from the input's");
   require(model.tensors.size() == in.tensors.size(), "model.gguf: tensor count");
   require(adapter.kv_string("general.type") == "adapter", "adapter: general.type");
   require(adapter.kv_string("adapter.type") == "lora", "adapter: adapter.type");

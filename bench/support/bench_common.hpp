@@ -23,7 +23,6 @@ namespace loftq_bench {
 // The realistic matrices (common/matrices.hpp) under the benchmarks' namespace.
 using namespace loftq_common;  // NOLINT(google-build-using-namespace)
 
-
 // One realistic matrix per (m, n, seed), generated on first use and kept for
 // the whole run, so setup is not timed and not repeated across benchmarks.
 inline const RowMatrixXf& cached_matrix(Index m, Index n, std::uint64_t seed = 1) {

@@ -80,8 +80,8 @@ template <class S>
 struct LayerActs {
   Mat<S> x_in, xn1, q, k, v, att_out, x_mid, xn2, h1, h3, hh;  // q and k after rotation
   Vec<S> rstd1, rstd2;
-  std::vector<Mat<S>> Pt;         // attention probabilities per head, transposed (key x query)
-  std::array<Mat<S>, kKinds> u;   // x A^T of each adapted linear
+  std::vector<Mat<S>> Pt;        // attention probabilities per head, transposed (key x query)
+  std::array<Mat<S>, kKinds> u;  // x A^T of each adapted linear
 };
 
 template <class S>
@@ -95,10 +95,17 @@ struct Acts {
 template <class S>
 const Mat<S>& linear_input(const LayerActs<S>& a, int kind) {
   switch (kind) {
-    case kQ: case kK: case kV: return a.xn1;
-    case kO: return a.att_out;
-    case kGate: case kUp: return a.xn2;
-    default: return a.hh;
+    case kQ:
+    case kK:
+    case kV:
+      return a.xn1;
+    case kO:
+      return a.att_out;
+    case kGate:
+    case kUp:
+      return a.xn2;
+    default:
+      return a.hh;
   }
 }
 
@@ -119,7 +126,8 @@ void check_weights(const Weights<S>& w) {
     if (l.rms_att.size() != c.dim || l.rms_ffn.size() != c.dim) fail("an RMSNorm weight has the wrong length");
     for (int k = 0; k < kKinds; ++k) {
       const auto shape = kind_shape(c, k);
-      if (l.W[k].rows() != shape[0] || l.W[k].cols() != shape[1]) fail(std::string(kind_name(k)) + " has the wrong shape");
+      if (l.W[k].rows() != shape[0] || l.W[k].cols() != shape[1])
+        fail(std::string(kind_name(k)) + " has the wrong shape");
     }
   }
 }
@@ -141,8 +149,8 @@ void check_lora(const Config& c, const Lora<S>* lora) {
 
 inline void check_tokens(const Config& c, const std::vector<int>& tokens) {
   if (tokens.empty() || tokens.size() > static_cast<std::size_t>(c.seq_len))
-    throw loftq::Error(loftq::Errc::invalid_argument,
-                       "sequence length " + std::to_string(tokens.size()) + " is outside 1.." + std::to_string(c.seq_len));
+    throw loftq::Error(loftq::Errc::invalid_argument, "sequence length " + std::to_string(tokens.size()) +
+                                                          " is outside 1.." + std::to_string(c.seq_len));
   for (int t : tokens)
     if (t < 0 || t >= c.vocab_size)
       throw loftq::Error(loftq::Errc::invalid_argument, "token " + std::to_string(t) + " is outside the vocabulary");
@@ -251,7 +259,8 @@ void check_example(const Config& c, const Example<S>& e, Loss loss) {
   const std::size_t T = e.tokens.size();
   if (e.mask.size() != T) throw loftq::Error(loftq::Errc::invalid_argument, "example mask has the wrong length");
   if (loss == Loss::cross_entropy) {
-    if (e.targets.size() != T) throw loftq::Error(loftq::Errc::invalid_argument, "example targets have the wrong length");
+    if (e.targets.size() != T)
+      throw loftq::Error(loftq::Errc::invalid_argument, "example targets have the wrong length");
     for (std::size_t t = 0; t < T; ++t)
       if (e.mask[t] && (e.targets[t] < 0 || e.targets[t] >= c.vocab_size))
         throw loftq::Error(loftq::Errc::invalid_argument, "target token outside the vocabulary");
@@ -356,7 +365,8 @@ double loss_and_grad(const Weights<S>& w, const Lora<S>& lora, const std::vector
 
 // Logits (T x vocab) of each sequence; lora may be null (the base model).
 template <class S>
-std::vector<Mat<S>> forward_logits(const Weights<S>& w, const Lora<S>* lora, const std::vector<std::vector<int>>& seqs) {
+std::vector<Mat<S>> forward_logits(const Weights<S>& w, const Lora<S>* lora,
+                                   const std::vector<std::vector<int>>& seqs) {
   check_weights(w);
   check_lora(w.config, lora);
   std::size_t positions = 0;

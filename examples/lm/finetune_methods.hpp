@@ -78,14 +78,15 @@ inline Model shifted_teacher(const Model& fp, int rank, double size, std::mt1993
     Eigen::MatrixXd X(rows, rank);
     for (Eigen::Index j = 0; j < X.cols(); ++j)
       for (Eigen::Index i = 0; i < X.rows(); ++i) X(i, j) = g(rng);
-    return Eigen::MatrixXd(Eigen::HouseholderQR<Eigen::MatrixXd>(X).householderQ() * Eigen::MatrixXd::Identity(rows, rank));
+    return Eigen::MatrixXd(Eigen::HouseholderQR<Eigen::MatrixXd>(X).householderQ() *
+                           Eigen::MatrixXd::Identity(rows, rank));
   };
   for (const auto& layer : fp.layers)
     for (int k = 0; k < lm::kKinds; ++k)
       if (rank < 1 || rank > std::min(layer.W[k].rows(), layer.W[k].cols()))
-        throw loftq::Error(loftq::Errc::invalid_argument,
-                           "shifted_teacher: rank " + std::to_string(rank) + " does not fit a " +
-                               std::to_string(layer.W[k].rows()) + "x" + std::to_string(layer.W[k].cols()) + " linear");
+        throw loftq::Error(loftq::Errc::invalid_argument, "shifted_teacher: rank " + std::to_string(rank) +
+                                                              " does not fit a " + std::to_string(layer.W[k].rows()) +
+                                                              "x" + std::to_string(layer.W[k].cols()) + " linear");
   Model t = fp;
   for (auto& layer : t.layers)
     for (int k = 0; k < lm::kKinds; ++k) {
@@ -110,10 +111,18 @@ inline double mean_entropy(const std::vector<ExampleF>& examples) {
 }
 
 enum class Init {
-  full_precision, qlora, reference, defaults,
-  scale_search, svd_start, keep_best,           // the reference plus one default
-  no_scale_search, no_svd_start, no_keep_best,  // the defaults minus one
-  data_aware, mixed
+  full_precision,
+  qlora,
+  reference,
+  defaults,
+  scale_search,
+  svd_start,
+  keep_best,  // the reference plus one default
+  no_scale_search,
+  no_svd_start,
+  no_keep_best,  // the defaults minus one
+  data_aware,
+  mixed
 };
 
 // The one-default-at-a-time rows (either direction).
@@ -128,13 +137,18 @@ struct MethodSpec {
 };
 
 inline const std::vector<MethodSpec>& method_specs() {
-  static const std::vector<MethodSpec> m = {
-      {Init::full_precision, "fp_lora"}, {Init::qlora, "qlora"},           {Init::reference, "loftq_ref"},
-      {Init::defaults, "loftq_default"}, {Init::scale_search, "ref+scale_search"},
-      {Init::svd_start, "ref+svd_start"}, {Init::keep_best, "ref+keep_best"},
-      {Init::no_scale_search, "default-scale_search"}, {Init::no_svd_start, "default-svd_start"},
-      {Init::no_keep_best, "default-keep_best"}, {Init::data_aware, "data_aware"},
-      {Init::mixed, "mixed_2.5"}};
+  static const std::vector<MethodSpec> m = {{Init::full_precision, "fp_lora"},
+                                            {Init::qlora, "qlora"},
+                                            {Init::reference, "loftq_ref"},
+                                            {Init::defaults, "loftq_default"},
+                                            {Init::scale_search, "ref+scale_search"},
+                                            {Init::svd_start, "ref+svd_start"},
+                                            {Init::keep_best, "ref+keep_best"},
+                                            {Init::no_scale_search, "default-scale_search"},
+                                            {Init::no_svd_start, "default-svd_start"},
+                                            {Init::no_keep_best, "default-keep_best"},
+                                            {Init::data_aware, "data_aware"},
+                                            {Init::mixed, "mixed_2.5"}};
   return m;
 }
 
@@ -170,15 +184,15 @@ struct Method {
   std::string name;
   double bits = 0;  // average code bits per adapted weight; 32 for the unquantized base
   int rank = 0;
-  Model weights;    // base weights with each adapted linear replaced by its Q
+  Model weights;  // base weights with each adapted linear replaced by its Q
   LoraF lora;
   double weight_error = 0;  // ||W - Q - s B A|| / ||W|| over all adapted matrices
 };
 
 // Builds one method's model. `seed` seeds the random lora_A of QLoRA-style
 // inits (different per matrix, the same across methods).
-inline Method make_method(const MethodSpec& spec, int bits, int rank, const Model& fp,
-                          const lm::Calibration& stats, std::uint64_t seed) {
+inline Method make_method(const MethodSpec& spec, int bits, int rank, const Model& fp, const lm::Calibration& stats,
+                          std::uint64_t seed) {
   const lm::Config& c = fp.config;
   const std::array<bool, lm::kKinds> all = {true, true, true, true, true, true, true};
   Method m;
@@ -212,9 +226,8 @@ inline Method make_method(const MethodSpec& spec, int bits, int rank, const Mode
         ad.A = r.B.transpose();
         ad.B.setZero();
       } else {
-        const auto r = spec.init == Init::data_aware
-                           ? loftq::initialize(W, nf(b), stats.at(l, k), o)
-                           : loftq::initialize(W, nf(b), o);
+        const auto r = spec.init == Init::data_aware ? loftq::initialize(W, nf(b), stats.at(l, k), o)
+                                                     : loftq::initialize(W, nf(b), o);
         const auto p = loftq::to_peft(r, kLoraAlpha);
         Q = r.Q;
         ad.A = p.lora_A;

@@ -94,15 +94,24 @@ bool parse(int argc, char** argv, Settings& s) {
       if (i + 1 >= argc) throw std::runtime_error(a + " needs a value");
       return argv[++i];
     };
-    if (a == "--model") s.model = value();
-    else if (a == "--out") s.out = value();
-    else if (a == "--quick") s.quick = true;
-    else if (a == "--steps") s.steps = std::stoi(value());
-    else if (a == "--seed") s.seed = std::stoull(value());
-    else if (a == "--lr") s.lr = std::stod(value());
-    else if (a == "--shift-lr") s.shift_lr = std::stod(value());
-    else if (a == "--shift-rank") s.shift_rank = std::stoi(value());
-    else if (a == "--shift-size") s.shift_size = std::stod(value());
+    if (a == "--model")
+      s.model = value();
+    else if (a == "--out")
+      s.out = value();
+    else if (a == "--quick")
+      s.quick = true;
+    else if (a == "--steps")
+      s.steps = std::stoi(value());
+    else if (a == "--seed")
+      s.seed = std::stoull(value());
+    else if (a == "--lr")
+      s.lr = std::stod(value());
+    else if (a == "--shift-lr")
+      s.shift_lr = std::stod(value());
+    else if (a == "--shift-rank")
+      s.shift_rank = std::stoi(value());
+    else if (a == "--shift-size")
+      s.shift_size = std::stod(value());
     else if (a == "--methods") {
       std::string list = value();
       for (std::size_t p = 0; p <= list.size();) {
@@ -114,8 +123,10 @@ bool parse(int argc, char** argv, Settings& s) {
         s.methods.push_back(name);
         p = e + 1;
       }
-    } else if (a == "--help" || a == "-h") return false;
-    else throw std::runtime_error("unknown option " + a);
+    } else if (a == "--help" || a == "-h")
+      return false;
+    else
+      throw std::runtime_error("unknown option " + a);
   }
   if (s.quick) {
     s.bits = {2, 4};
@@ -221,7 +232,8 @@ void print_tables(const std::vector<Row>& rows, const Settings& s) {
       const double qi = q ? q->task[t].init : 0, qf = q ? q->task[t].final : 0;
       std::printf("%-5s %-4d %-20s %6.2f %8.4f %9.4f %9.4f %9s %9s\n",
                   r.bits_group == 0 ? "mix" : std::to_string(r.bits_group).c_str(), r.rank, r.method.c_str(), r.bits,
-                  r.weight_error, r.task[t].init, r.task[t].final, qi > 0 ? fmt("%.3f", r.task[t].init / qi).c_str() : "-",
+                  r.weight_error, r.task[t].init, r.task[t].final,
+                  qi > 0 ? fmt("%.3f", r.task[t].init / qi).c_str() : "-",
                   qf > 0 ? fmt("%.3f", r.task[t].final / qf).c_str() : "-");
     }
   }
@@ -235,7 +247,8 @@ void print_targets(const std::vector<Row>& rows, const Settings& s) {
     const Row *d2 = find(rows, "loftq_default", 2, rank), *q2 = find(rows, "qlora", 2, rank);
     if (d2 && q2)
       std::printf("  r%-2d 2 bits, task 1 after fine-tuning: default/QLoRA KL = %.3f (target <= 0.7): %s\n", rank,
-                  d2->task[0].final / q2->task[0].final, d2->task[0].final <= 0.7 * q2->task[0].final ? "met" : "NOT met");
+                  d2->task[0].final / q2->task[0].final,
+                  d2->task[0].final <= 0.7 * q2->task[0].final ? "met" : "NOT met");
     const Row *d4 = find(rows, "loftq_default", 4, rank), *q4 = find(rows, "qlora", 4, rank);
     if (d4 && q4) {
       for (int t = 0; t < 2; ++t)
@@ -276,7 +289,8 @@ void write_outputs(const std::vector<Row>& rows, const Settings& s) {
       for (int g : groups) {
         std::vector<loftq_common::Line> lines;
         for (const auto& r : rows) {
-          if (r.rank != rank || !(r.bits_group == g || r.method == "fp_lora" || (g == 0 && r.method == "qlora" && r.bits_group == 2)))
+          if (r.rank != rank ||
+              !(r.bits_group == g || r.method == "fp_lora" || (g == 0 && r.method == "qlora" && r.bits_group == 2)))
             continue;
           loftq_common::Line l;
           l.name = r.method;
@@ -288,12 +302,14 @@ void write_outputs(const std::vector<Row>& rows, const Settings& s) {
         }
         if (lines.size() < 2) continue;
         const std::string tag = (g == 0 ? std::string("mix2.5") : "nf" + std::to_string(g));
-        const std::string file = std::string(t == 0 ? "recovery" : "shift") + "_" + tag + "_r" + std::to_string(rank) + ".svg";
-        loftq_common::write_line_plot((fs::path(s.out) / file).string(),
-                                        std::string(t == 0 ? "held-out KL to the fp model" : "held-out KL to the shifted teacher") +
-                                            ", " + tag + ", rank " + std::to_string(rank),
-                                        "Adam step", "KL (nats/token)", lines,
-                                        /*log_y=*/ false);  // full-precision LoRA starts at KL 0
+        const std::string file =
+            std::string(t == 0 ? "recovery" : "shift") + "_" + tag + "_r" + std::to_string(rank) + ".svg";
+        loftq_common::write_line_plot(
+            (fs::path(s.out) / file).string(),
+            std::string(t == 0 ? "held-out KL to the fp model" : "held-out KL to the shifted teacher") + ", " + tag +
+                ", rank " + std::to_string(rank),
+            "Adam step", "KL (nats/token)", lines,
+            /*log_y=*/false);  // full-precision LoRA starts at KL 0
       }
 }
 
@@ -330,20 +346,21 @@ int main(int argc, char** argv) {
     // How far the teacher is from the base (the shift task's loss for the
     // full-precision model before fine-tuning), and whether it still makes
     // confident predictions rather than near-uniform ones.
-    const double shift_gap = lm::loss_and_grad<float>(fp, lm::make_lora<float>(fp.config, 1, kLoraAlpha, {}), shift_test, lm::Loss::kl, nullptr);
+    const double shift_gap = lm::loss_and_grad<float>(fp, lm::make_lora<float>(fp.config, 1, kLoraAlpha, {}),
+                                                      shift_test, lm::Loss::kl, nullptr);
     const auto stats = lm::collect_statistics(fp, train_seqs);  // full X^T X of every linear input
     const auto schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 1);
     const auto shift_schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 2);
     // The checkpoint's file name only: the output stays the same wherever the data directory is.
-    std::printf("lm_finetune: %s, lora_alpha %g, seed %llu\n"
-                "  both tasks: %d train / %d held-out sampled sequences of %d tokens, batch %d, %d Adam steps\n"
-                "  recovery: lr %g\n"
-                "  shift: a rank-%d update of relative size %g on every linear, lr %g; the base's KL to the teacher\n"
-                "    is %.3f, and their mean entropies are %.3f (teacher) and %.3f (base) nats/token\n",
-                std::filesystem::path(s.model).filename().c_str(), kLoraAlpha,
-                static_cast<unsigned long long>(s.seed), s.n_train, s.n_test, s.seq_len,
-                s.batch, s.steps, s.lr, s.shift_rank, s.shift_size, s.shift_lr, shift_gap, mean_entropy(shift_test),
-                mean_entropy(kl_test));
+    std::printf(
+        "lm_finetune: %s, lora_alpha %g, seed %llu\n"
+        "  both tasks: %d train / %d held-out sampled sequences of %d tokens, batch %d, %d Adam steps\n"
+        "  recovery: lr %g\n"
+        "  shift: a rank-%d update of relative size %g on every linear, lr %g; the base's KL to the teacher\n"
+        "    is %.3f, and their mean entropies are %.3f (teacher) and %.3f (base) nats/token\n",
+        std::filesystem::path(s.model).filename().c_str(), kLoraAlpha, static_cast<unsigned long long>(s.seed),
+        s.n_train, s.n_test, s.seq_len, s.batch, s.steps, s.lr, s.shift_rank, s.shift_size, s.shift_lr, shift_gap,
+        mean_entropy(shift_test), mean_entropy(kl_test));
 
     std::vector<Row> rows;
     for (int rank : s.ranks) {
@@ -375,8 +392,10 @@ int main(int argc, char** argv) {
         row.task[0] = train(m, kl_train, kl_test, lm::Loss::kl, schedule, s.lr);
         row.task[1] = train(m, shift_train, shift_test, lm::Loss::kl, shift_schedule, s.shift_lr);
         std::fprintf(stderr, "  r%-2d %-4s %-20s KL %.4f -> %.4f   shift %.4f -> %.4f   (%.0f s)\n", rank,
-                     b == 0 ? "mix" : b == 32 ? "fp" : std::to_string(b).c_str(), m.name.c_str(), row.task[0].init,
-                     row.task[0].final, row.task[1].init, row.task[1].final,
+                     b == 0    ? "mix"
+                     : b == 32 ? "fp"
+                               : std::to_string(b).c_str(),
+                     m.name.c_str(), row.task[0].init, row.task[0].final, row.task[1].init, row.task[1].final,
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         rows.push_back(std::move(row));
       }

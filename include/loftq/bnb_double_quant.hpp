@@ -186,19 +186,21 @@ inline std::vector<float> recover_scales(const BnbNestedScales& D) {
 template <class Derived>
 DoubleQuantEffect bnb_double_quantize(const Eigen::MatrixBase<Derived>& W, Result<typename Derived::Scalar>& r,
                                       BnbNestedScales& nested, const Options& opt = {}, bool refit = true) {
-  DoubleQuantEffect eff = detail::replace_scales_and_refit(W, r, opt, refit, "bnb_double_quantize", [&](PackedMatrix& P) {
-    detail::validate(P);
-    detail::require(!P.double_quantized(), Errc::invalid_argument,
-                    "bnb_double_quantize: the scales are already double-quantized");
-    detail::require(P.scale_mode == ScaleMode::absmax, Errc::unsupported,
-                    "bnb_double_quantize: only absmax scales can be double-quantized");
-    nested = bnb_double_quantize_scales(P.scales);
-    P.scales = recover_scales(nested);
-  });
+  DoubleQuantEffect eff =
+      detail::replace_scales_and_refit(W, r, opt, refit, "bnb_double_quantize", [&](PackedMatrix& P) {
+        detail::validate(P);
+        detail::require(!P.double_quantized(), Errc::invalid_argument,
+                        "bnb_double_quantize: the scales are already double-quantized");
+        detail::require(P.scale_mode == ScaleMode::absmax, Errc::unsupported,
+                        "bnb_double_quantize: only absmax scales can be double-quantized");
+        nested = bnb_double_quantize_scales(P.scales);
+        P.scales = recover_scales(nested);
+      });
   // Codes, one byte per block scale, the nested absmax and the offset.
   const double n = static_cast<double>(r.packed.size());
   eff.bits_per_weight_after = (8.0 * static_cast<double>(r.packed.codes.size() + nested.codes.size()) +
-                               32.0 * static_cast<double>(nested.absmax.size() + 1)) / n;
+                               32.0 * static_cast<double>(nested.absmax.size() + 1)) /
+                              n;
   return eff;
 }
 

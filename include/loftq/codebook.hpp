@@ -31,10 +31,10 @@ inline double inv_norm_cdf(double p) {
     if (p == 1.0) return std::numeric_limits<double>::infinity();
     return std::numeric_limits<double>::quiet_NaN();
   }
-  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
+  static const double a[] = {-3.969683028665376e+01, 2.209460984245205e+02,  -2.759285104469687e+02,
                              1.383577518672690e+02,  -3.066479806614716e+01, 2.506628277459239e+00};
   static const double b[] = {-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-                             6.680131188771972e+01,  -1.328068155288572e+01};
+                             6.680131188771972e+01, -1.328068155288572e+01};
   static const double c[] = {-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
                              -2.549732539343734e+00, 4.374664141464968e+00,  2.938163982698783e+00};
   static const double d[] = {7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00,
@@ -130,8 +130,8 @@ std::vector<Scalar> decision_thresholds(const std::vector<float>& table) {
 
 inline void check_bits(int bits, int lo, int hi, const char* what) {
   require(bits >= lo && bits <= hi, Errc::unsupported,
-          std::string(what) + ": unsupported bit width " + std::to_string(bits) + " (supported: " +
-              std::to_string(lo) + ".." + std::to_string(hi) + ")");
+          std::string(what) + ": unsupported bit width " + std::to_string(bits) + " (supported: " + std::to_string(lo) +
+              ".." + std::to_string(hi) + ")");
 }
 
 }  // namespace detail

@@ -35,6 +35,8 @@
 // are the practical choice.
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "detail/alternation.hpp"
@@ -46,6 +48,7 @@
 #include "input_statistics.hpp"
 #include "options.hpp"
 #include "quantizer.hpp"
+#include "threads.hpp"
 
 namespace loftq {
 
@@ -103,14 +106,45 @@ Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_
   return detail::initialize_rowmajor(view.data(), m, n, detail::spec_of(quantizer), stats, opt, da);
 }
 
+// The squared output error of an approximation W' of W over the inputs the
+// statistics describe, tr(E H E^T) with E = W - W' and H = stats.gram()
+// (diagonal statistics: H := diag(H)); i.e. ||X (W - W')^T||_F^2 / N over the
+// N calibration samples X. Computed in double with Eigen held serial: the same
+// bits for any thread count. Full statistics cost 2 m n^2 multiply-adds.
+template <class DW, class DA>
+double output_sq_error(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DA>& approx,
+                       const InputStatistics& stats) {
+  detail::require(W.rows() == approx.rows() && W.cols() == approx.cols(), Errc::invalid_argument,
+                  "output_error: W and its approximation differ in shape");
+  detail::require(stats.features() == W.cols(), Errc::invalid_argument,
+                  "output_error: the statistics have " + std::to_string(stats.features()) + " features, but W has " +
+                      std::to_string(W.cols()) + " columns (in_features)");
+  EigenSerialScope serial;
+  const Eigen::MatrixXd E = W.template cast<double>() - approx.template cast<double>();
+  if (stats.mode() == StatsMode::full) return std::max(0.0, (E * stats.gram()).cwiseProduct(E).sum());
+  const Eigen::RowVectorXd d = stats.diagonal().transpose();
+  return (E.array().square().rowwise() * d.array()).sum();
+}
+
+// The relative output error sqrt(tr(E H E^T) / tr(W H W^T)), the measure
+// data-aware initialize reports in Result::history, so that methods computed
+// without the statistics (QLoRA, data-free LoftQ) can be compared with it.
+template <class DW, class DA>
+double output_error(const Eigen::MatrixBase<DW>& W, const Eigen::MatrixBase<DA>& approx, const InputStatistics& stats) {
+  const double num = output_sq_error(W, approx, stats);
+  const double den = output_sq_error(W, W.Zero(W.rows(), W.cols()), stats);
+  detail::require(den > 0, Errc::invalid_argument, "output_error: W has no output on the calibration inputs");
+  return std::sqrt(num / den);
+}
+
 }  // namespace loftq
 
 #ifdef LOFTQ_INSTANCES
 namespace loftq {
 namespace detail {
 LOFTQ_INSTANCE_FLOAT Result<float> initialize_rowmajor<float>(const float*, Eigen::Index, Eigen::Index,
-                                                              const QuantSpec&, const InputStatistics&,
-                                                              const Options&, const DataAwareOptions&);
+                                                              const QuantSpec&, const InputStatistics&, const Options&,
+                                                              const DataAwareOptions&);
 LOFTQ_INSTANCE_DOUBLE Result<double> initialize_rowmajor<double>(const double*, Eigen::Index, Eigen::Index,
                                                                  const QuantSpec&, const InputStatistics&,
                                                                  const Options&, const DataAwareOptions&);

@@ -73,7 +73,8 @@ inline DoubleQuantScales double_quantize_scales(const std::vector<float>& scales
   double sum = 0;
   for (std::size_t i = 0; i < scales.size(); ++i) {
     const float s = scales[i];
-    if (!std::isfinite(s)) detail::fail(Errc::non_finite, "double_quantize_scales: scale " + std::to_string(i) + " is not finite");
+    if (!std::isfinite(s))
+      detail::fail(Errc::non_finite, "double_quantize_scales: scale " + std::to_string(i) + " is not finite");
     if (s < 0.0f)
       detail::fail(Errc::invalid_argument, "double_quantize_scales: scale " + std::to_string(i) + " is negative");
     sum += s;
@@ -127,7 +128,8 @@ inline std::vector<float> recover_scales(const DoubleQuantScales& D) {
 // divides back to its own level; requantizing dequantize(P) gives P's codes.
 inline PackedMatrix double_quantize(PackedMatrix P, Eigen::Index block = kDoubleQuantBlock) {
   detail::validate(P);
-  detail::require(!P.double_quantized(), Errc::invalid_argument, "double_quantize: the scales are already double-quantized");
+  detail::require(!P.double_quantized(), Errc::invalid_argument,
+                  "double_quantize: the scales are already double-quantized");
   detail::require(P.scale_mode == ScaleMode::absmax, Errc::unsupported,
                   "double_quantize: only absmax scales can be double-quantized (min/max blocks carry two values)");
   P.scale_dq = double_quantize_scales(P.scales, block);
@@ -138,11 +140,11 @@ inline PackedMatrix double_quantize(PackedMatrix P, Eigen::Index block = kDouble
 // What double quantization did to a LoftQ result (relative errors
 // ||W - Q - A B^T|| / ||W||).
 struct DoubleQuantEffect {
-  double error_before = 0;       // the LoftQ result as it was
-  double error_rounded = 0;      // with the double-quantized scales, the old factors
-  double error_after = 0;        // what the result now holds (after the refit, if any)
+  double error_before = 0;   // the LoftQ result as it was
+  double error_rounded = 0;  // with the double-quantized scales, the old factors
+  double error_after = 0;    // what the result now holds (after the refit, if any)
   double bits_per_weight_before = 0, bits_per_weight_after = 0;
-  bool refit_kept = false;       // the refit factors replaced the old ones
+  bool refit_kept = false;  // the refit factors replaced the old ones
 };
 
 namespace detail {

@@ -20,12 +20,18 @@ enum class Errc {
 
 inline const char* errc_name(Errc e) noexcept {
   switch (e) {
-    case Errc::invalid_argument: return "invalid_argument";
-    case Errc::non_finite: return "non_finite";
-    case Errc::unsupported: return "unsupported";
-    case Errc::parse_error: return "parse_error";
-    case Errc::io_error: return "io_error";
-    case Errc::cancelled: return "cancelled";
+    case Errc::invalid_argument:
+      return "invalid_argument";
+    case Errc::non_finite:
+      return "non_finite";
+    case Errc::unsupported:
+      return "unsupported";
+    case Errc::parse_error:
+      return "parse_error";
+    case Errc::io_error:
+      return "io_error";
+    case Errc::cancelled:
+      return "cancelled";
   }
   return "unknown";
 }

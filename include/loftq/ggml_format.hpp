@@ -58,12 +58,18 @@ constexpr std::array<std::int8_t, 16> kIq4nlValues = {-127, -104, -83, -65, -49,
 // Bits of one code (the PackedMatrix's bit width).
 constexpr int ggml_format_bits(GgmlFormat f) {
   switch (f) {
-    case GgmlFormat::q8_0: return 8;
-    case GgmlFormat::q2_K: return 2;
-    case GgmlFormat::q3_K: return 3;
-    case GgmlFormat::q5_K: return 5;
-    case GgmlFormat::q6_K: return 6;
-    default: return 4;
+    case GgmlFormat::q8_0:
+      return 8;
+    case GgmlFormat::q2_K:
+      return 2;
+    case GgmlFormat::q3_K:
+      return 3;
+    case GgmlFormat::q5_K:
+      return 5;
+    case GgmlFormat::q6_K:
+      return 6;
+    default:
+      return 4;
   }
 }
 
@@ -78,15 +84,25 @@ inline int ggml_format_sub_block(GgmlFormat f) {
 // Bytes per block (sizeof(block_q4_0), sizeof(block_q2_K), ...).
 inline int ggml_format_block_bytes(GgmlFormat f) {
   switch (f) {
-    case GgmlFormat::q4_0: case GgmlFormat::iq4_nl: return 18;
-    case GgmlFormat::q8_0: return 34;
-    case GgmlFormat::q2_K: return 84;
-    case GgmlFormat::q3_K: return 110;
-    case GgmlFormat::q4_K: return 144;
-    case GgmlFormat::q5_K: return 176;
-    case GgmlFormat::q6_K: return 210;
-    case GgmlFormat::iq4_xs: return 136;
-    case GgmlFormat::none: break;
+    case GgmlFormat::q4_0:
+    case GgmlFormat::iq4_nl:
+      return 18;
+    case GgmlFormat::q8_0:
+      return 34;
+    case GgmlFormat::q2_K:
+      return 84;
+    case GgmlFormat::q3_K:
+      return 110;
+    case GgmlFormat::q4_K:
+      return 144;
+    case GgmlFormat::q5_K:
+      return 176;
+    case GgmlFormat::q6_K:
+      return 210;
+    case GgmlFormat::iq4_xs:
+      return 136;
+    case GgmlFormat::none:
+      break;
   }
   detail::fail(Errc::invalid_argument, "ggml_format_block_bytes: not a ggml format");
 }
@@ -99,34 +115,81 @@ inline double ggml_format_bits_per_weight(GgmlFormat f) {
 // The ggml_type number (ggml.h: GGML_TYPE_Q4_0 = 2, GGML_TYPE_Q2_K = 10, ...).
 inline int ggml_format_type_id(GgmlFormat f) {
   switch (f) {
-    case GgmlFormat::q4_0: return 2;
-    case GgmlFormat::q8_0: return 8;
-    case GgmlFormat::iq4_nl: return 20;
-    case GgmlFormat::q2_K: return 10;
-    case GgmlFormat::q3_K: return 11;
-    case GgmlFormat::q4_K: return 12;
-    case GgmlFormat::q5_K: return 13;
-    case GgmlFormat::q6_K: return 14;
-    case GgmlFormat::iq4_xs: return 23;
-    case GgmlFormat::none: break;
+    case GgmlFormat::q4_0:
+      return 2;
+    case GgmlFormat::q8_0:
+      return 8;
+    case GgmlFormat::iq4_nl:
+      return 20;
+    case GgmlFormat::q2_K:
+      return 10;
+    case GgmlFormat::q3_K:
+      return 11;
+    case GgmlFormat::q4_K:
+      return 12;
+    case GgmlFormat::q5_K:
+      return 13;
+    case GgmlFormat::q6_K:
+      return 14;
+    case GgmlFormat::iq4_xs:
+      return 23;
+    case GgmlFormat::none:
+      break;
   }
   detail::fail(Errc::invalid_argument, "ggml_format_type_id: not a ggml format");
 }
 
 inline const char* ggml_format_name(GgmlFormat f) {
   switch (f) {
-    case GgmlFormat::q4_0: return "q4_0";
-    case GgmlFormat::q8_0: return "q8_0";
-    case GgmlFormat::iq4_nl: return "iq4_nl";
-    case GgmlFormat::q2_K: return "q2_K";
-    case GgmlFormat::q3_K: return "q3_K";
-    case GgmlFormat::q4_K: return "q4_K";
-    case GgmlFormat::q5_K: return "q5_K";
-    case GgmlFormat::q6_K: return "q6_K";
-    case GgmlFormat::iq4_xs: return "iq4_xs";
-    case GgmlFormat::none: break;
+    case GgmlFormat::q4_0:
+      return "q4_0";
+    case GgmlFormat::q8_0:
+      return "q8_0";
+    case GgmlFormat::iq4_nl:
+      return "iq4_nl";
+    case GgmlFormat::q2_K:
+      return "q2_K";
+    case GgmlFormat::q3_K:
+      return "q3_K";
+    case GgmlFormat::q4_K:
+      return "q4_K";
+    case GgmlFormat::q5_K:
+      return "q5_K";
+    case GgmlFormat::q6_K:
+      return "q6_K";
+    case GgmlFormat::iq4_xs:
+      return "iq4_xs";
+    case GgmlFormat::none:
+      break;
   }
   return "none";
+}
+
+// Every format's name, in lower case as llama-quantize takes them ("q4_k").
+inline const std::vector<std::string>& ggml_format_names() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> n;
+    for (GgmlFormat f : {GgmlFormat::iq4_nl, GgmlFormat::q4_0, GgmlFormat::q8_0, GgmlFormat::q2_K, GgmlFormat::q3_K,
+                         GgmlFormat::q4_K, GgmlFormat::q5_K, GgmlFormat::q6_K, GgmlFormat::iq4_xs}) {
+      std::string s = ggml_format_name(f);
+      for (char& c : s) c = static_cast<char>(c == 'K' ? 'k' : c);
+      n.push_back(s);
+    }
+    return n;
+  }();
+  return names;
+}
+
+// The format of a name, in either case ("q4_K" or "q4_k"); Errc::invalid_argument otherwise.
+inline GgmlFormat ggml_format_from_name(const std::string& name) {
+  for (GgmlFormat f : {GgmlFormat::iq4_nl, GgmlFormat::q4_0, GgmlFormat::q8_0, GgmlFormat::q2_K, GgmlFormat::q3_K,
+                       GgmlFormat::q4_K, GgmlFormat::q5_K, GgmlFormat::q6_K, GgmlFormat::iq4_xs}) {
+    std::string s = ggml_format_name(f);
+    if (s == name) return f;
+    for (char& c : s) c = static_cast<char>(c == 'K' ? 'k' : c);
+    if (s == name) return f;
+  }
+  detail::fail(Errc::invalid_argument, "unknown ggml format '" + name + "'");
 }
 
 // The PackedMatrix codebook of a format: level[code], sorted. Q8_0's byte
@@ -152,15 +215,25 @@ inline const std::vector<float>& ggml_levels(GgmlFormat f) {
   }();
   static const std::vector<float> nl(kIq4nlValues.begin(), kIq4nlValues.end());
   switch (f) {
-    case GgmlFormat::q4_0: return q4;
-    case GgmlFormat::q8_0: return q8;
-    case GgmlFormat::iq4_nl: case GgmlFormat::iq4_xs: return nl;
-    case GgmlFormat::q2_K: return k2;
-    case GgmlFormat::q3_K: return k3;
-    case GgmlFormat::q4_K: return k4;
-    case GgmlFormat::q5_K: return k5;
-    case GgmlFormat::q6_K: return k6;
-    case GgmlFormat::none: break;
+    case GgmlFormat::q4_0:
+      return q4;
+    case GgmlFormat::q8_0:
+      return q8;
+    case GgmlFormat::iq4_nl:
+    case GgmlFormat::iq4_xs:
+      return nl;
+    case GgmlFormat::q2_K:
+      return k2;
+    case GgmlFormat::q3_K:
+      return k3;
+    case GgmlFormat::q4_K:
+      return k4;
+    case GgmlFormat::q5_K:
+      return k5;
+    case GgmlFormat::q6_K:
+      return k6;
+    case GgmlFormat::none:
+      break;
   }
   detail::fail(Errc::invalid_argument, "ggml_levels: not a ggml format");
 }

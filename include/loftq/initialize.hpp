@@ -85,7 +85,7 @@ Result<typename Derived::Scalar> qlora_init(const Eigen::MatrixBase<Derived>& W_
 template <class Scalar>
 PeftLora<Scalar> to_peft(const Result<Scalar>& res, double lora_alpha) {
   detail::require(std::isfinite(lora_alpha) && lora_alpha > 0, Errc::invalid_argument,
-          "lora_alpha must be positive and finite");
+                  "lora_alpha must be positive and finite");
   const double r = static_cast<double>(res.A.cols());
   detail::require(r >= 1, Errc::invalid_argument, "to_peft: the result has no factors");
   PeftLora<Scalar> p;

@@ -21,8 +21,8 @@ enum class StatsMode {
 
 namespace detail {
 struct StatsAccess;
-constexpr Eigen::Index kStatsBlock = 128;     // Gram columns per task
-constexpr Eigen::Index kSampleChunk = 1024;   // samples widened to double at a time
+constexpr Eigen::Index kStatsBlock = 128;    // Gram columns per task
+constexpr Eigen::Index kSampleChunk = 1024;  // samples widened to double at a time
 }  // namespace detail
 
 // Accumulates the second moments of a layer's inputs, batch by batch, in
@@ -78,9 +78,9 @@ class InputStatistics {
 
   // Adds another accumulator's samples (e.g. one collected on another shard).
   InputStatistics& merge(const InputStatistics& other) {
-    detail::require(other.n_ == n_, Errc::invalid_argument,
-                    "InputStatistics::merge: " + std::to_string(other.n_) + " features, expected " +
-                        std::to_string(n_));
+    detail::require(
+        other.n_ == n_, Errc::invalid_argument,
+        "InputStatistics::merge: " + std::to_string(other.n_) + " features, expected " + std::to_string(n_));
     detail::require(other.mode_ == mode_, Errc::invalid_argument, "InputStatistics::merge: the modes differ");
     if (mode_ == StatsMode::full)
       sum_ += other.sum_;

@@ -51,11 +51,11 @@ struct MatrixErrors {
 };
 
 struct BitAllocation {
-  std::vector<int> bits;        // chosen width per matrix
-  double total_sq_error = 0;    // sum of the chosen errors
-  double average_bits = 0;      // code bits per weight: sum n_i b_i / sum n_i
-  bool exact = true;            // the DP ran in exact units (the optimum)
-  double gap_bits = 0;          // when not exact: optimal for a budget this much lower
+  std::vector<int> bits;      // chosen width per matrix
+  double total_sq_error = 0;  // sum of the chosen errors
+  double average_bits = 0;    // code bits per weight: sum n_i b_i / sum n_i
+  bool exact = true;          // the DP ran in exact units (the optimum)
+  double gap_bits = 0;        // when not exact: optimal for a budget this much lower
 };
 
 struct AllocateOptions {
@@ -87,14 +87,17 @@ inline BitAllocation allocate_bits(const std::vector<MatrixErrors>& mats, const 
   detail::require(!mats.empty(), Errc::invalid_argument, "allocate_bits: no matrices");
   const int bmin = candidates.front(), bmax = candidates.back();
   detail::require(std::isfinite(budget) && budget >= bmin && budget <= bmax, Errc::invalid_argument,
-                  "allocate_bits: budget " + std::to_string(budget) + " bits per weight is outside the candidate range " +
-                      std::to_string(bmin) + ".." + std::to_string(bmax));
-  detail::require(ao.max_cells >= mats.size(), Errc::invalid_argument, "allocate_bits: max_cells is below the matrix count");
+                  "allocate_bits: budget " + std::to_string(budget) +
+                      " bits per weight is outside the candidate range " + std::to_string(bmin) + ".." +
+                      std::to_string(bmax));
+  detail::require(ao.max_cells >= mats.size(), Errc::invalid_argument,
+                  "allocate_bits: max_cells is below the matrix count");
   const std::size_t K = mats.size(), J = candidates.size();
   std::int64_t total = 0, gn = 0;
   for (std::size_t i = 0; i < K; ++i) {
     const MatrixErrors& M = mats[i];
-    detail::require(M.numel >= 1, Errc::invalid_argument, "allocate_bits: matrix " + std::to_string(i) + " has no elements");
+    detail::require(M.numel >= 1, Errc::invalid_argument,
+                    "allocate_bits: matrix " + std::to_string(i) + " has no elements");
     detail::require(M.sq_error.size() == J, Errc::invalid_argument,
                     "allocate_bits: matrix " + std::to_string(i) + " has " + std::to_string(M.sq_error.size()) +
                         " errors for " + std::to_string(J) + " candidate widths");
@@ -128,7 +131,8 @@ inline BitAllocation allocate_bits(const std::vector<MatrixErrors>& mats, const 
   // way it is reported cannot exceed the budget through rounding.
   std::int64_t cap = static_cast<std::int64_t>(std::floor((budget - bmin) * static_cast<double>(total)));
   while (cap > 0 && (static_cast<double>(bmin) * static_cast<double>(total) + static_cast<double>(cap)) /
-                            static_cast<double>(total) > budget)
+                            static_cast<double>(total) >
+                        budget)
     --cap;
   // Spending more than every matrix at bmax is pointless: cap the table there.
   cap = std::min<std::int64_t>(cap, (bmax - bmin) * total);
@@ -150,7 +154,7 @@ inline BitAllocation allocate_bits(const std::vector<MatrixErrors>& mats, const 
   for (std::size_t i = 0; i < K; ++i)
     for (std::size_t j = 0; j < J; ++j) {
       const std::int64_t cost = mats[i].numel * (candidates[j] - bmin);  // < 64 * total: no overflow
-      w[i][j] = (cost + unit - 1) / unit;  // rounded up: the budget holds in exact bits
+      w[i][j] = (cost + unit - 1) / unit;                                // rounded up: the budget holds in exact bits
     }
   const double inf = std::numeric_limits<double>::infinity();
   std::vector<double> dp(static_cast<std::size_t>(S), inf), next(static_cast<std::size_t>(S));

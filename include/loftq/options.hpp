@@ -22,8 +22,8 @@ enum class Start {
 struct Options {
   Eigen::Index rank = 16;
   int iterations = 5;
-  SVDOptions svd;                 // method, oversampling, power iterations, seed
-  bool warm_start = true;         // seed each randomized SVD with the previous right basis
+  SVDOptions svd;          // method, oversampling, power iterations, seed
+  bool warm_start = true;  // seed each randomized SVD with the previous right basis
   // Power iterations once warm-started; -1: automatic, 0 when both sides of W
   // are >= kWarmNoPowerFrom, else 1 (svd.hpp has the measurements).
   int warm_power_iterations = -1;
@@ -40,9 +40,9 @@ struct Options {
   Start start = Start::svd;
   bool scale_search = true;       // per-block squared-error-optimal scales <= absmax (same storage)
   bool warm_scale_search = true;  // after the first iteration, search each block's scale from its last choice
-  bool keep_best = true;   // return the iterate with the lowest error; false: the last (reference)
-  double tolerance = 0.0;  // stop once the relative improvement of the error falls below this; 0: never
-  int threads = 0;         // 0: OpenMP's default; results do not depend on it
+  bool keep_best = true;          // return the iterate with the lowest error; false: the last (reference)
+  double tolerance = 0.0;         // stop once the relative improvement of the error falls below this; 0: never
+  int threads = 0;                // 0: OpenMP's default; results do not depend on it
   // Cooperative cancellation: when *cancel becomes true (from any thread, or
   // a signal handler: a lock-free atomic store is async-signal-safe), the
   // call throws Error(Errc::cancelled) at its next step boundary, a sweep or
@@ -54,10 +54,10 @@ struct Options {
 template <class Scalar>
 struct Result {
   using Matrix = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
-  RowMatrix<Scalar> Q;  // dequantized, m x n
-  Matrix A;             // m x r, U_r sqrt(S_r)
-  Matrix B;             // n x r, V_r sqrt(S_r); W ~ Q + A B^T
-  PackedMatrix packed;  // codes and scales of Q
+  RowMatrix<Scalar> Q;          // dequantized, m x n
+  Matrix A;                     // m x r, U_r sqrt(S_r)
+  Matrix B;                     // n x r, V_r sqrt(S_r); W ~ Q + A B^T
+  PackedMatrix packed;          // codes and scales of Q
   std::vector<double> history;  // ||W - Q_t - A_t B_t^T|| / ||W|| after each iteration t
   int best_iteration = 0;       // 1-based iteration whose iterate is returned
   double qlora_error = 0.0;     // ||W - q(W)|| / ||W||: the QLoRA-style baseline

@@ -56,10 +56,14 @@ struct DoubleQuantScales {
 
   bool empty() const { return codes.empty(); }
   std::size_t num_blocks() const {
-    return block_size > 0 ? (codes.size() + static_cast<std::size_t>(block_size) - 1) / static_cast<std::size_t>(block_size) : 0;
+    return block_size > 0
+               ? (codes.size() + static_cast<std::size_t>(block_size) - 1) / static_cast<std::size_t>(block_size)
+               : 0;
   }
   // Storage: 8-bit codes, fp32 absmax per block, the fp32 mean.
-  double storage_bits() const { return empty() ? 0.0 : 8.0 * static_cast<double>(codes.size() + 4 * absmax.size() + 4); }
+  double storage_bits() const {
+    return empty() ? 0.0 : 8.0 * static_cast<double>(codes.size() + 4 * absmax.size() + 4);
+  }
   // Scale i as the layout defines it. Kept to plain float operations whose
   // operands make every step exact but the last add (see the layout).
   float scale(std::size_t i) const {
@@ -73,11 +77,11 @@ struct PackedMatrix {
   Eigen::Index block_size = 64;
   int bits = 4;
   ScaleMode scale_mode = ScaleMode::absmax;
-  std::vector<float> codebook;      // 2^bits normalized levels, sorted
-  std::vector<std::uint8_t> codes;  // bit stream, see above
-  std::vector<float> scales;        // one per block
-  std::vector<float> mins;          // one per block for minmax and affine, else empty
-  DoubleQuantScales scale_dq;       // when present, what storage holds instead of fp32 scales
+  std::vector<float> codebook;            // 2^bits normalized levels, sorted
+  std::vector<std::uint8_t> codes;        // bit stream, see above
+  std::vector<float> scales;              // one per block
+  std::vector<float> mins;                // one per block for minmax and affine, else empty
+  DoubleQuantScales scale_dq;             // when present, what storage holds instead of fp32 scales
   std::vector<std::uint8_t> ggml_blocks;  // a K format's super-blocks as ggml stores them, else empty
 
   Eigen::Index size() const { return rows * cols; }
@@ -121,7 +125,8 @@ inline void pack_codes(std::uint8_t* stream, std::int64_t first, const std::uint
     std::uint8_t* out = stream + first / 4;
     std::int64_t i = 0;
     for (; i + 3 < n; i += 4)
-      out[i / 4] = static_cast<std::uint8_t>(codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6));
+      out[i / 4] =
+          static_cast<std::uint8_t>(codes[i] | (codes[i + 1] << 2) | (codes[i + 2] << 4) | (codes[i + 3] << 6));
     for (int k = 0; i < n; ++i, ++k) out[i / 4] |= static_cast<std::uint8_t>(codes[i] << (2 * k));
     return;
   }
@@ -166,18 +171,21 @@ inline void unpack_codes(const std::uint8_t* stream, std::size_t stream_bytes, s
 inline void validate_dq(const DoubleQuantScales& D, const std::vector<float>& scales, ScaleMode mode) {
   require(mode == ScaleMode::absmax, Errc::unsupported, "PackedMatrix: double-quantized scales need absmax scaling");
   require(D.block_size >= 1, Errc::invalid_argument, "PackedMatrix: scale_dq.block_size must be >= 1");
-  require(D.codes.size() == scales.size(), Errc::invalid_argument, "PackedMatrix: expected one scale_dq code per block");
+  require(D.codes.size() == scales.size(), Errc::invalid_argument,
+          "PackedMatrix: expected one scale_dq code per block");
   require(D.absmax.size() == D.num_blocks(), Errc::invalid_argument,
           "PackedMatrix: expected one scale_dq absmax per " + std::to_string(D.block_size) + " scales");
   require(std::isfinite(D.mean), Errc::non_finite, "PackedMatrix: scale_dq mean is not finite");
   for (float a : D.absmax)
-    require(std::isfinite(a) && a >= 0.0f, Errc::invalid_argument, "PackedMatrix: scale_dq absmax must be finite and >= 0");
+    require(std::isfinite(a) && a >= 0.0f, Errc::invalid_argument,
+            "PackedMatrix: scale_dq absmax must be finite and >= 0");
   for (std::size_t i = 0; i < scales.size(); ++i) {
     if (D.codes[i] == 0) fail(Errc::invalid_argument, "PackedMatrix: scale_dq code 0 is outside 1..255");
     const float s = D.scale(i);
     // Compared as bits: -0.0 vs 0.0 or NaN must not slip through.
     if (!(s == scales[i] && std::signbit(s) == std::signbit(scales[i])))
-      fail(Errc::invalid_argument, "PackedMatrix: scale " + std::to_string(i) + " disagrees with its double-quantized code");
+      fail(Errc::invalid_argument,
+           "PackedMatrix: scale " + std::to_string(i) + " disagrees with its double-quantized code");
   }
 }
 
@@ -194,8 +202,8 @@ inline void validate(const PackedMatrix& P) {
               std::to_string(packed_bytes(P.size(), P.bits)));
   require(P.scales.size() == static_cast<std::size_t>(P.num_blocks()), Errc::invalid_argument,
           "PackedMatrix: expected one scale per block");
-  require(P.scale_mode == ScaleMode::absmax ? P.mins.empty() : P.mins.size() == P.scales.size(),
-          Errc::invalid_argument, "PackedMatrix: mins must be empty for absmax and one per block for minmax and affine");
+  require(P.scale_mode == ScaleMode::absmax ? P.mins.empty() : P.mins.size() == P.scales.size(), Errc::invalid_argument,
+          "PackedMatrix: mins must be empty for absmax and one per block for minmax and affine");
   if (P.double_quantized()) validate_dq(P.scale_dq, P.scales, P.scale_mode);
 }
 

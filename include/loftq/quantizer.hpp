@@ -65,12 +65,11 @@ struct Quantizer {
   bool symmetric = true;  // uniform only
 
   Quantizer() = default;
-  Quantizer(Kind k, int b, Eigen::Index block = 64, bool sym = true) : kind(k), bits(b), block_size(block), symmetric(sym) {
+  Quantizer(Kind k, int b, Eigen::Index block = 64, bool sym = true)
+      : kind(k), bits(b), block_size(block), symmetric(sym) {
     codebook();  // validates bits now rather than at first use
   }
-  ScaleMode scale_mode() const {
-    return kind == Kind::uniform && !symmetric ? ScaleMode::minmax : ScaleMode::absmax;
-  }
+  ScaleMode scale_mode() const { return kind == Kind::uniform && !symmetric ? ScaleMode::minmax : ScaleMode::absmax; }
   const std::vector<float>& codebook() const {
     return kind == Kind::normal_float ? normal_float_codebook(bits) : uniform_codebook(bits, symmetric);
   }
@@ -157,4 +156,3 @@ RowMatrix<typename Derived::Scalar> fake_quantize(const Eigen::MatrixBase<Derive
 }
 
 }  // namespace loftq
-

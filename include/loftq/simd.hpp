@@ -12,9 +12,12 @@ namespace loftq {
 
 inline const char* simd_path() {
   switch (detail::simd_path()) {
-    case detail::SimdPath::avx2: return "avx2+fma";
-    case detail::SimdPath::neon: return "neon";
-    default: return "portable";
+    case detail::SimdPath::avx2:
+      return "avx2+fma";
+    case detail::SimdPath::neon:
+      return "neon";
+    default:
+      return "portable";
   }
 }
 

@@ -77,9 +77,9 @@ class TruncatedSVD {
   template <class Derived, class DerivedV>
   TruncatedSVD& compute(const Eigen::MatrixBase<Derived>& M, Eigen::Index rank, const SVDOptions& opts,
                         const Eigen::MatrixBase<DerivedV>& start) {
-    detail::require(start.rows() == M.cols(), Errc::invalid_argument,
-            "TruncatedSVD: warm start has " + std::to_string(start.rows()) + " rows, expected " +
-                std::to_string(M.cols()));
+    detail::require(
+        start.rows() == M.cols(), Errc::invalid_argument,
+        "TruncatedSVD: warm start has " + std::to_string(start.rows()) + " rows, expected " + std::to_string(M.cols()));
     const DenseMatrix s = start.template cast<Scalar>();
     return compute_impl(M.derived(), rank, opts, &s);
   }
@@ -108,10 +108,10 @@ class TruncatedSVD {
     const Eigen::Index m = M.rows(), n = M.cols(), mn = std::min(m, n);
     detail::require(m > 0 && n > 0, Errc::invalid_argument, "TruncatedSVD: the matrix is empty");
     detail::require(rank >= 1 && rank <= mn, Errc::invalid_argument,
-            "TruncatedSVD: rank " + std::to_string(rank) + " is outside 1.." + std::to_string(mn) + " for a " +
-                std::to_string(m) + "x" + std::to_string(n) + " matrix");
+                    "TruncatedSVD: rank " + std::to_string(rank) + " is outside 1.." + std::to_string(mn) + " for a " +
+                        std::to_string(m) + "x" + std::to_string(n) + " matrix");
     detail::require(opts.oversampling >= 0 && opts.power_iterations >= 0, Errc::invalid_argument,
-            "TruncatedSVD: oversampling and power_iterations must be >= 0");
+                    "TruncatedSVD: oversampling and power_iterations must be >= 0");
     detail::EigenSerialScope serial;
     const Eigen::Index k = std::min(rank + opts.oversampling, mn);
     // When the sketch would cover the whole space the exact method is both

@@ -114,8 +114,8 @@ int make(int argc, char** argv) {
   for (std::size_t i = 0; i < dims.size(); ++i) shape += (i ? ", " : "") + std::to_string(dims[i]);
   if (dims.size() == 1) shape += ",";
   shape += ")";
-  std::string header = "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") +
-                       ", 'shape': " + shape + ", }";
+  std::string header =
+      "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") + ", 'shape': " + shape + ", }";
   header.append((64 - (10 + header.size() + 1) % 64) % 64, ' ');
   header += '\n';
 
@@ -159,7 +159,8 @@ int check(int argc, char** argv) {
   const std::string b = slurp(path);
   if (b.size() < 10 || b.compare(0, 6, "\x93NUMPY") != 0) die(path + ": bad magic");
   if (b[6] != 1 || b[7] != 0) die(path + ": expected format version 1.0");
-  const std::size_t hlen = static_cast<unsigned char>(b[8]) | (static_cast<std::size_t>(static_cast<unsigned char>(b[9])) << 8);
+  const std::size_t hlen =
+      static_cast<unsigned char>(b[8]) | (static_cast<std::size_t>(static_cast<unsigned char>(b[9])) << 8);
   if (10 + hlen > b.size()) die(path + ": header runs past the end");
   const std::string h = b.substr(10, hlen);
   const std::string want_shape = "'shape': (" + std::to_string(rows) + ", " + std::to_string(cols) + ")";

@@ -28,8 +28,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (g.data_offset() + t.offset + t.nbytes > g.file_size()) std::abort();
     end = t.offset + t.nbytes;
     const auto ty = static_cast<loftq::io::GgmlType>(t.type);
-    if (t.ne.size() == 2 && (ty == loftq::io::GgmlType::F32 || ty == loftq::io::GgmlType::F16 ||
-                             ty == loftq::io::GgmlType::BF16)) {
+    if (t.ne.size() == 2 &&
+        (ty == loftq::io::GgmlType::F32 || ty == loftq::io::GgmlType::F16 || ty == loftq::io::GgmlType::BF16)) {
       try {
         const auto M = g.read_matrix(t);
         if (static_cast<std::uint64_t>(M.size()) != t.numel) std::abort();

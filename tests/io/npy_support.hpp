@@ -45,11 +45,11 @@ std::optional<loftq::Error> error_of(F&& f) {
 
 bool contains(const std::string& s, const std::string& needle) { return s.find(needle) != std::string::npos; }
 
-#define NPY_CHECK_ERRC(expr, errc)                                        \
-  do {                                                                    \
-    auto npy_err_ = error_of([&] { (void)(expr); });                      \
-    REQUIRE_MESSAGE(npy_err_.has_value(), "no loftq::Error from " #expr); \
-    CHECK_MESSAGE(npy_err_->code() == (errc), std::string(npy_err_->what()));          \
+#define NPY_CHECK_ERRC(expr, errc)                                            \
+  do {                                                                        \
+    auto npy_err_ = error_of([&] { (void)(expr); });                          \
+    REQUIRE_MESSAGE(npy_err_.has_value(), "no loftq::Error from " #expr);     \
+    CHECK_MESSAGE(npy_err_->code() == (errc), std::string(npy_err_->what())); \
   } while (0)
 
 // Magic, version, header-length field and header text exactly as given: the
@@ -78,8 +78,7 @@ inline Bytes image(const std::string& dict, const Bytes& data, int major = 1) {
 }
 
 inline std::string dict(const std::string& descr, bool fortran, const std::string& shape) {
-  return "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") + ", 'shape': " + shape +
-         ", }";
+  return "{'descr': '" + descr + "', 'fortran_order': " + (fortran ? "True" : "False") + ", 'shape': " + shape + ", }";
 }
 
 inline Bytes f32le(const std::vector<float>& v) {
@@ -122,8 +121,7 @@ struct TempDir {
   fs::path path;
   TempDir() {
     static int counter = 0;
-    path = fs::temp_directory_path() /
-           ("loftq_npy_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
+    path = fs::temp_directory_path() / ("loftq_npy_test_" + std::to_string(getpid()) + "_" + std::to_string(counter++));
     fs::remove_all(path);
     fs::create_directories(path);
   }

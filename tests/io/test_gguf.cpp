@@ -99,7 +99,8 @@ std::vector<unsigned char> one_tensor(const std::function<void(Raw&)>& kvs, std:
 
 TEST_CASE("the writer's files read back by the library and by the independent parser") {
   TempFile f;
-  const std::vector<gio::GgufKV> kvs = {gio::gguf_kv_u32("general.alignment", 64), gio::gguf_kv_string("general.architecture", "llama"),
+  const std::vector<gio::GgufKV> kvs = {gio::gguf_kv_u32("general.alignment", 64),
+                                        gio::gguf_kv_string("general.architecture", "llama"),
                                         gio::gguf_kv_f32("x.f", 0.25f)};
   const std::vector<gio::GgufTensorDecl> decls = {{"a", {3}, 0}, {"b.weight", {64, 2}, 8}, {"c", {2, 2, 2}, 30}};
   {
@@ -208,9 +209,9 @@ TEST_CASE("ggml block bytes decode, by ggml's rules, to the library's Q bit for 
   CHECK_THROWS_AS(gio::ggml_block_bytes(k_odd, loftq::GgmlFormat::q4_K), loftq::Error);
   const loftq::PackedMatrix k4 = loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_K{});
   CHECK_THROWS_AS(gio::ggml_block_bytes(k4, loftq::GgmlFormat::q5_K), loftq::Error);
-  CHECK_THROWS_AS(gio::ggml_block_bytes(loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_0{}),
-                                        loftq::GgmlFormat::q4_K),
-                  loftq::Error);
+  CHECK_THROWS_AS(
+      gio::ggml_block_bytes(loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_0{}), loftq::GgmlFormat::q4_K),
+      loftq::Error);
   // Rows that are not whole blocks have no ggml layout; nor have other codes.
   const loftq::PackedMatrix odd = loftq::quantize(random_matrix(2, 48, 3), loftq::GgmlQ4_0{});
   CHECK_THROWS_AS(gio::ggml_block_bytes(odd, loftq::GgmlFormat::q4_0), loftq::Error);
@@ -334,8 +335,16 @@ TEST_CASE("hostile files: every defect is a loftq::Error") {
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {}, 0, 0); }, 1)) == kParse);
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {1, 1, 1, 1, 1}, 0, 0); }, 1)) == kParse);
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {8, 0}, 0, 0); }, 1)) == kParse);
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {std::uint64_t(1) << 40, std::uint64_t(1) << 40}, 0, 0); }, 1)) == kParse);
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {std::uint64_t(1) << 62, 4}, 8, 0); }, 1)) == kParse);  // bytes overflow
+    CHECK(open_code(file(
+              [](Raw& r) {
+                r.tensor("a", {std::uint64_t(1) << 40, std::uint64_t(1) << 40}, 0, 0);
+              },
+              1)) == kParse);
+    CHECK(open_code(file(
+              [](Raw& r) {
+                r.tensor("a", {std::uint64_t(1) << 62, 4}, 8, 0);
+              },
+              1)) == kParse);  // bytes overflow
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 99, 0); }, 1)) == kUnsup);
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {33}, 8, 0); }, 1)) == kParse);  // not whole Q8_0 blocks
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 0, 1); }, 1)) == kParse);   // misaligned
@@ -351,7 +360,7 @@ TEST_CASE("hostile files: every defect is a loftq::Error") {
                 r.tensor("a", {8}, 0, 0);
                 r.tensor("a", {8}, 0, 32);
               },
-              2)) == kParse);  // duplicate
+              2)) == kParse);                                                            // duplicate
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {64}, 0, 0); }, 1, 64)) == kParse);  // past the end
     CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 0, std::uint64_t(-32)); }, 1)) == kParse);
   }

@@ -66,7 +66,7 @@ double seconds_since(std::chrono::steady_clock::time_point t0) {
 // Opens the file, returning the error code (nullopt when it opens), and
 // checks the time taken.
 std::optional<loftq::Errc> open_code(const std::string& name, const std::string& header, std::size_t data_bytes = 0,
-                      std::size_t* tensors = nullptr) {
+                                     std::size_t* tensors = nullptr) {
   const std::string p = path_of(name);
   write_file(p, header, data_bytes);
   const auto t0 = std::chrono::steady_clock::now();
@@ -132,9 +132,8 @@ TEST_CASE("wide headers of empty containers are refused in linear time") {
     CHECK(open_code("siblings2.safetensors", repeated(R"({"__metadata__":{"x":{})", R"("y":{})", "}}", n)) ==
           loftq::Errc::parse_error);
     CHECK(open_code("flat.safetensors", repeated(R"({"__metadata__":[)", "[]", "]}", n)) == loftq::Errc::parse_error);
-    CHECK(open_code("flatshape.safetensors",
-                    repeated(R"({"a":{"dtype":"F32","data_offsets":[0,0],"shape":[)", "[]", "]}}", n)) ==
-          loftq::Errc::parse_error);
+    CHECK(open_code("flatshape.safetensors", repeated(R"({"a":{"dtype":"F32","data_offsets":[0,0],"shape":[)", "[]",
+                                                      "]}}", n)) == loftq::Errc::parse_error);
     CHECK(open_code("flattop.safetensors", repeated("[", "[]", "]", n)) == loftq::Errc::parse_error);
     // Schema-valid up to a missing brace at the very end: the whole text is
     // lexed and every metadata string kept before the error.

@@ -6,62 +6,61 @@
 using namespace npy_test;
 
 TEST_SUITE("npy") {
+  TEST_CASE("file errors are io_error and name the path") {
+    TempDir dir;
+    Eigen::MatrixXf M = Eigen::MatrixXf::Ones(2, 2);
 
-TEST_CASE("file errors are io_error and name the path") {
-  TempDir dir;
-  Eigen::MatrixXf M = Eigen::MatrixXf::Ones(2, 2);
+    SUBCASE("write into a missing directory leaves nothing behind") {
+      const std::string path = (dir.path / "missing" / "w.npy").string();
+      auto e = error_of([&] { loftq::io::write_npy(path, M); });
+      REQUIRE(e.has_value());
+      CHECK(e->code() == Errc::io_error);
+      CHECK(contains(e->what(), path));
+      CHECK_FALSE(fs::exists(dir.path / "missing"));
+      CHECK(dir.entries().empty());
+    }
+    SUBCASE("rename onto a directory fails and the temp file is removed") {
+      fs::create_directory(dir.path / "target.npy");
+      const std::string path = (dir.path / "target.npy").string();
+      auto e = error_of([&] { loftq::io::write_npy(path, M); });
+      REQUIRE(e.has_value());
+      CHECK(e->code() == Errc::io_error);
+      CHECK(contains(e->what(), path));
+      CHECK(dir.entries() == std::vector<std::string>{"target.npy"});
+    }
+    SUBCASE("overwriting replaces the file whole") {
+      const std::string path = (dir.path / "w.npy").string();
+      loftq::io::write_npy(path, Eigen::MatrixXf::Zero(5, 5));
+      loftq::io::write_npy(path, M);
+      const auto R = loftq::io::read_npy_matrix<float>(path);
+      CHECK(R.rows() == 2);
+      CHECK(R(1, 1) == 1.0f);
+      CHECK(dir.entries() == std::vector<std::string>{"w.npy"});
+    }
+    SUBCASE("reading") {
+      const std::string missing = (dir.path / "nope.npy").string();
+      auto e = error_of([&] { loftq::io::read_npy(missing); });
+      REQUIRE(e.has_value());
+      CHECK(e->code() == Errc::io_error);
+      CHECK(contains(e->what(), missing));
 
-  SUBCASE("write into a missing directory leaves nothing behind") {
-    const std::string path = (dir.path / "missing" / "w.npy").string();
-    auto e = error_of([&] { loftq::io::write_npy(path, M); });
-    REQUIRE(e.has_value());
-    CHECK(e->code() == Errc::io_error);
-    CHECK(contains(e->what(), path));
-    CHECK_FALSE(fs::exists(dir.path / "missing"));
-    CHECK(dir.entries().empty());
+      NPY_CHECK_ERRC(loftq::io::read_npy(dir.path.string()), Errc::io_error);
+
+      const fs::path junk = dir.path / "junk.npy";
+      write_file(junk, Bytes{'h', 'e', 'l', 'l', 'o'});
+      auto e2 = error_of([&] { loftq::io::read_npy_matrix<float>(junk.string()); });
+      REQUIRE(e2.has_value());
+      CHECK(e2->code() == Errc::parse_error);
+      CHECK(contains(e2->what(), junk.string()));
+
+      const fs::path cube = dir.path / "cube.npy";
+      write_file(cube, image(dict("<f4", false, "(1, 1, 1)"), f32le({1.0f})));
+      auto e3 = error_of([&] { loftq::io::read_npy_matrix<double>(cube.string()); });
+      REQUIRE(e3.has_value());
+      CHECK(e3->code() == Errc::invalid_argument);
+      CHECK(contains(e3->what(), cube.string()));
+    }
   }
-  SUBCASE("rename onto a directory fails and the temp file is removed") {
-    fs::create_directory(dir.path / "target.npy");
-    const std::string path = (dir.path / "target.npy").string();
-    auto e = error_of([&] { loftq::io::write_npy(path, M); });
-    REQUIRE(e.has_value());
-    CHECK(e->code() == Errc::io_error);
-    CHECK(contains(e->what(), path));
-    CHECK(dir.entries() == std::vector<std::string>{"target.npy"});
-  }
-  SUBCASE("overwriting replaces the file whole") {
-    const std::string path = (dir.path / "w.npy").string();
-    loftq::io::write_npy(path, Eigen::MatrixXf::Zero(5, 5));
-    loftq::io::write_npy(path, M);
-    const auto R = loftq::io::read_npy_matrix<float>(path);
-    CHECK(R.rows() == 2);
-    CHECK(R(1, 1) == 1.0f);
-    CHECK(dir.entries() == std::vector<std::string>{"w.npy"});
-  }
-  SUBCASE("reading") {
-    const std::string missing = (dir.path / "nope.npy").string();
-    auto e = error_of([&] { loftq::io::read_npy(missing); });
-    REQUIRE(e.has_value());
-    CHECK(e->code() == Errc::io_error);
-    CHECK(contains(e->what(), missing));
-
-    NPY_CHECK_ERRC(loftq::io::read_npy(dir.path.string()), Errc::io_error);
-
-    const fs::path junk = dir.path / "junk.npy";
-    write_file(junk, Bytes{'h', 'e', 'l', 'l', 'o'});
-    auto e2 = error_of([&] { loftq::io::read_npy_matrix<float>(junk.string()); });
-    REQUIRE(e2.has_value());
-    CHECK(e2->code() == Errc::parse_error);
-    CHECK(contains(e2->what(), junk.string()));
-
-    const fs::path cube = dir.path / "cube.npy";
-    write_file(cube, image(dict("<f4", false, "(1, 1, 1)"), f32le({1.0f})));
-    auto e3 = error_of([&] { loftq::io::read_npy_matrix<double>(cube.string()); });
-    REQUIRE(e3.has_value());
-    CHECK(e3->code() == Errc::invalid_argument);
-    CHECK(contains(e3->what(), cube.string()));
-  }
-}
 
 }  // TEST_SUITE
 
@@ -77,7 +76,8 @@ std::optional<loftq::Error> read_from_fifo(const Bytes& head, std::size_t extra,
   REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
   // A reader that closes early must show up as EPIPE in the writer, not kill
   // the test.
-  struct sigaction ignore {}, old {};
+  struct sigaction ignore {
+  }, old{};
   ignore.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ignore, &old);
   std::atomic<std::size_t> sent{0};
@@ -143,7 +143,8 @@ TEST_CASE("read_npy_matrix reads float32 C-order files directly, with read_npy's
     // The head helper gives the bytes npy_image puts before the data.
     const std::string head = loftq::io::detail::npy_head_f32(37, 53);
     CHECK(head.size() % 64 == 0);
-    CHECK(Bytes(img.begin(), img.begin() + static_cast<std::ptrdiff_t>(head.size())) == Bytes(head.begin(), head.end()));
+    CHECK(Bytes(img.begin(), img.begin() + static_cast<std::ptrdiff_t>(head.size())) ==
+          Bytes(head.begin(), head.end()));
   }
   SUBCASE("float64 and Fortran order take the general path") {
     const Eigen::MatrixXd D = M.cast<double>();

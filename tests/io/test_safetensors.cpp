@@ -26,7 +26,9 @@ namespace {
 struct ScratchDir {
   std::string path;
   ScratchDir() {
-    path = (std::filesystem::temp_directory_path() / ("loftq_test_safetensors_" + std::to_string(static_cast<long>(::getpid())))).string();
+    path = (std::filesystem::temp_directory_path() /
+            ("loftq_test_safetensors_" + std::to_string(static_cast<long>(::getpid()))))
+               .string();
     std::filesystem::create_directories(path);
   }
   ~ScratchDir() {
@@ -98,8 +100,8 @@ TEST_CASE("half and bfloat16 conversions") {
     REQUIRE(st::float_to_half(f) == h);
   }
   // Round to nearest even, overflow to Inf.
-  CHECK(st::float_to_half(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);       // tie -> even
-  CHECK(st::float_to_half(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);   // tie -> even (up)
+  CHECK(st::float_to_half(1.0f + std::ldexp(1.0f, -11)) == 0x3c00);      // tie -> even
+  CHECK(st::float_to_half(1.0f + 3 * std::ldexp(1.0f, -11)) == 0x3c02);  // tie -> even (up)
   CHECK(st::float_to_half(65520.0f) == 0x7c00);
   CHECK(st::float_to_half(65519.0f) == 0x7bff);
   CHECK(st::float_to_half(std::ldexp(1.0f, -26)) == 0x0000);
@@ -254,23 +256,41 @@ TEST_CASE("hostile files are typed errors naming the file") {
   check_parse_error("notobject", R"([1,2,3])", 0);
   check_parse_error("nul", std::string("{\"a\":\0}", 7), 0);
   // Valid JSON up to a NUL: nlohmann's lexer would stop there and ignore the rest.
-  check_parse_error("nultrail", std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") + std::string("\0\0junk", 6), 4);
-  check_parse_error("nulstring", std::string("{\"a\":{\"dtype\":\"F32\0\",\"shape\":[1],\"data_offsets\":[0,4]}}", 55), 4);
-  check_parse_error("bom", "\xEF\xBB\xBF" R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 4);
+  check_parse_error(
+      "nultrail", std::string(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})") + std::string("\0\0junk", 6),
+      4);
+  check_parse_error("nulstring", std::string("{\"a\":{\"dtype\":\"F32\0\",\"shape\":[1],\"data_offsets\":[0,4]}}", 55),
+                    4);
+  check_parse_error("bom",
+                    "\xEF\xBB\xBF"
+                    R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})",
+                    4);
   check_parse_error("dupmeta", R"({"__metadata__":{"k":"v"},"__metadata__":{}})", 0);
   check_parse_error("dupmetakey", R"({"__metadata__":{"k":"v","k":"w"}})", 0);
-  check_parse_error("dupname", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8);
+  check_parse_error(
+      "dupname",
+      R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+      8);
   check_parse_error("dupkey", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4],"dtype":"F16"}})", 4);
-  check_parse_error("overlap", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12);
-  check_parse_error("same", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 8);
+  check_parse_error(
+      "overlap",
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})",
+      12);
+  check_parse_error(
+      "same",
+      R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+      8);
   check_parse_error("outofrange", R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", 4);
-  check_parse_error("hugeoffset", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[18446744073709551615,18446744073709551615]}})", 0);
+  check_parse_error("hugeoffset",
+                    R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[18446744073709551615,18446744073709551615]}})",
+                    0);
   check_parse_error("gap", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", 8);
   check_parse_error("trailing", R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", 8);
   check_parse_error("reversed", R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}})", 4);
   check_parse_error("bytecount", R"({"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8);
   check_parse_error("dtypesize", R"({"a":{"dtype":"F16","shape":[4],"data_offsets":[0,16]}})", 16);
-  check_parse_error("overflow", R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}})", 0);
+  check_parse_error("overflow",
+                    R"({"a":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,0]}})", 0);
   check_parse_error("overflow2", R"({"a":{"dtype":"F64","shape":[4611686018427387904],"data_offsets":[0,0]}})", 0);
   check_parse_error("negative", R"({"a":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})", 0);
   check_parse_error("fraction", R"({"a":{"dtype":"F32","shape":[1.5],"data_offsets":[0,4]}})", 4);
@@ -289,9 +309,15 @@ TEST_CASE("hostile files are typed errors naming the file") {
   CHECK(open_error("unkdtype.safetensors", raw_file(R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}})", 1)) ==
         loftq::Errc::unsupported);
   // An unknown dtype in a file that is malformed anyway is a parse_error.
-  check_parse_error("unkdtype_gap", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})", 6);
+  check_parse_error(
+      "unkdtype_gap",
+      R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[1],"data_offsets":[2,6]}})",
+      6);
   check_parse_error("unkdtype_json", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},)", 1);
-  check_parse_error("unkdtype_key", R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[0],"data_offsets":[1,1],"x":0}})", 1);
+  check_parse_error(
+      "unkdtype_key",
+      R"({"a":{"dtype":"F4","shape":[2],"data_offsets":[0,1]},"b":{"dtype":"F32","shape":[0],"data_offsets":[1,1],"x":0}})",
+      1);
   // The tensor is named in per-tensor messages.
   const std::string p = path_of("named.safetensors");
   write_bytes(p, raw_file(R"({"my.weight":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", 8));
@@ -326,7 +352,9 @@ TEST_CASE("checkpoints: single file, directory, sharded index") {
   // No index and two files: ambiguous.
   CHECK_THROWS_AS(st::Checkpoint{d}, loftq::Error);
   const std::string idx = d + "/model.safetensors.index.json";
-  write_bytes(idx, R"({"metadata":{"total_size":36},"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})");
+  write_bytes(
+      idx,
+      R"({"metadata":{"total_size":36},"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})");
   {
     st::Checkpoint c(d);
     CHECK(c.sharded());
@@ -349,15 +377,20 @@ TEST_CASE("checkpoints: single file, directory, sharded index") {
   };
   bad_index(R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors"}})");  // z unmapped
   bad_index(R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-1.safetensors"}})");
-  bad_index(R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors","w":"part-2.safetensors"}})");
+  bad_index(
+      R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors","w":"part-2.safetensors"}})");
   bad_index(R"({"weight_map":{"x":"../part-1.safetensors"}})");
   bad_index(R"({"weight_map":{"x":"part-1.safetensors","x":"part-1.safetensors"}})");
   bad_index(R"({"weight_map":{}})");
   bad_index(R"({"weight_map":[]})");
   bad_index(R"({"weight_map":{"x":"missing.safetensors"}})");
   bad_index("not json");
-  bad_index("\xEF\xBB\xBF" R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})");
-  bad_index(std::string(R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})") + std::string(1, '\0'));
+  bad_index(
+      "\xEF\xBB\xBF"
+      R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})");
+  bad_index(
+      std::string(R"({"weight_map":{"x":"part-1.safetensors","y":"part-2.safetensors","z":"part-2.safetensors"}})") +
+      std::string(1, '\0'));
   ::unlink(idx.c_str());
   ::unlink((d + "/part-2.safetensors").c_str());
   {

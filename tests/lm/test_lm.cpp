@@ -60,9 +60,11 @@ std::vector<unsigned char> checkpoint_bytes(const lm::Weights<float>& w) {
   auto putv = [&](const lm::Vec<float>& v) { f.insert(f.end(), v.data(), v.data() + v.size()); };
   put(w.embedding);
   for (auto& l : w.layers) putv(l.rms_att);
-  for (int k : {lm::kQ, lm::kK, lm::kV, lm::kO}) for (auto& l : w.layers) put(l.W[k]);
+  for (int k : {lm::kQ, lm::kK, lm::kV, lm::kO})
+    for (auto& l : w.layers) put(l.W[k]);
   for (auto& l : w.layers) putv(l.rms_ffn);
-  for (int k : {lm::kGate, lm::kDown, lm::kUp}) for (auto& l : w.layers) put(l.W[k]);
+  for (int k : {lm::kGate, lm::kDown, lm::kUp})
+    for (auto& l : w.layers) put(l.W[k]);
   putv(w.rms_final);
   const int half = c.head_size() / 2;
   for (int part = 0; part < 2; ++part)
@@ -72,8 +74,9 @@ std::vector<unsigned char> checkpoint_bytes(const lm::Weights<float>& w) {
         f.push_back(static_cast<float>(part == 0 ? std::cos(a) : std::sin(a)));
       }
   if (!c.shared_classifier) put(w.classifier);
-  const std::int32_t h[7] = {c.dim, c.hidden_dim, c.n_layers, c.n_heads, c.n_kv_heads,
-                             c.shared_classifier ? c.vocab_size : -c.vocab_size, c.seq_len};
+  const std::int32_t h[7] = {c.dim,     c.hidden_dim, c.n_layers,
+                             c.n_heads, c.n_kv_heads, c.shared_classifier ? c.vocab_size : -c.vocab_size,
+                             c.seq_len};
   std::vector<unsigned char> bytes(sizeof h + f.size() * 4);
   std::memcpy(bytes.data(), h, sizeof h);
   std::memcpy(bytes.data() + sizeof h, f.data(), f.size() * 4);
@@ -367,7 +370,8 @@ TEST_CASE("Adam lowers the loss and follows torch's update rule") {
   const double l0 = lm::loss_and_grad(w, lora, batch, lm::Loss::kl, &grad);
   opt.step(lora, grad);
   const double g = grad.layers[0][lm::kQ].A(0, 0);
-  CHECK(lora.layers[0][lm::kQ].A(0, 0) == doctest::Approx(before.layers[0][lm::kQ].A(0, 0) - 1e-3 * g / (std::abs(g) + 1e-8)));
+  CHECK(lora.layers[0][lm::kQ].A(0, 0) ==
+        doctest::Approx(before.layers[0][lm::kQ].A(0, 0) - 1e-3 * g / (std::abs(g) + 1e-8)));
   for (int s = 0; s < 30; ++s) {
     lm::loss_and_grad(w, lora, batch, lm::Loss::kl, &grad);
     opt.step(lora, grad);
@@ -408,16 +412,16 @@ TEST_CASE("the checkpoint reader round-trips and rejects hostile files") {
     std::memcpy(b.data() + 4 * field, &value, 4);
     return b;
   };
-  expect_error(with_field(0, 0), loftq::Errc::parse_error);           // dim 0
-  expect_error(with_field(0, 17), loftq::Errc::parse_error);          // dim not a multiple of n_heads
-  expect_error(with_field(3, 3), loftq::Errc::parse_error);           // n_heads not a multiple of n_kv_heads
-  expect_error(with_field(4, 8), loftq::Errc::parse_error);           // more kv heads than heads
-  expect_error(with_field(3, 16), loftq::Errc::parse_error);          // head_size 1 cannot rotate pairs
-  expect_error(with_field(1, -5), loftq::Errc::parse_error);          // negative hidden_dim
-  expect_error(with_field(5, INT32_MIN), loftq::Errc::parse_error);   // |vocab_size| overflows
-  expect_error(with_field(2, INT32_MAX), loftq::Errc::parse_error);   // absurd n_layers
-  expect_error(with_field(6, 1 << 23), loftq::Errc::parse_error);     // sizes no longer match the file
-  expect_error(with_field(5, 32), loftq::Errc::parse_error);          // claims a shared classifier: trailing bytes
+  expect_error(with_field(0, 0), loftq::Errc::parse_error);          // dim 0
+  expect_error(with_field(0, 17), loftq::Errc::parse_error);         // dim not a multiple of n_heads
+  expect_error(with_field(3, 3), loftq::Errc::parse_error);          // n_heads not a multiple of n_kv_heads
+  expect_error(with_field(4, 8), loftq::Errc::parse_error);          // more kv heads than heads
+  expect_error(with_field(3, 16), loftq::Errc::parse_error);         // head_size 1 cannot rotate pairs
+  expect_error(with_field(1, -5), loftq::Errc::parse_error);         // negative hidden_dim
+  expect_error(with_field(5, INT32_MIN), loftq::Errc::parse_error);  // |vocab_size| overflows
+  expect_error(with_field(2, INT32_MAX), loftq::Errc::parse_error);  // absurd n_layers
+  expect_error(with_field(6, 1 << 23), loftq::Errc::parse_error);    // sizes no longer match the file
+  expect_error(with_field(5, 32), loftq::Errc::parse_error);         // claims a shared classifier: trailing bytes
   auto nan = good;
   const float q = std::nanf("");
   std::memcpy(nan.data() + 28 + 4 * 40, &q, 4);

@@ -128,6 +128,44 @@ gguf_safety)
   no_temps
   ;;
 
+gguf_calibration)
+  # loftq calibrate on stories260K, from its llama2.c checkpoint and from its
+  # GGUF: the same statistics file, byte for byte. Then data-aware LoftQ from
+  # the full statistics and from the imatrix: lower output error than
+  # data-free LoftQ, and QLoRA above both.
+  [ -e "$DATA/stories260K.bin" ] || exit 77
+  stories s.gguf f32
+  tokens tok.npy 8 32 7 512
+  sum=$(sha256sum s.gguf tok.npy)
+  expect_rc 0 calibrate --input "$DATA/stories260K.bin" --tokens tok.npy --output st --imatrix --threads 2
+  grep -q '8 sequences, 256 tokens' "$out_file" || { show; fail "calibrate summary"; }
+  [ "$(ls -A st | LC_ALL=C sort | tr '\n' ' ')" = ".loftq-output imatrix.gguf statistics.safetensors " ] ||
+    fail "st/ holds $(ls -A st)"
+  expect_rc 0 calibrate --input s.gguf --tokens tok.npy --output st1 --threads 1 --quiet
+  cmp -s st/statistics.safetensors st1/statistics.safetensors || fail "GGUF and llama2.c statistics differ"
+  expect_rc 0 model --input s.gguf --output full --format gguf --quant q4_0 --rank 8 --iters 3 --threads 2 \
+    --calibration st/statistics.safetensors
+  read -r ql fr aw < <(sed -n 's/.*QLoRA \([0-9.]*\), LoftQ \([0-9.]*\), data-aware LoftQ \([0-9.]*\)$/\1 \2 \3/p' "$out_file")
+  [ -n "${aw:-}" ] || { show; fail "no output-error line"; }
+  awk -v q="$ql" -v f="$fr" -v a="$aw" 'BEGIN { exit !(a < f && f < q) }' || fail "full: $aw / $fr / $ql"
+  grep -q '"metric": "full"' full/loftq_report.json && grep -q '"identity"' full/loftq_report.json ||
+    fail "report: calibration"
+  expect_rc 0 model --input s.gguf --output diag --format gguf --quant q4_0 --rank 8 --iters 3 --threads 2 \
+    --calibration st/imatrix.gguf
+  grep -q '"metric": "diagonal"' diag/loftq_report.json || fail "report: imatrix metric"
+  # Refused with one line and nothing written: a model file as statistics,
+  # token ids outside the vocabulary, a truncated statistics file; usage: exit 2.
+  expect_rc 1 model --input s.gguf --output bad1 --format gguf --calibration s.gguf
+  tokens big.npy 2 8 3 600
+  expect_rc 1 calibrate --input s.gguf --tokens big.npy --output bad2
+  head -c 3000 st/statistics.safetensors > cut.safetensors
+  expect_rc 1 model --input s.gguf --output bad3 --format gguf --calibration cut.safetensors
+  expect_rc 2 model --input s.gguf --output bad4 --format gguf --calibration-missing data-free
+  [ ! -e bad1 ] && [ ! -e bad2 ] && [ ! -e bad3 ] && [ ! -e bad4 ] || fail "output written on failure"
+  [ "$sum" = "$(sha256sum s.gguf tok.npy)" ] || fail "an input changed"
+  no_temps
+  ;;
+
 *)
   echo "unknown case $case_name" >&2
   exit 2

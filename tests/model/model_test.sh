@@ -91,6 +91,30 @@ sharded_input)
   [ ! -e out/model.safetensors ] || fail "unexpected out/model.safetensors"
   ;;
 
+calibration)
+  # model --calibration on stories260K's Hugging Face checkpoint, with the
+  # statistics of `loftq calibrate`: sharded and merged equals the unsharded
+  # run byte for byte; shards of other statistics are not merged; a bit budget
+  # allocates by output error.
+  stories ck
+  tokens tok.npy 8 32 5 512
+  expect_rc 0 calibrate --input "$DATA/stories260K.bin" --tokens tok.npy --output st --imatrix --quiet
+  expect_rc 0 model --input ck --output full --rank 8 --iters 2 --quiet --calibration st/statistics.safetensors
+  grep -q '"loftq_data_aware"' full/loftq_report.json || fail "report: output errors"
+  for k in 1 2; do
+    expect_rc 0 model --input ck --output "p$k" --rank 8 --iters 2 --quiet --shard "$k/2" \
+      --calibration st/statistics.safetensors
+  done
+  expect_rc 0 merge --input ck --shards p1,p2 --output merged --quiet
+  same_outputs full merged
+  expect_rc 0 model --input ck --output q2 --rank 8 --iters 2 --quiet --shard 2/2 --calibration st/imatrix.gguf
+  expect_bad_input merge --input ck --shards p1,q2 --output m1
+  grep -q "other calibration statistics" "$err_file" || fail "no calibration message: $(cat "$err_file")"
+  expect_rc 0 model --input ck --output budget --rank 8 --iters 2 --quiet --bits-budget 2.5 \
+    --calibration st/statistics.safetensors
+  grep -q '"bits_allocation"' budget/loftq_report.json || fail "report: bits_allocation"
+  ;;
+
 shard_merge)
   synth sh F16 2 3 64 96
   expect_rc 0 model --input sh --output full --rank 8 --iters 2 --packed --quiet

@@ -109,7 +109,8 @@ void write_checkpoint(const std::string& dir, std::vector<Tensor> ts, st::Dtype 
     idx["weight_map"] = wm;
     write_text(dir + "/model.safetensors.index.json", idx.dump(2));
   }
-  nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"_name_or_path", model_name}};
+  nlohmann::json cfg = {
+      {"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"_name_or_path", model_name}};
   write_text(dir + "/config.json", cfg.dump(2));
 }
 
@@ -123,9 +124,12 @@ int cmd_stories(const std::string& bin, const std::string& dir, st::Dtype dt, in
   std::vector<Tensor> ts;
   auto matrix = [](const lm::Mat<float>& m) { return lm::row_major(m); };
   auto vec = [](const lm::Vec<float>& v) { return std::vector<float>(v.data(), v.data() + v.size()); };
-  auto layer_name = [](int l, const std::string& mod) { return "model.layers." + std::to_string(l) + "." + mod + ".weight"; };
+  auto layer_name = [](int l, const std::string& mod) {
+    return "model.layers." + std::to_string(l) + "." + mod + ".weight";
+  };
   // In llama2.c's file order, which is also the order of the shards.
-  ts.push_back({"model.embed_tokens.weight", {std::uint64_t(w.embedding.rows()), std::uint64_t(w.embedding.cols())},
+  ts.push_back({"model.embed_tokens.weight",
+                {std::uint64_t(w.embedding.rows()), std::uint64_t(w.embedding.cols())},
                 matrix(w.embedding)});
   auto per_layer_vec = [&](const std::string& mod, lm::Vec<float> lm::LayerWeights<float>::*field) {
     for (int l = 0; l < L; ++l) {
@@ -191,8 +195,8 @@ bool is_target(const std::string& name, const st::TensorInfo& t) {
   static const char* mods[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   if (t.shape.size() != 2) return false;
   for (const char* m : mods)
-    if (name.size() > std::strlen(m) + 8 && name.compare(name.size() - std::strlen(m) - 7, std::string::npos,
-                                                         std::string(m) + ".weight") == 0 &&
+    if (name.size() > std::strlen(m) + 8 &&
+        name.compare(name.size() - std::strlen(m) - 7, std::string::npos, std::string(m) + ".weight") == 0 &&
         name[name.size() - std::strlen(m) - 8] == '.')
       return true;
   return false;
@@ -213,10 +217,12 @@ int cmd_check(const std::string& input, const std::string& out, std::uint64_t r,
     const auto& bo = base.entries().at(name);
     const st::SafetensorsFile& fo = base.file(bo.file);
     const st::TensorInfo& to = *bo.info;
-    require(in.file_name(kv.second.file) == base.file_name(bo.file) || !in.sharded(), "moved to another shard: " + name);
+    require(in.file_name(kv.second.file) == base.file_name(bo.file) || !in.sharded(),
+            "moved to another shard: " + name);
     require(to.dtype == ti.dtype && to.shape == ti.shape, "dtype/shape changed: " + name);
     const std::string path = name.substr(0, name.size() - 7);
-    const std::string ka = "base_model.model." + path + ".lora_A.weight", kb = "base_model.model." + path + ".lora_B.weight";
+    const std::string ka = "base_model.model." + path + ".lora_A.weight",
+                      kb = "base_model.model." + path + ".lora_B.weight";
     if (!is_target(name, ti)) {
       require(fi.read_bytes(ti) == fo.read_bytes(to), "non-target not byte-identical: " + name);
       require(!ad.find(ka), "adapter for a non-target: " + name);
@@ -232,8 +238,8 @@ int cmd_check(const std::string& input, const std::string& out, std::uint64_t r,
     const RowMatrix W = fi.read_matrix(ti), Q = fo.read_matrix(to), LA = ad.read_matrix(*A), LB = ad.read_matrix(*B);
     const RowMatrix E = W - Q - static_cast<float>(scaling) * (LB * LA);
     const double eq = (W - Q).norm(), el = E.norm();
-    require(el < eq, name + ": Q + s*B*A (" + std::to_string(el) + ") is not closer to W than Q (" +
-                         std::to_string(eq) + ")");
+    require(el < eq,
+            name + ": Q + s*B*A (" + std::to_string(el) + ") is not closer to W than Q (" + std::to_string(eq) + ")");
   }
   require(ad.tensors().size() == 2 * targets, "adapter holds extra tensors");
   require(targets > 0, "no targets");
@@ -270,11 +276,13 @@ int cmd_packed(const std::string& out) {
     widths.insert(bits);
     const std::vector<float> cb = codebooks.at(std::to_string(bits)).get<std::vector<float>>();
     require(cb.size() == (std::size_t{1} << bits), "codebook size");
-    const std::vector<std::uint64_t> shape = nlohmann::json::parse(md.at(name + ".shape")).get<std::vector<std::uint64_t>>();
+    const std::vector<std::uint64_t> shape =
+        nlohmann::json::parse(md.at(name + ".shape")).get<std::vector<std::uint64_t>>();
     const auto& e = base.entries().at(name);
     const RowMatrix Q = base.file(e.file).read_matrix(*e.info);
     require(shape.size() == 2 && shape[0] == static_cast<std::uint64_t>(Q.rows()) &&
-                shape[1] == static_cast<std::uint64_t>(Q.cols()), "packed shape of " + name);
+                shape[1] == static_cast<std::uint64_t>(Q.cols()),
+            "packed shape of " + name);
     const std::uint64_t N = shape[0] * shape[1], nb = (N + bs - 1) / bs;
     std::vector<float> scales;
     if (dq) {
@@ -423,8 +431,7 @@ int cmd_bnb(const std::string& input, const std::string& out, const std::string&
     const std::string path = name.size() > 7 ? name.substr(0, name.size() - 7) : name;
     if (!is_target(name, ti)) {
       const st::TensorInfo& to = base.at(name);
-      require(to.dtype == ti.dtype && to.shape == ti.shape &&
-                  fi.read_bytes(ti) == base.read_bytes(to),
+      require(to.dtype == ti.dtype && to.shape == ti.shape && fi.read_bytes(ti) == base.read_bytes(to),
               "non-target not byte-identical: " + name);
       if (ti.shape.size() == 2) require(skip.count(path) == 1, "2-D non-target not in llm_int8_skip_modules: " + name);
       continue;
@@ -443,7 +450,8 @@ int cmd_bnb(const std::string& input, const std::string& out, const std::string&
     const RowMatrix W = fi.read_matrix(ti);
     const RowMatrix LA = ad.read_matrix(ad.at("base_model.model." + path + ".lora_A.weight")),
                     LB = ad.read_matrix(ad.at("base_model.model." + path + ".lora_B.weight"));
-    const double err = (W - Q - static_cast<float>(scaling) * (LB * LA)).cast<double>().norm() / W.cast<double>().norm();
+    const double err =
+        (W - Q - static_cast<float>(scaling) * (LB * LA)).cast<double>().norm() / W.cast<double>().norm();
     const double want = rep.at("tensors").at(name).at("rel_err").get<double>();
     require(std::abs(err - want) <= 1e-5 * want, name + ": ||W - Q - s B A|| / ||W|| = " + std::to_string(err) +
                                                      " with the decoded Q, the report says " + std::to_string(want));
@@ -471,8 +479,9 @@ int cmd_budget(const std::string& input, const std::string& out, const std::stri
     bits += n * b;
     widths.insert(b);
     // The recomputed width is the measured one, bit for bit.
-    require(it.value().at("candidate_sq_err").at(std::to_string(b)).get<double>() == it.value().at("sq_err").get<double>(),
-            "recomputed error differs from the measured one for " + it.key());
+    require(
+        it.value().at("candidate_sq_err").at(std::to_string(b)).get<double>() == it.value().at("sq_err").get<double>(),
+        "recomputed error differs from the measured one for " + it.key());
   }
   const double avg = bits / weights;
   require(avg <= budget, "average code bits " + std::to_string(avg) + " exceed the budget");

@@ -118,7 +118,8 @@ TEST_CASE("edge: values near FLT_MAX") {
   // float here, so the run is refused (invalid_argument from the fp32 scale
   // check, or non_finite from the SVD), never a NaN/Inf result.
   for (auto method : {loftq::SVDMethod::exact, loftq::SVDMethod::randomized}) {
-    const loftq::Errc e = error_code_of<float>([&] { (void)loftq::initialize(W, kQuantizers[0], small_opts(2, method)); });
+    const loftq::Errc e =
+        error_code_of<float>([&] { (void)loftq::initialize(W, kQuantizers[0], small_opts(2, method)); });
     CHECK((e == loftq::Errc::invalid_argument || e == loftq::Errc::non_finite));
   }
   // Scaled down by 16 the same matrix is accepted, with a finite result.

@@ -43,15 +43,23 @@ struct Case {
 
 // Shapes: the corners first, then random ones biased to small, tall and wide.
 std::vector<std::pair<Eigen::Index, Eigen::Index>> shapes(std::mt19937_64& g, int count) {
-  std::vector<std::pair<Eigen::Index, Eigen::Index>> s = {{1, 1}, {1, 7}, {7, 1}, {2, 3}, {300, 3}, {3, 300},
-                                                          {65, 63}, {64, 64}, {1, 301}, {129, 2}};
+  std::vector<std::pair<Eigen::Index, Eigen::Index>> s = {{1, 1},   {1, 7},   {7, 1},   {2, 3},   {300, 3},
+                                                          {3, 300}, {65, 63}, {64, 64}, {1, 301}, {129, 2}};
   std::uniform_int_distribution<int> kind(0, 3), small(1, 40), big(41, 260), thin(1, 6);
   while (static_cast<int>(s.size()) < count) {
     switch (kind(g)) {
-      case 0: s.emplace_back(small(g), small(g)); break;
-      case 1: s.emplace_back(big(g), thin(g)); break;
-      case 2: s.emplace_back(thin(g), big(g)); break;
-      default: s.emplace_back(small(g) + 20, small(g) + 20); break;
+      case 0:
+        s.emplace_back(small(g), small(g));
+        break;
+      case 1:
+        s.emplace_back(big(g), thin(g));
+        break;
+      case 2:
+        s.emplace_back(thin(g), big(g));
+        break;
+      default:
+        s.emplace_back(small(g) + 20, small(g) + 20);
+        break;
     }
   }
   return s;
@@ -67,10 +75,18 @@ RowMatrix<Scalar> make_matrix(const Case& c) {
   for (Eigen::Index i = 0; i < W.size(); ++i) {
     double v = 0;
     switch (c.dist) {
-      case 0: v = nd(g); break;
-      case 1: v = ud(g); break;
-      case 2: v = nd(g) / std::max(0.05, std::abs(nd(g))); break;
-      default: v = 0.5 * few(g); break;
+      case 0:
+        v = nd(g);
+        break;
+      case 1:
+        v = ud(g);
+        break;
+      case 2:
+        v = nd(g) / std::max(0.05, std::abs(nd(g)));
+        break;
+      default:
+        v = 0.5 * few(g);
+        break;
     }
     W.data()[i] = static_cast<Scalar>(v);
   }

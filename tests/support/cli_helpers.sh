@@ -87,3 +87,20 @@ expect_refused() {  # PATTERN ARGS...
   after=$(tree_state)
   [ "$before" = "$after" ] || { show "$@"; fail "files changed: $(diff <(echo "$before") <(echo "$after"))"; }
 }
+
+# tokens OUT.npy N T SEED VOCAB: an N x T int32 .npy of ids in 0..VOCAB-1 (bash's seeded RANDOM).
+tokens() {
+  local out=$1 n=$2 t=$3 vocab=$5 hdr i x
+  RANDOM=$4
+  hdr="{'descr': '<i4', 'fortran_order': False, 'shape': ($n, $t), }"
+  while [ $(((10 + ${#hdr} + 1) % 64)) -ne 0 ]; do hdr="$hdr "; done
+  {
+    printf '\x93NUMPY\x01\x00'
+    printf "$(printf '\\x%02x\\x%02x' $(((${#hdr} + 1) % 256)) $(((${#hdr} + 1) / 256)))"
+    printf '%s\n' "$hdr"
+    for ((i = 0; i < n * t; i++)); do
+      x=$((RANDOM % vocab))
+      printf "$(printf '\\x%02x\\x%02x\\x00\\x00' $((x % 256)) $((x / 256)))"
+    done
+  } > "$out" || fail "tokens $out"
+}

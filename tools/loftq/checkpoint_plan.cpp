@@ -71,7 +71,8 @@ nlohmann::json read_config(const std::string& dir) {
 
 // What transformers needs to load the targets as they are: every other 2-D
 // float weight stays a plain nn.Linear (or embedding), so it is skipped.
-nlohmann::json bnb_quantization_config(const io::Checkpoint& ck, const Settings& s, const std::vector<Target>& targets) {
+nlohmann::json bnb_quantization_config(const io::Checkpoint& ck, const Settings& s,
+                                       const std::vector<Target>& targets) {
   std::set<std::string> target_names;
   std::vector<std::string> quantized, others;
   for (const Target& t : targets) {
@@ -217,8 +218,8 @@ void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::s
   c.task_type = io::peft_task_type(config);
   if (config.is_object() && config.contains("_name_or_path") && config["_name_or_path"].is_string())
     c.base_model_name_or_path = config["_name_or_path"].get<std::string>();
-  out.write_file("adapter_config.json", io::adapter_config_json(c).dump(2, ' ', false,
-                                                                       nlohmann::json::error_handler_t::replace) + "\n");
+  out.write_file("adapter_config.json",
+                 io::adapter_config_json(c).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   if (ck.sharded()) {
     nlohmann::json idx;
     idx["metadata"] = ck.index_metadata();
@@ -229,7 +230,8 @@ void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::s
         for (const io::TensorDecl& d : io::bnb_nf4_tensors(bnb_target(t), s.packing.block_size, s.packing.double_quant))
           wm[d.name] = ck.file_name(t.file);
     idx["weight_map"] = wm;
-    out.write_file("model.safetensors.index.json", idx.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+    out.write_file("model.safetensors.index.json",
+                   idx.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
   }
   // Config and tokenizer files, so DIR is a loadable base model.
   for (const char* name : kSideFiles) {
@@ -263,8 +265,8 @@ std::vector<std::string> checkpoint_inputs(const io::Checkpoint& ck, const std::
 }
 
 void check_checkpoint_names(const io::Checkpoint& ck, bool packed) {
-  std::vector<std::string> files, tool = {kAdapterFile, kReportFile, "adapter_config.json",
-                                          "model.safetensors.index.json", kMarkerFile};
+  std::vector<std::string> files,
+      tool = {kAdapterFile, kReportFile, "adapter_config.json", "model.safetensors.index.json", kMarkerFile};
   if (packed) tool.push_back(kPackedFile);
   for (const char* name : kSideFiles) tool.push_back(name);
   for (std::size_t i = 0; i < ck.num_files(); ++i) files.push_back(base_file_name(ck, i));

@@ -61,7 +61,6 @@ struct Settings {
   static Settings from_report(const nlohmann::json& j);
 };
 
-
 // The files a full (unsharded or merged) output has besides the tensors:
 // adapter_config.json, the index of a sharded input, config and tokenizer files.
 // With s.bnb_nf4, config.json gains the quantization_config of `targets`
@@ -102,6 +101,5 @@ std::string checkpoint_identity(const io::Checkpoint& ck);
 
 // Throws InputError when a float tensor of `f` holds a NaN or an infinity.
 void check_finite(const io::SafetensorsFile& f, const io::TensorInfo& t);
-
 
 }  // namespace loftq_cli

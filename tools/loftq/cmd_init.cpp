@@ -79,8 +79,7 @@ int run_init(const Args& a) {
   } catch (const loftq::Error& e) {
     throw InputError{a.input + ": " + numeric_failure(e, W)};
   }
-  if (!result_finite(r, opt.threads))
-    throw InputError{a.input + ": " + numeric_failure(not_finite_result(), W)};
+  if (!result_finite(r, opt.threads)) throw InputError{a.input + ": " + numeric_failure(not_finite_result(), W)};
   facts.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   W.resize(0, 0);
 
@@ -89,7 +88,8 @@ int run_init(const Args& a) {
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   // Row-major float32 on a little-endian host is the .npy data as it is:
   // written from Q itself, not from a 64 MB image of it (at 4096x4096).
-  out.write_file("Q.npy", loftq::io::npy_header_f32(static_cast<std::size_t>(r.Q.rows()), static_cast<std::size_t>(r.Q.cols())),
+  out.write_file("Q.npy",
+                 loftq::io::npy_header_f32(static_cast<std::size_t>(r.Q.rows()), static_cast<std::size_t>(r.Q.cols())),
                  r.Q.data(), static_cast<std::size_t>(r.Q.size()) * sizeof(float));
 #else
   out.write_file("Q.npy", loftq::io::npy_image(r.Q));

@@ -15,6 +15,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <set>
+#include <string>
 
 namespace loftq_cli {
 
@@ -51,6 +53,31 @@ nlohmann::json read_report(const std::string& dir) {
   return j;
 }
 
+// The calibration statistics a shard was computed with (null: none), without
+// the targets that shard computed data-free, which are its own.
+nlohmann::json calibration_of(const nlohmann::json& rep) {
+  if (!rep.contains("calibration")) return nullptr;
+  nlohmann::json c = rep["calibration"];
+  if (c.is_object()) c.erase("data_free_targets");
+  return c;
+}
+
+// The merged report's "calibration": the shards' own, with every shard's data-free targets.
+nlohmann::json merged_calibration(const std::vector<nlohmann::json>& reps) {
+  nlohmann::json c = calibration_of(reps[0]);
+  if (!c.is_object()) return c;
+  std::set<std::string> fallbacks;
+  for (const auto& r : reps) {
+    const nlohmann::json& f =
+        r["calibration"].contains("data_free_targets") ? r["calibration"]["data_free_targets"] : nlohmann::json();
+    if (f.is_array())
+      for (const auto& t : f)
+        if (t.is_string()) fallbacks.insert(t.get<std::string>());
+  }
+  c["data_free_targets"] = fallbacks;
+  return c;
+}
+
 // Checks that the reports are shards 1..N of one run with equal settings.
 void check_shard_set(const Args& a, const std::vector<nlohmann::json>& reps) {
   const std::size_t n = reps.size();
@@ -69,6 +96,8 @@ void check_shard_set(const Args& a, const std::vector<nlohmann::json>& reps) {
     have[static_cast<std::size_t>(k - 1)] = true;
     if (reps[i]["settings"] != reps[0]["settings"])
       throw InputError{a.shards[i] + ": settings differ from " + a.shards[0] + "'s"};
+    if (calibration_of(reps[i]) != calibration_of(reps[0]))
+      throw InputError{a.shards[i] + ": computed with other calibration statistics than " + a.shards[0]};
   }
 }
 
@@ -96,7 +125,8 @@ void check_identity(const Args& a, const std::vector<nlohmann::json>& reps, cons
   for (std::size_t i = 0; i < reps.size(); ++i) {
     const nlohmann::json& id = reps[i].contains("input_identity") ? reps[i]["input_identity"] : nlohmann::json();
     if (!id.is_string())
-      throw InputError{a.shards[i] + ": the shard report records no input identity (written by an older loftq); "
+      throw InputError{a.shards[i] +
+                       ": the shard report records no input identity (written by an older loftq); "
                        "rerun the shard"};
     if (id.get<std::string>() != identity)
       throw InputError{a.shards[i] + ": computed from a different checkpoint than " + a.input + " (input identity " +
@@ -200,8 +230,8 @@ void copy_tensors(const io::Checkpoint& ck, const Plan& plan, const Shards& sh, 
     copy_tensor(ad, expect(ad, la, io::Dtype::F32, {r, t.cols}), w.adapter->file(), la);
     copy_tensor(ad, expect(ad, lb, io::Dtype::F32, {t.rows, r}), w.adapter->file(), lb);
     if (w.packed)
-      for (const io::TensorDecl& d :
-           io::packed_tensors({t.name, t.rows, t.cols, bits_of.at(t.name)}, s.packing.block_size, s.packing.double_quant))
+      for (const io::TensorDecl& d : io::packed_tensors({t.name, t.rows, t.cols, bits_of.at(t.name)},
+                                                        s.packing.block_size, s.packing.double_quant))
         copy_tensor(*sh.packed[i], expect(*sh.packed[i], d.name, d.dtype, d.shape), w.packed->file(), d.name);
   }
 }
@@ -239,6 +269,7 @@ int run_merge(const Args& a) {
   rep["target_modules_matched"] = plan.modules;
   rep["num_targets"] = plan.targets.size();
   rep["merged_shards"] = reps.size();
+  if (reps[0].contains("calibration")) rep["calibration"] = merged_calibration(reps);
   rep.tensors(sh.tensors);
   rep["shard_seconds"] = shard_seconds;
   out.write_file(kReportFile, rep.finish(total));

@@ -34,6 +34,8 @@ using Sinks = std::vector<std::unique_ptr<Sink>>;
 struct Computed {
   nlohmann::json tensors = nlohmann::json::object();  // the report's entries
   double sum_err = 0, sum_qlora = 0;                  // for the summary's means
+  double out_qlora = 0, out_free = 0, out_aware = 0;  // with --calibration: output-space sums
+  std::size_t calibrated = 0;                         // targets computed with statistics
 };
 
 // The report entry of a computed target.
@@ -47,6 +49,7 @@ nlohmann::json entry_of(const Args& a, const ModelTarget& t, const TargetResult&
   facts.sq_err = res.sq_err;
   facts.seconds = res.seconds;
   nlohmann::json e = tensor_entry(a, facts, res.r, res.dq);
+  if (!res.calibration.is_null()) e["calibration"] = res.calibration;
   for (const auto& s : sinks) s->annotate(e);
   return e;
 }
@@ -65,10 +68,10 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
   for (const Step& s : steps) {
     if (!s.target) {
       writer.submit([&src, &sinks, copy = s.copy] {
-        src.copy(copy, [&](const std::string& name, std::size_t file, const void* data, std::uint64_t n,
-                           std::uint64_t off) {
-          for (const auto& k : sinks) k->copy(name, file, data, n, off);
-        });
+        src.copy(copy,
+                 [&](const std::string& name, std::size_t file, const void* data, std::uint64_t n, std::uint64_t off) {
+                   for (const auto& k : sinks) k->copy(name, file, data, n, off);
+                 });
       });
       continue;
     }
@@ -78,6 +81,12 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
     c.tensors[t.name] = entry_of(a, t, *res, sinks);
     c.sum_err += res->r.error();
     c.sum_qlora += res->r.qlora_error;
+    if (res->calibration.contains("output_rel_err")) {
+      c.out_qlora += res->out_qlora;
+      c.out_free += res->out_free;
+      c.out_aware += res->out_aware;
+      ++c.calibrated;
+    }
     writer.submit([&sinks, res, &t] {
       for (const auto& k : sinks) k->write(t, *res);
     });
@@ -88,14 +97,21 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
   return c;
 }
 
-void print_summary(const Args& a, const Source& src, const Compute& compute, const StagedOutput& out,
-                   const Computed& c, const nlohmann::json& rep, double seconds) {
+void print_summary(const Args& a, const Source& src, const Compute& compute, const StagedOutput& out, const Computed& c,
+                   const nlohmann::json& rep, double seconds) {
   src.print_notes();
   const double k = src.targets().empty() ? 1.0 : static_cast<double>(src.targets().size());
   std::printf("loftq %s: %s -> %s: %s, mean rel. error %.6f (QLoRA %.6f), %.1f s\n", loftq::version().c_str(),
               printable(a.input).c_str(), printable(out.dir().string()).c_str(), src.summary_count().c_str(),
               c.sum_err / k, c.sum_qlora / k, seconds);
   if (compute.budget()) compute.print_allocation(rep);
+  if (c.calibrated > 0) {
+    const double n = static_cast<double>(c.calibrated);
+    std::printf(
+        "  output rel. error on the calibration inputs (%zu targets): QLoRA %.6f, LoftQ %.6f, "
+        "data-aware LoftQ %.6f\n",
+        c.calibrated, c.out_qlora / n, c.out_free / n, c.out_aware / n);
+  }
   std::fflush(stdout);
 }
 
@@ -108,6 +124,7 @@ int run_model(const Args& a) {
   StagedOutput out(a.output, a.overwrite ? StagedOutput::Existing::replace : StagedOutput::Existing::refuse,
                    src->input_files());
   src->plan(a);
+  compute.check_targets(*src);
   check_output(a, *src);
   apply_threads(a.threads);
 
@@ -127,6 +144,7 @@ int run_model(const Args& a) {
   rep["threads"] = loftq::thread_count(a.threads);
   src->describe(rep.json());
   if (compute.budget()) rep["bits_allocation"] = compute.allocation_json();
+  if (compute.calibrated()) rep["calibration"] = compute.calibration_json();
   rep.tensors(c.tensors);
   out.write_file(kReportFile, rep.finish(total));
   for (const auto& k : sinks) k->finish(out);

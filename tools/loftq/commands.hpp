@@ -59,8 +59,9 @@ std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
   return buf;
 }
 
-int run_init(const Args& a);   // cmd_init.cpp
-int run_model(const Args& a);  // cmd_model.cpp (every input and output format)
-int run_merge(const Args& a);  // cmd_merge.cpp
+int run_init(const Args& a);       // cmd_init.cpp
+int run_model(const Args& a);      // cmd_model.cpp (every input and output format)
+int run_merge(const Args& a);      // cmd_merge.cpp
+int run_calibrate(const Args& a);  // cmd_calibrate.cpp
 
 }  // namespace loftq_cli

@@ -8,6 +8,7 @@
 #include "report.hpp"
 
 #include <loftq/bnb_double_quant.hpp>
+#include <loftq/data_aware.hpp>
 #include <loftq/ggml_format.hpp>
 
 #include <chrono>
@@ -16,6 +17,7 @@
 namespace loftq_cli {
 
 Compute::Compute(const Args& a) : a_(a), opt_(library_options(a)) {
+  if (!a.calibration.empty()) calib_ = std::make_unique<CalibrationInput>(a.calibration, a.calibration_data_free);
   if (a.gguf) {
     ggml_ = std::make_unique<loftq::GgmlQuantizer>(a.quant);
     return;
@@ -31,15 +33,42 @@ Compute::Compute(const Args& a) : a_(a), opt_(library_options(a)) {
 
 std::size_t Compute::runs_per_target() const { return budget() ? budget_bits().size() + 1 : 1; }
 
+void Compute::check_targets(const Source& src) {
+  if (calib_) calib_->check(src.targets());
+}
+
+loftq::Result<float> Compute::loftq_of(const ConstMapF& W, int bits, const loftq::InputStatistics* stats) const {
+  if (ggml_) return stats ? loftq::initialize(W, *ggml_, *stats, opt_) : loftq::initialize(W, *ggml_, opt_);
+  const loftq::Quantizer& q = quantizers_.at(bits);
+  return stats ? loftq::initialize(W, q, *stats, opt_) : loftq::initialize(W, q, opt_);
+}
+
+void Compute::compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out) const {
+  out.calibration = calib_->target_json(t);
+  const loftq::InputStatistics* stats = calib_->of(t);
+  if (!stats) return;
+  try {
+    const loftq::Result<float> free = loftq_of(W, bits, nullptr);
+    const RowMatrixF approx_free = free.Q + free.A * free.B.transpose();
+    const RowMatrixF approx = out.r.Q + out.r.A * out.r.B.transpose();
+    out.out_qlora = out.r.qlora_error;
+    out.out_free = loftq::output_error(W, approx_free, *stats);
+    out.out_aware = loftq::output_error(W, approx, *stats);
+  } catch (const loftq::Error& e) {
+    if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
+    throw InputError{t.where + ": " + e.what()};
+  }
+  out.calibration["output_rel_err"] = {
+      {"qlora", out.out_qlora}, {"loftq_data_free", out.out_free}, {"loftq_data_aware", out.out_aware}};
+}
+
 TargetResult Compute::run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant,
                                bool bnb) const {
   TargetResult out;
   out.bits = bits;
   try {
-    if (ggml_) {
-      out.r = loftq::initialize(W, *ggml_, opt_);
-    } else {
-      out.r = loftq::initialize(W, quantizers_.at(bits), opt_);
+    out.r = loftq_of(W, bits, calib_ ? calib_->of(t) : nullptr);
+    if (!ggml_) {
       // bitsandbytes stores its own nested scales; Q (and the refit) follow what it recovers.
       if (double_quant)
         out.dq = bnb ? loftq::bnb_double_quantize(W, out.r, out.nested, opt_) : loftq::double_quantize(W, out.r, opt_);
@@ -58,6 +87,7 @@ TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) c
   const int bits = ggml_ ? loftq::ggml_format_bits(a_.quant) : bits_of_.at(t.name);
   TargetResult out = run_bits(t, W, w2, bits, a_.double_quant, a_.bnb_nf4);
   if (budget()) out.candidates = measured_.at(t.name);
+  if (calib_) compare(t, W, bits, out);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
 }
@@ -76,8 +106,12 @@ void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& 
     const TensorPrefetcher::Loaded in = reader.next();
     loftq::MatrixErrors me;
     me.numel = static_cast<std::int64_t>(t->rows * t->cols);
+    const loftq::InputStatistics* stats = calib_ ? calib_->of(*t) : nullptr;
     for (int b : budget_bits()) {
-      me.sq_error.push_back(run_bits(*t, in.W, in.w2, b, a_.double_quant, false).sq_err);
+      const TargetResult r = run_bits(*t, in.W, in.w2, b, a_.double_quant, false);
+      // With statistics the budget goes where the layer's outputs gain most.
+      me.sq_error.push_back(stats ? loftq::output_sq_error(in.W, RowMatrixF(r.r.Q + r.r.A * r.r.B.transpose()), *stats)
+                                  : r.sq_err);
       progress.update(++done, t->name + " @ " + std::to_string(b) + " bits");
     }
     measured_[t->name] = me.sq_error;

@@ -5,6 +5,7 @@
 // with double quantization (ours or bitsandbytes'), or LoftQ in a ggml block
 // format (--format gguf).
 
+#include "calibration_input.hpp"
 #include "options.hpp"
 #include "source.hpp"
 
@@ -33,12 +34,23 @@ struct TargetResult {
   int bits = 0;
   std::vector<double> candidates;  // squared error at each width of a bit budget
   double seconds = 0;
+  // With --calibration: the report's per-target "calibration", with the
+  // output-space errors of QLoRA, data-free and data-aware LoftQ.
+  nlohmann::json calibration;
+  double out_qlora = 0, out_free = 0, out_aware = 0;
 };
 
 class Compute {
  public:
   // Validates every width the run may use (unsupported -> InputError) before any work.
   explicit Compute(const Args& a);
+
+  // With --calibration: matches every target of `src` to its statistics
+  // before any work (InputError when one has none, or of another width).
+  void check_targets(const Source& src);
+  bool calibrated() const { return calib_ != nullptr; }
+  // The report's "calibration" (with --calibration).
+  nlohmann::json calibration_json() const { return calib_->describe(); }
 
   // W comes from the TensorPrefetcher, with w2 = ||W||^2.
   TargetResult run(const ModelTarget& t, const ConstMapF& W, double w2) const;
@@ -63,6 +75,10 @@ class Compute {
  private:
   TargetResult run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant,
                         bool bnb) const;
+  // LoftQ of W at `bits`, in the output metric of `stats` when not null.
+  loftq::Result<float> loftq_of(const ConstMapF& W, int bits, const loftq::InputStatistics* stats) const;
+  // The output-space comparison of a calibrated target (TargetResult::calibration).
+  void compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out) const;
 
   const Args& a_;
   loftq::Options opt_;
@@ -71,6 +87,7 @@ class Compute {
   std::map<std::string, int> bits_of_;
   std::map<std::string, std::vector<double>> measured_;
   loftq::BitAllocation alloc_;
+  std::unique_ptr<CalibrationInput> calib_;
 };
 
 }  // namespace loftq_cli

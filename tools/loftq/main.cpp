@@ -47,6 +47,7 @@ int dispatch(const std::vector<std::string>& argv) {
   install_signal_handlers();
   if (p.args.command == "model") return run_model(p.args);
   if (p.args.command == "merge") return run_merge(p.args);
+  if (p.args.command == "calibrate") return run_calibrate(p.args);
   return run_init(p.args);
 }
 

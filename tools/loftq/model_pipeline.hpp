@@ -32,8 +32,8 @@ class TensorPrefetcher {
  public:
   struct Loaded {
     const ModelTarget* target;
-    ConstMapF W;    // valid until the next call of next()
-    double w2;      // W.cast<double>().squaredNorm(), computed on the prefetch thread
+    ConstMapF W;  // valid until the next call of next()
+    double w2;    // W.cast<double>().squaredNorm(), computed on the prefetch thread
   };
 
   TensorPrefetcher(const Source& src, std::vector<const ModelTarget*> order);

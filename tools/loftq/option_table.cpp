@@ -22,44 +22,6 @@
 
 namespace loftq_cli {
 
-const CommandDef kCommands[3] = {
-    {"init", kInit, "loftq init --input W.npy --output DIR [options]",
-     "LoftQ-initialize LoRA factors for one weight matrix W (m x n): W ~ Q + A B^T, with Q block-wise quantized and "
-     "A (m x r), B (n x r) of rank r. Writes DIR/Q.npy (m x n), DIR/A.npy (m x r), DIR/B.npy (n x r), all float32 C "
-     "order, and DIR/report.json (settings, per-iteration errors, timing). PEFT's factors are lora_A = B^T and "
-     "lora_B = A (with lora_alpha == r)."},
-    {"model", kModel, "loftq model --input PATH --output DIR [options]",
-     "LoftQ-initialize every target weight of a safetensors checkpoint (or of a GGUF file for llama.cpp: see "
-     "--format gguf). Targets are the 2-D tensors named "
-     "<prefix>.<module>.weight with <module> in --target-modules. DIR receives adapter_model.safetensors "
-     "(base_model.model.<module path>.lora_A.weight (r x in) and .lora_B.weight (out x r), float32, scaled so that "
-     "(lora_alpha / r) * lora_B * lora_A = A B^T), adapter_config.json (PEFT LoraConfig), model.safetensors "
-     "(dequantized Q for targets in the input's dtype, every other tensor copied byte for byte; sharded like the "
-     "input, with its index, when the input is sharded), with --packed model.packed.safetensors (bit-packed codes "
-     "and block scales, see README.md), loftq_report.json (per tensor: shape, bits, rank, error history, QLoRA "
-     "baseline error, squared error, bits per weight, seconds; the bit allocation), and the config.json, "
-     "generation_config.json and tokenizer files found next to the input."},
-    {"merge", kMerge, "loftq merge --input PATH --shards DIR1,DIR2,... --output DIR [--overwrite] [--quiet]",
-     "Assemble the outputs of 'loftq model --shard K/N' runs (all N, same settings) and the original checkpoint "
-     "PATH into the output an unsharded run writes (identical tensors)."},
-};
-
-extern const char* const kExitStatus;
-const char* const kExitStatus =
-    "exit status:\n"
-    "  0    success\n"
-    "  1    bad input or failure: unreadable, malformed or truncated input, a\n"
-    "       tensor that is not 2-D or not float, NaN or Inf in W, rank > min(m, n),\n"
-    "       unsupported --bits, output path unusable or equal to the input; one\n"
-    "       line on stderr and no output is written\n"
-    "  2    usage error: unknown command or option, missing --input/--output,\n"
-    "       missing, malformed, out-of-range or repeated value (a count of 0,\n"
-    "       e.g. --rank 0 or --iters 0, is a usage error)\n"
-    "  130  interrupted (SIGINT/SIGTERM/SIGHUP); no output is written\n"
-    "\n"
-    "Options take their value as '--opt VALUE' or '--opt=VALUE', each at most once.\n"
-    "Counts (--rank, --iters, --block-size, --threads) are decimal integers >= 1.\n";
-
 namespace {
 
 constexpr std::uint64_t kIntMax = static_cast<std::uint64_t>(std::numeric_limits<int>::max());
@@ -78,8 +40,7 @@ Check count(std::uint64_t lo, std::uint64_t hi) {
     if (!digits) return "invalid value '" + v + "': expected a decimal integer in " + range;
     std::uint64_t x = 0;
     const auto r = std::from_chars(v.data(), v.data() + v.size(), x);
-    if (r.ec == std::errc::result_out_of_range || x < lo || x > hi)
-      return "value '" + v + "' is out of range " + range;
+    if (r.ec == std::errc::result_out_of_range || x < lo || x > hi) return "value '" + v + "' is out of range " + range;
     return {};
   };
 }
@@ -133,7 +94,6 @@ Check list() {
   };
 }
 
-
 // merge's readers of a shard's "settings": the ranges the command line
 // accepts, since a report is input like any other.
 [[noreturn]] void bad(const std::string& what) { throw InputError{"shard settings: " + what}; }
@@ -146,7 +106,7 @@ const nlohmann::json& field(const nlohmann::json& j, const char* k) {
 // An integer in 1..INT_MAX.
 std::int64_t count_field(const nlohmann::json& j, const char* k) {
   const nlohmann::json& v = field(j, k);
-  const bool ok = v.is_number_unsigned() ? v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kIntMax
+  const bool ok = v.is_number_unsigned()  ? v.get<std::uint64_t>() >= 1 && v.get<std::uint64_t>() <= kIntMax
                   : v.is_number_integer() ? v.get<std::int64_t>() >= 1 && v.get<std::int64_t>() <= std::int64_t(kIntMax)
                                           : false;
   if (!ok) bad(std::string(k) + " " + v.dump() + " is not an integer in 1.." + std::to_string(kIntMax));
@@ -204,7 +164,7 @@ void rows_1(std::vector<OptionDef>& t, const Args& d) {
      "output directory; created if missing (with parents), otherwise the four files in it are replaced", kInit,
      true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
     {"--output", "DIR", "output directory, created with its parents; must not exist unless --overwrite",
-     kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
+     kModel | kMerge | kCalibrate, true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
     {"--shards", "DIR1,DIR2,...", "the output directories of all N 'loftq model --shard K/N' runs", kMerge, true,
      list(), [](Args& a, const std::string& v) { a.shards = split_list(v, /*keep_repeats=*/true); }},
     OptionDef{"--bits", "N", "bits per weight, 2..8 (default " + std::to_string(d.bits) + ")", kCore, false,
@@ -265,69 +225,78 @@ void rows_1(std::vector<OptionDef>& t, const Args& d) {
 void rows_2(std::vector<OptionDef>& t, const Args& d) {
   (void)d;
   for (OptionDef& r : std::vector<OptionDef>{
-    OptionDef{"--scale", "absmax|search",
-     std::string("block scales: absmax, or searched per block for the lowest squared error (same storage) "
-                 "(default ") + scale_name(d.scale_search) + ")",
-     kCore, false, one_of({"absmax", "search"}),
-     [](Args& a, const std::string& v) { a.scale_search = v == "search"; }}
-        // A GGUF output's absmax scales are ggml's own.
-        .recorded("scale",
-                  [](const Args& a, nlohmann::json& s) {
-                    s["scale"] = a.scale_search ? "search" : a.gguf ? "ggml" : scale_name(false);
-                  },
-                  // Absent in reports of older versions, which had absmax only.
-                  [](const nlohmann::json& j, Args& a) {
-                    a.scale_search = name_field(j, "scale", {"absmax", "search"}, "absmax",
-                                                "scale is neither absmax nor search") == std::string("search");
-                  }),
-    OptionDef{"--svd", "exact|randomized",
-     std::string("truncated SVD method (default ") + loftq::to_string(d.svd) + ")", kCore, false,
-     one_of({"exact", "randomized"}),
-     [](Args& a, const std::string& v) {
-       a.svd = v == "exact" ? loftq::SVDMethod::exact : loftq::SVDMethod::randomized;
-     }}
-        .recorded("svd", [](const Args& a, nlohmann::json& s) { s["svd"] = loftq::to_string(a.svd); },
-                  [](const nlohmann::json& j, Args& a) {
-                    a.svd = name_field(j, "svd", {"exact", "randomized"}, nullptr, "") == std::string("exact")
-                                ? loftq::SVDMethod::exact
-                                : loftq::SVDMethod::randomized;
-                  }),
-    OptionDef{"--seed", "N", "seed of the randomized SVD, 0..2^64-1 (default " + std::to_string(d.seed) + ")",
-              kCore, false, count(0, std::numeric_limits<std::uint64_t>::max()),
-              [](Args& a, const std::string& v) { a.seed = to_u64(v); }}
-        .recorded("seed", [](const Args& a, nlohmann::json& s) { s["seed"] = a.seed; },
-                  [](const nlohmann::json& j, Args& a) {
-                    // nlohmann stores every non-negative integer as unsigned.
-                    if (!field(j, "seed").is_number_unsigned()) bad("seed is not a non-negative integer");
-                    a.seed = j["seed"].get<std::uint64_t>();
-                  }),
-    OptionDef{"--start", "zero|svd",
-     std::string("zero: LoftQ's A = B = 0 start; svd: start from the top-r SVD of W (default ") +
-         start_name(d.start) + ")",
-     kCore, false, one_of({"zero", "svd"}),
-     [](Args& a, const std::string& v) { a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd; }}
-        .recorded("start", [](const Args& a, nlohmann::json& s) { s["start"] = start_name(a.start); },
-                  [](const nlohmann::json& j, Args& a) {
-                    const std::string v = name_field(j, "start", {"zero", "svd"}, start_name(a.start), "");
-                    a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd;
-                  }),
-    OptionDef{"--double-quant", "",
-     "double quantization (QLoRA): the fp32 block scales are quantized to 8 bits in blocks of 256 after "
-     "subtracting their mean (0.5 -> 0.127 bits/weight at block 64), then A, B are refit to the rounded Q once; "
-     "Q (and the packed scales) are that Q",
-     kCore, false, nullptr, [](Args& a, const std::string&) { a.double_quant = true; }}
-        .recorded("double_quant",
-                  [](const Args& a, nlohmann::json& s) {
-                    if (!a.gguf) s["double_quant"] = a.double_quant;
-                  },
-                  // Absent in reports of older versions, which had none.
-                  [](const nlohmann::json& j, Args& a) { a.double_quant = bool_field(j, "double_quant", true, false); }),
-    {"--threads", "N",
-     "worker threads, 1.." + std::to_string(kMaxThreads) +
-         " (default: OpenMP's); the results are bit-identical for any thread count",
-     kCore, false, count(1, kMaxThreads),
-     [](Args& a, const std::string& v) { a.threads = static_cast<int>(to_u64(v)); }}
-       })
+           OptionDef{
+               "--scale", "absmax|search",
+               std::string("block scales: absmax, or searched per block for the lowest squared error (same storage) "
+                           "(default ") +
+                   scale_name(d.scale_search) + ")",
+               kCore, false, one_of({"absmax", "search"}),
+               [](Args&a, const std::string&v) { a.scale_search = v == "search"; }}
+               // A GGUF output's absmax scales are ggml's own.
+               .recorded(
+                   "scale",
+                   [](const Args&a, nlohmann::json&s) {
+                     s["scale"] = a.scale_search ? "search" : a.gguf ? "ggml" : scale_name(false);
+                   },
+                   // Absent in reports of older versions, which had absmax only.
+                   [](const nlohmann::json&j, Args&a) {
+                     a.scale_search = name_field(j, "scale", {"absmax", "search"}, "absmax",
+                                                 "scale is neither absmax nor search") == std::string("search");
+                   }),
+           OptionDef{
+               "--svd", "exact|randomized",
+               std::string("truncated SVD method (default ") + loftq::to_string(d.svd) + ")", kCore, false,
+               one_of({"exact", "randomized"}),
+               [](Args&a, const std::string
+                              &v) { a.svd = v == "exact" ? loftq::SVDMethod::exact : loftq::SVDMethod::randomized; }}
+               .recorded(
+                   "svd", [](const Args&a, nlohmann::json&s) { s["svd"] = loftq::to_string(a.svd); },
+                   [](const nlohmann::json&j, Args&a) {
+                     a.svd = name_field(j, "svd", {"exact", "randomized"}, nullptr, "") == std::string("exact")
+                                 ? loftq::SVDMethod::exact
+                                 : loftq::SVDMethod::randomized;
+                   }),
+           OptionDef{"--seed", "N", "seed of the randomized SVD, 0..2^64-1 (default " + std::to_string(d.seed) + ")",
+                     kCore, false, count(0, std::numeric_limits<std::uint64_t>::max()),
+                     [](Args&a, const std::string&v) { a.seed = to_u64(v); }}
+               .recorded(
+                   "seed", [](const Args&a, nlohmann::json&s) { s["seed"] = a.seed; },
+                   [](const nlohmann::json&j, Args&a) {
+                     // nlohmann stores every non-negative integer as unsigned.
+                     if (!field(j, "seed").is_number_unsigned()) bad("seed is not a non-negative integer");
+                     a.seed = j["seed"].get<std::uint64_t>();
+                   }),
+           OptionDef{
+               "--start", "zero|svd",
+               std::string("zero: LoftQ's A = B = 0 start; svd: start from the top-r SVD of W (default ") +
+                   start_name(d.start) + ")",
+               kCore, false, one_of({"zero", "svd"}),
+               [](Args&a, const std::string&v) { a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd; }}
+               .recorded(
+                   "start", [](const Args&a, nlohmann::json&s) { s["start"] = start_name(a.start); },
+                   [](const nlohmann::json&j, Args&a) {
+                     const std::string v = name_field(j, "start", {"zero", "svd"}, start_name(a.start), "");
+                     a.start = v == "zero" ? loftq::Start::zero : loftq::Start::svd;
+                   }),
+           OptionDef{
+               "--double-quant", "",
+               "double quantization (QLoRA): the fp32 block scales are quantized to 8 bits in blocks of 256 after "
+               "subtracting their mean (0.5 -> 0.127 bits/weight at block 64), then A, B are refit to the rounded Q "
+               "once; "
+               "Q (and the packed scales) are that Q",
+               kCore, false, nullptr, [](Args&a, const std::string&) { a.double_quant = true; }}
+               .recorded(
+                   "double_quant",
+                   [](const Args&a, nlohmann::json&s) {
+                     if (!a.gguf) s["double_quant"] = a.double_quant;
+                   },
+                   // Absent in reports of older versions, which had none.
+                   [](const nlohmann::json&j, Args&a) { a.double_quant = bool_field(j, "double_quant", true, false); }),
+           {"--threads", "N",
+            "worker threads, 1.." + std::to_string(kMaxThreads) +
+                " (default: OpenMP's); the results are bit-identical for any thread count",
+            kCore | kCalibrate, false, count(1, kMaxThreads),
+            [](Args&a, const std::string&v) { a.threads = static_cast<int>(to_u64(v)); }}})
     t.push_back(std::move(r));
 }
 
@@ -336,140 +305,189 @@ void rows_3(std::vector<OptionDef>& t, const Args& d) {
   (void)d;
   const std::string budget_lo = std::to_string(budget_bits().front()), budget_hi = std::to_string(budget_bits().back());
   for (OptionDef& r : std::vector<OptionDef>{
-    OptionDef{"--last", "", "return the last iterate (as the reference does), not the one with the lowest error",
-              kCore, false, nullptr, [](Args& a, const std::string&) { a.keep_best = false; }}
-        // Recorded only with --last, so reports of default runs stay as they were;
-        // a merge then refuses shards that returned different iterates.
-        .recorded("keep_best",
-                  [](const Args& a, nlohmann::json& s) {
-                    if (!a.keep_best) s["keep_best"] = false;
-                  },
-                  [](const nlohmann::json& j, Args& a) { a.keep_best = bool_field(j, "keep_best", true, true); }),
-    OptionDef{"--bits-budget", "B",
-     "mixed precision instead of --bits: " + budget_lo + ", 3 or " + budget_hi +
-         " bits per target, chosen (exact knapsack) to minimize the total squared error ||W - Q - A B^T||^2 "
-         "with an average of at most B code bits per weight, " + budget_lo + " <= B <= " + budget_hi +
-         " (block scales not counted); measures each target at every width, then recomputes the chosen one; "
-         "not with --shard",
-     kModel, false,
-     [budget_lo, budget_hi](const std::string& v) -> std::string {
-       double x = 0;
-       if (!parse_number(v, x) || x < budget_bits().front() || x > budget_bits().back())
-         return "invalid value '" + v + "': expected a number of bits per weight in " + budget_lo + ".." + budget_hi;
-       return {};
-     },
-     [](Args& a, const std::string& v) { parse_number(v, a.bits_budget); }}
-        .recorded("bits_budget",
-                  [](const Args& a, nlohmann::json& s) {
-                    if (a.bits_budget > 0) s["bits_budget"] = a.bits_budget;
-                  })
-        .excluding([](const Args& a) -> std::string {
-          if (a.bits_given) return "--bits and --bits-budget exclude each other: the budget chooses the widths";
-          // The allocation weighs every target against every other; one shard only sees its own.
-          if (a.shard_n > 0) return "--bits-budget cannot be combined with --shard";
-          return {};
-        }),
-    OptionDef{"--lora-alpha", "A", "PEFT lora_alpha, a number in 1e-6..1e6 (default: r)", kModel, false,
-     [](const std::string& v) -> std::string {
-       double x = 0;
-       return parse_number(v, x) && lora_alpha_in_range(x)
-                  ? std::string()
-                  : "invalid value '" + v + "': expected a number in 1e-6..1e6";
-     },
-     [](Args& a, const std::string& v) { parse_number(v, a.lora_alpha); }}
-        .recorded("lora_alpha", [](const Args& a, nlohmann::json& s) { s["lora_alpha"] = alpha_of(a); },
-                  [](const nlohmann::json& j, Args& a) {
-                    if (!field(j, "lora_alpha").is_number() || !lora_alpha_in_range(j["lora_alpha"].get<double>()))
-                      bad("lora_alpha " + j["lora_alpha"].dump() + " is not a number in 1e-6..1e6");
-                    a.lora_alpha = j["lora_alpha"].get<double>();
-                  }),
-    OptionDef{"--target-modules", "LIST", std::string("comma-separated module names (default ") + kDefaultTargets + ")",
-              kModel, false, list(), [](Args& a, const std::string& v) { a.modules = split_list(v); }}
-        .recorded("target_modules", [](const Args& a, nlohmann::json& s) { s["target_modules"] = a.modules; },
-                  [](const nlohmann::json& j, Args& a) {
-                    if (!field(j, "target_modules").is_array()) bad("target_modules is not a list");
-                    for (const auto& m : j["target_modules"]) {
-                      if (!m.is_string() || m.get<std::string>().empty()) bad("target_modules holds a non-name");
-                      a.modules.push_back(m.get<std::string>());
-                    }
-                  })
-       })
+           OptionDef{"--last", "", "return the last iterate (as the reference does), not the one with the lowest error",
+                     kCore, false, nullptr, [](Args&a, const std::string&) { a.keep_best = false; }}
+               // Recorded only with --last, so reports of default runs stay as they were;
+               // a merge then refuses shards that returned different iterates.
+               .recorded(
+                   "keep_best",
+                   [](const Args&a, nlohmann::json&s) {
+                     if (!a.keep_best) s["keep_best"] = false;
+                   },
+                   [](const nlohmann::json&j, Args&a) { a.keep_best = bool_field(j, "keep_best", true, true); }),
+           OptionDef{
+               "--bits-budget", "B",
+               "mixed precision instead of --bits: " + budget_lo + ", 3 or " + budget_hi +
+                   " bits per target, chosen (exact knapsack) to minimize the total squared error ||W - Q - A B^T||^2 "
+                   "with an average of at most B code bits per weight, " +
+                   budget_lo + " <= B <= " + budget_hi +
+                   " (block scales not counted); measures each target at every width, then recomputes the chosen one; "
+                   "not with --shard",
+               kModel, false,
+               [budget_lo, budget_hi](const std::string&v) -> std::string {
+                 double x = 0;
+                 if (!parse_number(v, x) || x < budget_bits().front() || x > budget_bits().back())
+                   return "invalid value '" + v + "': expected a number of bits per weight in " + budget_lo + ".." +
+                          budget_hi;
+                 return {};
+               },
+               [](Args&a, const std::string&v) { parse_number(v, a.bits_budget); }}
+               .recorded("bits_budget",
+                         [](const Args&a, nlohmann::json&s) {
+                           if (a.bits_budget > 0) s["bits_budget"] = a.bits_budget;
+                         })
+               .excluding([](const Args&a) -> std::string {
+                 if (a.bits_given) return "--bits and --bits-budget exclude each other: the budget chooses the widths";
+                 // The allocation weighs every target against every other; one shard only sees its own.
+                 if (a.shard_n > 0) return "--bits-budget cannot be combined with --shard";
+                 return {};
+               }),
+           OptionDef{"--lora-alpha", "A", "PEFT lora_alpha, a number in 1e-6..1e6 (default: r)", kModel, false,
+                     [](const std::string&v) -> std::string {
+                       double x = 0;
+                       return parse_number(v, x) && lora_alpha_in_range(x)
+                                  ? std::string()
+                                  : "invalid value '" + v + "': expected a number in 1e-6..1e6";
+                     },
+                     [](Args&a, const std::string&v) { parse_number(v, a.lora_alpha); }}
+               .recorded(
+                   "lora_alpha", [](const Args&a, nlohmann::json&s) { s["lora_alpha"] = alpha_of(a); },
+                   [](const nlohmann::json&j, Args&a) {
+                     if (!field(j, "lora_alpha").is_number() || !lora_alpha_in_range(j["lora_alpha"].get<double>()))
+                       bad("lora_alpha " + j["lora_alpha"].dump() + " is not a number in 1e-6..1e6");
+                     a.lora_alpha = j["lora_alpha"].get<double>();
+                   }),
+           OptionDef{"--target-modules", "LIST",
+                     std::string("comma-separated module names (default ") + kDefaultTargets + ")", kModel, false,
+                     list(), [](Args&a, const std::string&v) { a.modules = split_list(v); }}
+               .recorded(
+                   "target_modules", [](const Args&a, nlohmann::json&s) { s["target_modules"] = a.modules; },
+                   [](const nlohmann::json&j, Args&a) {
+                     if (!field(j, "target_modules").is_array()) bad("target_modules is not a list");
+                     for (const auto& m : j["target_modules"]) {
+                       if (!m.is_string() || m.get<std::string>().empty()) bad("target_modules holds a non-name");
+                       a.modules.push_back(m.get<std::string>());
+                     }
+                   })})
     t.push_back(std::move(r));
 }
 
 // The table in parts of under 80 lines, in its order (the order of the help).
 void rows_4(std::vector<OptionDef>& t, const Args& d) {
   (void)d;
-  for (OptionDef& r : std::vector<OptionDef>{
-    OptionDef{"--format", "dequantized|bnb-nf4|gguf",
-     "the base model.safetensors: dequantized, Q in the input's dtype; bnb-nf4, the targets as "
-     "bitsandbytes NF4 (packed codes, absmax, quant_state; with --double-quant bitsandbytes' nested absmax) and "
-     "config.json with its quantization_config, which transformers loads without quantizing again; needs "
-     "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
-     "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
-     "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
-     "which --target-modules also accepts by their HF names q_proj, ...); "
-     "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) and "
-     "adapter.gguf (a llama.cpp LoRA adapter: llama-cli -m DIR/model.gguf --lora DIR/adapter.gguf) and "
-     "loftq_report.json; the alternation quantizes in the --quant format itself, --scale absmax being ggml's "
-     "own block scales; a target whose rows are not multiples of 32 is copied unchanged without an adapter "
-     "(llama.cpp's fallback); not with --bits, --bits-budget, --shard, --packed or --double-quant "
-     "(default dequantized)",
-     kModel, false, one_of({"dequantized", "bnb-nf4", "gguf"}),
-     [](Args& a, const std::string& v) {
-       a.bnb_nf4 = v == "bnb-nf4";
-       a.gguf = v == "gguf";
-     }}
-        .recorded("format",
-                  [](const Args& a, nlohmann::json& s) {
-                    if (a.bnb_nf4) s["format"] = "bnb-nf4";
-                    if (a.gguf) s["format"] = "gguf";
-                  })
-        .excluding(format_conflicts),
-    OptionDef{"--quant", "iq4_nl|q4_0|q8_0",
-     "--format gguf: the ggml type of the targets in model.gguf, blocks of 32 with an fp16 scale: iq4_nl "
-     "(16 non-uniform levels, 4.5 bits per weight), q4_0 (4.5) or q8_0 (8.5) (default iq4_nl)",
-     kModel, false, one_of({"iq4_nl", "q4_0", "q8_0"}),
-     [](Args& a, const std::string& v) {
-       a.quant = v == "q4_0" ? loftq::GgmlFormat::q4_0
-                             : v == "q8_0" ? loftq::GgmlFormat::q8_0 : loftq::GgmlFormat::iq4_nl;
-       a.quant_given = true;
-     }}
-        .recorded("quant",
-                  [](const Args& a, nlohmann::json& s) {
-                    if (a.gguf) s["quant"] = loftq::ggml_format_name(a.quant);
-                  })
-        .excluding([](const Args& a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
-    OptionDef{"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
-              [](Args& a, const std::string&) { a.packed = true; }}
-        .recorded("packed",
-                  [](const Args& a, nlohmann::json& s) {
+  for (
+      OptionDef& r : std::vector<OptionDef>{
+          OptionDef{
+              "--format", "dequantized|bnb-nf4|gguf",
+              "the base model.safetensors: dequantized, Q in the input's dtype; bnb-nf4, the targets as "
+              "bitsandbytes NF4 (packed codes, absmax, quant_state; with --double-quant bitsandbytes' nested absmax) "
+              "and "
+              "config.json with its quantization_config, which transformers loads without quantizing again; needs "
+              "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
+              "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
+              "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
+              "which --target-modules also accepts by their HF names q_proj, ...); "
+              "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) "
+              "and "
+              "adapter.gguf (a llama.cpp LoRA adapter: llama-cli -m DIR/model.gguf --lora DIR/adapter.gguf) and "
+              "loftq_report.json; the alternation quantizes in the --quant format itself, --scale absmax being ggml's "
+              "own block scales; a target whose rows are not multiples of 32 is copied unchanged without an adapter "
+              "(llama.cpp's fallback); not with --bits, --bits-budget, --shard, --packed or --double-quant "
+              "(default dequantized)",
+              kModel, false, one_of({"dequantized", "bnb-nf4", "gguf"}),
+              [](Args&a, const std::string&v) {
+                a.bnb_nf4 = v == "bnb-nf4";
+                a.gguf = v == "gguf";
+              }}
+              .recorded("format",
+                        [](const Args&a, nlohmann::json&s) {
+                          if (a.bnb_nf4) s["format"] = "bnb-nf4";
+                          if (a.gguf) s["format"] = "gguf";
+                        })
+              .excluding(format_conflicts),
+          OptionDef{
+              "--quant", "TYPE",
+              "--format gguf: the ggml type of the targets in model.gguf. Blocks of 32 with an fp16 scale: iq4_nl "
+              "(16 non-uniform levels, 4.5 bits per weight), q4_0 (4.5) or q8_0 (8.5); super-blocks of 256 (rows of a "
+              "multiple of 256, others kept): q2_k (2.625), q3_k (3.4375), q4_k (4.5), q5_k (5.5), q6_k (6.5625), "
+              "iq4_xs (4.25) (default iq4_nl)",
+              kModel, false, one_of(loftq::ggml_format_names()),
+              [](Args&a, const std::string&v) {
+                a.quant = loftq::ggml_format_from_name(v);
+                a.quant_given = true;
+              }}
+              .recorded("quant",
+                        [](const Args&a, nlohmann::json&s) {
+                          if (a.gguf) s["quant"] = loftq::ggml_format_name(a.quant);
+                        })
+              .excluding([](const Args&a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
+          OptionDef{"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
+                    [](Args&a, const std::string&) { a.packed = true; }}
+              .recorded(
+                  "packed",
+                  [](const Args&a, nlohmann::json&s) {
                     if (!a.gguf) s["packed"] = a.packed;
                   },
-                  [](const nlohmann::json& j, Args& a) { a.packed = bool_field(j, "packed", false, false); }),
-    {"--shard", "K/N",
-     "process only targets i (0-based, in sorted name order) with i % N == K - 1, 1 <= K <= N, into a partial "
-     "output (adapter_model.safetensors, shard_model.safetensors, loftq_report.json); combine the N outputs "
-     "with merge",
-     kModel, false,
-     [](const std::string& v) -> std::string {
-       const std::size_t slash = v.find('/');
-       if (slash == std::string::npos) return "invalid value '" + v + "': expected K/N";
-       const std::string n = v.substr(slash + 1), k = v.substr(0, slash);
-       std::string e = count(1, 1000000)(n);
-       if (e.empty()) e = count(1, to_u64(n))(k);
-       return e;
-     },
-     [](Args& a, const std::string& v) {
-       const std::size_t slash = v.find('/');
-       a.shard_n = static_cast<int>(to_u64(v.substr(slash + 1)));
-       a.shard_k = static_cast<int>(to_u64(v.substr(0, slash)));
-     }},
-    {"--overwrite", "", "replace an existing DIR (only once the new one is complete)", kModel | kMerge, false,
-     nullptr, [](Args& a, const std::string&) { a.overwrite = true; }},
-    {"--quiet", "", "print nothing on success (no progress, no summary)", kAll, false, nullptr,
-     [](Args& a, const std::string&) { a.quiet = true; }}
-       })
+                  [](const nlohmann::json&j, Args&a) { a.packed = bool_field(j, "packed", false, false); }),
+          {"--shard", "K/N",
+           "process only targets i (0-based, in sorted name order) with i % N == K - 1, 1 <= K <= N, into a partial "
+           "output (adapter_model.safetensors, shard_model.safetensors, loftq_report.json); combine the N outputs "
+           "with merge",
+           kModel, false,
+           [](const std::string&v) -> std::string {
+             const std::size_t slash = v.find('/');
+             if (slash == std::string::npos) return "invalid value '" + v + "': expected K/N";
+             const std::string n = v.substr(slash + 1), k = v.substr(0, slash);
+             std::string e = count(1, 1000000)(n);
+             if (e.empty()) e = count(1, to_u64(n))(k);
+             return e;
+           },
+           [](Args&a, const std::string&v) {
+             const std::size_t slash = v.find('/');
+             a.shard_n = static_cast<int>(to_u64(v.substr(slash + 1)));
+             a.shard_k = static_cast<int>(to_u64(v.substr(0, slash)));
+           }},
+          {"--overwrite", "", "replace an existing DIR (only once the new one is complete)",
+           kModel | kMerge | kCalibrate, false, nullptr, [](Args&a, const std::string&) { a.overwrite = true; }},
+          {"--quiet", "", "print nothing on success (no progress, no summary)", kAll, false, nullptr,
+           [](Args&a, const std::string&) { a.quiet = true; }}})
+    t.push_back(std::move(r));
+}
+
+// Calibration: `calibrate`, and `model --calibration`.
+void rows_5(std::vector<OptionDef>& t, const Args& d) {
+  for (OptionDef& r : std::vector<OptionDef>{
+           {"--input", "MODEL",
+            "a Hugging Face llama or mistral directory (config.json and safetensors, F32/F16/BF16), a GGUF file of the "
+            "llama architecture (F32, F16, BF16 or Q8_0 weights) or a llama2.c checkpoint",
+            kCalibrate, true, nonempty_path(), [](Args&a, const std::string&v) { a.input = v; }},
+           {"--tokens", "TOKENS.npy",
+            "calibration token ids: a 2-D .npy of int32 or int64, one sequence per row (N x T), every id inside the "
+            "vocabulary and T at most the model's context length",
+            kCalibrate, true, nonempty_path(), [](Args&a, const std::string&v) { a.tokens = v; }},
+           {"--stats", "full|diag",
+            "full: the whole X^T X of each input (n^2 doubles per input, 44 GB for a 7B model); diag: its diagonal, "
+            "what llama.cpp's imatrix holds (default " +
+                std::string(d.stats_full ? "full" : "diag") + ")",
+            kCalibrate, false, one_of({"full", "diag"}),
+            [](Args&a, const std::string&v) { a.stats_full = v == "full"; }},
+           {"--imatrix", "", "also write DIR/imatrix.gguf, the diagonal statistics as a llama.cpp importance matrix",
+            kCalibrate, false, nullptr, [](Args&a, const std::string&) { a.imatrix = true; }},
+           {"--calibration", "FILE",
+            "data-aware LoftQ: fit each target's outputs on calibration inputs instead of its weights. FILE is the "
+            "statistics.safetensors of 'loftq calibrate' or a llama.cpp imatrix (GGUF or legacy .dat), recognized by "
+            "content; every target needs statistics of its width (q/k/v and gate/up may share an entry); the report "
+            "records each target's output error under QLoRA, data-free and data-aware LoftQ",
+            kModel, false, nonempty_path(), [](Args&a, const std::string&v) { a.calibration = v; }},
+           OptionDef{"--calibration-missing", "refuse|data-free",
+                     "with --calibration, a target without statistics: refused, or computed data-free and listed in "
+                     "the report "
+                     "(default refuse)",
+                     kModel, false, one_of({"refuse", "data-free"}),
+                     [](Args&a, const std::string&v) { a.calibration_data_free = v == "data-free"; }}
+               .excluding([](const Args&a) {
+                 return a.calibration.empty() ? "--calibration-missing needs --calibration" : std::string();
+               })})
     t.push_back(std::move(r));
 }
 
@@ -483,6 +501,7 @@ const std::vector<OptionDef>& option_table() {
     rows_2(t, d);
     rows_3(t, d);
     rows_4(t, d);
+    rows_5(t, d);
     return t;
   }();
   return table;

@@ -21,7 +21,7 @@ class Formatter;
 
 namespace loftq_cli {
 
-enum Command : unsigned { kInit = 1, kModel = 2, kMerge = 4, kCore = kInit | kModel, kAll = 7 };
+enum Command : unsigned { kInit = 1, kModel = 2, kMerge = 4, kCalibrate = 8, kCore = kInit | kModel, kAll = 15 };
 
 struct CommandDef {
   const char* name;
@@ -29,7 +29,7 @@ struct CommandDef {
   const char* usage;
   const char* description;
 };
-extern const CommandDef kCommands[3];
+extern const CommandDef kCommands[4];
 extern const char* const kExitStatus;
 
 // A check on one raw value: "" when it is fine, else the complaint.
@@ -50,9 +50,9 @@ struct OptionDef {
   bool required;
   Check check;
   Apply apply;
-  std::string key = {};      // the "settings" key of the reports, "" when not recorded
-  Record record = nullptr;   // with a key
-  Read read = nullptr;       // with a key that merge reads back
+  std::string key = {};     // the "settings" key of the reports, "" when not recorded
+  Record record = nullptr;  // with a key
+  Read read = nullptr;      // with a key that merge reads back
   Conflicts conflicts = nullptr;
 
   OptionDef recorded(std::string k, Record r, Read rd = nullptr) && {

@@ -35,7 +35,7 @@ inline const std::vector<int>& budget_bits() {
 // Everything any command reads from its command line. A command uses the
 // fields of the options it accepts; the others keep these defaults.
 struct Args {
-  std::string command;  // init, model or merge
+  std::string command;  // init, model, merge or calibrate
   std::string input, output;
   // The library's defaults, so a change there reaches the tool.
   int bits = 4;  // the tool's own: the library has no default width
@@ -57,12 +57,19 @@ struct Args {
   std::vector<std::string> modules;
   int shard_k = 0, shard_n = 0;  // 0: not sharded
   bool overwrite = false, packed = false;
-  bool bnb_nf4 = false;  // --format bnb-nf4: the base as bitsandbytes NF4 instead of dequantized Q
+  bool bnb_nf4 = false;    // --format bnb-nf4: the base as bitsandbytes NF4 instead of dequantized Q
   double bits_budget = 0;  // 0: one width for every target (--bits)
   // --format gguf: a GGUF file in, model.gguf + adapter.gguf out (cmd_model_gguf.cpp)
   bool gguf = false;
   loftq::GgmlFormat quant = loftq::GgmlFormat::iq4_nl;  // --quant
   bool quant_given = false;
+  // model --calibration: statistics for data-aware LoftQ (calibration_input.hpp)
+  std::string calibration;
+  bool calibration_data_free = false;  // --calibration-missing data-free
+  // calibrate
+  std::string tokens;
+  bool stats_full = true;  // --stats full|diag
+  bool imatrix = false;
   // merge
   std::vector<std::string> shards;
 };
@@ -75,7 +82,7 @@ inline bool lora_alpha_in_range(double x) { return x >= 1e-6 && x <= 1e6; }
 // What the command line asks for.
 struct Parsed {
   enum class Action { run, help, version, usage_help } action = Action::run;  // help: also --help-markdown
-  Args args;         // action run
+  Args args;                                                                  // action run
   std::string text;  // help or version text; usage_help: help for stderr
 };
 

@@ -27,8 +27,8 @@ void Progress::update(std::size_t done, const std::string& current) {
   const double eta = done > 0 ? el / static_cast<double>(done) * static_cast<double>(total_ - done) : 0.0;
   const int pct = total_ ? static_cast<int>(100 * done / total_) : 100;
   char head[128];
-  std::snprintf(head, sizeof head, "[%zu/%zu] %3d%%  elapsed %s  ETA %s  ", done, total_, pct,
-                fmt_duration(el).c_str(), done > 0 ? fmt_duration(eta).c_str() : "-:--:--");
+  std::snprintf(head, sizeof head, "[%zu/%zu] %3d%%  elapsed %s  ETA %s  ", done, total_, pct, fmt_duration(el).c_str(),
+                done > 0 ? fmt_duration(eta).c_str() : "-:--:--");
   if (tty_) {
     std::string bar(20, ' ');
     for (std::size_t i = 0; i < (total_ ? 20 * done / total_ : 20); ++i) bar[i] = '#';

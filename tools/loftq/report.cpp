@@ -47,12 +47,9 @@ std::string ReportBuilder::finish(double seconds) {
 }
 
 nlohmann::json double_quant_json(const loftq::DoubleQuantEffect& e) {
-  return {{"scheme", "int8 absmax, mean subtracted"},
-          {"block", loftq::kDoubleQuantBlock},
-          {"bits_per_weight_before", e.bits_per_weight_before},
-          {"rel_err_before", e.error_before},
-          {"rel_err_rounded_scales", e.error_rounded},
-          {"refit", e.refit_kept}};
+  return {{"scheme", "int8 absmax, mean subtracted"},           {"block", loftq::kDoubleQuantBlock},
+          {"bits_per_weight_before", e.bits_per_weight_before}, {"rel_err_before", e.error_before},
+          {"rel_err_rounded_scales", e.error_rounded},          {"refit", e.refit_kept}};
 }
 
 std::size_t iterations_run(const loftq::Result<float>& r, bool double_quant) {

@@ -50,7 +50,6 @@ struct InitFacts {
 std::string init_report(const Args& a, const InitFacts& f, const loftq::Result<float>& r,
                         const loftq::DoubleQuantEffect& dq);
 
-
 // model: one tensor's entry. `candidates` are the squared errors measured at
 // each width of a bit budget (empty without one).
 struct TensorFacts {

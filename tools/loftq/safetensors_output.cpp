@@ -52,7 +52,8 @@ BaseWriters open_base_writers(const StagedOutput& out, const io::Checkpoint& ck,
       const auto it = selected.find(t.name);
       if (it != selected.end()) here.push_back(it->second);
       if (it != selected.end() && s.bnb_nf4) {
-        for (io::TensorDecl& x : io::bnb_nf4_tensors(bnb_target(*it->second), s.packing.block_size, s.packing.double_quant))
+        for (io::TensorDecl& x :
+             io::bnb_nf4_tensors(bnb_target(*it->second), s.packing.block_size, s.packing.double_quant))
           d.push_back(std::move(x));
       } else {
         d.push_back({t.name, t.dtype, t.shape});

@@ -46,8 +46,7 @@ class GgufSink : public Sink {
     }
     const std::vector<io::GgufKV> adapter_kvs = {
         io::gguf_kv_string("general.architecture", src.architecture()), io::gguf_kv_string("general.type", "adapter"),
-        io::gguf_kv_string("adapter.type", "lora"),
-        io::gguf_kv_f32("adapter.lora.alpha", static_cast<float>(alpha_))};
+        io::gguf_kv_string("adapter.type", "lora"), io::gguf_kv_f32("adapter.lora.alpha", static_cast<float>(alpha_))};
     try {
       base_ = std::make_unique<io::GgufWriter>(out.path("model.gguf").string(), src.file().kvs(), base_decls);
       adapter_ = std::make_unique<io::GgufWriter>(out.path("adapter.gguf").string(), adapter_kvs, adapter_decls);

@@ -25,9 +25,9 @@ using ConstMapF = Eigen::Map<const RowMatrixF>;
 struct ModelTarget {
   std::string name, module;  // the tensor, and the --target-modules entry it matched
   std::uint64_t rows = 0, cols = 0;
-  std::string dtype;         // the input's type name, as the report records it
-  std::string where;         // "<file>: tensor '<name>'", the start of its messages
-  std::size_t index = 0;     // position in Source::targets()
+  std::string dtype;      // the input's type name, as the report records it
+  std::string where;      // "<file>: tensor '<name>'", the start of its messages
+  std::size_t index = 0;  // position in Source::targets()
 };
 
 // One step of the output, in the order the output is written: a target, or

@@ -16,7 +16,7 @@ namespace {
 // stand for (llama.cpp's convert_hf_to_gguf.py tensor map).
 const std::map<std::string, std::string>& llama_module_names() {
   static const std::map<std::string, std::string> m = {
-      {"q_proj", "attn_q"},      {"k_proj", "attn_k"}, {"v_proj", "attn_v"},     {"o_proj", "attn_output"},
+      {"q_proj", "attn_q"},      {"k_proj", "attn_k"},  {"v_proj", "attn_v"},      {"o_proj", "attn_output"},
       {"gate_proj", "ffn_gate"}, {"up_proj", "ffn_up"}, {"down_proj", "ffn_down"},
   };
   return m;
@@ -64,7 +64,7 @@ void GgufSource::plan(const Args& a) {
     if (ty != io::GgmlType::F32 && ty != io::GgmlType::F16 && ty != io::GgmlType::BF16)
       throw InputError{where + " has type " + io::GgufFile::type_name(t.type) +
                        "; --format gguf quantizes F32, F16 or BF16 targets"};
-    const bool fallback = t.ne[0] % loftq::kGgmlBlock != 0;
+    const bool fallback = t.ne[0] % static_cast<std::uint64_t>(loftq::ggml_format_block(a.quant)) != 0;
     if (!fallback && static_cast<std::uint64_t>(a.rank) > std::min(t.ne[0], t.ne[1]))
       throw InputError{where + ": rank " + std::to_string(a.rank) + " is larger than its " + std::to_string(t.ne[1]) +
                        "x" + std::to_string(t.ne[0]) + " shape allows"};
@@ -78,8 +78,9 @@ void GgufSource::plan(const Args& a) {
       matched_.push_back(wanted.at(mod));
   }
   if (targets_.empty())
-    throw InputError{a.input + ": no target tensors (blk.N.<module>.weight with rows of a multiple of 32) for " +
-                     "--target-modules " + joined(a.modules)};
+    throw InputError{a.input + ": no target tensors (blk.N.<module>.weight with rows of a multiple of " +
+                     std::to_string(loftq::ggml_format_block(a.quant)) + ") for " + "--target-modules " +
+                     joined(a.modules)};
 }
 
 std::vector<Step> GgufSource::steps() const {

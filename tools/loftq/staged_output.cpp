@@ -289,7 +289,8 @@ void start_threads() {
   int e = 0;
   for (int i = 1; i < n && e == 0; ++i) {
     pthread_t t;
-    e = ::pthread_create(&t, nullptr, [](void*) -> void* { return nullptr; }, nullptr);
+    e = ::pthread_create(
+        &t, nullptr, [](void*) -> void* { return nullptr; }, nullptr);
     if (e == 0) ts.push_back(t);
   }
   for (pthread_t t : ts) ::pthread_join(t, nullptr);
@@ -326,8 +327,7 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
   const fs::file_status lst = fs::symlink_status(dir_, ec);
   if (fs::exists(lst) || fs::exists(st)) {
     exists_ = true;
-    if (policy_ == Existing::refuse)
-      throw InputError{shown + ": output exists; pass --overwrite to replace it"};
+    if (policy_ == Existing::refuse) throw InputError{shown + ": output exists; pass --overwrite to replace it"};
     if (!fs::exists(st)) throw InputError{shown + ": output is a dangling symbolic link"};
     if (!fs::is_directory(st)) throw InputError{shown + ": output exists and is not a directory"};
     if (policy_ == Existing::replace) {
@@ -427,7 +427,8 @@ const fs::path& StagedOutput::stage() {
       write_file(kMarkerFile, std::string("written by loftq; 'loftq --overwrite' may replace this directory\n"));
       return stage_;
     }
-    if (errno != EEXIST || k >= 100) throw InputError{t.string() + ": cannot create directory: " + std::strerror(errno)};
+    if (errno != EEXIST || k >= 100)
+      throw InputError{t.string() + ": cannot create directory: " + std::strerror(errno)};
   }
 }
 

@@ -53,8 +53,10 @@ inline void check_options(const Options& o, Eigen::Index m, Eigen::Index n) {
   require(o.rank >= 1 && o.rank <= mn, Errc::invalid_argument,
           "rank " + std::to_string(o.rank) + " is outside 1.." + std::to_string(mn) + " for a " + std::to_string(m) +
               "x" + std::to_string(n) + " matrix");
-  require(o.iterations >= 1, Errc::invalid_argument, "iterations must be >= 1 (got " + std::to_string(o.iterations) + ")");
-  require(o.tolerance >= 0.0 && std::isfinite(o.tolerance), Errc::invalid_argument, "tolerance must be finite and >= 0");
+  require(o.iterations >= 1, Errc::invalid_argument,
+          "iterations must be >= 1 (got " + std::to_string(o.iterations) + ")");
+  require(o.tolerance >= 0.0 && std::isfinite(o.tolerance), Errc::invalid_argument,
+          "tolerance must be finite and >= 0");
   require(o.warm_power_iterations >= -1, Errc::invalid_argument,
           "warm_power_iterations must be >= 0, or -1 for automatic");
   require(o.start_power_iterations >= -1, Errc::invalid_argument,
@@ -130,8 +132,15 @@ class Alternation {
  public:
   Alternation(const Scalar* Wp, Eigen::Index m, Eigen::Index n, const QuantSpec& spec, const Options& opt,
               Metric& metric)
-      : Wp_(Wp), W_(Wp, m, n), m_(m), n_(n), N_(static_cast<std::int64_t>(m) * n), opt_(opt), metric_(metric),
-        spec_in_(spec), spec_(spec) {
+      : Wp_(Wp),
+        W_(Wp, m, n),
+        m_(m),
+        n_(n),
+        N_(static_cast<std::int64_t>(m) * n),
+        opt_(opt),
+        metric_(metric),
+        spec_in_(spec),
+        spec_(spec) {
     spec_.search = opt.scale_search;
     plain_ = spec_;  // QLoRA's q(W): plain absmax, unweighted
     plain_.search = false;
@@ -176,8 +185,7 @@ class Alternation {
 
  private:
   void check_cancel() const {
-    if (opt_.cancel && opt_.cancel->load(std::memory_order_relaxed))
-      fail(Errc::cancelled, "initialize: cancelled");
+    if (opt_.cancel && opt_.cancel->load(std::memory_order_relaxed)) fail(Errc::cancelled, "initialize: cancelled");
   }
 
   // Q_1 = q(W - A_0 B_0^T): with the zero start q(W); with the SVD start,

@@ -50,7 +50,8 @@ struct Tables {
   explicit Tables(const std::vector<float>& cb) {
     const auto t = decision_thresholds<Scalar>(cb);
     for (int i = 0; i < L; ++i) level[i] = static_cast<Scalar>(cb[i]);
-    for (int i = 0; i < L - 1; ++i) thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
+    for (int i = 0; i < L - 1; ++i)
+      thr[i] = i < static_cast<int>(t.size()) ? t[i] : std::numeric_limits<Scalar>::infinity();
     if constexpr (Bits <= 4) tree = SearchTree<Bits>(thr.data(), level.data());
 #if LOFTQ_NEON_KERNELS
     if constexpr (Bits <= 4) neon = NeonTable<Bits>(tree);
@@ -92,15 +93,13 @@ float checked_scale(Scalar s, Eigen::Index block) {
   // catches NaN and Inf in the input: the kernels need no separate pass.
   // Checked by hand: this runs once per block, and require() would build
   // the message every time.
-  if (!std::isfinite(s))
-    fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(block) + ")");
+  if (!std::isfinite(s)) fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(block) + ")");
   const float f = static_cast<float>(s);
   if (!std::isfinite(f))
     fail(Errc::invalid_argument,
          "block " + std::to_string(block) + " has magnitude beyond the float range; block scales are fp32");
   return f;
 }
-
 
 // Codes (and, when vals is given, dequantized values) of one span of a block;
 // den == 0 means a constant block. Up to 4 bits the level is found by a chain
@@ -269,7 +268,7 @@ void scale_error(const Tables<Scalar, Bits>& T, const Scalar* LOFTQ_RESTRICT x, 
     else
 #endif
 #if LOFTQ_NEON_KERNELS
-    if (use_neon())
+        if (use_neon())
       j = w ? scale_error_neon<Bits, true>(T.neon, x, w, n, inv, facc)
             : scale_error_neon<Bits, false>(T.neon, x, w, n, inv, facc);
     else
@@ -298,7 +297,8 @@ struct ScaleGrid {
   int lloyd_steps;
 };
 inline const ScaleGrid& scale_grid(int bits) {
-  static const ScaleGrid g2{{0.9, 0.75, 0.6}, 2}, g3{{0.9, 0.8, 0.7}, 2}, g4{{0.9, 0.8}, 1}, g5{{0.98, 0.95, 0.92, 0.88}, 2};
+  static const ScaleGrid g2{{0.9, 0.75, 0.6}, 2}, g3{{0.9, 0.8, 0.7}, 2}, g4{{0.9, 0.8}, 1},
+      g5{{0.98, 0.95, 0.92, 0.88}, 2};
   return bits <= 2 ? g2 : bits == 3 ? g3 : bits == 4 ? g4 : g5;
 }
 
@@ -373,8 +373,7 @@ class BlockQuantizer {
   explicit BlockQuantizer(const QuantSpec& s)
       : s_(s),
         T_(*s.codebook),
-        search_(s.search && s.mode == ScaleMode::absmax && s.codebook->front() == -1.0f &&
-                s.codebook->back() == 1.0f),
+        search_(s.search && s.mode == ScaleMode::absmax && s.codebook->front() == -1.0f && s.codebook->back() == 1.0f),
         grid_(scale_grid(s.bits)) {
     if (s.col_weights) require(s.cols >= 1, Errc::invalid_argument, "column weights need the column count");
   }
@@ -413,7 +412,8 @@ class BlockQuantizer {
         off = lo;
         den = scale - lo;
         if (!std::isfinite(den))
-          fail(Errc::invalid_argument, "block " + std::to_string(b) + " has a range (max - min) beyond the scalar type");
+          fail(Errc::invalid_argument,
+               "block " + std::to_string(b) + " has a range (max - min) beyond the scalar type");
         if (out) {
           out->scales[b] = static_cast<float>(scale);
           out->mins[b] = static_cast<float>(lo);
@@ -477,14 +477,22 @@ class BlockQuantizer {
 template <class F>
 decltype(auto) with_bits(int bits, F&& f) {
   switch (bits) {
-    case 2: return f(std::integral_constant<int, 2>{});
-    case 3: return f(std::integral_constant<int, 3>{});
-    case 4: return f(std::integral_constant<int, 4>{});
-    case 5: return f(std::integral_constant<int, 5>{});
-    case 6: return f(std::integral_constant<int, 6>{});
-    case 7: return f(std::integral_constant<int, 7>{});
-    case 8: return f(std::integral_constant<int, 8>{});
-    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(bits));
+    case 2:
+      return f(std::integral_constant<int, 2>{});
+    case 3:
+      return f(std::integral_constant<int, 3>{});
+    case 4:
+      return f(std::integral_constant<int, 4>{});
+    case 5:
+      return f(std::integral_constant<int, 5>{});
+    case 6:
+      return f(std::integral_constant<int, 6>{});
+    case 7:
+      return f(std::integral_constant<int, 7>{});
+    case 8:
+      return f(std::integral_constant<int, 8>{});
+    default:
+      fail(Errc::unsupported, "unsupported bit width " + std::to_string(bits));
   }
 }
 
@@ -514,9 +522,8 @@ void quantize_flat(const Scalar* in, Scalar* deq, PackedMatrix* out, std::int64_
                    const Scalar* minuend = nullptr) {
   with_block_quantizer<Scalar>(s, [&](const auto& bq) {
     const std::int64_t nb = (N + s.block_size - 1) / s.block_size, g = blocks_per_task(s);
-    parallel_for((nb + g - 1) / g, threads, [&](std::int64_t task) {
-      bq.run(in, deq, out, N, task * g, std::min(nb, (task + 1) * g), minuend);
-    });
+    parallel_for((nb + g - 1) / g, threads,
+                 [&](std::int64_t task) { bq.run(in, deq, out, N, task * g, std::min(nb, (task + 1) * g), minuend); });
   });
 }
 
@@ -556,15 +563,24 @@ void dequantize_flat_impl(const PackedMatrix& P, Scalar* out, int threads) {
 template <class Scalar>
 void dequantize_flat(const PackedMatrix& P, Scalar* out, int threads) {
   switch (P.bits) {
-    case 1: fail(Errc::unsupported, "1-bit codes are not supported");
-    case 2: return dequantize_flat_impl<Scalar, 2>(P, out, threads);
-    case 3: return dequantize_flat_impl<Scalar, 3>(P, out, threads);
-    case 4: return dequantize_flat_impl<Scalar, 4>(P, out, threads);
-    case 5: return dequantize_flat_impl<Scalar, 5>(P, out, threads);
-    case 6: return dequantize_flat_impl<Scalar, 6>(P, out, threads);
-    case 7: return dequantize_flat_impl<Scalar, 7>(P, out, threads);
-    case 8: return dequantize_flat_impl<Scalar, 8>(P, out, threads);
-    default: fail(Errc::unsupported, "unsupported bit width " + std::to_string(P.bits));
+    case 1:
+      fail(Errc::unsupported, "1-bit codes are not supported");
+    case 2:
+      return dequantize_flat_impl<Scalar, 2>(P, out, threads);
+    case 3:
+      return dequantize_flat_impl<Scalar, 3>(P, out, threads);
+    case 4:
+      return dequantize_flat_impl<Scalar, 4>(P, out, threads);
+    case 5:
+      return dequantize_flat_impl<Scalar, 5>(P, out, threads);
+    case 6:
+      return dequantize_flat_impl<Scalar, 6>(P, out, threads);
+    case 7:
+      return dequantize_flat_impl<Scalar, 7>(P, out, threads);
+    case 8:
+      return dequantize_flat_impl<Scalar, 8>(P, out, threads);
+    default:
+      fail(Errc::unsupported, "unsupported bit width " + std::to_string(P.bits));
   }
 }
 
@@ -600,8 +616,8 @@ namespace loftq {
 namespace detail {
 LOFTQ_INSTANCE_FLOAT void quantize_flat<float>(const float*, float*, PackedMatrix*, std::int64_t, const QuantSpec&, int,
                                                const float*);
-LOFTQ_INSTANCE_DOUBLE void quantize_flat<double>(const double*, double*, PackedMatrix*, std::int64_t, const QuantSpec&, int,
-                                                 const double*);
+LOFTQ_INSTANCE_DOUBLE void quantize_flat<double>(const double*, double*, PackedMatrix*, std::int64_t, const QuantSpec&,
+                                                 int, const double*);
 LOFTQ_INSTANCE_FLOAT void dequantize_flat<float>(const PackedMatrix&, float*, int);
 LOFTQ_INSTANCE_DOUBLE void dequantize_flat<double>(const PackedMatrix&, double*, int);
 }  // namespace detail

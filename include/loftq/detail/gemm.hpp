@@ -33,12 +33,10 @@ namespace detail {
 
 #if LOFTQ_X86_KERNELS
 template <int R, int G>
-LOFTQ_TARGET_AVX2
-inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
-                        std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
+LOFTQ_TARGET_AVX2 inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x,
+                                          std::ptrdiff_t sx, std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
   __m256 acc[R][G];
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
   for (std::ptrdiff_t t = 0; t < depth; ++t) {
     const float* xt = x + t * sx;
     __m256 xv[G];
@@ -49,14 +47,14 @@ inline void skinny_tile(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
       LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = _mm256_fmadd_ps(b, xv[g], acc[r][g]);
     }
   }
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) _mm256_storeu_ps(out + r * so + 8 * g, acc[r][g]);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g)
+      _mm256_storeu_ps(out + r * so + 8 * g, acc[r][g]);
 }
 
 template <int R>
-LOFTQ_TARGET_AVX2
-inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
-                             std::ptrdiff_t depth, std::ptrdiff_t w8, float* out, std::ptrdiff_t so) {
+LOFTQ_TARGET_AVX2 inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x,
+                                               std::ptrdiff_t sx, std::ptrdiff_t depth, std::ptrdiff_t w8, float* out,
+                                               std::ptrdiff_t so) {
   std::ptrdiff_t j = 0;
   for (; j + 24 <= w8; j += 24) skinny_tile<R, 3>(a, sar, sat, x + j, sx, depth, out + j, so);
   if (w8 - j == 16) skinny_tile<R, 2>(a, sar, sat, x + j, sx, depth, out + j, so);
@@ -65,19 +63,26 @@ inline void skinny_row_tiles(const float* a, std::ptrdiff_t sar, std::ptrdiff_t 
 
 // The multiple-of-8 prefix of the columns; returns its width.
 LOFTQ_TARGET_AVX2 inline std::ptrdiff_t skinny_gemm_avx2(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat,
-                                                        const float* x, std::ptrdiff_t sx, std::ptrdiff_t depth,
-                                                        std::ptrdiff_t rows, std::ptrdiff_t w, float* out,
-                                                        std::ptrdiff_t so) {
+                                                         const float* x, std::ptrdiff_t sx, std::ptrdiff_t depth,
+                                                         std::ptrdiff_t rows, std::ptrdiff_t w, float* out,
+                                                         std::ptrdiff_t so) {
   const std::ptrdiff_t w8 = w / 8 * 8;
   std::ptrdiff_t i = 0;
   for (; i + 4 <= rows; i += 4) skinny_row_tiles<4>(a + i * sar, sar, sat, x, sx, depth, w8, out + i * so, so);
   const float* ai = a + i * sar;
   float* oi = out + i * so;
   switch (rows - i) {
-    case 3: skinny_row_tiles<3>(ai, sar, sat, x, sx, depth, w8, oi, so); break;
-    case 2: skinny_row_tiles<2>(ai, sar, sat, x, sx, depth, w8, oi, so); break;
-    case 1: skinny_row_tiles<1>(ai, sar, sat, x, sx, depth, w8, oi, so); break;
-    default: break;
+    case 3:
+      skinny_row_tiles<3>(ai, sar, sat, x, sx, depth, w8, oi, so);
+      break;
+    case 2:
+      skinny_row_tiles<2>(ai, sar, sat, x, sx, depth, w8, oi, so);
+      break;
+    case 1:
+      skinny_row_tiles<1>(ai, sar, sat, x, sx, depth, w8, oi, so);
+      break;
+    default:
+      break;
   }
   return w8;
 }
@@ -123,12 +128,11 @@ inline void skinny_gemm(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, 
 // its bits.
 #if LOFTQ_X86_KERNELS
 template <int R, int G>
-LOFTQ_TARGET_AVX2
-inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
-                          float* out, std::ptrdiff_t so, bool first) {
+LOFTQ_TARGET_AVX2 inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y,
+                                            std::ptrdiff_t sy, float* out, std::ptrdiff_t so, bool first) {
   __m256 yv[R][G];
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) yv[r][g] = _mm256_loadu_ps(y + r * sy + 8 * g);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g) yv[r][g] =
+      _mm256_loadu_ps(y + r * sy + 8 * g);
   for (std::ptrdiff_t j = 0; j < cols; ++j) {
     float* oj = out + j * so;
     __m256 acc[G];
@@ -142,9 +146,9 @@ inline void skinny_rows_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols
 }
 
 template <int G>
-LOFTQ_TARGET_AVX2
-inline void skinny_slice_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows, std::ptrdiff_t cols, const float* y,
-                           std::ptrdiff_t sy, float* out, std::ptrdiff_t so) {
+LOFTQ_TARGET_AVX2 inline void skinny_slice_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows,
+                                             std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy, float* out,
+                                             std::ptrdiff_t so) {
   std::ptrdiff_t i = 0;
   for (; i + 4 <= rows; i += 4) skinny_rows_t<4, G>(m + i * sm, sm, cols, y + i * sy, sy, out, so, i == 0);
   for (; i < rows; ++i) skinny_rows_t<1, G>(m + i * sm, sm, cols, y + i * sy, sy, out, so, i == 0);
@@ -153,14 +157,20 @@ inline void skinny_slice_t(const float* m, std::ptrdiff_t sm, std::ptrdiff_t row
 // Slices of up to 24 columns of y, each a pass over m's rows, over the
 // multiple-of-8 prefix of the columns; returns its width.
 LOFTQ_TARGET_AVX2 inline std::ptrdiff_t skinny_gemm_t_avx2(const float* m, std::ptrdiff_t sm, std::ptrdiff_t rows,
-                                                          std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
-                                                          std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
+                                                           std::ptrdiff_t cols, const float* y, std::ptrdiff_t sy,
+                                                           std::ptrdiff_t w, float* out, std::ptrdiff_t so) {
   const std::ptrdiff_t w8 = w / 8 * 8;
   for (std::ptrdiff_t g = 0; g < w8; g += 24) {
     switch (std::min<std::ptrdiff_t>(24, w8 - g)) {
-      case 24: skinny_slice_t<3>(m, sm, rows, cols, y + g, sy, out + g, so); break;
-      case 16: skinny_slice_t<2>(m, sm, rows, cols, y + g, sy, out + g, so); break;
-      default: skinny_slice_t<1>(m, sm, rows, cols, y + g, sy, out + g, so); break;
+      case 24:
+        skinny_slice_t<3>(m, sm, rows, cols, y + g, sy, out + g, so);
+        break;
+      case 16:
+        skinny_slice_t<2>(m, sm, rows, cols, y + g, sy, out + g, so);
+        break;
+      default:
+        skinny_slice_t<1>(m, sm, rows, cols, y + g, sy, out + g, so);
+        break;
     }
   }
   return w8;

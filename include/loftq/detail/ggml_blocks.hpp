@@ -65,7 +65,8 @@ inline void ggml_q4_0_block(const float* x, int n, GgmlBlock& b) {
   const float d = max / -8;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   b.dh = float_to_half(d);
-  for (int j = 0; j < n; ++j) b.codes[j] = static_cast<std::uint8_t>(std::min(15, trunc_sat(rounded_mul(x[j], id) + 8.5f, -128, 127)));
+  for (int j = 0; j < n; ++j)
+    b.codes[j] = static_cast<std::uint8_t>(std::min(15, trunc_sat(rounded_mul(x[j], id) + 8.5f, -128, 127)));
 }
 
 // quantize_row_q8_0_ref (codes q + 128).
@@ -120,7 +121,8 @@ inline void ggml_iq4_nl_block(const float* x, int n, GgmlBlock& b) {
   }
   b.dh = float_to_half(d);
   const float id = d != 0.0f ? 1 / d : 0.0f;
-  for (int j = 0; j < n; ++j) b.codes[j] = static_cast<std::uint8_t>(ggml_best_index(16, values, rounded_mul(id, x[j])));
+  for (int j = 0; j < n; ++j)
+    b.codes[j] = static_cast<std::uint8_t>(ggml_best_index(16, values, rounded_mul(id, x[j])));
 }
 
 // The library's choice: the lowest sum w (x - fp16(d) level)^2 (in double)
@@ -220,10 +222,17 @@ class GgmlSearch {
 // One ggml block of n <= 32 finite floats; w (optional) weighs the search.
 inline void ggml_quantize_block(GgmlFormat f, const float* x, const float* w, int n, bool search, GgmlBlock& b) {
   switch (f) {
-    case GgmlFormat::q4_0: ggml_q4_0_block(x, n, b); break;
-    case GgmlFormat::q8_0: ggml_q8_0_block(x, n, b); break;
-    case GgmlFormat::iq4_nl: ggml_iq4_nl_block(x, n, b); break;
-    default: fail(Errc::invalid_argument, "ggml_quantize_block: not a 32-element ggml format");
+    case GgmlFormat::q4_0:
+      ggml_q4_0_block(x, n, b);
+      break;
+    case GgmlFormat::q8_0:
+      ggml_q8_0_block(x, n, b);
+      break;
+    case GgmlFormat::iq4_nl:
+      ggml_iq4_nl_block(x, n, b);
+      break;
+    default:
+      fail(Errc::invalid_argument, "ggml_quantize_block: not a 32-element ggml format");
   }
   if (search) {
     GgmlSearch s(f, x, w, n);
@@ -252,7 +261,8 @@ class GgmlBlockQuantizer {
       const int n = static_cast<int>(std::min<std::int64_t>(kGgmlBlock, N - e0));
       for (int j = 0; j < n; ++j) {
         const Scalar v = in[e0 + j];
-        if (!std::isfinite(v)) fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(b) + ")");
+        if (!std::isfinite(v))
+          fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(b) + ")");
         x[j] = static_cast<float>(v);
         if (!std::isfinite(x[j]))
           fail(Errc::invalid_argument, "block " + std::to_string(b) + " has magnitude beyond the float range");

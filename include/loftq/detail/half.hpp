@@ -38,7 +38,7 @@ inline std::uint16_t float_to_half(float f) {
   if (absx >= 0x7f800000u)  // Inf or NaN (NaN stays quiet NaN)
     return static_cast<std::uint16_t>(sign | 0x7c00u | (absx > 0x7f800000u ? 0x200u | ((absx >> 13) & 0x3ffu) : 0u));
   if (absx >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // rounds to >= 65520: Inf
-  if (absx < 0x38800000u) {  // below the smallest normal half: subnormal or zero
+  if (absx < 0x38800000u) {               // below the smallest normal half: subnormal or zero
     if (absx < 0x33000000u) return sign;  // < 2^-25 rounds to zero
     const std::uint32_t e = absx >> 23;
     const std::uint32_t m = (absx & 0x7fffffu) | 0x800000u;

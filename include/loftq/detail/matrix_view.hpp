@@ -25,7 +25,8 @@ class RowMajorView {
  public:
   using Scalar = typename Derived::Scalar;
   explicit RowMajorView(const Eigen::MatrixBase<Derived>& W) {
-    if constexpr (static_cast<bool>(Derived::Flags & Eigen::DirectAccessBit) && static_cast<bool>(Derived::IsRowMajor)) {
+    if constexpr (static_cast<bool>(Derived::Flags & Eigen::DirectAccessBit) &&
+                  static_cast<bool>(Derived::IsRowMajor)) {
       const auto& d = W.derived();
       if (d.innerStride() == 1 && (d.rows() <= 1 || d.outerStride() == d.cols())) {
         ptr_ = d.data();
@@ -67,8 +68,9 @@ void check_weights(const Eigen::MatrixBase<Derived>& W, const typename Derived::
   using Scalar = typename Derived::Scalar;
   static_assert(std::is_same<Scalar, float>::value || std::is_same<Scalar, double>::value,
                 "loftq works on float or double matrices");
-  require(W.rows() > 0 && W.cols() > 0, Errc::invalid_argument,
-          std::string(what) + ": the matrix is empty (" + std::to_string(W.rows()) + "x" + std::to_string(W.cols()) + ")");
+  require(
+      W.rows() > 0 && W.cols() > 0, Errc::invalid_argument,
+      std::string(what) + ": the matrix is empty (" + std::to_string(W.rows()) + "x" + std::to_string(W.cols()) + ")");
   require(!scan_finite || all_finite(data, static_cast<std::int64_t>(W.size()), threads), Errc::non_finite,
           std::string(what) + ": the matrix contains NaN or Inf");
 }

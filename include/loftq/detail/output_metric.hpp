@@ -24,8 +24,8 @@
 namespace loftq {
 namespace detail {
 
-constexpr Eigen::Index kMetricRows = 256;    // rows per task in products with the metric factor
-constexpr Eigen::Index kSolveColumns = 8;    // right-hand sides per task in F^{-T} B
+constexpr Eigen::Index kMetricRows = 256;  // rows per task in products with the metric factor
+constexpr Eigen::Index kSolveColumns = 8;  // right-hand sides per task in F^{-T} B
 
 // In-place Cholesky factorization A = L L^T of the lower triangle of A (the
 // strict upper triangle is scratch). Right-looking and blocked: per block
@@ -239,12 +239,12 @@ class OutputMetric {
   Eigen::Index n_;
   bool full_;
   int threads_;
-  RowMatrix<Scalar> M_;        // the image X F of the last prepared X
+  RowMatrix<Scalar> M_;  // the image X F of the last prepared X
   double lambda_ = 0;
-  Matrix L_;                   // full: lower Cholesky factor of Hd
+  Matrix L_;                    // full: lower Cholesky factor of Hd
   Vector sqrt_d_, inv_sqrt_d_;  // diagonal: diag(Hd)^{+-1/2}
-  Eigen::VectorXd raw_w_;      // h_j / mean(diag H), undamped
-  std::vector<float> col_w_;   // diag(Hd)
+  Eigen::VectorXd raw_w_;       // h_j / mean(diag H), undamped
+  std::vector<float> col_w_;    // diag(Hd)
 };
 
 }  // namespace detail

@@ -21,8 +21,8 @@ namespace detail {
 // skinny_kernels() says a vector kernel is there.
 template <class DM>
 constexpr bool skinny_operand() {
-  return std::is_same<typename DM::Scalar, float>::value &&
-         (DM::Flags & Eigen::RowMajorBit) && (DM::Flags & Eigen::DirectAccessBit) && DM::InnerStrideAtCompileTime == 1;
+  return std::is_same<typename DM::Scalar, float>::value && (DM::Flags & Eigen::RowMajorBit) &&
+         (DM::Flags & Eigen::DirectAccessBit) && DM::InnerStrideAtCompileTime == 1;
 }
 
 // Y = M * X for a row-major float M through the broadcast kernel: X goes

@@ -117,9 +117,8 @@ struct SearchTreeRegs {
 // Processes the multiple-of-8 prefix of [0, n) and returns how many elements
 // it handled: codes of y = (x - off) / den and, when levels is given, their levels.
 template <int Bits>
-LOFTQ_TARGET_AVX2
-std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float off, float den,
-                            std::uint8_t* codes, float* levels) {
+LOFTQ_TARGET_AVX2 std::int64_t code_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float off,
+                                              float den, std::uint8_t* codes, float* levels) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 voff = _mm256_set1_ps(off), vden = _mm256_set1_ps(den);
   // Gathers byte 0 of each 32-bit lane into the low 4 bytes of each 128-bit half.
@@ -180,8 +179,8 @@ LOFTQ_TARGET_AVX2 inline void store_packed8(std::uint8_t* dst, __m128i b) {
     const int v = _mm_cvtsi128_si32(_mm_packus_epi16(pairs, pairs));
     std::memcpy(dst, &v, 4);
   } else {
-    const __m128i pairs = _mm_maddubs_epi16(b, _mm_set1_epi16(0x0401));           // c[2i] + 4 c[2i+1]
-    const __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00100001));       // pair[2i] + 16 pair[2i+1]
+    const __m128i pairs = _mm_maddubs_epi16(b, _mm_set1_epi16(0x0401));       // c[2i] + 4 c[2i+1]
+    const __m128i quads = _mm_madd_epi16(pairs, _mm_set1_epi32(0x00100001));  // pair[2i] + 16 pair[2i+1]
     const __m128i w16 = _mm_packus_epi32(quads, quads);
     const int v = _mm_cvtsi128_si32(_mm_packus_epi16(w16, w16));
     std::memcpy(dst, &v, 2);
@@ -196,9 +195,9 @@ LOFTQ_TARGET_AVX2 inline void store_packed8(std::uint8_t* dst, __m128i b) {
 // `codes` (a byte each) or, given `packed` (2 and 4 bits, x's first element
 // on a byte boundary of the stream), straight into the bit stream.
 template <int Bits>
-LOFTQ_TARGET_AVX2
-std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n, float den, float scale,
-                                const float* minuend, std::uint8_t* codes, float* out, std::uint8_t* packed = nullptr) {
+LOFTQ_TARGET_AVX2 std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, std::int64_t n,
+                                                  float den, float scale, const float* minuend, std::uint8_t* codes,
+                                                  float* out, std::uint8_t* packed = nullptr) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vden = _mm256_set1_ps(den), vscale = _mm256_set1_ps(scale);
   const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  //
@@ -227,9 +226,8 @@ std::int64_t quantize_span_avx2(const SearchTree<Bits>& tree, const float* x, st
 // out = level[code] * scale, the same multiply as the portable path. Returns
 // how many it wrote.
 template <int Bits>
-LOFTQ_TARGET_AVX2
-std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* codes, std::int64_t n, float scale,
-                              float* out) {
+LOFTQ_TARGET_AVX2 std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* codes, std::int64_t n,
+                                                float scale, float* out) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vscale = _mm256_set1_ps(scale);
   std::int64_t j = 0;
@@ -245,9 +243,8 @@ std::int64_t decode_span_avx2(const SearchTree<Bits>& tree, const std::uint8_t* 
 // byte-aligned start), 8 codes per 16 or 32 bits. Returns how many of the n
 // values it wrote (a multiple of 8), the same values as decode_span_avx2.
 template <int Bits>
-LOFTQ_TARGET_AVX2
-std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t* packed, std::int64_t n, float scale,
-                                float* out) {
+LOFTQ_TARGET_AVX2 std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t* packed,
+                                                  std::int64_t n, float scale, float* out) {
   static_assert(Bits == 2 || Bits == 4, "8 codes per 16 or 32 bits");
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vscale = _mm256_set1_ps(scale);
@@ -270,9 +267,8 @@ std::int64_t decode_packed_avx2(const SearchTree<Bits>& tree, const std::uint8_t
 // choice of scale depends on it, and the final codes are recomputed by the
 // exact kernel above.
 template <int Bits, bool Weighted>
-LOFTQ_TARGET_AVX2
-std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, const float* w, std::int64_t n, float inv,
-                              float* acc) {
+LOFTQ_TARGET_AVX2 std::int64_t scale_error_avx2(const SearchTree<Bits>& tree, const float* x, const float* w,
+                                                std::int64_t n, float inv, float* acc) {
   const SearchTreeRegs<Bits> T(tree);
   const __m256 vinv = _mm256_set1_ps(inv);
   __m256 se = _mm256_setzero_ps(), szl = _mm256_setzero_ps(), sll = _mm256_setzero_ps();

@@ -173,16 +173,15 @@ template <int R, int G, int Lane>
 inline void skinny_lane_step(float32x4_t (&acc)[R][G], const float32x4_t (&av)[R], const float* xt) {
   float32x4_t xv[G];
   LOFTQ_UNROLL for (int g = 0; g < G; ++g) xv[g] = vld1q_f32(xt + 4 * g);
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vfmaq_laneq_f32(acc[r][g], xv[g], av[r], Lane);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] =
+      vfmaq_laneq_f32(acc[r][g], xv[g], av[r], Lane);
 }
 
 template <int R, int G>
 inline void skinny_tile_neon(const float* a, std::ptrdiff_t sar, std::ptrdiff_t sat, const float* x, std::ptrdiff_t sx,
                              std::ptrdiff_t depth, float* out, std::ptrdiff_t so) {
   float32x4_t acc[R][G];
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vdupq_n_f32(0.0f);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[r][g] = vdupq_n_f32(0.0f);
   std::ptrdiff_t t = 0;
   if (sat == 1)
     for (; t + 4 <= depth; t += 4) {
@@ -198,8 +197,8 @@ inline void skinny_tile_neon(const float* a, std::ptrdiff_t sar, std::ptrdiff_t 
     LOFTQ_UNROLL for (int r = 0; r < R; ++r) av[r] = vdupq_n_f32(a[r * sar + t * sat]);
     skinny_lane_step<R, G, 0>(acc, av, x + t * sx);
   }
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) vst1q_f32(out + r * so + 4 * g, acc[r][g]);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g)
+      vst1q_f32(out + r * so + 4 * g, acc[r][g]);
 }
 
 template <int R>
@@ -210,10 +209,17 @@ inline void skinny_row_tiles_neon(const float* a, std::ptrdiff_t sar, std::ptrdi
   for (; j + 16 <= w4; j += 16) skinny_tile_neon<R, 4>(a, sar, sat, x + j, sx, depth, out + j, so);
   // The rest in one tile: every tile reloads a's R values per depth step.
   switch (w4 - j) {
-    case 12: skinny_tile_neon<R, 3>(a, sar, sat, x + j, sx, depth, out + j, so); break;
-    case 8: skinny_tile_neon<R, 2>(a, sar, sat, x + j, sx, depth, out + j, so); break;
-    case 4: skinny_tile_neon<R, 1>(a, sar, sat, x + j, sx, depth, out + j, so); break;
-    default: break;
+    case 12:
+      skinny_tile_neon<R, 3>(a, sar, sat, x + j, sx, depth, out + j, so);
+      break;
+    case 8:
+      skinny_tile_neon<R, 2>(a, sar, sat, x + j, sx, depth, out + j, so);
+      break;
+    case 4:
+      skinny_tile_neon<R, 1>(a, sar, sat, x + j, sx, depth, out + j, so);
+      break;
+    default:
+      break;
   }
 }
 
@@ -234,8 +240,8 @@ template <int R, int G, int Lane>
 inline void skinny_lane_row_t(const float32x4_t (&yv)[R][G], const float32x4_t (&mv)[R], float* oj, bool first) {
   float32x4_t acc[G];
   LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = first ? vdupq_n_f32(0.0f) : vld1q_f32(oj + 4 * g);
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] = vfmaq_laneq_f32(acc[g], yv[r][g], mv[r], Lane);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g) acc[g] =
+      vfmaq_laneq_f32(acc[g], yv[r][g], mv[r], Lane);
   LOFTQ_UNROLL for (int g = 0; g < G; ++g) vst1q_f32(oj + 4 * g, acc[g]);
 }
 
@@ -243,8 +249,8 @@ template <int R, int G>
 inline void skinny_rows_t_neon(const float* m, std::ptrdiff_t sm, std::ptrdiff_t cols, const float* y,
                                std::ptrdiff_t sy, float* out, std::ptrdiff_t so, bool first) {
   float32x4_t yv[R][G];
-  LOFTQ_UNROLL for (int r = 0; r < R; ++r)
-    LOFTQ_UNROLL for (int g = 0; g < G; ++g) yv[r][g] = vld1q_f32(y + r * sy + 4 * g);
+  LOFTQ_UNROLL for (int r = 0; r < R; ++r) LOFTQ_UNROLL for (int g = 0; g < G; ++g) yv[r][g] =
+      vld1q_f32(y + r * sy + 4 * g);
   std::ptrdiff_t j = 0;
   for (; j + 4 <= cols; j += 4) {
     float32x4_t mv[R];
@@ -277,10 +283,17 @@ inline std::ptrdiff_t skinny_gemm_t_neon(const float* m, std::ptrdiff_t sm, std:
   for (; g + 16 <= w4; g += 16) skinny_slice_t_neon<4>(m, sm, rows, cols, y + g, sy, out + g, so);
   // The rest in one slice: every slice is a pass over all of m.
   switch (w4 - g) {
-    case 12: skinny_slice_t_neon<3>(m, sm, rows, cols, y + g, sy, out + g, so); break;
-    case 8: skinny_slice_t_neon<2>(m, sm, rows, cols, y + g, sy, out + g, so); break;
-    case 4: skinny_slice_t_neon<1>(m, sm, rows, cols, y + g, sy, out + g, so); break;
-    default: break;
+    case 12:
+      skinny_slice_t_neon<3>(m, sm, rows, cols, y + g, sy, out + g, so);
+      break;
+    case 8:
+      skinny_slice_t_neon<2>(m, sm, rows, cols, y + g, sy, out + g, so);
+      break;
+    case 4:
+      skinny_slice_t_neon<1>(m, sm, rows, cols, y + g, sy, out + g, so);
+      break;
+    default:
+      break;
   }
   return w4;
 }

@@ -81,10 +81,14 @@ inline bool bnb_block_size_ok(std::int64_t b) {
 // torch's name of a model dtype, as str(torch.dtype) without "torch.".
 inline std::string bnb_dtype_name(Dtype d) {
   switch (d) {
-    case Dtype::F32: return "float32";
-    case Dtype::F16: return "float16";
-    case Dtype::BF16: return "bfloat16";
-    default: break;
+    case Dtype::F32:
+      return "float32";
+    case Dtype::F16:
+      return "float16";
+    case Dtype::BF16:
+      return "bfloat16";
+    default:
+      break;
   }
   ::loftq::detail::fail(Errc::unsupported,
                         std::string("bitsandbytes 4-bit weights need an F32, F16 or BF16 model, not ") + dtype_name(d));
@@ -132,9 +136,9 @@ inline std::string bnb_quant_state(const BnbTarget& t, std::int64_t block_size, 
 
 // The tensors that stand for target t, in name order.
 inline std::vector<TensorDecl> bnb_nf4_tensors(const BnbTarget& t, std::int64_t block_size, bool double_quant) {
-  ::loftq::detail::require(bnb_block_size_ok(block_size), Errc::unsupported,
-                           "bitsandbytes 4-bit block size must be 64, 128, ..., 4096 (got " +
-                               std::to_string(block_size) + ")");
+  ::loftq::detail::require(
+      bnb_block_size_ok(block_size), Errc::unsupported,
+      "bitsandbytes 4-bit block size must be 64, 128, ..., 4096 (got " + std::to_string(block_size) + ")");
   const std::uint64_t n = detail::bnb_numel(t), nb = detail::bnb_blocks(n, static_cast<std::uint64_t>(block_size));
   std::vector<TensorDecl> d;
   d.push_back({t.name, Dtype::U8, {(n + 1) / 2, 1}});
@@ -252,9 +256,9 @@ inline std::vector<std::string> bnb_skip_modules(const std::vector<std::string>&
       const bool prefix = q.compare(0, o.size(), o) == 0;
       const bool suffix = q.size() >= o.size() && q.compare(q.size() - o.size(), o.size(), o) == 0;
       if (prefix || suffix)
-        ::loftq::detail::fail(Errc::unsupported, "bitsandbytes output: transformers would also skip quantized module '" +
-                                                     q + "' through the unquantized module '" + o +
-                                                     "'; add it to the targets");
+        ::loftq::detail::fail(Errc::unsupported,
+                              "bitsandbytes output: transformers would also skip quantized module '" + q +
+                                  "' through the unquantized module '" + o + "'; add it to the targets");
     }
   return others;
 }

@@ -54,8 +54,28 @@ namespace io {
 
 // ggml tensor types this library knows the block size of (ggml.h numbering).
 enum class GgmlType : std::uint32_t {
-  F32 = 0, F16 = 1, Q4_0 = 2, Q4_1 = 3, Q5_0 = 6, Q5_1 = 7, Q8_0 = 8, Q8_1 = 9, Q2_K = 10, Q3_K = 11, Q4_K = 12,
-  Q5_K = 13, Q6_K = 14, Q8_K = 15, IQ4_NL = 20, IQ4_XS = 23, I8 = 24, I16 = 25, I32 = 26, I64 = 27, F64 = 28, BF16 = 30,
+  F32 = 0,
+  F16 = 1,
+  Q4_0 = 2,
+  Q4_1 = 3,
+  Q5_0 = 6,
+  Q5_1 = 7,
+  Q8_0 = 8,
+  Q8_1 = 9,
+  Q2_K = 10,
+  Q3_K = 11,
+  Q4_K = 12,
+  Q5_K = 13,
+  Q6_K = 14,
+  Q8_K = 15,
+  IQ4_NL = 20,
+  IQ4_XS = 23,
+  I8 = 24,
+  I16 = 25,
+  I32 = 26,
+  I64 = 27,
+  F64 = 28,
+  BF16 = 30,
 };
 
 struct GgmlTypeTraits {
@@ -68,13 +88,13 @@ struct GgmlTypeTraits {
 // nullptr for a type number this library does not know.
 inline const GgmlTypeTraits* ggml_type_traits(std::uint32_t t) {
   static const GgmlTypeTraits table[] = {
-      {GgmlType::F32, "F32", 1, 4},        {GgmlType::F16, "F16", 1, 2},        {GgmlType::Q4_0, "Q4_0", 32, 18},
-      {GgmlType::Q4_1, "Q4_1", 32, 20},    {GgmlType::Q5_0, "Q5_0", 32, 22},    {GgmlType::Q5_1, "Q5_1", 32, 24},
-      {GgmlType::Q8_0, "Q8_0", 32, 34},    {GgmlType::Q8_1, "Q8_1", 32, 36},    {GgmlType::Q2_K, "Q2_K", 256, 84},
-      {GgmlType::Q3_K, "Q3_K", 256, 110},  {GgmlType::Q4_K, "Q4_K", 256, 144},  {GgmlType::Q5_K, "Q5_K", 256, 176},
-      {GgmlType::Q6_K, "Q6_K", 256, 210},  {GgmlType::Q8_K, "Q8_K", 256, 292},  {GgmlType::IQ4_NL, "IQ4_NL", 32, 18},
-      {GgmlType::IQ4_XS, "IQ4_XS", 256, 136}, {GgmlType::I8, "I8", 1, 1},     {GgmlType::I16, "I16", 1, 2},
-      {GgmlType::I32, "I32", 1, 4},        {GgmlType::I64, "I64", 1, 8},        {GgmlType::F64, "F64", 1, 8},
+      {GgmlType::F32, "F32", 1, 4},           {GgmlType::F16, "F16", 1, 2},       {GgmlType::Q4_0, "Q4_0", 32, 18},
+      {GgmlType::Q4_1, "Q4_1", 32, 20},       {GgmlType::Q5_0, "Q5_0", 32, 22},   {GgmlType::Q5_1, "Q5_1", 32, 24},
+      {GgmlType::Q8_0, "Q8_0", 32, 34},       {GgmlType::Q8_1, "Q8_1", 32, 36},   {GgmlType::Q2_K, "Q2_K", 256, 84},
+      {GgmlType::Q3_K, "Q3_K", 256, 110},     {GgmlType::Q4_K, "Q4_K", 256, 144}, {GgmlType::Q5_K, "Q5_K", 256, 176},
+      {GgmlType::Q6_K, "Q6_K", 256, 210},     {GgmlType::Q8_K, "Q8_K", 256, 292}, {GgmlType::IQ4_NL, "IQ4_NL", 32, 18},
+      {GgmlType::IQ4_XS, "IQ4_XS", 256, 136}, {GgmlType::I8, "I8", 1, 1},         {GgmlType::I16, "I16", 1, 2},
+      {GgmlType::I32, "I32", 1, 4},           {GgmlType::I64, "I64", 1, 8},       {GgmlType::F64, "F64", 1, 8},
       {GgmlType::BF16, "BF16", 1, 2},
   };
   for (const auto& e : table)
@@ -84,23 +104,44 @@ inline const GgmlTypeTraits* ggml_type_traits(std::uint32_t t) {
 
 inline GgmlType ggml_type_of(GgmlFormat f) {
   switch (f) {
-    case GgmlFormat::q4_0: return GgmlType::Q4_0;
-    case GgmlFormat::q8_0: return GgmlType::Q8_0;
-    case GgmlFormat::iq4_nl: return GgmlType::IQ4_NL;
-    case GgmlFormat::q2_K: return GgmlType::Q2_K;
-    case GgmlFormat::q3_K: return GgmlType::Q3_K;
-    case GgmlFormat::q4_K: return GgmlType::Q4_K;
-    case GgmlFormat::q5_K: return GgmlType::Q5_K;
-    case GgmlFormat::q6_K: return GgmlType::Q6_K;
-    case GgmlFormat::iq4_xs: return GgmlType::IQ4_XS;
-    case GgmlFormat::none: break;
+    case GgmlFormat::q4_0:
+      return GgmlType::Q4_0;
+    case GgmlFormat::q8_0:
+      return GgmlType::Q8_0;
+    case GgmlFormat::iq4_nl:
+      return GgmlType::IQ4_NL;
+    case GgmlFormat::q2_K:
+      return GgmlType::Q2_K;
+    case GgmlFormat::q3_K:
+      return GgmlType::Q3_K;
+    case GgmlFormat::q4_K:
+      return GgmlType::Q4_K;
+    case GgmlFormat::q5_K:
+      return GgmlType::Q5_K;
+    case GgmlFormat::q6_K:
+      return GgmlType::Q6_K;
+    case GgmlFormat::iq4_xs:
+      return GgmlType::IQ4_XS;
+    case GgmlFormat::none:
+      break;
   }
   ::loftq::detail::fail(Errc::invalid_argument, "ggml_type_of: not a ggml format");
 }
 
 enum class GgufValueType : std::uint32_t {
-  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7, STRING = 8, ARRAY = 9,
-  UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
 };
 
 constexpr std::uint32_t kGgufVersion = 3;
@@ -175,7 +216,9 @@ struct GgufTensorInfo {
 // `what`) on an unknown type, a row that is not whole blocks, or overflow.
 inline std::uint64_t ggml_nbytes(std::uint32_t type, const std::vector<std::uint64_t>& ne, const std::string& what) {
   const GgmlTypeTraits* tt = ggml_type_traits(type);
-  if (!tt) ::loftq::detail::fail(Errc::unsupported, what + " has ggml type " + std::to_string(type) + ", which is not supported");
+  if (!tt)
+    ::loftq::detail::fail(Errc::unsupported,
+                          what + " has ggml type " + std::to_string(type) + ", which is not supported");
   ::loftq::detail::require(!ne.empty() && ne[0] % tt->block == 0, Errc::parse_error,
                            what + ": row length " + (ne.empty() ? std::string("?") : std::to_string(ne[0])) +
                                " is not a multiple of the " + tt->name + " block of " + std::to_string(tt->block));
@@ -247,9 +290,15 @@ class GgufFile {
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> read_matrix(const GgufTensorInfo& t) const {
     Dtype d;
     switch (static_cast<GgmlType>(t.type)) {
-      case GgmlType::F32: d = Dtype::F32; break;
-      case GgmlType::F16: d = Dtype::F16; break;
-      case GgmlType::BF16: d = Dtype::BF16; break;
+      case GgmlType::F32:
+        d = Dtype::F32;
+        break;
+      case GgmlType::F16:
+        d = Dtype::F16;
+        break;
+      case GgmlType::BF16:
+        d = Dtype::BF16;
+        break;
       default:
         ::loftq::detail::fail(Errc::unsupported, path() + ": tensor '" + t.name + "' has type " + type_name(t.type) +
                                                      ", expected F32, F16 or BF16");
@@ -259,7 +308,7 @@ class GgufFile {
     ::loftq::detail::require(t.ne[0] <= big && t.ne[1] <= big, Errc::unsupported,
                              path() + ": tensor '" + t.name + "' is too large");
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> M(static_cast<Eigen::Index>(t.ne[1]),
-                                                                           static_cast<Eigen::Index>(t.ne[0]));
+                                                                            static_cast<Eigen::Index>(t.ne[0]));
     const std::size_t es = dtype_size(d);
     const std::uint64_t chunk = (std::uint64_t(1) << 20) / es;
     std::vector<unsigned char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(chunk, t.numel) * es));
@@ -305,7 +354,9 @@ class GgufFile {
       pos += n;
       return p;
     }
-    std::uint64_t u(int n, const std::string& what) { return detail::get_le(take(static_cast<std::uint64_t>(n), what), n); }
+    std::uint64_t u(int n, const std::string& what) {
+      return detail::get_le(take(static_cast<std::uint64_t>(n), what), n);
+    }
     std::string str(const std::string& what) {
       const std::uint64_t len = u(8, what + " length");
       if (len > remaining()) truncated(what + " of " + std::to_string(len) + " bytes");
@@ -316,11 +367,23 @@ class GgufFile {
 
   static std::size_t scalar_size(std::uint32_t t) {
     switch (static_cast<GgufValueType>(t)) {
-      case GgufValueType::UINT8: case GgufValueType::INT8: case GgufValueType::BOOL: return 1;
-      case GgufValueType::UINT16: case GgufValueType::INT16: return 2;
-      case GgufValueType::UINT32: case GgufValueType::INT32: case GgufValueType::FLOAT32: return 4;
-      case GgufValueType::UINT64: case GgufValueType::INT64: case GgufValueType::FLOAT64: return 8;
-      default: return 0;
+      case GgufValueType::UINT8:
+      case GgufValueType::INT8:
+      case GgufValueType::BOOL:
+        return 1;
+      case GgufValueType::UINT16:
+      case GgufValueType::INT16:
+        return 2;
+      case GgufValueType::UINT32:
+      case GgufValueType::INT32:
+      case GgufValueType::FLOAT32:
+        return 4;
+      case GgufValueType::UINT64:
+      case GgufValueType::INT64:
+      case GgufValueType::FLOAT64:
+        return 8;
+      default:
+        return 0;
     }
   }
 
@@ -374,7 +437,8 @@ class GgufFile {
     // A pair takes at least 8 + 1 + 4 + 1 bytes, a tensor info 8 + 1 + 4 + 8 + 4 + 8.
     if (n_kv > c.remaining() / 14) c.truncated(std::to_string(n_kv) + " key-value pairs");
     if (n_tensors > c.remaining() / 33) c.truncated(std::to_string(n_tensors) + " tensor infos");
-    if (n_kv > kGgufMaxKVs) bad(std::to_string(n_kv) + " key-value pairs (at most " + std::to_string(kGgufMaxKVs) + ")");
+    if (n_kv > kGgufMaxKVs)
+      bad(std::to_string(n_kv) + " key-value pairs (at most " + std::to_string(kGgufMaxKVs) + ")");
     if (n_tensors > kGgufMaxTensors)
       bad(std::to_string(n_tensors) + " tensors (at most " + std::to_string(kGgufMaxTensors) + ")");
     for (std::uint64_t i = 0; i < n_kv; ++i) {
@@ -385,7 +449,8 @@ class GgufFile {
       const std::uint64_t begin = c.pos;
       skip_value(c, t, kv.key, false);
       kv.type = static_cast<GgufValueType>(t);
-      kv.value.assign(c.buf.begin() + static_cast<std::ptrdiff_t>(begin), c.buf.begin() + static_cast<std::ptrdiff_t>(c.pos));
+      kv.value.assign(c.buf.begin() + static_cast<std::ptrdiff_t>(begin),
+                      c.buf.begin() + static_cast<std::ptrdiff_t>(c.pos));
       if (!kv_index_.emplace(kv.key, kvs_.size()).second) bad("duplicate key '" + kv.key + "'");
       kvs_.push_back(std::move(kv));
     }
@@ -410,7 +475,8 @@ class GgufFile {
       const std::uint64_t max = static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max());
       for (std::uint64_t d = 0; d < nd; ++d) {
         const std::uint64_t e = c.u(8, "dimensions of " + what);
-        if (e < 1 || e > max / numel) bad(what + " has dimension " + std::to_string(e) + " (zero, or the size overflows)");
+        if (e < 1 || e > max / numel)
+          bad(what + " has dimension " + std::to_string(e) + " (zero, or the size overflows)");
         numel *= e;
         t.ne.push_back(e);
       }
@@ -427,8 +493,9 @@ class GgufFile {
     std::uint64_t expected = 0;
     for (const GgufTensorInfo& t : tensors_) {
       if (t.offset != expected)
-        bad("tensor '" + t.name + "' has offset " + std::to_string(t.offset) + ", expected " + std::to_string(expected) +
-            " (tensors follow each other, each padded to " + std::to_string(alignment_) + " bytes)");
+        bad("tensor '" + t.name + "' has offset " + std::to_string(t.offset) + ", expected " +
+            std::to_string(expected) + " (tensors follow each other, each padded to " + std::to_string(alignment_) +
+            " bytes)");
       if (t.nbytes > data_size || t.offset > data_size - t.nbytes)
         bad("truncated: tensor '" + t.name + "' (" + std::to_string(t.nbytes) + " bytes at data offset " +
             std::to_string(t.offset) + ") runs past the end of the file");
@@ -481,12 +548,12 @@ class GgufWriter {
     }
     std::uint64_t pos = 0;
     for (const GgufTensorDecl& t : tensors) {
-      ::loftq::detail::require(!t.name.empty() && t.name.size() <= kGgufMaxName, Errc::invalid_argument,
-                               path + ": tensor name '" + t.name + "' must have 1.." + std::to_string(kGgufMaxName) + " bytes");
-      ::loftq::detail::require(t.ne.size() >= 1 && t.ne.size() <= 4 &&
-                                   std::find(t.ne.begin(), t.ne.end(), std::uint64_t(0)) == t.ne.end(),
-                               Errc::invalid_argument,
-                               path + ": tensor '" + t.name + "' must have 1..4 dimensions, none of them 0");
+      ::loftq::detail::require(
+          !t.name.empty() && t.name.size() <= kGgufMaxName, Errc::invalid_argument,
+          path + ": tensor name '" + t.name + "' must have 1.." + std::to_string(kGgufMaxName) + " bytes");
+      ::loftq::detail::require(
+          t.ne.size() >= 1 && t.ne.size() <= 4 && std::find(t.ne.begin(), t.ne.end(), std::uint64_t(0)) == t.ne.end(),
+          Errc::invalid_argument, path + ": tensor '" + t.name + "' must have 1..4 dimensions, none of them 0");
       const std::uint64_t bytes = ggml_nbytes(t.type, t.ne, path + ": tensor '" + t.name + "'");
       ::loftq::detail::require(slots_.emplace(t.name, Slot{pos, bytes, 0}).second, Errc::invalid_argument,
                                path + ": duplicate tensor '" + t.name + "'");
@@ -546,8 +613,8 @@ inline std::vector<unsigned char> ggml_block_bytes(const PackedMatrix& P, GgmlFo
   ::loftq::detail::validate(P);
   if (ggml_is_k_format(f)) {
     // K formats: the super-blocks the quantizer kept, verbatim.
-    const std::size_t want = static_cast<std::size_t>(P.size() / kGgmlSuperBlock) *
-                             static_cast<std::size_t>(ggml_format_block_bytes(f));
+    const std::size_t want =
+        static_cast<std::size_t>(P.size() / kGgmlSuperBlock) * static_cast<std::size_t>(ggml_format_block_bytes(f));
     ::loftq::detail::require(P.cols % kGgmlSuperBlock == 0, Errc::invalid_argument,
                              "ggml_block_bytes: rows of " + std::to_string(P.cols) + " are not whole blocks of 256");
     ::loftq::detail::require(P.block_size == ggml_format_sub_block(f) && P.bits == ggml_format_bits(f) &&
@@ -579,10 +646,10 @@ inline std::vector<unsigned char> ggml_block_bytes(const PackedMatrix& P, GgmlFo
     }
     return std::vector<unsigned char>(P.ggml_blocks.begin(), P.ggml_blocks.end());
   }
-  ::loftq::detail::require(f != GgmlFormat::none && P.block_size == kGgmlBlock && P.bits == ggml_format_bits(f) &&
-                               P.codebook == ggml_levels(f) && P.scale_mode == ScaleMode::absmax && !P.double_quantized(),
-                           Errc::invalid_argument,
-                           std::string("ggml_block_bytes: the codes are not in ") + ggml_format_name(f) + " form");
+  ::loftq::detail::require(
+      f != GgmlFormat::none && P.block_size == kGgmlBlock && P.bits == ggml_format_bits(f) &&
+          P.codebook == ggml_levels(f) && P.scale_mode == ScaleMode::absmax && !P.double_quantized(),
+      Errc::invalid_argument, std::string("ggml_block_bytes: the codes are not in ") + ggml_format_name(f) + " form");
   ::loftq::detail::require(P.cols % kGgmlBlock == 0, Errc::invalid_argument,
                            "ggml_block_bytes: rows of " + std::to_string(P.cols) + " are not whole blocks of 32");
   const bool q8 = f == GgmlFormat::q8_0;
@@ -594,7 +661,8 @@ inline std::vector<unsigned char> ggml_block_bytes(const PackedMatrix& P, GgmlFo
     const std::uint16_t dh = ::loftq::detail::float_to_half(P.scales[b]);
     const float back = ::loftq::detail::half_to_float(dh);
     ::loftq::detail::require(back == P.scales[b] && std::signbit(back) == std::signbit(P.scales[b]),
-                             Errc::invalid_argument, "ggml_block_bytes: scale " + std::to_string(b) + " is not an fp16 value");
+                             Errc::invalid_argument,
+                             "ggml_block_bytes: scale " + std::to_string(b) + " is not an fp16 value");
     o[0] = static_cast<unsigned char>(dh & 0xff);
     o[1] = static_cast<unsigned char>(dh >> 8);
     ::loftq::detail::unpack_codes(P.codes.data(), P.codes.size(), static_cast<std::int64_t>(b) * kGgmlBlock, codes,

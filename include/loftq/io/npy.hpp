@@ -58,13 +58,13 @@ inline void npy_fill(NpyMatrix<Scalar>& M, const NpyArray& a, const std::string&
   const unsigned char* base = a.data.data();
   for (Eigen::Index i = 0; i < rows; ++i) {
     for (Eigen::Index j = 0; j < cols; ++j) {
-      const std::size_t k = a.fortran_order ? static_cast<std::size_t>(j * rows + i)
-                                            : static_cast<std::size_t>(i * cols + j);
+      const std::size_t k =
+          a.fortran_order ? static_cast<std::size_t>(j * rows + i) : static_cast<std::size_t>(i * cols + j);
       const Src v = npy_load<Src>(base + k * sizeof(Src));
       if (!npy_fits<Scalar>(v)) {
-        npy_fail(Errc::non_finite, name,
-                 "element (" + std::to_string(i) + ", " + std::to_string(j) +
-                     ") is out of range for the target float type");
+        npy_fail(
+            Errc::non_finite, name,
+            "element (" + std::to_string(i) + ", " + std::to_string(j) + ") is out of range for the target float type");
       }
       M(i, j) = static_cast<Scalar>(v);
     }
@@ -142,7 +142,8 @@ inline bool npy_read_head(std::istream& in, std::vector<unsigned char>& buf, con
 inline std::ifstream npy_open(const std::string& path) {
   errno = 0;
   std::ifstream in(path, std::ios::binary);
-  if (!in.is_open()) loftq::detail::fail(Errc::io_error, "cannot open '" + path + "' for reading" + npy_errno_suffix(errno));
+  if (!in.is_open())
+    loftq::detail::fail(Errc::io_error, "cannot open '" + path + "' for reading" + npy_errno_suffix(errno));
   return in;
 }
 }  // namespace detail
@@ -216,8 +217,7 @@ inline NpyMatrix<Scalar> to_matrix(const NpyArray& a, const std::string& name = 
                  "' (only float32 '<f4' and float64 '<f8' are supported)");
   }
   if (a.shape.size() != 2) {
-    npy_fail(Errc::invalid_argument, name,
-             "expected a 2-D array, got shape " + detail::npy_shape_string(a.shape));
+    npy_fail(Errc::invalid_argument, name, "expected a 2-D array, got shape " + detail::npy_shape_string(a.shape));
   }
   const std::size_t rows = a.shape[0], cols = a.shape[1];
   const std::size_t index_max = static_cast<std::size_t>(std::numeric_limits<Eigen::Index>::max());
@@ -227,8 +227,8 @@ inline NpyMatrix<Scalar> to_matrix(const NpyArray& a, const std::string& name = 
                     (rows == 0 || cols == 0 || (cols <= index_max / rows && rows * cols <= a.data.size() / isz));
   if (!fits || (rows * cols) * isz != a.data.size()) {
     npy_fail(Errc::invalid_argument, name,
-             "shape " + detail::npy_shape_string(a.shape) + " does not match the " +
-                 std::to_string(a.data.size()) + " data bytes");
+             "shape " + detail::npy_shape_string(a.shape) + " does not match the " + std::to_string(a.data.size()) +
+                 " data bytes");
   }
   NpyMatrix<Scalar> M(static_cast<Eigen::Index>(rows), static_cast<Eigen::Index>(cols));
   if (a.itemsize == 4) {
@@ -294,8 +294,8 @@ namespace detail {
 // (format 1.0): magic, version, header length, header padded so the data
 // starts on a 64-byte boundary as numpy does.
 inline std::string npy_head_f32(std::size_t rows, std::size_t cols) {
-  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(rows) +
-                       ", " + std::to_string(cols) + "), }";
+  std::string header = "{'descr': '<f4', 'fortran_order': False, 'shape': (" + std::to_string(rows) + ", " +
+                       std::to_string(cols) + "), }";
   const std::size_t prefix = 10;
   const std::size_t unpadded = prefix + header.size() + 1;  // + '\n'
   header.append((64 - unpadded % 64) % 64, ' ');

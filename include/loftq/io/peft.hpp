@@ -72,9 +72,9 @@ namespace io {
 // "<path>.weight" -> "<path>", the module path PEFT names the adapter after.
 inline std::string lora_module_path(const std::string& weight) {
   static const std::string suffix = ".weight";
-  ::loftq::detail::require(weight.size() > suffix.size() &&
-                               weight.compare(weight.size() - suffix.size(), suffix.size(), suffix) == 0,
-                           Errc::invalid_argument, "'" + weight + "' is not a weight name (<module path>.weight)");
+  ::loftq::detail::require(
+      weight.size() > suffix.size() && weight.compare(weight.size() - suffix.size(), suffix.size(), suffix) == 0,
+      Errc::invalid_argument, "'" + weight + "' is not a weight name (<module path>.weight)");
   return weight.substr(0, weight.size() - suffix.size());
 }
 inline std::string lora_a_name(const std::string& weight) {
@@ -156,7 +156,8 @@ inline LoraConfig parse_adapter_config(const nlohmann::json& j) {
   if (!j.is_object()) bad("not a JSON object");
   if (!j.contains("peft_type") || j["peft_type"] != "LORA") bad("peft_type is not LORA");
   LoraConfig c;
-  if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<std::int64_t>() < 1) bad("r is not a positive integer");
+  if (!j.contains("r") || !j["r"].is_number_integer() || j["r"].get<std::int64_t>() < 1)
+    bad("r is not a positive integer");
   c.r = j["r"].get<std::int64_t>();
   if (!j.contains("lora_alpha") || !j["lora_alpha"].is_number() || !(j["lora_alpha"].get<double>() > 0))
     bad("lora_alpha is not a positive number");
@@ -205,7 +206,8 @@ inline void write_new_text_file(const std::string& path, const std::string& text
 
 // Writes adapter_config.json (indented as PEFT writes it); `path` must not exist.
 inline void write_adapter_config(const std::string& path, const LoraConfig& cfg) {
-  detail::write_new_text_file(path, adapter_config_json(cfg).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
+  detail::write_new_text_file(
+      path, adapter_config_json(cfg).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 // ---------------------------------------------------------------------------
@@ -364,8 +366,8 @@ inline std::map<std::string, std::string> packed_metadata(const std::vector<Pack
       {"format", "loftq-packed"},
       {"loftq.bits", one ? std::to_string(one) : std::string("mixed")},
       {"loftq.block_size", std::to_string(s.block_size)},
-      {"loftq.quantizer", one ? quantizer(one).name()
-                              : std::string(s.kind == Quantizer::Kind::uniform ? "uniform" : "nf")},
+      {"loftq.quantizer",
+       one ? quantizer(one).name() : std::string(s.kind == Quantizer::Kind::uniform ? "uniform" : "nf")},
       {"loftq.scale", s.scale_search ? "search" : "absmax"},
       {"loftq.codebooks", codebooks.dump()},
       {"loftq.layout", layout}};
@@ -402,12 +404,14 @@ class PackedWriter {
     ::loftq::detail::require(it != targets_.end(), Errc::invalid_argument,
                              file_->path() + ": weight '" + name + "' was not declared");
     const PackedTarget& t = it->second;
-    ::loftq::detail::require(static_cast<std::uint64_t>(P.rows) == t.rows && static_cast<std::uint64_t>(P.cols) == t.cols &&
-                                 P.bits == t.bits && P.block_size == s_.block_size &&
-                                 P.scale_mode == ScaleMode::absmax && P.double_quantized() == s_.double_quant,
+    ::loftq::detail::require(static_cast<std::uint64_t>(P.rows) == t.rows &&
+                                 static_cast<std::uint64_t>(P.cols) == t.cols && P.bits == t.bits &&
+                                 P.block_size == s_.block_size && P.scale_mode == ScaleMode::absmax &&
+                                 P.double_quantized() == s_.double_quant,
                              Errc::invalid_argument,
-                             file_->path() + ": '" + name + "' does not match its declaration (shape, bits, block "
-                                             "size, absmax scales, double quantization)");
+                             file_->path() + ": '" + name +
+                                 "' does not match its declaration (shape, bits, block "
+                                 "size, absmax scales, double quantization)");
     file_->write(name + ".qcodes", P.codes.data(), P.codes.size());
     if (s_.double_quant) {
       file_->write(name + ".qscales_q", P.scale_dq.codes.data(), P.scale_dq.codes.size());
@@ -497,7 +501,8 @@ inline PackedFile read_packed(const SafetensorsFile& f) {
     if (shp == meta.end()) bad("metadata lacks " + name + ".shape");
     const nlohmann::json shape = detail::parse_json_strict(shp->second, path + ": " + name + ".shape", 2);
     if (!shape.is_array() || shape.size() != 2 || !shape[0].is_number_unsigned() || !shape[1].is_number_unsigned() ||
-        shape[0].get<std::uint64_t>() > (std::uint64_t{1} << 31) || shape[1].get<std::uint64_t>() > (std::uint64_t{1} << 31))
+        shape[0].get<std::uint64_t>() > (std::uint64_t{1} << 31) ||
+        shape[1].get<std::uint64_t>() > (std::uint64_t{1} << 31))
       bad(name + ".shape is not [rows, cols]");
     P.rows = static_cast<Eigen::Index>(shape[0].get<std::uint64_t>());
     P.cols = static_cast<Eigen::Index>(shape[1].get<std::uint64_t>());

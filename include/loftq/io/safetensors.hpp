@@ -164,7 +164,7 @@ class SafetensorsFile {
                                  t.shape[1] <= static_cast<std::uint64_t>(std::numeric_limits<Eigen::Index>::max()),
                              Errc::unsupported, path_ + ": tensor '" + t.name + "' is too large");
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> M(static_cast<Eigen::Index>(t.shape[0]),
-                                                                           static_cast<Eigen::Index>(t.shape[1]));
+                                                                            static_cast<Eigen::Index>(t.shape[1]));
     convert(t, M.data());
     return M;
   }
@@ -194,11 +194,10 @@ class SafetensorsFile {
   }
 
   void require_float(const TensorInfo& t) const {
-    ::loftq::detail::require(is_float_dtype(t.dtype), Errc::unsupported,
-                             path_ + ": tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) +
-                                 ", expected F32, F16, BF16 or F64");
+    ::loftq::detail::require(
+        is_float_dtype(t.dtype), Errc::unsupported,
+        path_ + ": tensor '" + t.name + "' has dtype " + dtype_name(t.dtype) + ", expected F32, F16, BF16 or F64");
   }
-
 
   std::string path_;
   detail::ReadOnlyFile file_;
@@ -237,8 +236,10 @@ class Checkpoint {
         if (::stat(single.c_str(), &st) != 0) {
           std::vector<std::string> found = detail::list_safetensors(path);
           ::loftq::detail::require(found.size() == 1, Errc::invalid_argument,
-                                   path + ": expected model.safetensors.index.json, model.safetensors or exactly one "
-                                          ".safetensors file (found " + std::to_string(found.size()) + ")");
+                                   path +
+                                       ": expected model.safetensors.index.json, model.safetensors or exactly one "
+                                       ".safetensors file (found " +
+                                       std::to_string(found.size()) + ")");
           single = join(path, found[0]);
         }
         files_.emplace_back(std::make_unique<SafetensorsFile>(single));
@@ -249,8 +250,9 @@ class Checkpoint {
       for (const TensorInfo& t : files_[f]->tensors()) {
         if (sharded_) {
           const auto w = weight_map_.find(t.name);
-          ::loftq::detail::require(w != weight_map_.end() && w->second == names_[f], Errc::parse_error,
-                                   files_[f]->path() + ": tensor '" + t.name + "' is not mapped to this file by the index");
+          ::loftq::detail::require(
+              w != weight_map_.end() && w->second == names_[f], Errc::parse_error,
+              files_[f]->path() + ": tensor '" + t.name + "' is not mapped to this file by the index");
         }
         ::loftq::detail::require(entries_.emplace(t.name, Entry{f, &t}).second, Errc::parse_error,
                                  files_[f]->path() + ": tensor '" + t.name + "' appears in more than one shard");
@@ -301,7 +303,6 @@ class Checkpoint {
   bool sharded_ = false;
 };
 
-
 // ---------------------------------------------------------------------------
 // Writing
 
@@ -328,7 +329,8 @@ class SafetensorsWriter {
   // Writes `n` bytes of tensor `name` starting at byte `offset` of the tensor.
   void write(const std::string& name, const void* data, std::uint64_t n, std::uint64_t offset = 0) {
     const auto it = slots_.find(name);
-    ::loftq::detail::require(it != slots_.end(), Errc::invalid_argument, path_ + ": tensor '" + name + "' was not declared");
+    ::loftq::detail::require(it != slots_.end(), Errc::invalid_argument,
+                             path_ + ": tensor '" + name + "' was not declared");
     detail::Slot& s = it->second;
     ::loftq::detail::require(offset <= s.bytes && n <= s.bytes - offset, Errc::invalid_argument,
                              path_ + ": write past the end of tensor '" + name + "'");

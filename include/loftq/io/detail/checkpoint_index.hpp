@@ -58,16 +58,16 @@ inline ShardIndex read_shard_index(const std::string& index) {
   }
   ::close(fd);
   const nlohmann::json j = parse_json_strict(text.data(), text.data() + text.size(), index);
-  ::loftq::detail::require(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(),
-                           Errc::parse_error, index + ": no weight_map object");
+  ::loftq::detail::require(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object(), Errc::parse_error,
+                           index + ": no weight_map object");
   if (j.contains("metadata")) out.metadata = j["metadata"];
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
     ::loftq::detail::require(it.value().is_string(), Errc::parse_error,
                              index + ": weight_map entry '" + it.key() + "' is not a file name");
     const std::string f = it.value().get<std::string>();
     // Plain names only: the index must not point outside its directory.
-    ::loftq::detail::require(!f.empty() && f.find('/') == std::string::npos && f != "." && f != "..",
-                             Errc::parse_error, index + ": weight_map entry '" + it.key() + "': bad file name '" + f + "'");
+    ::loftq::detail::require(!f.empty() && f.find('/') == std::string::npos && f != "." && f != "..", Errc::parse_error,
+                             index + ": weight_map entry '" + it.key() + "': bad file name '" + f + "'");
     out.weight_map[it.key()] = f;
     out.shard_names.insert(f);
   }

@@ -24,10 +24,10 @@ struct DtypeName {
 };
 inline const DtypeName* dtype_table() {
   static const DtypeName t[] = {
-      {Dtype::BOOL, "BOOL", 1}, {Dtype::U8, "U8", 1},   {Dtype::I8, "I8", 1},     {Dtype::F8_E5M2, "F8_E5M2", 1},
+      {Dtype::BOOL, "BOOL", 1},       {Dtype::U8, "U8", 1},   {Dtype::I8, "I8", 1},   {Dtype::F8_E5M2, "F8_E5M2", 1},
       {Dtype::F8_E4M3, "F8_E4M3", 1}, {Dtype::I16, "I16", 2}, {Dtype::U16, "U16", 2}, {Dtype::F16, "F16", 2},
-      {Dtype::BF16, "BF16", 2}, {Dtype::I32, "I32", 4}, {Dtype::U32, "U32", 4},   {Dtype::F32, "F32", 4},
-      {Dtype::F64, "F64", 8},   {Dtype::I64, "I64", 8}, {Dtype::U64, "U64", 8},
+      {Dtype::BF16, "BF16", 2},       {Dtype::I32, "I32", 4}, {Dtype::U32, "U32", 4}, {Dtype::F32, "F32", 4},
+      {Dtype::F64, "F64", 8},         {Dtype::I64, "I64", 8}, {Dtype::U64, "U64", 8},
   };
   return t;
 }
@@ -54,7 +54,9 @@ inline bool parse_dtype(const std::string& s, Dtype& out) {
   return false;
 }
 // The dtypes that convert to and from float.
-inline bool is_float_dtype(Dtype d) { return d == Dtype::F32 || d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F64; }
+inline bool is_float_dtype(Dtype d) {
+  return d == Dtype::F32 || d == Dtype::F16 || d == Dtype::BF16 || d == Dtype::F64;
+}
 
 // ---------------------------------------------------------------------------
 // Scalar conversions (IEEE binary16 and bfloat16; round to nearest even)
@@ -82,7 +84,9 @@ inline std::uint16_t float_to_bf16(float f) {
 inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* dst) {
   if (n == 0) return;  // src/dst may be null for an empty tensor; memcpy(null, null, 0) is UB
   switch (d) {
-    case Dtype::F32: std::memcpy(dst, src, n * 4); return;
+    case Dtype::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case Dtype::F16:
       for (std::size_t i = 0; i < n; ++i) {
         std::uint16_t h;
@@ -104,11 +108,13 @@ inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* ds
         // Out-of-range double -> float is UB; saturate to +-inf so the
         // non-finite check downstream rejects it.
         const double big = static_cast<double>(std::numeric_limits<float>::max());
-        dst[i] = v > big ? std::numeric_limits<float>::infinity()
-                         : v < -big ? -std::numeric_limits<float>::infinity() : static_cast<float>(v);
+        dst[i] = v > big    ? std::numeric_limits<float>::infinity()
+                 : v < -big ? -std::numeric_limits<float>::infinity()
+                            : static_cast<float>(v);
       }
       return;
-    default: ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert dtype ") + dtype_name(d) + " to float");
+    default:
+      ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert dtype ") + dtype_name(d) + " to float");
   }
 }
 
@@ -116,7 +122,9 @@ inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* ds
 inline void from_float(Dtype d, const float* src, std::size_t n, unsigned char* dst) {
   if (n == 0) return;
   switch (d) {
-    case Dtype::F32: std::memcpy(dst, src, n * 4); return;
+    case Dtype::F32:
+      std::memcpy(dst, src, n * 4);
+      return;
     case Dtype::F16:
       for (std::size_t i = 0; i < n; ++i) {
         const std::uint16_t h = float_to_half(src[i]);
@@ -135,7 +143,8 @@ inline void from_float(Dtype d, const float* src, std::size_t n, unsigned char* 
         std::memcpy(dst + 8 * i, &v, 8);
       }
       return;
-    default: ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert float to dtype ") + dtype_name(d));
+    default:
+      ::loftq::detail::fail(Errc::unsupported, std::string("cannot convert float to dtype ") + dtype_name(d));
   }
 }
 

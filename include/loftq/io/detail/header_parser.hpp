@@ -44,7 +44,11 @@ class HeaderSax {
 
   HeaderSax(const std::string& path, std::uint64_t data_size, std::vector<TensorInfo>& tensors,
             std::map<std::string, std::size_t>& index, std::map<std::string, std::string>& metadata)
-      : path_(path), depth_(path + ": header", 8), data_size_(data_size), tensors_(tensors), index_(index),
+      : path_(path),
+        depth_(path + ": header", 8),
+        data_size_(data_size),
+        tensors_(tensors),
+        index_(index),
         metadata_(metadata) {}
 
   bool null() { return scalar(Kind::other, nullptr); }
@@ -64,14 +68,17 @@ class HeaderSax {
   bool start_object(std::size_t) {
     depth_.open();
     switch (at_) {
-      case At::start: at_ = At::top; break;
+      case At::start:
+        at_ = At::top;
+        break;
       case At::top_value:
         at_ = in_metadata_ ? At::metadata : At::tensor;
         t_ = TensorInfo{};
         t_.name = key_;
         have_dtype_ = have_shape_ = have_offsets_ = unknown_dtype_ = false;
         break;
-      default: scalar(Kind::container, nullptr);
+      default:
+        scalar(Kind::container, nullptr);
     }
     return true;
   }
@@ -163,7 +170,8 @@ class HeaderSax {
   bool scalar(Kind kind, json::string_t* s) {
     depth_.check();
     switch (at_) {
-      case At::start: bad("header is not a JSON object");
+      case At::start:
+        bad("header is not a JSON object");
       case At::top_value:
         if (in_metadata_) bad("__metadata__ is not an object");
         t_.name = key_;
@@ -192,9 +200,12 @@ class HeaderSax {
         t_.shape.push_back(entry(kind, "shape entry"));
         return true;
       case At::offsets:
-        if (n_offsets_ == 0) t_.begin = entry(kind, "data_offsets begin");
-        else if (n_offsets_ == 1) t_.end = entry(kind, "data_offsets end");
-        else bad(tw() + ": data_offsets is not a [begin, end] pair");
+        if (n_offsets_ == 0)
+          t_.begin = entry(kind, "data_offsets begin");
+        else if (n_offsets_ == 1)
+          t_.end = entry(kind, "data_offsets end");
+        else
+          bad(tw() + ": data_offsets is not a [begin, end] pair");
         ++n_offsets_;
         return true;
       default:  // top, metadata, tensor, done: the lexer allows only keys or the end there
@@ -250,10 +261,9 @@ inline void parse_header(const unsigned char* base, std::uint64_t size, const st
   std::uint64_t n = 0;
   for (int i = 7; i >= 0; --i) n = (n << 8) | base[i];
   if (n > size - 8)
-    bad("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) +
-        " bytes)");
-  if (n > kMaxHeaderBytes) bad("header length " + std::to_string(n) + " exceeds the limit of " +
-                               std::to_string(kMaxHeaderBytes) + " bytes");
+    bad("header length " + std::to_string(n) + " runs past the end of the file (" + std::to_string(size) + " bytes)");
+  if (n > kMaxHeaderBytes)
+    bad("header length " + std::to_string(n) + " exceeds the limit of " + std::to_string(kMaxHeaderBytes) + " bytes");
   if (n < 2) bad("header length " + std::to_string(n) + " is too small for a JSON object");
   data_offset = 8 + n;
   const std::uint64_t data_size = size - data_offset;

@@ -85,8 +85,7 @@ struct NpyHeader {
 // a parse_error; we never evaluate Python.
 class NpyHeaderParser {
  public:
-  NpyHeaderParser(const char* p, std::size_t n, const std::string& name)
-      : p_(p), n_(n), name_(name) {}
+  NpyHeaderParser(const char* p, std::size_t n, const std::string& name) : p_(p), n_(n), name_(name) {}
 
   NpyHeader parse() {
     NpyHeader h;
@@ -102,8 +101,7 @@ class NpyHeaderParser {
       if (key == "descr") {
         mark(have_descr, key);
         if (peek_is('[')) {
-          npy_fail(Errc::unsupported, name_,
-                   "structured dtypes (descr is a list) are not supported");
+          npy_fail(Errc::unsupported, name_, "structured dtypes (descr is a list) are not supported");
         }
         h.descr = parse_string("'descr' value");
       } else if (key == "fortran_order") {
@@ -135,8 +133,7 @@ class NpyHeaderParser {
 
  private:
   [[noreturn]] void error(const std::string& msg) const {
-    npy_fail(Errc::parse_error, name_,
-             "bad header at offset " + std::to_string(i_) + ": " + msg);
+    npy_fail(Errc::parse_error, name_, "bad header at offset " + std::to_string(i_) + ": " + msg);
   }
 
   void mark(bool& seen, const std::string& key) const {
@@ -256,8 +253,8 @@ class NpyHeaderParser {
 
 // descr -> (itemsize, big_endian).  Only float32/float64 get through, or,
 // with `integers`, only int32/int64 (token ids).
-inline void npy_decode_descr(const std::string& descr, const std::string& name, int& itemsize,
-                             bool& big_endian, bool integers = false) {
+inline void npy_decode_descr(const std::string& descr, const std::string& name, int& itemsize, bool& big_endian,
+                             bool integers = false) {
   std::size_t i = 0;
   big_endian = false;
   if (!descr.empty() && (descr[0] == '<' || descr[0] == '>' || descr[0] == '=' || descr[0] == '|')) {
@@ -282,8 +279,7 @@ inline void npy_decode_descr(const std::string& descr, const std::string& name, 
 }
 
 inline std::uint32_t npy_load_u32le(const unsigned char* p) {
-  return std::uint32_t(p[0]) | (std::uint32_t(p[1]) << 8) | (std::uint32_t(p[2]) << 16) |
-         (std::uint32_t(p[3]) << 24);
+  return std::uint32_t(p[0]) | (std::uint32_t(p[1]) << 8) | (std::uint32_t(p[2]) << 16) | (std::uint32_t(p[3]) << 24);
 }
 
 inline std::uint64_t npy_load_u64le(const unsigned char* p) {
@@ -327,7 +323,6 @@ inline bool npy_fits(From v) {
   }
 }
 
-
 inline unsigned long npy_pid() {
 #if defined(_WIN32)
   return static_cast<unsigned long>(_getpid());
@@ -336,17 +331,14 @@ inline unsigned long npy_pid() {
 #endif
 }
 
-inline std::string npy_errno_suffix(int e) {
-  return e ? std::string(": ") + std::strerror(e) : std::string();
-}
+inline std::string npy_errno_suffix(int e) { return e ? std::string(": ") + std::strerror(e) : std::string(); }
 
 // Write to a sibling temp file, then rename over the target, so a reader never
 // sees a half-written file and a failed write never clobbers a good one.  The
 // counter keeps two threads of one process writing the same path apart.
 inline void npy_write_atomic(const std::string& path, const unsigned char* bytes, std::size_t n) {
   static std::atomic<unsigned long> counter{0};
-  const std::string tmp = path + ".tmp." + std::to_string(npy_pid()) + "." +
-                          std::to_string(counter.fetch_add(1));
+  const std::string tmp = path + ".tmp." + std::to_string(npy_pid()) + "." + std::to_string(counter.fetch_add(1));
   auto give_up = [&](const std::string& what, int e) {
     std::remove(tmp.c_str());
     loftq::detail::fail(Errc::io_error, "cannot write '" + path + "': " + what + npy_errno_suffix(e));
@@ -407,8 +399,7 @@ inline NpyHead npy_parse_head(const unsigned char* bytes, std::size_t size, cons
              "unsupported npy format version " + std::to_string(major) + "." + std::to_string(minor));
   }
   if (header_len > kNpyMaxHeaderLen) {
-    npy_fail(Errc::parse_error, name,
-             "header length " + std::to_string(header_len) + " exceeds the 1 MiB limit");
+    npy_fail(Errc::parse_error, name, "header length " + std::to_string(header_len) + " exceeds the 1 MiB limit");
   }
   if (header_len > size - prefix) {
     npy_fail(Errc::parse_error, name,

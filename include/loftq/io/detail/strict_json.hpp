@@ -92,9 +92,7 @@ class StrictDomSax {
   bool number_unsigned(json::number_unsigned_t v) { return add(v); }
   bool number_float(json::number_float_t v, const json::string_t&) { return add(v); }
   bool string(json::string_t& v) { return add(std::move(v)); }
-  bool binary(json::binary_t&) {
-    ::loftq::detail::fail(Errc::parse_error, depth_.what() + ": bad JSON: binary value");
-  }
+  bool binary(json::binary_t&) { ::loftq::detail::fail(Errc::parse_error, depth_.what() + ": bad JSON: binary value"); }
   bool start_object(std::size_t) {
     depth_.open();
     stack_.push_back(place(json::object()));
@@ -104,8 +102,7 @@ class StrictDomSax {
     depth_.check();
     json& obj = *stack_.back();
     // std::map-backed objects: the lookup is logarithmic, no side set needed.
-    if (obj.contains(k))
-      ::loftq::detail::fail(Errc::parse_error, depth_.what() + ": duplicate key '" + k + "'");
+    if (obj.contains(k)) ::loftq::detail::fail(Errc::parse_error, depth_.what() + ": duplicate key '" + k + "'");
     slot_ = &obj[std::move(k)];
     return true;
   }
