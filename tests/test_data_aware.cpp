@@ -380,7 +380,9 @@ TEST_CASE("output_error equals the error measured on the samples, and data-aware
   Options o;
   o.rank = 4;
   const auto free = loftq::initialize(W, NormalFloat<2>{}, o);
-  const RowMatrix<float> approx = free.Q + free.A * free.B.transpose();
+  // In double, as the samples' error below forms W - Q - A B^T: a float
+  // approximation would differ from it by float rounding.
+  const Eigen::MatrixXd approx = free.Q.cast<double>() + free.A.cast<double>() * free.B.cast<double>().transpose();
   // Full statistics: the samples' own ||X (W - W')^T|| / ||X W^T||.
   CHECK(loftq::output_error(W, approx, full) == doctest::Approx(output_error(W, free, X)).epsilon(1e-9));
   // Diagonal statistics: the same with the channels taken as uncorrelated.

@@ -116,8 +116,11 @@ std::vector<Scalar> decision_thresholds(const std::vector<float>& table) {
     const Scalar lo_t = static_cast<Scalar>(table[i]), hi_t = static_cast<Scalar>(table[i + 1]);
     auto prefers_upper = [&](Scalar y) { return std::abs(y - hi_t) < std::abs(y - lo_t); };
     typename OB::I lo = OB::to(lo_t), hi = OB::to(hi_t);  // invariant: !P(lo), P(hi)
-    while (hi - lo > 1) {
-      const typename OB::I mid = lo + (hi - lo) / 2;
+    // The distance in unsigned arithmetic: for doubles of opposite signs it
+    // can exceed the signed range (e.g. between -10 and 1), though never 2^64.
+    auto distance = [&] { return static_cast<std::uint64_t>(hi) - static_cast<std::uint64_t>(lo); };
+    while (distance() > 1) {
+      const typename OB::I mid = lo + static_cast<typename OB::I>(distance() / 2);
       if (prefers_upper(OB::from(mid)))
         hi = mid;
       else
