@@ -19,8 +19,6 @@ namespace loftq_cli {
 
 namespace {
 
-constexpr std::int64_t kIntMax = std::numeric_limits<int>::max();
-
 // The module of a weight when the tensor is `<prefix>.<module>.weight` with
 // module in `modules`; else "".
 std::string matched_module(const std::string& name, const std::vector<std::string>& modules) {
