@@ -2,6 +2,7 @@
 // The tool's command line: one table of options (options.cpp) from which the
 // CLI11 parser of every command and the --help text are built.
 
+#include <loftq/data_aware.hpp>
 #include <loftq/ggml_format.hpp>
 #include <loftq/initialize.hpp>
 #include <loftq/options.hpp>
@@ -65,7 +66,8 @@ struct Args {
   bool quant_given = false;
   // model --calibration: statistics for data-aware LoftQ (calibration_input.hpp)
   std::string calibration;
-  bool calibration_data_free = false;  // --calibration-missing data-free
+  bool calibration_data_free = false;                              // --calibration-missing data-free
+  double calibration_damping = loftq::DataAwareOptions{}.damping;  // --calibration-damping
   // calibrate
   std::string tokens;
   bool stats_full = true;  // --stats full|diag
