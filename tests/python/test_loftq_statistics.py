@@ -350,10 +350,16 @@ def main():
     run(loftq, "model", "--input", ck, "--output", out, "--rank", "4", "--iters", "2", "--quiet",
         "--calibration", mine)
     report = json.load(open(os.path.join(out, "loftq_report.json")))
-    calibrated = [t for t in report["targets"] if t.get("calibration", {}).get("metric") == "full"]
-    if len(calibrated) != len(modules) or any(t["calibration"].get("tokens") != total for t in calibrated):
-        fail("report: %d of %d targets with full statistics of %d tokens" % (len(calibrated), len(modules), total))
-    print("loftq model --calibration: %d targets with full statistics" % len(calibrated))
+    if report["calibration"].get("data_free_targets"):
+        fail("report: data-free targets %s" % report["calibration"]["data_free_targets"])
+    for m in modules:
+        c = report["tensors"].get(m + ".weight", {}).get("calibration", {})
+        if c.get("metric") != "full" or c.get("tokens") != total or c.get("shared") != (m in expect_shares):
+            fail("report on %s: %s" % (m, c))
+        e = c["output_rel_err"]
+        if not e["loftq_data_aware"] < e["qlora"]:
+            fail("%s: data-aware output error %g, QLoRA's %g" % (m, e["loftq_data_aware"], e["qlora"]))
+    print("loftq model --calibration: %d targets with full statistics, data-aware below QLoRA" % len(modules))
     return 0
 
 

@@ -1,14 +1,14 @@
 """Input statistics of a PyTorch model's linear layers, as loftq's calibration file.
 
 `collect` records, with forward pre-hooks, the input of every ``torch.nn.Linear``
-whose module path ends in one of ``target_modules`` while the model runs over
-calibration batches, and sums x xᵀ (or x², with ``full=False``) over all tokens
-in float64. `write` stores the sums as the statistics file that
-``loftq model --calibration FILE`` reads (docs/formats.md, "The project's
-statistics file"): a safetensors file with ``<module>.xtx`` (F64, [n, n] or [n])
-and ``<module>.tokens`` (I64, shape []), written with the standard library and
-torch only. Module paths are the checkpoint's, e.g.
-``model.layers.0.self_attn.q_proj``.
+whose module path is or ends in one of ``target_modules`` (as PEFT matches
+them) while the model runs over calibration batches, and sums x xᵀ (or x²,
+with ``full=False``) over all tokens in float64. `write` stores the sums as the
+statistics file that ``loftq model --calibration FILE`` reads (docs/formats.md,
+"The project's statistics file"): a safetensors file with ``<module>.xtx``
+(F64, [n, n] or [n]) and ``<module>.tokens`` (I64, shape []), written with the
+standard library, torch and numpy only. Module paths are the checkpoint's,
+e.g. ``model.layers.0.self_attn.q_proj``.
 
 Usage with transformers (any causal LM whose linears are torch.nn.Linear)::
 
@@ -16,7 +16,7 @@ Usage with transformers (any causal LM whose linears are torch.nn.Linear)::
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from loftq_statistics import collect, write
 
-    name = "TinyLlama/TinyLlama-1.1B-Chat-v1.0"
+    name = "HuggingFaceTB/SmolLM-135M"  # a LLaMA-architecture model
     model = AutoModelForCausalLM.from_pretrained(name, torch_dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(name)
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -29,8 +29,8 @@ then ``loftq model --input <checkpoint dir> --output out --calibration statistic
 A batch is a tensor of token ids or a mapping of keyword arguments for the
 model (a tokenizer's output); tokens where its ``attention_mask`` is 0 are left
 out. Full statistics hold 8 n² bytes per targeted linear while collecting
-(n its in_features; about 1.8 GB per layer of a 7B LLaMA, so a whole model's
-rarely fit); ``full=False`` keeps the diagonal only (8 n bytes). Linears that
+(n its in_features), which for a large model may not fit in memory; the
+diagonal (``full=False``) takes 8 n bytes. Linears that
 read the same tensor in every batch (q/k/v, gate/up) are stored once, the
 others named in ``loftq.shares.*``.
 """
@@ -59,13 +59,14 @@ def collect(model, batches, target_modules=LLAMA_TARGETS, full=True):
     """Runs ``model`` over ``batches`` (no gradients) and returns the Statistics
     of every targeted linear's input."""
     linears = {name: m for name, m in model.named_modules()
-               if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in target_modules}
+               if isinstance(m, torch.nn.Linear) and any(name == t or name.endswith("." + t) for t in target_modules)}
     if not linears:
         raise ValueError("no torch.nn.Linear module ends in any of %s" % (tuple(target_modules),))
     stats = Statistics()
-    # Sharing is decided per batch: a module shares its predecessor's entry only
-    # if it read the very same tensor (q/k/v, gate/up) in every batch.
-    same_as = {}          # module -> the module it read the same input as, in every batch so far
+    # A module shares an earlier module's entry only if it read the very same
+    # tensor object in every batch (q/k/v, gate/up): their sums are then equal
+    # bit for bit, and the reduction runs once per input.
+    same_as = {}  # module -> the first module that read its input, None once they differ
     state = {"mask": None, "last": None, "batch": -1}
 
     def reduce(x):
@@ -73,7 +74,8 @@ def collect(model, batches, target_modules=LLAMA_TARGETS, full=True):
         mask = state["mask"]
         if mask is not None:
             if mask.numel() != x.shape[0]:
-                raise ValueError("attention_mask has %d positions, the linear input %d rows" % (mask.numel(), x.shape[0]))
+                raise ValueError("attention_mask has %d positions, a linear's input %d rows"
+                                 % (mask.numel(), x.shape[0]))
             x = x[mask.reshape(-1).to(x.device) != 0]
         x = x.to(torch.float64)
         return (x.T @ x if full else (x * x).sum(dim=0)), x.shape[0]
