@@ -360,6 +360,17 @@ def main():
         if not e["loftq_data_aware"] < e["qlora"]:
             fail("%s: data-aware output error %g, QLoRA's %g" % (m, e["loftq_data_aware"], e["qlora"]))
     print("loftq model --calibration: %d targets with full statistics, data-aware below QLoRA" % len(modules))
+
+    # The diagonal form too: 1-D xtx, read as diagonal statistics.
+    mine_diag = os.path.join(work, "hooks_diag.safetensors")
+    loftq_statistics.write(mine_diag, diag)
+    out = os.path.join(work, "out_diag")
+    run(loftq, "model", "--input", ck, "--output", out, "--rank", "4", "--iters", "2", "--quiet",
+        "--calibration", mine_diag)
+    report = json.load(open(os.path.join(out, "loftq_report.json")))
+    metrics = {report["tensors"][m + ".weight"]["calibration"]["metric"] for m in modules}
+    if metrics != {"diagonal"}:
+        fail("report on the diagonal file: metrics %s" % metrics)
     return 0
 
 
