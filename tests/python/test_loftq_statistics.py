@@ -26,6 +26,7 @@ except ImportError as e:
     print("skipping: %s (the Debian packages python3-torch and python3-numpy provide them)" % e)
     sys.exit(77)
 
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "python"))
 import loftq_statistics  # noqa: E402
 

@@ -82,6 +82,8 @@ def collect(model, batches, target_modules=LLAMA_TARGETS, full=True):
 
     def hook(name):
         def pre_hook(module, args):
+            if not args:
+                raise ValueError("%s was called without a positional input; its input cannot be seen" % name)
             x = args[0]
             last = state["last"]
             if last is not None and last[0] is x:
