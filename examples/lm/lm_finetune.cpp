@@ -63,7 +63,7 @@ struct Settings {
   std::string model = std::string(LOFTQ_SHARED_DATA_DIR) + "/stories260K.bin";
   std::string out = ".";
   std::string loftq = LOFTQ_TOOL_PATH;  // the program the tool_* rows run
-  loftq::DataAwareOptions data_aware;   // the data-aware rows' damping
+  double damping = -1;                  // --damping; -1: loftq::DataAwareOptions' defaults
   bool quick = false;
   int steps = -1;  // Adam steps per task; -1: 100, or 40 with --quick
   std::uint64_t seed = 0;
@@ -97,9 +97,11 @@ void usage(const char* argv0) {
       "  --bits B,..   quantization widths, from 2, 3, 4 (default 2,3,4; 2,4 with --quick)\n"
       "  --ranks R,..  LoRA ranks (default 8,16; 8 with --quick)\n"
       "  --loftq PATH  the loftq program the tool_* rows run (default %s); rows skipped when it is absent\n"
-      "  --damping X   the data-aware rows' lambda in H + lambda mean(diag H) I (default %g)\n"
+      "  --damping X   the data-aware rows' lambda in H + lambda mean(diag H) I (default %g with full\n"
+      "                statistics, %g with diagonal ones)\n"
       "  --out DIR     where summary.csv, curves.csv and the SVGs go (default .)\n",
-      argv0, LOFTQ_SHARED_DATA_DIR, LOFTQ_TOOL_PATH, loftq::DataAwareOptions{}.damping);
+      argv0, LOFTQ_SHARED_DATA_DIR, LOFTQ_TOOL_PATH, loftq::DataAwareOptions{}.damping,
+      loftq::DataAwareOptions{}.diagonal_damping);
 }
 
 // A comma-separated list of integers, each in lo..hi.
@@ -157,7 +159,7 @@ bool parse(int argc, char** argv, Settings& s) {
     else if (a == "--loftq")
       s.loftq = value();
     else if (a == "--damping")
-      s.data_aware.damping = std::stod(value());
+      s.damping = std::stod(value());
     else if (a == "--methods") {
       std::string list = value();
       for (std::size_t p = 0; p <= list.size();) {
@@ -186,11 +188,17 @@ bool parse(int argc, char** argv, Settings& s) {
   if (s.steps < 0) s.steps = s.quick ? 40 : 100;
   if (s.steps < 1 || s.steps > 100000 || !(s.lr > 0) || !(s.shift_lr > 0))
     throw std::runtime_error("--steps must be in 1..100000, --lr and --shift-lr > 0");
-  if (!(s.data_aware.damping >= 0 && s.data_aware.damping <= 1000))
+  if (!(s.damping == -1 || (s.damping >= 0 && s.damping <= 1000)))
     throw std::runtime_error("--damping must be in 0..1000");
   if (s.shift_rank < 1 || s.shift_rank > 64 || !(s.shift_size >= 0 && s.shift_size <= 10))
     throw std::runtime_error("--shift-rank must be in 1..64 and --shift-size in 0..10");
   return true;
+}
+
+loftq::DataAwareOptions data_aware_options(const Settings& s) {
+  loftq::DataAwareOptions da;
+  if (s.damping >= 0) da.damping = da.diagonal_damping = s.damping;
+  return da;
 }
 
 struct Curve {
@@ -471,15 +479,15 @@ int main(int argc, char** argv) {
         Row row;
         Method m;
         if (through_tool(spec->init)) {
-          m = tool->run(spec->name, spec->init == Init::tool_imatrix, width, rank, s.data_aware.damping);
+          m = tool->run(spec->name, spec->init == Init::tool_imatrix, width, rank, s.damping);
           const auto& specs = method_specs();
           const auto da =
               std::find_if(specs.begin(), specs.end(), [](const MethodSpec& x) { return x.init == Init::data_aware; });
           if (spec->init == Init::tool_data_aware)
             row.init_vs_data_aware =
-                compare_inits(m, make_method(*da, width, rank, fp, stats, s.seed, s.data_aware)).max_rel;
+                compare_inits(m, make_method(*da, width, rank, fp, stats, s.seed, data_aware_options(s))).max_rel;
         } else {
-          m = make_method(*spec, width, rank, fp, stats, s.seed, s.data_aware);
+          m = make_method(*spec, width, rank, fp, stats, s.seed, data_aware_options(s));
         }
         row.method = m.name;
         row.bits_group = b;

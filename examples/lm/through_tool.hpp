@@ -87,13 +87,21 @@ class ThroughTool {
   // `loftq model` at `bits` (NF, block 64) and `rank`, lora_alpha
   // kLoraAlpha, with statistics.safetensors (full) or imatrix.gguf
   // (diagonal), read back as a Method.
+  // damping < 0: the tool's default.
   Method run(const std::string& name, bool imatrix, int bits, int rank, double damping) const {
     namespace fs = std::filesystem;
     const fs::path out = work_ / (name + "_b" + std::to_string(bits) + "_r" + std::to_string(rank));
     const fs::path stats = work_ / "stats" / (imatrix ? "imatrix.gguf" : "statistics.safetensors");
-    run_program({loftq_, "model", "--input", (work_ / "fp").string(), "--output", out.string(), "--bits",
-                 std::to_string(bits), "--rank", std::to_string(rank), "--lora-alpha", number(kLoraAlpha),
-                 "--calibration", stats.string(), "--calibration-damping", number(damping), "--quiet"});
+    std::vector<std::string> args = {loftq_,          "model",
+                                     "--input",       (work_ / "fp").string(),
+                                     "--output",      out.string(),
+                                     "--bits",        std::to_string(bits),
+                                     "--rank",        std::to_string(rank),
+                                     "--lora-alpha",  number(kLoraAlpha),
+                                     "--calibration", stats.string(),
+                                     "--quiet"};
+    if (damping >= 0) args.insert(args.end(), {"--calibration-damping", number(damping)});
+    run_program(args);
     Method m = read_back(name, out.string(), bits, rank);
     fs::remove_all(out);
     return m;

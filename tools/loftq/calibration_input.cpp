@@ -91,7 +91,7 @@ nlohmann::json CalibrationInput::describe() const {
   return {{"file", std::filesystem::path(path_).filename().string()},
           {"format", io::calibration_format_name(file_.format())},
           {"identity", identity_},
-          {"damping", damping_},
+          {"damping", {{"full", data_aware_options().damping}, {"diagonal", data_aware_options().diagonal_damping}}},
           {"missing", fallback_ ? "data-free" : "refuse"},
           {"data_free_targets", fallbacks_}};
 }

@@ -37,8 +37,13 @@ class CalibrationInput {
   // The statistics of a checked target; null when it falls back to data-free LoftQ.
   const loftq::InputStatistics* of(const ModelTarget& t) const;
 
-  // The damped metric's lambda (loftq::DataAwareOptions::damping).
-  double damping() const { return damping_; }
+  // The damped metrics' lambdas: --calibration-damping for both kinds of
+  // statistics, or loftq::DataAwareOptions' defaults.
+  loftq::DataAwareOptions data_aware_options() const {
+    loftq::DataAwareOptions da;
+    if (damping_ >= 0) da.damping = da.diagonal_damping = damping_;
+    return da;
+  }
 
   // The report's "calibration": the file, its format and identity, the damping, the fallbacks.
   nlohmann::json describe() const;

@@ -39,8 +39,7 @@ void Compute::check_targets(const Source& src) {
 }
 
 loftq::Result<float> Compute::loftq_of(const ConstMapF& W, int bits, const loftq::InputStatistics* stats) const {
-  loftq::DataAwareOptions da;
-  if (calib_) da.damping = calib_->damping();
+  const loftq::DataAwareOptions da = calib_ ? calib_->data_aware_options() : loftq::DataAwareOptions{};
   if (ggml_) return stats ? loftq::initialize(W, *ggml_, *stats, opt_, da) : loftq::initialize(W, *ggml_, opt_);
   const loftq::Quantizer& q = quantizers_.at(bits);
   return stats ? loftq::initialize(W, q, *stats, opt_, da) : loftq::initialize(W, q, opt_);

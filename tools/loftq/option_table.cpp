@@ -506,7 +506,8 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
                "--calibration-damping", "X",
                "with --calibration, lambda of the damped metric H + lambda * mean(diag H) * I, a number in 0..1000 "
                "(default " +
-                   number_text(d.calibration_damping) + ")",
+                   number_text(loftq::DataAwareOptions{}.damping) + " with full statistics, " +
+                   number_text(loftq::DataAwareOptions{}.diagonal_damping) + " with diagonal ones)",
                kModel, false,
                [](const std::string&v) -> std::string {
                  double x = 0;

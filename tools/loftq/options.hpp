@@ -66,8 +66,8 @@ struct Args {
   bool quant_given = false;
   // model --calibration: statistics for data-aware LoftQ (calibration_input.hpp)
   std::string calibration;
-  bool calibration_data_free = false;                              // --calibration-missing data-free
-  double calibration_damping = loftq::DataAwareOptions{}.damping;  // --calibration-damping
+  bool calibration_data_free = false;  // --calibration-missing data-free
+  double calibration_damping = -1;     // --calibration-damping; -1: loftq::DataAwareOptions' per-mode defaults
   // calibrate
   std::string tokens;
   bool stats_full = true;  // --stats full|diag
