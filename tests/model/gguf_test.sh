@@ -39,12 +39,16 @@ gguf_stories)
   [ "$(grep -c 'kept as it was: rows of 172' "$err_file")" -eq 5 ] || { show; fail "no note on the kept ffn_down"; }
   grep -q '"blk.0.ffn_down.weight"' out/loftq_report.json || fail "report: kept_unquantized"
   grep -q '"ggml_type": "IQ4_NL"' out/loftq_report.json || fail "report: ggml_type"
+  # What the file stores: 18 bytes per 32 weights, 34 for q8_0 (ggml-common.h).
+  [ "$(grep -c '"bits_per_weight": 4.5,' out/loftq_report.json)" -eq 30 ] || fail "report: bits_per_weight"
+  grep -q '"average_bits_per_weight": 4.5,' out/loftq_report.json || fail "report: average_bits_per_weight"
   expect_rc 0 model --input s_bf16.gguf --output o_bf --format gguf --quant q4_0 --rank 4 --iters 2 --scale absmax --quiet --threads 1
   verify s_bf16.gguf o_bf q4_0 4 2 4 absmax
   # Deterministic: the same run at 2 threads and at 1, byte for byte.
   expect_rc 0 model --input s_f32.gguf --output o8 --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 2
   [ ! -s "$out_file" ] && [ ! -s "$err_file" ] || { show; fail "--quiet printed something"; }
   verify s_f32.gguf o8 q8_0 4 2 4 search
+  [ "$(grep -c '"bits_per_weight": 8.5,' o8/loftq_report.json)" -eq 30 ] || fail "report: q8_0 bits_per_weight"
   expect_rc 0 model --input s_f32.gguf --output o8b --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 1
   cmp -s o8/model.gguf o8b/model.gguf && cmp -s o8/adapter.gguf o8b/adapter.gguf || fail "not deterministic"
   [ "$sum" = "$(sha256sum s_*.gguf)" ] || fail "an input changed"

@@ -9,6 +9,12 @@
 //                      <name>.lora_a, ne = [in, r] (PEFT's lora_A, r x in) and
 //                      <name>.lora_b, ne = [r, out] (lora_B, out x r), F32;
 //                      llama.cpp adds (alpha / r) * lora_b * lora_a * x
+//
+// model.gguf keeps the input's key-value pairs but general.file_type (the
+// LLAMA_FTYPE of --quant, so llama.cpp names the file's type rightly) and
+// general.quantization_version. adapter.gguf takes the base's general.name.
+// Both carry loftq.use_with_adapter: the base alone is further from the model
+// than a plain quantization of it, since LoftQ moves part of W into the factors.
 
 #include "errors.hpp"
 #include "sink.hpp"
@@ -18,9 +24,27 @@
 #include <loftq/io/gguf.hpp>
 #include <loftq/io/peft.hpp>
 
+#include <filesystem>
+#include <utility>
+
 namespace loftq_cli {
 
 namespace {
+
+const char* const kUseWithAdapterKey = "loftq.use_with_adapter";
+const char* const kUseWithAdapterNote =
+    "LoftQ base and LoRA adapter: model.gguf is meant to run with adapter.gguf at scale 1.0 (llama.cpp: -m "
+    "model.gguf --lora adapter.gguf); the base alone is further from the original model than a plain quantization";
+
+// `kvs` with the pair of kv's key replaced in place, or kv appended.
+void set_kv(std::vector<io::GgufKV>& kvs, io::GgufKV kv) {
+  for (io::GgufKV& k : kvs)
+    if (k.key == kv.key) {
+      k = std::move(kv);
+      return;
+    }
+  kvs.push_back(std::move(kv));
+}
 
 template <class Matrix>
 void write_row_major(io::GgufWriter& w, const std::string& name, const Matrix& M) {
@@ -44,11 +68,22 @@ class GgufSink : public Sink {
         adapter_decls.push_back({t.name + ".lora_b", {r, t.ne[1]}, f32});
       }
     }
-    const std::vector<io::GgufKV> adapter_kvs = {
-        io::gguf_kv_string("general.architecture", src.architecture()), io::gguf_kv_string("general.type", "adapter"),
-        io::gguf_kv_string("adapter.type", "lora"), io::gguf_kv_f32("adapter.lora.alpha", static_cast<float>(alpha_))};
+    std::vector<io::GgufKV> base_kvs = src.file().kvs();
+    if (!adapter_decls.empty()) {  // with no target quantized the file's type is the input's
+      set_kv(base_kvs, io::gguf_kv_u32("general.file_type", loftq::ggml_format_llama_ftype(a.quant)));
+      set_kv(base_kvs, io::gguf_kv_u32("general.quantization_version", loftq::kGgmlQuantizationVersion));
+    }
+    set_kv(base_kvs, io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote));
+    std::string name;
+    if (!src.file().string_value("general.name", name)) name = std::filesystem::path(a.input).stem().string();
+    const std::vector<io::GgufKV> adapter_kvs = {io::gguf_kv_string("general.architecture", src.architecture()),
+                                                 io::gguf_kv_string("general.type", "adapter"),
+                                                 io::gguf_kv_string("general.name", name),
+                                                 io::gguf_kv_string("adapter.type", "lora"),
+                                                 io::gguf_kv_f32("adapter.lora.alpha", static_cast<float>(alpha_)),
+                                                 io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote)};
     try {
-      base_ = std::make_unique<io::GgufWriter>(out.path("model.gguf").string(), src.file().kvs(), base_decls);
+      base_ = std::make_unique<io::GgufWriter>(out.path("model.gguf").string(), base_kvs, base_decls);
       adapter_ = std::make_unique<io::GgufWriter>(out.path("adapter.gguf").string(), adapter_kvs, adapter_decls);
     } catch (const loftq::Error& e) {
       throw InputError{std::string("--format gguf: ") + e.what()};
