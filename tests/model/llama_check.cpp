@@ -4,7 +4,8 @@
 //       llama.cpp's logits of MODEL on the tokens equal the reference to TOL
 //   llama_check adapter FP.gguf DIR QUANT WORK
 //       llama.cpp loads DIR/model.gguf with DIR/adapter.gguf, names the file's
-//       type rightly and warns of nothing but its weight repacking (and what
+//       type rightly, reads the base's general.name and the note from the
+//       adapter, and warns of nothing but its weight repacking (and what
 //       it warns of for FP too); on
 //       sequences it samples from FP, the next-token KL(FP || base + s *
 //       adapter) is lower at s = 1 than at 0.9 and 1.1, and at most half of
@@ -72,6 +73,7 @@ struct Api {
   LOFTQ_API_FN(llama_get_logits_ith);
   LOFTQ_API_FN(llama_adapter_lora_init);
   LOFTQ_API_FN(llama_adapter_lora_free);
+  LOFTQ_API_FN(llama_adapter_meta_val_str);
   LOFTQ_API_FN(llama_set_adapters_lora);
 #undef LOFTQ_API_FN
 };
@@ -143,6 +145,7 @@ Api load_api() {
   LOFTQ_RESOLVE(llama_get_logits_ith);
   LOFTQ_RESOLVE(llama_adapter_lora_init);
   LOFTQ_RESOLVE(llama_adapter_lora_free);
+  LOFTQ_RESOLVE(llama_adapter_meta_val_str);
   LOFTQ_RESOLVE(llama_set_adapters_lora);
 #undef LOFTQ_RESOLVE
   a.llama_log_set(log_callback, nullptr);
@@ -177,8 +180,8 @@ class Engine {
     n_vocab_ = api_.llama_vocab_n_tokens(api_.llama_model_get_vocab(model_));
   }
   ~Engine() {
+    api_.llama_free(ctx_);  // before the adapter it may use
     if (adapter_) api_.llama_adapter_lora_free(adapter_);
-    api_.llama_free(ctx_);
     api_.llama_model_free(model_);
   }
   Engine(const Engine&) = delete;
@@ -194,19 +197,29 @@ class Engine {
     adapter_ = api_.llama_adapter_lora_init(model_, path.c_str());
     require(adapter_ != nullptr, path + ": llama.cpp cannot load the adapter");
   }
+  // A string of the adapter's metadata as llama.cpp reads it ("" when absent).
+  std::string adapter_meta(const char* key) const {
+    char buf[512] = {};
+    return api_.llama_adapter_meta_val_str(adapter_, key, buf, sizeof buf) < 0 ? std::string() : std::string(buf);
+  }
   void adapter_scale(float s) {
     require(api_.llama_set_adapters_lora(ctx_, &adapter_, 1, &s) == 0, "llama_set_adapters_lora failed");
   }
 
   // Logits of every position, [position][token], from a fresh cache.
-  std::vector<std::vector<float>> logits(const std::vector<llama_token>& tokens) {
-    api_.llama_memory_clear(api_.llama_get_memory(ctx_), true);
+  std::vector<std::vector<float>> logits(const std::vector<llama_token>& tokens) { return decode(tokens, 0); }
+  // The next-token logits after `token` at position `pos`, on the cache of positions 0 .. pos - 1.
+  std::vector<float> next(llama_token token, int pos) { return decode({token}, pos).back(); }
+
+ private:
+  std::vector<std::vector<float>> decode(const std::vector<llama_token>& tokens, int pos0) {
+    if (pos0 == 0) api_.llama_memory_clear(api_.llama_get_memory(ctx_), true);
     const int n = static_cast<int>(tokens.size());
     llama_batch b = api_.llama_batch_init(n, 0, 1);
     b.n_tokens = n;
     for (int i = 0; i < n; ++i) {
       b.token[i] = tokens[static_cast<std::size_t>(i)];
-      b.pos[i] = i;
+      b.pos[i] = pos0 + i;
       b.n_seq_id[i] = 1;
       b.seq_id[i][0] = 0;
       b.logits[i] = 1;
@@ -223,7 +236,6 @@ class Engine {
     return out;
   }
 
- private:
   const Api& api_;
   llama_model* model_ = nullptr;
   llama_context* ctx_ = nullptr;
@@ -250,7 +262,8 @@ std::vector<std::vector<llama_token>> sample(Engine& fp, int count, unsigned see
   for (int s = 0; s < count; ++s) {
     std::vector<llama_token> t = {1};
     while (static_cast<int>(t.size()) < kSeqLen) {
-      const std::vector<double> lp = log_softmax(fp.logits(t).back());
+      const int pos = static_cast<int>(t.size()) - 1;
+      const std::vector<double> lp = log_softmax(fp.next(t.back(), pos));
       double x = u(rng), acc = 0;
       int next = static_cast<int>(lp.size()) - 1;
       for (std::size_t k = 0; k < lp.size(); ++k) {
@@ -361,7 +374,12 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
   require(desc.size() >= type_name.size() &&
               desc.compare(desc.size() - type_name.size(), std::string::npos, type_name) == 0,
           "llama.cpp names the file '" + desc + "', not " + type_name);
-  write_ggml_baseline(api, gl::File(fp_path), gl::File(model_path), gl::File(adapter_path), work + "/ggml.gguf");
+  const gl::File fp_file(fp_path);
+  require(lq.adapter_meta("general.name") == fp_file.kv_string("general.name"),
+          "the adapter's general.name is '" + lq.adapter_meta("general.name") + "', not the base's");
+  require(lq.adapter_meta("loftq.use_with_adapter").find("adapter.gguf") != std::string::npos,
+          "the adapter has no loftq.use_with_adapter note");
+  write_ggml_baseline(api, fp_file, gl::File(model_path), gl::File(adapter_path), work + "/ggml.gguf");
   Engine gg(api, work + "/ggml.gguf");
 
   const std::vector<std::vector<llama_token>> seqs = sample(fp, 8, 20240601u);
