@@ -2,6 +2,12 @@
 //
 //   llama_check logits MODEL.gguf TOKENS.npy LOGITS.npy TOL
 //       llama.cpp's logits of MODEL on the tokens equal the reference to TOL
+//   llama_check synth OUT.gguf
+//       a small llama model for the K formats, whose super-blocks need rows of
+//       a multiple of 256: width 256, FFN 512, 1 layer, 4 heads, 256 tokens;
+//       LLM-like weights (common/matrices.hpp: a decaying spectrum, Student-t
+//       noise, a few outlier input columns, std 1 / sqrt(in)), the classifier
+//       tied to embeddings of std 1/8: a few nats of next-token entropy
 //   llama_check adapter FP.gguf DIR QUANT WORK
 //       llama.cpp loads DIR/model.gguf with DIR/adapter.gguf, names the file's
 //       type rightly, reads the base's general.name and the note from the
@@ -17,6 +23,7 @@
 // LOFTQ_LLAMA_CPP_DIR, opened with dlopen and called through llama.h's own
 // declarations; without them the program exits 77 (a CTest skip).
 #include "common/gguf_layout.hpp"
+#include "common/matrices.hpp"
 
 #include <loftq/io/npy.hpp>
 
@@ -32,6 +39,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -299,6 +307,47 @@ double mean_kl(const std::vector<std::vector<std::vector<float>>>& ref, Engine& 
   return sum / static_cast<double>(n);
 }
 
+int cmd_synth(const std::string& out) {
+  const std::uint32_t dim = 256, hidden = 512, layers = 1, heads = 4, vocab = 256;
+  gl::Builder b;
+  b.add_string("general.architecture", "llama");
+  b.add_string("general.name", "synth256");
+  b.add_u32("general.file_type", 0);
+  b.add_u32("llama.block_count", layers);
+  b.add_u32("llama.context_length", 256);
+  b.add_u32("llama.embedding_length", dim);
+  b.add_u32("llama.feed_forward_length", hidden);
+  b.add_u32("llama.attention.head_count", heads);
+  b.add_u32("llama.attention.head_count_kv", heads);
+  b.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  b.add_u32("llama.vocab_size", vocab);
+  b.add_string("tokenizer.ggml.model", "none");
+  std::uint64_t seed = 1;
+  auto mat = [&](const std::string& name, std::uint32_t rows, std::uint32_t cols, double std) {
+    loftq_common::RealisticSpec spec;
+    spec.target_std = std;
+    const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(rows, cols, seed++, spec);
+    b.add_tensor(name, {cols, rows}, gl::F32,
+                 gl::Builder::encode_floats(std::vector<float>(W.data(), W.data() + W.size()), gl::F32));
+  };
+  auto ones = [&](const std::string& name) {
+    b.add_tensor(name, {dim}, gl::F32, gl::Builder::encode_floats(std::vector<float>(dim, 1.0f), gl::F32));
+  };
+  mat("token_embd.weight", vocab, dim, 0.1);
+  for (std::uint32_t l = 0; l < layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    ones(p + "attn_norm.weight");
+    for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_output"}) mat(p + m + ".weight", dim, dim, 1 / 16.0);
+    ones(p + "ffn_norm.weight");
+    mat(p + "ffn_gate.weight", hidden, dim, 1 / 16.0);
+    mat(p + "ffn_down.weight", dim, hidden, 1 / std::sqrt(512.0));
+    mat(p + "ffn_up.weight", hidden, dim, 1 / 16.0);
+  }
+  ones("output_norm.weight");
+  b.write(out);
+  return 0;
+}
+
 int cmd_logits(const Api& api, const std::string& model, const std::string& tokens_path, const std::string& logits_path,
                double tol) {
   for (const std::string& p : {tokens_path, logits_path})
@@ -357,8 +406,13 @@ void write_ggml_baseline(const Api& api, const gl::File& fp, const gl::File& mod
 int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& dir, const std::string& quant,
                 const std::string& work) {
   const std::string model_path = dir + "/model.gguf", adapter_path = dir + "/adapter.gguf";
-  // llama_model_ftype_name's words for LLAMA_FTYPE_MOSTLY_Q4_0 / Q8_0 / IQ4_NL.
-  const std::string type_name = quant == "q4_0" ? "Q4_0" : quant == "q8_0" ? "Q8_0" : "IQ4_NL - 4.5 bpw";
+  // llama_model_ftype_name's words for the LLAMA_FTYPE of each type (the K formats' as llama.cpp's loader infers).
+  const std::map<std::string, std::string> names = {
+      {"q4_0", "Q4_0"},          {"q8_0", "Q8_0"},          {"iq4_nl", "IQ4_NL - 4.5 bpw"},
+      {"q2_k", "Q2_K - Medium"}, {"q3_k", "Q3_K - Medium"}, {"q4_k", "Q4_K - Medium"},
+      {"q5_k", "Q5_K - Medium"}, {"q6_k", "Q6_K"},          {"iq4_xs", "IQ4_XS - 4.25 bpw"}};
+  require(names.count(quant) != 0, "unknown type " + quant);
+  const std::string type_name = names.at(quant);
   g_warnings.clear();
   Engine fp(api, fp_path);
   const std::vector<std::string> input_warnings = g_warnings;  // the test model's own (a vocabulary of dummies)
@@ -385,6 +439,13 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
   const std::vector<std::vector<llama_token>> seqs = sample(fp, 8, 20240601u);
   std::vector<std::vector<std::vector<float>>> ref;
   for (const auto& s : seqs) ref.push_back(fp.logits(s));
+  double entropy = 0;
+  for (const auto& seq : ref)
+    for (const auto& l : seq) {
+      const std::vector<double> lp = log_softmax(l);
+      for (double v : lp) entropy -= std::exp(v) * v;
+    }
+  entropy /= static_cast<double>(seqs.size() * kSeqLen);
   const double kl_ggml = mean_kl(ref, gg, seqs);
   double kl[3];
   const float scales[3] = {0.9f, 1.0f, 1.1f};
@@ -395,9 +456,10 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
   lq.adapter_scale(0.0f);
   const double kl_base = mean_kl(ref, lq, seqs);
   std::printf(
-      "llama_check: %s (%s): KL(fp || .) over %zu x %d sampled tokens: ggml's own %.5f; LoftQ base alone %.5f, with "
-      "the adapter at 0.9 %.5f, 1.0 %.5f, 1.1 %.5f; ratio to ggml's %.3f\n",
-      quant.c_str(), desc.c_str(), seqs.size(), kSeqLen, kl_ggml, kl_base, kl[0], kl[1], kl[2], kl[1] / kl_ggml);
+      "llama_check: %s (%s): KL(fp || .) over %zu x %d sampled tokens (fp entropy %.2f nats): ggml's own %.5f; "
+      "LoftQ base alone %.5f, with the adapter at 0.9 %.5f, 1.0 %.5f, 1.1 %.5f; ratio to ggml's %.3f\n",
+      quant.c_str(), desc.c_str(), seqs.size(), kSeqLen, entropy, kl_ggml, kl_base, kl[0], kl[1], kl[2],
+      kl[1] / kl_ggml);
   require(kl[1] < kl[0] && kl[1] < kl[2], "the KL is not lowest at adapter scale 1.0");
   require(kl[1] <= 0.5 * kl_ggml, "base + adapter is not within half of ggml's own KL");
   return 0;
@@ -409,6 +471,7 @@ int main(int argc, char** argv) {
   const std::vector<std::string> a(argv + 1, argv + argc);
   g_verbose = std::getenv("LOFTQ_LLAMA_CHECK_VERBOSE") != nullptr;
   try {
+    if (a.size() == 2 && a[0] == "synth") return cmd_synth(a[1]);
     if (a.size() == 5 && a[0] == "logits") {
       const Api api = load_api();
       return cmd_logits(api, a[1], a[2], a[3], std::stod(a[4]));
@@ -421,7 +484,8 @@ int main(int argc, char** argv) {
     die(e.what());
   }
   std::fprintf(stderr,
-               "usage: llama_check logits MODEL.gguf TOKENS.npy LOGITS.npy TOL\n"
+               "usage: llama_check synth OUT.gguf\n"
+               "       llama_check logits MODEL.gguf TOKENS.npy LOGITS.npy TOL\n"
                "       llama_check adapter FP.gguf DIR QUANT WORK\n");
   return 2;
 }
