@@ -29,7 +29,7 @@ namespace loftq_cli {
 class CalibrationInput {
  public:
   // Opens FILE; throws InputError naming it when it is not a statistics file.
-  CalibrationInput(const std::string& path, bool data_free_fallback);
+  CalibrationInput(const std::string& path, bool data_free_fallback, double damping);
 
   // Before any work: every target has statistics of its width (InputError otherwise).
   void check(const std::vector<ModelTarget>& targets);
@@ -37,7 +37,10 @@ class CalibrationInput {
   // The statistics of a checked target; null when it falls back to data-free LoftQ.
   const loftq::InputStatistics* of(const ModelTarget& t) const;
 
-  // The report's "calibration": the file, its format and identity, the fallbacks.
+  // The damped metric's lambda (loftq::DataAwareOptions::damping).
+  double damping() const { return damping_; }
+
+  // The report's "calibration": the file, its format and identity, the damping, the fallbacks.
   nlohmann::json describe() const;
   // A target's "calibration" entry: the metric, the tokens, the entry used.
   nlohmann::json target_json(const ModelTarget& t) const;
@@ -46,6 +49,7 @@ class CalibrationInput {
   std::string path_;
   loftq::io::StatisticsFile file_;
   bool fallback_;
+  double damping_;
   std::string identity_;
   std::map<std::string, std::pair<std::string, bool>> entry_of_;  // target -> (entry, shared)
   std::vector<std::string> fallbacks_;

@@ -16,8 +16,10 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <string>
 #include <utility>
 
 namespace loftq_cli {
@@ -83,6 +85,17 @@ std::vector<std::string> split_list(const std::string& v, bool keep_repeats) {
   }
   return out;
 }
+
+namespace {
+
+// A default value as help shows it (%g: 0.1, not 0.100000).
+std::string number_text(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", x);
+  return b;
+}
+
+}  // namespace
 
 namespace {
 
@@ -478,7 +491,8 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
             "vocabulary and T at most the model's context length",
             kCalibrate, true, nonempty_path(), [](Args&a, const std::string&v) { a.tokens = v; }},
            {"--stats", "full|diag",
-            "full: the whole X^T X of each input (n^2 doubles per input, 44 GB for a 7B model); diag: its diagonal, "
+            "full: the whole X^T X of each input (n^2 doubles per input: 44 GB of file for a 7B model, written a layer "
+            "at a time from 1.4 GB of memory); diag: its diagonal, "
             "what llama.cpp's imatrix holds (default " +
                 std::string(d.stats_full ? "full" : "diag") + ")",
             kCalibrate, false, one_of({"full", "diag"}),
@@ -499,6 +513,22 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
                      [](Args&a, const std::string&v) { a.calibration_data_free = v == "data-free"; }}
                .excluding([](const Args&a) {
                  return a.calibration.empty() ? "--calibration-missing needs --calibration" : std::string();
+               }),
+           OptionDef{
+               "--calibration-damping", "X",
+               "with --calibration, lambda of the damped metric H + lambda * mean(diag H) * I, a number in 0..1000 "
+               "(default " +
+                   number_text(d.calibration_damping) + ")",
+               kModel, false,
+               [](const std::string&v) -> std::string {
+                 double x = 0;
+                 return parse_number(v, x) && x >= 0 && x <= 1000
+                            ? std::string()
+                            : "invalid value '" + v + "': expected a number in 0..1000";
+               },
+               [](Args&a, const std::string&v) { parse_number(v, a.calibration_damping); }}
+               .excluding([](const Args&a) {
+                 return a.calibration.empty() ? "--calibration-damping needs --calibration" : std::string();
                })})
     t.push_back(std::move(r));
 }
