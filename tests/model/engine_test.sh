@@ -11,7 +11,8 @@
 #            to the F32 model is lowest at adapter scale 1.0 and at most half
 #            of ggml's own quantization's.
 #   kquants  the same for q2_k, q3_k and q4_k on a 256-wide model made by
-#            llama_check synth (stories260K's rows are too short for them).
+#            llama_check synth (stories260K's rows are too short for them);
+#   kquants_wide  and for q5_k, q6_k and iq4_xs.
 #
 # Exit 77 (a CTest skip) without the data or the libraries.
 set -u
@@ -52,6 +53,11 @@ engine_stories)
 engine_kquants)
   "$CHECK" synth synth.gguf || fail "llama_check synth"
   for q in q2_k q3_k q4_k; do adapter synth.gguf "$q" f32 16 2; done
+  ;;
+
+engine_kquants_wide)
+  "$CHECK" synth synth.gguf || fail "llama_check synth"
+  for q in q5_k q6_k iq4_xs; do adapter synth.gguf "$q" f32 16 2; done
   ;;
 
 *)
