@@ -434,6 +434,18 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
                           if (a.gguf) s["quant"] = loftq::ggml_format_name(a.quant);
                         })
               .excluding([](const Args&a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
+          OptionDef{"--adapter-type", "TYPE",
+                    "--format gguf: the ggml type of adapter.gguf's lora_a and lora_b, as convert_lora_to_gguf.py "
+                    "--outtype: f32, f16, bf16 or q8_0 (a lora_b of a rank not a multiple of 32 in f16, as that "
+                    "script falls back); the report gives the error the rounding adds to (alpha/r) lora_b lora_a "
+                    "(default f32)",
+                    kModel, false, one_of({"f32", "f16", "bf16", "q8_0"}),
+                    [](Args&a, const std::string&v) { a.adapter_type = v; }}
+              .recorded("adapter_type",
+                        [](const Args&a, nlohmann::json&s) {
+                          if (a.gguf) s["adapter_type"] = a.adapter_type;
+                        })
+              .excluding([](const Args&a) { return a.gguf ? std::string() : "--adapter-type needs --format gguf"; }),
           OptionDef{"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
                     [](Args&a, const std::string&) { a.packed = true; }}
               .recorded(
