@@ -306,7 +306,7 @@ int main(int argc, char** argv) {
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
     if ((a.size() == 8 || a.size() == 9) && a[0] == "verify")
       return cmd_verify(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), std::stod(a[6]), a[7],
-                        a.size() == 9 ? a[8] : "f32");
+                        a.size() == 9 ? a[8] : "f16");
   } catch (const std::exception& e) {
     die(e.what());
   }

@@ -265,7 +265,8 @@ struct Row {
   RunResult task[2];
   // tool_* rows: the largest relative difference of Q + s B A from the
   // in-process data_aware init at the same width and rank (-1 elsewhere).
-  double init_vs_data_aware = -1;
+  double init_vs_data_aware = -1;  // v, o, gate, up, down
+  double qk_vs_data_aware = -1;    // q and k (through_tool.hpp's InitDiff)
 };
 
 std::string fmt(const char* f, double v) {
@@ -344,12 +345,12 @@ void write_outputs(const std::vector<Row>& rows, const Settings& s) {
   fs::create_directories(s.out);
   std::ofstream sum(fs::path(s.out) / "summary.csv"), cur(fs::path(s.out) / "curves.csv");
   sum << "method,bits_group,avg_bits,rank,weight_error,task1_kl_init,task1_kl_final,task2_kl_init,task2_kl_final,"
-         "init_vs_data_aware\n";
+         "init_vs_data_aware,qk_vs_data_aware\n";
   cur << "task,method,bits_group,rank,step,value\n";
   for (const auto& r : rows) {
     sum << r.method << ',' << r.bits_group << ',' << r.bits << ',' << r.rank << ',' << r.weight_error << ','
         << r.task[0].init << ',' << r.task[0].final << ',' << r.task[1].init << ',' << r.task[1].final << ','
-        << r.init_vs_data_aware << '\n';
+        << r.init_vs_data_aware << ',' << r.qk_vs_data_aware << '\n';
     for (int t = 0; t < 2; ++t)
       for (std::size_t i = 0; i < r.task[t].curve.step.size(); ++i)
         cur << (t == 0 ? "recovery" : "shift") << ',' << r.method << ',' << r.bits_group << ',' << r.rank << ','
@@ -483,9 +484,12 @@ int main(int argc, char** argv) {
           const auto& specs = method_specs();
           const auto da =
               std::find_if(specs.begin(), specs.end(), [](const MethodSpec& x) { return x.init == Init::data_aware; });
-          if (spec->init == Init::tool_data_aware)
-            row.init_vs_data_aware =
-                compare_inits(m, make_method(*da, width, rank, fp, stats, s.seed, data_aware_options(s))).max_rel;
+          if (spec->init == Init::tool_data_aware) {
+            const InitDiff d =
+                compare_inits(m, make_method(*da, width, rank, fp, stats, s.seed, data_aware_options(s)));
+            row.init_vs_data_aware = d.same_order;
+            row.qk_vs_data_aware = d.rotary;
+          }
         } else {
           m = make_method(*spec, width, rank, fp, stats, s.seed, data_aware_options(s));
         }
@@ -503,8 +507,10 @@ int main(int argc, char** argv) {
                      m.name.c_str(), row.task[0].init, row.task[0].final, row.task[1].init, row.task[1].final,
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         if (row.init_vs_data_aware >= 0)
-          std::fprintf(stderr, "       init vs in-process data_aware: Q + sBA within %.1e (relative, worst linear)\n",
-                       row.init_vs_data_aware);
+          std::fprintf(stderr,
+                       "       init vs in-process data_aware (Q + sBA, worst linear, relative): v/o/gate/up/down %.1e, "
+                       "q/k %.1e\n",
+                       row.init_vs_data_aware, row.qk_vs_data_aware);
         rows.push_back(std::move(row));
       }
     }

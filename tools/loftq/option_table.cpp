@@ -438,7 +438,8 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
                     "--format gguf: the ggml type of adapter.gguf's lora_a and lora_b, as convert_lora_to_gguf.py "
                     "--outtype: f32, f16, bf16 or q8_0 (a lora_b of a rank not a multiple of 32 in f16, as that "
                     "script falls back); the report gives the error the rounding adds to (alpha/r) lora_b lora_a "
-                    "(default f32)",
+                    "(default " +
+                        d.adapter_type + ": half the bytes of f32)",
                     kModel, false, one_of({"f32", "f16", "bf16", "q8_0"}),
                     [](Args&a, const std::string&v) { a.adapter_type = v; }}
               .recorded("adapter_type",

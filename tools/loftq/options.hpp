@@ -64,7 +64,7 @@ struct Args {
   bool gguf = false;
   loftq::GgmlFormat quant = loftq::GgmlFormat::iq4_nl;  // --quant
   bool quant_given = false;
-  std::string adapter_type = "f32";  // --adapter-type: f32, f16, bf16 or q8_0, adapter.gguf's lora_a / lora_b
+  std::string adapter_type = "f16";  // --adapter-type: f32, f16, bf16 or q8_0, adapter.gguf's lora_a / lora_b
   // model --calibration: statistics for data-aware LoftQ (calibration_input.hpp)
   std::string calibration;
   bool calibration_data_free = false;  // --calibration-missing data-free
