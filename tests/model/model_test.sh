@@ -146,6 +146,17 @@ shard_merge)
   grep -c '"shard"' part2dup/loftq_report.json | grep -q 2 || fail "duplicate shard key not planted"
   expect_bad_input merge --input sh --shards part1,part2dup,part3 --output m8
   grep -q "duplicate key 'shard'" "$err_file" || fail "no duplicate-key message: $(cat "$err_file")"
+  # A shard changed after its run (one byte of its Q) is refused, and so is a
+  # report that records no identity of its files.
+  cp -r part2 part2bad
+  printf '\x7f' | dd of=part2bad/shard_model.safetensors bs=1 seek=$(($(stat -c %s part2bad/shard_model.safetensors) - 3)) \
+    conv=notrunc status=none
+  expect_bad_input merge --input sh --shards part1,part2bad,part3 --output m9
+  grep -q "not the file this shard's run wrote" "$err_file" || fail "no changed-shard message: $(cat "$err_file")"
+  cp -r part2 part2nofiles
+  sed -i 's/"files": {/"other": {/' part2nofiles/loftq_report.json
+  expect_bad_input merge --input sh --shards part1,part2nofiles,part3 --output m10
+  grep -q "records no identity" "$err_file" || fail "no missing-identity message: $(cat "$err_file")"
   expect_usage merge --input sh --output m6
   expect_usage model --input sh --output m7 --shard 0/3
   expect_usage model --input sh --output m7 --shard 4/3

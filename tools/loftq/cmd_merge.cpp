@@ -4,6 +4,7 @@
 #include "checkpoint_plan.hpp"
 #include "commands.hpp"
 #include "errors.hpp"
+#include "content_identity.hpp"
 #include "path_safety.hpp"
 #include "report.hpp"
 #include "safetensors_output.hpp"
@@ -151,10 +152,26 @@ struct Shards {
   nlohmann::json tensors = nlohmann::json::object();  // the shards' report entries
 };
 
+// Each file a shard's tensors come from must be the one its run wrote: a
+// shard changed or damaged afterwards (a Q rescaled, a factor edited) would
+// otherwise merge at exit 0 into a model its report does not describe.
+void check_shard_files(const std::string& dir, const nlohmann::json& rep, bool packed) {
+  const nlohmann::json* files = rep.contains("files") && rep["files"].is_object() ? &rep["files"] : nullptr;
+  for (const char* name : {kShardModelFile, kAdapterFile, kPackedFile}) {
+    if (name == std::string(kPackedFile) && !packed) continue;
+    const std::string path = (fs::path(dir) / name).string();
+    if (!files || !files->contains(name) || !(*files)[name].is_string())
+      throw InputError{dir + ": the report records no identity of " + name + " (a shard of another loftq version?)"};
+    if (content_identity(path) != (*files)[name].get<std::string>())
+      throw InputError{path + ": not the file this shard's run wrote (changed or damaged since)"};
+  }
+}
+
 Shards open_shards(const Args& a, const std::vector<nlohmann::json>& reps, const Settings& s, const Plan& plan) {
   Shards sh;
   for (std::size_t i = 0; i < reps.size(); ++i) {
     const fs::path d(a.shards[i]);
+    check_shard_files(a.shards[i], reps[i], s.packed);
     sh.model.push_back(std::make_unique<io::SafetensorsFile>((d / kShardModelFile).string()));
     sh.adapter.push_back(std::make_unique<io::SafetensorsFile>((d / kAdapterFile).string()));
     if (s.packed) sh.packed.push_back(std::make_unique<io::SafetensorsFile>((d / kPackedFile).string()));

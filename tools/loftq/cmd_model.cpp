@@ -10,6 +10,7 @@
 #include "checkpoint_plan.hpp"
 #include "commands.hpp"
 #include "compute.hpp"
+#include "content_identity.hpp"
 #include "errors.hpp"
 #include "model_pipeline.hpp"
 #include "progress.hpp"
@@ -22,6 +23,7 @@
 #include <loftq/version.hpp>
 
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <memory>
 
@@ -97,6 +99,15 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
   return c;
 }
 
+// A shard's files by content, for merge to check that what it joins is what
+// this run wrote.
+nlohmann::json shard_file_identities(const StagedOutput& out) {
+  nlohmann::json files = nlohmann::json::object();
+  for (const char* name : {kShardModelFile, kAdapterFile, kPackedFile})
+    if (std::filesystem::exists(out.path(name))) files[name] = content_identity(out.path(name).string());
+  return files;
+}
+
 void print_summary(const Args& a, const Source& src, const Compute& compute, const StagedOutput& out, const Computed& c,
                    const nlohmann::json& rep, double seconds) {
   src.print_notes();
@@ -146,6 +157,7 @@ int run_model(const Args& a) {
   if (compute.budget()) rep["bits_allocation"] = compute.allocation_json();
   if (compute.calibrated()) rep["calibration"] = compute.calibration_json();
   rep.tensors(c.tensors);
+  if (a.shard_n > 0) rep["files"] = shard_file_identities(out);
   out.write_file(kReportFile, rep.finish(total));
   for (const auto& k : sinks) k->finish(out);
   out.publish();
