@@ -38,6 +38,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -332,14 +333,26 @@ class GgufFile {
     std::vector<unsigned char> buf;  // file bytes [0, buf.size())
     std::uint64_t pos = 0;
 
+    // What is being read, for the error message only: a string, or a callable
+    // that builds it, so that a header of many elements builds no message
+    // on the success path (a 1 MiB key named in each of 16,384 element
+    // messages took half a minute to read).
+    template <class W>
+    static std::string text(const W& what) {
+      if constexpr (std::is_invocable_v<const W&>)
+        return what();
+      else
+        return std::string(what);
+    }
     [[noreturn]] void truncated(const std::string& what) const {
       ::loftq::detail::fail(Errc::parse_error, f.path() + ": truncated: " + what + " at byte " + std::to_string(pos) +
                                                    " runs past the end of the file (" + std::to_string(f.size()) +
                                                    " bytes)");
     }
     std::uint64_t remaining() const { return f.size() - pos; }
-    const unsigned char* take(std::uint64_t n, const std::string& what) {
-      if (n > remaining()) truncated(what);
+    template <class W>
+    const unsigned char* take(std::uint64_t n, const W& what) {
+      if (n > remaining()) truncated(text(what));
       if (pos + n > kGgufMaxHeaderBytes)
         ::loftq::detail::fail(Errc::parse_error, f.path() + ": the header is longer than " +
                                                      std::to_string(kGgufMaxHeaderBytes) + " bytes");
@@ -354,12 +367,14 @@ class GgufFile {
       pos += n;
       return p;
     }
-    std::uint64_t u(int n, const std::string& what) {
+    template <class W>
+    std::uint64_t u(int n, const W& what) {
       return detail::get_le(take(static_cast<std::uint64_t>(n), what), n);
     }
-    std::string str(const std::string& what) {
-      const std::uint64_t len = u(8, what + " length");
-      if (len > remaining()) truncated(what + " of " + std::to_string(len) + " bytes");
+    template <class W>
+    std::string str(const W& what) {
+      const std::uint64_t len = u(8, [&] { return text(what) + " length"; });
+      if (len > remaining()) truncated(text(what) + " of " + std::to_string(len) + " bytes");
       const unsigned char* p = take(len, what);
       return std::string(reinterpret_cast<const char*>(p), static_cast<std::size_t>(len));
     }
@@ -409,7 +424,8 @@ class GgufFile {
       const std::uint64_t least = et == static_cast<std::uint32_t>(GgufValueType::STRING) ? 8 : scalar_size(et);
       if (n > c.remaining() / least) c.truncated("array of " + std::to_string(n) + " elements of key '" + key + "'");
       if (et == static_cast<std::uint32_t>(GgufValueType::STRING)) {
-        for (std::uint64_t i = 0; i < n; ++i) c.str("string " + std::to_string(i) + " of key '" + key + "'");
+        for (std::uint64_t i = 0; i < n; ++i)
+          c.str([&] { return "string " + std::to_string(i) + " of key '" + key + "'"; });
       } else if (et == static_cast<std::uint32_t>(GgufValueType::BOOL)) {
         const unsigned char* p = c.take(n, "array of key '" + key + "'");
         for (std::uint64_t i = 0; i < n; ++i)
