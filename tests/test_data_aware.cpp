@@ -195,7 +195,7 @@ TEST_CASE("data-aware: the scale search is weighted by diag(H), damped and scale
   o.keep_best = false;
   o.scale_search = true;
   const double damping = 0.1;
-  const auto r = loftq::initialize(W, NormalFloat<2>{}, s, o, loftq::DataAwareOptions{damping});
+  const auto r = loftq::initialize(W, NormalFloat<2>{}, s, o, loftq::DataAwareOptions{damping, damping});
 
   const Eigen::VectorXd h = s.diagonal();
   std::vector<float> w(static_cast<std::size_t>(n));
@@ -338,8 +338,9 @@ TEST_CASE("data-aware: bad input gets a typed error") {
   Options o;
   o.rank = 4;
   auto run = [&](const RowMatrix<float>& M, const InputStatistics& st, Options opt, double damping = 0.1) {
-    return loftq_test::code_of(
-        [&] { loftq::initialize(M, NormalFloat<4>{}, st, opt, loftq::DataAwareOptions{damping}); });
+    return loftq_test::code_of([&] {
+      loftq::initialize(M, NormalFloat<4>{}, st, opt, loftq::DataAwareOptions{damping, damping});
+    });
   };
   CHECK(run(W, s, o) == static_cast<loftq::Errc>(0));
   CHECK(run(W, empty, o) == loftq::Errc::invalid_argument);
@@ -365,7 +366,7 @@ TEST_CASE("data-aware: bad input gets a typed error") {
   // Diagonal statistics cope with a dead channel even undamped: nothing to invert there.
   InputStatistics dead(32, StatsMode::diagonal);
   dead.add(X);
-  const auto r = loftq::initialize(W, NormalFloat<4>{}, dead, o, loftq::DataAwareOptions{0.0});
+  const auto r = loftq::initialize(W, NormalFloat<4>{}, dead, o, loftq::DataAwareOptions{0.0, 0.0});
   CHECK(r.A.allFinite());
   CHECK(r.B.allFinite());
   CHECK(r.Q.allFinite());

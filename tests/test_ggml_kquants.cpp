@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/matrices.hpp"
@@ -88,6 +89,17 @@ TEST_CASE("K formats: names, ggml type ids, block bytes and bits per weight as t
   CHECK(loftq::ggml_format_bits_per_weight(GgmlFormat::q8_0) == 8.5);
   CHECK(loftq::ggml_format_type_id(GgmlFormat::q4_0) == 2);
   CHECK(loftq::ggml_format_type_id(GgmlFormat::iq4_nl) == 20);
+}
+
+TEST_CASE("ggml formats: general.file_type is llama.h's LLAMA_FTYPE, as llama.cpp's loader infers it") {
+  // enum llama_ftype: MOSTLY_Q4_0 2, Q8_0 7, Q2_K 10, Q3_K_M 12, Q4_K_M 15, Q5_K_M 17, Q6_K 18, IQ4_NL 25, IQ4_XS 30.
+  const std::pair<GgmlFormat, std::uint32_t> ftypes[] = {
+      {GgmlFormat::q4_0, 2},  {GgmlFormat::q8_0, 7},    {GgmlFormat::q2_K, 10},
+      {GgmlFormat::q3_K, 12}, {GgmlFormat::q4_K, 15},   {GgmlFormat::q5_K, 17},
+      {GgmlFormat::q6_K, 18}, {GgmlFormat::iq4_nl, 25}, {GgmlFormat::iq4_xs, 30}};
+  for (const auto& f : ftypes) CHECK(loftq::ggml_format_llama_ftype(f.first) == f.second);
+  CHECK(loftq::kGgmlQuantizationVersion == 2);
+  CHECK_THROWS_AS(loftq::ggml_format_llama_ftype(GgmlFormat::none), loftq::Error);
 }
 
 TEST_CASE("K formats: the stored super-blocks decode to Q bit for bit, and quantize/fake_quantize/dequantize agree") {

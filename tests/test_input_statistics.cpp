@@ -4,6 +4,8 @@
 
 #include <loftq/input_statistics.hpp>
 
+#include <random>
+
 #include "support.hpp"
 
 using loftq::InputStatistics;
@@ -113,4 +115,27 @@ TEST_CASE("InputStatistics: an expression is evaluated once, as its plain value"
   prod.add(drawn.cast<double>() * M);
   eval.add(Eigen::MatrixXd(drawn.cast<double>() * M));
   CHECK(prod.gram() == eval.gram());
+}
+
+TEST_CASE("InputStatistics: diagonal_statistics keeps the diagonal sums and the count") {
+  std::mt19937 rng(11);
+  std::normal_distribution<double> g(0.0, 1.0);
+  Eigen::MatrixXd X(37, 9);
+  for (Eigen::Index i = 0; i < X.size(); ++i) X.data()[i] = g(rng);
+  loftq::InputStatistics full(9, loftq::StatsMode::full);
+  full.add(X);
+  const loftq::InputStatistics d = full.diagonal_statistics();
+  CHECK(d.mode() == loftq::StatsMode::diagonal);
+  CHECK(d.count() == 37);
+  CHECK(d.features() == 9);
+  // The full sums' own diagonal, bit for bit: X^T X's diagonal from the same GEMM.
+  CHECK(d.diagonal() == full.diagonal());
+  // Against the sums of squares formed here in double.
+  for (Eigen::Index j = 0; j < 9; ++j)
+    CHECK(d.diagonal()(j) == doctest::Approx(X.col(j).squaredNorm() / 37).epsilon(1e-12));
+  // A diagonal one's copy is itself.
+  loftq::InputStatistics diag(9, loftq::StatsMode::diagonal);
+  diag.add(X);
+  CHECK(diag.diagonal_statistics().diagonal() == diag.diagonal());
+  CHECK_THROWS_AS(d.gram(), loftq::Error);
 }

@@ -1,19 +1,23 @@
 // The GGUF side of the `loftq model` tests (model_test.sh, cases gguf_*):
 //
-//   gguftool stories BIN OUT.gguf [f32|f16|bf16]   llama2.c's stories260K as a
-//                                                   llama GGUF (exit 77 when BIN is absent)
+//   gguftool stories BIN OUT.gguf [f32|f16|bf16]   llama2.c's stories260K as a llama GGUF that
+//                                                   llama.cpp loads (exit 77 when BIN is absent)
 //   gguftool synth OUT.gguf [VARIANT]               odd shapes and types, alignment 64,
 //                                                   assorted key-value types
-//   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE
+//   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]
 //
 // verify reads IN and DIR/model.gguf, DIR/adapter.gguf with the layouts of
 // common/gguf_layout.hpp (not the library's reader) and checks: the
-// key-value section copied byte for byte; every tensor in order with its
-// shape; non-targets byte for byte; each target in the QUANT type, decoded
+// key-value pairs copied in order but general.file_type and
+// general.quantization_version (llama.cpp's values), plus a note; every
+// tensor in order with its shape; non-targets byte for byte; each target in the QUANT type, decoded
 // by ggml's rules, equal bit for bit in F32 to the Q of loftq::initialize
 // run here with the same settings; the adapter's metadata, the lora_a /
-// lora_b shapes llama.cpp checks, and (alpha / r) * lora_b * lora_a equal to
-// the library's A B^T, lowering the error of Q alone.
+// lora_b shapes llama.cpp checks, their type (ADAPTER_TYPE, default f32;
+// a q8_0 lora_b of a rank not a multiple of 32 in f16) and every stored
+// value within that type's rounding of the library's to_peft factors,
+// and (alpha / r) * lora_b * lora_a equal to the library's A B^T (F32) and
+// lowering the error of Q alone.
 #include "common/gguf_layout.hpp"
 #include "common/llama2c.hpp"
 
@@ -74,6 +78,13 @@ int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t ty
   llama_keys(b, static_cast<std::uint32_t>(L), static_cast<std::uint32_t>(c.dim),
              static_cast<std::uint32_t>(c.hidden_dim), static_cast<std::uint32_t>(c.n_heads),
              static_cast<std::uint32_t>(c.n_kv_heads));
+  // What llama.cpp needs to load it besides: the context length, and a vocabulary of dummy tokens
+  // (tokenizer "none" with llama.vocab_size), since llama2.c keeps its tokenizer in another file.
+  b.add_u32("llama.context_length", static_cast<std::uint32_t>(c.seq_len));
+  b.add_u32("llama.vocab_size", static_cast<std::uint32_t>(c.vocab_size));
+  b.add_string("tokenizer.ggml.model", "none");
+  // As convert_hf_to_gguf.py writes it: LLAMA_FTYPE_ALL_F32 0, MOSTLY_F16 1, MOSTLY_BF16 32.
+  b.add_u32("general.file_type", type == gl::F32 ? 0u : type == gl::F16 ? 1u : 32u);
   // llama2.c stores each weight (out, in) row-major: ggml's ne = [in, out].
   std::map<std::string, std::pair<std::vector<std::uint64_t>, std::vector<float>>> ts;
   auto mat = [&](const std::string& name, const lm::Mat<float>& m) {
@@ -159,21 +170,79 @@ bool is_target(const gl::Tensor& t) {
   return false;
 }
 
+std::uint32_t u32_kv(const gl::File& f, const std::string& key) {
+  for (const auto& e : f.kvs)
+    if (e.first == key) {
+      require(e.second.first == gl::T_U32 && e.second.second.size() == 4, key + " is not a UINT32");
+      return static_cast<std::uint32_t>(gl::le(e.second.second.data(), 4));
+    }
+  require(false, key + " is missing");
+  return 0;
+}
+
+// model.gguf's pairs: the input's in its order with its types and values, but general.file_type (LLAMA_FTYPE
+// `ftype`) and general.quantization_version (GGML_QNT_VERSION 2), then loftq.use_with_adapter, a note.
+void check_model_kvs(const gl::File& in, const gl::File& model, std::uint32_t ftype) {
+  const std::string ft = "general.file_type", qv = "general.quantization_version", note = "loftq.use_with_adapter";
+  std::size_t j = 0;
+  for (const auto& e : in.kvs) {
+    require(j < model.kvs.size() && model.kvs[j].first == e.first, "model.gguf: pair " + e.first + " moved or lost");
+    if (e.first != ft && e.first != qv)
+      require(model.kvs[j].second == e.second, "model.gguf: pair " + e.first + " changed");
+    ++j;
+  }
+  for (; j < model.kvs.size(); ++j) {
+    const std::string& k = model.kvs[j].first;
+    require(k == ft || k == qv || k == note, "model.gguf: an unexpected pair " + k);
+  }
+  require(u32_kv(model, ft) == ftype, "model.gguf: general.file_type " + std::to_string(u32_kv(model, ft)));
+  require(u32_kv(model, qv) == 2, "model.gguf: general.quantization_version");
+  require(model.kv_string(note).find("adapter.gguf") != std::string::npos, "model.gguf: no note naming the adapter");
+}
+
+// Each stored value within its type's rounding of x: F16 and BF16 half a unit in the last place (F16's subnormal
+// spacing 2^-24), Q8_0 half a step d = amax / 127 of its block of 32 plus the fp16 rounding of d (127 d 2^-11).
+void check_rounding(const loftq::RowMatrix<float>& x, const std::vector<float>& stored, std::uint32_t type,
+                    const std::string& what) {
+  require(stored.size() == static_cast<std::size_t>(x.size()), what + ": size");
+  const float* v = x.data();
+  for (std::size_t i = 0; i < stored.size(); ++i) {
+    const double e = std::abs(static_cast<double>(stored[i]) - v[i]), a = std::abs(static_cast<double>(v[i]));
+    double bound = 0;
+    if (type == gl::F16) {
+      bound = std::max(a * std::ldexp(1.0, -11), std::ldexp(1.0, -25));
+    } else if (type == gl::BF16) {
+      bound = a * std::ldexp(1.0, -8);
+    } else if (type == gl::Q8_0) {
+      double amax = 0;
+      for (std::size_t j = i / 32 * 32; j < i / 32 * 32 + 32; ++j) amax = std::max(amax, std::abs(double(v[j])));
+      bound = (amax / 127) * (0.5 + 127 * std::ldexp(1.0, -11)) * (1 + 1e-6);
+    }
+    require(e <= bound, what + ": element " + std::to_string(i) + " stored as " + std::to_string(stored[i]) +
+                            ", not within the rounding of " + std::to_string(v[i]));
+  }
+}
+
 int cmd_verify(const std::string& in_path, const std::string& dir, const std::string& quant, long rank, int iters,
-               double alpha, const std::string& scale) {
+               double alpha, const std::string& scale, const std::string& atype) {
+  const std::uint32_t ta = atype == "f16" ? gl::F16 : atype == "bf16" ? gl::BF16 : atype == "q8_0" ? gl::Q8_0 : gl::F32;
+  const std::uint32_t tb = ta == gl::Q8_0 && rank % 32 != 0 ? gl::F16 : ta;
   const gl::File in(in_path), model(dir + "/model.gguf"), adapter(dir + "/adapter.gguf");
   const loftq::GgmlFormat fmt = quant == "q4_0"   ? loftq::GgmlFormat::q4_0
                                 : quant == "q8_0" ? loftq::GgmlFormat::q8_0
                                                   : loftq::GgmlFormat::iq4_nl;
   const std::uint32_t qtype = quant == "q4_0" ? gl::Q4_0 : quant == "q8_0" ? gl::Q8_0 : gl::IQ4_NL;
-  require(
-      in.kv_end - in.kv_begin == model.kv_end - model.kv_begin &&
-          std::memcmp(in.bytes.data() + in.kv_begin, model.bytes.data() + model.kv_begin, in.kv_end - in.kv_begin) == 0,
-      "model.gguf: the key-value section differs from the input's");
+  // llama.h's LLAMA_FTYPE_MOSTLY_Q4_0 / Q8_0 / IQ4_NL.
+  const std::uint32_t ftype = quant == "q4_0" ? 2 : quant == "q8_0" ? 7 : 25;
+  check_model_kvs(in, model, ftype);
   require(model.tensors.size() == in.tensors.size(), "model.gguf: tensor count");
   require(adapter.kv_string("general.type") == "adapter", "adapter: general.type");
   require(adapter.kv_string("adapter.type") == "lora", "adapter: adapter.type");
   require(adapter.kv_string("general.architecture") == in.kv_string("general.architecture"), "adapter: architecture");
+  require(!in.kv("general.name") || adapter.kv_string("general.name") == in.kv_string("general.name"),
+          "adapter: general.name is not the base's");
+  require(adapter.kv_string("loftq.use_with_adapter") == model.kv_string("loftq.use_with_adapter"),
+          "adapter: loftq.use_with_adapter");
   const auto* a_kv = adapter.kv("adapter.lora.alpha");
   require(a_kv && a_kv->size() == 4, "adapter: adapter.lora.alpha is not an F32");
   float stored_alpha;
@@ -204,16 +273,20 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
     require(std::memcmp(r.Q.data(), q.data(), q.size() * 4) == 0, t.name + ": decoded Q differs from the library's");
     const gl::Tensor* la = adapter.find(t.name + ".lora_a");
     const gl::Tensor* lb = adapter.find(t.name + ".lora_b");
-    require(la && lb && la->type == gl::F32 && lb->type == gl::F32, t.name + ": lora_a / lora_b missing or not F32");
+    require(la && lb && la->type == ta && lb->type == tb, t.name + ": lora_a / lora_b missing or not " + atype);
     // llama-adapter.cpp: model ne[0] == a ne[0], model ne[1] == b ne[1], a ne[1] == b ne[0] (the rank).
     require(la->ne == std::vector<std::uint64_t>{t.ne[0], static_cast<std::uint64_t>(rank)} &&
                 lb->ne == std::vector<std::uint64_t>{static_cast<std::uint64_t>(rank), t.ne[1]},
             t.name + ": adapter shapes");
     const std::vector<float> av = adapter.values(*la), bv = adapter.values(*lb);
+    const auto peft = loftq::to_peft(r, alpha);
+    check_rounding(peft.lora_A, av, ta, t.name + ".lora_a");
+    check_rounding(peft.lora_B, bv, tb, t.name + ".lora_b");
     const Eigen::Map<const loftq::RowMatrix<float>> A(av.data(), rank, n), B(bv.data(), m, rank);
     const Eigen::MatrixXd delta = (alpha / static_cast<double>(rank)) * B.cast<double>() * A.cast<double>();
     const Eigen::MatrixXd lib = r.A.cast<double>() * r.B.cast<double>().transpose();
-    require((delta - lib).norm() <= 1e-5 * std::max(1e-30, lib.norm()), t.name + ": (alpha/r) B A != A B^T");
+    require(ta != gl::F32 || (delta - lib).norm() <= 1e-5 * std::max(1e-30, lib.norm()),
+            t.name + ": (alpha/r) B A != A B^T");
     const double e_q = (W.cast<double>() - Q.cast<double>()).norm();
     const double e_qab = (W.cast<double>() - Q.cast<double>() - delta).norm();
     require(e_qab < e_q, t.name + ": the adapter does not lower the error");
@@ -231,13 +304,14 @@ int main(int argc, char** argv) {
   try {
     if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
-    if (a.size() == 8 && a[0] == "verify")
-      return cmd_verify(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), std::stod(a[6]), a[7]);
+    if ((a.size() == 8 || a.size() == 9) && a[0] == "verify")
+      return cmd_verify(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), std::stod(a[6]), a[7],
+                        a.size() == 9 ? a[8] : "f32");
   } catch (const std::exception& e) {
     die(e.what());
   }
   std::fprintf(stderr,
                "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | "
-               "verify IN DIR QUANT RANK ITERS ALPHA SCALE\n");
+               "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]\n");
   return 2;
 }

@@ -9,7 +9,10 @@
 // attention norm's output, gate/up the feed-forward norm's. Per layer that is
 // four inputs: q/k/v (dim), o (dim), gate/up (dim) and down (hidden_dim).
 //
-// Schedule: `batch` sequences are advanced together one layer at a time. The
+// Schedule: layer by layer. Every sequence's hidden state goes through
+// layer l, `batch` sequences at a time, before any goes through layer l + 1,
+// so that a layer's statistics are complete when the loop leaves it and can
+// be handed to `on_layer` (a file writer) and freed. Within a batch the
 // layer's forward runs in parallel over the sequences, each serially (Eigen
 // held at one thread, so every product is a T x in by in x out GEMM whose
 // rounding does not depend on the thread count); then each sequence's inputs
@@ -18,14 +21,16 @@
 // the same operands in the same order for any thread count or batch size:
 // the results are bit-identical, and equal to adding one sequence at a time.
 //
-// Peak memory besides the weights, with B = batch, T = the longest sequence,
-// d = dim, kv = kv_dim, h = hidden_dim, H = n_heads, L = n_layers, s =
-// sizeof(S):
-//   statistics   full: 8 L (3 d^2 + h^2) bytes;  diagonal: 8 L (3 d + h) bytes
+// Peak memory besides the weights, with N sequences of T tokens (the
+// longest), B = batch, d = dim, kv = kv_dim, h = hidden_dim, H = n_heads,
+// L = n_layers, s = sizeof(S):
+//   statistics   full: 8 (3 d^2 + h^2) bytes per layer held, L layers
+//                without on_layer, one with it; diagonal: 8 (3 d + h) per layer
+//   hidden       s N T d bytes (every sequence's state between layers)
 //   activations  B s T (8 d + 2 kv + 3 h + H T) bytes (one layer's, per sequence)
 //   widening     8 min(T, 1024) h bytes (InputStatistics::add's double copy)
-// so the full statistics of a 7B LLaMA (d 4096, h 11008, L 32) take 44 GB;
-// diagonal ones 6.0 MB.
+// so the full statistics of a 7B LLaMA (d 4096, h 11008, L 32) take 44 GB
+// held whole, 1.4 GB a layer at a time with on_layer; diagonal ones 6.0 MB.
 
 #include <loftq/error.hpp>
 #include <loftq/input_statistics.hpp>
@@ -50,16 +55,24 @@ inline std::string module_path(int layer, int kind) {
   return "model.layers." + std::to_string(layer) + (attention ? ".self_attn." : ".mlp.") + kind_name(kind);
 }
 
+struct LinearInput;
+
 struct CalibrationOptions {
   loftq::StatsMode mode = loftq::StatsMode::full;
   int threads = 0;  // 0: loftq::thread_count()'s default
   int batch = 0;    // sequences advanced together; 0: the thread count
   // Called after each sequence's statistics are in, in sequence order, with
   // the number of sequences done and the total.
+  // Called after each batch of each layer: done of total = n_layers x sequences.
   std::function<void(std::size_t done, std::size_t total)> progress;
   // Checked before each sequence's forward through each layer; when raised
   // the call throws loftq::Error(Errc::cancelled).
   const std::atomic<bool>* cancel = nullptr;
+  // When set, each layer's four inputs (q/k/v, o, gate/up, down) are handed
+  // over, complete, as the loop leaves the layer, and the returned
+  // Calibration holds no inputs: memory for one layer's statistics instead
+  // of the model's.
+  std::function<void(std::vector<LinearInput>& layer)> on_layer;
 };
 
 // The statistics of one input and every linear that reads it.
@@ -120,51 +133,54 @@ Calibration collect_statistics(const Weights<S>& w, const std::vector<std::vecto
   if (o.batch < 0) throw loftq::Error(loftq::Errc::invalid_argument, "collect_statistics: batch must be >= 0");
   for (const auto& s : seqs) check_tokens(c, s);
   Calibration cal;
-  for (int l = 0; l < c.n_layers; ++l) {
-    cal.inputs.push_back(detail::make_input(c, l, {kQ, kK, kV}, o.mode));
-    cal.inputs.push_back(detail::make_input(c, l, {kO}, o.mode));
-    cal.inputs.push_back(detail::make_input(c, l, {kGate, kUp}, o.mode));
-    cal.inputs.push_back(detail::make_input(c, l, {kDown}, o.mode));
-  }
   const int threads = loftq::thread_count(o.threads);
   const std::size_t n = seqs.size();
   const std::size_t batch = static_cast<std::size_t>(o.batch > 0 ? o.batch : std::max(1, threads));
+  const std::size_t total = static_cast<std::size_t>(c.n_layers) * n;
   std::map<Eigen::Index, RopeTable<S>> ropes;  // by sequence length
-  std::vector<Mat<S>> x(std::min(batch, n));
-  std::vector<LayerActs<S>> acts(x.size());
-  const std::array<Adapter<S>, kKinds>* const no_adapters = nullptr;
+  for (const auto& s : seqs) {
+    const Eigen::Index T = static_cast<Eigen::Index>(s.size());
+    if (!ropes.count(T)) ropes.emplace(T, RopeTable<S>(T, c.head_size(), c.rope_theta));
+  }
+  detail::check_cancel(o.cancel);
   EigenSerialScope serial;
-  for (std::size_t s0 = 0; s0 < n; s0 += batch) {
-    const std::size_t nb = std::min(batch, n - s0);
-    detail::check_cancel(o.cancel);
-    for (std::size_t b = 0; b < nb; ++b) {
-      const Eigen::Index T = static_cast<Eigen::Index>(seqs[s0 + b].size());
-      if (!ropes.count(T)) ropes.emplace(T, RopeTable<S>(T, c.head_size(), c.rope_theta));
-    }
-    loftq::detail::parallel_for(static_cast<std::int64_t>(nb), threads, [&](std::int64_t b) {
-      x[static_cast<std::size_t>(b)] = embed(w, seqs[s0 + static_cast<std::size_t>(b)]);
-    });
-    for (int l = 0; l < c.n_layers; ++l) {
+  std::vector<Mat<S>> x(n);  // every sequence's hidden state between layers
+  loftq::detail::parallel_for(static_cast<std::int64_t>(n), threads, [&](std::int64_t b) {
+    x[static_cast<std::size_t>(b)] = embed(w, seqs[static_cast<std::size_t>(b)]);
+  });
+  std::vector<LayerActs<S>> acts(std::min(batch, n));
+  const std::array<Adapter<S>, kKinds>* const no_adapters = nullptr;
+  for (int l = 0; l < c.n_layers; ++l) {
+    std::vector<LinearInput> in;
+    in.push_back(detail::make_input(c, l, {kQ, kK, kV}, o.mode));
+    in.push_back(detail::make_input(c, l, {kO}, o.mode));
+    in.push_back(detail::make_input(c, l, {kGate, kUp}, o.mode));
+    in.push_back(detail::make_input(c, l, {kDown}, o.mode));
+    for (std::size_t s0 = 0; s0 < n; s0 += batch) {
+      const std::size_t nb = std::min(batch, n - s0);
+      detail::check_cancel(o.cancel);
       loftq::detail::parallel_for(static_cast<std::int64_t>(nb), threads, [&](std::int64_t bi) {
         const std::size_t b = static_cast<std::size_t>(bi);
         detail::check_cancel(o.cancel);
-        forward_layer(c, w.layers[static_cast<std::size_t>(l)], no_adapters, ropes.at(x[b].rows()), x[b], acts[b]);
+        forward_layer(c, w.layers[static_cast<std::size_t>(l)], no_adapters, ropes.at(x[s0 + b].rows()), x[s0 + b],
+                      acts[b]);
       });
       for (std::size_t b = 0; b < nb; ++b) {
         const LayerActs<S>& a = acts[b];
-        LinearInput* in = &cal.inputs[static_cast<std::size_t>(l) * 4];
         in[0].stats.add(a.xn1, threads);
         in[1].stats.add(a.att_out, threads);
         in[2].stats.add(a.xn2, threads);
         in[3].stats.add(a.hh, threads);
       }
+      if (o.progress) o.progress(static_cast<std::size_t>(l) * n + s0 + nb, total);
     }
-    for (std::size_t b = 0; b < nb; ++b) {
-      cal.sequences += 1;
-      cal.tokens += static_cast<std::int64_t>(seqs[s0 + b].size());
-      if (o.progress) o.progress(s0 + b + 1, n);
-    }
+    if (o.on_layer)
+      o.on_layer(in);
+    else
+      for (auto& i : in) cal.inputs.push_back(std::move(i));
   }
+  cal.sequences = static_cast<std::int64_t>(n);
+  for (const auto& s : seqs) cal.tokens += static_cast<std::int64_t>(s.size());
   return cal;
 }
 

@@ -122,8 +122,13 @@ enum class Init {
   no_svd_start,
   no_keep_best,  // the defaults minus one
   data_aware,
-  mixed
+  mixed,
+  tool_data_aware,  // data_aware through `loftq calibrate` and `loftq model --calibration` (through_tool.hpp)
+  tool_imatrix      // the same with the diagonal statistics of llama.cpp's imatrix.gguf
 };
+
+// The rows that run the `loftq` program rather than the library.
+inline bool through_tool(Init i) { return i == Init::tool_data_aware || i == Init::tool_imatrix; }
 
 // The one-default-at-a-time rows (either direction).
 inline bool is_ablation(Init i) {
@@ -148,7 +153,9 @@ inline const std::vector<MethodSpec>& method_specs() {
                                             {Init::no_svd_start, "default-svd_start"},
                                             {Init::no_keep_best, "default-keep_best"},
                                             {Init::data_aware, "data_aware"},
-                                            {Init::mixed, "mixed_2.5"}};
+                                            {Init::mixed, "mixed_2.5"},
+                                            {Init::tool_data_aware, "tool_data_aware"},
+                                            {Init::tool_imatrix, "tool_imatrix"}};
   return m;
 }
 
@@ -192,7 +199,7 @@ struct Method {
 // Builds one method's model. `seed` seeds the random lora_A of QLoRA-style
 // inits (different per matrix, the same across methods).
 inline Method make_method(const MethodSpec& spec, int bits, int rank, const Model& fp, const lm::Calibration& stats,
-                          std::uint64_t seed) {
+                          std::uint64_t seed, const loftq::DataAwareOptions& da = {}) {
   const lm::Config& c = fp.config;
   const std::array<bool, lm::kKinds> all = {true, true, true, true, true, true, true};
   Method m;
@@ -226,7 +233,7 @@ inline Method make_method(const MethodSpec& spec, int bits, int rank, const Mode
         ad.A = r.B.transpose();
         ad.B.setZero();
       } else {
-        const auto r = spec.init == Init::data_aware ? loftq::initialize(W, nf(b), stats.at(l, k), o)
+        const auto r = spec.init == Init::data_aware ? loftq::initialize(W, nf(b), stats.at(l, k), o, da)
                                                      : loftq::initialize(W, nf(b), o);
         const auto p = loftq::to_peft(r, kLoraAlpha);
         Q = r.Q;

@@ -19,7 +19,10 @@
 // with the library's defaults, with each default alone (at 2 and 4 bits:
 // scale search, SVD start, best iterate), data-aware LoftQ
 // (input statistics of every linear under the full-precision model on the
-// training sequences) and a 2.5-bit mixed 2/3/4-bit allocation.
+// training sequences) and a 2.5-bit mixed 2/3/4-bit allocation. The
+// tool_* rows take data-aware LoftQ through files and the `loftq` program,
+// as a user runs it (through_tool.hpp): full statistics from
+// `loftq calibrate`, and the diagonal ones of its llama.cpp imatrix.
 //
 // Writes summary.csv, curves.csv and one SVG per task, width and rank to
 // --out (default: the current directory). Deterministic for a given --seed,
@@ -30,6 +33,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <algorithm>
 #include <numeric>
 #include <random>
@@ -40,11 +44,15 @@
 #include "adam.hpp"
 #include "common/llama2c.hpp"
 #include "finetune_methods.hpp"
+#include "through_tool.hpp"
 #include "common/lm/model.hpp"
 #include "common/svg_plot.hpp"
 
 #ifndef LOFTQ_SHARED_DATA_DIR
 #define LOFTQ_SHARED_DATA_DIR "../shared/data"
+#endif
+#ifndef LOFTQ_TOOL_PATH
+#define LOFTQ_TOOL_PATH "loftq"
 #endif
 
 namespace {
@@ -54,6 +62,8 @@ using namespace lm_finetune;
 struct Settings {
   std::string model = std::string(LOFTQ_SHARED_DATA_DIR) + "/stories260K.bin";
   std::string out = ".";
+  std::string loftq = LOFTQ_TOOL_PATH;  // the program the tool_* rows run
+  double damping = -1;                  // --damping; -1: loftq::DataAwareOptions' defaults
   bool quick = false;
   int steps = -1;  // Adam steps per task; -1: 100, or 40 with --quick
   std::uint64_t seed = 0;
@@ -73,7 +83,8 @@ struct Settings {
 void usage(const char* argv0) {
   std::printf(
       "usage: %s [--model PATH] [--quick] [--steps K] [--seed N] [--lr X] [--shift-lr X] [--shift-rank K]\n"
-      "          [--shift-size X] [--methods A,B] [--out DIR]\n"
+      "          [--shift-size X] [--methods A,B] [--bits B,..] [--ranks R,..] [--loftq PATH] [--damping X]\n"
+      "          [--out DIR]\n"
       "  --model PATH  llama2.c checkpoint (default %s/stories260K.bin)\n"
       "  --quick       2 and 4 bits, rank 8, smaller sets, no leave-one-out rows: under a minute on 2 cores\n"
       "  --steps K     Adam steps per task (default 100; 40 with --quick)\n"
@@ -83,11 +94,40 @@ void usage(const char* argv0) {
       "  --shift-rank K  rank of the teacher's update of every linear (default 4)\n"
       "  --shift-size X  its Frobenius norm relative to the linear's (default 0.1)\n"
       "  --methods A,B  run only these methods (default: all; QLoRA is the tables' reference)\n"
+      "  --bits B,..   quantization widths, from 2, 3, 4 (default 2,3,4; 2,4 with --quick)\n"
+      "  --ranks R,..  LoRA ranks (default 8,16; 8 with --quick)\n"
+      "  --loftq PATH  the loftq program the tool_* rows run (default %s); rows skipped when it is absent\n"
+      "  --damping X   the data-aware rows' lambda in H + lambda mean(diag H) I (default %g with full\n"
+      "                statistics, %g with diagonal ones)\n"
       "  --out DIR     where summary.csv, curves.csv and the SVGs go (default .)\n",
-      argv0, LOFTQ_SHARED_DATA_DIR);
+      argv0, LOFTQ_SHARED_DATA_DIR, LOFTQ_TOOL_PATH, loftq::DataAwareOptions{}.damping,
+      loftq::DataAwareOptions{}.diagonal_damping);
+}
+
+// A comma-separated list of integers, each in lo..hi.
+std::vector<int> int_list(const std::string& opt, const std::string& list, int lo, int hi) {
+  std::vector<int> out;
+  for (std::size_t p = 0; p <= list.size();) {
+    const std::size_t e = std::min(list.find(',', p), list.size());
+    const std::string item = list.substr(p, e - p);
+    std::size_t used = 0;
+    int v = 0;
+    try {
+      v = std::stoi(item, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used == 0 || used != item.size() || v < lo || v > hi)
+      throw std::runtime_error(opt + ": '" + item + "' is not an integer in " + std::to_string(lo) + ".." +
+                               std::to_string(hi));
+    out.push_back(v);
+    p = e + 1;
+  }
+  return out;
 }
 
 bool parse(int argc, char** argv, Settings& s) {
+  std::vector<int> bits, ranks;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     auto value = [&]() -> const char* {
@@ -112,6 +152,14 @@ bool parse(int argc, char** argv, Settings& s) {
       s.shift_rank = std::stoi(value());
     else if (a == "--shift-size")
       s.shift_size = std::stod(value());
+    else if (a == "--bits")
+      bits = int_list(a, value(), 2, 4);
+    else if (a == "--ranks")
+      ranks = int_list(a, value(), 1, 64);
+    else if (a == "--loftq")
+      s.loftq = value();
+    else if (a == "--damping")
+      s.damping = std::stod(value());
     else if (a == "--methods") {
       std::string list = value();
       for (std::size_t p = 0; p <= list.size();) {
@@ -135,12 +183,22 @@ bool parse(int argc, char** argv, Settings& s) {
     s.n_test = 16;
     s.seq_len = 32;
   }
+  if (!bits.empty()) s.bits = bits;
+  if (!ranks.empty()) s.ranks = ranks;
   if (s.steps < 0) s.steps = s.quick ? 40 : 100;
   if (s.steps < 1 || s.steps > 100000 || !(s.lr > 0) || !(s.shift_lr > 0))
     throw std::runtime_error("--steps must be in 1..100000, --lr and --shift-lr > 0");
+  if (!(s.damping == -1 || (s.damping >= 0 && s.damping <= 1000)))
+    throw std::runtime_error("--damping must be in 0..1000");
   if (s.shift_rank < 1 || s.shift_rank > 64 || !(s.shift_size >= 0 && s.shift_size <= 10))
     throw std::runtime_error("--shift-rank must be in 1..64 and --shift-size in 0..10");
   return true;
+}
+
+loftq::DataAwareOptions data_aware_options(const Settings& s) {
+  loftq::DataAwareOptions da;
+  if (s.damping >= 0) da.damping = da.diagonal_damping = s.damping;
+  return da;
 }
 
 struct Curve {
@@ -205,6 +263,9 @@ struct Row {
   int rank = 0;
   double weight_error = 0;
   RunResult task[2];
+  // tool_* rows: the largest relative difference of Q + s B A from the
+  // in-process data_aware init at the same width and rank (-1 elsewhere).
+  double init_vs_data_aware = -1;
 };
 
 std::string fmt(const char* f, double v) {
@@ -262,6 +323,18 @@ void print_targets(const std::vector<Row>& rows, const Settings& s) {
       if (da && d)
         std::printf("  r%-2d %d bits, data-aware vs data-free init KL: %.4f vs %.4f (%s)\n", rank, b, da->task[0].init,
                     d->task[0].init, da->task[0].init <= d->task[0].init ? "met" : "NOT met");
+      // Through the tool: data-aware (full) <= diagonal (imatrix) <= data-free after fine-tuning, both tasks.
+      const Row *tf = find(rows, "tool_data_aware", b, rank), *ti = find(rows, "tool_imatrix", b, rank);
+      const Row* q = find(rows, "qlora", b, rank);
+      if (tf && q)
+        std::printf("  r%-2d %d bits, through the tool: data-aware/QLoRA final KL = %.3f (task 1), %.3f (task 2)\n",
+                    rank, b, tf->task[0].final / q->task[0].final, tf->task[1].final / q->task[1].final);
+      if (tf && ti && d)
+        for (int t = 0; t < 2; ++t)
+          std::printf(
+              "  r%-2d %d bits, task %d final KL: full %.4f <= diagonal %.4f <= data-free %.4f: %s\n", rank, b, t + 1,
+              tf->task[t].final, ti->task[t].final, d->task[t].final,
+              tf->task[t].final <= ti->task[t].final && ti->task[t].final <= d->task[t].final ? "met" : "NOT met");
     }
   }
 }
@@ -270,11 +343,13 @@ void write_outputs(const std::vector<Row>& rows, const Settings& s) {
   namespace fs = std::filesystem;
   fs::create_directories(s.out);
   std::ofstream sum(fs::path(s.out) / "summary.csv"), cur(fs::path(s.out) / "curves.csv");
-  sum << "method,bits_group,avg_bits,rank,weight_error,task1_kl_init,task1_kl_final,task2_kl_init,task2_kl_final\n";
+  sum << "method,bits_group,avg_bits,rank,weight_error,task1_kl_init,task1_kl_final,task2_kl_init,task2_kl_final,"
+         "init_vs_data_aware\n";
   cur << "task,method,bits_group,rank,step,value\n";
   for (const auto& r : rows) {
     sum << r.method << ',' << r.bits_group << ',' << r.bits << ',' << r.rank << ',' << r.weight_error << ','
-        << r.task[0].init << ',' << r.task[0].final << ',' << r.task[1].init << ',' << r.task[1].final << '\n';
+        << r.task[0].init << ',' << r.task[0].final << ',' << r.task[1].init << ',' << r.task[1].final << ','
+        << r.init_vs_data_aware << '\n';
     for (int t = 0; t < 2; ++t)
       for (std::size_t i = 0; i < r.task[t].curve.step.size(); ++i)
         cur << (t == 0 ? "recovery" : "shift") << ',' << r.method << ',' << r.bits_group << ',' << r.rank << ','
@@ -349,6 +424,23 @@ int main(int argc, char** argv) {
     const double shift_gap = lm::loss_and_grad<float>(fp, lm::make_lora<float>(fp.config, 1, kLoraAlpha, {}),
                                                       shift_test, lm::Loss::kl, nullptr);
     const auto stats = lm::collect_statistics(fp, train_seqs);  // full X^T X of every linear input
+    // The tool_* rows: the model and training sequences through files and
+    // `loftq calibrate`, once; skipped with a note when the program is absent
+    // unless --methods asked for them.
+    std::unique_ptr<ThroughTool> tool;
+    bool want_tool = false;
+    for (const auto& spec : method_specs())
+      if (through_tool(spec.init) &&
+          (s.methods.empty() || std::find(s.methods.begin(), s.methods.end(), spec.name) != s.methods.end()))
+        want_tool = true;
+    if (want_tool && access(s.loftq.c_str(), X_OK) != 0) {
+      if (!s.methods.empty()) throw std::runtime_error("--loftq " + s.loftq + ": not an executable program");
+      std::printf("lm_finetune: %s is absent; the tool_* rows are skipped\n", s.loftq.c_str());
+      want_tool = false;
+    }
+    if (want_tool)
+      tool = std::make_unique<ThroughTool>(s.loftq, (std::filesystem::path(s.out) / "through_tool").string(), fp,
+                                           train_seqs);
     const auto schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 1);
     const auto shift_schedule = make_schedule(static_cast<std::size_t>(s.n_train), s.batch, s.steps, s.seed + 2);
     // The checkpoint's file name only: the output stays the same wherever the data directory is.
@@ -367,6 +459,7 @@ int main(int argc, char** argv) {
       std::vector<std::pair<const MethodSpec*, int>> todo;
       for (const auto& spec : method_specs()) {
         if (!s.methods.empty() && std::find(s.methods.begin(), s.methods.end(), spec.name) == s.methods.end()) continue;
+        if (through_tool(spec.init) && !tool) continue;
         if (spec.init == Init::full_precision || spec.init == Init::mixed)
           todo.push_back({&spec, spec.init == Init::mixed ? 0 : 32});
         else
@@ -382,8 +475,20 @@ int main(int argc, char** argv) {
           }
       }
       for (const auto& [spec, b] : todo) {
-        const Method m = make_method(*spec, b == 0 || b == 32 ? 2 : b, rank, fp, stats, s.seed);
+        const int width = b == 0 || b == 32 ? 2 : b;
         Row row;
+        Method m;
+        if (through_tool(spec->init)) {
+          m = tool->run(spec->name, spec->init == Init::tool_imatrix, width, rank, s.damping);
+          const auto& specs = method_specs();
+          const auto da =
+              std::find_if(specs.begin(), specs.end(), [](const MethodSpec& x) { return x.init == Init::data_aware; });
+          if (spec->init == Init::tool_data_aware)
+            row.init_vs_data_aware =
+                compare_inits(m, make_method(*da, width, rank, fp, stats, s.seed, data_aware_options(s))).max_rel;
+        } else {
+          m = make_method(*spec, width, rank, fp, stats, s.seed, data_aware_options(s));
+        }
         row.method = m.name;
         row.bits_group = b;
         row.bits = m.bits;
@@ -397,6 +502,9 @@ int main(int argc, char** argv) {
                                : std::to_string(b).c_str(),
                      m.name.c_str(), row.task[0].init, row.task[0].final, row.task[1].init, row.task[1].final,
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        if (row.init_vs_data_aware >= 0)
+          std::fprintf(stderr, "       init vs in-process data_aware: Q + sBA within %.1e (relative, worst linear)\n",
+                       row.init_vs_data_aware);
         rows.push_back(std::move(row));
       }
     }

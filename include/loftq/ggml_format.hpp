@@ -139,6 +139,39 @@ inline int ggml_format_type_id(GgmlFormat f) {
   detail::fail(Errc::invalid_argument, "ggml_format_type_id: not a ggml format");
 }
 
+// llama.cpp's general.file_type (enum llama_ftype in llama.h) for a file whose
+// quantized tensors are of format f: the value llama.cpp's model loader infers
+// from a file's most common tensor type, so a uniform K format is "_M"
+// (Q4_K -> LLAMA_FTYPE_MOSTLY_Q4_K_M = 15) as llama.cpp itself names it.
+inline std::uint32_t ggml_format_llama_ftype(GgmlFormat f) {
+  switch (f) {
+    case GgmlFormat::q4_0:
+      return 2;  // LLAMA_FTYPE_MOSTLY_Q4_0
+    case GgmlFormat::q8_0:
+      return 7;  // LLAMA_FTYPE_MOSTLY_Q8_0
+    case GgmlFormat::iq4_nl:
+      return 25;  // LLAMA_FTYPE_MOSTLY_IQ4_NL
+    case GgmlFormat::q2_K:
+      return 10;  // LLAMA_FTYPE_MOSTLY_Q2_K
+    case GgmlFormat::q3_K:
+      return 12;  // LLAMA_FTYPE_MOSTLY_Q3_K_M
+    case GgmlFormat::q4_K:
+      return 15;  // LLAMA_FTYPE_MOSTLY_Q4_K_M
+    case GgmlFormat::q5_K:
+      return 17;  // LLAMA_FTYPE_MOSTLY_Q5_K_M
+    case GgmlFormat::q6_K:
+      return 18;  // LLAMA_FTYPE_MOSTLY_Q6_K
+    case GgmlFormat::iq4_xs:
+      return 30;  // LLAMA_FTYPE_MOSTLY_IQ4_XS
+    case GgmlFormat::none:
+      break;
+  }
+  detail::fail(Errc::invalid_argument, "ggml_format_llama_ftype: not a ggml format");
+}
+
+// ggml's GGML_QNT_VERSION, written as general.quantization_version.
+constexpr std::uint32_t kGgmlQuantizationVersion = 2;
+
 inline const char* ggml_format_name(GgmlFormat f) {
   switch (f) {
     case GgmlFormat::q4_0:

@@ -110,6 +110,16 @@ class InputStatistics {
     return (mode_ == StatsMode::full ? Eigen::VectorXd(sum_.diagonal()) : diag_) / static_cast<double>(count_);
   }
 
+  // The diagonal statistics of the same samples: a full one's diagonal sums
+  // (what llama.cpp's imatrix holds), or a copy of a diagonal one. n doubles
+  // where the full sums take n^2.
+  InputStatistics diagonal_statistics() const {
+    InputStatistics d(n_, StatsMode::diagonal);
+    d.diag_ = mode_ == StatsMode::full ? Eigen::VectorXd(sum_.diagonal()) : diag_;
+    d.count_ = count_;
+    return d;
+  }
+
  private:
   friend struct detail::StatsAccess;
 

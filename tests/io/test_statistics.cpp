@@ -309,3 +309,32 @@ TEST_CASE("statistics: read back, they drive data-aware LoftQ exactly as the ori
     CHECK(a.history == b.history);
   }
 }
+
+TEST_CASE("statistics: the streaming writer equals the one-shot writer, and refuses an incomplete file") {
+  const std::string dir = calib_test::scratch_dir("statistics");
+  const auto m = two_entries();
+  std::vector<lio::StatisticsDecl> decls;
+  for (const auto& e : m) decls.push_back({e.first, e.second.features(), e.second.mode()});
+  lio::write_statistics(path_of("oneshot.safetensors"), m, {}, lio::Dtype::F64);
+  {
+    // Written in the reverse order of the declarations: offsets come from the header.
+    lio::StatisticsWriter w(path_of("stream.safetensors"), decls, {}, lio::Dtype::F64);
+    for (auto it = m.rbegin(); it != m.rend(); ++it) w.write(it->first, it->second);
+    w.commit();
+  }
+  CHECK(calib_test::file_bytes(path_of("stream.safetensors")) ==
+        calib_test::file_bytes(path_of("oneshot.safetensors")));
+
+  {
+    lio::StatisticsWriter w(path_of("partial.safetensors"), decls);
+    expect_error([&] { w.write("model.layers.9.mlp.up_proj", m.begin()->second); }, Errc::invalid_argument,
+                 {"up_proj", "not declared"});
+    expect_error([&] { w.write(decls[0].module, InputStatistics(3, StatsMode::full)); }, Errc::invalid_argument,
+                 {decls[0].module, "declaration"});
+    w.write(decls[0].module, m.at(decls[0].module));
+    expect_error([&] { w.write(decls[0].module, m.at(decls[0].module)); }, Errc::invalid_argument, {"already written"});
+    expect_error([&] { w.commit(); }, Errc::invalid_argument, {decls[1].module, "not written"});
+  }
+  CHECK_FALSE(std::filesystem::exists(path_of("partial.safetensors")));
+  CHECK(calib_test::no_temporaries(dir));
+}

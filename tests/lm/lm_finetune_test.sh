@@ -4,7 +4,10 @@
 # QLoRA to the full-precision model and to the shifted teacher (held-out KL
 # on both tasks), and fine-tuning lowers every method's held-out loss on both
 # tasks (except full-precision LoRA on the recovery task, which starts at its
-# optimum, KL 0, and must stay near it).
+# optimum, KL 0, and must stay near it). The rows through the loftq program
+# (loftq calibrate, then loftq model --calibration, read back) start where the
+# in-process data-aware rows start: Q + s B A within 1e-4 of theirs, and the
+# same initial KL to 1e-4 relative.
 #
 # usage: lm_finetune_test.sh LM_FINETUNE OUT_DIR MODEL
 # Exit 77 (skip) when the checkpoint is absent.
@@ -28,13 +31,25 @@ for f in curves.csv recovery_nf2_r8.svg shift_nf4_r8.svg; do
   [[ -s $out/$f ]] || { echo "missing $out/$f"; exit 1; }
 done
 
-# summary.csv: method,bits_group,avg_bits,rank,weight_error,task1_kl_init,task1_kl_final,task2_kl_init,task2_kl_final
+# summary.csv: method,bits_group,avg_bits,rank,weight_error,task1_kl_init,task1_kl_final,task2_kl_init,task2_kl_final,
+#   init_vs_data_aware
 awk -F, '
+  function abs(x) { return x < 0 ? -x : x }
   NR == 1 { next }
-  { rows++; m[NR] = $1; g[NR] = $2; r[NR] = $4; ki[NR] = $6; kf[NR] = $7; ci[NR] = $8; cf[NR] = $9
-    if ($1 == "qlora" && $2 == 2) { q2[$4] = $6; s2[$4] = $8 } }
+  { rows++; m[NR] = $1; g[NR] = $2; r[NR] = $4; ki[NR] = $6; kf[NR] = $7; ci[NR] = $8; cf[NR] = $9; dv[NR] = $10
+    if ($1 == "qlora" && $2 == 2) { q2[$4] = $6; s2[$4] = $8 }
+    if ($1 == "data_aware") da[$2 "/" $4] = $6 }
   END {
-    bad = 0; loftq = 0
+    bad = 0; loftq = 0; tool = 0
+    for (i in m) {
+      if (m[i] != "tool_data_aware") continue
+      tool++
+      key = g[i] "/" r[i]
+      if (!(dv[i] >= 0 && dv[i] <= 1e-4)) { print "tool_data_aware (bits " g[i] ", rank " r[i] "): init differs from data_aware by " dv[i]; bad = 1 }
+      if (!(key in da)) { print "no data_aware row at " key; bad = 1 }
+      else if (!(abs(ki[i] - da[key]) <= 1e-4 * da[key])) { print "tool_data_aware (" key "): init KL " ki[i] " vs data_aware " da[key]; bad = 1 }
+    }
+    if (tool < 2) { print "expected the tool_data_aware rows at 2 and 4 bits, found " tool; bad = 1 }
     if (rows < 10) { print "too few rows: " rows; exit 1 }
     for (i in m) {
       if (m[i] != "fp_lora" && m[i] != "qlora" && (g[i] == 2 || g[i] == 0)) {

@@ -17,6 +17,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -26,6 +27,7 @@
 #include "common/llama2c.hpp"
 #include "common/lm/calibrate.hpp"
 #include "common/lm/load.hpp"
+#include "common/lm/save.hpp"
 
 namespace {
 
@@ -165,69 +167,6 @@ void check_identical(const lm::Calibration& a, const lm::Calibration& b) {
 }
 
 // --- Writers of the same weights in the other formats.
-
-// transformers' convert_llama_weights_to_hf.py:
-//   permute(w, n_heads) = w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
-// written with the same index arithmetic: element [h][p][j][:] of the view
-// moves to [h][j][p][:].
-lm::RowMat hf_permute(const Mat<float>& w, int n_heads) {
-  const Eigen::Index dim1 = w.rows(), half = dim1 / n_heads / 2;
-  lm::RowMat out(dim1, w.cols());
-  for (Eigen::Index h = 0; h < n_heads; ++h)
-    for (Eigen::Index p = 0; p < half; ++p)
-      for (Eigen::Index j = 0; j < 2; ++j) out.row((h * 2 + j) * half + p) = w.row((h * half + p) * 2 + j);
-  return out;
-}
-
-// A sharded Hugging Face checkpoint (two shards and the index) of `w`.
-void write_hf(const lm::Weights<float>& w, const std::string& dir, loftq::io::Dtype dtype = loftq::io::Dtype::F32) {
-  const lm::Config& c = w.config;
-  std::ofstream(dir + "/config.json")
-      << "{\"architectures\": [\"LlamaForCausalLM\"], \"model_type\": \"llama\", \"hidden_act\": \"silu\","
-      << " \"hidden_size\": " << c.dim << ", \"intermediate_size\": " << c.hidden_dim
-      << ", \"num_hidden_layers\": " << c.n_layers << ", \"num_attention_heads\": " << c.n_heads
-      << ", \"num_key_value_heads\": " << c.n_kv_heads << ", \"vocab_size\": " << c.vocab_size
-      << ", \"max_position_embeddings\": " << c.seq_len << ", \"rms_norm_eps\": 1e-05, \"rope_theta\": 10000.0,"
-      << " \"tie_word_embeddings\": " << (c.shared_classifier ? "true" : "false") << ", \"torch_dtype\": \"float32\"}";
-  std::vector<std::pair<std::string, lm::RowMat>> t;
-  t.push_back({"model.embed_tokens.weight", w.embedding});
-  for (int l = 0; l < c.n_layers; ++l) {
-    const auto& lw = w.layers[static_cast<std::size_t>(l)];
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    t.push_back({p + "input_layernorm.weight", lm::RowMat(lw.rms_att)});
-    t.push_back({p + "post_attention_layernorm.weight", lm::RowMat(lw.rms_ffn)});
-    t.push_back({p + "self_attn.q_proj.weight", hf_permute(lw.W[lm::kQ], c.n_heads)});
-    t.push_back({p + "self_attn.k_proj.weight", hf_permute(lw.W[lm::kK], c.n_kv_heads)});
-    t.push_back({p + "self_attn.v_proj.weight", lw.W[lm::kV]});
-    t.push_back({p + "self_attn.o_proj.weight", lw.W[lm::kO]});
-    t.push_back({p + "mlp.gate_proj.weight", lw.W[lm::kGate]});
-    t.push_back({p + "mlp.up_proj.weight", lw.W[lm::kUp]});
-    t.push_back({p + "mlp.down_proj.weight", lw.W[lm::kDown]});
-  }
-  t.push_back({"model.norm.weight", lm::RowMat(w.rms_final)});
-  if (!c.shared_classifier) t.push_back({"lm_head.weight", w.classifier});
-  const std::string shard[2] = {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"};
-  nlohmann::json map = nlohmann::json::object();
-  for (int s = 0; s < 2; ++s) {
-    std::vector<loftq::io::TensorDecl> decl;
-    for (std::size_t i = 0; i < t.size(); ++i) {
-      if (static_cast<int>(i % 2) != s) continue;
-      const bool vec = t[i].second.cols() == 1;
-      decl.push_back({t[i].first, dtype,
-                      vec ? std::vector<std::uint64_t>{static_cast<std::uint64_t>(t[i].second.rows())}
-                          : std::vector<std::uint64_t>{static_cast<std::uint64_t>(t[i].second.rows()),
-                                                       static_cast<std::uint64_t>(t[i].second.cols())}});
-      map[t[i].first] = shard[s];
-    }
-    loftq::io::SafetensorsWriter wr(dir + "/" + shard[s], decl);
-    for (std::size_t i = 0; i < t.size(); ++i)
-      if (static_cast<int>(i % 2) == s)
-        wr.write_float(t[i].first, t[i].second.data(), static_cast<std::uint64_t>(t[i].second.size()), dtype);
-    wr.commit();
-  }
-  std::ofstream(dir + "/model.safetensors.index.json")
-      << nlohmann::json{{"metadata", {{"total_size", 0}}}, {"weight_map", map}}.dump();
-}
 
 enum class GgufWeights { f32, f16, bf16, q8_0 };
 
@@ -451,6 +390,30 @@ TEST_CASE("calibration is bit-identical for 1 and 2 threads and any batch") {
   }
 }
 
+TEST_CASE("statistics handed over layer by layer equal the ones held whole") {
+  REQUIRE_STORIES();
+  const lm::Weights<float> w = lm::read_checkpoint(shared("stories260K.bin"));
+  const auto seqs = random_sequences(w.config.vocab_size, {40, 17, 40}, 21);
+  lm::CalibrationOptions o;
+  o.threads = 2;
+  const lm::Calibration whole = lm::collect_statistics(w, seqs, o);
+  lm::Calibration streamed;
+  int layers = 0;
+  o.on_layer = [&](std::vector<lm::LinearInput>& layer) {
+    REQUIRE(layer.size() == 4);
+    CHECK(layer[0].layer == layers);  // in order, each once
+    ++layers;
+    for (auto& in : layer) streamed.inputs.push_back(std::move(in));
+  };
+  const lm::Calibration rest = lm::collect_statistics(w, seqs, o);
+  CHECK(layers == w.config.n_layers);
+  CHECK(rest.inputs.empty());
+  streamed.tokens = rest.tokens;
+  streamed.sequences = rest.sequences;
+  CHECK(rest.tokens == 97);
+  check_identical(whole, streamed);
+}
+
 TEST_CASE("bad tokens are refused") {
   REQUIRE_STORIES();
   const lm::Weights<float> w = lm::read_checkpoint(shared("stories260K.bin"));
@@ -501,7 +464,7 @@ TEST_CASE("bad tokens are refused") {
   CHECK_THROWS_AS(lm::read_tokens(dir / "float.npy", w.config), loftq::Error);
 }
 
-TEST_CASE("cancellation is honoured and progress is reported per sequence") {
+TEST_CASE("cancellation is honoured and progress is reported per sequence and layer") {
   REQUIRE_STORIES();
   const lm::Weights<float> w = lm::read_checkpoint(shared("stories260K.bin"));
   const auto seqs = random_sequences(w.config.vocab_size, {8, 8, 8, 8}, 5);
@@ -510,8 +473,9 @@ TEST_CASE("cancellation is honoured and progress is reported per sequence") {
   lm::CalibrationOptions o;
   o.batch = 1;
   o.cancel = &cancel;
+  const std::size_t steps = 4 * static_cast<std::size_t>(w.config.n_layers);
   o.progress = [&](std::size_t done, std::size_t total) {
-    CHECK(total == 4);
+    CHECK(total == steps);
     seen.push_back(done);
     if (done == 2) cancel = true;
   };
@@ -531,7 +495,9 @@ TEST_CASE("cancellation is honoured and progress is reported per sequence") {
   seen.clear();
   o.progress = [&](std::size_t done, std::size_t) { seen.push_back(done); };
   CHECK(lm::collect_statistics(w, seqs, o).sequences == 4);
-  CHECK(seen == std::vector<std::size_t>{1, 2, 3, 4});
+  std::vector<std::size_t> every(steps);
+  std::iota(every.begin(), every.end(), std::size_t{1});
+  CHECK(seen == every);
 }
 
 TEST_CASE("Hugging Face and GGUF checkpoints of the same weights give the same statistics") {
@@ -544,7 +510,7 @@ TEST_CASE("Hugging Face and GGUF checkpoints of the same weights give the same s
   TempDir dir("formats");
 
   SUBCASE("Hugging Face, sharded, q/k in transformers' order") {
-    write_hf(w, dir.path.string());
+    lm::write_hf_checkpoint(w, dir.path.string(), loftq::io::Dtype::F32, 2);
     const lm::Weights<float> h = lm::read_model(dir.path.string());
     CHECK(h.config.dim == w.config.dim);
     CHECK(h.config.n_kv_heads == w.config.n_kv_heads);
@@ -556,10 +522,10 @@ TEST_CASE("Hugging Face and GGUF checkpoints of the same weights give the same s
     check_identical(lm::collect_statistics(h, seqs, o), ref);
     // Without the inverse permutation the rotary pairs would be wrong: the
     // permuted q differs from the original.
-    CHECK(Mat<float>(hf_permute(w.layers[0].W[lm::kQ], w.config.n_heads)) != w.layers[0].W[lm::kQ]);
+    CHECK(Mat<float>(lm::hf_permute(w.layers[0].W[lm::kQ], w.config.n_heads)) != w.layers[0].W[lm::kQ]);
   }
   SUBCASE("Hugging Face BF16: the weights rounded to bfloat16") {
-    write_hf(w, dir.path.string(), loftq::io::Dtype::BF16);
+    lm::write_hf_checkpoint(w, dir.path.string(), loftq::io::Dtype::BF16, 2);
     const lm::Weights<float> h = lm::read_hf_checkpoint(dir.path.string());
     const lm::Weights<float> r = rounded(w, loftq::io::Dtype::BF16);
     CHECK(h.layers[0].W[lm::kQ] != w.layers[0].W[lm::kQ]);
@@ -607,7 +573,7 @@ TEST_CASE("loaders refuse inconsistent checkpoints") {
   REQUIRE_STORIES();
   const lm::Weights<float> w = lm::read_checkpoint(shared("stories260K.bin"));
   TempDir dir("bad");
-  write_hf(w, dir.path.string());
+  lm::write_hf_checkpoint(w, dir.path.string(), loftq::io::Dtype::F32, 2);
   // A config whose hidden size disagrees with the tensors.
   std::string cfg;
   {

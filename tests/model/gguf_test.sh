@@ -39,12 +39,16 @@ gguf_stories)
   [ "$(grep -c 'kept as it was: rows of 172' "$err_file")" -eq 5 ] || { show; fail "no note on the kept ffn_down"; }
   grep -q '"blk.0.ffn_down.weight"' out/loftq_report.json || fail "report: kept_unquantized"
   grep -q '"ggml_type": "IQ4_NL"' out/loftq_report.json || fail "report: ggml_type"
+  # What the file stores: 18 bytes per 32 weights, 34 for q8_0 (ggml-common.h).
+  [ "$(grep -c '"bits_per_weight": 4.5,' out/loftq_report.json)" -eq 30 ] || fail "report: bits_per_weight"
+  grep -q '"average_bits_per_weight": 4.5,' out/loftq_report.json || fail "report: average_bits_per_weight"
   expect_rc 0 model --input s_bf16.gguf --output o_bf --format gguf --quant q4_0 --rank 4 --iters 2 --scale absmax --quiet --threads 1
   verify s_bf16.gguf o_bf q4_0 4 2 4 absmax
   # Deterministic: the same run at 2 threads and at 1, byte for byte.
   expect_rc 0 model --input s_f32.gguf --output o8 --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 2
   [ ! -s "$out_file" ] && [ ! -s "$err_file" ] || { show; fail "--quiet printed something"; }
   verify s_f32.gguf o8 q8_0 4 2 4 search
+  [ "$(grep -c '"bits_per_weight": 8.5,' o8/loftq_report.json)" -eq 30 ] || fail "report: q8_0 bits_per_weight"
   expect_rc 0 model --input s_f32.gguf --output o8b --format gguf --quant q8_0 --rank 4 --iters 2 --quiet --threads 1
   cmp -s o8/model.gguf o8b/model.gguf && cmp -s o8/adapter.gguf o8b/adapter.gguf || fail "not deterministic"
   [ "$sum" = "$(sha256sum s_*.gguf)" ] || fail "an input changed"
@@ -67,6 +71,25 @@ gguf_synth)
       --lora-alpha 7 --quiet --threads 1
     verify in.gguf "a_$q" "$q" 3 2 7 absmax
   done
+  # --adapter-type: each stored value within its type's rounding; q8_0's lora_b in f16 unless r is a multiple of 32.
+  for at in f16 bf16 q8_0; do
+    expect_rc 0 model --input in.gguf --output "t_$at" --format gguf --rank 3 --iters 2 --adapter-type "$at" --quiet \
+      --threads 1
+    verify in.gguf "t_$at" iq4_nl 3 2 3 search "$at"
+  done
+  expect_rc 0 model --input in.gguf --output t32 --format gguf --rank 32 --iters 1 --adapter-type q8_0 --quiet --threads 1
+  verify in.gguf t32 iq4_nl 32 1 32 search q8_0
+  grep -q '"adapter_type": \[$' t32/loftq_report.json && grep -A2 '"adapter_type": \[$' t32/loftq_report.json |
+    grep -q '"Q8_0"' || fail "report: adapter_type"
+  # The error the rounding adds: 0 in F32, about 2^-9 in F16, 2^-6 in BF16 (relative, of (alpha/r) B A).
+  grep -q '"adapter_rounding_rel_err": 0.0,' out/loftq_report.json || fail "report: F32 rounding error"
+  for at in f16 bf16 q8_0; do
+    e=$(sed -n 's/.*"adapter_rounding_rel_err": \([0-9.eE+-]*\).*/\1/p' "t_$at/loftq_report.json" | head -1)
+    awk -v e="$e" -v t="$at" 'BEGIN { lo = t == "f16" ? 1e-6 : 1e-5; hi = t == "f16" ? 2e-3 : 2e-2; exit !(e > lo && e < hi) }' ||
+      fail "report: $at rounding error $e"
+  done
+  expect_usage model --input in.gguf --output u --adapter-type f16
+  expect_usage model --input in.gguf --output u --format gguf --adapter-type q4_0
   [ "$sum" = "$(sha256sum in.gguf)" ] || fail "the input changed"
   no_temps
   ;;

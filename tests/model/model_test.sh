@@ -110,6 +110,14 @@ calibration)
   expect_rc 0 model --input ck --output q2 --rank 8 --iters 2 --quiet --shard 2/2 --calibration st/imatrix.gguf
   expect_bad_input merge --input ck --shards p1,q2 --output m1
   grep -q "other calibration statistics" "$err_file" || fail "no calibration message: $(cat "$err_file")"
+  # Another damping is another metric: a different model, and not merged with the others.
+  expect_rc 0 model --input ck --output d2 --rank 8 --iters 2 --quiet --shard 2/2 \
+    --calibration st/statistics.safetensors --calibration-damping 1
+  grep -q '"full": 1' d2/loftq_report.json || fail "report: damping"
+  cmp -s p2/adapter_model.safetensors d2/adapter_model.safetensors && fail "--calibration-damping changed nothing"
+  expect_bad_input merge --input ck --shards p1,d2 --output m2
+  expect_usage model --input ck --output m3 --calibration-damping 1
+  expect_usage model --input ck --output m3 --calibration st/statistics.safetensors --calibration-damping -1
   expect_rc 0 model --input ck --output budget --rank 8 --iters 2 --quiet --bits-budget 2.5 \
     --calibration st/statistics.safetensors
   grep -q '"bits_allocation"' budget/loftq_report.json || fail "report: bits_allocation"

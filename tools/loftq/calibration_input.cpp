@@ -36,8 +36,8 @@ const char* metric_name(loftq::StatsMode m) { return m == loftq::StatsMode::full
 
 }  // namespace
 
-CalibrationInput::CalibrationInput(const std::string& path, bool data_free_fallback)
-    : path_(path), fallback_(data_free_fallback) {
+CalibrationInput::CalibrationInput(const std::string& path, bool data_free_fallback, double damping)
+    : path_(path), fallback_(data_free_fallback), damping_(damping) {
   try {
     file_ = io::read_calibration(path);
     identity_ = content_identity(path);
@@ -91,6 +91,7 @@ nlohmann::json CalibrationInput::describe() const {
   return {{"file", std::filesystem::path(path_).filename().string()},
           {"format", io::calibration_format_name(file_.format())},
           {"identity", identity_},
+          {"damping", {{"full", data_aware_options().damping}, {"diagonal", data_aware_options().diagonal_damping}}},
           {"missing", fallback_ ? "data-free" : "refuse"},
           {"data_free_targets", fallbacks_}};
 }

@@ -29,7 +29,7 @@ namespace loftq_cli {
 class CalibrationInput {
  public:
   // Opens FILE; throws InputError naming it when it is not a statistics file.
-  CalibrationInput(const std::string& path, bool data_free_fallback);
+  CalibrationInput(const std::string& path, bool data_free_fallback, double damping);
 
   // Before any work: every target has statistics of its width (InputError otherwise).
   void check(const std::vector<ModelTarget>& targets);
@@ -37,7 +37,15 @@ class CalibrationInput {
   // The statistics of a checked target; null when it falls back to data-free LoftQ.
   const loftq::InputStatistics* of(const ModelTarget& t) const;
 
-  // The report's "calibration": the file, its format and identity, the fallbacks.
+  // The damped metrics' lambdas: --calibration-damping for both kinds of
+  // statistics, or loftq::DataAwareOptions' defaults.
+  loftq::DataAwareOptions data_aware_options() const {
+    loftq::DataAwareOptions da;
+    if (damping_ >= 0) da.damping = da.diagonal_damping = damping_;
+    return da;
+  }
+
+  // The report's "calibration": the file, its format and identity, the damping, the fallbacks.
   nlohmann::json describe() const;
   // A target's "calibration" entry: the metric, the tokens, the entry used.
   nlohmann::json target_json(const ModelTarget& t) const;
@@ -46,6 +54,7 @@ class CalibrationInput {
   std::string path_;
   loftq::io::StatisticsFile file_;
   bool fallback_;
+  double damping_;
   std::string identity_;
   std::map<std::string, std::pair<std::string, bool>> entry_of_;  // target -> (entry, shared)
   std::vector<std::string> fallbacks_;

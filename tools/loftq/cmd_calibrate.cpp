@@ -32,26 +32,32 @@ constexpr const char* kImatrixFile = "imatrix.gguf";
 
 // Progress on a terminal only, on one line, as `model` shows it.
 void show_progress(std::size_t done, std::size_t total) {
-  std::fprintf(stderr, "\rcalibrate: %zu/%zu sequences", done, total);
+  std::fprintf(stderr, "\rcalibrate: %3.0f%% (sequences x layers)",
+               100.0 * static_cast<double>(done) / static_cast<double>(total));
   if (done == total) std::fputc('\n', stderr);
   std::fflush(stderr);
 }
 
-// One entry per distinct input, and for every other reader of that input the
-// entry it shares (q/k/v read one input, gate/up another).
-struct Collected {
-  std::map<std::string, loftq::InputStatistics> stats;
+// The statistics file's layout, known from the configuration before any
+// sum: one entry per distinct input, named after its first reader, and for
+// every other reader of that input the entry it shares (q/k/v read one
+// input, gate/up another).
+struct Layout {
+  std::vector<loftq::io::StatisticsDecl> entries;
   std::map<std::string, std::string> shares;
 };
 
-Collected by_module(lm::Calibration&& cal) {
-  Collected c;
-  for (auto& in : cal.inputs) {
-    for (const auto& t : in.targets)
-      if (t != in.name) c.shares[t] = in.name;
-    c.stats.emplace(in.name, std::move(in.stats));
-  }
-  return c;
+Layout layout_of(const lm::Config& c, loftq::StatsMode mode) {
+  static const std::vector<std::vector<int>> groups = {
+      {lm::kQ, lm::kK, lm::kV}, {lm::kO}, {lm::kGate, lm::kUp}, {lm::kDown}};
+  Layout out;
+  for (int l = 0; l < c.n_layers; ++l)
+    for (const auto& g : groups) {
+      const std::string name = lm::module_path(l, g.front());
+      out.entries.push_back({name, static_cast<Eigen::Index>(lm::kind_shape(c, g.front())[1]), mode});
+      for (std::size_t i = 1; i < g.size(); ++i) out.shares[lm::module_path(l, g[i])] = name;
+    }
+  return out;
 }
 
 }  // namespace
@@ -73,19 +79,30 @@ int run_calibrate(const Args& a) {
   opt.threads = a.threads;
   opt.cancel = cancel_flag();
   if (!a.quiet && isatty(STDERR_FILENO)) opt.progress = show_progress;
-  lm::Calibration cal = lm::collect_statistics(w, seqs, opt);
+  // Each layer's statistics go to the file as the forward pass leaves the
+  // layer: memory for one layer's full sums, not the model's. Float64 keeps
+  // the sums exactly as they were added, so a model computed from the file
+  // equals one computed from the statistics in memory.
+  const Layout layout = layout_of(w.config, opt.mode);
+  loftq::io::StatisticsWriter writer(out.path(kStatisticsFile).string(), layout.entries, layout.shares,
+                                     loftq::io::Dtype::F64);
+  std::map<std::string, loftq::InputStatistics> diagonal;  // for the imatrix: n doubles per input
+  opt.on_layer = [&](std::vector<lm::LinearInput>& layer) {
+    for (const auto& in : layer) {
+      writer.write(in.name, in.stats);
+      if (a.imatrix) diagonal.emplace(in.name, in.stats.diagonal_statistics());
+    }
+  };
+  const lm::Calibration cal = lm::collect_statistics(w, seqs, opt);
   check_interrupt();
   const std::int64_t tokens = cal.tokens, sequences = cal.sequences;
-  const Collected c = by_module(std::move(cal));
-
-  // Float64 keeps the sums exactly as they were added, so a model computed
-  // from the file equals one computed from the statistics in memory.
-  loftq::io::write_statistics(out.path(kStatisticsFile).string(), c.stats, c.shares, loftq::io::Dtype::F64);
+  writer.commit();
   check_interrupt();
   if (a.imatrix) {
     const std::string dataset = std::filesystem::path(a.tokens).filename().string();
-    loftq::io::write_imatrix_gguf(out.path(kImatrixFile).string(), c.stats, {dataset},
-                                  static_cast<std::uint32_t>(sequences), static_cast<std::uint32_t>(width), c.shares);
+    loftq::io::write_imatrix_gguf(out.path(kImatrixFile).string(), diagonal, {dataset},
+                                  static_cast<std::uint32_t>(sequences), static_cast<std::uint32_t>(width),
+                                  layout.shares);
   }
   out.publish();
 
@@ -94,9 +111,9 @@ int run_calibrate(const Args& a) {
     std::printf("loftq %s: %s, %lld sequences, %lld tokens -> %s\n", loftq::version().c_str(),
                 printable(a.input).c_str(), static_cast<long long>(sequences), static_cast<long long>(tokens),
                 printable(out.dir().string()).c_str());
-    std::printf("  %zu inputs (%zu modules), %s statistics%s; %.3f s\n", c.stats.size(),
-                c.stats.size() + c.shares.size(), a.stats_full ? "full" : "diagonal", a.imatrix ? ", imatrix.gguf" : "",
-                seconds);
+    std::printf("  %zu inputs (%zu modules), %s statistics%s; %.3f s\n", layout.entries.size(),
+                layout.entries.size() + layout.shares.size(), a.stats_full ? "full" : "diagonal",
+                a.imatrix ? ", imatrix.gguf" : "", seconds);
     std::fflush(stdout);
   }
   return kExitOk;

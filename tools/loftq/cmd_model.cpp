@@ -50,7 +50,7 @@ nlohmann::json entry_of(const Args& a, const ModelTarget& t, const TargetResult&
   facts.seconds = res.seconds;
   nlohmann::json e = tensor_entry(a, facts, res.r, res.dq);
   if (!res.calibration.is_null()) e["calibration"] = res.calibration;
-  for (const auto& s : sinks) s->annotate(e);
+  for (const auto& s : sinks) s->annotate(e, t, res);
   return e;
 }
 

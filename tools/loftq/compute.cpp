@@ -17,7 +17,8 @@
 namespace loftq_cli {
 
 Compute::Compute(const Args& a) : a_(a), opt_(library_options(a)) {
-  if (!a.calibration.empty()) calib_ = std::make_unique<CalibrationInput>(a.calibration, a.calibration_data_free);
+  if (!a.calibration.empty())
+    calib_ = std::make_unique<CalibrationInput>(a.calibration, a.calibration_data_free, a.calibration_damping);
   if (a.gguf) {
     ggml_ = std::make_unique<loftq::GgmlQuantizer>(a.quant);
     return;
@@ -38,9 +39,10 @@ void Compute::check_targets(const Source& src) {
 }
 
 loftq::Result<float> Compute::loftq_of(const ConstMapF& W, int bits, const loftq::InputStatistics* stats) const {
-  if (ggml_) return stats ? loftq::initialize(W, *ggml_, *stats, opt_) : loftq::initialize(W, *ggml_, opt_);
+  const loftq::DataAwareOptions da = calib_ ? calib_->data_aware_options() : loftq::DataAwareOptions{};
+  if (ggml_) return stats ? loftq::initialize(W, *ggml_, *stats, opt_, da) : loftq::initialize(W, *ggml_, opt_);
   const loftq::Quantizer& q = quantizers_.at(bits);
-  return stats ? loftq::initialize(W, q, *stats, opt_) : loftq::initialize(W, q, opt_);
+  return stats ? loftq::initialize(W, q, *stats, opt_, da) : loftq::initialize(W, q, opt_);
 }
 
 void Compute::compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out) const {

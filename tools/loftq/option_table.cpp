@@ -16,8 +16,10 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <string>
 #include <utility>
 
 namespace loftq_cli {
@@ -83,6 +85,17 @@ std::vector<std::string> split_list(const std::string& v, bool keep_repeats) {
   }
   return out;
 }
+
+namespace {
+
+// A default value as help shows it (%g: 0.1, not 0.100000).
+std::string number_text(double x) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", x);
+  return b;
+}
+
+}  // namespace
 
 namespace {
 
@@ -421,6 +434,18 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
                           if (a.gguf) s["quant"] = loftq::ggml_format_name(a.quant);
                         })
               .excluding([](const Args&a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
+          OptionDef{"--adapter-type", "TYPE",
+                    "--format gguf: the ggml type of adapter.gguf's lora_a and lora_b, as convert_lora_to_gguf.py "
+                    "--outtype: f32, f16, bf16 or q8_0 (a lora_b of a rank not a multiple of 32 in f16, as that "
+                    "script falls back); the report gives the error the rounding adds to (alpha/r) lora_b lora_a "
+                    "(default f32)",
+                    kModel, false, one_of({"f32", "f16", "bf16", "q8_0"}),
+                    [](Args&a, const std::string&v) { a.adapter_type = v; }}
+              .recorded("adapter_type",
+                        [](const Args&a, nlohmann::json&s) {
+                          if (a.gguf) s["adapter_type"] = a.adapter_type;
+                        })
+              .excluding([](const Args&a) { return a.gguf ? std::string() : "--adapter-type needs --format gguf"; }),
           OptionDef{"--packed", "", "also write model.packed.safetensors", kModel, false, nullptr,
                     [](Args&a, const std::string&) { a.packed = true; }}
               .recorded(
@@ -466,7 +491,8 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
             "vocabulary and T at most the model's context length",
             kCalibrate, true, nonempty_path(), [](Args&a, const std::string&v) { a.tokens = v; }},
            {"--stats", "full|diag",
-            "full: the whole X^T X of each input (n^2 doubles per input, 44 GB for a 7B model); diag: its diagonal, "
+            "full: the whole X^T X of each input (n^2 doubles per input: 44 GB of file for a 7B model, written a layer "
+            "at a time from 1.4 GB of memory); diag: its diagonal, "
             "what llama.cpp's imatrix holds (default " +
                 std::string(d.stats_full ? "full" : "diag") + ")",
             kCalibrate, false, one_of({"full", "diag"}),
@@ -487,6 +513,23 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
                      [](Args&a, const std::string&v) { a.calibration_data_free = v == "data-free"; }}
                .excluding([](const Args&a) {
                  return a.calibration.empty() ? "--calibration-missing needs --calibration" : std::string();
+               }),
+           OptionDef{
+               "--calibration-damping", "X",
+               "with --calibration, lambda of the damped metric H + lambda * mean(diag H) * I, a number in 0..1000 "
+               "(default " +
+                   number_text(loftq::DataAwareOptions{}.damping) + " with full statistics, " +
+                   number_text(loftq::DataAwareOptions{}.diagonal_damping) + " with diagonal ones)",
+               kModel, false,
+               [](const std::string&v) -> std::string {
+                 double x = 0;
+                 return parse_number(v, x) && x >= 0 && x <= 1000
+                            ? std::string()
+                            : "invalid value '" + v + "': expected a number in 0..1000";
+               },
+               [](Args&a, const std::string&v) { parse_number(v, a.calibration_damping); }}
+               .excluding([](const Args&a) {
+                 return a.calibration.empty() ? "--calibration-damping needs --calibration" : std::string();
                })})
     t.push_back(std::move(r));
 }

@@ -2,6 +2,7 @@
 // The tool's command line: one table of options (options.cpp) from which the
 // CLI11 parser of every command and the --help text are built.
 
+#include <loftq/data_aware.hpp>
 #include <loftq/ggml_format.hpp>
 #include <loftq/initialize.hpp>
 #include <loftq/options.hpp>
@@ -63,9 +64,11 @@ struct Args {
   bool gguf = false;
   loftq::GgmlFormat quant = loftq::GgmlFormat::iq4_nl;  // --quant
   bool quant_given = false;
+  std::string adapter_type = "f32";  // --adapter-type: f32, f16, bf16 or q8_0, adapter.gguf's lora_a / lora_b
   // model --calibration: statistics for data-aware LoftQ (calibration_input.hpp)
   std::string calibration;
   bool calibration_data_free = false;  // --calibration-missing data-free
+  double calibration_damping = -1;     // --calibration-damping; -1: loftq::DataAwareOptions' per-mode defaults
   // calibrate
   std::string tokens;
   bool stats_full = true;  // --stats full|diag

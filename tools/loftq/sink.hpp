@@ -30,8 +30,10 @@ class Sink {
                     std::uint64_t offset) {
     (void)name, (void)file, (void)data, (void)n, (void)offset;
   }
-  // What this output adds to a target's report entry.
-  virtual void annotate(nlohmann::json& entry) const { (void)entry; }
+  // What this output adds to a target's report entry; runs before write().
+  virtual void annotate(nlohmann::json& entry, const ModelTarget& t, const TargetResult& r) const {
+    (void)entry, (void)t, (void)r;
+  }
   // Completes the files once every tensor is written.
   virtual void commit() = 0;
   // Writes the files besides the tensors (configs, indexes).

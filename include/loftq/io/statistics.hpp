@@ -313,47 +313,71 @@ inline StatisticsFile read_statistics(const std::string& path) {
   return out;
 }
 
-// Writes `stats` (module -> statistics, each over at least one sample) and
-// `shares` (target -> module in stats) to `path`, atomically: a temporary
-// file next to it (O_EXCL, a random suffix), synced, then renamed. `dtype`
-// is F32 or F64; a sum that does not fit it is an error.
-inline void write_statistics(const std::string& path, const std::map<std::string, InputStatistics>& stats,
-                             const std::map<std::string, std::string>& shares = {}, Dtype dtype = Dtype::F32) {
-  ::loftq::detail::require(dtype == Dtype::F32 || dtype == Dtype::F64, Errc::invalid_argument,
-                           path + ": statistics are written as F32 or F64");
-  ::loftq::detail::require(!stats.empty(), Errc::invalid_argument, path + ": no statistics to write");
-  std::map<std::string, CalibrationEntry> entries;
-  std::vector<TensorDecl> decls;
-  for (const auto& s : stats) {
-    ::loftq::detail::require(!s.first.empty(), Errc::invalid_argument, path + ": a module has an empty name");
-    ::loftq::detail::require(s.second.count() >= 1, Errc::invalid_argument,
-                             path + ": '" + s.first + "' has no samples");
-    const std::uint64_t n = static_cast<std::uint64_t>(s.second.features());
-    entries[s.first] = CalibrationEntry{s.first, s.second.features(), s.second.mode(), s.second.count()};
-    decls.push_back(
-        {s.first + ".xtx", dtype,
-         s.second.mode() == StatsMode::full ? std::vector<std::uint64_t>{n, n} : std::vector<std::uint64_t>{n}});
-    decls.push_back({s.first + ".tokens", Dtype::I64, {}});
+// What a statistics file will hold for one module, declared before any sum
+// is known: its name, input width and mode.
+struct StatisticsDecl {
+  std::string module;
+  Eigen::Index features = 0;
+  StatsMode mode = StatsMode::full;
+};
+
+// Writes a statistics file one module at a time, so that a model's worth of
+// full matrices never has to be in memory at once: the header (every
+// module's tensors, and `shares`, target -> declared module) is laid out
+// from the declarations, each module's sums are written when they are
+// complete, and commit() publishes the file atomically (a temporary next to
+// `path`, O_EXCL with a random suffix, synced, renamed). A writer destroyed
+// before commit() leaves nothing. `dtype` is F32 or F64; a sum that does not
+// fit it is an error.
+class StatisticsWriter {
+ public:
+  StatisticsWriter(std::string path, const std::vector<StatisticsDecl>& modules,
+                   const std::map<std::string, std::string>& shares = {}, Dtype dtype = Dtype::F32)
+      : path_(std::move(path)), dtype_(dtype) {
+    ::loftq::detail::require(dtype == Dtype::F32 || dtype == Dtype::F64, Errc::invalid_argument,
+                             path_ + ": statistics are written as F32 or F64");
+    ::loftq::detail::require(!modules.empty(), Errc::invalid_argument, path_ + ": no statistics to write");
+    std::map<std::string, CalibrationEntry> entries;
+    std::vector<TensorDecl> decls;
+    for (const auto& m : modules) {
+      ::loftq::detail::require(!m.module.empty(), Errc::invalid_argument, path_ + ": a module has an empty name");
+      ::loftq::detail::require(m.features >= 1, Errc::invalid_argument,
+                               path_ + ": '" + m.module + "' has no input features");
+      ::loftq::detail::require(entries.count(m.module) == 0, Errc::invalid_argument,
+                               path_ + ": '" + m.module + "' is declared twice");
+      const std::uint64_t n = static_cast<std::uint64_t>(m.features);
+      entries[m.module] = CalibrationEntry{m.module, m.features, m.mode, 1};
+      decls.push_back({m.module + ".xtx", dtype,
+                       m.mode == StatsMode::full ? std::vector<std::uint64_t>{n, n} : std::vector<std::uint64_t>{n}});
+      decls.push_back({m.module + ".tokens", Dtype::I64, {}});
+      pending_[m.module] = m;
+    }
+    detail::check_shares(path_, entries, shares);
+    std::map<std::string, std::string> md{{kStatisticsFormatKey, kStatisticsFormat}};
+    for (const auto& s : shares) md[kStatisticsSharesPrefix + s.first] = s.second;
+    writer_ = std::make_unique<SafetensorsWriter>(path_, decls, md);
   }
-  detail::check_shares(path, entries, shares);
-  std::map<std::string, std::string> md{{kStatisticsFormatKey, kStatisticsFormat}};
-  for (const auto& s : shares) md[kStatisticsSharesPrefix + s.first] = s.second;
-  SafetensorsWriter w(path, decls, md);
-  const std::size_t es = dtype_size(dtype);
-  std::vector<unsigned char> row;
-  for (const auto& s : stats) {
-    const std::string name = s.first + ".xtx";
-    const bool full = s.second.mode() == StatsMode::full;
-    const Eigen::Index n = s.second.features();
-    const Eigen::MatrixXd& S = ::loftq::detail::StatsAccess::sums(s.second);
-    const Eigen::VectorXd& D = ::loftq::detail::StatsAccess::diagonal_sums(s.second);
-    row.resize(static_cast<std::size_t>(n) * es);
+
+  // The sums of a declared module (over at least one sample), once.
+  void write(const std::string& module, const InputStatistics& s) {
+    const auto it = pending_.find(module);
+    ::loftq::detail::require(it != pending_.end(), Errc::invalid_argument,
+                             path_ + ": '" + module + "' is not declared or already written");
+    ::loftq::detail::require(s.features() == it->second.features && s.mode() == it->second.mode, Errc::invalid_argument,
+                             path_ + ": '" + module + "' does not match its declaration");
+    ::loftq::detail::require(s.count() >= 1, Errc::invalid_argument, path_ + ": '" + module + "' has no samples");
+    const bool full = s.mode() == StatsMode::full;
+    const Eigen::Index n = s.features();
+    const Eigen::MatrixXd& S = ::loftq::detail::StatsAccess::sums(s);
+    const Eigen::VectorXd& D = ::loftq::detail::StatsAccess::diagonal_sums(s);
+    const std::size_t es = dtype_size(dtype_);
+    std::vector<unsigned char> row(static_cast<std::size_t>(n) * es);
     for (Eigen::Index i = 0; i < (full ? n : 1); ++i) {
       for (Eigen::Index j = 0; j < n; ++j) {
         const double v = full ? (i >= j ? S(i, j) : S(j, i)) : D(j);  // the lower triangle, mirrored
         unsigned char* p = row.data() + static_cast<std::size_t>(j) * es;
         bool finite;
-        if (dtype == Dtype::F64) {
+        if (dtype_ == Dtype::F64) {
           std::memcpy(p, &v, 8);
           finite = std::isfinite(v);
         } else {
@@ -363,15 +387,41 @@ inline void write_statistics(const std::string& path, const std::map<std::string
         }
         if (!finite)
           ::loftq::detail::fail(Errc::non_finite,
-                                path + ": '" + s.first + "': a sum is not finite in " + dtype_name(dtype));
+                                path_ + ": '" + module + "': a sum is not finite in " + dtype_name(dtype_));
       }
-      w.write(name, row.data(), row.size(), static_cast<std::uint64_t>(i) * row.size());
+      writer_->write(module + ".xtx", row.data(), row.size(), static_cast<std::uint64_t>(i) * row.size());
     }
-    const std::int64_t count = s.second.count();
+    const std::int64_t count = s.count();
     unsigned char b[8];
     std::memcpy(b, &count, 8);
-    w.write(s.first + ".tokens", b, 8);
+    writer_->write(module + ".tokens", b, 8);
+    pending_.erase(it);
   }
+
+  // Publishes the file; every declared module must have been written.
+  void commit() {
+    ::loftq::detail::require(pending_.empty(), Errc::invalid_argument,
+                             path_ + ": '" + (pending_.empty() ? std::string() : pending_.begin()->first) +
+                                 "' was declared but not written");
+    writer_->commit();
+  }
+
+ private:
+  std::string path_;
+  Dtype dtype_;
+  std::map<std::string, StatisticsDecl> pending_;
+  std::unique_ptr<SafetensorsWriter> writer_;
+};
+
+// Writes `stats` (module -> statistics, each over at least one sample) and
+// `shares` (target -> module in stats) to `path` at once, atomically, as
+// StatisticsWriter does.
+inline void write_statistics(const std::string& path, const std::map<std::string, InputStatistics>& stats,
+                             const std::map<std::string, std::string>& shares = {}, Dtype dtype = Dtype::F32) {
+  std::vector<StatisticsDecl> decls;
+  for (const auto& s : stats) decls.push_back({s.first, s.second.features(), s.second.mode()});
+  StatisticsWriter w(path, decls, shares, dtype);
+  for (const auto& s : stats) w.write(s.first, s.second);
   w.commit();
 }
 
