@@ -267,13 +267,15 @@ merge_trust)
   cp -r p1 b1
   sed -i 's/"sq_err": [0-9]/"sq_err": -1/' b1/loftq_report.json
   expect_refused "sq_err -1[.0-9]* is not a non-negative number" merge --input s --shards b1,p2 --output m
-  # NaN in an adapter or in Q.
+  # NaN planted in an adapter or in Q after the run: not the files the run
+  # wrote (their identities are in the report; merge also refuses NaN
+  # values themselves, for a report that records them).
   cp -r p1 n1
   poke_nan n1/adapter_model.safetensors
-  expect_refused 'holds NaN or infinite values' merge --input s --shards n1,p2 --output m
+  expect_refused "n1/adapter_model.safetensors: not the file this shard's run wrote" merge --input s --shards n1,p2 --output m
   cp -r p1 q1
   poke_nan q1/shard_model.safetensors
-  expect_refused 'holds NaN or infinite values' merge --input s --shards q1,p2 --output m
+  expect_refused "q1/shard_model.safetensors: not the file this shard's run wrote" merge --input s --shards q1,p2 --output m
   # A shard named twice, as text or through another path.
   expect_refused 'listed twice' merge --input s --shards p1,p1 --output m
   ln -s p1 lp
