@@ -4,6 +4,7 @@
 // tools/quantize/quantize.cpp: load_imatrix), and on hostile files.
 #include <doctest/doctest.h>
 
+#include <loftq/io/calibration.hpp>
 #include <loftq/io/imatrix.hpp>
 
 #include "calib_support.hpp"
@@ -274,6 +275,23 @@ TEST_CASE("imatrix: per-expert statistics are refused by name, the rest read") {
     expect_error([&] { f.lookup("blk.1.ffn_down_exps.weight"); }, Errc::unsupported, {path, "ffn_down_exps", "expert"});
     CHECK(f.statistics("blk.0.ffn_down.weight").features() == 16);
   }
+}
+
+TEST_CASE("imatrix: a file of per-expert statistics only is refused when read") {
+  Stats moe;
+  for (int e = 0; e < 2; ++e) {
+    const Stats one = collected(8, 100 + e, 70 + static_cast<std::uint64_t>(e));
+    moe.values.insert(moe.values.end(), one.values.begin(), one.values.end());
+    moe.counts.push_back(100 + e);
+  }
+  Collected c;
+  c["blk.0.ffn_down_exps.weight"] = moe;
+  const std::string p = path_of("experts.imatrix.gguf"), d = path_of("experts.imatrix.dat");
+  write_gguf(p, c, {}, 1, 512);
+  write_dat(d, c, 1, "", 512);
+  expect_error([&] { lio::read_imatrix_gguf(p); }, Errc::unsupported, {p, "no usable entry", "per-expert"});
+  expect_error([&] { lio::read_imatrix_dat(d); }, Errc::unsupported, {d, "no usable entry", "per-expert"});
+  expect_error([&] { lio::read_calibration(p); }, Errc::unsupported, {p, "no usable entry"});
 }
 
 TEST_CASE("imatrix: write_imatrix_gguf is what llama-imatrix writes, read independently and by the library") {

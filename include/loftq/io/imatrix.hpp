@@ -94,6 +94,15 @@ inline void derive_imatrix_shares(StatisticsFile& out) {
     }
 }
 
+// The end of both readers: a file must give at least one module statistics
+// (one whose every entry holds per-expert statistics would read as an empty
+// file that refuses each lookup), then the shared entries are derived.
+inline void finish_imatrix(StatisticsFile& out, const std::string& path) {
+  ::loftq::detail::require(!StatisticsFileAccess::entries(out).empty(), Errc::unsupported,
+                           path + ": no usable entry: every one holds per-expert statistics");
+  derive_imatrix_shares(out);
+}
+
 inline void check_sums(const std::string& what, const float* v, std::uint64_t n) {
   for (std::uint64_t j = 0; j < n; ++j)
     if (!(std::isfinite(v[j]) && v[j] >= 0))
@@ -182,7 +191,7 @@ inline StatisticsFile read_imatrix_gguf(const std::string& path) {
       detail::add_imatrix_entry(out, p.first, std::move(v), count);
     }
   }
-  detail::derive_imatrix_shares(out);
+  detail::finish_imatrix(out, path);
   return out;
 }
 
@@ -253,7 +262,7 @@ inline StatisticsFile read_imatrix_dat(const std::string& path) {
     ds.resize(std::strlen(ds.c_str()));  // llama.cpp reads it as a C string
     if (!ds.empty()) A::datasets(out).push_back(ds);
   }
-  detail::derive_imatrix_shares(out);
+  detail::finish_imatrix(out, path);
   return out;
 }
 
