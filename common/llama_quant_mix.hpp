@@ -31,6 +31,37 @@ struct LlamaMixModel {
   bool has_output = true;    // an output.weight exists; without one token_embd is the output (tied)
 };
 
+// The tool's names of the mixes (--quant): llama-quantize's in lower case,
+// but for Q2_K, whose name loftq's --quant gives the uniform type.
+inline const char* llama_mix_name(LlamaMix mix) {
+  switch (mix) {
+    case LlamaMix::q2_k:
+      return "q2_k_mix";
+    case LlamaMix::q3_k_m:
+      return "q3_k_m";
+    case LlamaMix::q4_k_s:
+      return "q4_k_s";
+    case LlamaMix::q4_k_m:
+      return "q4_k_m";
+    case LlamaMix::q5_k_m:
+      break;
+  }
+  return "q5_k_m";
+}
+
+inline const std::vector<LlamaMix>& llama_mixes() {
+  static const std::vector<LlamaMix> m = {LlamaMix::q2_k, LlamaMix::q3_k_m, LlamaMix::q4_k_s, LlamaMix::q4_k_m,
+                                          LlamaMix::q5_k_m};
+  return m;
+}
+
+// The mix of a name (llama_mix_name), or nullopt.
+inline std::optional<LlamaMix> llama_mix_from_name(const std::string& name) {
+  for (LlamaMix m : llama_mixes())
+    if (name == llama_mix_name(m)) return m;
+  return std::nullopt;
+}
+
 namespace detail {
 
 using loftq::io::GgmlType;
