@@ -25,10 +25,10 @@ enum class LlamaMix : std::uint32_t { q2_k = 10, q3_k_m = 12, q4_k_s = 14, q4_k_
 
 // What of the model the rules read (llama.cpp's hparams).
 struct LlamaMixModel {
-  int n_layer = 0;           // <arch>.block_count
-  int n_head = 0;            // <arch>.attention.head_count
-  int n_head_kv = 0;         // <arch>.attention.head_count_kv (n_head when absent)
-  bool has_output = true;    // an output.weight exists; without one token_embd is the output (tied)
+  int n_layer = 0;         // <arch>.block_count
+  int n_head = 0;          // <arch>.attention.head_count
+  int n_head_kv = 0;       // <arch>.attention.head_count_kv (n_head when absent)
+  bool has_output = true;  // an output.weight exists; without one token_embd is the output (tied)
 };
 
 // The tool's names of the mixes (--quant): llama-quantize's in lower case,
@@ -79,15 +79,41 @@ inline int n_dims(const std::vector<std::uint64_t>& ne) {
 inline bool allows_quantization(const std::string& name, const std::vector<std::uint64_t>& ne) {
   if (n_dims(ne) < 2) return false;
   if (name.size() < 6 || name.compare(name.size() - 6, 6, "weight") != 0) return false;
-  static const char* const excluded[] = {
-      "_norm.weight", "ffn_gate_inp.weight", "ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
-      "ssm_conv1d", "shortconv.conv.weight", "indexer.k_proj.weight", "indexer.q_proj.weight",
-      "time_mix_first.weight", "time_mix_w0.weight", "time_mix_w1.weight", "time_mix_w2.weight",
-      "time_mix_v0.weight", "time_mix_v1.weight", "time_mix_v2.weight", "time_mix_a0.weight", "time_mix_a1.weight",
-      "time_mix_a2.weight", "time_mix_g1.weight", "time_mix_g2.weight", "time_mix_decay_w1.weight",
-      "time_mix_decay_w2.weight", "time_mix_lerp_fused.weight", "attn_rel_b.weight", ".position_embd",
-      "sam.pos_embd", "sam.neck.", "sam.net_", ".rel_pos", ".patch_embd", ".patch_merger", "a.rvq.codebook",
-      "mm.a.code_embd"};
+  static const char* const excluded[] = {"_norm.weight",
+                                         "ffn_gate_inp.weight",
+                                         "ffn_gate_tid2eid.weight",
+                                         "altup",
+                                         "laurel",
+                                         "per_layer_model_proj",
+                                         "ssm_conv1d",
+                                         "shortconv.conv.weight",
+                                         "indexer.k_proj.weight",
+                                         "indexer.q_proj.weight",
+                                         "time_mix_first.weight",
+                                         "time_mix_w0.weight",
+                                         "time_mix_w1.weight",
+                                         "time_mix_w2.weight",
+                                         "time_mix_v0.weight",
+                                         "time_mix_v1.weight",
+                                         "time_mix_v2.weight",
+                                         "time_mix_a0.weight",
+                                         "time_mix_a1.weight",
+                                         "time_mix_a2.weight",
+                                         "time_mix_g1.weight",
+                                         "time_mix_g2.weight",
+                                         "time_mix_decay_w1.weight",
+                                         "time_mix_decay_w2.weight",
+                                         "time_mix_lerp_fused.weight",
+                                         "attn_rel_b.weight",
+                                         ".position_embd",
+                                         "sam.pos_embd",
+                                         "sam.neck.",
+                                         "sam.net_",
+                                         ".rel_pos",
+                                         ".patch_embd",
+                                         ".patch_merger",
+                                         "a.rvq.codebook",
+                                         "mm.a.code_embd"};
   for (const char* e : excluded)
     if (contains(name, e)) return false;
   return name != "position_embd.weight" && name != "token_types.weight";
@@ -120,9 +146,7 @@ inline int layer_of(const std::string& name) {
   return i;
 }
 
-inline std::uint32_t block_of(GgmlType t) {
-  return loftq::io::ggml_type_traits(static_cast<std::uint32_t>(t))->block;
-}
+inline std::uint32_t block_of(GgmlType t) { return loftq::io::ggml_type_traits(static_cast<std::uint32_t>(t))->block; }
 
 // tensor_type_fallback: a row that is not whole blocks of the chosen type.
 inline GgmlType fallback(std::uint64_t ncols, GgmlType t) {
@@ -179,8 +203,8 @@ inline loftq::io::GgmlType llama_mix_default_type(LlamaMix mix) {
 // nullopt for a tensor it copies as it is (norms, biases, 1-D tensors).
 inline std::optional<loftq::io::GgmlType> llama_mix_type(const std::string& name, const std::vector<std::uint64_t>& ne,
                                                          const LlamaMixModel& m, LlamaMix mix) {
-  using loftq::io::GgmlType;
   using detail::Category;
+  using loftq::io::GgmlType;
   if (ne.empty() || !detail::allows_quantization(name, ne)) return std::nullopt;
   const GgmlType base = llama_mix_default_type(mix);
   const Category cat = detail::category(name);

@@ -538,10 +538,10 @@ int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_n
   require(mix.has_value(), "unknown mix " + mix_name);
   // llama_model_ftype_name's words for the mixes.
   const std::map<loftq_common::LlamaMix, std::string> names = {{loftq_common::LlamaMix::q2_k, "Q2_K - Medium"},
-                                                                {loftq_common::LlamaMix::q3_k_m, "Q3_K - Medium"},
-                                                                {loftq_common::LlamaMix::q4_k_s, "Q4_K - Small"},
-                                                                {loftq_common::LlamaMix::q4_k_m, "Q4_K - Medium"},
-                                                                {loftq_common::LlamaMix::q5_k_m, "Q5_K - Medium"}};
+                                                               {loftq_common::LlamaMix::q3_k_m, "Q3_K - Medium"},
+                                                               {loftq_common::LlamaMix::q4_k_s, "Q4_K - Small"},
+                                                               {loftq_common::LlamaMix::q4_k_m, "Q4_K - Medium"},
+                                                               {loftq_common::LlamaMix::q5_k_m, "Q5_K - Medium"}};
   const std::string ref_path = work + "/llama_" + mix_name + ".gguf";
   llama_model_quantize_params qp = api.llama_model_quantize_default_params();
   qp.ftype = static_cast<llama_ftype>(*mix);
@@ -566,9 +566,10 @@ int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_n
   }
   std::string summary;
   for (const auto& c : counts) summary += " " + std::to_string(c.second) + " " + c.first;
-  std::printf("llama_check: %s (%d layers, %d/%d heads%s): llama_mix_type agrees with llama.cpp on all %zu tensors:%s\n",
-              mix_name.c_str(), m.n_layer, m.n_head, m.n_head_kv, m.has_output ? "" : ", tied", ref.tensors.size(),
-              summary.c_str());
+  std::printf(
+      "llama_check: %s (%d layers, %d/%d heads%s): llama_mix_type agrees with llama.cpp on all %zu tensors:%s\n",
+      mix_name.c_str(), m.n_layer, m.n_head, m.n_head_kv, m.has_output ? "" : ", tied", ref.tensors.size(),
+      summary.c_str());
   if (dir.empty()) return 0;
   const gl::File out(dir + "/model.gguf");
   require(out.tensors.size() == ref.tensors.size(), "model.gguf has another tensor count than llama.cpp's file");
@@ -582,8 +583,8 @@ int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_n
       ++kept;
       continue;
     }
-    require(t.type == r->type, t.name + ": model.gguf has type " + std::to_string(t.type) + ", llama.cpp's " +
-                                   std::to_string(r->type));
+    require(t.type == r->type,
+            t.name + ": model.gguf has type " + std::to_string(t.type) + ", llama.cpp's " + std::to_string(r->type));
   }
   g_warnings.clear();
   Engine lq(api, dir + "/model.gguf");
@@ -592,9 +593,10 @@ int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_n
   require(desc.size() >= type_name.size() &&
               desc.compare(desc.size() - type_name.size(), std::string::npos, type_name) == 0,
           "llama.cpp names the file '" + desc + "', not " + type_name);
-  std::printf("llama_check: %s: model.gguf has llama.cpp's types (%d kept in a type loftq does not write); "
-              "llama.cpp loads it with the adapter as '%s'\n",
-              mix_name.c_str(), kept, desc.c_str());
+  std::printf(
+      "llama_check: %s: model.gguf has llama.cpp's types (%d kept in a type loftq does not write); "
+      "llama.cpp loads it with the adapter as '%s'\n",
+      mix_name.c_str(), kept, desc.c_str());
   return 0;
 }
 

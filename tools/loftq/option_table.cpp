@@ -444,8 +444,9 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
               }}
               .recorded("quant",
                         [](const Args&a, nlohmann::json&s) {
-                          if (a.gguf) s["quant"] = a.mix ? loftq_common::llama_mix_name(*a.mix)
-                                                         : loftq::ggml_format_name(a.quant);
+                          if (a.gguf)
+                            s["quant"] =
+                                a.mix ? loftq_common::llama_mix_name(*a.mix) : loftq::ggml_format_name(a.quant);
                         })
               .excluding([](const Args&a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
           OptionDef{"--adapter-type", "TYPE",

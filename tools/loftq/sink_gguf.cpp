@@ -118,7 +118,7 @@ class GgufSink : public Sink {
     std::vector<io::GgufKV> base_kvs = src.file().kvs();
     if (src.any_quantized()) {  // with nothing quantized the file's type is the input's
       set_kv(base_kvs, io::gguf_kv_u32("general.file_type", a.mix ? static_cast<std::uint32_t>(*a.mix)
-                                                                   : loftq::ggml_format_llama_ftype(a.quant)));
+                                                                  : loftq::ggml_format_llama_ftype(a.quant)));
       set_kv(base_kvs, io::gguf_kv_u32("general.quantization_version", loftq::kGgmlQuantizationVersion));
     }
     set_kv(base_kvs, io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote));

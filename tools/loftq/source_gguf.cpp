@@ -48,7 +48,7 @@ int hparam(const io::GgufFile& f, const std::string& key, int fallback) {
   const io::GgufKV* kv = f.find_kv(key);
   if (!kv) return fallback;
   static const std::map<io::GgufValueType, int> widths = {
-      {io::GgufValueType::UINT8, 1},  {io::GgufValueType::INT8, 1},  {io::GgufValueType::UINT16, 2},
+      {io::GgufValueType::UINT8, 1},  {io::GgufValueType::INT8, 1},   {io::GgufValueType::UINT16, 2},
       {io::GgufValueType::INT16, 2},  {io::GgufValueType::UINT32, 4}, {io::GgufValueType::INT32, 4},
       {io::GgufValueType::UINT64, 8}, {io::GgufValueType::INT64, 8}};
   const auto w = widths.find(kv->type);
@@ -118,8 +118,7 @@ void GgufSource::plan(const Args& a) {
     const std::string where = a.input + ": tensor '" + printable(t.name) + "'";
     if (t.ne.size() != 2) throw InputError{where + " is not 2-D"};
     if (!is_float_type(t.type))
-      throw InputError{where + " has type " + type_name(t.type) +
-                       "; --format gguf quantizes F32, F16 or BF16 targets"};
+      throw InputError{where + " has type " + type_name(t.type) + "; --format gguf quantizes F32, F16 or BF16 targets"};
     std::string why;
     if (mix_ && !rule)
       why = "llama.cpp does not quantize it";

@@ -55,11 +55,11 @@ class GgufSource : public Source {
   loftq::GgmlFormat quant_;
   std::optional<loftq_common::LlamaMix> mix_;
   loftq::QuantizeOptions plain_options_;
-  std::map<std::string, std::size_t> quantized_;       // name -> index into targets()
-  std::vector<std::string> matched_, kept_;            // modules that matched; targets copied through
-  std::map<std::string, std::string> kept_why_;        // a kept target -> why
-  std::map<std::string, loftq::GgmlFormat> plain_;     // with a mix: the other tensors quantized without LoftQ
-  std::map<std::string, std::string> mix_unwritten_;   // with a mix: tensors kept -> llama.cpp's type for them
+  std::map<std::string, std::size_t> quantized_;      // name -> index into targets()
+  std::vector<std::string> matched_, kept_;           // modules that matched; targets copied through
+  std::map<std::string, std::string> kept_why_;       // a kept target -> why
+  std::map<std::string, loftq::GgmlFormat> plain_;    // with a mix: the other tensors quantized without LoftQ
+  std::map<std::string, std::string> mix_unwritten_;  // with a mix: tensors kept -> llama.cpp's type for them
 };
 
 }  // namespace loftq_cli
