@@ -6,7 +6,7 @@
 //                                                   assorted key-value types
 //   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]
 //   gguftool mix_synth OUT.gguf [falcon|moe]        a 4-layer llama (GQA, width 256, FFN 288,
-//                                                   an output.weight) for the mixes
+//                                                   vocabulary 4200, an output.weight) for the mixes
 //   gguftool verify_mix IN.gguf DIR MIX RANK ITERS SCALE
 //
 // verify_mix checks model.gguf of a --quant MIX run (q2_k_mix, q4_k_m, ...):
@@ -310,7 +310,8 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
 
 int cmd_mix_synth(const std::string& out, const std::string& variant) {
   const std::string arch = variant == "falcon" ? "falcon" : "llama";
-  const std::uint64_t dim = 256, kv = 64, hidden = 288, vocab = 32, layers = 4;
+  // A vocabulary of 4200: token_embd and output are more than the 2^20 elements the tool quantizes at a time.
+  const std::uint64_t dim = 256, kv = 64, hidden = 288, vocab = 4200, layers = 4;
   std::mt19937 g(11);
   std::normal_distribution<float> N(0.0f, 0.05f);
   gl::Builder b;

@@ -5,6 +5,7 @@
 
 #include <loftq/ggml_format.hpp>
 #include <loftq/ggml_quantizer.hpp>
+#include <loftq/io/detail/dtypes.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -177,18 +178,33 @@ void GgufSource::copy(std::size_t copy, const CopyOut& out) const {
   const io::GgufTensorInfo& t = in_.tensors()[copy];
   const auto plain = plain_.find(t.name);
   if (plain != plain_.end()) {
-    // A tensor the mix quantizes without an adapter: ggml's block format of W itself.
-    std::vector<unsigned char> bytes;
-    try {
-      const loftq::PackedMatrix P =
-          loftq::quantize(in_.read_matrix(t), loftq::GgmlQuantizer(plain->second), plain_options_);
-      bytes = io::ggml_block_bytes(P, plain->second);
-    } catch (const loftq::Error& e) {
-      if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
-      throw InputError{input_ + ": tensor '" + printable(t.name) + "': " + e.what()};
+    // A tensor the mix quantizes without an adapter: ggml's blocks of W itself, a few rows at a time (blocks never
+    // cross a row, so the bytes are those of the whole tensor at once) to keep a vocabulary-sized one out of memory.
+    const std::uint64_t cols = t.ne[0], rows = t.ne[1], chunk_rows = std::max<std::uint64_t>(1, (1u << 20) / cols);
+    const loftq::io::Dtype dtype = static_cast<io::GgmlType>(t.type) == io::GgmlType::F32   ? loftq::io::Dtype::F32
+                                   : static_cast<io::GgmlType>(t.type) == io::GgmlType::F16 ? loftq::io::Dtype::F16
+                                                                                            : loftq::io::Dtype::BF16;
+    const std::uint64_t width = dtype == loftq::io::Dtype::F32 ? 4 : 2;
+    std::vector<unsigned char> raw;
+    std::uint64_t written = 0;
+    for (std::uint64_t r0 = 0; r0 < rows; r0 += chunk_rows) {
+      const std::uint64_t n = std::min(chunk_rows, rows - r0);
+      std::vector<unsigned char> bytes;
+      try {
+        raw.resize(static_cast<std::size_t>(n * cols * width));
+        in_.read_bytes(t, r0 * cols * width, raw.size(), raw.data());
+        RowMatrixF W(static_cast<Eigen::Index>(n), static_cast<Eigen::Index>(cols));
+        loftq::io::to_float(dtype, raw.data(), static_cast<std::size_t>(W.size()), W.data());
+        bytes = io::ggml_block_bytes(loftq::quantize(W, loftq::GgmlQuantizer(plain->second), plain_options_),
+                                     plain->second);
+      } catch (const loftq::Error& e) {
+        if (e.code() == loftq::Errc::cancelled) throw Interrupted{};
+        throw InputError{input_ + ": tensor '" + printable(t.name) + "': " + e.what()};
+      }
+      out(t.name, 0, bytes.data(), bytes.size(), written);
+      written += bytes.size();
+      check_interrupt();
     }
-    out(t.name, 0, bytes.data(), bytes.size(), 0);
-    check_interrupt();
     return;
   }
   const std::uint64_t chunk = std::uint64_t(64) << 20;
