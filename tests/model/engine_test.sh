@@ -17,7 +17,8 @@
 #            q5_k_m): llama_model_quantize gives every tensor of an 8-layer
 #            model (dense with tied embeddings, and with n_head / n_head_kv = 4)
 #            the type the tool's rule function gives it, and model.gguf holds
-#            llama.cpp's types (llama_check mix).
+#            llama.cpp's types, token_embd and output (no adapter, --scale
+#            absmax) byte for byte llama.cpp's (llama_check mix).
 #
 # Exit 77 (a CTest skip) without the data or the libraries.
 set -u
@@ -74,8 +75,8 @@ engine_mix)
     s=$?
     [ $s -eq 77 ] && exit 77
     [ $s -eq 0 ] || fail "llama.cpp's $m types of the tied model"
-    expect_rc 0 model --input gqa.gguf --output "o_$m" --format gguf --quant "$m" --rank 8 --iters 2 --quiet \
-      --threads 2
+    expect_rc 0 model --input gqa.gguf --output "o_$m" --format gguf --quant "$m" --scale absmax --rank 8 --iters 2 \
+      --quiet --threads 2
     "$CHECK" mix gqa.gguf "$m" w_gqa "o_$m" || fail "llama.cpp's $m types against model.gguf's"
   done
   ;;

@@ -24,9 +24,11 @@
 //   llama_check mix FP.gguf MIX WORK [DIR]
 //       llama_model_quantize of FP to MIX (q2_k_mix, q3_k_m, ...) writes every
 //       tensor in the type llama_mix_type (common/llama_quant_mix.hpp) gives
-//       it; with DIR, DIR/model.gguf holds each tensor in llama.cpp's type but
-//       those of a type loftq does not write (Q5_0, Q5_1, F16), kept as in FP,
-//       and llama.cpp loads it with DIR/adapter.gguf and names the mix
+//       it; with DIR (a --scale absmax run), DIR/model.gguf holds each tensor
+//       in llama.cpp's type but those of a type loftq does not write (Q5_0,
+//       Q5_1, F16), kept as in FP, those without an adapter (token_embd,
+//       output) byte for byte as llama.cpp's, and llama.cpp loads it with
+//       DIR/adapter.gguf and names the mix
 //
 // The libraries are the prebuilt ones of @node-llama-cpp/linux-x64 (libllama,
 // libggml, libggml-base, one libggml-cpu-* per CPU family) in
@@ -574,7 +576,8 @@ int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_n
   const gl::File out(dir + "/model.gguf");
   require(out.tensors.size() == ref.tensors.size(), "model.gguf has another tensor count than llama.cpp's file");
   require(kv_u32(out, "general.file_type", 0) == static_cast<std::uint32_t>(*mix), "model.gguf's general.file_type");
-  int kept = 0;
+  int kept = 0, same_bytes = 0;
+  const gl::File adapter(dir + "/adapter.gguf");
   for (const gl::Tensor& t : out.tensors) {
     const gl::Tensor* r = ref.find(t.name);
     require(r != nullptr, t.name + ": not in llama.cpp's file");
@@ -585,7 +588,14 @@ int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_n
     }
     require(t.type == r->type,
             t.name + ": model.gguf has type " + std::to_string(t.type) + ", llama.cpp's " + std::to_string(r->type));
+    // Quantized without an adapter, at --scale absmax: ggml's own blocks, as llama-quantize writes them.
+    if (t.type != fp.find(t.name)->type && !adapter.find(t.name + ".lora_a")) {
+      require(t.nbytes == r->nbytes && std::memcmp(out.at(t), ref.at(*r), t.nbytes) == 0,
+              t.name + ": quantized without an adapter, but not llama.cpp's bytes");
+      ++same_bytes;
+    }
   }
+  require(same_bytes > 0, "no tensor quantized without an adapter");
   g_warnings.clear();
   Engine lq(api, dir + "/model.gguf");
   lq.load_adapter(dir + "/adapter.gguf");
@@ -594,9 +604,9 @@ int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_n
               desc.compare(desc.size() - type_name.size(), std::string::npos, type_name) == 0,
           "llama.cpp names the file '" + desc + "', not " + type_name);
   std::printf(
-      "llama_check: %s: model.gguf has llama.cpp's types (%d kept in a type loftq does not write); "
-      "llama.cpp loads it with the adapter as '%s'\n",
-      mix_name.c_str(), kept, desc.c_str());
+      "llama_check: %s: model.gguf has llama.cpp's types (%d kept in a type loftq does not write; %d quantized "
+      "without an adapter byte for byte llama.cpp's); llama.cpp loads it with the adapter as '%s'\n",
+      mix_name.c_str(), kept, same_bytes, desc.c_str());
   return 0;
 }
 
