@@ -325,18 +325,27 @@ double mean_kl(const std::vector<std::vector<std::vector<float>>>& ref, Engine& 
   return sum / static_cast<double>(n);
 }
 
-int cmd_synth(const std::string& out) {
-  const std::uint32_t dim = 256, hidden = 512, layers = 1, heads = 4, vocab = 256;
+// A llama of width 256 and vocabulary 256 with realistic weights (seeded in
+// tensor order), FFN width `hidden`; tied: no output.weight.
+struct SynthShape {
+  const char* name;
+  std::uint32_t hidden, layers, heads, heads_kv;
+  bool tied;
+};
+
+int write_synth(const std::string& out, const SynthShape& s) {
+  const std::uint32_t dim = 256, hidden = s.hidden, layers = s.layers, heads = s.heads, heads_kv = s.heads_kv,
+                      vocab = 256, kv_dim = dim / heads * heads_kv;
   gl::Builder b;
   b.add_string("general.architecture", "llama");
-  b.add_string("general.name", "synth256");
+  b.add_string("general.name", s.name);
   b.add_u32("general.file_type", 0);
   b.add_u32("llama.block_count", layers);
   b.add_u32("llama.context_length", 256);
   b.add_u32("llama.embedding_length", dim);
   b.add_u32("llama.feed_forward_length", hidden);
   b.add_u32("llama.attention.head_count", heads);
-  b.add_u32("llama.attention.head_count_kv", heads);
+  b.add_u32("llama.attention.head_count_kv", heads_kv);
   b.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   b.add_u32("llama.vocab_size", vocab);
   b.add_string("tokenizer.ggml.model", "none");
@@ -355,16 +364,22 @@ int cmd_synth(const std::string& out) {
   for (std::uint32_t l = 0; l < layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     ones(p + "attn_norm.weight");
-    for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_output"}) mat(p + m + ".weight", dim, dim, 1 / 16.0);
+    mat(p + "attn_q.weight", dim, dim, 1 / 16.0);
+    mat(p + "attn_k.weight", kv_dim, dim, 1 / 16.0);
+    mat(p + "attn_v.weight", kv_dim, dim, 1 / 16.0);
+    mat(p + "attn_output.weight", dim, dim, 1 / 16.0);
     ones(p + "ffn_norm.weight");
     mat(p + "ffn_gate.weight", hidden, dim, 1 / 16.0);
-    mat(p + "ffn_down.weight", dim, hidden, 1 / std::sqrt(512.0));
+    mat(p + "ffn_down.weight", dim, hidden, 1 / std::sqrt(static_cast<double>(hidden)));
     mat(p + "ffn_up.weight", hidden, dim, 1 / 16.0);
   }
   ones("output_norm.weight");
+  if (!s.tied) mat("output.weight", vocab, dim, 1 / 16.0);
   b.write(out);
   return 0;
 }
+
+int cmd_synth(const std::string& out) { return write_synth(out, {"synth256", 512, 1, 4, 4, true}); }
 
 int cmd_logits(const Api& api, const std::string& model, const std::string& tokens_path, const std::string& logits_path,
                double tol) {
@@ -485,48 +500,7 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
 
 int cmd_mix_synth(const std::string& out, std::uint32_t layers, std::uint32_t heads, std::uint32_t heads_kv,
                   bool tied) {
-  const std::uint32_t dim = 256, hidden = 288, vocab = 256, kv_dim = dim / heads * heads_kv;
-  gl::Builder b;
-  b.add_string("general.architecture", "llama");
-  b.add_string("general.name", "mix256");
-  b.add_u32("general.file_type", 0);
-  b.add_u32("llama.block_count", layers);
-  b.add_u32("llama.context_length", 256);
-  b.add_u32("llama.embedding_length", dim);
-  b.add_u32("llama.feed_forward_length", hidden);
-  b.add_u32("llama.attention.head_count", heads);
-  b.add_u32("llama.attention.head_count_kv", heads_kv);
-  b.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  b.add_u32("llama.vocab_size", vocab);
-  b.add_string("tokenizer.ggml.model", "none");
-  std::uint64_t seed = 1;
-  auto mat = [&](const std::string& name, std::uint32_t rows, std::uint32_t cols, double std) {
-    loftq_common::RealisticSpec spec;
-    spec.target_std = std;
-    const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(rows, cols, seed++, spec);
-    b.add_tensor(name, {cols, rows}, gl::F32,
-                 gl::Builder::encode_floats(std::vector<float>(W.data(), W.data() + W.size()), gl::F32));
-  };
-  auto ones = [&](const std::string& name) {
-    b.add_tensor(name, {dim}, gl::F32, gl::Builder::encode_floats(std::vector<float>(dim, 1.0f), gl::F32));
-  };
-  mat("token_embd.weight", vocab, dim, 0.1);
-  for (std::uint32_t l = 0; l < layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    ones(p + "attn_norm.weight");
-    mat(p + "attn_q.weight", dim, dim, 1 / 16.0);
-    mat(p + "attn_k.weight", kv_dim, dim, 1 / 16.0);
-    mat(p + "attn_v.weight", kv_dim, dim, 1 / 16.0);
-    mat(p + "attn_output.weight", dim, dim, 1 / 16.0);
-    ones(p + "ffn_norm.weight");
-    mat(p + "ffn_gate.weight", hidden, dim, 1 / 16.0);
-    mat(p + "ffn_down.weight", dim, hidden, 1 / std::sqrt(288.0));
-    mat(p + "ffn_up.weight", hidden, dim, 1 / 16.0);
-  }
-  ones("output_norm.weight");
-  if (!tied) mat("output.weight", vocab, dim, 1 / 16.0);
-  b.write(out);
-  return 0;
+  return write_synth(out, {"mix256", 288, layers, heads, heads_kv, tied});
 }
 
 std::uint32_t kv_u32(const gl::File& f, const std::string& key, std::uint32_t fallback) {
