@@ -163,6 +163,42 @@ TEST_CASE("the reader on a file from the independent writer: key-value bytes and
   CHECK_THROWS_AS(g.read_matrix(*g.find("n")), loftq::Error);  // 1-D
 }
 
+TEST_CASE("integer_value: every scalar integer type, zero extended; nothing else") {
+  gl::Builder b;
+  b.add_int("u8", gl::T_U8, 0xfe, 1);
+  b.add_int("i8", gl::T_I8, 0xff, 1);  // -1
+  b.add_int("u16", gl::T_U16, 0xbeef, 2);
+  b.add_int("i16", gl::T_I16, 0x8000, 2);
+  b.add_u32("u32", 4096);
+  b.add_int("i32", gl::T_I32, 0xffffffffu, 4);  // -1
+  b.add_int("u64", gl::T_U64, 0x0123456789abcdefull, 8);
+  b.add_int("i64", gl::T_I64, 0x8000000000000000ull, 8);
+  b.add_f32("f32", 2.0f);
+  b.add_string("s", "12");
+  b.add_string_array("a", {"1"});
+  TempFile f;
+  f.write(b.bytes());
+  const gio::GgufFile g(f.path);
+  const std::pair<const char*, std::uint64_t> expect[] = {{"u8", 0xfe},
+                                                          {"i8", 0xff},
+                                                          {"u16", 0xbeef},
+                                                          {"i16", 0x8000},
+                                                          {"u32", 4096},
+                                                          {"i32", 0xffffffffu},
+                                                          {"u64", 0x0123456789abcdefull},
+                                                          {"i64", 0x8000000000000000ull}};
+  for (const auto& e : expect) {
+    std::uint64_t v = 7;
+    CHECK_MESSAGE(g.integer_value(e.first, v), e.first);
+    CHECK_MESSAGE(v == e.second, e.first);
+  }
+  for (const char* k : {"f32", "s", "a", "absent"}) {
+    std::uint64_t v = 7;
+    CHECK_MESSAGE(!g.integer_value(k, v), k);
+    CHECK(v == 7);
+  }
+}
+
 TEST_CASE("ggml block bytes decode, by ggml's rules, to the library's Q bit for bit") {
   for (auto f : {loftq::GgmlFormat::q4_0, loftq::GgmlFormat::q8_0, loftq::GgmlFormat::iq4_nl})
     for (bool search : {false, true})

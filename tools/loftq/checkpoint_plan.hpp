@@ -6,6 +6,7 @@
 #include "staged_output.hpp"
 
 #include <loftq/io/bnb.hpp>
+#include <loftq/io/packed_file.hpp>
 #include <loftq/io/peft.hpp>
 #include <loftq/io/safetensors.hpp>
 

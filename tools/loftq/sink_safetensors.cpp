@@ -8,6 +8,7 @@
 #include "source_safetensors.hpp"
 
 #include <loftq/io/bnb.hpp>
+#include <loftq/io/packed_file.hpp>
 #include <loftq/io/peft.hpp>
 
 namespace loftq_cli {

@@ -1,0 +1,64 @@
+// Scratch files, seeded matrices, error codes and LoftQ results for the
+// file-format tests of loftq/io (PEFT adapters, packed files, bitsandbytes).
+#pragma once
+
+#include <loftq/loftq.hpp>
+
+#include <filesystem>
+#include <optional>
+#include <random>
+#include <string>
+
+#include <unistd.h>
+
+namespace io_test {
+
+namespace fs = std::filesystem;
+
+// One scratch directory per process, removed at exit.
+struct ScratchDir {
+  fs::path path;
+  ScratchDir() {
+    path = fs::temp_directory_path() / ("loftq_test_io_" + std::to_string(static_cast<long>(::getpid())));
+    fs::create_directories(path);
+  }
+  ~ScratchDir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+inline std::string scratch(const std::string& name) {
+  static ScratchDir dir;
+  return (dir.path / name).string();
+}
+
+inline Eigen::MatrixXf random_matrix(Eigen::Index m, Eigen::Index n, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 1.0f);
+  Eigen::MatrixXf W(m, n);
+  for (Eigen::Index i = 0; i < W.size(); ++i) W.data()[i] = g(rng);
+  return W;
+}
+
+template <class F>
+std::optional<loftq::Errc> error_code_of(F&& f) {
+  try {
+    f();
+  } catch (const loftq::Error& e) {
+    return e.code();
+  }
+  return std::nullopt;
+}
+
+inline loftq::Result<float> loftq_result(const Eigen::MatrixXf& W, int bits, Eigen::Index rank, bool double_quant) {
+  loftq::Options opt;
+  opt.rank = rank;
+  opt.iterations = 2;
+  loftq::Quantizer q(loftq::Quantizer::Kind::normal_float, bits, 64, true);
+  loftq::Result<float> r = loftq::initialize(W, q, opt);
+  if (double_quant) loftq::double_quantize(W, r, opt);
+  return r;
+}
+
+}  // namespace io_test
