@@ -1,6 +1,6 @@
 // ggml's K formats as LoftQ quantizers (ggml_quantizer.hpp, ggml_format.hpp):
 // the stored super-blocks decoded by an independent reading of ggml-common.h
-// (common/gguf_layout.hpp) give Q bit for bit, the search never loses to
+// (common/ggml_layout.hpp) give Q bit for bit, the search never loses to
 // ggml's block, LoftQ runs in each format, and with scale_search off the
 // bytes are ggml's own, checked against ggml_quantize_chunk of a prebuilt
 // llama.cpp when one is available.
@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "common/matrices.hpp"
-#include "common/gguf_layout.hpp"
+#include "common/ggml_layout.hpp"
 
 namespace {
 
