@@ -23,7 +23,7 @@
 
 #include <loftq/ggml_format.hpp>
 #include <loftq/io/gguf.hpp>
-#include <loftq/io/detail/dtypes.hpp>
+#include <loftq/io/dtype.hpp>
 #include <loftq/io/peft.hpp>
 
 #include <algorithm>
@@ -78,8 +78,8 @@ Stored store(const loftq::RowMatrix<float>& M, io::GgmlType type, const std::str
     const bool f16 = type == io::GgmlType::F16;
     s.bytes.resize(n * 2);
     for (std::size_t i = 0; i < n; ++i) {
-      const std::uint16_t h = f16 ? loftq::detail::float_to_half(M.data()[i]) : io::float_to_bf16(M.data()[i]);
-      s.value.data()[i] = f16 ? loftq::detail::half_to_float(h) : io::bf16_to_float(h);
+      const std::uint16_t h = f16 ? io::float_to_half(M.data()[i]) : io::float_to_bf16(M.data()[i]);
+      s.value.data()[i] = f16 ? io::half_to_float(h) : io::bf16_to_float(h);
       s.bytes[2 * i] = static_cast<unsigned char>(h & 0xffu);
       s.bytes[2 * i + 1] = static_cast<unsigned char>(h >> 8);
     }

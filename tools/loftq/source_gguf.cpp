@@ -5,7 +5,7 @@
 
 #include <loftq/ggml_format.hpp>
 #include <loftq/ggml_quantizer.hpp>
-#include <loftq/io/detail/dtypes.hpp>
+#include <loftq/io/dtype.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -48,14 +48,9 @@ std::string joined(const std::vector<std::string>& v) {
 int hparam(const io::GgufFile& f, const std::string& key, int fallback) {
   const io::GgufKV* kv = f.find_kv(key);
   if (!kv) return fallback;
-  static const std::map<io::GgufValueType, int> widths = {
-      {io::GgufValueType::UINT8, 1},  {io::GgufValueType::INT8, 1},   {io::GgufValueType::UINT16, 2},
-      {io::GgufValueType::INT16, 2},  {io::GgufValueType::UINT32, 4}, {io::GgufValueType::INT32, 4},
-      {io::GgufValueType::UINT64, 8}, {io::GgufValueType::INT64, 8}};
-  const auto w = widths.find(kv->type);
-  if (w == widths.end() || kv->value.size() != static_cast<std::size_t>(w->second))
+  std::uint64_t v = 0;
+  if (!f.integer_value(key, v))
     throw InputError{f.path() + ": " + printable(key) + " is not an integer (a per-layer array is not supported)"};
-  const std::uint64_t v = io::detail::get_le(kv->value.data(), w->second);
   if (v > 1000000) throw InputError{f.path() + ": " + printable(key) + " = " + std::to_string(v) + " is out of range"};
   return static_cast<int>(v);
 }

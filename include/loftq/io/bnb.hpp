@@ -165,7 +165,7 @@ inline void write_bnb_nf4(SafetensorsWriter& w, const BnbTarget& t, const Packed
   require(P.bits == 4 && P.codebook.size() == 16, Errc::unsupported,
           who + ": bitsandbytes has 4-bit NF4 only (got " + std::to_string(P.bits) + " bits)");
   const std::vector<float>& nf4 = bnb_nf4_table();
-  require(std::memcmp(P.codebook.data(), nf4.data(), 16 * sizeof(float)) == 0, Errc::unsupported,
+  require(std::equal(nf4.begin(), nf4.end(), P.codebook.begin()), Errc::unsupported,
           who + ": the codebook is not bitsandbytes' NF4 table");
   require(P.scale_mode == ScaleMode::absmax && !P.double_quantized(), Errc::unsupported,
           who + ": bitsandbytes needs absmax scales (without this project's int8 double quantization)");
@@ -248,7 +248,7 @@ inline std::vector<std::string> bnb_skip_modules(const std::vector<std::string>&
   };
   bool head_quantized = false;
   for (const std::string& q : quantized) head_quantized |= last(q) == "lm_head";
-  if (!head_quantized) others.push_back("lm_head");
+  if (!head_quantized) others.emplace_back("lm_head");
   std::sort(others.begin(), others.end());
   others.erase(std::unique(others.begin(), others.end()), others.end());
   for (const std::string& o : others)

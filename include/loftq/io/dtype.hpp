@@ -1,7 +1,7 @@
 #pragma once
 // The safetensors dtypes, their names and sizes, and the conversions between
 // the float dtypes and float (IEEE binary16 and bfloat16 round to nearest
-// even). Part of loftq/io/safetensors.hpp's API, kept here for its size.
+// even): the element types of safetensors and of GGUF's float tensors.
 
 #include <cstdint>
 #include <cstring>

@@ -62,7 +62,8 @@ namespace io {
 
 // Dtype, dtype_name, dtype_size, parse_dtype, is_float_dtype and the float
 // conversions (half_to_float, ..., to_float, from_float) are in
-// detail/dtypes.hpp; TensorInfo and kMaxHeaderBytes in detail/header_parser.hpp.
+// loftq/io/dtype.hpp; TensorInfo in loftq/io/tensor_info.hpp; kMaxHeaderBytes
+// in detail/header_parser.hpp.
 // Reading a sharded checkpoint's index is detail/checkpoint_index.hpp;
 // TensorDecl and the writer's header are in detail/header_writer.hpp.
 

@@ -419,6 +419,7 @@ class StatisticsWriter {
 inline void write_statistics(const std::string& path, const std::map<std::string, InputStatistics>& stats,
                              const std::map<std::string, std::string>& shares = {}, Dtype dtype = Dtype::F32) {
   std::vector<StatisticsDecl> decls;
+  decls.reserve(stats.size());
   for (const auto& s : stats) decls.push_back({s.first, s.second.features(), s.second.mode()});
   StatisticsWriter w(path, decls, shares, dtype);
   for (const auto& s : stats) w.write(s.first, s.second);

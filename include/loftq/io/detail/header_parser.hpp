@@ -11,7 +11,8 @@
 #include <vector>
 
 #include "loftq/error.hpp"
-#include "loftq/io/detail/dtypes.hpp"
+#include "loftq/io/dtype.hpp"
+#include "loftq/io/tensor_info.hpp"
 #include "loftq/io/detail/strict_json.hpp"
 
 namespace loftq {
@@ -19,15 +20,6 @@ namespace io {
 
 // Header length cap: the reference implementation uses 100 MB as well.
 constexpr std::uint64_t kMaxHeaderBytes = 100u * 1000u * 1000u;
-
-struct TensorInfo {
-  std::string name;
-  Dtype dtype = Dtype::F32;
-  std::vector<std::uint64_t> shape;
-  std::uint64_t begin = 0, end = 0;  // byte offsets within the data section
-  std::uint64_t numel = 1;
-  std::uint64_t nbytes() const { return end - begin; }
-};
 
 namespace detail {
 

@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "loftq/error.hpp"
-#include "loftq/io/detail/dtypes.hpp"
+#include "loftq/io/dtype.hpp"
 #include "loftq/io/detail/strict_json.hpp"
 
 namespace loftq {
