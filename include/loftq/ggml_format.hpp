@@ -231,6 +231,7 @@ inline GgmlFormat ggml_format_from_name(const std::string& name) {
 inline const std::vector<float>& ggml_levels(GgmlFormat f) {
   auto range = [](int lo, int n) {
     std::vector<float> v;
+    v.reserve(static_cast<std::size_t>(n));
     for (int c = 0; c < n; ++c) v.push_back(static_cast<float>(lo + c));
     return v;
   };
@@ -238,11 +239,13 @@ inline const std::vector<float>& ggml_levels(GgmlFormat f) {
                                   k6 = range(-32, 64);
   static const std::vector<float> q4 = [] {
     std::vector<float> v;
+    v.reserve(16);
     for (int c = 0; c < 16; ++c) v.push_back(static_cast<float>(c - 8));
     return v;
   }();
   static const std::vector<float> q8 = [] {
     std::vector<float> v;
+    v.reserve(256);
     for (int c = 0; c < 256; ++c) v.push_back(static_cast<float>(c - 128));
     return v;
   }();

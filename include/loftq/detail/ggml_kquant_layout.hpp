@@ -167,7 +167,8 @@ inline void kblock_unpack(GgmlFormat f, const unsigned char* p, KBlock& b) {
         const int v = ((lo >> (4 * (g >> 1))) & 0xF) | (((p[128 + 32 * h + l] >> (2 * g)) & 3) << 4);
         b.q[e] = static_cast<std::uint8_t>(v);
       }
-      for (int i = 0; i < 16; ++i) b.sc[i] = static_cast<std::int8_t>(p[192 + i]);
+      // The scales are int8 stored as bytes: sign-extend by value.
+      for (int i = 0; i < 16; ++i) b.sc[i] = p[192 + i] < 128 ? int{p[192 + i]} : int{p[192 + i]} - 256;
       b.d = get16(p + 208);
       return;
     case GgmlFormat::iq4_xs: {  // d, scales_h (u16), scales_l[4], qs[128]

@@ -246,7 +246,7 @@ inline void kref_q2_K(const float* x, unsigned char* p) {
     for (int j = 0; j < 16; ++j) sc[j] = static_cast<std::uint8_t>(knearest(kmul(iscale, scales[j])));
     dh = float_to_half(max_scale / q4scale);
   } else {
-    for (int j = 0; j < 16; ++j) sc[j] = 0;
+    for (auto& s : sc) s = 0;
     dh = float_to_half(0.f);
   }
   if (max_min > 0) {
