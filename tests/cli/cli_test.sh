@@ -166,6 +166,56 @@ usage)
   [ "$(tree_listing | tr '\n' ' ')" = "./W.npy " ] || fail "stray files: $(tree_listing)"
   ;;
 
+numeric_values)
+  # Every option that takes a number (N, A, B, X or K/N in the help) follows
+  # one rule: decimal digits (a fraction and an exponent where the value is
+  # not a count), nothing around them. Anything else is a usage error (exit 2)
+  # in one line naming the option, before any file is looked at.
+  expect_rc 0 --help-markdown
+  opts=$(awk '/^## loftq /{cmd=$3} /^\| `--[a-z-]+` \| `(N|A|B|X|K\/N)` \|/{gsub(/[`|]/, ""); print cmd "," $1 "," $2}' \
+    "$out_file")
+  for o in init,--bits init,--rank init,--iters init,--block-size init,--seed init,--threads model,--bits-budget \
+    model,--lora-alpha model,--shard model,--calibration-damping calibrate,--threads; do
+    grep -q "^$o," <<<"$opts" || fail "the help lists no numeric option $o (found: $(echo $opts))"
+  done
+  base() {
+    case $1 in
+      calibrate) echo "calibrate --input m --tokens t.npy --output o" ;;
+      *) echo "$1 --input missing.bin --output o" ;;
+    esac
+  }
+  # Every malformed form on one option of each kind, the commonest on all.
+  all_forms=(" 8" "8 " $'\t8' "8abc" "0x8" "0X8" "nan" "NAN" "inf" "-inf" "infinity" "+8" "-8" "" "8," "8.0.0" "1e" "e3"
+    "1e999999" "99999999999999999999999" $'8\n' $'\xef\xbc\x98' "8_0" "0b1")
+  some_forms=(" 8" "8 " "8abc" "0x8" "nan" "inf" "+8" "-8" "" "1e999999")
+  n=0
+  while IFS=, read -r cmd opt kind; do
+    case $cmd,$opt,$kind in
+      init,--rank,*) bad=("${all_forms[@]}" "1e3" "1.5" "8." ".8") ;;
+      model,--lora-alpha,*) bad=("${all_forms[@]}" "1e-999999") ;;
+      *,K/N) bad=(" 1/2" "1/2 " "1/ 2" "0x1/2" "1/2abc" "1e0/2" "-1/2" "1/-2" "/2" "1/" "1/2/3" "+1/2" "3/2" "0/2") ;;
+      *,N) bad=("${some_forms[@]}" "1e3") ;;
+      *) bad=("${some_forms[@]}") ;;
+    esac
+    for v in "${bad[@]}"; do
+      # shellcheck disable=SC2046
+      run $(base "$cmd") "$opt=$v"
+      [ "$rc" -eq 2 ] || { show; fail "$cmd $opt='$v': exit $rc, expected 2"; }
+      [ "$(wc -l <"$err_file")" -eq 1 ] || { show; fail "$cmd $opt='$v': stderr is not one line"; }
+      grep -q -- "$opt: invalid value" "$err_file" || { show; fail "$cmd $opt='$v': the message is not '$opt: invalid value ...'"; }
+      n=$((n + 1))
+    done
+  done <<<"$opts"
+  [ -z "$(tree_listing)" ] || fail "files created: $(tree_listing)"
+  # The documented forms are accepted: the run gets as far as the missing input (exit 1).
+  for ok in "--rank 08" "--seed 18446744073709551615" "--lora-alpha 1e3" "--lora-alpha 0.5" "--lora-alpha .5" \
+    "--lora-alpha 1E+2" "--bits-budget 2.5" "--calibration-damping 0 --calibration c" "--shard 2/3"; do
+    # shellcheck disable=SC2086
+    expect_rc 1 model --input missing.bin --output o $ok
+  done
+  echo "$n malformed values refused"
+  ;;
+
 bad_input)
   make_w W.npy 64x128 f4 C
   make_w W3.npy 4x8x8 f4 C
