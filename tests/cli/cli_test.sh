@@ -429,6 +429,54 @@ existing_dir)
   [ -z "$(ls -d out.* 2>/dev/null)" ] || fail "temporary left behind"
   ;;
 
+init_publish_crash)
+  # SIGKILL at each rename, link and unlink an init into an earlier init's
+  # output makes (strace fault injection, one point at a time): DIR holds the
+  # previous set or the new one, never a mix, and the next run, even one
+  # that fails, leaves nothing else behind.
+  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
+  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  make_w W.npy 64x96 f4 C
+  expect_rc 0 init --quiet --input W.npy --output ref_old --rank 4 --iters 1
+  expect_rc 0 init --quiet --input W.npy --output ref_new --rank 8 --iters 1
+  digest() {  # DIR: its file names and contents, the report by its rank (it records timings)
+    [ -d "$1" ] || { echo missing; return; }
+    (cd "$1" && for f in $(ls -A | LC_ALL=C sort); do
+      echo "$f"
+      if [ "$f" = report.json ]; then grep -o '"rank": [0-9]*' "$f"; else sha256sum <"$f"; fi
+    done) | sha256sum
+  }
+  old=$(digest ref_old) new=$(digest ref_new)
+  [ "$old" != "$new" ] || fail "the two outputs are alike; nothing to tell them apart"
+  points=0
+  for sc in rename renameat2 link unlink unlinkat; do
+    for n in $(seq 1 40); do
+      rm -rf out
+      cp -a ref_old out
+      strace -f -o /dev/null -e "inject=$sc:signal=SIGKILL:when=$n" \
+        "$LOFTQ" init --quiet --input W.npy --output out --rank 8 --iters 1 >"$out_file" 2>"$err_file"
+      rc=$?
+      state=$(digest out)
+      if [ "$rc" -eq 0 ]; then
+        [ "$state" = "$new" ] || fail "$sc #$n: exit 0 without the new output"
+        break
+      fi
+      points=$((points + 1))
+      [ "$state" = "$old" ] || [ "$state" = "$new" ] ||
+        fail "killed at $sc #$n: out is neither the previous set nor the new one ($(ls -A out 2>&1))"
+      # The next run for out, refused after its checks (rank 65 > 64), clears up.
+      run init --quiet --input W.npy --output out --rank 65
+      [ "$rc" -eq 1 ] || { show; fail "$sc #$n: the next run exited $rc"; }
+      state=$(digest out)
+      [ "$state" = "$old" ] || [ "$state" = "$new" ] || fail "killed at $sc #$n, then a run: out is a mix"
+      [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "W.npy out ref_new ref_old " ] ||
+        fail "killed at $sc #$n, then a run: left behind: $(ls -A)"
+    done
+  done
+  [ "$points" -ge 4 ] || fail "only $points kill points reached"
+  echo "$points kill points"
+  ;;
+
 interrupt)
   # A run killed while it computes leaves nothing behind. If the machine is
   # so fast that the run finishes first, its output must be complete.
