@@ -4,6 +4,8 @@
 //                                                   llama.cpp loads (exit 77 when BIN is absent)
 //   gguftool synth OUT.gguf [VARIANT]               odd shapes and types, alignment 64,
 //                                                   assorted key-value types
+//   gguftool synth_big OUT.gguf MIB                 one small target and a MIB MiB F16 output.weight
+//                                                   of zeros, left sparse in the file
 //   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]
 //   gguftool mix_synth OUT.gguf [falcon|moe]        a 4-layer llama (GQA, width 256, FFN 288,
 //                                                   vocabulary 4200, an output.weight) for the mixes
@@ -38,6 +40,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <map>
@@ -164,6 +167,22 @@ int cmd_synth(const std::string& out, const std::string& variant) {
   b.add_tensor("blk.0.extra", {2, 3, 5}, gl::I32, ints);
   b.add_tensor("blk.1.ffn_up.weight", {128, 48}, gl::F32, gl::Builder::encode_floats(rnd(128 * 48), gl::F32));
   b.write(out);
+  return 0;
+}
+
+int cmd_synth_big(const std::string& out, std::uint64_t mib) {
+  std::mt19937 g(7);
+  std::normal_distribution<float> N(0.0f, 0.05f);
+  std::vector<float> w(96 * 64);
+  for (float& x : w) x = N(g);
+  gl::Builder b;
+  b.add_string("general.architecture", "llama");
+  b.add_tensor("blk.0.attn_q.weight", {96, 64}, gl::F32, gl::Builder::encode_floats(w, gl::F32));
+  // Last, with its bytes left out: the file is then extended over them, a hole that reads as zeros.
+  const std::uint64_t cols = 4096, rows = mib * (std::uint64_t(1) << 20) / (2 * cols);
+  b.add_tensor("output.weight", {cols, rows}, gl::F16, {});
+  b.write(out);
+  std::filesystem::resize_file(out, std::filesystem::file_size(out) + 2 * cols * rows);
   return 0;
 }
 
@@ -431,6 +450,7 @@ int main(int argc, char** argv) {
   try {
     if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
+    if (a.size() == 3 && a[0] == "synth_big") return cmd_synth_big(a[1], std::stoull(a[2]));
     if ((a.size() == 2 || a.size() == 3) && a[0] == "mix_synth") return cmd_mix_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 7 && a[0] == "verify_mix")
       return cmd_verify_mix(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), a[6]);
@@ -441,7 +461,7 @@ int main(int argc, char** argv) {
     die(e.what());
   }
   std::fprintf(stderr,
-               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | "
+               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | synth_big OUT MIB | "
                "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE] | mix_synth OUT [falcon|moe] | "
                "verify_mix IN DIR MIX RANK ITERS SCALE\n");
   return 2;

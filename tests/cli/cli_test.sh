@@ -166,6 +166,56 @@ usage)
   [ "$(tree_listing | tr '\n' ' ')" = "./W.npy " ] || fail "stray files: $(tree_listing)"
   ;;
 
+numeric_values)
+  # Every option that takes a number (N, A, B, X or K/N in the help) follows
+  # one rule: decimal digits (a fraction and an exponent where the value is
+  # not a count), nothing around them. Anything else is a usage error (exit 2)
+  # in one line naming the option, before any file is looked at.
+  expect_rc 0 --help-markdown
+  opts=$(awk '/^## loftq /{cmd=$3} /^\| `--[a-z-]+` \| `(N|A|B|X|K\/N)` \|/{gsub(/[`|]/, ""); print cmd "," $1 "," $2}' \
+    "$out_file")
+  for o in init,--bits init,--rank init,--iters init,--block-size init,--seed init,--threads model,--bits-budget \
+    model,--lora-alpha model,--shard model,--calibration-damping calibrate,--threads; do
+    grep -q "^$o," <<<"$opts" || fail "the help lists no numeric option $o (found: $(echo $opts))"
+  done
+  base() {
+    case $1 in
+      calibrate) echo "calibrate --input m --tokens t.npy --output o" ;;
+      *) echo "$1 --input missing.bin --output o" ;;
+    esac
+  }
+  # Every malformed form on one option of each kind, the commonest on all.
+  all_forms=(" 8" "8 " $'\t8' "8abc" "0x8" "0X8" "nan" "NAN" "inf" "-inf" "infinity" "+8" "-8" "" "8," "8.0.0" "1e" "e3"
+    "1e999999" "99999999999999999999999" $'8\n' $'\xef\xbc\x98' "8_0" "0b1")
+  some_forms=(" 8" "8 " "8abc" "0x8" "nan" "inf" "+8" "-8" "" "1e999999")
+  n=0
+  while IFS=, read -r cmd opt kind; do
+    case $cmd,$opt,$kind in
+      init,--rank,*) bad=("${all_forms[@]}" "1e3" "1.5" "8." ".8") ;;
+      model,--lora-alpha,*) bad=("${all_forms[@]}" "1e-999999") ;;
+      *,K/N) bad=(" 1/2" "1/2 " "1/ 2" "0x1/2" "1/2abc" "1e0/2" "-1/2" "1/-2" "/2" "1/" "1/2/3" "+1/2" "3/2" "0/2") ;;
+      *,N) bad=("${some_forms[@]}" "1e3") ;;
+      *) bad=("${some_forms[@]}") ;;
+    esac
+    for v in "${bad[@]}"; do
+      # shellcheck disable=SC2046
+      run $(base "$cmd") "$opt=$v"
+      [ "$rc" -eq 2 ] || { show; fail "$cmd $opt='$v': exit $rc, expected 2"; }
+      [ "$(wc -l <"$err_file")" -eq 1 ] || { show; fail "$cmd $opt='$v': stderr is not one line"; }
+      grep -q -- "$opt: invalid value" "$err_file" || { show; fail "$cmd $opt='$v': the message is not '$opt: invalid value ...'"; }
+      n=$((n + 1))
+    done
+  done <<<"$opts"
+  [ -z "$(tree_listing)" ] || fail "files created: $(tree_listing)"
+  # The documented forms are accepted: the run gets as far as the missing input (exit 1).
+  for ok in "--rank 08" "--seed 18446744073709551615" "--lora-alpha 1e3" "--lora-alpha 0.5" "--lora-alpha .5" \
+    "--lora-alpha 1E+2" "--bits-budget 2.5" "--calibration-damping 0 --calibration c" "--shard 2/3"; do
+    # shellcheck disable=SC2086
+    expect_rc 1 model --input missing.bin --output o $ok
+  done
+  echo "$n malformed values refused"
+  ;;
+
 bad_input)
   make_w W.npy 64x128 f4 C
   make_w W3.npy 4x8x8 f4 C
@@ -377,6 +427,54 @@ existing_dir)
   check_outputs out 64 128 4
   [ "$(ls -A out | wc -l)" -eq 5 ] || fail "out/ holds $(ls -A out)"
   [ -z "$(ls -d out.* 2>/dev/null)" ] || fail "temporary left behind"
+  ;;
+
+init_publish_crash)
+  # SIGKILL at each rename, link and unlink an init into an earlier init's
+  # output makes (strace fault injection, one point at a time): DIR holds the
+  # previous set or the new one, never a mix, and the next run, even one
+  # that fails, leaves nothing else behind.
+  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
+  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  make_w W.npy 64x96 f4 C
+  expect_rc 0 init --quiet --input W.npy --output ref_old --rank 4 --iters 1
+  expect_rc 0 init --quiet --input W.npy --output ref_new --rank 8 --iters 1
+  digest() {  # DIR: its file names and contents, the report by its rank (it records timings)
+    [ -d "$1" ] || { echo missing; return; }
+    (cd "$1" && for f in $(ls -A | LC_ALL=C sort); do
+      echo "$f"
+      if [ "$f" = report.json ]; then grep -o '"rank": [0-9]*' "$f"; else sha256sum <"$f"; fi
+    done) | sha256sum
+  }
+  old=$(digest ref_old) new=$(digest ref_new)
+  [ "$old" != "$new" ] || fail "the two outputs are alike; nothing to tell them apart"
+  points=0
+  for sc in rename renameat2 link unlink unlinkat; do
+    for n in $(seq 1 40); do
+      rm -rf out
+      cp -a ref_old out
+      strace -f -o /dev/null -e "inject=$sc:signal=SIGKILL:when=$n" \
+        "$LOFTQ" init --quiet --input W.npy --output out --rank 8 --iters 1 >"$out_file" 2>"$err_file"
+      rc=$?
+      state=$(digest out)
+      if [ "$rc" -eq 0 ]; then
+        [ "$state" = "$new" ] || fail "$sc #$n: exit 0 without the new output"
+        break
+      fi
+      points=$((points + 1))
+      [ "$state" = "$old" ] || [ "$state" = "$new" ] ||
+        fail "killed at $sc #$n: out is neither the previous set nor the new one ($(ls -A out 2>&1))"
+      # The next run for out, refused after its checks (rank 65 > 64), clears up.
+      run init --quiet --input W.npy --output out --rank 65
+      [ "$rc" -eq 1 ] || { show; fail "$sc #$n: the next run exited $rc"; }
+      state=$(digest out)
+      [ "$state" = "$old" ] || [ "$state" = "$new" ] || fail "killed at $sc #$n, then a run: out is a mix"
+      [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "W.npy out ref_new ref_old " ] ||
+        fail "killed at $sc #$n, then a run: left behind: $(ls -A)"
+    done
+  done
+  [ "$points" -ge 4 ] || fail "only $points kill points reached"
+  echo "$points kill points"
   ;;
 
 interrupt)

@@ -4,6 +4,7 @@
 
 #include <loftq/io/safetensors.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <cstdint>
@@ -12,6 +13,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -211,6 +213,58 @@ TEST_CASE("writer: incomplete or undeclared writes fail and leave nothing") {
   CHECK(::access(p.c_str(), F_OK) != 0);
   CHECK_THROWS_AS(st::SafetensorsWriter(p, {{"x", st::Dtype::F32, {1}}, {"x", st::Dtype::F32, {1}}}), loftq::Error);
   CHECK_THROWS_AS(st::SafetensorsWriter(p, {{"x", st::Dtype::F32, {1ull << 62, 1ull << 62}}}), loftq::Error);
+  CHECK(::access(p.c_str(), F_OK) != 0);
+}
+
+// The header length a written file records (its first 8 bytes).
+std::uint64_t recorded_header_length(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  unsigned char b[8] = {};
+  f.read(reinterpret_cast<char*>(b), 8);
+  std::uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | b[i];
+  return n;
+}
+
+TEST_CASE("safetensors_header_size is the length of the header written, and a header readers refuse is not written") {
+  const std::string p = path_of("header_size.safetensors");
+  const std::vector<std::vector<st::TensorDecl>> decls = {{},
+                                                          {{"x", st::Dtype::F32, {}}},
+                                                          {{"a", st::Dtype::F16, {3, 5}},
+                                                           {"with \"quotes\" and \\", st::Dtype::BF16, {0}},
+                                                           {"ctl\x01\t", st::Dtype::I8, {7}},
+                                                           {"\xc3\xa9t\xc3\xa9", st::Dtype::F64, {2, 1, 9}},
+                                                           {"big", st::Dtype::U8, {1000, 3}}}};
+  const std::vector<std::map<std::string, std::string>> metas = {
+      {}, {{"format", "pt"}}, {{"k\n", "v\"\x02"}, {"loftq.tensor_bits", "{\"a\":4}"}, {"", ""}}};
+  for (const auto& d : decls)
+    for (const auto& m : metas) {
+      ::unlink(p.c_str());
+      st::SafetensorsWriter w(p, d, m);
+      for (const st::TensorDecl& t : d) {
+        std::uint64_t bytes = st::dtype_size(t.dtype);
+        for (std::uint64_t e : t.shape) bytes *= e;
+        const std::vector<unsigned char> zeros(4096);
+        for (std::uint64_t off = 0; off < bytes; off += zeros.size())
+          w.write(t.name, zeros.data(), std::min<std::uint64_t>(zeros.size(), bytes - off), off);
+      }
+      w.commit();
+      CHECK(recorded_header_length(p) == st::safetensors_header_size(d, m));
+      CHECK(st::SafetensorsFile(p).tensors().size() == d.size());
+    }
+  // A header at the limit is reached exactly; one over it is refused before the file exists.
+  const std::vector<st::TensorDecl> d = {{"w", st::Dtype::F32, {2}}};
+  auto with_fill = [](std::uint64_t n) { return std::map<std::string, std::string>{{"m", std::string(n, 'x')}}; };
+  const std::uint64_t fill = st::kMaxHeaderBytes - st::safetensors_header_size(d, with_fill(0));
+  CHECK(st::safetensors_header_size(d, with_fill(fill)) == st::kMaxHeaderBytes);
+  ::unlink(p.c_str());
+  try {
+    st::SafetensorsWriter w(p, d, with_fill(fill + 8));
+    FAIL("a header over the limit was written");
+  } catch (const loftq::Error& e) {
+    CHECK(e.code() == loftq::Errc::invalid_argument);
+    CHECK(std::string(e.what()).find("over the limit") != std::string::npos);
+  }
   CHECK(::access(p.c_str(), F_OK) != 0);
 }
 

@@ -21,6 +21,7 @@ stories() {  # OUT.gguf [f32|f16|bf16]
   [ $s -eq 0 ] || fail "gguftool stories $*"
 }
 synth() { "$TOOL" synth "$@" || fail "gguftool synth $*"; }
+synth_big() { "$TOOL" synth_big "$@" || fail "gguftool synth_big $*"; }
 verify() { "$TOOL" verify "$@" >/dev/null || fail "verify $*"; }
 no_temps() { [ -z "$(find . -name '*.tmp-*' -o -name '.loftq-tmp*')" ] || fail "temporary left behind: $(find . -name '*tmp*')"; }
 
@@ -183,6 +184,32 @@ gguf_safety)
   [ ! -e sig ] || fail "sig/ exists after SIGTERM"
   [ "$sum" = "$(sha256sum in.gguf)" ] && cmp -s in.gguf d/in.gguf || fail "an input changed"
   no_temps
+  ;;
+
+gguf_signal_copy)
+  # SIGTERM while a large tensor that is not a target is copied (4 GiB of
+  # zeros, a hole in the input): exit 130 within 1 s, nothing left behind.
+  # The copy is seen in progress by the staged bytes on disk.
+  synth_big big.gguf 4096
+  "$LOFTQ" model --input big.gguf --output out --format gguf --rank 4 --iters 1 --quiet --threads 1 \
+    >"$out_file" 2>"$err_file" &
+  pid=$!
+  kb=0
+  for _ in $(seq 1500); do
+    kb=$(du -sk out.tmp-* 2>/dev/null | awk '{s += $1} END {print s + 0}')
+    [ "$kb" -ge 65536 ] && break
+    sleep 0.01
+  done
+  [ "$kb" -ge 65536 ] || { kill -KILL "$pid"; fail "no copy in progress after 15 s ($kb KiB staged)"; }
+  t0=$(date +%s%N)
+  kill -TERM "$pid"
+  wait "$pid"
+  rc=$?
+  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+  [ "$rc" -eq 130 ] || { show; fail "SIGTERM during the copy: exit $rc, expected 130"; }
+  [ "$ms" -lt 1000 ] || fail "SIGTERM during the copy took $ms ms"
+  [ "$(ls -A)" = "big.gguf" ] || fail "left behind: $(ls -A)"
+  echo "acted on in $ms ms, $kb KiB staged at the signal"
   ;;
 
 gguf_calibration)

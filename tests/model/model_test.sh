@@ -718,6 +718,58 @@ environment)
   fi
   ;;
 
+side_once)
+  # The config and tokenizer files are read when the input is opened: an
+  # input replaced during the run (here by rename, as another run's
+  # --overwrite does) gives an output whose side files are those of the
+  # input its tensors came from.
+  synth X F32 1 2 128 256
+  printf '{"tokens": "old"}\n' >X/tokenizer.json
+  synth X2 F32 1 1 64 96
+  printf '{"model_type": "llama", "replaced": true}\n' >X2/config.json
+  printf '{"tokens": "new"}\n' >X2/tokenizer.json
+  "$LOFTQ" model --input X --output out --rank 4 --iters 40 --threads 1 --quiet >"$out_file" 2>"$err_file" &
+  pid=$!
+  for _ in $(seq 1000); do compgen -G 'out.tmp-*' >/dev/null && break; sleep 0.01; done
+  compgen -G 'out.tmp-*' >/dev/null || { kill "$pid"; fail "the run never staged"; }
+  mv X X.old && mv X2 X || fail "cannot replace X"
+  kill -0 "$pid" 2>/dev/null || fail "the run ended before its input was replaced; nothing tested"
+  wait "$pid"
+  rc=$?
+  [ "$rc" -eq 0 ] || { show; fail "exit $rc"; }
+  cmp -s X.old/config.json out/config.json || fail "config.json is not the one of the input the tensors came from"
+  cmp -s X.old/tokenizer.json out/tokenizer.json || fail "tokenizer.json is not the one of the input the tensors came from"
+  check X.old out 4 4
+  ;;
+
+header_limit)
+  # An input the readers accept whose output they would refuse (a safetensors
+  # header over 100,000,000 bytes once the output adds its metadata; an index
+  # written indented) is refused before any work, in one line naming the
+  # input, nothing staged. (expect_rc, not expect_refused: hashing the 100 MB
+  # files around each run would cost more than the runs.)
+  refused() {  # PATTERN ARGS...
+    local pattern=$1
+    shift
+    expect_rc 1 "$@"
+    [ "$(wc -l <"$err_file")" -eq 1 ] && grep -Eq -- "$pattern" "$err_file" || { show; fail "message"; }
+    [ "$(ls -A | tr '\n' ' ')" = "s sh " ] || fail "left behind: $(ls -A)"
+  }
+  synth s F32 1 1 64 96
+  "$TOOL" pad s/model.safetensors 99999960 || fail "modeltool pad"
+  # A compact index of a sharded input just under the index reader's limit.
+  synth sh F32 2 1 64 96
+  body=$(tr -d ' \n' <sh/model.safetensors.index.json)
+  pre='{"metadata":{"pad":"' rest=${body#'{"metadata":{'}
+  n=$((99999990 - ${#pre} - 2 - ${#rest}))
+  { printf '%s' "$pre"; head -c "$n" /dev/zero | tr '\0' x; printf '",%s' "$rest"; } >sh/model.safetensors.index.json
+  [ "$(stat -c %s sh/model.safetensors.index.json)" -eq 99999990 ] || fail "index size"
+  refused "^loftq: error: s: the output's model.safetensors would have a header of 10000[0-9]{4} bytes, over" \
+    model --input s --output out --rank 4 --iters 1 --quiet --bits-budget 3
+  refused "^loftq: error: sh: the output's model.safetensors.index.json would be 10000[0-9]{4} bytes, over" \
+    model --input sh --output out --rank 4 --iters 1 --quiet
+  ;;
+
 signal_latency)
   # A run waiting for another to finish publishing into the same parent
   # (its lock held here by flock(1)) still acts on SIGTERM at once.

@@ -11,6 +11,8 @@
 //                                               bit (REF: the same run in the default format, F32), or
 //                                               gives the report's error with the adapter (no REF);
 //                                               quant_state, config.json, other tensors, adapter
+//   modeltool pad FILE BYTES                    rewrite a .safetensors file with a "pad" metadata entry
+//                                               making its header exactly BYTES long (a multiple of 8)
 //   modeltool budget INPUT OUT REF B            verify a --bits-budget B output: average code bits
 //                                               <= B, mixed widths recorded everywhere, and a lower
 //                                               total ||W - Q - s B A||^2 than the output REF
@@ -260,6 +262,30 @@ int cmd_check(const std::string& input, const std::string& out, std::uint64_t r,
   return 0;
 }
 
+int cmd_pad(const std::string& file, std::uint64_t bytes) {
+  std::vector<st::TensorDecl> decls;
+  std::map<std::string, std::string> meta;
+  std::vector<std::vector<unsigned char>> data;
+  {
+    const st::SafetensorsFile f(file);
+    meta = f.metadata();
+    for (const st::TensorInfo& t : f.tensors()) {
+      decls.push_back({t.name, t.dtype, t.shape});
+      data.emplace_back(t.nbytes());
+      f.read_bytes(t, 0, t.nbytes(), data.back().data());
+    }
+  }
+  meta["pad"] = "";
+  const std::uint64_t base = st::safetensors_header_size(decls, meta);
+  require(bytes % 8 == 0 && bytes >= base, "pad: BYTES must be a multiple of 8 and at least " + std::to_string(base));
+  meta["pad"].assign(bytes - base, 'x');  // the padding of base absorbs the rest
+  require(st::safetensors_header_size(decls, meta) == bytes, "pad: header size");
+  st::SafetensorsWriter w(file, decls, meta);
+  for (std::size_t i = 0; i < decls.size(); ++i) w.write(decls[i].name, data[i].data(), data[i].size());
+  w.commit();
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -290,6 +316,7 @@ int main(int argc, char** argv) {
       loftq::io::write_npy(a[3], f.read_matrix(f.at(a[2])));
       return 0;
     }
+    if (a[0] == "pad" && a.size() == 3) return cmd_pad(a[1], std::stoull(a[2]));
     if (a[0] == "budget" && a.size() == 5) return modeltool::cmd_budget(a[1], a[2], a[3], std::stod(a[4]));
     require(false, "bad arguments");
   } catch (const Fail& e) {

@@ -6,6 +6,7 @@
 #include <loftq/io/file.hpp>
 #include <loftq/io/strict_json.hpp>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -44,23 +45,15 @@ std::string dir_of_input(const io::Checkpoint& ck, const std::string& input) {
 constexpr int kConfigDepth = 64;
 constexpr std::uint64_t kConfigMaxBytes = std::uint64_t{16} << 20;
 
-// config.json next to the checkpoint: null when there is none (or it is not
-// a regular file, which is not copied either); an InputError naming it when
-// it cannot be used. Read through the strict, bounded-depth reader.
-nlohmann::json read_config(const std::string& dir) {
-  const fs::path p = fs::path(dir) / "config.json";
-  std::error_code ec;
-  if (!fs::is_regular_file(p, ec)) return nullptr;
+// config.json's bytes parsed through the strict, bounded-depth reader; an
+// InputError naming `path` when it cannot be used.
+nlohmann::json parse_config(const std::string& path, const std::string& text) {
+  if (text.size() > kConfigMaxBytes)
+    throw InputError{path + ": larger than 16 MiB (" + std::to_string(text.size()) +
+                     " bytes); not a model configuration loftq reads"};
   try {
-    loftq::io::ReadOnlyFile f;
-    f.open(p.string());
-    if (f.size() > kConfigMaxBytes)
-      throw InputError{p.string() + ": larger than 16 MiB (" + std::to_string(f.size()) +
-                       " bytes); not a model configuration loftq reads"};
-    std::string text(static_cast<std::size_t>(f.size()), '\0');
-    f.pread_exact(reinterpret_cast<unsigned char*>(&text[0]), 0, f.size());
-    nlohmann::json j = loftq::io::parse_json_strict(text, p.string(), kConfigDepth);
-    if (!j.is_object()) throw InputError{p.string() + ": not a JSON object"};
+    nlohmann::json j = loftq::io::parse_json_strict(text, path, kConfigDepth);
+    if (!j.is_object()) throw InputError{path + ": not a JSON object"};
     return j;
   } catch (const loftq::Error& e) {
     throw InputError{e.what()};
@@ -93,6 +86,10 @@ nlohmann::json bnb_quantization_config(const io::Checkpoint& ck, const Settings&
     throw InputError{e.what()};
   }
 }
+
+// A tokenizer of the largest vocabularies is tens of MB; the bound keeps a
+// hostile side file from being held in memory for the run.
+constexpr std::uint64_t kSideFileMaxBytes = std::uint64_t{256} << 20;
 
 constexpr const char* kSideFiles[] = {"config.json",           "generation_config.json",  "tokenizer.json",
                                       "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model"};
@@ -190,9 +187,9 @@ Settings Settings::from_report(const nlohmann::json& j) {
 
 io::BnbTarget bnb_target(const Target& t) { return {t.name, t.rows, t.cols, t.info->dtype}; }
 
-void check_bnb_output(const io::Checkpoint& ck, const std::string& input, const Settings& s,
+void check_bnb_output(const io::Checkpoint& ck, const std::string& input, const SideFiles& side, const Settings& s,
                       const std::vector<Target>& targets) {
-  if (!read_config(dir_of_input(ck, input)).is_object())
+  if (!side.config.is_object())
     throw InputError{"--format bnb-nf4: no config.json next to the input " + input +
                      " (transformers reads quantization_config from it)"};
   for (const Target& t : targets) {
@@ -205,10 +202,32 @@ void check_bnb_output(const io::Checkpoint& ck, const std::string& input, const 
   (void)bnb_quantization_config(ck, s, targets);
 }
 
-void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::string& input, const Settings& s,
-                       const std::vector<std::string>& modules, const std::vector<Target>& targets) {
-  const std::string in_dir = dir_of_input(ck, input);
-  nlohmann::json config = read_config(in_dir);
+std::string output_index(const io::Checkpoint& ck, const Settings& s, const std::vector<Target>& targets) {
+  nlohmann::json idx;
+  idx["metadata"] = ck.index_metadata();
+  nlohmann::json wm = nlohmann::json::object();
+  for (const auto& kv : ck.entries()) wm[kv.first] = ck.file_name(kv.second.file);
+  if (s.bnb_nf4)
+    for (const Target& t : targets)
+      for (const io::TensorDecl& d : io::bnb_nf4_tensors(bnb_target(t), s.packing.block_size, s.packing.double_quant))
+        wm[d.name] = ck.file_name(t.file);
+  idx["weight_map"] = std::move(wm);
+  return idx.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+void check_output_index(const io::Checkpoint& ck, const std::string& input, const Settings& s,
+                        const std::vector<Target>& targets) {
+  if (!ck.sharded()) return;
+  const std::size_t n = output_index(ck, s, targets).size();
+  if (n > io::kMaxHeaderBytes)
+    throw InputError{input + ": the output's model.safetensors.index.json would be " + std::to_string(n) +
+                     " bytes, over the limit of " + std::to_string(io::kMaxHeaderBytes) +
+                     " bytes of index readers (this tool's included)"};
+}
+
+void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::string& input, const SideFiles& side,
+                       const Settings& s, const std::vector<std::string>& modules, const std::vector<Target>& targets) {
+  nlohmann::json config = side.config;
   io::LoraConfig c;
   c.r = s.rank;
   c.lora_alpha = s.alpha;
@@ -218,26 +237,11 @@ void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::s
     c.base_model_name_or_path = config["_name_or_path"].get<std::string>();
   out.write_file("adapter_config.json",
                  io::adapter_config_json(c).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-  if (ck.sharded()) {
-    nlohmann::json idx;
-    idx["metadata"] = ck.index_metadata();
-    nlohmann::json wm = nlohmann::json::object();
-    for (const auto& kv : ck.entries()) wm[kv.first] = ck.file_name(kv.second.file);
-    if (s.bnb_nf4)
-      for (const Target& t : targets)
-        for (const io::TensorDecl& d : io::bnb_nf4_tensors(bnb_target(t), s.packing.block_size, s.packing.double_quant))
-          wm[d.name] = ck.file_name(t.file);
-    idx["weight_map"] = wm;
-    out.write_file("model.safetensors.index.json",
-                   idx.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
-  }
-  // Config and tokenizer files, so DIR is a loadable base model.
-  for (const char* name : kSideFiles) {
-    const fs::path src = fs::path(in_dir) / name;
-    std::error_code ec;
-    if (s.bnb_nf4 && std::string(name) == "config.json") continue;
-    if (fs::is_regular_file(src, ec)) out.copy_file(src, name);
-  }
+  if (ck.sharded()) out.write_file("model.safetensors.index.json", output_index(ck, s, targets));
+  // Config and tokenizer files, so DIR is a loadable base model: the bytes
+  // read when the input was opened.
+  for (const auto& f : side.files)
+    if (!(s.bnb_nf4 && f.first == "config.json")) out.write_file(f.first, f.second);
   if (s.bnb_nf4) {
     if (!config.is_object()) throw InputError{"--format bnb-nf4: no config.json next to the input " + input};
     config["quantization_config"] = bnb_quantization_config(ck, s, targets);
@@ -253,13 +257,49 @@ std::vector<std::string> checkpoint_inputs(const io::Checkpoint& ck, const std::
   if (ck.sharded()) in.push_back((fs::path(dir) / "model.safetensors.index.json").string());
   for (const char* name : kSideFiles) {
     const fs::path p = fs::path(dir) / name;
-    check_side_link(p, dir);
     if (fs::exists(p, ec)) in.push_back(p.string());
   }
-  // Before any work: a config.json the output needs parsed must parse.
-  (void)read_config(dir);
   if (!ck.dir().empty()) in.push_back(ck.dir());
   return in;
+}
+
+SideFiles read_side_files(const io::Checkpoint& ck, const std::string& input) {
+  SideFiles side;
+  const std::string dir = dir_of_input(ck, input);
+  for (const char* name : kSideFiles) {
+    const fs::path p = fs::path(dir) / name;
+    check_side_link(p, dir);
+    std::error_code ec;
+    if (!fs::is_regular_file(p, ec)) continue;  // absent, or not a file: not copied
+    try {
+      loftq::io::ReadOnlyFile f;
+      f.open(p.string());
+      if (f.size() > kSideFileMaxBytes)
+        throw InputError{p.string() + ": larger than 256 MiB (" + std::to_string(f.size()) +
+                         " bytes); not a configuration or tokenizer file loftq copies"};
+      std::string bytes(static_cast<std::size_t>(f.size()), '\0');
+      if (f.size() > 0) f.pread_exact(reinterpret_cast<unsigned char*>(&bytes[0]), 0, f.size());
+      if (std::string(name) == "config.json") side.config = parse_config(p.string(), bytes);
+      side.files.emplace_back(name, std::move(bytes));
+    } catch (const loftq::Error& e) {
+      throw InputError{e.what()};
+    }
+  }
+  return side;
+}
+
+InputIdentity input_identity(const std::string& input) {
+  struct stat st;
+  if (::stat(input.c_str(), &st) != 0) return {};
+  return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino), true};
+}
+
+void check_same_input(const std::string& input, const InputIdentity& before) {
+  const InputIdentity now = input_identity(input);
+  if (!before.known || !now.known || now.dev != before.dev || now.ino != before.ino)
+    throw InputError{input +
+                     ": replaced while it was being opened; nothing was read from it that a run could use "
+                     "(run again once it is in place)"};
 }
 
 void check_checkpoint_names(const io::Checkpoint& ck, bool packed) {

@@ -62,12 +62,44 @@ struct Settings {
   static Settings from_report(const nlohmann::json& j);
 };
 
+// The config and tokenizer files next to a checkpoint, read once when the
+// input is opened (read_side_files), so an output carries the ones of the
+// input its tensors come from, whatever happens to the input during the run.
+struct SideFiles {
+  std::vector<std::pair<std::string, std::string>> files;  // name, bytes
+  nlohmann::json config;                                   // config.json parsed; null when absent
+};
+// Refuses (InputError) a config.json that does not parse (strict JSON, 64
+// levels, 16 MiB), a side file over 256 MiB, and one that is a symbolic link
+// leading out of the input directory (a Hugging Face cache snapshot's links
+// into its blobs/ excepted).
+SideFiles read_side_files(const io::Checkpoint& ck, const std::string& input);
+
+// The input path's identity (device and inode), taken before the checkpoint
+// is opened; check_same_input() after the side files are read refuses an
+// input replaced in between (renamed over, or exchanged), so the tensors and
+// the side files are those of one input.
+struct InputIdentity {
+  std::uint64_t dev = 0, ino = 0;
+  bool known = false;
+};
+InputIdentity input_identity(const std::string& input);
+void check_same_input(const std::string& input, const InputIdentity& before);
+
+// The index of a full output of a sharded input: the input's, with the
+// bitsandbytes tensors of `targets` when s.bnb_nf4.
+std::string output_index(const io::Checkpoint& ck, const Settings& s, const std::vector<Target>& targets);
+// Before any work: throws InputError, naming `input`, when that index would
+// exceed io::kMaxHeaderBytes, which the index reader refuses.
+void check_output_index(const io::Checkpoint& ck, const std::string& input, const Settings& s,
+                        const std::vector<Target>& targets);
+
 // The files a full (unsharded or merged) output has besides the tensors:
 // adapter_config.json, the index of a sharded input, config and tokenizer files.
 // With s.bnb_nf4, config.json gains the quantization_config of `targets`
 // (required then) and the index lists their bitsandbytes tensors.
-void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::string& input, const Settings& s,
-                       const std::vector<std::string>& modules, const std::vector<Target>& targets);
+void write_full_extras(StagedOutput& out, const io::Checkpoint& ck, const std::string& input, const SideFiles& side,
+                       const Settings& s, const std::vector<std::string>& modules, const std::vector<Target>& targets);
 
 // The bitsandbytes description of a target.
 io::BnbTarget bnb_target(const Target& t);
@@ -75,7 +107,7 @@ io::BnbTarget bnb_target(const Target& t);
 // Throws InputError unless a bnb-nf4 output of `targets` can be written: a
 // config.json next to the input, F32, F16 or BF16 targets, and skip modules
 // that leave every target quantized.
-void check_bnb_output(const io::Checkpoint& ck, const std::string& input, const Settings& s,
+void check_bnb_output(const io::Checkpoint& ck, const std::string& input, const SideFiles& side, const Settings& s,
                       const std::vector<Target>& targets);
 
 // The name of output file i of a full run: the input's name when sharded.
@@ -83,10 +115,6 @@ std::string base_file_name(const io::Checkpoint& ck, std::size_t i);
 
 // Every file a command reads from the checkpoint at `input`: its tensor
 // files, the index, and the config and tokenizer files an output copies.
-// Called before any work, it throws InputError for a config.json that does
-// not parse (strict JSON, 64 levels, 16 MiB) and for a side file that is a
-// symbolic link leading out of the input directory (a Hugging Face cache
-// snapshot's links into its blobs/ excepted).
 std::vector<std::string> checkpoint_inputs(const io::Checkpoint& ck, const std::string& input);
 
 // Refuses a checkpoint with a tensor file named like one of the files a full

@@ -259,7 +259,10 @@ int run_merge(const Args& a) {
   const auto t_start = std::chrono::steady_clock::now();
   const std::vector<nlohmann::json> reps = read_shard_reports(a);
   const Settings s = Settings::from_report(reps[0]["settings"]);
+  const InputIdentity input_id = input_identity(a.input);
   const io::Checkpoint ck(a.input);
+  const SideFiles side = read_side_files(ck, a.input);
+  check_same_input(a.input, input_id);
   check_checkpoint_names(ck, s.packed);
   const std::string identity = checkpoint_identity(ck);
   check_identity(a, reps, identity);
@@ -270,6 +273,9 @@ int run_merge(const Args& a) {
   for (const Target& t : plan.targets) all.push_back(&t);
   const Shards sh = open_shards(a, reps, s, plan);
   const std::map<std::string, int> bits_of = check_entries(a, sh, s, plan);
+  // The whole adapter is larger than any shard's: its header is checked here.
+  check_output_headers(a.input, ck, all, /*shard_run=*/false, s);
+  check_output_index(ck, a.input, s, plan.targets);
 
   out.stage();
   Writers w = open_writers(out, ck, all, s, bits_of);
@@ -290,7 +296,7 @@ int run_merge(const Args& a) {
   rep.tensors(sh.tensors);
   rep["shard_seconds"] = shard_seconds;
   out.write_file(kReportFile, rep.finish(total));
-  write_full_extras(out, ck, a.input, s, plan.modules, plan.targets);
+  write_full_extras(out, ck, a.input, side, s, plan.modules, plan.targets);
   out.publish();
   if (!a.quiet) {
     std::printf("loftq %s: merged %zu shards of %s -> %s (%zu target tensors), %.1f s\n", loftq::version().c_str(),

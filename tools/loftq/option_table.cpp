@@ -39,10 +39,13 @@ Check count(std::uint64_t lo, std::uint64_t hi) {
     const std::string range = std::to_string(lo) + ".." + std::to_string(hi);
     bool digits = !v.empty();
     for (char c : v) digits = digits && c >= '0' && c <= '9';
-    if (!digits) return "invalid value '" + v + "': expected a decimal integer in " + range;
     std::uint64_t x = 0;
-    const auto r = std::from_chars(v.data(), v.data() + v.size(), x);
-    if (r.ec == std::errc::result_out_of_range || x < lo || x > hi) return "value '" + v + "' is out of range " + range;
+    if (digits) {
+      const auto r = std::from_chars(v.data(), v.data() + v.size(), x);
+      digits = r.ec != std::errc::result_out_of_range;
+    }
+    // One message for a malformed value and one out of range, as number_in() gives.
+    if (!digits || x < lo || x > hi) return "invalid value '" + v + "': expected a decimal integer in " + range;
     return {};
   };
 }
@@ -69,13 +72,42 @@ Check nonempty_path() {
   return [](const std::string& v) -> std::string { return v.empty() ? "needs a non-empty path" : std::string(); };
 }
 
-// A finite number x with lo < x (open) or lo <= x (closed) and x <= hi.
+// A number as the documentation writes one: decimal digits with an optional
+// fraction and exponent ("2.5", "1e-6"), nothing around it. strtod alone
+// would also take leading blanks, a sign, hex ("0x8"), "inf" and "nan"; the
+// counts (count()) take digits only, so one rule holds for every option.
 bool parse_number(const std::string& v, double& x) {
-  if (v.empty()) return false;
+  std::size_t i = 0, digits = 0;
+  auto run = [&] {
+    std::size_t n = 0;
+    while (i < v.size() && v[i] >= '0' && v[i] <= '9') ++i, ++n;
+    return n;
+  };
+  digits = run();
+  if (i < v.size() && v[i] == '.') {
+    ++i;
+    digits += run();
+  }
+  if (digits == 0) return false;
+  if (i < v.size() && (v[i] == 'e' || v[i] == 'E')) {
+    ++i;
+    if (i < v.size() && (v[i] == '+' || v[i] == '-')) ++i;
+    if (run() == 0) return false;
+  }
+  if (i != v.size()) return false;
   char* end = nullptr;
   errno = 0;
   x = std::strtod(v.c_str(), &end);
+  // ERANGE: an overflow, or an underflow to 0 or a denormal; either is out of every range.
   return end == v.c_str() + v.size() && errno == 0 && std::isfinite(x);
+}
+
+// A number in lo..hi (both included), or the usage error naming the range.
+Check number_in(double lo, double hi, std::string expected) {
+  return [lo, hi, expected](const std::string& v) -> std::string {
+    double x = 0;
+    return parse_number(v, x) && x >= lo && x <= hi ? std::string() : "invalid value '" + v + "': expected " + expected;
+  };
 }
 
 }  // namespace
@@ -344,13 +376,8 @@ void rows_3(std::vector<OptionDef>& t, const Args& d) {
                    " (block scales not counted); measures each target at every width, then recomputes the chosen one; "
                    "not with --shard",
                kModel, false,
-               [budget_lo, budget_hi](const std::string&v) -> std::string {
-                 double x = 0;
-                 if (!parse_number(v, x) || x < budget_bits().front() || x > budget_bits().back())
-                   return "invalid value '" + v + "': expected a number of bits per weight in " + budget_lo + ".." +
-                          budget_hi;
-                 return {};
-               },
+               number_in(budget_bits().front(), budget_bits().back(),
+                         "a number of bits per weight in " + budget_lo + ".." + budget_hi),
                [](Args&a, const std::string&v) { parse_number(v, a.bits_budget); }}
                .recorded("bits_budget",
                          [](const Args&a, nlohmann::json&s) {
@@ -363,12 +390,7 @@ void rows_3(std::vector<OptionDef>& t, const Args& d) {
                  return {};
                }),
            OptionDef{"--lora-alpha", "A", "PEFT lora_alpha, a number in 1e-6..1e6 (default: r)", kModel, false,
-                     [](const std::string&v) -> std::string {
-                       double x = 0;
-                       return parse_number(v, x) && lora_alpha_in_range(x)
-                                  ? std::string()
-                                  : "invalid value '" + v + "': expected a number in 1e-6..1e6";
-                     },
+                     number_in(kLoraAlphaMin, kLoraAlphaMax, "a number in 1e-6..1e6"),
                      [](Args&a, const std::string&v) { parse_number(v, a.lora_alpha); }}
                .recorded(
                    "lora_alpha", [](const Args&a, nlohmann::json&s) { s["lora_alpha"] = alpha_of(a); },
@@ -536,13 +558,7 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
                "(default " +
                    number_text(loftq::DataAwareOptions{}.damping) + " with full statistics, " +
                    number_text(loftq::DataAwareOptions{}.diagonal_damping) + " with diagonal ones)",
-               kModel, false,
-               [](const std::string&v) -> std::string {
-                 double x = 0;
-                 return parse_number(v, x) && x >= 0 && x <= 1000
-                            ? std::string()
-                            : "invalid value '" + v + "': expected a number in 0..1000";
-               },
+               kModel, false, number_in(0, 1000, "a number in 0..1000"),
                [](Args&a, const std::string&v) { parse_number(v, a.calibration_damping); }}
                .excluding([](const Args&a) {
                  return a.calibration.empty() ? "--calibration-damping needs --calibration" : std::string();

@@ -126,7 +126,17 @@ Parsed parse_args(const std::vector<std::string>& argv) {
     for (const CommandDef& c : kCommands) known = known || first == c.name;
     if (!known) throw UsageError{"unknown command '" + first + "'"};
   }
-  std::vector<std::string> reversed(argv.rbegin(), argv.rend());
+  // CLI11 reports "--rank=" as a missing value ("1 required missing"); as
+  // "--rank ''" it is an empty value, checked like any other.
+  std::vector<std::string> reversed;
+  for (auto it = argv.rbegin(); it != argv.rend(); ++it) {
+    if (it->size() > 3 && it->compare(0, 2, "--") == 0 && it->back() == '=' && it->find('=') == it->size() - 1) {
+      reversed.emplace_back();
+      reversed.push_back(it->substr(0, it->size() - 1));
+    } else {
+      reversed.push_back(*it);
+    }
+  }
   try {
     p.app.parse(reversed);
   } catch (const CLI::CallForHelp&) {

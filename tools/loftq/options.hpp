@@ -85,7 +85,8 @@ struct Args {
 // The lora_alpha values the tool accepts (--lora-alpha and a shard's
 // report). The adapter is scaled by sqrt(r / lora_alpha): far outside this
 // range it overflows to Inf or underflows to zeros in float32.
-inline bool lora_alpha_in_range(double x) { return x >= 1e-6 && x <= 1e6; }
+constexpr double kLoraAlphaMin = 1e-6, kLoraAlphaMax = 1e6;
+inline bool lora_alpha_in_range(double x) { return x >= kLoraAlphaMin && x <= kLoraAlphaMax; }
 
 // The ggml format loftq writes for a ggml type, or none for a type it does not write (Q5_0, F16, ...).
 inline loftq::GgmlFormat ggml_format_of(loftq::io::GgmlType t) {

@@ -19,6 +19,22 @@
 
 namespace loftq_cli {
 
+// A safetensors file of the output as its writer declares it.
+struct OutputFileDecl {
+  std::string name;  // in the output directory
+  std::vector<io::TensorDecl> tensors;
+  std::map<std::string, std::string> metadata;
+};
+// The base model files' declarations (see open_base_writers).
+std::vector<OutputFileDecl> base_file_decls(const io::Checkpoint& ck, const std::vector<const Target*>& sel,
+                                            bool shard_run, const Settings& s,
+                                            const std::map<std::string, int>& bits_of);
+// Before any work: throws InputError, naming `input`, when a safetensors file
+// of the output would have a header over io::kMaxHeaderBytes, which the
+// readers (this tool's as well) refuse: the output could not be read back.
+void check_output_headers(const std::string& input, const io::Checkpoint& ck, const std::vector<const Target*>& sel,
+                          bool shard_run, const Settings& s);
+
 // The base model files: the targets `sel` with the declarations of
 // s.bnb_nf4 (bitsandbytes' tensors) or of the input (dequantized Q).
 struct BaseWriters {

@@ -32,7 +32,8 @@ class BaseSink : public Sink {
   }
   void finish(StagedOutput& out) override {
     if (!src_.shard_run())
-      write_full_extras(out, src_.checkpoint(), src_.input(), s_, src_.all().modules, src_.all().targets);
+      write_full_extras(out, src_.checkpoint(), src_.input(), src_.side_files(), s_, src_.all().modules,
+                        src_.all().targets);
   }
 
  protected:
@@ -122,7 +123,11 @@ std::unique_ptr<Sink> packed_sink(const SafetensorsSource& src, const StagedOutp
 
 void check_output(const Args& a, const Source& src) {
   const auto* st = dynamic_cast<const SafetensorsSource*>(&src);
-  if (st && a.bnb_nf4) check_bnb_output(st->checkpoint(), st->input(), Settings::of(a), st->all().targets);
+  if (!st) return;
+  const Settings s = Settings::of(a);
+  if (a.bnb_nf4) check_bnb_output(st->checkpoint(), st->input(), st->side_files(), s, st->all().targets);
+  check_output_headers(st->input(), st->checkpoint(), st->selected(), st->shard_run(), s);
+  if (!st->shard_run()) check_output_index(st->checkpoint(), st->input(), s, st->all().targets);
 }
 
 std::vector<std::unique_ptr<Sink>> open_sinks(const Args& a, const Source& src, const StagedOutput& out,

@@ -15,7 +15,8 @@ namespace loftq_cli {
 
 class SafetensorsSource : public Source {
  public:
-  // Opens the checkpoint and refuses file names an output would clash with.
+  // Opens the checkpoint, reads its side files and refuses file names an
+  // output would clash with, or an input replaced while being opened.
   explicit SafetensorsSource(const Args& a);
 
   std::vector<std::string> input_files() const override { return checkpoint_inputs(ck_, input_); }
@@ -28,6 +29,7 @@ class SafetensorsSource : public Source {
 
   const io::Checkpoint& checkpoint() const { return ck_; }
   const std::string& input() const { return input_; }
+  const SideFiles& side_files() const { return side_; }
   const Plan& all() const { return plan_; }
   // The checkpoint's view of each of targets().
   const Target& target(const ModelTarget& t) const { return *sel_[t.index]; }
@@ -36,7 +38,9 @@ class SafetensorsSource : public Source {
 
  private:
   std::string input_;
+  InputIdentity input_id_;  // taken before ck_ is opened
   io::Checkpoint ck_;
+  SideFiles side_;
   int shard_k_ = 0, shard_n_ = 0;
   Plan plan_;
   std::vector<const Target*> sel_;

@@ -312,6 +312,27 @@ void start_threads() {
 #endif
 }
 
+namespace {
+
+// True when DIR is empty or holds the marker and otherwise only regular
+// files named in `names`: the whole directory can then be swapped for the
+// new set, and the old one (marked, so a later run may remove it after a
+// crash) removed without touching anything else.
+bool only_tool_files(const fs::path& dir, const std::vector<std::string>& names) {
+  std::error_code ec;
+  bool any = false, marked = false;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    if (n != kMarkerFile && std::find(names.begin(), names.end(), n) == names.end()) return false;
+    if (!fs::is_regular_file(it->symlink_status(ec))) return false;
+    any = true;
+    marked = marked || n == kMarkerFile;
+  }
+  return !ec && (marked || !any);
+}
+
+}  // namespace
+
 fs::path normalize_output(const std::string& out) {
   fs::path p = fs::path(out).lexically_normal();
   if (!p.has_filename() && p.has_parent_path() && p != p.root_path()) p = p.parent_path();
@@ -353,6 +374,15 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
         if (fs::exists(ts) && fs::is_directory(ts))
           throw InputError{(shown_ / name).string() + ": exists and is a directory"};
       }
+      // A DIR of the tool's files only is staged beside itself and swapped
+      // whole (publish_swap), when its parent is writable and on its file
+      // system; otherwise (other files in DIR, DIR a mount point) it is staged
+      // inside and updated file by file.
+      remove_stale_staging(dir_, ".loftq-tmp-");
+      const fs::path parent = dir_.has_parent_path() ? dir_.parent_path() : fs::path(".");
+      struct stat ds, ps;
+      swap_ = only_tool_files(dir_, names_) && ::stat(dir_.c_str(), &ds) == 0 && ::stat(parent.c_str(), &ps) == 0 &&
+              ds.st_dev == ps.st_dev && ::access(parent.c_str(), W_OK | X_OK) == 0;
     }
     if (::access(dir_.c_str(), W_OK | X_OK) != 0)
       throw InputError{shown + ": output directory is not writable: " + std::strerror(errno)};
@@ -401,7 +431,7 @@ const fs::path& StagedOutput::stage() {
   // that must happen, if at all, before anything is on disk.
   start_threads();
   begin_staging();
-  const bool inside = exists_ && policy_ == Existing::update;
+  const bool inside = exists_ && policy_ == Existing::update && !swap_;
   if (!inside) make_parents();
   if (inside)
     remove_stale_staging(dir_, ".loftq-tmp-");
@@ -505,10 +535,43 @@ class PublishLock {
 void StagedOutput::publish() {
   fsync_dir(stage_);
   const PublishLock lock(dir_);
-  if (exists_ && policy_ == Existing::update)
-    publish_files();
-  else
+  if (exists_ && policy_ == Existing::update) {
+    if (!(swap_ && publish_swap())) publish_files();
+  } else {
     publish_dir();
+  }
+}
+
+bool StagedOutput::publish_swap() {
+  // DIR may have gained other files since the checks before the work; they
+  // must stay, so under the publish lock the same check again.
+  if (!only_tool_files(dir_, names_)) return false;
+  check_interrupt();  // the commit point
+  // The new set complete in DIR in one step; a crash on either side of it
+  // leaves one complete set in DIR and the other at the staging name,
+  // unlocked and marked, which the next run removes.
+  if (::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) != 0) {
+    if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) return false;  // file by file
+    throw InputError{shown_.string() + ": cannot replace the existing output: " + std::strerror(errno)};
+  }
+  const fs::path old = stage_;
+  stage_.clear();
+  release_stage_lock();
+  fsync_dir(dir_.has_parent_path() ? dir_.parent_path() : fs::path("."));
+  // The previous set goes; whatever else appeared in DIR since the check is
+  // put back into it (never replacing a file of the new set).
+  std::error_code ec;
+  for (const std::string& n : names_) ::unlink((old / n).c_str());
+  std::vector<fs::path> rest;
+  for (fs::directory_iterator it(old, ec), end; !ec && it != end; it.increment(ec))
+    if (it->path().filename() != kMarkerFile) rest.push_back(it->path());
+  for (const fs::path& p : rest)
+    (void)::renameat2(AT_FDCWD, p.c_str(), AT_FDCWD, (dir_ / p.filename()).c_str(), RENAME_NOREPLACE);
+  ::unlink((old / kMarkerFile).c_str());
+  if (::rmdir(old.c_str()) != 0)
+    std::fprintf(stderr, "loftq: warning: %s: the previous files could not all be removed or put back\n",
+                 printable(old.string()).c_str());
+  return true;
 }
 
 void StagedOutput::publish_dir() {

@@ -15,10 +15,15 @@
 //     run's DIR.old-<tag> back. Either way DIR holds a complete output
 //     whenever it exists.
 //   * DIR exists, policy update (init): only the named files are replaced and
-//     the rest of DIR is kept. The staging directory is then DIR/.loftq-tmp-
-//     <tag>, so only DIR itself must be writable and the final renames
-//     never cross a mount point; the files being replaced are hard-linked
-//     there first, so a rename failing halfway puts the old set back.
+//     the rest of DIR is kept. When DIR holds nothing but the named files and
+//     the marker (an earlier init's output) and its parent is writable and on
+//     its file system, it is staged as the sibling DIR.tmp-<tag> and swapped
+//     with DIR in one step (RENAME_EXCHANGE), so DIR holds one complete set at
+//     every instant. Otherwise (other files in DIR, or no exchange) the
+//     staging directory is DIR/.loftq-tmp-<tag> (or the sibling, renamed from)
+//     and the files are renamed one at a time; the files being replaced are
+//     hard-linked there first, so a rename failing halfway puts the old set
+//     back, but a crash between two renames leaves a mixed set.
 //   * DIR exists, policy refuse: an error before any work.
 //
 // <tag> is <pid>-<16 random hex digits>. Every staging directory carries the
@@ -102,6 +107,7 @@ class StagedOutput {
  private:
   void make_parents();
   void publish_dir();
+  bool publish_swap();  // false: not done, publish file by file
   void publish_files();
   void discard() noexcept;
   void remove_old(const fs::path& old);
@@ -110,6 +116,7 @@ class StagedOutput {
   fs::path shown_, dir_, stage_;
   Existing policy_;
   bool exists_ = false;
+  bool swap_ = false;  // update: DIR staged beside itself and swapped whole
   std::vector<InputFile> ins_;
   int stage_lock_ = -1;             // flock on the staging directory, held while it is ours
   std::vector<std::string> names_;  // update: staged files, in order

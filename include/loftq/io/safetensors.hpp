@@ -307,6 +307,15 @@ class Checkpoint {
 // ---------------------------------------------------------------------------
 // Writing
 
+// The length of the header SafetensorsWriter writes for these declarations
+// (the value of its 8-byte length field), computed entry by entry without
+// building it: a program checks its outputs against kMaxHeaderBytes, which
+// every reader enforces, before any work.
+inline std::uint64_t safetensors_header_size(const std::vector<TensorDecl>& tensors,
+                                             const std::map<std::string, std::string>& metadata = {}) {
+  return detail::header_size(tensors, metadata);
+}
+
 class SafetensorsWriter {
  public:
   // Creates a temporary file next to `path` and writes the header. Tensors go
