@@ -401,3 +401,26 @@ TEST_CASE("output_error equals the error measured on the samples, and data-aware
   CHECK_THROWS_AS(loftq::output_error(W, approx.leftCols(40), full), loftq::Error);
   CHECK_THROWS_AS(loftq::output_error(W.leftCols(40), approx.leftCols(40), full), loftq::Error);
 }
+
+TEST_CASE("data-aware: A and B are split as in the data-free result, A = U sqrt(S), B = V sqrt(S)") {
+  const RowMatrix<float> X = loftq_test::correlated_samples(400, 48, 33);
+  const RowMatrix<float> W = loftq_test::structured(24, 48, 34);
+  for (StatsMode mode : {StatsMode::full, StatsMode::diagonal}) {
+    INFO((mode == StatsMode::full ? "full" : "diagonal"));
+    InputStatistics s(48, mode);
+    s.add(X);
+    Options o;
+    o.rank = 4;
+    const auto aware = loftq::initialize(W, NormalFloat<2>{}, s, o);
+    const Eigen::MatrixXd A = aware.A.cast<double>(), B = aware.B.cast<double>();
+    const Eigen::MatrixXd AtA = A.transpose() * A, BtB = B.transpose() * B;
+    // U S V^T of A B^T, computed here: A^T A = B^T B = S.
+    const Eigen::VectorXd sv = Eigen::JacobiSVD<Eigen::MatrixXd>(A * B.transpose()).singularValues().head(4);
+    const Eigen::MatrixXd S = sv.asDiagonal();
+    CHECK((AtA - S).norm() <= 1e-5 * sv.norm());
+    CHECK((BtB - S).norm() <= 1e-5 * sv.norm());
+    // The split changes no product: the history still measures Q + A B^T.
+    const RowMatrix<float> approx = aware.Q + aware.A * aware.B.transpose();
+    CHECK(loftq::output_error(W, approx, s) == doctest::Approx(aware.error()).epsilon(1e-5));
+  }
+}
