@@ -70,7 +70,7 @@ build_tool_lib() {
   # Only what the targets call: the parser and `init` (fuzz_cli_args), the
   # shard-report checks (fuzz_json_inputs); cmd_model.cpp and cmd_merge.cpp
   # would double the build under the sanitizers. Compiled $jobs at a time.
-  for f in "$tool_dir"/{options,command_table,option_table,help,staged_output,path_safety,report,cmd_init,checkpoint_plan}.cpp; do
+  for f in "$tool_dir"/{options,command_table,option_table,option_checks,help,staged_output,staging_files,interrupt,path_safety,report,cmd_init,checkpoint_plan}.cpp; do
     o="$out/tool/$(basename "$f" .cpp).o"
     objs+=("$o")
     if [[ ! -f "$o" ]] || [[ -n "$(find "$tool_dir" "$root/include" -newer "$o" -print -quit)" ]]; then

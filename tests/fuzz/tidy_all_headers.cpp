@@ -19,7 +19,9 @@
 #include "tools/loftq/compute.hpp"
 #include "tools/loftq/content_identity.hpp"
 #include "tools/loftq/errors.hpp"
+#include "tools/loftq/interrupt.hpp"
 #include "tools/loftq/model_pipeline.hpp"
+#include "tools/loftq/option_checks.hpp"
 #include "tools/loftq/option_table.hpp"
 #include "tools/loftq/options.hpp"
 #include "tools/loftq/path_safety.hpp"
@@ -31,5 +33,6 @@
 #include "tools/loftq/source_gguf.hpp"
 #include "tools/loftq/source_safetensors.hpp"
 #include "tools/loftq/staged_output.hpp"
+#include "tools/loftq/staging_files.hpp"
 
 int main() { return 0; }

@@ -39,6 +39,7 @@
 // everything it created. publish() checks the flag one last time just before
 // its commit point.
 
+#include "interrupt.hpp"
 #include "path_safety.hpp"
 
 #include <atomic>
@@ -49,23 +50,6 @@
 namespace loftq_cli {
 
 namespace fs = std::filesystem;
-
-// Installs the SIGINT/SIGTERM/SIGHUP handlers described above.
-void install_signal_handlers();
-// Throws Interrupted when a signal arrived since stage().
-void check_interrupt();
-// Raised by the same signals; library_options() hands it to the library as
-// Options::cancel, so a signal stops a tensor's computation within a step.
-const std::atomic<bool>* cancel_flag();
-// `msg` with every staging directory this process created replaced by the
-// output it stands for: messages name the user's paths, which exist.
-std::string user_paths(std::string msg);
-// Starts the OpenMP threads a run will use (omp_get_max_threads()); throws
-// InputError when they cannot be created. stage() calls it first.
-void start_threads();
-// Back to "nothing staged": a later signal ends the process at once again.
-// For a process that runs several commands in turn (the fuzz target).
-void reset_signal_state();
 
 // DIR without trailing separators, so that DIR + ".tmp-..." is a sibling.
 fs::path normalize_output(const std::string& out);
