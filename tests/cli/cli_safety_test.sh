@@ -1,0 +1,260 @@
+#!/usr/bin/env bash
+# Tests of what the loftq tool must never do with its outputs and inputs,
+# whatever the paths, other runs or signals: overwrite an input, publish a
+# mixed set, or leave staging behind. One case per CTest test, as cli_test.sh:
+#
+#   bash cli_safety_test.sh CASE /path/to/loftq /path/to/npytool WORKDIR
+#
+# WORKDIR is wiped and rebuilt; every input is made here by npytool or printf.
+set -u
+
+# shellcheck source=../support/cli_helpers.sh
+source "$(dirname "$0")/../support/cli_helpers.sh"
+setup_case "$1" "$2" "$4"
+TOOL=$3
+
+# shellcheck source=../support/npytool_helpers.sh
+source "$(dirname "$0")/../support/npytool_helpers.sh"
+
+case "$case_name" in
+
+stdin_pipe)
+  make_w W.npy 32x64 f4 C
+  # The pipeline's last command runs in a subshell: a failure there exits it.
+  cat W.npy | expect_rc 0 init --quiet --input /dev/stdin --output out --rank 4 --iters 2 || exit 1
+  check_outputs out 32 64 4
+  # Endless data after a valid image is refused as soon as one byte too many
+  # arrives, not buffered until memory runs out.
+  # The marker goes next to WORK, where the tree listings do not see it.
+  rm -f "$WORK.drained"
+  { cat W.npy; head -c 1000000000 /dev/zero && : >"$WORK.drained"; } 2>/dev/null |
+    expect_bad_input init --quiet --input /dev/stdin --output o2 || exit 1
+  grep -q 'trailing bytes' "$err_file" || fail "no 'trailing bytes' in: $(cat "$err_file")"
+  [ ! -e "$WORK.drained" ] || fail "the tool read all the trailing data"
+  ;;
+
+output_is_file)
+  make_w W.npy 64x128 f4 C
+  printf 'precious\n' >taken
+  cp taken taken.orig
+  expect_bad_input init --input W.npy --output taken
+  cmp -s taken taken.orig || fail "the file at --output changed"
+  expect_bad_input init --input W.npy --output taken/sub
+  # An output directory whose Q.npy is a directory cannot be published.
+  mkdir -p d/Q.npy
+  expect_bad_input init --input W.npy --output d
+  # --output naming the input file itself.
+  cp W.npy W.orig
+  expect_bad_input init --input W.npy --output W.npy
+  cmp -s W.npy W.orig || fail "input changed"
+  # A name with no room for the staging suffix is refused before any work,
+  # naming the user's path rather than a staging one.
+  long=$(printf 'x%.0s' $(seq 240))
+  expect_refused "$long: output name is too long" init --input W.npy --output "$long"
+  expect_refused "$long: output name is too long" init --input W.npy --output "sub/$long"
+  ;;
+
+input_is_output)
+  make_w W.npy 64x128 f4 C
+  mkdir out
+  cp W.npy out/Q.npy
+  cp W.npy orig.npy
+  expect_bad_input init --input out/Q.npy --output out
+  expect_bad_input init --input out/Q.npy --output ./out/
+  expect_bad_input init --input ./out/../out/Q.npy --output out
+  cmp -s out/Q.npy orig.npy || fail "input out/Q.npy changed"
+  # Through a symbolic link and a hard link.
+  ln -s out/Q.npy link.npy
+  expect_bad_input init --input link.npy --output out
+  ln out/Q.npy hard.npy
+  expect_bad_input init --input hard.npy --output out
+  mkdir out2
+  ln -s ../W.npy out2/B.npy
+  expect_bad_input init --input W.npy --output out2
+  cmp -s out/Q.npy orig.npy || fail "input changed"
+  cmp -s W.npy orig.npy || fail "W.npy changed"
+  # Other names in the output directory are fine inputs.
+  cp W.npy out/W.npy
+  expect_rc 0 init --quiet --input out/W.npy --output out --rank 8 --iters 2
+  check_outputs out 64 128 8
+  cmp -s out/W.npy orig.npy || fail "input out/W.npy changed"
+  ;;
+
+resolved_paths)
+  # The output is resolved as the OS resolves it: '..' after a missing
+  # directory names nothing (not its parent), after an existing one it is
+  # the parent of the directory it really is.
+  make_w W.npy 32x64 f4 C
+  mkdir sb
+  printf 'keep\n' >sb/keep
+  expect_refused 'sb/nope does not exist' init --input W.npy --output sb/nope/.. --rank 4 --iters 1
+  mkdir -p real/d
+  ln -s real/d ld
+  expect_rc 0 init --quiet --input W.npy --output ld/../o --rank 4 --iters 1
+  check_outputs real/o 32 64 4
+  [ ! -e o ] || fail "ld/.. resolved as text"
+  # An output file through a link to the input is refused.
+  mkdir out
+  ln -s ../W.npy out/Q.npy
+  expect_refused 'the input file is an output path' init --input W.npy --output out --rank 4 --iters 1
+  ;;
+
+concurrent)
+  # Runs into one output at the same time: whatever the interleaving, the
+  # published set is one run's (Q, A, B and report.json together), and a run
+  # that finds the output created by another meanwhile fails with one line.
+  make_w W.npy 96x128 f4 C
+  for seed in 1 2; do
+    expect_rc 0 init --quiet --input W.npy --output "ref$seed" --rank 8 --iters 3 --seed "$seed"
+  done
+  cmp -s ref1/A.npy ref2/A.npy && fail "the seeds give the same A; nothing to tell the runs apart"
+  sum_of() { cat "$1/Q.npy" "$1/A.npy" "$1/B.npy" | sha256sum | cut -d' ' -f1; }
+  s1=$(sum_of ref1) s2=$(sum_of ref2)
+  mkdir shared
+  for round in 1 2 3 4 5 6; do
+    for seed in 1 2; do
+      "$LOFTQ" init --quiet --input W.npy --output shared --rank 8 --iters 3 --seed "$seed" 2>"err$seed" &
+    done
+    wait
+    got=$(sum_of shared)
+    if [ "$got" = "$s1" ]; then want=1; elif [ "$got" = "$s2" ]; then want=2; else fail "round $round: Q, A and B mix two runs"; fi
+    grep -q "\"seed\": *$want[,}]" shared/report.json || fail "round $round: report.json is not from the run that wrote Q, A and B"
+    [ -z "$(ls -A shared | grep -v -e '^Q.npy$' -e '^A.npy$' -e '^B.npy$' -e '^report.json$' -e '^.loftq-output$')" ] ||
+      fail "round $round: left in the output: $(ls -A shared)"
+  done
+  for round in 1 2 3; do
+    rm -rf fresh
+    "$LOFTQ" init --quiet --input W.npy --output fresh --rank 8 --iters 3 --seed 1 2>err1 & p1=$!
+    "$LOFTQ" init --quiet --input W.npy --output fresh --rank 8 --iters 3 --seed 2 2>err2 & p2=$!
+    wait "$p1"; r1=$?
+    wait "$p2"; r2=$?
+    case "$(sum_of fresh)" in "$s1"|"$s2") ;; *) fail "round $round: a new output mixes two runs" ;; esac
+    for k in 1 2; do
+      rc=$([ "$k" = 1 ] && echo "$r1" || echo "$r2")
+      [ "$rc" -eq 0 ] || { [ "$rc" -eq 1 ] && [ "$(wc -l <"err$k")" -eq 1 ]; } || fail "round $round: run $k exit $rc: $(cat "err$k")"
+    done
+    [ -z "$(ls -d fresh.tmp-* 2>/dev/null)" ] || fail "round $round: staging left behind"
+  done
+  ;;
+
+stale_staging)
+  # A staging directory of a process that no longer runs is removed by the
+  # next run for the same output, when it carries the marker; others stay.
+  make_w W.npy 32x64 f4 C
+  sh -c 'exit 0' &
+  dead=$!
+  wait "$dead"
+  for d in "out.tmp-$dead-0" "out.tmp-$$-0"; do
+    mkdir -p "$d"
+    : >"$d/.loftq-output"
+    printf 'partial\n' >"$d/Q.npy"
+  done
+  mkdir "out.tmp-$dead-1"
+  printf 'not ours\n' >"out.tmp-$dead-1/notes"
+  expect_rc 0 init --quiet --input W.npy --output out --rank 4 --iters 1
+  [ ! -e "out.tmp-$dead-0" ] || fail "the stale staging directory is still there"
+  [ -e "out.tmp-$$-0" ] || fail "the staging directory of a live process was removed"
+  [ -e "out.tmp-$dead-1/notes" ] || fail "a directory without the marker was removed"
+  mkdir -p "out/.loftq-tmp-$dead-0"
+  : >"out/.loftq-tmp-$dead-0/.loftq-output"
+  expect_rc 0 init --quiet --input W.npy --output out --rank 4 --iters 1
+  [ ! -e "out/.loftq-tmp-$dead-0" ] || fail "the stale staging directory inside out/ is still there"
+  check_outputs out 32 64 4
+  ;;
+
+existing_dir)
+  make_w W.npy 64x128 f4 C
+  mkdir out
+  printf 'old\n' >out/Q.npy
+  printf 'old\n' >out/report.json
+  printf 'unrelated\n' >out/notes.txt
+  expect_rc 0 init --quiet --input W.npy --output out --rank 8 --iters 3
+  check_outputs out 64 128 8
+  "$TOOL" report out/report.json 64 128 4 8 3 1 nf randomized || fail "report.json"
+  [ "$(cat out/notes.txt)" = "unrelated" ] || fail "unrelated file changed"
+  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = "A.npy B.npy Q.npy notes.txt report.json " ] ||
+    fail "out/ holds $(ls -A out)"
+  # Rerunning over a previous result replaces it.
+  expect_rc 0 init --quiet --input W.npy --output out --rank 4 --iters 2
+  check_outputs out 64 128 4
+  [ "$(ls -A out | wc -l)" -eq 5 ] || fail "out/ holds $(ls -A out)"
+  [ -z "$(ls -d out.* 2>/dev/null)" ] || fail "temporary left behind"
+  ;;
+
+init_publish_crash)
+  # SIGKILL at each rename, link and unlink an init into an earlier init's
+  # output makes (strace fault injection, one point at a time): DIR holds the
+  # previous set or the new one, never a mix, and the next run, even one
+  # that fails, leaves nothing else behind.
+  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
+  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  make_w W.npy 64x96 f4 C
+  expect_rc 0 init --quiet --input W.npy --output ref_old --rank 4 --iters 1
+  expect_rc 0 init --quiet --input W.npy --output ref_new --rank 8 --iters 1
+  digest() {  # DIR: its file names and contents, the report by its rank (it records timings)
+    [ -d "$1" ] || { echo missing; return; }
+    (cd "$1" && for f in $(ls -A | LC_ALL=C sort); do
+      echo "$f"
+      if [ "$f" = report.json ]; then grep -o '"rank": [0-9]*' "$f"; else sha256sum <"$f"; fi
+    done) | sha256sum
+  }
+  old=$(digest ref_old) new=$(digest ref_new)
+  [ "$old" != "$new" ] || fail "the two outputs are alike; nothing to tell them apart"
+  points=0
+  for sc in rename renameat2 link unlink unlinkat; do
+    for n in $(seq 1 40); do
+      rm -rf out
+      cp -a ref_old out
+      strace -f -o /dev/null -e "inject=$sc:signal=SIGKILL:when=$n" \
+        "$LOFTQ" init --quiet --input W.npy --output out --rank 8 --iters 1 >"$out_file" 2>"$err_file"
+      rc=$?
+      state=$(digest out)
+      if [ "$rc" -eq 0 ]; then
+        [ "$state" = "$new" ] || fail "$sc #$n: exit 0 without the new output"
+        break
+      fi
+      points=$((points + 1))
+      [ "$state" = "$old" ] || [ "$state" = "$new" ] ||
+        fail "killed at $sc #$n: out is neither the previous set nor the new one ($(ls -A out 2>&1))"
+      # The next run for out, refused after its checks (rank 65 > 64), clears up.
+      run init --quiet --input W.npy --output out --rank 65
+      [ "$rc" -eq 1 ] || { show; fail "$sc #$n: the next run exited $rc"; }
+      state=$(digest out)
+      [ "$state" = "$old" ] || [ "$state" = "$new" ] || fail "killed at $sc #$n, then a run: out is a mix"
+      [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "W.npy out ref_new ref_old " ] ||
+        fail "killed at $sc #$n, then a run: left behind: $(ls -A)"
+    done
+  done
+  [ "$points" -ge 4 ] || fail "only $points kill points reached"
+  echo "$points kill points"
+  ;;
+
+interrupt)
+  # A run killed while it computes leaves nothing behind. If the machine is
+  # so fast that the run finishes first, its output must be complete.
+  make_w W.npy 768x768 f4 C
+  for sig in INT TERM; do
+    rm -rf out
+    "$LOFTQ" init --quiet --input W.npy --output out --rank 32 --iters 400 --svd exact --threads 1 \
+      >/dev/null 2>"$err_file" &
+    pid=$!
+    sleep 0.5
+    kill -s "$sig" "$pid" 2>/dev/null
+    wait "$pid"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+      check_outputs out 768 768 32
+      echo "note: the run finished before SIG$sig arrived" >&2
+    else
+      [ "$rc" -eq 130 ] || fail "SIG$sig: exit status $rc, expected 130"
+      [ ! -e out ] || fail "SIG$sig: output left behind"
+    fi
+    [ "$(tree_listing | grep -v '^./out' | tr '\n' ' ')" = "./W.npy " ] || fail "SIG$sig: stray files: $(tree_listing)"
+  done
+  ;;
+
+*)
+  fail "unknown case"
+  ;;
+esac
+echo "PASS [$case_name]"
