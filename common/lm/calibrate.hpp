@@ -21,6 +21,10 @@
 // the same operands in the same order for any thread count or batch size:
 // the results are bit-identical, and equal to adding one sequence at a time.
 //
+// Weights: the whole model when given Weights; over a LayerSource
+// (layer_source.hpp), the embedding until the hidden states are made, then
+// one layer's, 4 (2 d^2 + 2 d kv + 3 d h) bytes in float (0.81 GB for 7B).
+//
 // Peak memory besides the weights, with N sequences of T tokens (the
 // longest), B = batch, d = dim, kv = kv_dim, h = hidden_dim, H = n_heads,
 // L = n_layers, s = sizeof(S):
