@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <fstream>
 #include <limits>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "common/llama2c.hpp"
@@ -159,22 +161,37 @@ TEST_CASE("defects of the last layer: headers refused at opening, values when th
     std::ofstream(dir / "short.bin", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
     refused(dir / "short.bin", loftq::Errc::parse_error, "(truncated)");
   }
-  SUBCASE("a NaN in the last layer: the layers before it are delivered, then the error") {
-    write_gguf(w, dir / "nan.gguf", GgufWeights::f32, [&](NamedTensors& t) {
+  SUBCASE("an Inf in the last layer: the layers before it are delivered, then the error") {
+    write_gguf(w, dir / "inf.gguf", GgufWeights::f32, [&](NamedTensors& t) {
       for (auto& x : t)
         if (x.first == down) x.second(1, 2) = std::numeric_limits<float>::infinity();
     });
-    const lm::LayerSource src(dir / "nan.gguf");
-    int delivered = 0;
-    lm::CalibrationOptions o;
-    o.on_layer = [&](std::vector<lm::LinearInput>&) { ++delivered; };
-    try {
-      lm::collect_statistics(src, random_sequences(w.config.vocab_size, {8}, 1), o);
-      FAIL("a non-finite weight was accepted");
-    } catch (const loftq::Error& e) {
-      CHECK(e.code() == loftq::Errc::non_finite);
-      CHECK(std::string(e.what()).find(down) != std::string::npos);
+    // The same in llama2.c's file: its down weights (w2) are the layers' in
+    // turn, each dim x hidden_dim row-major.
+    std::ifstream f(shared("stories260K.bin"), std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+    const lm::Config& c = w.config;
+    const std::uint64_t at =
+        lm::detail::layout(c, "x").w2 + static_cast<std::uint64_t>(last) * c.dim * c.hidden_dim + 1 * c.hidden_dim + 2;
+    const float inf = std::numeric_limits<float>::infinity();
+    std::memcpy(bytes.data() + lm::detail::kHeaderBytes + 4 * at, &inf, 4);
+    std::ofstream(dir / "inf.bin", std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+    const std::string bin_down = "layers." + std::to_string(last) + ".w2";
+    for (const auto& [path, tensor] : {std::pair<std::string, std::string>{dir / "inf.gguf", down},
+                                       std::pair<std::string, std::string>{dir / "inf.bin", bin_down}}) {
+      CAPTURE(path);
+      const lm::LayerSource src(path);
+      int delivered = 0;
+      lm::CalibrationOptions o;
+      o.on_layer = [&](std::vector<lm::LinearInput>&) { ++delivered; };
+      try {
+        lm::collect_statistics(src, random_sequences(w.config.vocab_size, {8}, 1), o);
+        FAIL("a non-finite weight was accepted");
+      } catch (const loftq::Error& e) {
+        CHECK(e.code() == loftq::Errc::non_finite);
+        CHECK(std::string(e.what()).find(path + ": tensor '" + tensor + "'") != std::string::npos);
+      }
+      CHECK(delivered == last);
     }
-    CHECK(delivered == last);
   }
 }
