@@ -120,44 +120,55 @@ inline void check_config(const Config& c, const std::string& name) {
   if (c.head_size() % 2 != 0) bad(name, "head_size (dim / n_heads) must be even for rotary embeddings");
 }
 
-// Element count of everything after the header, or a parse error on overflow.
-inline std::uint64_t payload_floats(const Config& c, const std::string& name) {
+// Where each array starts, in floats after the header, in the file's order
+// (token_embedding, then every layer's rms_att, every wq, ...), and the total.
+struct Layout {
+  std::uint64_t embedding = 0, rms_att = 0, wq = 0, wk = 0, wv = 0, wo = 0, rms_ffn = 0, w1 = 0, w2 = 0, w3 = 0,
+                rms_final = 0, freq_cis = 0, classifier = 0, total = 0;
+};
+
+// The layout, or a parse error when the sizes overflow.
+inline Layout layout(const Config& c, const std::string& name) {
   const std::uint64_t d = c.dim, h = c.hidden_dim, L = c.n_layers, V = c.vocab_size, kv = c.kv_dim(),
                       hs = c.head_size(), T = c.seq_len;
   // Each term is below 2^24 * 2^24 * 2^24 = 2^72 only in theory; check as we go.
-  std::uint64_t total = 0;
-  auto add = [&](std::uint64_t a, std::uint64_t b, std::uint64_t cc) {
+  Layout o;
+  auto add = [&](std::uint64_t& at, std::uint64_t a, std::uint64_t b, std::uint64_t cc) {
     const std::uint64_t lim = std::uint64_t{1} << 62;
     if (a > lim / b || a * b > lim / cc) bad(name, "array sizes overflow");
     const std::uint64_t t = a * b * cc;
-    if (t > lim - total) bad(name, "array sizes overflow");
-    total += t;
+    if (t > lim - o.total) bad(name, "array sizes overflow");
+    at = o.total;
+    o.total += t;
   };
-  add(V, d, 1);       // token_embedding
-  add(L, d, 1);       // rms_att
-  add(L, d, d);       // wq
-  add(L, kv, d);      // wk
-  add(L, kv, d);      // wv
-  add(L, d, d);       // wo
-  add(L, d, 1);       // rms_ffn
-  add(L, h, d);       // w1
-  add(L, d, h);       // w2
-  add(L, h, d);       // w3
-  add(d, 1, 1);       // rms_final
-  add(T, hs / 2, 2);  // freq_cis_real, freq_cis_imag
-  if (!c.shared_classifier) add(V, d, 1);
-  return total;
+  add(o.embedding, V, d, 1);
+  add(o.rms_att, L, d, 1);
+  add(o.wq, L, d, d);
+  add(o.wk, L, kv, d);
+  add(o.wv, L, kv, d);
+  add(o.wo, L, d, d);
+  add(o.rms_ffn, L, d, 1);
+  add(o.w1, L, h, d);
+  add(o.w2, L, d, h);
+  add(o.w3, L, h, d);
+  add(o.rms_final, d, 1, 1);
+  add(o.freq_cis, T, hs / 2, 2);  // freq_cis_real, freq_cis_imag
+  if (!c.shared_classifier) add(o.classifier, V, d, 1);
+  return o;
 }
 
-}  // namespace detail
+// Element count of everything after the header, or a parse error on overflow.
+inline std::uint64_t payload_floats(const Config& c, const std::string& name) { return layout(c, name).total; }
 
-// Parses a checkpoint image (the whole file's bytes). `name` labels messages.
-inline Weights<float> parse_checkpoint(const std::vector<unsigned char>& bytes, const std::string& name = "<memory>") {
-  constexpr std::size_t kHeader = 7 * sizeof(std::int32_t);
-  if (bytes.size() < kHeader)
-    detail::bad(name, "file has " + std::to_string(bytes.size()) + " bytes, shorter than the 28-byte header");
+constexpr std::size_t kHeaderBytes = 7 * sizeof(std::int32_t);
+
+// The configuration from the header (kHeaderBytes at `header`, read only when
+// the file has that many), checked against the file's size.
+inline Config parse_header(const unsigned char* header, std::uint64_t file_size, const std::string& name) {
+  if (file_size < kHeaderBytes)
+    bad(name, "file has " + std::to_string(file_size) + " bytes, shorter than the 28-byte header");
   std::int32_t h[7];
-  std::memcpy(h, bytes.data(), kHeader);  // little-endian hosts only, like llama2.c
+  std::memcpy(h, header, kHeaderBytes);  // little-endian hosts only, like llama2.c
   Config c;
   c.dim = h[0];
   c.hidden_dim = h[1];
@@ -165,18 +176,25 @@ inline Weights<float> parse_checkpoint(const std::vector<unsigned char>& bytes, 
   c.n_heads = h[3];
   c.n_kv_heads = h[4];
   // A negative vocab_size flags a separate classifier; INT32_MIN has no magnitude.
-  if (h[5] == INT32_MIN) detail::bad(name, "header field vocab_size is out of range");
+  if (h[5] == INT32_MIN) bad(name, "header field vocab_size is out of range");
   c.shared_classifier = h[5] > 0;
   c.vocab_size = h[5] < 0 ? -h[5] : h[5];
   c.seq_len = h[6];
-  detail::check_config(c, name);
-  const std::uint64_t n = detail::payload_floats(c, name);
-  const std::uint64_t have = (bytes.size() - kHeader);
+  check_config(c, name);
+  const std::uint64_t n = payload_floats(c, name);
+  const std::uint64_t have = file_size - kHeaderBytes;
   if (have % 4 != 0 || have / 4 != n)
-    detail::bad(name, "file has " + std::to_string(bytes.size()) + " bytes, but its header implies " +
-                          std::to_string(kHeader + 4 * n) + (have / 4 < n ? " (truncated)" : " (trailing bytes)"));
+    bad(name, "file has " + std::to_string(file_size) + " bytes, but its header implies " +
+                  std::to_string(kHeaderBytes + 4 * n) + (have / 4 < n ? " (truncated)" : " (trailing bytes)"));
+  return c;
+}
 
-  const unsigned char* p = bytes.data() + kHeader;
+}  // namespace detail
+
+// Parses a checkpoint image (the whole file's bytes). `name` labels messages.
+inline Weights<float> parse_checkpoint(const std::vector<unsigned char>& bytes, const std::string& name = "<memory>") {
+  const Config c = detail::parse_header(bytes.data(), bytes.size(), name);
+  const unsigned char* p = bytes.data() + detail::kHeaderBytes;
   auto take = [&](Eigen::Index count) {
     std::vector<float> v(static_cast<std::size_t>(count));
     std::memcpy(v.data(), p, v.size() * sizeof(float));

@@ -23,7 +23,7 @@ namespace lm {
 // transformers' convert_llama_weights_to_hf.py:
 //   permute(w, n_heads) = w.view(n_heads, dim1 // n_heads // 2, 2, dim2).transpose(1, 2).reshape(dim1, dim2)
 // written with the same index arithmetic: element [h][p][j][:] of the view
-// moves to [h][j][p][:]. load.hpp's unpermute_rotary is its inverse.
+// moves to [h][j][p][:]. formats.hpp's unpermute_rotary is its inverse.
 inline RowMat hf_permute(const Mat<float>& w, int n_heads) {
   const Eigen::Index dim1 = w.rows(), half = dim1 / n_heads / 2;
   RowMat out(dim1, w.cols());

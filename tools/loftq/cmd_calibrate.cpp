@@ -18,6 +18,7 @@
 
 #include "commands.hpp"
 #include "common/lm/calibrate.hpp"
+#include "common/lm/layer_source.hpp"
 #include "common/lm/load.hpp"
 #include "errors.hpp"
 #include "staged_output.hpp"
@@ -68,8 +69,10 @@ int run_calibrate(const Args& a) {
   apply_threads(a.threads);
   const auto t0 = std::chrono::steady_clock::now();
 
-  const lm::Weights<float> w = lm::read_model(a.input);
-  const std::vector<std::vector<int>> seqs = lm::read_tokens(a.tokens, w.config);
+  // Headers only: every tensor is checked here, its values read as the
+  // forward pass reaches its layer, one layer's weights held at a time.
+  const lm::LayerSource model(a.input);
+  const std::vector<std::vector<int>> seqs = lm::read_tokens(a.tokens, model.config());
   std::size_t width = 0;
   for (const auto& s : seqs) width = std::max(width, s.size());
 
@@ -83,7 +86,7 @@ int run_calibrate(const Args& a) {
   // layer: memory for one layer's full sums, not the model's. Float64 keeps
   // the sums exactly as they were added, so a model computed from the file
   // equals one computed from the statistics in memory.
-  const Layout layout = layout_of(w.config, opt.mode);
+  const Layout layout = layout_of(model.config(), opt.mode);
   loftq::io::StatisticsWriter writer(out.path(kStatisticsFile).string(), layout.entries, layout.shares,
                                      loftq::io::Dtype::F64);
   std::map<std::string, loftq::InputStatistics> diagonal;  // for the imatrix: n doubles per input
@@ -93,7 +96,7 @@ int run_calibrate(const Args& a) {
       if (a.imatrix) diagonal.emplace(in.name, in.stats.diagonal_statistics());
     }
   };
-  const lm::Calibration cal = lm::collect_statistics(w, seqs, opt);
+  const lm::Calibration cal = lm::collect_statistics(model, seqs, opt);
   check_interrupt();
   const std::int64_t tokens = cal.tokens, sequences = cal.sequences;
   writer.commit();

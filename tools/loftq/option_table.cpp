@@ -364,7 +364,7 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
             kCalibrate, true, nonempty_path(), [](Args&a, const std::string&v) { a.tokens = v; }},
            {"--stats", "full|diag",
             "full: the whole X^T X of each input (n^2 doubles per input: 44 GB of file for a 7B model, written a layer "
-            "at a time from 1.4 GB of memory); diag: its diagonal, "
+            "at a time, holding one layer's sums, 1.4 GB, and one layer's weights, 0.8 GB); diag: its diagonal, "
             "what llama.cpp's imatrix holds (default " +
                 std::string(d.stats_full ? "full" : "diag") + ")",
             kCalibrate, false, one_of({"full", "diag"}),
