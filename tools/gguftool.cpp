@@ -6,6 +6,8 @@
 //                                                   assorted key-value types
 //   gguftool synth_big OUT.gguf MIB                 one small target and a MIB MiB F16 output.weight
 //                                                   of zeros, left sparse in the file
+//   gguftool quantize IN.gguf OUT.gguf TYPE          IN's float matrices of whole TYPE blocks in TYPE
+//                                                   (q8_0, q4_k, ...), as ggml quantizes them
 //   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]
 //   gguftool mix_synth OUT.gguf [falcon|moe]        a 4-layer llama (GQA, width 256, FFN 288,
 //                                                   vocabulary 4200, an output.weight) for the mixes
@@ -28,12 +30,14 @@
 // lora_b shapes llama.cpp checks, their type (ADAPTER_TYPE, default f32;
 // a q8_0 lora_b of a rank not a multiple of 32 in f16) and every stored
 // value within that type's rounding of the library's to_peft factors,
-// and (alpha / r) * lora_b * lora_a equal to the library's A B^T (F32) and
-// lowering the error of Q alone.
+// and (alpha / r) * lora_b * lora_a equal to the library's A B^T (F32),
+// lowering the error of Q alone and, with Q, no higher than ggml's own
+// quantization of the target's values. IN's targets may be quantized (decoded by ggml's rules).
 #include "common/gguf_layout.hpp"
 #include "common/llama2c.hpp"
 #include "common/llama_quant_mix.hpp"
 
+#include <loftq/io/ggml_types.hpp>
 #include <loftq/loftq.hpp>
 
 #include <cmath>
@@ -138,7 +142,7 @@ int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t ty
 
 // Shapes no real model has: rows of 96 and 33 x 64 (whole blocks), 70 (not:
 // kept), a 3-D I32 tensor, alignment 64, string arrays and floats in the keys.
-// VARIANT: "" as above; "q8target" with blk.0.attn_q already Q8_0; "noarch"
+// VARIANT: "" as above; "i32target" with blk.0.attn_q an I32 tensor; "noarch"
 // without general.architecture.
 int cmd_synth(const std::string& out, const std::string& variant) {
   std::mt19937 g(7);
@@ -156,8 +160,8 @@ int cmd_synth(const std::string& out, const std::string& variant) {
                                                "b"});
   b.add_f32("llama.rope.freq_base", 10000.0f);
   b.add_tensor("token_embd.weight", {64, 10}, gl::F16, gl::Builder::encode_floats(rnd(640), gl::F16));
-  if (variant == "q8target")
-    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::Q8_0, std::vector<unsigned char>(3 * 34 * 40, 0));
+  if (variant == "i32target")
+    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::I32, std::vector<unsigned char>(4 * 96 * 40, 0));
   else
     b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::F16, gl::Builder::encode_floats(rnd(96 * 40), gl::F16));
   b.add_tensor("blk.0.attn_k.weight", {64, 33}, gl::BF16, gl::Builder::encode_floats(rnd(64 * 33), gl::BF16));
@@ -183,6 +187,45 @@ int cmd_synth_big(const std::string& out, std::uint64_t mib) {
   b.add_tensor("output.weight", {cols, rows}, gl::F16, {});
   b.write(out);
   std::filesystem::resize_file(out, std::filesystem::file_size(out) + 2 * cols * rows);
+  return 0;
+}
+
+// IN with every 2-D F32, F16 or BF16 tensor whose rows are whole blocks of TYPE (a ggml format: q8_0, q4_k, ...)
+// in TYPE as ggml_quantize_chunk writes it (the library's ggml quantizer without its scale search, which
+// test_ggml_kquants holds to ggml's bytes), every other tensor and key-value pair as it is but general.file_type,
+// TYPE's LLAMA_FTYPE: a file as llama-quantize makes it for a model of whole blocks.
+int cmd_quantize(const std::string& in_path, const std::string& out, const std::string& type) {
+  const loftq::GgmlFormat fmt = loftq::ggml_format_from_name(type);
+  const gl::File in(in_path);
+  gl::Builder b;
+  for (const auto& e : in.kvs) {
+    if (e.first == "general.file_type") {
+      b.add_u32(e.first, loftq::ggml_format_llama_ftype(fmt));
+      continue;
+    }
+    b.key(e.first, e.second.first);
+    b.kv.insert(b.kv.end(), e.second.second.begin(), e.second.second.end());
+    if (e.first == "general.alignment") b.alignment = gl::le(e.second.second.data(), 4);
+  }
+  loftq::QuantizeOptions plain;
+  plain.scale_search = false;
+  plain.threads = 1;
+  int quantized = 0;
+  for (const gl::Tensor& t : in.tensors) {
+    const bool is_float = t.type == gl::F32 || t.type == gl::F16 || t.type == gl::BF16;
+    if (!is_float || t.ne.size() != 2 || t.ne[0] % static_cast<std::uint64_t>(loftq::ggml_format_block(fmt)) != 0) {
+      b.add_tensor(t.name, t.ne, t.type, std::vector<unsigned char>(in.at(t), in.at(t) + t.nbytes));
+      continue;
+    }
+    const std::vector<float> v = in.values(t);
+    const Eigen::Map<const loftq::RowMatrix<float>> W(v.data(), static_cast<Eigen::Index>(t.ne[1]),
+                                                      static_cast<Eigen::Index>(t.ne[0]));
+    b.add_tensor(t.name, t.ne, static_cast<std::uint32_t>(loftq::ggml_format_type_id(fmt)),
+                 loftq::io::ggml_block_bytes(loftq::quantize(W, loftq::GgmlQuantizer(fmt), plain), fmt));
+    ++quantized;
+  }
+  b.write(out);
+  std::printf("gguftool: %d tensors in %s\n", quantized, loftq::ggml_format_name(fmt));
   return 0;
 }
 
@@ -320,6 +363,15 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
     const double e_q = (W.cast<double>() - Q.cast<double>()).norm();
     const double e_qab = (W.cast<double>() - Q.cast<double>() - delta).norm();
     require(e_qab < e_q, t.name + ": the adapter does not lower the error");
+    // No worse than ggml's own quantization of the same values.
+    loftq::QuantizeOptions plain;
+    plain.scale_search = false;
+    plain.threads = 1;
+    const double e_plain = (W - loftq::fake_quantize(loftq::RowMatrix<float>(W), loftq::GgmlQuantizer(fmt), plain))
+                               .cast<double>()
+                               .norm();
+    require(e_qab <= e_plain, t.name + ": error " + std::to_string(e_qab) + " above ggml's quantization's " +
+                                  std::to_string(e_plain));
     ++targets;
   }
   require(adapter.tensors.size() == 2 * static_cast<std::size_t>(targets), "adapter: tensor count");
@@ -450,6 +502,7 @@ int main(int argc, char** argv) {
   try {
     if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
+    if (a.size() == 4 && a[0] == "quantize") return cmd_quantize(a[1], a[2], a[3]);
     if (a.size() == 3 && a[0] == "synth_big") return cmd_synth_big(a[1], std::stoull(a[2]));
     if ((a.size() == 2 || a.size() == 3) && a[0] == "mix_synth") return cmd_mix_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 7 && a[0] == "verify_mix")
@@ -461,7 +514,7 @@ int main(int argc, char** argv) {
     die(e.what());
   }
   std::fprintf(stderr,
-               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | synth_big OUT MIB | "
+               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [i32target|noarch] | quantize IN OUT TYPE | synth_big OUT MIB | "
                "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE] | mix_synth OUT [falcon|moe] | "
                "verify_mix IN DIR MIX RANK ITERS SCALE\n");
   return 2;

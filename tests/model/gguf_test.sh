@@ -56,6 +56,28 @@ gguf_stories)
   no_temps
   ;;
 
+gguf_quantized_input)
+  # Inputs as llama.cpp users hold them: stories260K in Q8_0 (ffn_down's rows of 172 stay F16) and the 4-layer
+  # model of width 256 in Q4_K (its ffn_down's rows of 288 stay F32), as ggml quantizes. LoftQ starts from the
+  # targets dequantized as ggml does; verify decodes them by ggml's rules, checks Q bit for bit against
+  # loftq::initialize on those values and the error of Q + adapter against ggml's own q4_0 of them.
+  stories s.gguf f16
+  "$TOOL" quantize s.gguf s_q8.gguf q8_0 >/dev/null || fail "gguftool quantize q8_0"
+  "$TOOL" mix_synth m.gguf || fail "gguftool mix_synth"
+  "$TOOL" quantize m.gguf m_q4k.gguf q4_k >/dev/null || fail "gguftool quantize q4_k"
+  sum=$(sha256sum s_q8.gguf m_q4k.gguf)
+  expect_rc 0 model --input s_q8.gguf --output o8 --format gguf --quant q4_0 --rank 4 --iters 2 --quiet --threads 1
+  verify s_q8.gguf o8 q4_0 4 2 4 search
+  [ "$(grep -c '"dtype": "Q8_0"' o8/loftq_report.json)" -eq 30 ] || fail "report: the targets' input type Q8_0"
+  grep -q '"Q8_0": 30' o8/loftq_report.json || fail "report: target_input_types"
+  expect_rc 0 model --input m_q4k.gguf --output ok --format gguf --quant q4_0 --rank 4 --iters 2 --quiet --threads 2
+  verify m_q4k.gguf ok q4_0 4 2 4 search
+  [ "$(grep -c '"dtype": "Q4_K"' ok/loftq_report.json)" -eq 24 ] || fail "report: the targets' input type Q4_K"
+  [ "$(grep -c '"dtype": "F32"' ok/loftq_report.json)" -eq 4 ] || fail "report: the F32 ffn_down targets"
+  [ "$sum" = "$(sha256sum s_q8.gguf m_q4k.gguf)" ] || fail "an input changed"
+  no_temps
+  ;;
+
 gguf_synth)
   synth in.gguf
   sum=$(sha256sum in.gguf)
@@ -131,7 +153,7 @@ gguf_mix)
 
 gguf_bad_input)
   synth ok.gguf
-  synth q8.gguf q8target
+  synth i32.gguf i32target
   synth noarch.gguf noarch
   head -c 100 ok.gguf >trunc.gguf
   head -c "$(($(stat -c %s ok.gguf) - 7))" ok.gguf >short.gguf
@@ -146,7 +168,7 @@ gguf_bad_input)
   expect_refused 'truncated' model --input empty.gguf --output o --format gguf
   expect_refused 'not a regular file' model --input adir --output o --format gguf
   expect_refused 'cannot open' model --input missing.gguf --output o --format gguf
-  expect_refused 'has type Q8_0' model --input q8.gguf --output o --format gguf
+  expect_refused "i32.gguf: tensor 'blk.0.attn_q.weight' has type I32" model --input i32.gguf --output o --format gguf
   expect_refused 'general.architecture' model --input noarch.gguf --output o --format gguf
   expect_refused 'no target tensors' model --input ok.gguf --output o --format gguf --target-modules lm_head
   expect_refused 'rank 41' model --input ok.gguf --output o --format gguf --rank 41

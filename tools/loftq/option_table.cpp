@@ -253,8 +253,10 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
               "and "
               "config.json with its quantization_config, which transformers loads without quantizing again; needs "
               "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
-              "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
-              "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
+              "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (targets "
+              "blk.N.<module>.weight in F32, F16, BF16 or a quantized type, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, "
+              "Q2_K..Q6_K or IQ4_XS, dequantized as ggml does for LoftQ to start from; <module> one of attn_q, attn_k, "
+              "attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
               "which --target-modules also accepts by their HF names q_proj, ...); "
               "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) "
               "and "
@@ -356,7 +358,8 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
   for (OptionDef& r : std::vector<OptionDef>{
            {"--input", "MODEL",
             "a Hugging Face llama or mistral directory (config.json and safetensors, F32/F16/BF16), a GGUF file of the "
-            "llama architecture (F32, F16, BF16 or Q8_0 weights) or a llama2.c checkpoint",
+            "llama architecture (F32, F16, BF16 or quantized weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, "
+            "Q2_K..Q6_K, IQ4_XS) or a llama2.c checkpoint",
             kCalibrate, true, nonempty_path(), [](Args&a, const std::string&v) { a.input = v; }},
            {"--tokens", "TOKENS.npy",
             "calibration token ids: a 2-D .npy of int32 or int64, one sequence per row (N x T), every id inside the "

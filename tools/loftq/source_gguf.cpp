@@ -6,6 +6,7 @@
 #include <loftq/ggml_format.hpp>
 #include <loftq/ggml_quantizer.hpp>
 #include <loftq/io/dtype.hpp>
+#include <loftq/io/ggml_dequantize.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -107,14 +108,20 @@ void GgufSource::plan(const Args& a) {
     if (mod.empty() || !wanted.count(mod)) {
       if (rule && fmt != loftq::GgmlFormat::none && is_float_type(t.type) && t.ne.size() == 2)
         plain_[t.name] = fmt;
+      else if (rule && !is_float_type(t.type) && static_cast<std::uint32_t>(*rule) != t.type)
+        mix_quantized_input_[t.name] = type_name(static_cast<std::uint32_t>(*rule));  // already quantized: as it is
       else if (rule && static_cast<std::uint32_t>(*rule) != t.type)
         mix_unwritten_[t.name] = type_name(static_cast<std::uint32_t>(*rule));
       continue;
     }
     const std::string where = a.input + ": tensor '" + printable(t.name) + "'";
     if (t.ne.size() != 2) throw InputError{where + " is not 2-D"};
-    if (!is_float_type(t.type))
-      throw InputError{where + " has type " + type_name(t.type) + "; --format gguf quantizes F32, F16 or BF16 targets"};
+    // A quantized target (a Q8_0 or K-quant file, as llama.cpp users hold them) is dequantized as ggml does and
+    // LoftQ starts from those values.
+    if (!io::ggml_can_dequantize(t.type))
+      throw InputError{where + " has type " + type_name(t.type) +
+                       "; --format gguf reads targets of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, "
+                       "Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS"};
     std::string why;
     if (mix_ && !rule)
       why = "llama.cpp does not quantize it";
@@ -217,6 +224,10 @@ void GgufSource::describe(nlohmann::json& rep) const {
   rep["num_targets"] = targets_.size();
   // Rows that are not whole blocks cannot be stored in the --quant type (with a mix: types loftq does not write).
   rep["kept_unquantized"] = kept_;
+  // What LoftQ started from: a quantized target's values are its input type's, dequantized as ggml does.
+  nlohmann::json input_types = nlohmann::json::object();
+  for (const ModelTarget& t : targets_) input_types[t.dtype] = input_types.value(t.dtype, 0) + 1;
+  rep["target_input_types"] = input_types;
   if (mix_) rep["mix"] = mix_json();
 }
 
@@ -245,7 +256,9 @@ nlohmann::json GgufSource::mix_json() const {
           // What llama-quantize's file of the mix stores, the kept tensors in llama.cpp's types.
           {"llama_cpp_average_bits_per_weight", weights > 0 ? llama_bits / weights : 0.0},
           {"quantized_without_adapter", without_adapter},
-          {"kept_not_written_type", mix_unwritten_}};
+          {"kept_not_written_type", mix_unwritten_},
+          // Tensors the input holds quantized already, copied as they are -> llama.cpp's type for them.
+          {"kept_quantized_in_input", mix_quantized_input_}};
 }
 
 std::string GgufSource::summary_count() const {

@@ -1,7 +1,8 @@
 #pragma once
-// A GGUF file as a Source (--format gguf): the targets are the F32, F16 or
-// BF16 tensors blk.N.<module>.weight whose module --target-modules names, by
-// llama.cpp's name or by its Hugging Face one. A target whose rows are not
+// A GGUF file as a Source (--format gguf): the targets are the tensors
+// blk.N.<module>.weight whose module --target-modules names, by llama.cpp's
+// name or by its Hugging Face one, in a float type or a quantized one
+// (dequantized as ggml does: io/ggml_dequantize.hpp). A target whose rows are not
 // whole ggml blocks is copied through unchanged (llama.cpp's fallback).
 // With a mix (--quant q4_k_m, ...) each tensor's type is llama.cpp's
 // (common/llama_quant_mix.hpp): the targets are LoftQ-quantized in theirs, the
@@ -55,11 +56,12 @@ class GgufSource : public Source {
   loftq::GgmlFormat quant_;
   std::optional<loftq_common::LlamaMix> mix_;
   loftq::QuantizeOptions plain_options_;
-  std::map<std::string, std::size_t> quantized_;      // name -> index into targets()
-  std::vector<std::string> matched_, kept_;           // modules that matched; targets copied through
-  std::map<std::string, std::string> kept_why_;       // a kept target -> why
-  std::map<std::string, loftq::GgmlFormat> plain_;    // with a mix: the other tensors quantized without LoftQ
-  std::map<std::string, std::string> mix_unwritten_;  // with a mix: tensors kept -> llama.cpp's type for them
+  std::map<std::string, std::size_t> quantized_;            // name -> index into targets()
+  std::vector<std::string> matched_, kept_;                 // modules that matched; targets copied through
+  std::map<std::string, std::string> kept_why_;             // a kept target -> why
+  std::map<std::string, loftq::GgmlFormat> plain_;          // with a mix: the other tensors quantized without LoftQ
+  std::map<std::string, std::string> mix_unwritten_;        // with a mix: tensors kept -> llama.cpp's type for them
+  std::map<std::string, std::string> mix_quantized_input_;  // with a mix: quantized non-targets -> llama.cpp's type
 };
 
 }  // namespace loftq_cli
