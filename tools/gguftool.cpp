@@ -367,11 +367,10 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
     loftq::QuantizeOptions plain;
     plain.scale_search = false;
     plain.threads = 1;
-    const double e_plain = (W - loftq::fake_quantize(loftq::RowMatrix<float>(W), loftq::GgmlQuantizer(fmt), plain))
-                               .cast<double>()
-                               .norm();
-    require(e_qab <= e_plain, t.name + ": error " + std::to_string(e_qab) + " above ggml's quantization's " +
-                                  std::to_string(e_plain));
+    const double e_plain =
+        (W - loftq::fake_quantize(loftq::RowMatrix<float>(W), loftq::GgmlQuantizer(fmt), plain)).cast<double>().norm();
+    require(e_qab <= e_plain,
+            t.name + ": error " + std::to_string(e_qab) + " above ggml's quantization's " + std::to_string(e_plain));
     ++targets;
   }
   require(adapter.tensors.size() == 2 * static_cast<std::size_t>(targets), "adapter: tensor count");
@@ -514,7 +513,8 @@ int main(int argc, char** argv) {
     die(e.what());
   }
   std::fprintf(stderr,
-               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [i32target|noarch] | quantize IN OUT TYPE | synth_big OUT MIB | "
+               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [i32target|noarch] | quantize IN OUT TYPE | "
+               "synth_big OUT MIB | "
                "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE] | mix_synth OUT [falcon|moe] | "
                "verify_mix IN DIR MIX RANK ITERS SCALE\n");
   return 2;
