@@ -78,6 +78,33 @@ gguf_quantized_input)
   no_temps
   ;;
 
+gguf_budget)
+  # --bits-budget with --format gguf: the 4-layer model of width 256 (ffn_down's rows of 288 take only the 32-element
+  # types), each target's ggml type chosen by the exact knapsack over what model.gguf and adapter.gguf store.
+  "$TOOL" mix_synth m.gguf || fail "gguftool mix_synth"
+  # Two modules keep the cost down: each target is computed in each of its 9 (ffn_down: 3) types.
+  targets=(--target-modules attn_q,ffn_down)
+  expect_rc 0 model --input m.gguf --output b --format gguf --bits-budget 4.6 --rank 4 --iters 1 --threads 2 \
+    "${targets[@]}"
+  alloc=$(sed -n '/^  "bits_allocation": {/,/^  },/p' b/loftq_report.json)
+  avg=$(printf '%s\n' "$alloc" | sed -n 's/^    "average_bits_per_weight": \([0-9.e+-]*\),*$/\1/p')
+  [ -n "$avg" ] && awk -v x="$avg" 'BEGIN { exit !(x <= 4.6 && x > 4.0) }' || { show; fail "average $avg not in (4, 4.6]"; }
+  # More than one type: the budget lies between the uniform choices.
+  [ "$(printf '%s\n' "$alloc" | sed -n '/"tensors_per_type"/,/}/p' | grep -c '": [0-9]')" -ge 2 ] || fail "one type only"
+  grep -q '"llama_cpp_recipes"' b/loftq_report.json || fail "report: llama_cpp_recipes"
+  grep -q 'bit budget 4.6: ' "$out_file" || { show; fail "summary: the mix"; }
+  # The same run at 1 thread, byte for byte.
+  expect_rc 0 model --input m.gguf --output b1 --format gguf --bits-budget 4.6 --rank 4 --iters 1 --threads 1 --quiet \
+    "${targets[@]}"
+  cmp -s b/model.gguf b1/model.gguf && cmp -s b/adapter.gguf b1/adapter.gguf || fail "not deterministic"
+  # A budget below the cheapest types with the adapter; --quant with a budget.
+  expect_refused '--bits-budget 2.70* is below 3\.[0-9]* bits per weight, the cheapest' model --input m.gguf \
+    --output o_low --format gguf --bits-budget 2.7 --rank 4 --quiet
+  expect_usage model --input m.gguf --output o_q --format gguf --bits-budget 4 --quant q4_k
+  expect_usage model --input m.gguf --output o_b --bits-budget 4.5
+  no_temps
+  ;;
+
 gguf_synth)
   synth in.gguf
   sum=$(sha256sum in.gguf)

@@ -72,8 +72,8 @@ GgufSource::GgufSource(const Args& a) : input_(a.input), in_(a.input), quant_(a.
   plain_options_.threads = a.threads;
 }
 
-loftq_common::LlamaMixModel GgufSource::mix_model() const {
-  const std::string mix = loftq_common::llama_mix_name(*mix_);
+loftq_common::LlamaMixModel GgufSource::mix_model(loftq_common::LlamaMix which) const {
+  const std::string mix = loftq_common::llama_mix_name(which);
   if (arch_ == "falcon")
     throw InputError{input_ + ": --quant " + mix + " follows llama.cpp's rules for dense models other than Falcon"};
   if (hparam(in_, arch_ + ".expert_count", 0) > 1)
@@ -153,6 +153,61 @@ void GgufSource::plan(const Args& a) {
                      (mix_ ? std::string("of a type loftq writes in ") + loftq_common::llama_mix_name(*mix_)
                            : "with rows of a multiple of " + std::to_string(loftq::ggml_format_block(a.quant))) +
                      ") for --target-modules " + joined(a.modules)};
+}
+
+void GgufSource::set_formats(const std::map<std::string, loftq::GgmlFormat>& formats) {
+  for (ModelTarget& t : targets_) t.ggml = formats.at(t.name);
+}
+
+void GgufSource::compare_llama_recipes(const Args& a,
+                                       const std::map<std::string, std::map<loftq::GgmlFormat, double>>& measured,
+                                       nlohmann::json& alloc) const {
+  const double with_adapter =
+      alloc["average_bits_per_weight"].get<double>() - alloc["average_bits_per_weight_without_adapter"].get<double>();
+  nlohmann::json recipes = nlohmann::json::array(), at_budget = nullptr;
+  double best_bits = -1;
+  for (loftq_common::LlamaMix mix : loftq_common::llama_mixes()) {
+    loftq_common::LlamaMixModel model;
+    try {
+      model = mix_model(mix);
+    } catch (const InputError& e) {
+      alloc["llama_cpp_recipes_not_compared"] = e.msg;
+      return;
+    }
+    double bits = 0, weights = 0, err = 0;
+    bool measured_all = true;
+    nlohmann::json types = nlohmann::json::object();
+    for (const ModelTarget& t : targets_) {
+      const io::GgufTensorInfo& ti = *in_.find(t.name);
+      const auto rule = loftq_common::llama_mix_type(t.name, ti.ne, model, mix);
+      const std::uint32_t type = rule ? static_cast<std::uint32_t>(*rule) : ti.type;
+      types[type_name(type)] = types.value(type_name(type), 0) + 1;
+      bits += 8.0 * static_cast<double>(io::ggml_nbytes(type, ti.ne, t.name));
+      weights += static_cast<double>(ti.numel);
+      const loftq::GgmlFormat f = rule ? ggml_format_of(*rule) : loftq::GgmlFormat::none;
+      const auto m = measured.find(t.name);
+      const auto e = m != measured.end() ? m->second.find(f) : std::map<loftq::GgmlFormat, double>::const_iterator{};
+      if (m != measured.end() && e != m->second.end())
+        err += e->second;
+      else
+        measured_all = false;
+    }
+    const double avg = bits / weights;
+    nlohmann::json r = {{"name", loftq_common::llama_mix_name(mix)},
+                        {"average_bits_per_weight", avg},
+                        {"average_bits_per_weight_with_adapter", avg + with_adapter},
+                        {"tensors_per_type", types},
+                        // LoftQ (Q + adapter) in the mix's types: comparable with total_sq_err only at equal bits.
+                        {"loftq_sq_err_in_its_types", measured_all ? nlohmann::json(err) : nlohmann::json(nullptr)}};
+    if (avg <= a.bits_budget && avg > best_bits) {
+      best_bits = avg;
+      at_budget = r;
+    }
+    recipes.push_back(std::move(r));
+  }
+  alloc["llama_cpp_recipes"] = recipes;
+  // llama-quantize's mix with the most bits per weight (its own count, no adapter) within the budget.
+  alloc["llama_cpp_recipe"] = at_budget;
 }
 
 std::uint32_t GgufSource::output_type(const io::GgufTensorInfo& t) const {

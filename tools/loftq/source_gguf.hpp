@@ -41,12 +41,20 @@ class GgufSource : public Source {
   bool quantized(const std::string& name) const { return quantized_.count(name) != 0; }
   // The ggml type model.gguf stores tensor t in.
   std::uint32_t output_type(const loftq::io::GgufTensorInfo& t) const;
+  // --bits-budget: each target's ggml format as the allocation chose it (by name).
+  void set_formats(const std::map<std::string, loftq::GgmlFormat>& formats);
+  // --bits-budget: llama-quantize's mixes over the same targets next to the allocation (`alloc`, the report's
+  // bits_allocation): each mix's average bits per weight at ggml's block sizes (no adapter; with the adapter this run
+  // writes), LoftQ's error in its types when every one was measured, and the mix with the most bits within the budget.
+  void compare_llama_recipes(const Args& a, const std::map<std::string, std::map<loftq::GgmlFormat, double>>& measured,
+                             nlohmann::json& alloc) const;
   // Whether model.gguf holds a quantized tensor (a target or a plain one).
   bool any_quantized() const { return !targets_.empty() || !plain_.empty(); }
 
  private:
   // With a mix: llama.cpp's reading of the model, refusing the models whose rules are not ported.
-  loftq_common::LlamaMixModel mix_model() const;
+  loftq_common::LlamaMixModel mix_model() const { return mix_model(*mix_); }
+  loftq_common::LlamaMixModel mix_model(loftq_common::LlamaMix mix) const;
   // The --quant mix's part of the report.
   nlohmann::json mix_json() const;
 
