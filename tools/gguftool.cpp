@@ -12,6 +12,7 @@
 //   gguftool mix_synth OUT.gguf [falcon|moe]        a 4-layer llama (GQA, width 256, FFN 288,
 //                                                   vocabulary 4200, an output.weight) for the mixes
 //   gguftool verify_mix IN.gguf DIR MIX RANK ITERS SCALE
+//   gguftool verify_budget IN.gguf DIR BUDGET       a --bits-budget run: types, stored bits, the allocation
 //
 // verify_mix checks model.gguf of a --quant MIX run (q2_k_mix, q4_k_m, ...):
 // general.file_type the mix's LLAMA_FTYPE; each tensor in the type
@@ -40,6 +41,9 @@
 #include <loftq/io/ggml_types.hpp>
 #include <loftq/loftq.hpp>
 
+#include <nlohmann/json.hpp>
+
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -378,6 +382,63 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
   return 0;
 }
 
+// DIR of a --format gguf --bits-budget BUDGET run on IN: each target of model.gguf in the type its report entry
+// names, one of its candidates; what model.gguf and adapter.gguf store for the targets (ggml's blocks of Q, lora_a
+// and lora_b), counted from the files, averaging at most BUDGET bits per weight and equal to the report's average;
+// the report's total error the sum of the chosen types' measured errors, and no higher than that of any single type
+// every target could take within the budget (the knapsack's optimum is at least as good).
+int cmd_verify_budget(const std::string& in_path, const std::string& dir, double budget) {
+  const gl::File in(in_path), model(dir + "/model.gguf"), adapter(dir + "/adapter.gguf");
+  std::ifstream rf(dir + "/loftq_report.json");
+  require(static_cast<bool>(rf), "no report");
+  const nlohmann::json rep = nlohmann::json::parse(rf);
+  const nlohmann::json& alloc = rep.at("bits_allocation");
+  const nlohmann::json& cand = alloc.at("candidate_sq_err");
+  require(model.tensors.size() == in.tensors.size(), "model.gguf: tensor count");
+  double bits = 0, weights = 0, err = 0;
+  std::map<std::string, std::pair<double, double>> uniform;  // type -> (bits, error) with every target in it
+  std::map<std::string, int> takers;
+  for (const auto& [name, c] : cand.items()) {
+    const gl::Tensor* t = model.find(name);
+    const gl::Tensor* la = adapter.find(name + ".lora_a");
+    const gl::Tensor* lb = adapter.find(name + ".lora_b");
+    require(t && la && lb, name + ": missing in model.gguf or adapter.gguf");
+    const std::string chosen = rep.at("tensors").at(name).at("ggml_type").get<std::string>();
+    std::string fname;
+    for (const auto& [f, e] : c.items())
+      if (static_cast<std::uint32_t>(loftq::ggml_format_type_id(loftq::ggml_format_from_name(f))) == t->type) fname = f;
+    require(!fname.empty(), name + ": model.gguf's type is not among its candidates");
+    std::string upper = fname;
+    for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    require(upper == chosen, name + ": model.gguf holds " + upper + ", the report says " + chosen);
+    const double adapter_bits = 8.0 * static_cast<double>(la->nbytes + lb->nbytes);
+    bits += 8.0 * static_cast<double>(t->nbytes) + adapter_bits;
+    weights += static_cast<double>(t->numel);
+    err += c.at(fname).get<double>();
+    for (const auto& [f, e] : c.items()) {
+      const loftq::GgmlFormat g = loftq::ggml_format_from_name(f);
+      auto& u = uniform[f];
+      u.first += static_cast<double>(t->numel) * loftq::ggml_format_bits_per_weight(g) + adapter_bits;
+      u.second += e.get<double>();
+      ++takers[f];
+    }
+  }
+  const double avg = bits / weights;
+  require(avg <= budget, "average " + std::to_string(avg) + " bits per weight over the budget");
+  require(std::abs(avg - alloc.at("average_bits_per_weight").get<double>()) <= 1e-9 * avg,
+          "the report's average is not the files'");
+  require(std::abs(err - alloc.at("total_sq_err").get<double>()) <= 1e-9 * err, "total_sq_err is not the sum");
+  int compared = 0;
+  for (const auto& [f, u] : uniform)
+    if (takers[f] == static_cast<int>(cand.size()) && u.first / weights <= budget) {
+      require(err <= u.second * (1 + 1e-12), "every target in " + f + " fits the budget with a lower error");
+      ++compared;
+    }
+  std::printf("gguftool: %zu targets, %.4f bits per weight, total error %.6g; %d uniform types within the budget\n",
+              cand.size(), avg, err, compared);
+  return 0;
+}
+
 int cmd_mix_synth(const std::string& out, const std::string& variant) {
   const std::string arch = variant == "falcon" ? "falcon" : "llama";
   // A vocabulary of 4200: token_embd and output are more than the 2^20 elements the tool quantizes at a time.
@@ -502,6 +563,7 @@ int main(int argc, char** argv) {
     if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 4 && a[0] == "quantize") return cmd_quantize(a[1], a[2], a[3]);
+    if (a.size() == 4 && a[0] == "verify_budget") return cmd_verify_budget(a[1], a[2], std::stod(a[3]));
     if (a.size() == 3 && a[0] == "synth_big") return cmd_synth_big(a[1], std::stoull(a[2]));
     if ((a.size() == 2 || a.size() == 3) && a[0] == "mix_synth") return cmd_mix_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 7 && a[0] == "verify_mix")
@@ -516,6 +578,6 @@ int main(int argc, char** argv) {
                "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [i32target|noarch] | quantize IN OUT TYPE | "
                "synth_big OUT MIB | "
                "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE] | mix_synth OUT [falcon|moe] | "
-               "verify_mix IN DIR MIX RANK ITERS SCALE\n");
+               "verify_mix IN DIR MIX RANK ITERS SCALE | verify_budget IN DIR BUDGET\n");
   return 2;
 }

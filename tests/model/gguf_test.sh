@@ -84,17 +84,18 @@ gguf_budget)
   "$TOOL" mix_synth m.gguf || fail "gguftool mix_synth"
   # Two modules keep the cost down: each target is computed in each of its 9 (ffn_down: 3) types.
   targets=(--target-modules attn_q,ffn_down)
-  expect_rc 0 model --input m.gguf --output b --format gguf --bits-budget 4.6 --rank 4 --iters 1 --threads 2 \
+  expect_rc 0 model --input m.gguf --output b --format gguf --bits-budget 5.2 --rank 4 --iters 1 --threads 2 \
     "${targets[@]}"
   alloc=$(sed -n '/^  "bits_allocation": {/,/^  },/p' b/loftq_report.json)
   avg=$(printf '%s\n' "$alloc" | sed -n 's/^    "average_bits_per_weight": \([0-9.e+-]*\),*$/\1/p')
-  [ -n "$avg" ] && awk -v x="$avg" 'BEGIN { exit !(x <= 4.6 && x > 4.0) }' || { show; fail "average $avg not in (4, 4.6]"; }
+  [ -n "$avg" ] && awk -v x="$avg" 'BEGIN { exit !(x <= 5.2 && x > 4.5) }' || { show; fail "average $avg not in (4.5, 5.2]"; }
   # More than one type: the budget lies between the uniform choices.
   [ "$(printf '%s\n' "$alloc" | sed -n '/"tensors_per_type"/,/}/p' | grep -c '": [0-9]')" -ge 2 ] || fail "one type only"
+  "$TOOL" verify_budget m.gguf b 5.2 >/dev/null || fail "verify_budget"
   grep -q '"llama_cpp_recipes"' b/loftq_report.json || fail "report: llama_cpp_recipes"
-  grep -q 'bit budget 4.6: ' "$out_file" || { show; fail "summary: the mix"; }
+  grep -q 'bit budget 5.2: ' "$out_file" || { show; fail "summary: the mix"; }
   # The same run at 1 thread, byte for byte.
-  expect_rc 0 model --input m.gguf --output b1 --format gguf --bits-budget 4.6 --rank 4 --iters 1 --threads 1 --quiet \
+  expect_rc 0 model --input m.gguf --output b1 --format gguf --bits-budget 5.2 --rank 4 --iters 1 --threads 1 --quiet \
     "${targets[@]}"
   cmp -s b/model.gguf b1/model.gguf && cmp -s b/adapter.gguf b1/adapter.gguf || fail "not deterministic"
   # A budget below the cheapest types with the adapter; --quant with a budget.
