@@ -74,6 +74,10 @@ gguf_quantized_input)
   verify m_q4k.gguf ok q4_0 4 2 4 search
   [ "$(grep -c '"dtype": "Q4_K"' ok/loftq_report.json)" -eq 24 ] || fail "report: the targets' input type Q4_K"
   [ "$(grep -c '"dtype": "F32"' ok/loftq_report.json)" -eq 4 ] || fail "report: the F32 ffn_down targets"
+  # With a mix the quantized non-targets stay as they are: output.weight, Q6_K in llama.cpp's q4_k_m, is listed.
+  expect_rc 0 model --input m_q4k.gguf --output om --format gguf --quant q4_k_m --rank 4 --iters 1 --quiet --threads 2
+  sed -n '/"kept_quantized_in_input": {/,/}/p' om/loftq_report.json | grep -q '"output.weight": "Q6_K"' ||
+    fail "report: mix.kept_quantized_in_input"
   [ "$sum" = "$(sha256sum s_q8.gguf m_q4k.gguf)" ] || fail "an input changed"
   no_temps
   ;;
