@@ -2,6 +2,7 @@
 
 #include <loftq/mixed_precision.hpp>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <random>
@@ -210,4 +211,137 @@ TEST_CASE("measure_errors: one LoftQ run per width, absolute squared errors") {
   const auto a = loftq::allocate_bits(me, cand, 3.0);
   CHECK(a.average_bits <= 3.0);
   CHECK(a.total_sq_error < me[0].sq_error[0] + me[1].sq_error[0]);
+}
+
+namespace {
+
+// Every assignment of choices; the lowest total error within the budget (INFINITY when none fits).
+double brute_choices(const std::vector<loftq::MatrixChoices>& mats, std::int64_t budget) {
+  double best = INFINITY;
+  std::vector<std::size_t> idx(mats.size(), 0);
+  for (;;) {
+    std::int64_t cost = 0;
+    double err = 0;
+    for (std::size_t i = 0; i < mats.size(); ++i) {
+      cost += mats[i].cost[idx[i]];
+      err += mats[i].sq_error[idx[i]];
+    }
+    if (cost <= budget) best = std::min(best, err);
+    std::size_t i = 0;
+    while (i < mats.size() && ++idx[i] == mats[i].cost.size()) idx[i++] = 0;
+    if (i == mats.size()) return best;
+  }
+}
+
+// ggml-like choices: costs of blocks of 256 weights at 84, 110, 144, 176, 210 bytes (Q2_K..Q6_K), or of 32 at 18 and
+// 34 (Q4_0, Q8_0), in bits, plus a shared adapter cost; errors falling with the cost, with noise.
+std::vector<loftq::MatrixChoices> ggml_like(std::mt19937_64& g, std::size_t K) {
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::vector<loftq::MatrixChoices> mats(K);
+  for (auto& m : mats) {
+    const std::int64_t blocks = 1 + static_cast<std::int64_t>(g() % 8),
+                       adapter = 16 * static_cast<std::int64_t>(g() % 50);
+    const bool k = g() % 3 != 0;
+    const std::vector<std::int64_t> bytes =
+        k ? std::vector<std::int64_t>{84, 110, 144, 176, 210} : std::vector<std::int64_t>{8 * 18, 8 * 34};
+    double e = 10 * u(g) + 1;
+    for (std::int64_t b : bytes) {
+      m.cost.push_back(8 * b * blocks + adapter);
+      m.sq_error.push_back(e);
+      e *= 0.3 + 0.6 * u(g);
+    }
+    if (g() % 4 == 0) std::swap(m.cost.front(), m.cost.back());  // choices need not come in cost order
+  }
+  return mats;
+}
+
+}  // namespace
+
+TEST_CASE("allocate_choices: equals brute-force enumeration, within the budget") {
+  std::mt19937_64 g(3);
+  int cases = 0;
+  for (std::size_t K = 1; K <= 6; ++K)
+    for (int rep = 0; rep < 40; ++rep) {
+      const auto mats = ggml_like(g, K);
+      std::int64_t lo = 0, hi = 0;
+      for (const auto& m : mats) {
+        lo += *std::min_element(m.cost.begin(), m.cost.end());
+        hi += *std::max_element(m.cost.begin(), m.cost.end());
+      }
+      const std::int64_t budget = rep == 0 ? lo : rep == 1 ? hi : lo + static_cast<std::int64_t>(g() % (hi - lo + 1));
+      const loftq::ChoiceAllocation a = loftq::allocate_choices(mats, budget);
+      CAPTURE(K);
+      CAPTURE(budget);
+      REQUIRE(a.exact);
+      CHECK(a.gap_cost == 0);
+      CHECK(a.total_cost <= budget);
+      std::int64_t cost = 0;
+      double err = 0;
+      for (std::size_t i = 0; i < K; ++i) {
+        cost += mats[i].cost[a.choice[i]];
+        err += mats[i].sq_error[a.choice[i]];
+      }
+      CHECK(cost == a.total_cost);
+      CHECK(err == doctest::Approx(a.total_sq_error).epsilon(1e-12));
+      CHECK(a.total_sq_error == doctest::Approx(brute_choices(mats, budget)).epsilon(1e-12));
+      ++cases;
+    }
+  CHECK(cases == 240);
+}
+
+TEST_CASE("allocate_choices: a coarsened table meets the budget and stays within its gap") {
+  std::mt19937_64 g(8);
+  int coarse = 0;
+  for (int rep = 0; rep < 150; ++rep) {
+    const std::size_t K = 2 + rep % 4;
+    const auto mats = ggml_like(g, K);
+    std::int64_t lo = 0, hi = 0;
+    for (const auto& m : mats) {
+      lo += *std::min_element(m.cost.begin(), m.cost.end());
+      hi += *std::max_element(m.cost.begin(), m.cost.end());
+    }
+    const std::int64_t budget = lo + static_cast<std::int64_t>(g() % (hi - lo + 1));
+    loftq::AllocateOptions ao;
+    ao.max_cells = K * (2 + rep % 5);
+    const loftq::ChoiceAllocation a = loftq::allocate_choices(mats, budget, ao);
+    CAPTURE(rep);
+    CHECK(a.total_cost <= budget);
+    if (a.exact) continue;
+    ++coarse;
+    CHECK(a.gap_cost > 0);
+    if (budget - a.gap_cost >= lo) CHECK(a.total_sq_error <= brute_choices(mats, budget - a.gap_cost) * (1 + 1e-12));
+    CHECK(a.total_sq_error >= brute_choices(mats, budget) * (1 - 1e-12));
+  }
+  CHECK(coarse > 50);
+}
+
+TEST_CASE("allocate_choices: known answers, ties and bad input") {
+  // Two matrices: {cost 10 err 5, cost 20 err 1}, {cost 10 err 4, cost 30 err 0}.
+  const std::vector<loftq::MatrixChoices> m = {{{10, 20}, {5, 1}}, {{10, 30}, {4, 0}}};
+  CHECK(loftq::allocate_choices(m, 20).choice == std::vector<std::size_t>{0, 0});
+  CHECK(loftq::allocate_choices(m, 30).choice == std::vector<std::size_t>{1, 0});  // 1 + 4 < 5 + 4
+  // At 40, {0, 1} (cost 40) ties {1, 0} (cost 30) at 5: the cheaper total wins.
+  CHECK(loftq::allocate_choices(m, 40).choice == std::vector<std::size_t>{1, 0});
+  CHECK(loftq::allocate_choices(m, 50).choice == std::vector<std::size_t>{1, 1});
+  CHECK(loftq::allocate_choices(m, 50).total_cost == 50);
+  // Equal errors: the cheaper total wins.
+  const std::vector<loftq::MatrixChoices> tie = {{{8, 16}, {2, 2}}};
+  CHECK(loftq::allocate_choices(tie, 100).choice == std::vector<std::size_t>{0});
+  // Every choice of the same cost: the lowest error.
+  CHECK(loftq::allocate_choices({{{7, 7, 7}, {3, 1, 2}}}, 7).choice == std::vector<std::size_t>{1});
+  auto code = [](const std::vector<loftq::MatrixChoices>& mats, std::int64_t budget) {
+    try {
+      loftq::allocate_choices(mats, budget);
+    } catch (const loftq::Error& e) {
+      return e.code();
+    }
+    return loftq::Errc::cancelled;  // no error: fails the checks below
+  };
+  CHECK(code({}, 10) == loftq::Errc::invalid_argument);
+  CHECK(code(m, 19) == loftq::Errc::invalid_argument);  // below 10 + 10
+  CHECK(code({{{}, {}}}, 10) == loftq::Errc::invalid_argument);
+  CHECK(code({{{1, 2}, {1}}}, 10) == loftq::Errc::invalid_argument);
+  CHECK(code({{{-1}, {1}}}, 10) == loftq::Errc::invalid_argument);
+  CHECK(code({{{1}, {NAN}}}, 10) == loftq::Errc::non_finite);
+  CHECK(code({{{1}, {-1}}}, 10) == loftq::Errc::non_finite);
 }

@@ -6,10 +6,13 @@
 //                                                   assorted key-value types
 //   gguftool synth_big OUT.gguf MIB                 one small target and a MIB MiB F16 output.weight
 //                                                   of zeros, left sparse in the file
+//   gguftool quantize IN.gguf OUT.gguf TYPE          IN's float matrices of whole TYPE blocks in TYPE
+//                                                   (q8_0, q4_k, ...), as ggml quantizes them
 //   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]
 //   gguftool mix_synth OUT.gguf [falcon|moe]        a 4-layer llama (GQA, width 256, FFN 288,
 //                                                   vocabulary 4200, an output.weight) for the mixes
 //   gguftool verify_mix IN.gguf DIR MIX RANK ITERS SCALE
+//   gguftool verify_budget IN.gguf DIR BUDGET       a --bits-budget run: types, stored bits, the allocation
 //
 // verify_mix checks model.gguf of a --quant MIX run (q2_k_mix, q4_k_m, ...):
 // general.file_type the mix's LLAMA_FTYPE; each tensor in the type
@@ -28,14 +31,19 @@
 // lora_b shapes llama.cpp checks, their type (ADAPTER_TYPE, default f32;
 // a q8_0 lora_b of a rank not a multiple of 32 in f16) and every stored
 // value within that type's rounding of the library's to_peft factors,
-// and (alpha / r) * lora_b * lora_a equal to the library's A B^T (F32) and
-// lowering the error of Q alone.
+// and (alpha / r) * lora_b * lora_a equal to the library's A B^T (F32),
+// lowering the error of Q alone and, with Q, no higher than ggml's own
+// quantization of the target's values. IN's targets may be quantized (decoded by ggml's rules).
 #include "common/gguf_layout.hpp"
 #include "common/llama2c.hpp"
 #include "common/llama_quant_mix.hpp"
 
+#include <loftq/io/ggml_types.hpp>
 #include <loftq/loftq.hpp>
 
+#include <nlohmann/json.hpp>
+
+#include <cctype>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -138,7 +146,7 @@ int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t ty
 
 // Shapes no real model has: rows of 96 and 33 x 64 (whole blocks), 70 (not:
 // kept), a 3-D I32 tensor, alignment 64, string arrays and floats in the keys.
-// VARIANT: "" as above; "q8target" with blk.0.attn_q already Q8_0; "noarch"
+// VARIANT: "" as above; "i32target" with blk.0.attn_q an I32 tensor; "noarch"
 // without general.architecture.
 int cmd_synth(const std::string& out, const std::string& variant) {
   std::mt19937 g(7);
@@ -156,8 +164,8 @@ int cmd_synth(const std::string& out, const std::string& variant) {
                                                "b"});
   b.add_f32("llama.rope.freq_base", 10000.0f);
   b.add_tensor("token_embd.weight", {64, 10}, gl::F16, gl::Builder::encode_floats(rnd(640), gl::F16));
-  if (variant == "q8target")
-    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::Q8_0, std::vector<unsigned char>(3 * 34 * 40, 0));
+  if (variant == "i32target")
+    b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::I32, std::vector<unsigned char>(4 * 96 * 40, 0));
   else
     b.add_tensor("blk.0.attn_q.weight", {96, 40}, gl::F16, gl::Builder::encode_floats(rnd(96 * 40), gl::F16));
   b.add_tensor("blk.0.attn_k.weight", {64, 33}, gl::BF16, gl::Builder::encode_floats(rnd(64 * 33), gl::BF16));
@@ -183,6 +191,45 @@ int cmd_synth_big(const std::string& out, std::uint64_t mib) {
   b.add_tensor("output.weight", {cols, rows}, gl::F16, {});
   b.write(out);
   std::filesystem::resize_file(out, std::filesystem::file_size(out) + 2 * cols * rows);
+  return 0;
+}
+
+// IN with every 2-D F32, F16 or BF16 tensor whose rows are whole blocks of TYPE (a ggml format: q8_0, q4_k, ...)
+// in TYPE as ggml_quantize_chunk writes it (the library's ggml quantizer without its scale search, which
+// test_ggml_kquants holds to ggml's bytes), every other tensor and key-value pair as it is but general.file_type,
+// TYPE's LLAMA_FTYPE: a file as llama-quantize makes it for a model of whole blocks.
+int cmd_quantize(const std::string& in_path, const std::string& out, const std::string& type) {
+  const loftq::GgmlFormat fmt = loftq::ggml_format_from_name(type);
+  const gl::File in(in_path);
+  gl::Builder b;
+  for (const auto& e : in.kvs) {
+    if (e.first == "general.file_type") {
+      b.add_u32(e.first, loftq::ggml_format_llama_ftype(fmt));
+      continue;
+    }
+    b.key(e.first, e.second.first);
+    b.kv.insert(b.kv.end(), e.second.second.begin(), e.second.second.end());
+    if (e.first == "general.alignment") b.alignment = gl::le(e.second.second.data(), 4);
+  }
+  loftq::QuantizeOptions plain;
+  plain.scale_search = false;
+  plain.threads = 1;
+  int quantized = 0;
+  for (const gl::Tensor& t : in.tensors) {
+    const bool is_float = t.type == gl::F32 || t.type == gl::F16 || t.type == gl::BF16;
+    if (!is_float || t.ne.size() != 2 || t.ne[0] % static_cast<std::uint64_t>(loftq::ggml_format_block(fmt)) != 0) {
+      b.add_tensor(t.name, t.ne, t.type, std::vector<unsigned char>(in.at(t), in.at(t) + t.nbytes));
+      continue;
+    }
+    const std::vector<float> v = in.values(t);
+    const Eigen::Map<const loftq::RowMatrix<float>> W(v.data(), static_cast<Eigen::Index>(t.ne[1]),
+                                                      static_cast<Eigen::Index>(t.ne[0]));
+    b.add_tensor(t.name, t.ne, static_cast<std::uint32_t>(loftq::ggml_format_type_id(fmt)),
+                 loftq::io::ggml_block_bytes(loftq::quantize(W, loftq::GgmlQuantizer(fmt), plain), fmt));
+    ++quantized;
+  }
+  b.write(out);
+  std::printf("gguftool: %d tensors in %s\n", quantized, loftq::ggml_format_name(fmt));
   return 0;
 }
 
@@ -320,10 +367,75 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
     const double e_q = (W.cast<double>() - Q.cast<double>()).norm();
     const double e_qab = (W.cast<double>() - Q.cast<double>() - delta).norm();
     require(e_qab < e_q, t.name + ": the adapter does not lower the error");
+    // No worse than ggml's own quantization of the same values.
+    loftq::QuantizeOptions plain;
+    plain.scale_search = false;
+    plain.threads = 1;
+    const double e_plain =
+        (W - loftq::fake_quantize(loftq::RowMatrix<float>(W), loftq::GgmlQuantizer(fmt), plain)).cast<double>().norm();
+    require(e_qab <= e_plain,
+            t.name + ": error " + std::to_string(e_qab) + " above ggml's quantization's " + std::to_string(e_plain));
     ++targets;
   }
   require(adapter.tensors.size() == 2 * static_cast<std::size_t>(targets), "adapter: tensor count");
   std::printf("gguftool: verified %d targets, %d copied\n", targets, copied);
+  return 0;
+}
+
+// DIR of a --format gguf --bits-budget BUDGET run on IN: each target of model.gguf in the type its report entry
+// names, one of its candidates; what model.gguf and adapter.gguf store for the targets (ggml's blocks of Q, lora_a
+// and lora_b), counted from the files, averaging at most BUDGET bits per weight and equal to the report's average;
+// the report's total error the sum of the chosen types' measured errors, and no higher than that of any single type
+// every target could take within the budget (the knapsack's optimum is at least as good).
+int cmd_verify_budget(const std::string& in_path, const std::string& dir, double budget) {
+  const gl::File in(in_path), model(dir + "/model.gguf"), adapter(dir + "/adapter.gguf");
+  std::ifstream rf(dir + "/loftq_report.json");
+  require(static_cast<bool>(rf), "no report");
+  const nlohmann::json rep = nlohmann::json::parse(rf);
+  const nlohmann::json& alloc = rep.at("bits_allocation");
+  const nlohmann::json& cand = alloc.at("candidate_sq_err");
+  require(model.tensors.size() == in.tensors.size(), "model.gguf: tensor count");
+  double bits = 0, weights = 0, err = 0;
+  std::map<std::string, std::pair<double, double>> uniform;  // type -> (bits, error) with every target in it
+  std::map<std::string, int> takers;
+  for (const auto& [name, c] : cand.items()) {
+    const gl::Tensor* t = model.find(name);
+    const gl::Tensor* la = adapter.find(name + ".lora_a");
+    const gl::Tensor* lb = adapter.find(name + ".lora_b");
+    require(t && la && lb, name + ": missing in model.gguf or adapter.gguf");
+    const std::string chosen = rep.at("tensors").at(name).at("ggml_type").get<std::string>();
+    std::string fname;
+    for (const auto& [f, e] : c.items())
+      if (static_cast<std::uint32_t>(loftq::ggml_format_type_id(loftq::ggml_format_from_name(f))) == t->type) fname = f;
+    require(!fname.empty(), name + ": model.gguf's type is not among its candidates");
+    std::string upper = fname;
+    for (char& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    require(upper == chosen, name + ": model.gguf holds " + upper + ", the report says " + chosen);
+    const double adapter_bits = 8.0 * static_cast<double>(la->nbytes + lb->nbytes);
+    bits += 8.0 * static_cast<double>(t->nbytes) + adapter_bits;
+    weights += static_cast<double>(t->numel);
+    err += c.at(fname).get<double>();
+    for (const auto& [f, e] : c.items()) {
+      const loftq::GgmlFormat g = loftq::ggml_format_from_name(f);
+      auto& u = uniform[f];
+      u.first += static_cast<double>(t->numel) * loftq::ggml_format_bits_per_weight(g) + adapter_bits;
+      u.second += e.get<double>();
+      ++takers[f];
+    }
+  }
+  const double avg = bits / weights;
+  require(avg <= budget, "average " + std::to_string(avg) + " bits per weight over the budget");
+  require(std::abs(avg - alloc.at("average_bits_per_weight").get<double>()) <= 1e-9 * avg,
+          "the report's average is not the files'");
+  require(std::abs(err - alloc.at("total_sq_err").get<double>()) <= 1e-9 * err, "total_sq_err is not the sum");
+  int compared = 0;
+  for (const auto& [f, u] : uniform)
+    if (takers[f] == static_cast<int>(cand.size()) && u.first / weights <= budget) {
+      require(err <= u.second * (1 + 1e-12), "every target in " + f + " fits the budget with a lower error");
+      ++compared;
+    }
+  std::printf("gguftool: %zu targets, %.4f bits per weight, total error %.6g; %d uniform types within the budget\n",
+              cand.size(), avg, err, compared);
   return 0;
 }
 
@@ -450,6 +562,8 @@ int main(int argc, char** argv) {
   try {
     if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
+    if (a.size() == 4 && a[0] == "quantize") return cmd_quantize(a[1], a[2], a[3]);
+    if (a.size() == 4 && a[0] == "verify_budget") return cmd_verify_budget(a[1], a[2], std::stod(a[3]));
     if (a.size() == 3 && a[0] == "synth_big") return cmd_synth_big(a[1], std::stoull(a[2]));
     if ((a.size() == 2 || a.size() == 3) && a[0] == "mix_synth") return cmd_mix_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 7 && a[0] == "verify_mix")
@@ -461,8 +575,9 @@ int main(int argc, char** argv) {
     die(e.what());
   }
   std::fprintf(stderr,
-               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | synth_big OUT MIB | "
+               "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [i32target|noarch] | quantize IN OUT TYPE | "
+               "synth_big OUT MIB | "
                "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE] | mix_synth OUT [falcon|moe] | "
-               "verify_mix IN DIR MIX RANK ITERS SCALE\n");
+               "verify_mix IN DIR MIX RANK ITERS SCALE | verify_budget IN DIR BUDGET\n");
   return 2;
 }

@@ -3,7 +3,8 @@
 // the model reader (layer_source.hpp):
 //   Hugging Face  config.json (parse_hf_config); F32/F16/BF16 safetensors
 //   GGUF       llama.cpp's llama architecture keys (gguf_config); F32/F16/
-//              BF16/Q8_0 tensors in ggml's element order (gguf_floats)
+//              BF16 tensors and the quantized types of loftq/io/ggml_dequantize.hpp,
+//              in ggml's element order (gguf_floats)
 //   llama2.c   its 28-byte header (common/llama2c.hpp)
 //
 // Rotary embeddings: this forward (as llama2.c's run.c and llama.cpp) rotates
@@ -20,6 +21,7 @@
 #include <loftq/error.hpp>
 #include <loftq/io/dtype.hpp>
 #include <loftq/io/gguf.hpp>
+#include <loftq/io/ggml_dequantize.hpp>
 
 #include <Eigen/Core>
 #include <cmath>
@@ -186,42 +188,19 @@ inline double gguf_float(const loftq::io::GgufFile& g, const std::string& key, d
 }
 
 inline void require_gguf_float_type(const loftq::io::GgufFile& g, const loftq::io::GgufTensorInfo& t) {
-  using loftq::io::GgmlType;
-  const GgmlType type = static_cast<GgmlType>(t.type);
-  if (type != GgmlType::F32 && type != GgmlType::F16 && type != GgmlType::BF16 && type != GgmlType::Q8_0)
+  if (!loftq::io::ggml_can_dequantize(t.type))
     throw loftq::Error(loftq::Errc::unsupported, g.path() + ": tensor '" + t.name + "' has type " +
                                                      loftq::io::GgufFile::type_name(t.type) +
-                                                     ", expected F32, F16, BF16 or Q8_0");
+                                                     ", which cannot be read as floats");
 }
 
-// Any F32/F16/BF16/Q8_0 tensor as floats, in ggml's element order (ne[0]
-// fastest). Q8_0 is dequantized as ggml's dequantize_row_q8_0: each block is
-// an fp16 scale d and 32 int8 codes q, element = q * d in float.
+// Any tensor of a type ggml_dequantize knows as floats, in ggml's element
+// order (ne[0] fastest), each element as ggml's dequantize_row_* gives it.
 inline std::vector<float> gguf_floats(const loftq::io::GgufFile& g, const loftq::io::GgufTensorInfo& t) {
-  using loftq::io::GgmlType;
-  std::vector<float> out(static_cast<std::size_t>(t.numel));
-  const GgmlType type = static_cast<GgmlType>(t.type);
-  if (type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16) {
-    const loftq::io::Dtype d = type == GgmlType::F32   ? loftq::io::Dtype::F32
-                               : type == GgmlType::F16 ? loftq::io::Dtype::F16
-                                                       : loftq::io::Dtype::BF16;
-    std::vector<unsigned char> bytes(static_cast<std::size_t>(t.nbytes));
-    g.read_bytes(t, 0, t.nbytes, bytes.data());
-    loftq::io::to_float(d, bytes.data(), out.size(), out.data());
-  } else if (type == GgmlType::Q8_0) {
-    std::vector<unsigned char> bytes(static_cast<std::size_t>(t.nbytes));
-    g.read_bytes(t, 0, t.nbytes, bytes.data());
-    const std::size_t blocks = out.size() / 32;
-    for (std::size_t b = 0; b < blocks; ++b) {
-      const unsigned char* p = bytes.data() + b * 34;
-      const float scale = loftq::detail::half_to_float(static_cast<std::uint16_t>(p[0] | (p[1] << 8)));
-      for (int j = 0; j < 32; ++j)
-        out[b * 32 + static_cast<std::size_t>(j)] = static_cast<float>(static_cast<std::int8_t>(p[2 + j])) * scale;
-    }
-  } else {
-    require_gguf_float_type(g, t);
-  }
-  return out;
+  require_gguf_float_type(g, t);
+  std::vector<unsigned char> bytes(static_cast<std::size_t>(t.nbytes));
+  g.read_bytes(t, 0, t.nbytes, bytes.data());
+  return loftq::io::ggml_dequantize(t.type, bytes.data(), bytes.size(), t.numel);
 }
 
 }  // namespace detail

@@ -4,7 +4,7 @@
 //   llama2.c   a .bin checkpoint (common/llama2c.hpp's header and layout)
 //   Hugging Face  a directory with config.json and model.safetensors (or a
 //              sharded set with model.safetensors.index.json); F32/F16/BF16
-//   GGUF       llama.cpp's llama architecture; F32/F16/BF16/Q8_0 tensors
+//   GGUF       llama.cpp's llama architecture; F32/F16/BF16 and quantized tensors
 //
 // The one reader of whole models too (read_model in load.hpp reads every
 // layer through it), so a layer read here is the layer read there.

@@ -189,6 +189,133 @@ inline BitAllocation allocate_bits(const std::vector<MatrixErrors>& mats, const 
   return finish(pick);
 }
 
+// The same knapsack over choices of arbitrary storage cost: formats whose
+// bits per weight are not whole numbers and whose block fields differ (ggml's
+// types: 84 bytes per 256 weights for Q2_K, 34 per 32 for Q8_0, ...), with a
+// per-matrix cost that every choice shares (a LoRA adapter) counted as well.
+//
+//   minimize sum_i e_i(c_i)   subject to sum_i cost_i(c_i) <= budget
+//
+// Costs are whole units (bits). Exact by dynamic programming in units of the
+// gcd of the costs above each matrix's cheapest choice; past `max_cells` the
+// extra costs are rounded up to a coarser unit U as in allocate_bits (the
+// budget still holds; the error is at most the optimum for a budget lower by
+// gap_cost = K * U).
+struct MatrixChoices {
+  std::vector<std::int64_t> cost;  // what each choice stores, >= 0
+  std::vector<double> sq_error;    // its error, in the same order
+};
+
+struct ChoiceAllocation {
+  std::vector<std::size_t> choice;  // per matrix, an index into its choices
+  double total_sq_error = 0;
+  std::int64_t total_cost = 0;
+  bool exact = true;
+  std::int64_t gap_cost = 0;  // when not exact: optimal for a budget this much lower
+};
+
+// The choice per matrix minimizing the total error with total cost <= budget.
+// Throws loftq::Error for no matrices, a matrix without choices or with more
+// than 255, mismatched or negative costs, non-finite or negative errors, or
+// a budget below the cheapest choices' total. Ties go to the lower total
+// cost, then to the earlier choice.
+inline ChoiceAllocation allocate_choices(const std::vector<MatrixChoices>& mats, std::int64_t budget,
+                                         const AllocateOptions& ao = {}) {
+  detail::require(!mats.empty(), Errc::invalid_argument, "allocate_choices: no matrices");
+  detail::require(ao.max_cells >= mats.size(), Errc::invalid_argument,
+                  "allocate_choices: max_cells is below the matrix count");
+  const std::size_t K = mats.size();
+  const std::int64_t big = std::numeric_limits<std::int64_t>::max() / 4;
+  std::int64_t base = 0, extra_max = 0, g = 0;
+  std::vector<std::int64_t> lo(K);
+  for (std::size_t i = 0; i < K; ++i) {
+    const MatrixChoices& M = mats[i];
+    const std::string what = "allocate_choices: matrix " + std::to_string(i);
+    detail::require(!M.cost.empty() && M.cost.size() <= 255, Errc::invalid_argument,
+                    what + " has 0 or over 255 choices");
+    detail::require(M.sq_error.size() == M.cost.size(), Errc::invalid_argument,
+                    what + " has " + std::to_string(M.sq_error.size()) + " errors for " +
+                        std::to_string(M.cost.size()) + " choices");
+    for (std::size_t j = 0; j < M.cost.size(); ++j) {
+      detail::require(M.cost[j] >= 0 && M.cost[j] <= big, Errc::invalid_argument, what + " has a cost out of range");
+      detail::require(std::isfinite(M.sq_error[j]) && M.sq_error[j] >= 0, Errc::non_finite,
+                      what + " has a non-finite or negative error");
+    }
+    lo[i] = *std::min_element(M.cost.begin(), M.cost.end());
+    const std::int64_t hi = *std::max_element(M.cost.begin(), M.cost.end());
+    detail::require(base <= big - lo[i] && extra_max <= big - (hi - lo[i]), Errc::invalid_argument,
+                    "allocate_choices: the costs overflow");
+    base += lo[i];
+    extra_max += hi - lo[i];
+    for (std::int64_t c : M.cost) g = std::gcd(g, c - lo[i]);
+  }
+  detail::require(budget >= base, Errc::invalid_argument,
+                  "allocate_choices: budget " + std::to_string(budget) + " is below the cheapest choices' total " +
+                      std::to_string(base));
+  const std::int64_t cap = std::min(budget - base, extra_max);
+
+  ChoiceAllocation out;
+  auto finish = [&](const std::vector<std::size_t>& pick) {
+    out.choice = pick;
+    out.total_sq_error = 0;
+    out.total_cost = 0;
+    for (std::size_t i = 0; i < K; ++i) {
+      out.total_sq_error += mats[i].sq_error[pick[i]];
+      out.total_cost += mats[i].cost[pick[i]];
+    }
+    return out;
+  };
+  if (g == 0) {  // every matrix's choices cost the same: the lowest error each
+    std::vector<std::size_t> pick(K);
+    for (std::size_t i = 0; i < K; ++i)
+      pick[i] = static_cast<std::size_t>(std::min_element(mats[i].sq_error.begin(), mats[i].sq_error.end()) -
+                                         mats[i].sq_error.begin());
+    return finish(pick);
+  }
+  const std::int64_t cells_per_matrix = static_cast<std::int64_t>(ao.max_cells / K);
+  std::int64_t unit = g;
+  if (cap / unit + 1 > cells_per_matrix) {
+    const std::int64_t d = std::max<std::int64_t>(1, cells_per_matrix - 1);
+    unit = g * std::max<std::int64_t>(1, (cap / g + d - 1) / d);
+    while (cap / unit + 1 > cells_per_matrix) unit += g;
+  }
+  out.exact = unit == g;
+  out.gap_cost = out.exact ? 0 : static_cast<std::int64_t>(K) * unit;
+  const std::int64_t S = cap / unit + 1;
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> dp(static_cast<std::size_t>(S), inf), next(static_cast<std::size_t>(S));
+  std::vector<std::uint8_t> choice(K * static_cast<std::size_t>(S));
+  std::vector<std::vector<std::int64_t>> w(K);
+  dp[0] = 0;
+  for (std::size_t i = 0; i < K; ++i) {
+    std::fill(next.begin(), next.end(), inf);
+    std::uint8_t* ch = choice.data() + i * static_cast<std::size_t>(S);
+    for (std::size_t j = 0; j < mats[i].cost.size(); ++j) {
+      const std::int64_t wj = (mats[i].cost[j] - lo[i] + unit - 1) / unit;  // rounded up: the budget holds
+      w[i].push_back(wj);
+      const double e = mats[i].sq_error[j];
+      for (std::int64_t c = wj; c < S; ++c) {
+        const double v = dp[static_cast<std::size_t>(c - wj)] + e;
+        if (v < next[static_cast<std::size_t>(c)]) {
+          next[static_cast<std::size_t>(c)] = v;
+          ch[c] = static_cast<std::uint8_t>(j);
+        }
+      }
+    }
+    dp.swap(next);
+  }
+  std::int64_t best = 0;
+  for (std::int64_t c = 1; c < S; ++c)
+    if (dp[static_cast<std::size_t>(c)] < dp[static_cast<std::size_t>(best)]) best = c;
+  std::vector<std::size_t> pick(K);
+  for (std::size_t i = K; i-- > 0;) {
+    const std::size_t j = choice[i * static_cast<std::size_t>(S) + static_cast<std::size_t>(best)];
+    pick[i] = j;
+    best -= w[i][j];
+  }
+  return finish(pick);
+}
+
 // ||W - Q - A B^T||^2 of a result, from its relative error and ||W||^2.
 template <class Scalar>
 double squared_error(const Result<Scalar>& r, double w_squared_norm) {

@@ -163,6 +163,32 @@ TEST_CASE("the reader on a file from the independent writer: key-value bytes and
   CHECK_THROWS_AS(g.read_matrix(*g.find("n")), loftq::Error);  // 1-D
 }
 
+TEST_CASE("read_matrix dequantizes a quantized tensor as ggml does, across its row chunks; unknown types are refused") {
+  // 600 rows of 4096 Q4_K elements: 1.4 MB, more than one chunk of rows.
+  const RowMatrixF W = random_matrix(600, 4096, 9);
+  const loftq::PackedMatrix P = loftq::quantize(W, loftq::GgmlQuantizer(loftq::GgmlFormat::q4_K));
+  const std::vector<unsigned char> q4k = gio::ggml_block_bytes(P, loftq::GgmlFormat::q4_K);
+  gl::Builder b;
+  b.add_string("general.architecture", "llama");
+  b.add_tensor("blk.0.ffn_up.weight", {4096, 600}, gl::Q4_K, q4k);
+  b.add_tensor("blk.0.ffn_down.weight", {64, 2}, 9 /* Q8_1 */, std::vector<unsigned char>(4 * 36, 0));
+  TempFile f;
+  f.write(b.bytes());
+  gio::GgufFile g(f.path);
+  const RowMatrixF M = g.read_matrix(*g.find("blk.0.ffn_up.weight"));
+  const RowMatrixF D = loftq::dequantize(P);
+  REQUIRE(M.rows() == 600);
+  REQUIRE(M.cols() == 4096);
+  CHECK(std::memcmp(M.data(), D.data(), sizeof(float) * static_cast<std::size_t>(D.size())) == 0);
+  try {
+    g.read_matrix(*g.find("blk.0.ffn_down.weight"));
+    FAIL("no error");
+  } catch (const loftq::Error& e) {
+    CHECK(e.code() == loftq::Errc::unsupported);
+    CHECK(std::string(e.what()).find("Q8_1") != std::string::npos);
+  }
+}
+
 TEST_CASE("integer_value: every scalar integer type, zero extended; nothing else") {
   gl::Builder b;
   b.add_int("u8", gl::T_U8, 0xfe, 1);

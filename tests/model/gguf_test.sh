@@ -56,6 +56,60 @@ gguf_stories)
   no_temps
   ;;
 
+gguf_quantized_input)
+  # Inputs as llama.cpp users hold them: stories260K in Q8_0 (ffn_down's rows of 172 stay F16) and the 4-layer
+  # model of width 256 in Q4_K (its ffn_down's rows of 288 stay F32), as ggml quantizes. LoftQ starts from the
+  # targets dequantized as ggml does; verify decodes them by ggml's rules, checks Q bit for bit against
+  # loftq::initialize on those values and the error of Q + adapter against ggml's own q4_0 of them.
+  stories s.gguf f16
+  "$TOOL" quantize s.gguf s_q8.gguf q8_0 >/dev/null || fail "gguftool quantize q8_0"
+  "$TOOL" mix_synth m.gguf || fail "gguftool mix_synth"
+  "$TOOL" quantize m.gguf m_q4k.gguf q4_k >/dev/null || fail "gguftool quantize q4_k"
+  sum=$(sha256sum s_q8.gguf m_q4k.gguf)
+  expect_rc 0 model --input s_q8.gguf --output o8 --format gguf --quant q4_0 --rank 4 --iters 2 --quiet --threads 1
+  verify s_q8.gguf o8 q4_0 4 2 4 search
+  [ "$(grep -c '"dtype": "Q8_0"' o8/loftq_report.json)" -eq 30 ] || fail "report: the targets' input type Q8_0"
+  grep -q '"Q8_0": 30' o8/loftq_report.json || fail "report: target_input_types"
+  expect_rc 0 model --input m_q4k.gguf --output ok --format gguf --quant q4_0 --rank 4 --iters 2 --quiet --threads 2
+  verify m_q4k.gguf ok q4_0 4 2 4 search
+  [ "$(grep -c '"dtype": "Q4_K"' ok/loftq_report.json)" -eq 24 ] || fail "report: the targets' input type Q4_K"
+  [ "$(grep -c '"dtype": "F32"' ok/loftq_report.json)" -eq 4 ] || fail "report: the F32 ffn_down targets"
+  # With a mix the quantized non-targets stay as they are: output.weight, Q6_K in llama.cpp's q4_k_m, is listed.
+  expect_rc 0 model --input m_q4k.gguf --output om --format gguf --quant q4_k_m --rank 4 --iters 1 --quiet --threads 2
+  sed -n '/"kept_quantized_in_input": {/,/}/p' om/loftq_report.json | grep -q '"output.weight": "Q6_K"' ||
+    fail "report: mix.kept_quantized_in_input"
+  [ "$sum" = "$(sha256sum s_q8.gguf m_q4k.gguf)" ] || fail "an input changed"
+  no_temps
+  ;;
+
+gguf_budget)
+  # --bits-budget with --format gguf: the 4-layer model of width 256 (ffn_down's rows of 288 take only the 32-element
+  # types), each target's ggml type chosen by the exact knapsack over what model.gguf and adapter.gguf store.
+  "$TOOL" mix_synth m.gguf || fail "gguftool mix_synth"
+  # Two modules keep the cost down: each target is computed in each of its 9 (ffn_down: 3) types.
+  targets=(--target-modules attn_q,ffn_down)
+  expect_rc 0 model --input m.gguf --output b --format gguf --bits-budget 5.2 --rank 4 --iters 1 --threads 2 \
+    "${targets[@]}"
+  alloc=$(sed -n '/^  "bits_allocation": {/,/^  },/p' b/loftq_report.json)
+  avg=$(printf '%s\n' "$alloc" | sed -n 's/^    "average_bits_per_weight": \([0-9.e+-]*\),*$/\1/p')
+  [ -n "$avg" ] && awk -v x="$avg" 'BEGIN { exit !(x <= 5.2 && x > 4.5) }' || { show; fail "average $avg not in (4.5, 5.2]"; }
+  # More than one type: the budget lies between the uniform choices.
+  [ "$(printf '%s\n' "$alloc" | sed -n '/"tensors_per_type"/,/}/p' | grep -c '": [0-9]')" -ge 2 ] || fail "one type only"
+  "$TOOL" verify_budget m.gguf b 5.2 >/dev/null || fail "verify_budget"
+  grep -q '"llama_cpp_recipes"' b/loftq_report.json || fail "report: llama_cpp_recipes"
+  grep -q 'bit budget 5.2: ' "$out_file" || { show; fail "summary: the mix"; }
+  # The same run at 1 thread, byte for byte.
+  expect_rc 0 model --input m.gguf --output b1 --format gguf --bits-budget 5.2 --rank 4 --iters 1 --threads 1 --quiet \
+    "${targets[@]}"
+  cmp -s b/model.gguf b1/model.gguf && cmp -s b/adapter.gguf b1/adapter.gguf || fail "not deterministic"
+  # A budget below the cheapest types with the adapter; --quant with a budget.
+  expect_refused '--bits-budget 2.70* is below 3\.[0-9]* bits per weight, the cheapest' model --input m.gguf \
+    --output o_low --format gguf --bits-budget 2.7 --rank 4 --quiet
+  expect_usage model --input m.gguf --output o_q --format gguf --bits-budget 4 --quant q4_k
+  expect_usage model --input m.gguf --output o_b --bits-budget 4.5
+  no_temps
+  ;;
+
 gguf_synth)
   synth in.gguf
   sum=$(sha256sum in.gguf)
@@ -131,7 +185,7 @@ gguf_mix)
 
 gguf_bad_input)
   synth ok.gguf
-  synth q8.gguf q8target
+  synth i32.gguf i32target
   synth noarch.gguf noarch
   head -c 100 ok.gguf >trunc.gguf
   head -c "$(($(stat -c %s ok.gguf) - 7))" ok.gguf >short.gguf
@@ -146,7 +200,7 @@ gguf_bad_input)
   expect_refused 'truncated' model --input empty.gguf --output o --format gguf
   expect_refused 'not a regular file' model --input adir --output o --format gguf
   expect_refused 'cannot open' model --input missing.gguf --output o --format gguf
-  expect_refused 'has type Q8_0' model --input q8.gguf --output o --format gguf
+  expect_refused "i32.gguf: tensor 'blk.0.attn_q.weight' has type I32" model --input i32.gguf --output o --format gguf
   expect_refused 'general.architecture' model --input noarch.gguf --output o --format gguf
   expect_refused 'no target tensors' model --input ok.gguf --output o --format gguf --target-modules lm_head
   expect_refused 'rank 41' model --input ok.gguf --output o --format gguf --rank 41

@@ -17,6 +17,7 @@
 #include "report.hpp"
 #include "sink.hpp"
 #include "source.hpp"
+#include "source_gguf.hpp"
 #include "staged_output.hpp"
 
 #include <loftq/threads.hpp>
@@ -140,10 +141,11 @@ int run_model(const Args& a) {
   check_output(a, *src);
   apply_threads(a.threads);
 
-  Progress progress(src->targets().size() * compute.runs_per_target(), a.quiet);
+  Progress progress(compute.total_runs(*src), a.quiet);
   progress.update(0, "");
   std::size_t done = 0;
   compute.choose_widths(*src, progress, done);
+  if (a.gguf && compute.budget()) static_cast<GgufSource&>(*src).set_formats(compute.ggml_formats());
 
   out.stage();  // from here a signal only raises a flag; we clean up
   const Sinks sinks = open_sinks(a, *src, out, compute.bits_of());
@@ -156,6 +158,8 @@ int run_model(const Args& a) {
   rep["threads"] = loftq::thread_count(a.threads);
   src->describe(rep.json());
   if (compute.budget()) rep["bits_allocation"] = compute.allocation_json();
+  if (a.gguf && compute.budget())
+    static_cast<const GgufSource&>(*src).compare_llama_recipes(a, compute.ggml_measured(), rep["bits_allocation"]);
   if (compute.calibrated()) rep["calibration"] = compute.calibration_json();
   rep.tensors(c.tensors);
   if (a.shard_n > 0) rep["files"] = shard_file_identities(out);

@@ -27,7 +27,8 @@ const CommandDef kCommands[4] = {
      "PATH into the output an unsharded run writes (identical tensors)."},
     {"calibrate", kCalibrate, "loftq calibrate --input MODEL --tokens TOKENS.npy --output DIR [options]",
      "Run a llama-architecture model (a Hugging Face directory with config.json and safetensors, a GGUF file of "
-     "the llama architecture with F32/F16/BF16/Q8_0 weights, or a llama2.c checkpoint) over calibration token "
+     "the llama architecture with F32/F16/BF16 or quantized (Q4_0..Q8_0, K-quant, IQ4) weights, or a llama2.c "
+     "checkpoint) over calibration token "
      "sequences and record the second moment of every linear layer's input. DIR receives "
      "statistics.safetensors (per module <path>.xtx, the sum of x x^T over the tokens, or its diagonal, float64, "
      "and <path>.tokens; q/k/v and gate/up share one entry), and with --imatrix imatrix.gguf, the same "

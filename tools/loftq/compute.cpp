@@ -10,8 +10,11 @@
 #include <loftq/bnb_double_quant.hpp>
 #include <loftq/data_aware.hpp>
 #include <loftq/ggml_format.hpp>
+#include <loftq/io/ggml_types.hpp>
 
 #include <chrono>
+#include <cmath>
+#include <limits>
 #include <cstdio>
 
 namespace loftq_cli {
@@ -32,7 +35,42 @@ Compute::Compute(const Args& a) : a_(a), opt_(library_options(a)) {
   }
 }
 
-std::size_t Compute::runs_per_target() const { return budget() ? budget_bits().size() + 1 : 1; }
+namespace {
+
+// The ggml formats a --bits-budget allocation offers a target of rows `cols` long: every format loftq writes whose
+// blocks fit the rows.
+std::vector<loftq::GgmlFormat> ggml_candidates(std::uint64_t cols) {
+  std::vector<loftq::GgmlFormat> out;
+  for (loftq::GgmlFormat f : {loftq::GgmlFormat::q2_K, loftq::GgmlFormat::q3_K, loftq::GgmlFormat::iq4_xs,
+                              loftq::GgmlFormat::q4_0, loftq::GgmlFormat::iq4_nl, loftq::GgmlFormat::q4_K,
+                              loftq::GgmlFormat::q5_K, loftq::GgmlFormat::q6_K, loftq::GgmlFormat::q8_0})
+    if (cols % static_cast<std::uint64_t>(loftq::ggml_format_block(f)) == 0) out.push_back(f);
+  return out;
+}
+
+// The bits adapter.gguf stores for a target: lora_a (ne [cols, r]) and lora_b (ne [r, rows]) in --adapter-type, a
+// Q8_0 lora_b of a rank that is not whole blocks in F16 (as sink_gguf.cpp writes them).
+std::int64_t adapter_bits(const Args& a, const ModelTarget& t) {
+  const std::uint32_t ta = static_cast<std::uint32_t>(a.adapter_type == "f16"    ? io::GgmlType::F16
+                                                      : a.adapter_type == "bf16" ? io::GgmlType::BF16
+                                                      : a.adapter_type == "q8_0" ? io::GgmlType::Q8_0
+                                                                                 : io::GgmlType::F32);
+  const std::uint32_t tb = ta == static_cast<std::uint32_t>(io::GgmlType::Q8_0) && a.rank % loftq::kGgmlBlock != 0
+                               ? static_cast<std::uint32_t>(io::GgmlType::F16)
+                               : ta;
+  const std::uint64_t r = static_cast<std::uint64_t>(a.rank);
+  return 8 *
+         static_cast<std::int64_t>(io::ggml_nbytes(ta, {t.cols, r}, t.name) + io::ggml_nbytes(tb, {r, t.rows}, t.name));
+}
+
+}  // namespace
+
+std::size_t Compute::total_runs(const Source& src) const {
+  if (!budget()) return src.targets().size();
+  std::size_t n = 0;
+  for (const ModelTarget& t : src.targets()) n += 1 + (gguf_ ? ggml_candidates(t.cols).size() : budget_bits().size());
+  return n;
+}
 
 void Compute::check_targets(const Source& src) {
   if (calib_) calib_->check(src.targets());
@@ -92,7 +130,7 @@ TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) c
   const auto t0 = std::chrono::steady_clock::now();
   const int bits = gguf_ ? loftq::ggml_format_bits(t.ggml) : bits_of_.at(t.name);
   TargetResult out = run_bits(t, W, w2, bits, a_.double_quant, a_.bnb_nf4);
-  if (budget()) out.candidates = measured_.at(t.name);
+  if (budget() && !gguf_) out.candidates = measured_.at(t.name);
   if (calib_) compare(t, W, bits, out);
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return out;
@@ -101,6 +139,10 @@ TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) c
 void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& done) {
   if (!budget()) {
     for (const ModelTarget& t : src.targets()) bits_of_[t.name] = gguf_ ? loftq::ggml_format_bits(t.ggml) : a_.bits;
+    return;
+  }
+  if (gguf_) {
+    choose_ggml_formats(src, progress, done);
     return;
   }
   // Nothing is on disk yet, so a signal here simply ends the process.
@@ -131,11 +173,101 @@ void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& 
   for (std::size_t i = 0; i < order.size(); ++i) bits_of_[order[i]->name] = alloc_.bits[i];
 }
 
+void Compute::choose_ggml_formats(const Source& src, Progress& progress, std::size_t& done) {
+  std::vector<loftq::MatrixChoices> choices;
+  std::vector<std::vector<loftq::GgmlFormat>> offered;
+  std::vector<const ModelTarget*> order;
+  // The costs are known before any LoftQ run: a budget no choice meets is refused at once.
+  double cheapest = 0, weights = 0;
+  for (const ModelTarget& t : src.targets()) {
+    order.push_back(&t);
+    double c = std::numeric_limits<double>::infinity();
+    for (loftq::GgmlFormat f : ggml_candidates(t.cols))
+      c = std::min(c, 8.0 * static_cast<double>(io::ggml_nbytes(static_cast<std::uint32_t>(io::ggml_type_of(f)),
+                                                                {t.cols, t.rows}, t.name)));
+    cheapest += c + static_cast<double>(adapter_bits(a_, t));
+    weights += static_cast<double>(t.rows * t.cols);
+  }
+  if (cheapest > std::floor(a_.bits_budget * weights))
+    throw InputError{"--bits-budget " + std::to_string(a_.bits_budget) + " is below " +
+                     std::to_string(cheapest / weights) +
+                     " bits per weight, the cheapest ggml types that fit the targets with their adapters"};
+  TensorPrefetcher reader(src, order);
+  for (const ModelTarget* t : order) {
+    const TensorPrefetcher::Loaded in = reader.next();
+    const loftq::InputStatistics* stats = calib_ ? calib_->of(*t) : nullptr;
+    loftq::MatrixChoices mc;
+    const std::int64_t adapter = adapter_bits(a_, *t);
+    offered.push_back(ggml_candidates(t->cols));
+    for (loftq::GgmlFormat f : offered.back()) {
+      ModelTarget tf = *t;
+      tf.ggml = f;
+      const TargetResult r = run_bits(tf, in.W, in.w2, loftq::ggml_format_bits(f), false, false);
+      const double e =
+          stats ? loftq::output_sq_error(in.W, RowMatrixF(r.r.Q + r.r.A * r.r.B.transpose()), *stats) : r.sq_err;
+      measured_ggml_[t->name][f] = e;
+      mc.sq_error.push_back(e);
+      // What the two files store for the target: ggml's blocks of Q, and the adapter, which every format shares.
+      mc.cost.push_back(8 * static_cast<std::int64_t>(io::ggml_nbytes(static_cast<std::uint32_t>(io::ggml_type_of(f)),
+                                                                      {t->cols, t->rows}, t->name)) +
+                        adapter);
+      progress.update(++done, t->name + " @ " + loftq::ggml_format_name(f));
+    }
+    ggml_weights_ += static_cast<double>(t->rows * t->cols);
+    ggml_adapter_bits_ += static_cast<double>(adapter);
+    choices.push_back(std::move(mc));
+  }
+  try {
+    ggml_alloc_ =
+        loftq::allocate_choices(choices, static_cast<std::int64_t>(std::floor(a_.bits_budget * ggml_weights_)));
+  } catch (const loftq::Error& e) {
+    throw InputError{std::string("--bits-budget: ") + e.what()};
+  }
+  for (std::size_t i = 0; i < order.size(); ++i) {
+    const loftq::GgmlFormat f = offered[i][ggml_alloc_.choice[i]];
+    formats_[order[i]->name] = f;
+    bits_of_[order[i]->name] = loftq::ggml_format_bits(f);
+  }
+}
+
 nlohmann::json Compute::allocation_json() const {
-  return bits_allocation_json(a_.bits_budget, alloc_, measured_, bits_of_);
+  if (!gguf_) return bits_allocation_json(a_.bits_budget, alloc_, measured_, bits_of_);
+  nlohmann::json counts = nlohmann::json::object(), measured = nlohmann::json::object();
+  for (const auto& kv : formats_)
+    counts[loftq::ggml_format_name(kv.second)] = counts.value(loftq::ggml_format_name(kv.second), 0) + 1;
+  for (const auto& kv : measured_ggml_) {
+    nlohmann::json m = nlohmann::json::object();
+    for (const auto& fe : kv.second) m[loftq::ggml_format_name(fe.first)] = fe.second;
+    measured[kv.first] = m;
+  }
+  const double total = static_cast<double>(ggml_alloc_.total_cost);
+  return {{"budget", a_.bits_budget},
+          {"counts", "bits per weight of the targets as model.gguf and adapter.gguf store them (ggml's blocks)"},
+          {"solver", "exact multiple-choice knapsack (dynamic programming)"},
+          {"exact", ggml_alloc_.exact},
+          {"gap_bits", static_cast<double>(ggml_alloc_.gap_cost) / ggml_weights_},
+          {"average_bits_per_weight", total / ggml_weights_},
+          {"average_bits_per_weight_without_adapter", (total - ggml_adapter_bits_) / ggml_weights_},
+          {"total_sq_err", ggml_alloc_.total_sq_error},
+          {"tensors_per_type", counts},
+          {"candidate_sq_err", measured}};
 }
 
 void Compute::print_allocation(const nlohmann::json& rep) const {
+  if (gguf_) {
+    const nlohmann::json& b = rep["bits_allocation"];
+    std::string mix;
+    for (const auto& kv : b["tensors_per_type"].items())
+      mix += (mix.empty() ? "" : ", ") + std::to_string(kv.value().get<int>()) + " " + kv.key();
+    std::printf("  bit budget %.4g: %s; average %.4f bits per weight with the adapter (%.4f without)\n", a_.bits_budget,
+                mix.c_str(), b["average_bits_per_weight"].get<double>(),
+                b["average_bits_per_weight_without_adapter"].get<double>());
+    if (b.contains("llama_cpp_recipe") && !b["llama_cpp_recipe"].is_null())
+      std::printf("  llama.cpp's recipe at this budget: %s, %.4f bits per weight (no adapter)\n",
+                  b["llama_cpp_recipe"]["name"].get<std::string>().c_str(),
+                  b["llama_cpp_recipe"]["average_bits_per_weight"].get<double>());
+    return;
+  }
   std::map<int, int> widths;
   for (const auto& kv : bits_of_) ++widths[kv.second];
   std::string mix;

@@ -64,9 +64,13 @@ class Compute {
 
   // The width of each target (by name), known after choose_widths().
   const std::map<std::string, int>& bits_of() const { return bits_of_; }
+  // --format gguf with --bits-budget: the ggml format chosen for each target (by name), after choose_widths().
+  const std::map<std::string, loftq::GgmlFormat>& ggml_formats() const { return formats_; }
+  // --format gguf with --bits-budget: each target's squared error in each format measured (by name).
+  const std::map<std::string, std::map<loftq::GgmlFormat, double>>& ggml_measured() const { return measured_ggml_; }
+  // Computations of all targets of `src`: one each, or with a budget one per candidate and the chosen one.
+  std::size_t total_runs(const Source& src) const;
   bool budget() const { return a_.bits_budget > 0; }
-  // Computations per target: one, or one per width and the chosen one.
-  std::size_t runs_per_target() const;
   // The report's "bits_allocation" (with a budget).
   nlohmann::json allocation_json() const;
   // The summary's line about the widths (with a budget), given the report.
@@ -79,6 +83,8 @@ class Compute {
   // null.
   loftq::Result<float> loftq_of(const ModelTarget& t, const ConstMapF& W, int bits,
                                 const loftq::InputStatistics* stats) const;
+  // --format gguf with --bits-budget: choose_widths() over each target's candidate ggml formats.
+  void choose_ggml_formats(const Source& src, Progress& progress, std::size_t& done);
   // The output-space comparison of a calibrated target (TargetResult::calibration).
   void compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out) const;
 
@@ -89,6 +95,10 @@ class Compute {
   std::map<std::string, int> bits_of_;
   std::map<std::string, std::vector<double>> measured_;
   loftq::BitAllocation alloc_;
+  std::map<std::string, loftq::GgmlFormat> formats_;
+  std::map<std::string, std::map<loftq::GgmlFormat, double>> measured_ggml_;
+  loftq::ChoiceAllocation ggml_alloc_;
+  double ggml_weights_ = 0, ggml_adapter_bits_ = 0;
   std::unique_ptr<CalibrationInput> calib_;
 };
 

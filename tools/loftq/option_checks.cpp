@@ -182,9 +182,10 @@ std::string format_conflicts(const Args& a) {
              std::to_string(a.block_size) + ")";
     if (a.shard_n > 0) return "--format bnb-nf4 cannot be combined with --shard";
   }
-  if (a.gguf && (a.bits_given || a.bits_budget > 0 || a.shard_n > 0 || a.packed || a.double_quant))
-    return "--format gguf takes its width from --quant: not with --bits, --bits-budget, --shard, --packed or "
-           "--double-quant";
+  if (a.gguf && (a.bits_given || a.shard_n > 0 || a.packed || a.double_quant))
+    return "--format gguf takes its width from --quant: not with --bits, --shard, --packed or --double-quant";
+  if (a.gguf && a.bits_budget > 0 && a.quant_given)
+    return "--bits-budget with --format gguf chooses each target's ggml type: not with --quant";
   return {};
 }
 

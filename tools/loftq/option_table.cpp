@@ -200,10 +200,11 @@ void rows_3(std::vector<OptionDef>& t, const Args& d) {
                    "with an average of at most B code bits per weight, " +
                    budget_lo + " <= B <= " + budget_hi +
                    " (block scales not counted); measures each target at every width, then recomputes the chosen one; "
-                   "not with --shard",
-               kModel, false,
-               number_in(budget_bits().front(), budget_bits().back(),
-                         "a number of bits per weight in " + budget_lo + ".." + budget_hi),
+                   "not with --shard. With --format gguf (not with --quant): each target's ggml type among those "
+                   "whose blocks fit its rows (q2_k, q3_k, iq4_xs, q4_0, iq4_nl, q4_k, q5_k, q6_k, q8_0), B counting "
+                   "what model.gguf and adapter.gguf store per target weight (ggml's block sizes and the adapter); the "
+                   "report's bits_allocation puts llama-quantize's mixes next to the result",
+               kModel, false, number_in(1, 32, "a number of bits per weight in 1..32"),
                [](Args&a, const std::string&v) { parse_number(v, a.bits_budget); }}
                .recorded("bits_budget",
                          [](const Args&a, nlohmann::json&s) {
@@ -213,6 +214,10 @@ void rows_3(std::vector<OptionDef>& t, const Args& d) {
                  if (a.bits_given) return "--bits and --bits-budget exclude each other: the budget chooses the widths";
                  // The allocation weighs every target against every other; one shard only sees its own.
                  if (a.shard_n > 0) return "--bits-budget cannot be combined with --shard";
+                 // Without gguf the widths are whole code bits; with it, B is what the files store per weight.
+                 if (!a.gguf && (a.bits_budget < budget_bits().front() || a.bits_budget > budget_bits().back()))
+                   return "--bits-budget: expected a number of bits per weight in " +
+                          std::to_string(budget_bits().front()) + ".." + std::to_string(budget_bits().back());
                  return {};
                }),
            OptionDef{"--lora-alpha", "A", "PEFT lora_alpha, a number in 1e-6..1e6 (default: r)", kModel, false,
@@ -253,15 +258,17 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
               "and "
               "config.json with its quantization_config, which transformers loads without quantizing again; needs "
               "--bits 4 --quantizer nf, a block size of 64..4096 (a power of 2) and config.json next to the input; not "
-              "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (F32, F16 or BF16 targets "
-              "blk.N.<module>.weight, <module> one of attn_q, attn_k, attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
+              "with --shard or --bits-budget. gguf: PATH is a GGUF v3 file (targets "
+              "blk.N.<module>.weight in F32, F16, BF16 or a quantized type, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, "
+              "Q2_K..Q6_K or IQ4_XS, dequantized as ggml does for LoftQ to start from; <module> one of attn_q, attn_k, "
+              "attn_v, attn_output, ffn_gate, ffn_up, ffn_down, "
               "which --target-modules also accepts by their HF names q_proj, ...); "
               "DIR receives model.gguf (every key-value pair and tensor copied, the targets as Q in the --quant type) "
               "and "
               "adapter.gguf (a llama.cpp LoRA adapter: llama-cli -m DIR/model.gguf --lora DIR/adapter.gguf) and "
               "loftq_report.json; the alternation quantizes in the --quant format itself, --scale absmax being ggml's "
               "own block scales; a target whose rows are not multiples of 32 is copied unchanged without an adapter "
-              "(llama.cpp's fallback); not with --bits, --bits-budget, --shard, --packed or --double-quant "
+              "(llama.cpp's fallback); not with --bits, --shard, --packed or --double-quant "
               "(default dequantized)",
               kModel, false, one_of({"dequantized", "bnb-nf4", "gguf"}),
               [](Args&a, const std::string&v) {
@@ -293,7 +300,7 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
               }}
               .recorded("quant",
                         [](const Args&a, nlohmann::json&s) {
-                          if (a.gguf)
+                          if (a.gguf && a.bits_budget <= 0)
                             s["quant"] =
                                 a.mix ? loftq_common::llama_mix_name(*a.mix) : loftq::ggml_format_name(a.quant);
                         })
@@ -356,7 +363,8 @@ void rows_5(std::vector<OptionDef>& t, const Args& d) {
   for (OptionDef& r : std::vector<OptionDef>{
            {"--input", "MODEL",
             "a Hugging Face llama or mistral directory (config.json and safetensors, F32/F16/BF16), a GGUF file of the "
-            "llama architecture (F32, F16, BF16 or Q8_0 weights) or a llama2.c checkpoint",
+            "llama architecture (F32, F16, BF16 or quantized weights: Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, "
+            "Q2_K..Q6_K, IQ4_XS) or a llama2.c checkpoint",
             kCalibrate, true, nonempty_path(), [](Args&a, const std::string&v) { a.input = v; }},
            {"--tokens", "TOKENS.npy",
             "calibration token ids: a 2-D .npy of int32 or int64, one sequence per row (N x T), every id inside the "

@@ -6,6 +6,7 @@
 #include <loftq/ggml_format.hpp>
 #include <loftq/ggml_quantizer.hpp>
 #include <loftq/io/dtype.hpp>
+#include <loftq/io/ggml_dequantize.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -71,8 +72,8 @@ GgufSource::GgufSource(const Args& a) : input_(a.input), in_(a.input), quant_(a.
   plain_options_.threads = a.threads;
 }
 
-loftq_common::LlamaMixModel GgufSource::mix_model() const {
-  const std::string mix = loftq_common::llama_mix_name(*mix_);
+loftq_common::LlamaMixModel GgufSource::mix_model(loftq_common::LlamaMix which) const {
+  const std::string mix = loftq_common::llama_mix_name(which);
   if (arch_ == "falcon")
     throw InputError{input_ + ": --quant " + mix + " follows llama.cpp's rules for dense models other than Falcon"};
   if (hparam(in_, arch_ + ".expert_count", 0) > 1)
@@ -107,14 +108,20 @@ void GgufSource::plan(const Args& a) {
     if (mod.empty() || !wanted.count(mod)) {
       if (rule && fmt != loftq::GgmlFormat::none && is_float_type(t.type) && t.ne.size() == 2)
         plain_[t.name] = fmt;
+      else if (rule && !is_float_type(t.type) && static_cast<std::uint32_t>(*rule) != t.type)
+        mix_quantized_input_[t.name] = type_name(static_cast<std::uint32_t>(*rule));  // already quantized: as it is
       else if (rule && static_cast<std::uint32_t>(*rule) != t.type)
         mix_unwritten_[t.name] = type_name(static_cast<std::uint32_t>(*rule));
       continue;
     }
     const std::string where = a.input + ": tensor '" + printable(t.name) + "'";
     if (t.ne.size() != 2) throw InputError{where + " is not 2-D"};
-    if (!is_float_type(t.type))
-      throw InputError{where + " has type " + type_name(t.type) + "; --format gguf quantizes F32, F16 or BF16 targets"};
+    // A quantized target (a Q8_0 or K-quant file, as llama.cpp users hold them) is dequantized as ggml does and
+    // LoftQ starts from those values.
+    if (!io::ggml_can_dequantize(t.type))
+      throw InputError{where + " has type " + type_name(t.type) +
+                       "; --format gguf reads targets of F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, "
+                       "Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS"};
     std::string why;
     if (mix_ && !rule)
       why = "llama.cpp does not quantize it";
@@ -146,6 +153,61 @@ void GgufSource::plan(const Args& a) {
                      (mix_ ? std::string("of a type loftq writes in ") + loftq_common::llama_mix_name(*mix_)
                            : "with rows of a multiple of " + std::to_string(loftq::ggml_format_block(a.quant))) +
                      ") for --target-modules " + joined(a.modules)};
+}
+
+void GgufSource::set_formats(const std::map<std::string, loftq::GgmlFormat>& formats) {
+  for (ModelTarget& t : targets_) t.ggml = formats.at(t.name);
+}
+
+void GgufSource::compare_llama_recipes(const Args& a,
+                                       const std::map<std::string, std::map<loftq::GgmlFormat, double>>& measured,
+                                       nlohmann::json& alloc) const {
+  const double with_adapter =
+      alloc["average_bits_per_weight"].get<double>() - alloc["average_bits_per_weight_without_adapter"].get<double>();
+  nlohmann::json recipes = nlohmann::json::array(), at_budget = nullptr;
+  double best_bits = -1;
+  for (loftq_common::LlamaMix mix : loftq_common::llama_mixes()) {
+    loftq_common::LlamaMixModel model;
+    try {
+      model = mix_model(mix);
+    } catch (const InputError& e) {
+      alloc["llama_cpp_recipes_not_compared"] = e.msg;
+      return;
+    }
+    double bits = 0, weights = 0, err = 0;
+    bool measured_all = true;
+    nlohmann::json types = nlohmann::json::object();
+    for (const ModelTarget& t : targets_) {
+      const io::GgufTensorInfo& ti = *in_.find(t.name);
+      const auto rule = loftq_common::llama_mix_type(t.name, ti.ne, model, mix);
+      const std::uint32_t type = rule ? static_cast<std::uint32_t>(*rule) : ti.type;
+      types[type_name(type)] = types.value(type_name(type), 0) + 1;
+      bits += 8.0 * static_cast<double>(io::ggml_nbytes(type, ti.ne, t.name));
+      weights += static_cast<double>(ti.numel);
+      const loftq::GgmlFormat f = rule ? ggml_format_of(*rule) : loftq::GgmlFormat::none;
+      const auto m = measured.find(t.name);
+      const auto e = m != measured.end() ? m->second.find(f) : std::map<loftq::GgmlFormat, double>::const_iterator{};
+      if (m != measured.end() && e != m->second.end())
+        err += e->second;
+      else
+        measured_all = false;
+    }
+    const double avg = bits / weights;
+    nlohmann::json r = {{"name", loftq_common::llama_mix_name(mix)},
+                        {"average_bits_per_weight", avg},
+                        {"average_bits_per_weight_with_adapter", avg + with_adapter},
+                        {"tensors_per_type", types},
+                        // LoftQ (Q + adapter) in the mix's types: comparable with total_sq_err only at equal bits.
+                        {"loftq_sq_err_in_its_types", measured_all ? nlohmann::json(err) : nlohmann::json(nullptr)}};
+    if (avg <= a.bits_budget && avg > best_bits) {
+      best_bits = avg;
+      at_budget = r;
+    }
+    recipes.push_back(std::move(r));
+  }
+  alloc["llama_cpp_recipes"] = recipes;
+  // llama-quantize's mix with the most bits per weight (its own count, no adapter) within the budget.
+  alloc["llama_cpp_recipe"] = at_budget;
 }
 
 std::uint32_t GgufSource::output_type(const io::GgufTensorInfo& t) const {
@@ -217,6 +279,10 @@ void GgufSource::describe(nlohmann::json& rep) const {
   rep["num_targets"] = targets_.size();
   // Rows that are not whole blocks cannot be stored in the --quant type (with a mix: types loftq does not write).
   rep["kept_unquantized"] = kept_;
+  // What LoftQ started from: a quantized target's values are its input type's, dequantized as ggml does.
+  nlohmann::json input_types = nlohmann::json::object();
+  for (const ModelTarget& t : targets_) input_types[t.dtype] = input_types.value(t.dtype, 0) + 1;
+  rep["target_input_types"] = input_types;
   if (mix_) rep["mix"] = mix_json();
 }
 
@@ -245,7 +311,9 @@ nlohmann::json GgufSource::mix_json() const {
           // What llama-quantize's file of the mix stores, the kept tensors in llama.cpp's types.
           {"llama_cpp_average_bits_per_weight", weights > 0 ? llama_bits / weights : 0.0},
           {"quantized_without_adapter", without_adapter},
-          {"kept_not_written_type", mix_unwritten_}};
+          {"kept_not_written_type", mix_unwritten_},
+          // Tensors the input holds quantized already, copied as they are -> llama.cpp's type for them.
+          {"kept_quantized_in_input", mix_quantized_input_}};
 }
 
 std::string GgufSource::summary_count() const {

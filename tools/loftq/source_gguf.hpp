@@ -1,7 +1,8 @@
 #pragma once
-// A GGUF file as a Source (--format gguf): the targets are the F32, F16 or
-// BF16 tensors blk.N.<module>.weight whose module --target-modules names, by
-// llama.cpp's name or by its Hugging Face one. A target whose rows are not
+// A GGUF file as a Source (--format gguf): the targets are the tensors
+// blk.N.<module>.weight whose module --target-modules names, by llama.cpp's
+// name or by its Hugging Face one, in a float type or a quantized one
+// (dequantized as ggml does: io/ggml_dequantize.hpp). A target whose rows are not
 // whole ggml blocks is copied through unchanged (llama.cpp's fallback).
 // With a mix (--quant q4_k_m, ...) each tensor's type is llama.cpp's
 // (common/llama_quant_mix.hpp): the targets are LoftQ-quantized in theirs, the
@@ -40,12 +41,20 @@ class GgufSource : public Source {
   bool quantized(const std::string& name) const { return quantized_.count(name) != 0; }
   // The ggml type model.gguf stores tensor t in.
   std::uint32_t output_type(const loftq::io::GgufTensorInfo& t) const;
+  // --bits-budget: each target's ggml format as the allocation chose it (by name).
+  void set_formats(const std::map<std::string, loftq::GgmlFormat>& formats);
+  // --bits-budget: llama-quantize's mixes over the same targets next to the allocation (`alloc`, the report's
+  // bits_allocation): each mix's average bits per weight at ggml's block sizes (no adapter; with the adapter this run
+  // writes), LoftQ's error in its types when every one was measured, and the mix with the most bits within the budget.
+  void compare_llama_recipes(const Args& a, const std::map<std::string, std::map<loftq::GgmlFormat, double>>& measured,
+                             nlohmann::json& alloc) const;
   // Whether model.gguf holds a quantized tensor (a target or a plain one).
   bool any_quantized() const { return !targets_.empty() || !plain_.empty(); }
 
  private:
   // With a mix: llama.cpp's reading of the model, refusing the models whose rules are not ported.
-  loftq_common::LlamaMixModel mix_model() const;
+  loftq_common::LlamaMixModel mix_model() const { return mix_model(*mix_); }
+  loftq_common::LlamaMixModel mix_model(loftq_common::LlamaMix mix) const;
   // The --quant mix's part of the report.
   nlohmann::json mix_json() const;
 
@@ -55,11 +64,12 @@ class GgufSource : public Source {
   loftq::GgmlFormat quant_;
   std::optional<loftq_common::LlamaMix> mix_;
   loftq::QuantizeOptions plain_options_;
-  std::map<std::string, std::size_t> quantized_;      // name -> index into targets()
-  std::vector<std::string> matched_, kept_;           // modules that matched; targets copied through
-  std::map<std::string, std::string> kept_why_;       // a kept target -> why
-  std::map<std::string, loftq::GgmlFormat> plain_;    // with a mix: the other tensors quantized without LoftQ
-  std::map<std::string, std::string> mix_unwritten_;  // with a mix: tensors kept -> llama.cpp's type for them
+  std::map<std::string, std::size_t> quantized_;            // name -> index into targets()
+  std::vector<std::string> matched_, kept_;                 // modules that matched; targets copied through
+  std::map<std::string, std::string> kept_why_;             // a kept target -> why
+  std::map<std::string, loftq::GgmlFormat> plain_;          // with a mix: the other tensors quantized without LoftQ
+  std::map<std::string, std::string> mix_unwritten_;        // with a mix: tensors kept -> llama.cpp's type for them
+  std::map<std::string, std::string> mix_quantized_input_;  // with a mix: quantized non-targets -> llama.cpp's type
 };
 
 }  // namespace loftq_cli

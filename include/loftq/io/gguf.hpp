@@ -29,8 +29,10 @@
 // known offsets); commit() renames it into place (detail/posix_file.hpp).
 //
 // The parts: gguf_types.hpp (values, pairs, tensor infos), ggml_types.hpp
-// (ggml types and block bytes), gguf_reader.hpp, gguf_writer.hpp.
+// (ggml types and block bytes), ggml_dequantize.hpp (blocks back to floats),
+// gguf_reader.hpp, gguf_writer.hpp.
 
+#include "loftq/io/ggml_dequantize.hpp"
 #include "loftq/io/ggml_types.hpp"
 #include "loftq/io/gguf_reader.hpp"
 #include "loftq/io/gguf_types.hpp"

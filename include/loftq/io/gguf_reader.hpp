@@ -19,6 +19,7 @@
 #include "loftq/error.hpp"
 #include "loftq/io/detail/posix_file.hpp"
 #include "loftq/io/dtype.hpp"
+#include "loftq/io/ggml_dequantize.hpp"
 #include "loftq/io/ggml_types.hpp"
 #include "loftq/io/gguf_types.hpp"
 
@@ -108,36 +109,28 @@ class GgufFile {
     file_.pread_exact(static_cast<unsigned char*>(dst), data_offset_ + t.offset + offset, n);
   }
 
-  // An F32, F16 or BF16 2-D tensor as an ne[1] x ne[0] row-major float matrix.
+  // A 2-D tensor of any type ggml_dequantize knows (F32, F16, BF16 and the
+  // quantized ones, dequantized as ggml does) as an ne[1] x ne[0] row-major
+  // float matrix.
   Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> read_matrix(const GgufTensorInfo& t) const {
-    Dtype d;
-    switch (static_cast<GgmlType>(t.type)) {
-      case GgmlType::F32:
-        d = Dtype::F32;
-        break;
-      case GgmlType::F16:
-        d = Dtype::F16;
-        break;
-      case GgmlType::BF16:
-        d = Dtype::BF16;
-        break;
-      default:
-        ::loftq::detail::fail(Errc::unsupported, path() + ": tensor '" + t.name + "' has type " + type_name(t.type) +
-                                                     ", expected F32, F16 or BF16");
-    }
+    if (!ggml_can_dequantize(t.type))
+      ::loftq::detail::fail(Errc::unsupported, path() + ": tensor '" + t.name + "' has type " + type_name(t.type) +
+                                                   ", which cannot be read as floats");
     ::loftq::detail::require(t.ne.size() == 2, Errc::invalid_argument, path() + ": tensor '" + t.name + "' is not 2-D");
     const std::uint64_t big = static_cast<std::uint64_t>(std::numeric_limits<Eigen::Index>::max());
     ::loftq::detail::require(t.ne[0] <= big && t.ne[1] <= big, Errc::unsupported,
                              path() + ": tensor '" + t.name + "' is too large");
     Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> M(static_cast<Eigen::Index>(t.ne[1]),
                                                                             static_cast<Eigen::Index>(t.ne[0]));
-    const std::size_t es = dtype_size(d);
-    const std::uint64_t chunk = (std::uint64_t(1) << 20) / es;
-    std::vector<unsigned char> buf(static_cast<std::size_t>(std::min<std::uint64_t>(chunk, t.numel) * es));
-    for (std::uint64_t i = 0; i < t.numel; i += chunk) {
-      const std::uint64_t k = std::min(chunk, t.numel - i);
-      read_bytes(t, i * es, k * es, buf.data());
-      to_float(d, buf.data(), static_cast<std::size_t>(k), M.data() + i);
+    // Whole rows at a time (blocks never cross a row), about 1 MiB of bytes.
+    const std::uint64_t row_bytes = t.ne[1] ? t.nbytes / t.ne[1] : 0, cols = t.ne[0];
+    const std::uint64_t rows =
+        std::max<std::uint64_t>(1, (std::uint64_t(1) << 20) / std::max<std::uint64_t>(1, row_bytes));
+    std::vector<unsigned char> buf(static_cast<std::size_t>(std::min(rows, t.ne[1]) * row_bytes));
+    for (std::uint64_t r = 0; r < t.ne[1]; r += rows) {
+      const std::uint64_t k = std::min(rows, t.ne[1] - r);
+      read_bytes(t, r * row_bytes, k * row_bytes, buf.data());
+      ggml_dequantize(t.type, buf.data(), static_cast<std::size_t>(k * row_bytes), k * cols, M.data() + r * cols);
     }
     return M;
   }
