@@ -381,6 +381,43 @@ side_once)
   check X.old out 4 4
   ;;
 
+side_aba)
+  # The input swapped for another and swapped back while it is opened: the
+  # open of its model.safetensors is held 2 s before and 2 s after it runs
+  # (strace delay injection), the other input put at its path during the
+  # first hold and the input put back during the second, so the path names
+  # the first input again at every later check. The tensors then come from
+  # the other input: the run must refuse, never publish them with the first
+  # input's side files. (The open's number among the run's openat calls is
+  # read from a traced run first.)
+  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
+  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  synth X F32 1 2 128 256
+  synth X2 F32 1 1 64 96
+  printf '{"model_type": "llama", "replaced": true}\n' >X2/config.json
+  strace -f -e trace=openat -o trace.txt "$LOFTQ" model --input X --output t --rank 4 --iters 1 --quiet ||
+    fail "the traced run failed"
+  first=$(head -1 trace.txt | cut -d' ' -f1)
+  n=$(awk -v p="$first" '$1 == p && /openat\(/ { k++; if (index($0, "\"X/model.safetensors\"")) { print k; exit } }' trace.txt)
+  [ -n "$n" ] || fail "no open of X/model.safetensors in the trace"
+  rm -rf t trace.txt
+  strace -f -o /dev/null -e "inject=openat:delay_enter=2000000:delay_exit=2000000:when=$n" \
+    "$LOFTQ" model --input X --output out --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file" &
+  pid=$!
+  sleep 1
+  mv X X.first && mv X2 X || fail "cannot swap X"
+  sleep 2
+  mv X X2 && mv X.first X || fail "cannot swap X back"
+  wait "$pid"
+  rc=$?
+  [ "$rc" -eq 1 ] || { show; fail "exit $rc, expected a refusal"; }
+  grep -q '^loftq: error: X: replaced while it was being opened' "$err_file" || { show; fail "message"; }
+  [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "X X2 " ] || fail "left behind: $(ls -A)"
+  # Untouched, the same run goes through.
+  expect_rc 0 model --input X --output out --rank 4 --iters 1 --quiet
+  check X out 4 4
+  ;;
+
 header_limit)
   # An input the readers accept whose output they would refuse (a safetensors
   # header over 100,000,000 bytes once the output adds its metadata; an index
