@@ -101,7 +101,6 @@ struct SideFiles {
 // into its blobs/ excepted).
 SideFiles read_side_files(const io::Checkpoint& ck, const std::string& input, const InputIdentity& id);
 
-
 // The index of a full output of a sharded input: the input's, with the
 // bitsandbytes tensors of `targets` when s.bnb_nf4.
 std::string output_index(const io::Checkpoint& ck, const Settings& s, const std::vector<Target>& targets);

@@ -215,8 +215,9 @@ class PublishLock {
 
 void StagedOutput::check_updatable() const {
   const std::string shown = shown_.string();
-  const std::string what = "; init replaces its files only by swapping in a whole new directory, so that a crash "
-                           "never leaves a mixed set";
+  const std::string what =
+      "; init replaces its files only by swapping in a whole new directory, so that a crash "
+      "never leaves a mixed set";
   const std::string foreign = foreign_entry(dir_, names_);
   if (!foreign.empty())
     throw InputError{shown + ": holds '" + printable(foreign) + "', not a file init writes" + what +

@@ -52,15 +52,15 @@ class GgufWriter {
   // limits) is an error before anything is written.
   GgufWriter(const std::string& path, const std::vector<GgufKV>& kvs, const std::vector<GgufTensorDecl>& tensors) {
     ::loftq::detail::require(kvs.size() <= kGgufMaxKVs, Errc::invalid_argument,
-                             path + ": " + std::to_string(kvs.size()) + " key-value pairs, over the readers' limit of " +
-                                 std::to_string(kGgufMaxKVs));
+                             path + ": " + std::to_string(kvs.size()) +
+                                 " key-value pairs, over the readers' limit of " + std::to_string(kGgufMaxKVs));
     ::loftq::detail::require(tensors.size() <= kGgufMaxTensors, Errc::invalid_argument,
                              path + ": " + std::to_string(tensors.size()) + " tensors, over the readers' limit of " +
                                  std::to_string(kGgufMaxTensors));
     const std::uint64_t header = gguf_header_size(kvs, tensors);
     ::loftq::detail::require(header <= kGgufMaxHeaderBytes, Errc::invalid_argument,
-                             path + ": a header of " + std::to_string(header) +
-                                 " bytes, over the readers' limit of " + std::to_string(kGgufMaxHeaderBytes));
+                             path + ": a header of " + std::to_string(header) + " bytes, over the readers' limit of " +
+                                 std::to_string(kGgufMaxHeaderBytes));
     std::uint64_t alignment = kGgufDefaultAlignment;
     std::set<std::string> keys;
     std::vector<unsigned char> h = {'G', 'G', 'U', 'F'};
