@@ -319,7 +319,33 @@ publish_crash)
     done
   done
   [ "$points" -ge 8 ] || fail "only $points kill points reached"
-  echo "$points kill points"
+  # merge --overwrite publishes by the same steps (calibrate too): killed at
+  # the exchange, at the fallback's two renames and at the first removal.
+  for k in 1 2; do expect_rc 0 model --input s --output "sh$k" --rank 8 --iters 1 --quiet --shard "$k/2"; done
+  expect_rc 0 merge --input s --shards sh1,sh2 --output ref_merged --quiet
+  merged=$(digest ref_merged)
+  [ "$merged" != "$old" ] || fail "the merged output is the previous one; nothing to tell them apart"
+  for point in "exchange renameat2 1" "exchange unlinkat 1" "fallback rename 1" "fallback rename 2"; do
+    read -r mode sc n <<<"$point"
+    extra=()
+    [ "$mode" = fallback ] && extra=(-e inject=renameat2:error=EINVAL)
+    rm -rf out
+    cp -a ref_old out
+    strace -f -o /dev/null "${extra[@]}" -e "inject=$sc:signal=SIGKILL:when=$n" \
+      "$LOFTQ" merge --input s --shards sh1,sh2 --output out --overwrite --quiet >"$out_file" 2>"$err_file"
+    rc=$?
+    [ "$rc" -ne 0 ] || fail "merge, $mode, $sc #$n: the kill point was not reached"
+    state=$(digest out)
+    [ "$state" = "$old" ] || [ "$state" = "$merged" ] || { [ "$mode" = fallback ] && [ "$state" = missing ]; } ||
+      fail "merge, $mode: killed at $sc #$n: out is neither the previous output nor the merged one"
+    run model --input s --output out --rank 65 --quiet --overwrite
+    [ "$rc" -eq 1 ] || { show; fail "merge, $mode, $sc #$n: the next run exited $rc"; }
+    state=$(digest out)
+    [ "$state" = "$old" ] || [ "$state" = "$merged" ] || fail "merge, $mode: killed at $sc #$n, then a run: a mix"
+    [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "out ref_merged ref_new ref_old s sh1 sh2 " ] ||
+      fail "merge, $mode: killed at $sc #$n, then a run: left behind: $(ls -A)"
+  done
+  echo "$points kill points of model, 4 of merge"
   ;;
 
 environment)
