@@ -424,7 +424,8 @@ side_aba)
   strace -f -e trace=openat -o trace.txt "$LOFTQ" model --input X --output t --rank 4 --iters 1 --quiet ||
     fail "the traced run failed"
   first=$(head -1 trace.txt | cut -d' ' -f1)
-  n=$(awk -v p="$first" '$1 == p && /openat\(/ { k++; if (index($0, "\"X/model.safetensors\"")) { print k; exit } }' trace.txt)
+  n=$(awk -v p="$first" -v f='"X/model.safetensors"' \
+    '$1 == p && /openat\(/ { k++; if (index($0, f)) { print k; exit } }' trace.txt)
   [ -n "$n" ] || fail "no open of X/model.safetensors in the trace"
   rm -rf t trace.txt
   strace -f -o /dev/null -e "inject=openat:delay_enter=2000000:delay_exit=2000000:when=$n" \
