@@ -39,6 +39,7 @@
 #include "common/llama_quant_mix.hpp"
 
 #include <loftq/io/ggml_types.hpp>
+#include <loftq/io/gguf_types.hpp>
 #include <loftq/loftq.hpp>
 
 #include <nlohmann/json.hpp>
@@ -53,6 +54,7 @@
 #include <iterator>
 #include <map>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -555,6 +557,39 @@ int cmd_verify_mix(const std::string& in_path, const std::string& dir, const std
   return 0;
 }
 
+// Inputs the reader accepts whose outputs it would not (the tool refuses them
+// before any work): `kvs` holds exactly kGgufMaxKVs pairs, to which
+// model.gguf adds three (`kvs_fit`: three fewer, so the output is at the
+// limit); `name` has a target named with the 63 bytes a name may have, which
+// the adapter's ".lora_a" lengthens; `header` has a header 64 bytes short of
+// kGgufMaxHeaderBytes (a 256 MiB string value), to which model.gguf adds a
+// longer pair.
+int cmd_synth_limit(const std::string& out, const std::string& variant) {
+  std::mt19937 g(5);
+  std::normal_distribution<float> N(0.0f, 0.05f);
+  std::vector<float> w(64 * 64);
+  for (float& x : w) x = N(g);
+  gl::Builder b;
+  b.add_string("general.architecture", "llama");
+  std::string target = "blk.0.attn_q.weight";
+  if (variant == "kvs" || variant == "kvs_fit") {
+    const std::uint64_t n = loftq::io::kGgufMaxKVs - (variant == "kvs" ? 0 : 3);
+    for (std::uint64_t i = 1; i < n; ++i) b.add_u32("x.k" + std::to_string(i), 1);
+  } else if (variant == "name") {
+    target = "blk." + std::string(loftq::io::kGgufMaxName - 18, '0') + ".attn_q.weight";
+  } else if (variant == "header") {
+    // 24 bytes of counts, the architecture pair (45 bytes), the pad pair's
+    // 25 bytes besides its value, and the tensor info (59 bytes).
+    const std::uint64_t rest = 24 + 45 + 25 + (8 + target.size() + 4 + 16 + 4 + 8);
+    b.add_string("x.pad", std::string(loftq::io::kGgufMaxHeaderBytes - 64 - rest, ' '));
+  } else {
+    throw std::runtime_error("synth_limit: unknown variant " + variant);
+  }
+  b.add_tensor(target, {64, 64}, gl::F32, gl::Builder::encode_floats(w, gl::F32));
+  b.write(out);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -564,6 +599,7 @@ int main(int argc, char** argv) {
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 4 && a[0] == "quantize") return cmd_quantize(a[1], a[2], a[3]);
     if (a.size() == 4 && a[0] == "verify_budget") return cmd_verify_budget(a[1], a[2], std::stod(a[3]));
+    if (a.size() == 3 && a[0] == "synth_limit") return cmd_synth_limit(a[1], a[2]);
     if (a.size() == 3 && a[0] == "synth_big") return cmd_synth_big(a[1], std::stoull(a[2]));
     if ((a.size() == 2 || a.size() == 3) && a[0] == "mix_synth") return cmd_mix_synth(a[1], a.size() == 3 ? a[2] : "");
     if (a.size() == 7 && a[0] == "verify_mix")
@@ -576,7 +612,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [i32target|noarch] | quantize IN OUT TYPE | "
-               "synth_big OUT MIB | "
+               "synth_big OUT MIB | synth_limit OUT kvs|kvs_fit|name|header | "
                "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE] | mix_synth OUT [falcon|moe] | "
                "verify_mix IN DIR MIX RANK ITERS SCALE | verify_budget IN DIR BUDGET\n");
   return 2;

@@ -73,10 +73,11 @@ input_is_output)
   expect_bad_input init --input W.npy --output out2
   cmp -s out/Q.npy orig.npy || fail "input changed"
   cmp -s W.npy orig.npy || fail "W.npy changed"
-  # Other names in the output directory are fine inputs.
+  # An input under another name in the output directory is refused as any
+  # other file there: the directory is replaced whole.
+  rm out/Q.npy
   cp W.npy out/W.npy
-  expect_rc 0 init --quiet --input out/W.npy --output out --rank 8 --iters 2
-  check_outputs out 64 128 8
+  expect_refused "out: holds 'W.npy'" init --input out/W.npy --output out --rank 8 --iters 2
   cmp -s out/W.npy orig.npy || fail "input out/W.npy changed"
   ;;
 
@@ -163,29 +164,50 @@ stale_staging)
   ;;
 
 existing_dir)
+  # init replaces its set only by swapping the whole directory, so it
+  # refuses, before any work and changing nothing, a directory that holds
+  # anything else, or files of its names without the marker of its output.
   make_w W.npy 64x128 f4 C
   mkdir out
   printf 'old\n' >out/Q.npy
   printf 'old\n' >out/report.json
   printf 'unrelated\n' >out/notes.txt
+  expect_refused "out: holds 'notes.txt', not a file init writes.*mixed set" init --input W.npy --output out --rank 8
+  mkdir sub
+  printf 'x\n' >sub/A.npy
+  expect_refused "sub: not an earlier init's output" init --input W.npy --output sub --rank 8
+  # A directory inside it, or a mount point of its own, is refused as well.
+  rm sub/A.npy
+  mkdir sub/keep
+  expect_refused "sub: holds 'keep'" init --input W.npy --output sub --rank 8
+  rm -r out sub
+  # An empty directory takes the set; rerunning over it replaces the set.
+  mkdir out
   expect_rc 0 init --quiet --input W.npy --output out --rank 8 --iters 3
   check_outputs out 64 128 8
   "$TOOL" report out/report.json 64 128 4 8 3 1 nf randomized || fail "report.json"
-  [ "$(cat out/notes.txt)" = "unrelated" ] || fail "unrelated file changed"
-  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = "A.npy B.npy Q.npy notes.txt report.json " ] ||
-    fail "out/ holds $(ls -A out)"
-  # Rerunning over a previous result replaces it.
   expect_rc 0 init --quiet --input W.npy --output out --rank 4 --iters 2
   check_outputs out 64 128 4
-  [ "$(ls -A out | wc -l)" -eq 5 ] || fail "out/ holds $(ls -A out)"
+  [ "$(ls -A out | LC_ALL=C sort | tr '\n' ' ')" = ".loftq-output A.npy B.npy Q.npy report.json " ] ||
+    fail "out/ holds $(ls -A out)"
   [ -z "$(ls -d out.* 2>/dev/null)" ] || fail "temporary left behind"
+  # A file put into the output is refused on the next run, which changes nothing.
+  printf 'mine\n' >out/notes.txt
+  expect_refused "out: holds 'notes.txt'" init --input W.npy --output out --rank 8
+  # A symbolic link to an earlier output: the link would be replaced, not the directory.
+  rm out/notes.txt
+  ln -s out lnk
+  expect_refused "lnk: is a symbolic link" init --input W.npy --output lnk --rank 8
   ;;
 
 init_publish_crash)
-  # SIGKILL at each rename, link and unlink an init into an earlier init's
-  # output makes (strace fault injection, one point at a time): DIR holds the
-  # previous set or the new one, never a mix, and the next run, even one
-  # that fails, leaves nothing else behind.
+  # SIGKILL at each call an init into an earlier init's output makes to
+  # publish (strace fault injection, one point at a time): the exchange, or
+  # where the file system has none (renameat2 made to fail with EINVAL) the
+  # two renames, then the removal of the previous set. DIR holds the
+  # previous set or the new one (in the fallback it may be missing between
+  # the two renames), and the next run, even one that fails, puts the
+  # previous set back and leaves nothing else behind.
   command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
   strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
   make_w W.npy 64x96 f4 C
@@ -201,31 +223,36 @@ init_publish_crash)
   old=$(digest ref_old) new=$(digest ref_new)
   [ "$old" != "$new" ] || fail "the two outputs are alike; nothing to tell them apart"
   points=0
-  for sc in rename renameat2 link unlink unlinkat; do
-    for n in $(seq 1 40); do
-      rm -rf out
-      cp -a ref_old out
-      strace -f -o /dev/null -e "inject=$sc:signal=SIGKILL:when=$n" \
-        "$LOFTQ" init --quiet --input W.npy --output out --rank 8 --iters 1 >"$out_file" 2>"$err_file"
-      rc=$?
-      state=$(digest out)
-      if [ "$rc" -eq 0 ]; then
-        [ "$state" = "$new" ] || fail "$sc #$n: exit 0 without the new output"
-        break
-      fi
-      points=$((points + 1))
-      [ "$state" = "$old" ] || [ "$state" = "$new" ] ||
-        fail "killed at $sc #$n: out is neither the previous set nor the new one ($(ls -A out 2>&1))"
-      # The next run for out, refused after its checks (rank 65 > 64), clears up.
-      run init --quiet --input W.npy --output out --rank 65
-      [ "$rc" -eq 1 ] || { show; fail "$sc #$n: the next run exited $rc"; }
-      state=$(digest out)
-      [ "$state" = "$old" ] || [ "$state" = "$new" ] || fail "killed at $sc #$n, then a run: out is a mix"
-      [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "W.npy out ref_new ref_old " ] ||
-        fail "killed at $sc #$n, then a run: left behind: $(ls -A)"
+  for mode in exchange fallback; do
+    extra=()
+    [ "$mode" = fallback ] && extra=(-e inject=renameat2:error=EINVAL)
+    for sc in rename renameat2 link unlink unlinkat rmdir; do
+      [ "$mode" = fallback ] && [ "$sc" = renameat2 ] && continue
+      for n in $(seq 1 40); do
+        rm -rf out
+        cp -a ref_old out
+        strace -f -o /dev/null "${extra[@]}" -e "inject=$sc:signal=SIGKILL:when=$n" \
+          "$LOFTQ" init --quiet --input W.npy --output out --rank 8 --iters 1 >"$out_file" 2>"$err_file"
+        rc=$?
+        state=$(digest out)
+        if [ "$rc" -eq 0 ]; then
+          [ "$state" = "$new" ] || fail "$mode, $sc #$n: exit 0 without the new output"
+          break
+        fi
+        points=$((points + 1))
+        [ "$state" = "$old" ] || [ "$state" = "$new" ] || { [ "$mode" = fallback ] && [ "$state" = missing ]; } ||
+          fail "$mode: killed at $sc #$n: out is neither the previous set nor the new one ($(ls -A out 2>&1))"
+        # The next run for out, refused after its checks (rank 65 > 64), clears up.
+        run init --quiet --input W.npy --output out --rank 65
+        [ "$rc" -eq 1 ] || { show; fail "$mode, $sc #$n: the next run exited $rc"; }
+        state=$(digest out)
+        [ "$state" = "$old" ] || [ "$state" = "$new" ] || fail "$mode: killed at $sc #$n, then a run: out is a mix"
+        [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "W.npy out ref_new ref_old " ] ||
+          fail "$mode: killed at $sc #$n, then a run: left behind: $(ls -A)"
+      done
     done
   done
-  [ "$points" -ge 4 ] || fail "only $points kill points reached"
+  [ "$points" -ge 12 ] || fail "only $points kill points reached"
   echo "$points kill points"
   ;;
 

@@ -141,6 +141,48 @@ TEST_CASE("the writer's files read back by the library and by the independent pa
   ::unlink(out.c_str());
 }
 
+TEST_CASE("gguf_header_size is the header the writer writes; a file over the reader's limits is not written") {
+  TempFile f;
+  const std::string out = f.path + ".out";
+  // Alignment 1: the data starts where the header ends.
+  const std::vector<gio::GgufKV> kvs = {gio::gguf_kv_u32("general.alignment", 1), gio::gguf_kv_string("s", "abc")};
+  const std::vector<gio::GgufTensorDecl> decls = {{"t", {2, 3}, 0}};
+  // By hand: 24 bytes of magic, version and counts; per pair the key (8 + length), its type (4) and value
+  // (u32: 4; string: 8 + length); per tensor the name (8 + length), n_dims (4), 8 per dimension, type (4), offset (8).
+  const std::uint64_t want = 24 + (8 + 17 + 4 + 4) + (8 + 1 + 4 + 8 + 3) + (8 + 1 + 4 + 16 + 4 + 8);
+  CHECK(gio::gguf_header_size(kvs, decls) == want);
+  {
+    gio::GgufWriter w(out, kvs, decls);
+    const std::vector<float> v = {1, 2, 3, 4, 5, 6};
+    w.write("t", v.data(), 24);
+    w.commit();
+  }
+  const gio::GgufFile g(out);
+  CHECK(g.data_offset() == want);
+  const gl::File ind(out);
+  CHECK(ind.data == want);
+  ::unlink(out.c_str());
+
+  // One pair or one tensor more than the reader takes: refused, nothing written.
+  std::vector<gio::GgufKV> many;
+  for (std::uint64_t i = 0; i <= gio::kGgufMaxKVs; ++i) many.push_back(gio::gguf_kv_u32("k" + std::to_string(i), 1));
+  CHECK_THROWS_AS(gio::GgufWriter(out, many, decls), loftq::Error);
+  many.pop_back();
+  std::vector<gio::GgufTensorDecl> tensors;
+  for (std::uint64_t i = 0; i <= gio::kGgufMaxTensors; ++i) tensors.push_back({"t" + std::to_string(i), {1}, 0});
+  CHECK_THROWS_AS(gio::GgufWriter(out, kvs, tensors), loftq::Error);
+  CHECK(::access(out.c_str(), F_OK) != 0);
+  // At the limit, written and read back.
+  {
+    gio::GgufWriter w(out, many, decls);
+    const std::vector<float> v(6, 1.0f);
+    w.write("t", v.data(), 24);
+    w.commit();
+  }
+  CHECK(gio::GgufFile(out).kvs().size() == gio::kGgufMaxKVs);
+  ::unlink(out.c_str());
+}
+
 TEST_CASE("the reader on a file from the independent writer: key-value bytes and tensors") {
   gl::Builder b;
   b.add_u32("general.alignment", 128);

@@ -212,6 +212,25 @@ gguf_bad_input)
   expect_usage model --input ok.gguf --output o --format gguf --double-quant
   ;;
 
+gguf_header_limit)
+  # Inputs the GGUF reader accepts whose outputs it would refuse: exactly its
+  # limit of 65536 key-value pairs (model.gguf adds three), and a target named
+  # with the 63 bytes a name may have (the adapter's .lora_a lengthens it).
+  # Refused before anything is staged, naming the input; a written header
+  # equals the size the check computes (test_gguf).
+  "$TOOL" synth_limit kvs.gguf kvs || fail "gguftool synth_limit kvs"
+  "$TOOL" synth_limit name.gguf name || fail "gguftool synth_limit name"
+  expect_refused '^loftq: error: kvs.gguf: the model.gguf .* 65539 key-value pairs .*limit is 65536' \
+    model --input kvs.gguf --output o --format gguf --rank 4 --iters 1
+  expect_refused "^loftq: error: name.gguf: the adapter.gguf .* tensor named '.*attn_q.weight.lora_a' of 70 bytes" \
+    model --input name.gguf --output o --format gguf --rank 4 --iters 1
+  # At the limit, not over it: three pairs fewer go through, and the reader
+  # takes the output's 65536 pairs (refusing it only for its quantized target).
+  "$TOOL" synth_limit fit.gguf kvs_fit || fail "gguftool synth_limit kvs_fit"
+  expect_rc 0 model --input fit.gguf --output o --format gguf --rank 4 --iters 1 --quiet
+  expect_refused "o/model.gguf: tensor 'blk.0.attn_q.weight' has type" model --input o/model.gguf --output o2 --format gguf
+  ;;
+
 gguf_safety)
   synth in.gguf
   sum=$(sha256sum in.gguf)

@@ -319,7 +319,33 @@ publish_crash)
     done
   done
   [ "$points" -ge 8 ] || fail "only $points kill points reached"
-  echo "$points kill points"
+  # merge --overwrite publishes by the same steps (calibrate too): killed at
+  # the exchange, at the fallback's two renames and at the first removal.
+  for k in 1 2; do expect_rc 0 model --input s --output "sh$k" --rank 8 --iters 1 --quiet --shard "$k/2"; done
+  expect_rc 0 merge --input s --shards sh1,sh2 --output ref_merged --quiet
+  merged=$(digest ref_merged)
+  [ "$merged" != "$old" ] || fail "the merged output is the previous one; nothing to tell them apart"
+  for point in "exchange renameat2 1" "exchange unlinkat 1" "fallback rename 1" "fallback rename 2"; do
+    read -r mode sc n <<<"$point"
+    extra=()
+    [ "$mode" = fallback ] && extra=(-e inject=renameat2:error=EINVAL)
+    rm -rf out
+    cp -a ref_old out
+    strace -f -o /dev/null "${extra[@]}" -e "inject=$sc:signal=SIGKILL:when=$n" \
+      "$LOFTQ" merge --input s --shards sh1,sh2 --output out --overwrite --quiet >"$out_file" 2>"$err_file"
+    rc=$?
+    [ "$rc" -ne 0 ] || fail "merge, $mode, $sc #$n: the kill point was not reached"
+    state=$(digest out)
+    [ "$state" = "$old" ] || [ "$state" = "$merged" ] || { [ "$mode" = fallback ] && [ "$state" = missing ]; } ||
+      fail "merge, $mode: killed at $sc #$n: out is neither the previous output nor the merged one"
+    run model --input s --output out --rank 65 --quiet --overwrite
+    [ "$rc" -eq 1 ] || { show; fail "merge, $mode, $sc #$n: the next run exited $rc"; }
+    state=$(digest out)
+    [ "$state" = "$old" ] || [ "$state" = "$merged" ] || fail "merge, $mode: killed at $sc #$n, then a run: a mix"
+    [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "out ref_merged ref_new ref_old s sh1 sh2 " ] ||
+      fail "merge, $mode: killed at $sc #$n, then a run: left behind: $(ls -A)"
+  done
+  echo "$points kill points of model, 4 of merge"
   ;;
 
 environment)
@@ -379,6 +405,44 @@ side_once)
   cmp -s X.old/config.json out/config.json || fail "config.json is not the one of the input the tensors came from"
   cmp -s X.old/tokenizer.json out/tokenizer.json || fail "tokenizer.json is not the one of the input the tensors came from"
   check X.old out 4 4
+  ;;
+
+side_aba)
+  # The input swapped for another and swapped back while it is opened: the
+  # open of its model.safetensors is held 2 s before and 2 s after it runs
+  # (strace delay injection), the other input put at its path during the
+  # first hold and the input put back during the second, so the path names
+  # the first input again at every later check. The tensors then come from
+  # the other input: the run must refuse, never publish them with the first
+  # input's side files. (The open's number among the run's openat calls is
+  # read from a traced run first.)
+  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
+  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  synth X F32 1 2 128 256
+  synth X2 F32 1 1 64 96
+  printf '{"model_type": "llama", "replaced": true}\n' >X2/config.json
+  strace -f -e trace=openat -o trace.txt "$LOFTQ" model --input X --output t --rank 4 --iters 1 --quiet ||
+    fail "the traced run failed"
+  first=$(head -1 trace.txt | cut -d' ' -f1)
+  n=$(awk -v p="$first" -v f='"X/model.safetensors"' \
+    '$1 == p && /openat\(/ { k++; if (index($0, f)) { print k; exit } }' trace.txt)
+  [ -n "$n" ] || fail "no open of X/model.safetensors in the trace"
+  rm -rf t trace.txt
+  strace -f -o /dev/null -e "inject=openat:delay_enter=2000000:delay_exit=2000000:when=$n" \
+    "$LOFTQ" model --input X --output out --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file" &
+  pid=$!
+  sleep 1
+  mv X X.first && mv X2 X || fail "cannot swap X"
+  sleep 2
+  mv X X2 && mv X.first X || fail "cannot swap X back"
+  wait "$pid"
+  rc=$?
+  [ "$rc" -eq 1 ] || { show; fail "exit $rc, expected a refusal"; }
+  grep -q '^loftq: error: X: replaced while it was being opened' "$err_file" || { show; fail "message"; }
+  [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "X X2 " ] || fail "left behind: $(ls -A)"
+  # Untouched, the same run goes through.
+  expect_rc 0 model --input X --output out --rank 4 --iters 1 --quiet
+  check X out 4 4
   ;;
 
 header_limit)

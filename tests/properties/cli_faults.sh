@@ -79,7 +79,6 @@ file_size_limit)
   [ "$before" = "$(listing)" ] || fail "partial output left: $(diff <(echo "$before") <(listing))"
   # An existing output directory: the previous result stays byte for byte.
   "$LOFTQ" init --quiet --input W.npy --output prev --rank 4 --iters 2 >/dev/null 2>"$err_file" || fail "first run"
-  printf 'keep me\n' >prev/notes.txt
   prev_sum=$(cd prev && digest *)
   before=$(listing)
   (
@@ -94,9 +93,8 @@ file_size_limit)
 sigint)
   "$TOOL" make big.npy 640x640 f4 C || fail "npytool make big"
   big_sum=$(digest big.npy)
-  mkdir prev
-  printf 'old Q\n' >prev/Q.npy
-  printf 'unrelated\n' >prev/notes.txt
+  # An earlier output (init refuses a directory holding anything else).
+  "$LOFTQ" init --quiet --input W.npy --output prev --rank 4 --iters 2 >/dev/null 2>"$err_file" || fail "first run"
   prev_sum=$(cd prev && digest *)
   for target in fresh prev; do
     before=$(listing)

@@ -6,10 +6,12 @@
 #include <loftq/io/file.hpp>
 #include <loftq/io/strict_json.hpp>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <cmath>
 #include <cstdio>
@@ -98,12 +100,20 @@ constexpr const char* kSideFiles[] = {"config.json",           "generation_confi
 // would be copied into the output as a regular file. Allowed: a target
 // inside the input directory, or, for a Hugging Face cache snapshot
 // (.../snapshots/<rev>/), inside that repository's .../blobs/.
-void check_side_link(const fs::path& file, const std::string& dir) {
+void check_side_link(const fs::path& file, const std::string& dir, int dir_fd) {
+  // Resolved through the directory held open since the start (Linux's
+  // /proc/self/fd), so the link checked is the one then read.
+  fs::path via(dir);
   std::error_code ec;
-  if (!fs::is_symlink(fs::symlink_status(file, ec))) return;
-  const fs::path target = fs::canonical(file, ec);
+  if (dir_fd >= 0) {
+    const fs::path held = "/proc/self/fd/" + std::to_string(dir_fd);
+    if (fs::exists(fs::symlink_status(held, ec))) via = held;
+  }
+  const fs::path at = via / file.filename();
+  if (!fs::is_symlink(fs::symlink_status(at, ec))) return;
+  const fs::path target = fs::canonical(at, ec);
   if (ec) throw InputError{file.string() + ": a symbolic link that cannot be resolved: " + ec.message()};
-  const fs::path in_dir = fs::canonical(dir, ec);
+  const fs::path in_dir = fs::canonical(via, ec);
   if (ec) throw InputError{dir + ": cannot resolve the input directory: " + ec.message()};
   if (lies_within(target, in_dir)) return;
   if (in_dir.has_parent_path() && in_dir.parent_path().filename() == "snapshots" &&
@@ -111,6 +121,38 @@ void check_side_link(const fs::path& file, const std::string& dir) {
     return;
   throw InputError{file.string() + ": a symbolic link to " + target.string() +
                    ", outside the input directory (and not a Hugging Face cache blob); refusing to copy it"};
+}
+
+// The bytes of the side file `name` in the held directory `dir_fd` (its path
+// `p` when -1); false when it is absent or not a regular file (not copied).
+bool read_side_file(int dir_fd, const char* name, const fs::path& p, std::string& bytes) {
+  const int fd = dir_fd >= 0 ? ::openat(dir_fd, name, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+                             : ::open(p.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) {
+    if (errno == ENOENT || errno == ENOTDIR || errno == ELOOP) return false;
+    throw InputError{p.string() + ": cannot open: " + std::strerror(errno)};
+  }
+  struct Closer {
+    int fd;
+    ~Closer() { ::close(fd); }
+  } closer{fd};
+  struct stat st;
+  if (::fstat(fd, &st) != 0) throw InputError{p.string() + ": cannot stat: " + std::strerror(errno)};
+  if (!S_ISREG(st.st_mode)) return false;
+  const std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+  if (size > kSideFileMaxBytes)
+    throw InputError{p.string() + ": larger than 256 MiB (" + std::to_string(size) +
+                     " bytes); not a configuration or tokenizer file loftq copies"};
+  bytes.assign(static_cast<std::size_t>(size), '\0');
+  std::size_t done = 0;
+  while (done < bytes.size()) {
+    const ssize_t r = ::pread(fd, &bytes[done], bytes.size() - done, static_cast<off_t>(done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r < 0) throw InputError{p.string() + ": read failed: " + std::strerror(errno)};
+    if (r == 0) throw InputError{p.string() + ": the file changed while being read"};
+    done += static_cast<std::size_t>(r);
+  }
+  return true;
 }
 
 }  // namespace
@@ -263,43 +305,72 @@ std::vector<std::string> checkpoint_inputs(const io::Checkpoint& ck, const std::
   return in;
 }
 
-SideFiles read_side_files(const io::Checkpoint& ck, const std::string& input) {
+SideFiles read_side_files(const io::Checkpoint& ck, const std::string& input, const InputIdentity& id) {
   SideFiles side;
   const std::string dir = dir_of_input(ck, input);
   for (const char* name : kSideFiles) {
     const fs::path p = fs::path(dir) / name;
-    check_side_link(p, dir);
-    std::error_code ec;
-    if (!fs::is_regular_file(p, ec)) continue;  // absent, or not a file: not copied
-    try {
-      loftq::io::ReadOnlyFile f;
-      f.open(p.string());
-      if (f.size() > kSideFileMaxBytes)
-        throw InputError{p.string() + ": larger than 256 MiB (" + std::to_string(f.size()) +
-                         " bytes); not a configuration or tokenizer file loftq copies"};
-      std::string bytes(static_cast<std::size_t>(f.size()), '\0');
-      if (f.size() > 0) f.pread_exact(reinterpret_cast<unsigned char*>(&bytes[0]), 0, f.size());
-      if (std::string(name) == "config.json") side.config = parse_config(p.string(), bytes);
-      side.files.emplace_back(name, std::move(bytes));
-    } catch (const loftq::Error& e) {
-      throw InputError{e.what()};
-    }
+    check_side_link(p, dir, id.dir_fd());
+    std::string bytes;
+    if (!read_side_file(id.dir_fd(), name, p, bytes)) continue;
+    if (std::string(name) == "config.json") side.config = parse_config(p.string(), bytes);
+    side.files.emplace_back(name, std::move(bytes));
   }
   return side;
 }
 
-InputIdentity input_identity(const std::string& input) {
+InputIdentity::InputIdentity(const std::string& input) {
   struct stat st;
-  if (::stat(input.c_str(), &st) != 0) return {};
-  return {static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino), true};
+  if (::stat(input.c_str(), &st) != 0) return;
+  dir_ = input;
+  if (!S_ISDIR(st.st_mode)) {
+    const fs::path parent = fs::path(input).parent_path();
+    dir_ = parent.empty() ? std::string(".") : parent.string();
+  }
+  // O_PATH: enough to look entries up and open them, without read permission
+  // on the directory itself.
+  dir_fd_ = ::open(dir_.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
+  struct stat ds;
+  if (dir_fd_ >= 0 && ::fstat(dir_fd_, &ds) == 0) {
+    dir_dev_ = static_cast<std::uint64_t>(ds.st_dev);
+    dir_ino_ = static_cast<std::uint64_t>(ds.st_ino);
+    // A directory input is the directory held (not one put at its path after the stat).
+    if (S_ISDIR(st.st_mode)) st = ds;
+  }
+  dev = static_cast<std::uint64_t>(st.st_dev);
+  ino = static_cast<std::uint64_t>(st.st_ino);
+  known = true;
 }
 
-void check_same_input(const std::string& input, const InputIdentity& before) {
-  const InputIdentity now = input_identity(input);
-  if (!before.known || !now.known || now.dev != before.dev || now.ino != before.ino)
-    throw InputError{input +
-                     ": replaced while it was being opened; nothing was read from it that a run could use "
-                     "(run again once it is in place)"};
+InputIdentity::~InputIdentity() {
+  if (dir_fd_ >= 0) ::close(dir_fd_);
+}
+
+void check_same_input(const std::string& input, const InputIdentity& before, const io::Checkpoint& ck) {
+  const InputError replaced{input +
+                            ": replaced while it was being opened; nothing was read from it that a run could use "
+                            "(run again once it is in place)"};
+  struct stat now;
+  if (!before.known || ::stat(input.c_str(), &now) != 0 || static_cast<std::uint64_t>(now.st_dev) != before.dev ||
+      static_cast<std::uint64_t>(now.st_ino) != before.ino)
+    throw replaced;
+  if (before.dir_fd_ < 0) return;
+  // The path names the same input again, but it may have been swapped and
+  // swapped back meanwhile: every file the checkpoint holds open must be the
+  // entry of its name in the directory the side files were read from, which
+  // must still be the one the path leads to.
+  struct stat ds;
+  if (::stat(before.dir_.c_str(), &ds) != 0 || static_cast<std::uint64_t>(ds.st_dev) != before.dir_dev_ ||
+      static_cast<std::uint64_t>(ds.st_ino) != before.dir_ino_)
+    throw replaced;
+  for (std::size_t i = 0; i < ck.num_files(); ++i) {
+    const io::SafetensorsFile& f = ck.file(i);
+    struct stat fs_;
+    const std::string name = fs::path(f.path()).filename().string();
+    if (::fstatat(before.dir_fd_, name.c_str(), &fs_, 0) != 0 || static_cast<std::uint64_t>(fs_.st_dev) != f.device() ||
+        static_cast<std::uint64_t>(fs_.st_ino) != f.inode())
+      throw replaced;
+  }
 }
 
 void check_checkpoint_names(const io::Checkpoint& ck, bool packed) {

@@ -62,6 +62,32 @@ struct Settings {
   static Settings from_report(const nlohmann::json& j);
 };
 
+// The input as the run found it, taken before the checkpoint is opened: its
+// path's identity (device and inode) and the directory holding its side files,
+// held open. The side files are read through that directory, and
+// check_same_input() after that refuses an input replaced in between (renamed
+// over, or exchanged), even one put back since: every file the checkpoint
+// holds open must be the entry of its name in that directory, and the path
+// must still name it. So the tensors and the side files are those of one input.
+class InputIdentity {
+ public:
+  explicit InputIdentity(const std::string& input);
+  InputIdentity(const InputIdentity&) = delete;
+  InputIdentity& operator=(const InputIdentity&) = delete;
+  ~InputIdentity();
+  int dir_fd() const { return dir_fd_; }  // -1 when it could not be opened
+
+  std::uint64_t dev = 0, ino = 0;  // of the input path
+  bool known = false;
+
+ private:
+  int dir_fd_ = -1;
+  std::uint64_t dir_dev_ = 0, dir_ino_ = 0;
+  std::string dir_;
+  friend void check_same_input(const std::string&, const InputIdentity&, const io::Checkpoint&);
+};
+void check_same_input(const std::string& input, const InputIdentity& before, const io::Checkpoint& ck);
+
 // The config and tokenizer files next to a checkpoint, read once when the
 // input is opened (read_side_files), so an output carries the ones of the
 // input its tensors come from, whatever happens to the input during the run.
@@ -73,18 +99,7 @@ struct SideFiles {
 // levels, 16 MiB), a side file over 256 MiB, and one that is a symbolic link
 // leading out of the input directory (a Hugging Face cache snapshot's links
 // into its blobs/ excepted).
-SideFiles read_side_files(const io::Checkpoint& ck, const std::string& input);
-
-// The input path's identity (device and inode), taken before the checkpoint
-// is opened; check_same_input() after the side files are read refuses an
-// input replaced in between (renamed over, or exchanged), so the tensors and
-// the side files are those of one input.
-struct InputIdentity {
-  std::uint64_t dev = 0, ino = 0;
-  bool known = false;
-};
-InputIdentity input_identity(const std::string& input);
-void check_same_input(const std::string& input, const InputIdentity& before);
+SideFiles read_side_files(const io::Checkpoint& ck, const std::string& input, const InputIdentity& id);
 
 // The index of a full output of a sharded input: the input's, with the
 // bitsandbytes tensors of `targets` when s.bnb_nf4.

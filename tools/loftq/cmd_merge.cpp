@@ -259,10 +259,10 @@ int run_merge(const Args& a) {
   const auto t_start = std::chrono::steady_clock::now();
   const std::vector<nlohmann::json> reps = read_shard_reports(a);
   const Settings s = Settings::from_report(reps[0]["settings"]);
-  const InputIdentity input_id = input_identity(a.input);
+  const InputIdentity input_id(a.input);
   const io::Checkpoint ck(a.input);
-  const SideFiles side = read_side_files(ck, a.input);
-  check_same_input(a.input, input_id);
+  const SideFiles side = read_side_files(ck, a.input, input_id);
+  check_same_input(a.input, input_id, ck);
   check_checkpoint_names(ck, s.packed);
   const std::string identity = checkpoint_identity(ck);
   check_identity(a, reps, identity);

@@ -39,8 +39,9 @@ void rows_1(std::vector<OptionDef>& t, const Args& d) {
      "model.safetensors.index.json, or exactly one .safetensors file; with --format gguf a .gguf file",
      kModel | kMerge, true, nonempty_path(), [](Args& a, const std::string& v) { a.input = v; }},
     {"--output", "DIR",
-     "output directory; created if missing (with parents), otherwise the four files in it are replaced", kInit,
-     true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
+     "output directory; created if missing (with parents); an existing one must be empty or an earlier init's output "
+     "(nothing else in it), whose four files are then replaced as one set",
+     kInit, true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
     {"--output", "DIR", "output directory, created with its parents; must not exist unless --overwrite",
      kModel | kMerge | kCalibrate, true, nonempty_path(), [](Args& a, const std::string& v) { a.output = v; }},
     {"--shards", "DIR1,DIR2,...", "the output directories of all N 'loftq model --shard K/N' runs", kMerge, true,

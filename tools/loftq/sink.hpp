@@ -67,5 +67,9 @@ std::unique_ptr<Sink> packed_sink(const SafetensorsSource& src, const StagedOutp
                                   const std::map<std::string, int>& bits_of);
 // model.gguf and adapter.gguf.
 std::unique_ptr<Sink> gguf_sink(const Args& a, const GgufSource& src, const StagedOutput& out);
+// Throws InputError, naming the input, when model.gguf or adapter.gguf would
+// have more key-value pairs, tensors or header bytes (or a longer tensor
+// name) than the GGUF reader accepts. Before any work.
+void check_gguf_output(const Args& a, const GgufSource& src);
 
 }  // namespace loftq_cli

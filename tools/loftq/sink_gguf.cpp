@@ -96,43 +96,81 @@ Stored store(const loftq::RowMatrix<float>& M, io::GgmlType type, const std::str
   return s;
 }
 
+// What the two files declare: their key-value pairs and tensors.
+struct GgufLayout {
+  std::vector<io::GgufKV> base_kvs, adapter_kvs;
+  std::vector<io::GgufTensorDecl> base_decls, adapter_decls;
+};
+
+io::GgmlType lora_b_type(const Args& a) {
+  // lora_b's rows are r long: not whole Q8_0 blocks unless r is a multiple of 32, when
+  // convert_lora_to_gguf.py falls back to F16.
+  const io::GgmlType ta = adapter_ggml_type(a.adapter_type);
+  return ta == io::GgmlType::Q8_0 && a.rank % loftq::kGgmlBlock != 0 ? io::GgmlType::F16 : ta;
+}
+
+double lora_alpha(const Args& a) { return a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank); }
+
+GgufLayout gguf_layout(const Args& a, const GgufSource& src) {
+  GgufLayout l;
+  const auto ta = static_cast<std::uint32_t>(adapter_ggml_type(a.adapter_type)),
+             tb = static_cast<std::uint32_t>(lora_b_type(a));
+  const std::uint64_t r = static_cast<std::uint64_t>(a.rank);
+  for (const io::GgufTensorInfo& t : src.file().tensors()) {
+    l.base_decls.push_back({t.name, t.ne, src.output_type(t)});
+    if (src.quantized(t.name)) {
+      l.adapter_decls.push_back({t.name + ".lora_a", {t.ne[0], r}, ta});
+      l.adapter_decls.push_back({t.name + ".lora_b", {r, t.ne[1]}, tb});
+    }
+  }
+  l.base_kvs = src.file().kvs();
+  if (src.any_quantized()) {  // with nothing quantized the file's type is the input's
+    set_kv(l.base_kvs, io::gguf_kv_u32("general.file_type", a.mix ? static_cast<std::uint32_t>(*a.mix)
+                                                                  : loftq::ggml_format_llama_ftype(a.quant)));
+    set_kv(l.base_kvs, io::gguf_kv_u32("general.quantization_version", loftq::kGgmlQuantizationVersion));
+  }
+  set_kv(l.base_kvs, io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote));
+  std::string name;
+  if (!src.file().string_value("general.name", name)) name = std::filesystem::path(a.input).stem().string();
+  l.adapter_kvs = {io::gguf_kv_string("general.architecture", src.architecture()),
+                   io::gguf_kv_string("general.type", "adapter"),
+                   io::gguf_kv_string("general.name", name),
+                   io::gguf_kv_string("adapter.type", "lora"),
+                   io::gguf_kv_f32("adapter.lora.alpha", static_cast<float>(lora_alpha(a))),
+                   io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote)};
+  return l;
+}
+
+// Throws InputError, naming the input, when `file` (model.gguf or
+// adapter.gguf) would exceed what GgufFile reads.
+void check_limits(const std::string& input, const char* file, const std::vector<io::GgufKV>& kvs,
+                  const std::vector<io::GgufTensorDecl>& decls) {
+  const std::string start = input + ": the " + file + " loftq writes from it would have ";
+  const std::string end = " (the GGUF reader's limit is ";
+  if (kvs.size() > io::kGgufMaxKVs)
+    throw InputError{start + std::to_string(kvs.size()) + " key-value pairs" + end + std::to_string(io::kGgufMaxKVs) +
+                     "); refusing it before any work"};
+  if (decls.size() > io::kGgufMaxTensors)
+    throw InputError{start + std::to_string(decls.size()) + " tensors" + end + std::to_string(io::kGgufMaxTensors) +
+                     "); refusing it before any work"};
+  for (const io::GgufTensorDecl& d : decls)
+    if (d.name.size() > io::kGgufMaxName)
+      throw InputError{start + "a tensor named '" + printable(d.name) + "' of " + std::to_string(d.name.size()) +
+                       " bytes" + end + std::to_string(io::kGgufMaxName) + "); refusing it before any work"};
+  const std::uint64_t header = io::gguf_header_size(kvs, decls);
+  if (header > io::kGgufMaxHeaderBytes)
+    throw InputError{start + "a header of " + std::to_string(header) + " bytes" + end +
+                     std::to_string(io::kGgufMaxHeaderBytes) + "); refusing it before any work"};
+}
+
 class GgufSink : public Sink {
  public:
   GgufSink(const Args& a, const GgufSource& src, const StagedOutput& out)
-      : alpha_(a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank)),
-        type_a_(adapter_ggml_type(a.adapter_type)),
-        // lora_b's rows are r long: not whole Q8_0 blocks unless r is a multiple of 32, when
-        // convert_lora_to_gguf.py falls back to F16.
-        type_b_(type_a_ == io::GgmlType::Q8_0 && a.rank % loftq::kGgmlBlock != 0 ? io::GgmlType::F16 : type_a_) {
-    const auto ta = static_cast<std::uint32_t>(type_a_), tb = static_cast<std::uint32_t>(type_b_);
-    const std::uint64_t r = static_cast<std::uint64_t>(a.rank);
-    std::vector<io::GgufTensorDecl> base_decls, adapter_decls;
-    for (const io::GgufTensorInfo& t : src.file().tensors()) {
-      const bool quant = src.quantized(t.name);
-      base_decls.push_back({t.name, t.ne, src.output_type(t)});
-      if (quant) {
-        adapter_decls.push_back({t.name + ".lora_a", {t.ne[0], r}, ta});
-        adapter_decls.push_back({t.name + ".lora_b", {r, t.ne[1]}, tb});
-      }
-    }
-    std::vector<io::GgufKV> base_kvs = src.file().kvs();
-    if (src.any_quantized()) {  // with nothing quantized the file's type is the input's
-      set_kv(base_kvs, io::gguf_kv_u32("general.file_type", a.mix ? static_cast<std::uint32_t>(*a.mix)
-                                                                  : loftq::ggml_format_llama_ftype(a.quant)));
-      set_kv(base_kvs, io::gguf_kv_u32("general.quantization_version", loftq::kGgmlQuantizationVersion));
-    }
-    set_kv(base_kvs, io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote));
-    std::string name;
-    if (!src.file().string_value("general.name", name)) name = std::filesystem::path(a.input).stem().string();
-    const std::vector<io::GgufKV> adapter_kvs = {io::gguf_kv_string("general.architecture", src.architecture()),
-                                                 io::gguf_kv_string("general.type", "adapter"),
-                                                 io::gguf_kv_string("general.name", name),
-                                                 io::gguf_kv_string("adapter.type", "lora"),
-                                                 io::gguf_kv_f32("adapter.lora.alpha", static_cast<float>(alpha_)),
-                                                 io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote)};
+      : alpha_(lora_alpha(a)), type_a_(adapter_ggml_type(a.adapter_type)), type_b_(lora_b_type(a)) {
+    const GgufLayout l = gguf_layout(a, src);
     try {
-      base_ = std::make_unique<io::GgufWriter>(out.path("model.gguf").string(), base_kvs, base_decls);
-      adapter_ = std::make_unique<io::GgufWriter>(out.path("adapter.gguf").string(), adapter_kvs, adapter_decls);
+      base_ = std::make_unique<io::GgufWriter>(out.path("model.gguf").string(), l.base_kvs, l.base_decls);
+      adapter_ = std::make_unique<io::GgufWriter>(out.path("adapter.gguf").string(), l.adapter_kvs, l.adapter_decls);
     } catch (const loftq::Error& e) {
       throw InputError{std::string("--format gguf: ") + e.what()};
     }
@@ -186,6 +224,12 @@ class GgufSink : public Sink {
 };
 
 }  // namespace
+
+void check_gguf_output(const Args& a, const GgufSource& src) {
+  const GgufLayout l = gguf_layout(a, src);
+  check_limits(a.input, "model.gguf", l.base_kvs, l.base_decls);
+  check_limits(a.input, "adapter.gguf", l.adapter_kvs, l.adapter_decls);
+}
 
 std::unique_ptr<Sink> gguf_sink(const Args& a, const GgufSource& src, const StagedOutput& out) {
   return std::make_unique<GgufSink>(a, src, out);

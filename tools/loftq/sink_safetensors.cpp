@@ -122,6 +122,10 @@ std::unique_ptr<Sink> packed_sink(const SafetensorsSource& src, const StagedOutp
 }
 
 void check_output(const Args& a, const Source& src) {
+  if (const auto* gguf = dynamic_cast<const GgufSource*>(&src)) {
+    check_gguf_output(a, *gguf);
+    return;
+  }
   const auto* st = dynamic_cast<const SafetensorsSource*>(&src);
   if (!st) return;
   const Settings s = Settings::of(a);

@@ -10,12 +10,12 @@ namespace loftq_cli {
 
 SafetensorsSource::SafetensorsSource(const Args& a)
     : input_(a.input),
-      input_id_(input_identity(a.input)),
+      input_id_(a.input),
       ck_(a.input),
-      side_(read_side_files(ck_, a.input)),
+      side_(read_side_files(ck_, a.input, input_id_)),
       shard_k_(a.shard_k),
       shard_n_(a.shard_n) {
-  check_same_input(input_, input_id_);
+  check_same_input(input_, input_id_, ck_);
   if (!shard_run()) check_checkpoint_names(ck_, a.packed);
 }
 

@@ -68,15 +68,12 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
         if (fs::exists(ts) && fs::is_directory(ts))
           throw InputError{(shown_ / name).string() + ": exists and is a directory"};
       }
-      // A DIR of the tool's files only is staged beside itself and swapped
-      // whole (publish_swap), when its parent is writable and on its file
-      // system; otherwise (other files in DIR, DIR a mount point) it is staged
-      // inside and updated file by file.
+      // The set is published by swapping DIR whole (publish_update), so DIR
+      // may hold nothing else, and must be a directory its parent can rename:
+      // one updated file by file would hold a mixed set after a crash. (Runs
+      // of earlier versions staged inside DIR; their leftovers go first.)
       remove_stale_staging(dir_, ".loftq-tmp-");
-      const fs::path parent = dir_.has_parent_path() ? dir_.parent_path() : fs::path(".");
-      struct stat ds, ps;
-      swap_ = only_tool_files(dir_, names_) && ::stat(dir_.c_str(), &ds) == 0 && ::stat(parent.c_str(), &ps) == 0 &&
-              ds.st_dev == ps.st_dev && ::access(parent.c_str(), W_OK | X_OK) == 0;
+      check_updatable();
     }
     if (::access(dir_.c_str(), W_OK | X_OK) != 0)
       throw InputError{shown + ": output directory is not writable: " + std::strerror(errno)};
@@ -125,21 +122,12 @@ const fs::path& StagedOutput::stage() {
   // that must happen, if at all, before anything is on disk.
   start_threads();
   begin_staging();
-  const bool inside = exists_ && policy_ == Existing::update && !swap_;
-  if (!inside) make_parents();
-  if (inside)
-    remove_stale_staging(dir_, ".loftq-tmp-");
-  else
-    clean_leftovers(dir_);
+  make_parents();
+  clean_leftovers(dir_);
   check_interrupt();
   for (int k = 0;; ++k) {
-    fs::path t;
-    if (inside) {
-      t = dir_ / (".loftq-tmp-" + loftq::io::unique_tag());
-    } else {
-      t = dir_;
-      t += ".tmp-" + loftq::io::unique_tag();
-    }
+    fs::path t = dir_;
+    t += ".tmp-" + loftq::io::unique_tag();
     if (::mkdir(t.c_str(), 0777) == 0) {
       stage_ = t;
       remember_staging(stage_.string(), shown_.string());
@@ -154,8 +142,7 @@ const fs::path& StagedOutput::stage() {
       }
       // Marks the directory as the tool's from its first moment: what
       // --overwrite may later delete once published, and what a later run
-      // may remove if this process dies before publishing (an update
-      // publishes only the named files, so the marker stays behind there).
+      // may remove if this process dies before publishing.
       write_file(kMarkerFile, std::string("written by loftq; 'loftq --overwrite' may replace this directory\n"));
       return stage_;
     }
@@ -226,46 +213,102 @@ class PublishLock {
 
 }  // namespace
 
+void StagedOutput::check_updatable() const {
+  const std::string shown = shown_.string();
+  const std::string what =
+      "; init replaces its files only by swapping in a whole new directory, so that a crash "
+      "never leaves a mixed set";
+  const std::string foreign = foreign_entry(dir_, names_);
+  if (!foreign.empty())
+    throw InputError{shown + ": holds '" + printable(foreign) + "', not a file init writes" + what +
+                     "; move the other files out of it, or choose another --output"};
+  if (!only_tool_files(dir_, names_))
+    throw InputError{shown + ": not an earlier init's output (no " + kMarkerFile + " file, or not regular files)" +
+                     what + "; remove those files, or choose another --output"};
+  struct stat ls;
+  if (::lstat(dir_.c_str(), &ls) == 0 && S_ISLNK(ls.st_mode))
+    throw InputError{shown + ": is a symbolic link" + what + "; name the directory it leads to as --output"};
+  const fs::path parent = dir_.has_parent_path() ? dir_.parent_path() : fs::path(".");
+  struct stat ds, ps;
+  if (::stat(dir_.c_str(), &ds) != 0 || ::stat(parent.c_str(), &ps) != 0 || ds.st_dev != ps.st_dev)
+    throw InputError{shown + ": is a mount point (or cannot be examined)" + what +
+                     "; choose a directory inside it as --output"};
+  if (::access(parent.c_str(), W_OK | X_OK) != 0)
+    throw InputError{shown + ": its parent directory is not writable (" + std::string(std::strerror(errno)) + ")" +
+                     what + "; choose another --output"};
+}
+
 void StagedOutput::publish() {
   fsync_dir(stage_);
   const PublishLock lock(dir_);
-  if (exists_ && policy_ == Existing::update) {
-    if (!(swap_ && publish_swap())) publish_files();
-  } else {
+  if (exists_ && policy_ == Existing::update)
+    publish_update();
+  else
     publish_dir();
-  }
 }
 
-bool StagedOutput::publish_swap() {
-  // DIR may have gained other files since the checks before the work; they
-  // must stay, so under the publish lock the same check again.
-  if (!only_tool_files(dir_, names_)) return false;
-  check_interrupt();  // the commit point
-  // The new set complete in DIR in one step; a crash on either side of it
-  // leaves one complete set in DIR and the other at the staging name,
-  // unlocked and marked, which the next run removes.
-  if (::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) != 0) {
-    if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) return false;  // file by file
-    throw InputError{shown_.string() + ": cannot replace the existing output: " + std::strerror(errno)};
+StagedOutput::Previous StagedOutput::swap_in() {
+  const fs::path parent = dir_.has_parent_path() ? dir_.parent_path() : fs::path(".");
+  Previous prev;
+  // One atomic step swaps the complete new output with the complete old one:
+  // a crash on either side of it leaves one of them at DIR, and the other at
+  // the staging name, unlocked and marked, which the next run removes.
+  if (::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) == 0) {
+    prev.path = stage_;
+  } else {
+    if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
+      throw InputError{shown_.string() + ": cannot replace the existing output: " + std::strerror(errno)};
+    // Fallback for file systems without RENAME_EXCHANGE: two renames, the old
+    // output locked while it is aside, so a run that finds DIR missing and an
+    // unlocked DIR.old-* puts it back (clean_leftovers) before anything else.
+    for (int k = 0;; ++k) {
+      prev.path = dir_;
+      prev.path += ".old-" + loftq::io::unique_tag();
+      std::error_code ec;
+      if (!fs::exists(fs::symlink_status(prev.path, ec))) break;
+      if (k >= 100) throw InputError{prev.path.string() + ": names taken"};
+    }
+    prev.lock = lock_directory(dir_);
+    if (::rename(dir_.c_str(), prev.path.c_str()) != 0) {
+      const int e = errno;
+      if (prev.lock >= 0) ::close(prev.lock);
+      throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(e)};
+    }
+    if (::rename(stage_.c_str(), dir_.c_str()) != 0) {
+      const int e = errno;
+      (void)::renameat2(AT_FDCWD, prev.path.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
+      if (prev.lock >= 0) ::close(prev.lock);
+      throw InputError{shown_.string() + ": cannot publish the output directory: " + std::strerror(e)};
+    }
   }
-  const fs::path old = stage_;
   stage_.clear();
+  created_dirs_.clear();
   release_stage_lock();
-  fsync_dir(dir_.has_parent_path() ? dir_.parent_path() : fs::path("."));
+  fsync_dir(parent);
+  return prev;
+}
+
+void StagedOutput::publish_update() {
+  // DIR may have changed since the checks before the work; under the publish
+  // lock, the same checks again (a file that appeared meanwhile stays, and
+  // nothing is replaced).
+  check_updatable();
+  check_interrupt();  // the commit point
+  const Previous prev = swap_in();
   // The previous set goes; whatever else appeared in DIR since the check is
   // put back into it (never replacing a file of the new set).
   std::error_code ec;
-  for (const std::string& n : names_) ::unlink((old / n).c_str());
+  for (const std::string& n : names_) ::unlink((prev.path / n).c_str());
   std::vector<fs::path> rest;
-  for (fs::directory_iterator it(old, ec), end; !ec && it != end; it.increment(ec))
+  for (fs::directory_iterator it(prev.path, ec), end; !ec && it != end; it.increment(ec))
     if (it->path().filename() != kMarkerFile) rest.push_back(it->path());
   for (const fs::path& p : rest)
     (void)::renameat2(AT_FDCWD, p.c_str(), AT_FDCWD, (dir_ / p.filename()).c_str(), RENAME_NOREPLACE);
-  ::unlink((old / kMarkerFile).c_str());
-  if (::rmdir(old.c_str()) != 0)
+  ::unlink((prev.path / kMarkerFile).c_str());
+  if (::rmdir(prev.path.c_str()) != 0)
     std::fprintf(stderr, "loftq: warning: %s: the previous files could not all be removed or put back\n",
-                 printable(old.string()).c_str());
-  return true;
+                 printable(prev.path.string()).c_str());
+  if (prev.lock >= 0) ::close(prev.lock);
 }
 
 void StagedOutput::publish_dir() {
@@ -294,49 +337,9 @@ void StagedOutput::publish_dir() {
   // lock, the same checks again.
   check_replaceable(dir_, shown_.string());
   check_removable(dir_, shown_.string(), ins_);
-  // One atomic step swaps the complete new output with the complete old one:
-  // a crash on either side of it leaves one of them at DIR, and the other at
-  // the staging name, unlocked, which the next run removes.
-  if (::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_EXCHANGE) == 0) {
-    const fs::path old = stage_;
-    stage_.clear();
-    created_dirs_.clear();
-    release_stage_lock();
-    fsync_dir(parent);
-    remove_old(old);
-    return;
-  }
-  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
-    throw InputError{shown_.string() + ": cannot replace the existing output: " + std::strerror(errno)};
-  // Fallback for file systems without RENAME_EXCHANGE: two renames, the old
-  // output locked while it is aside, so a run that finds DIR missing and an
-  // unlocked DIR.old-* puts it back (remove_stale_staging).
-  fs::path old;
-  for (int k = 0;; ++k) {
-    old = dir_;
-    old += ".old-" + loftq::io::unique_tag();
-    std::error_code ec;
-    if (!fs::exists(fs::symlink_status(old, ec))) break;
-    if (k >= 100) throw InputError{old.string() + ": names taken"};
-  }
-  const int old_lock = lock_directory(dir_);
-  if (::rename(dir_.c_str(), old.c_str()) != 0) {
-    const int e = errno;
-    if (old_lock >= 0) ::close(old_lock);
-    throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(e)};
-  }
-  if (::rename(stage_.c_str(), dir_.c_str()) != 0) {
-    const int e = errno;
-    (void)::renameat2(AT_FDCWD, old.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
-    if (old_lock >= 0) ::close(old_lock);
-    throw InputError{shown_.string() + ": cannot publish the output directory: " + std::strerror(e)};
-  }
-  stage_.clear();
-  created_dirs_.clear();
-  release_stage_lock();
-  fsync_dir(parent);
-  remove_old(old);
-  if (old_lock >= 0) ::close(old_lock);
+  const Previous prev = swap_in();
+  remove_old(prev.path);
+  if (prev.lock >= 0) ::close(prev.lock);
 }
 
 void StagedOutput::remove_old(const fs::path& old) {
@@ -348,53 +351,6 @@ void StagedOutput::remove_old(const fs::path& old) {
 void StagedOutput::release_stage_lock() noexcept {
   if (stage_lock_ >= 0) ::close(stage_lock_);
   stage_lock_ = -1;
-}
-
-void StagedOutput::publish_files() {
-  std::error_code ec;
-  // Keep the versions about to be replaced (hard links, or copies where the
-  // filesystem has none) until the new set is complete.
-  std::vector<fs::path> saved(names_.size());
-  for (std::size_t i = 0; i < names_.size(); ++i) {
-    check_interrupt();
-    const fs::path target = dir_ / names_[i];
-    if (!fs::exists(fs::symlink_status(target, ec))) continue;
-    const fs::path b = stage_ / (".old-" + names_[i]);
-    if (::link(target.c_str(), b.c_str()) != 0) {
-      const int e = errno;
-      ec.clear();
-      if (!fs::copy_file(target, b, fs::copy_options::none, ec) || ec)
-        throw InputError{target.string() + ": cannot back up the existing file: " + std::strerror(e)};
-    }
-    saved[i] = b;
-  }
-  check_interrupt();  // the commit point
-  try {
-    for (std::size_t i = 0; i < names_.size(); ++i) {
-      const fs::path target = dir_ / names_[i];
-      if (::rename(path(names_[i]).c_str(), target.c_str()) != 0)
-        throw InputError{target.string() + ": cannot replace: " + std::strerror(errno)};
-      replaced_.push_back(target);
-      backups_.push_back(saved[i]);
-    }
-  } catch (...) {
-    // Undo the renames already done, newest first.
-    for (std::size_t i = replaced_.size(); i-- > 0;) {
-      if (!backups_[i].empty())
-        (void)::rename(backups_[i].c_str(), replaced_[i].c_str());
-      else
-        ::unlink(replaced_[i].c_str());
-    }
-    replaced_.clear();
-    backups_.clear();
-    throw;
-  }
-  fsync_dir(dir_);
-  replaced_.clear();
-  backups_.clear();
-  (void)remove_tree(stage_);
-  stage_.clear();
-  release_stage_lock();
 }
 
 void StagedOutput::discard() noexcept {

@@ -15,15 +15,12 @@
 //     run's DIR.old-<tag> back. Either way DIR holds a complete output
 //     whenever it exists.
 //   * DIR exists, policy update (init): only the named files are replaced and
-//     the rest of DIR is kept. When DIR holds nothing but the named files and
-//     the marker (an earlier init's output) and its parent is writable and on
-//     its file system, it is staged as the sibling DIR.tmp-<tag> and swapped
-//     with DIR in one step (RENAME_EXCHANGE), so DIR holds one complete set at
-//     every instant. Otherwise (other files in DIR, or no exchange) the
-//     staging directory is DIR/.loftq-tmp-<tag> (or the sibling, renamed from)
-//     and the files are renamed one at a time; the files being replaced are
-//     hard-linked there first, so a rename failing halfway puts the old set
-//     back, but a crash between two renames leaves a mixed set.
+//     DIR must hold nothing but them and the marker (an earlier init's
+//     output), or nothing; it is staged as the sibling DIR.tmp-<tag> and
+//     swapped with DIR in one step (RENAME_EXCHANGE, or the two renames
+//     above), so DIR never holds a mixed set. A DIR with other files, a mount
+//     point, or one whose parent is not writable is refused before any work:
+//     it could only be updated file by file.
 //   * DIR exists, policy refuse: an error before any work.
 //
 // <tag> is <pid>-<16 random hex digits>. Every staging directory carries the
@@ -89,10 +86,16 @@ class StagedOutput {
   void publish();
 
  private:
+  // Where the previous DIR went, and the lock held on it while it is aside.
+  struct Previous {
+    fs::path path;
+    int lock = -1;
+  };
   void make_parents();
+  void check_updatable() const;  // throws InputError when DIR cannot be updated in one step
+  Previous swap_in();            // the staging directory becomes DIR
   void publish_dir();
-  bool publish_swap();  // false: not done, publish file by file
-  void publish_files();
+  void publish_update();
   void discard() noexcept;
   void remove_old(const fs::path& old);
   void release_stage_lock() noexcept;
@@ -100,14 +103,10 @@ class StagedOutput {
   fs::path shown_, dir_, stage_;
   Existing policy_;
   bool exists_ = false;
-  bool swap_ = false;  // update: DIR staged beside itself and swapped whole
   std::vector<InputFile> ins_;
   int stage_lock_ = -1;             // flock on the staging directory, held while it is ours
-  std::vector<std::string> names_;  // update: staged files, in order
+  std::vector<std::string> names_;  // update: the files it replaces
   std::vector<fs::path> created_dirs_;
-  // update: targets already replaced, and their saved old versions ("" when
-  // the target did not exist)
-  std::vector<fs::path> replaced_, backups_;
 };
 
 }  // namespace loftq_cli

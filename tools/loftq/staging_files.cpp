@@ -219,4 +219,15 @@ bool only_tool_files(const fs::path& dir, const std::vector<std::string>& names)
   return !ec && (marked || !any);
 }
 
+std::string foreign_entry(const fs::path& dir, const std::vector<std::string>& names) {
+  std::error_code ec;
+  std::vector<std::string> found;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    const std::string n = it->path().filename().string();
+    if (n != kMarkerFile && std::find(names.begin(), names.end(), n) == names.end()) found.push_back(n);
+  }
+  // The first by name, so that the message does not depend on the directory's order.
+  return found.empty() ? std::string() : *std::min_element(found.begin(), found.end());
+}
+
 }  // namespace loftq_cli

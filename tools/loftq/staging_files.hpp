@@ -29,5 +29,8 @@ void check_name_length(const fs::path& dir, const fs::path& shown);
 // True when DIR is empty or holds the marker and otherwise only regular
 // files named in `names`.
 bool only_tool_files(const fs::path& dir, const std::vector<std::string>& names);
+// The first entry of DIR (by name) that is neither the marker nor named in
+// `names`; empty when there is none.
+std::string foreign_entry(const fs::path& dir, const std::vector<std::string>& names);
 
 }  // namespace loftq_cli

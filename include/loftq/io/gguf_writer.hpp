@@ -33,12 +33,34 @@ struct GgufTensorDecl {
   std::uint32_t type = 0;
 };
 
+// The bytes of the header GgufWriter writes for `kvs` and `tensors`, up to
+// the padding before the data: what GgufFile's limit kGgufMaxHeaderBytes
+// applies to.
+inline std::uint64_t gguf_header_size(const std::vector<GgufKV>& kvs, const std::vector<GgufTensorDecl>& tensors) {
+  std::uint64_t n = 4 + 4 + 8 + 8;  // magic, version, tensor count, pair count
+  for (const GgufKV& kv : kvs) n += 8 + kv.key.size() + 4 + kv.value.size();
+  for (const GgufTensorDecl& t : tensors) n += 8 + t.name.size() + 4 + 8 * t.ne.size() + 4 + 8;
+  return n;
+}
+
 class GgufWriter {
  public:
   // Declares everything and writes the header into a temporary file next to
   // `path`. The alignment is general.alignment's when kvs has it. Values are
-  // written as given (GgufFile's, or from gguf_kv_string and friends).
+  // written as given (GgufFile's, or from gguf_kv_string and friends). A file
+  // GgufFile would refuse (more pairs, tensors or header bytes than its
+  // limits) is an error before anything is written.
   GgufWriter(const std::string& path, const std::vector<GgufKV>& kvs, const std::vector<GgufTensorDecl>& tensors) {
+    ::loftq::detail::require(kvs.size() <= kGgufMaxKVs, Errc::invalid_argument,
+                             path + ": " + std::to_string(kvs.size()) +
+                                 " key-value pairs, over the readers' limit of " + std::to_string(kGgufMaxKVs));
+    ::loftq::detail::require(tensors.size() <= kGgufMaxTensors, Errc::invalid_argument,
+                             path + ": " + std::to_string(tensors.size()) + " tensors, over the readers' limit of " +
+                                 std::to_string(kGgufMaxTensors));
+    const std::uint64_t header = gguf_header_size(kvs, tensors);
+    ::loftq::detail::require(header <= kGgufMaxHeaderBytes, Errc::invalid_argument,
+                             path + ": a header of " + std::to_string(header) + " bytes, over the readers' limit of " +
+                                 std::to_string(kGgufMaxHeaderBytes));
     std::uint64_t alignment = kGgufDefaultAlignment;
     std::set<std::string> keys;
     std::vector<unsigned char> h = {'G', 'G', 'U', 'F'};

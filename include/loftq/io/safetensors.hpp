@@ -122,6 +122,9 @@ class SafetensorsFile {
 
   const std::string& path() const { return path_; }
   std::uint64_t file_size() const { return size_; }
+  // The device and inode of the file read (held open since open()).
+  std::uint64_t device() const { return file_.device(); }
+  std::uint64_t inode() const { return file_.inode(); }
   std::uint64_t data_offset() const { return data_offset_; }
   // In data-section order.
   const std::vector<TensorInfo>& tensors() const { return tensors_; }

@@ -58,6 +58,8 @@ class ReadOnlyFile {
     }
     size_ = static_cast<std::uint64_t>(st.st_size);
     mtime_ = st.st_mtim;
+    dev_ = static_cast<std::uint64_t>(st.st_dev);
+    ino_ = static_cast<std::uint64_t>(st.st_ino);
   }
 
   void close() noexcept {
@@ -69,6 +71,10 @@ class ReadOnlyFile {
   bool is_open() const { return fd_ >= 0; }
   const std::string& path() const { return path_; }
   std::uint64_t size() const { return size_; }
+  // The device and inode of the file held open: what every read reads,
+  // whatever its path names by now.
+  std::uint64_t device() const { return dev_; }
+  std::uint64_t inode() const { return ino_; }
 
   // Exactly n bytes at `at`, or a loftq::Error naming the file.
   void pread_exact(unsigned char* dst, std::uint64_t at, std::uint64_t n) const {
@@ -101,12 +107,15 @@ class ReadOnlyFile {
     std::swap(path_, o.path_);
     std::swap(fd_, o.fd_);
     std::swap(mtime_, o.mtime_);
+    std::swap(dev_, o.dev_);
+    std::swap(ino_, o.ino_);
     std::swap(size_, o.size_);
   }
 
   std::string path_;
   int fd_ = -1;
   struct timespec mtime_ = {};
+  std::uint64_t dev_ = 0, ino_ = 0;
   std::uint64_t size_ = 0;
 };
 
