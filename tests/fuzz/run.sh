@@ -65,17 +65,20 @@ tool_flags=("${flags[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=fuzzer-no
 tool_lib="$out/bin/libloftq_cli_options.a"
 
 build_tool_lib() {
-  local objs=() f o pids=() status=0
+  local units=("$tool_dir"/{options,command_table,option_table,option_checks,help,staged_output,staging_files,interrupt,path_safety,report,cmd_init,checkpoint_plan}.cpp)
+  local objs=() o pids=() status=0 b i
   mkdir -p "$out/tool"
   # Only what the targets call: the parser and `init` (fuzz_cli_args), the
   # shard-report checks (fuzz_json_inputs); cmd_model.cpp and cmd_merge.cpp
-  # would double the build under the sanitizers. Compiled $jobs at a time.
-  for f in "$tool_dir"/{options,command_table,option_table,option_checks,help,staged_output,staging_files,interrupt,path_safety,report,cmd_init,checkpoint_plan}.cpp; do
-    o="$out/tool/$(basename "$f" .cpp).o"
+  # would double the build under the sanitizers. Compiled as $jobs unity
+  # batches, as CMake's LOFTQ_UNITY_TOOL does: the units share CLI11, JSON and
+  # Eigen, which one batch parses once.
+  for ((b = 0; b < jobs; b++)); do
+    o="$out/tool/unity_$b.o"
     objs+=("$o")
-    if [[ ! -f "$o" ]] || [[ -n "$(find "$tool_dir" "$root/include" -newer "$o" -print -quit)" ]]; then
-      while [[ $(jobs -rp | wc -l) -ge $jobs ]]; do wait -n || status=1; done
-      "$cxx" "${tool_flags[@]}" -c "$f" -o "$o" &
+    for ((i = b; i < ${#units[@]}; i += jobs)); do echo "#include \"${units[$i]}\""; done > "$out/tool/unity_$b.cpp"
+    if [[ ! -f "$o" ]] || [[ -n "$(find "$tool_dir" "$root/include" "$root/common" -newer "$o" -print -quit)" ]]; then
+      "$cxx" "${tool_flags[@]}" -c "$out/tool/unity_$b.cpp" -o "$o" &
       pids+=($!)
     fi
   done
