@@ -1,10 +1,11 @@
 // io/gguf.hpp: the GGUF reader and writer against an independent reading of
-// the format (tests/support/gguf_layout.hpp), ggml's block bytes decoded by
-// ggml's published rules, and the reader on hostile files.
+// the format (common/gguf_layout.hpp), and ggml's block bytes decoded by
+// ggml's published rules (hostile files: test_gguf_hostile.cpp).
 #include <loftq/io/gguf.hpp>
 #include <loftq/loftq.hpp>
 
 #include "common/gguf_layout.hpp"
+#include "gguf_support.hpp"
 
 #include <doctest/doctest.h>
 
@@ -21,25 +22,11 @@
 
 namespace {
 
+using gguf_test::TempFile;
+
 namespace gio = loftq::io;
 namespace gl = gguf_layout;
 using RowMatrixF = loftq::RowMatrix<float>;
-
-struct TempFile {
-  std::string path;
-  TempFile() {
-    char tmpl[] = "/tmp/loftq-test-gguf-XXXXXX";
-    const int fd = ::mkstemp(tmpl);
-    REQUIRE(fd >= 0);
-    ::close(fd);
-    path = tmpl;
-  }
-  ~TempFile() { ::unlink(path.c_str()); }
-  void write(const std::vector<unsigned char>& b) const {
-    std::ofstream f(path, std::ios::binary | std::ios::trunc);
-    f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-  }
-};
 
 RowMatrixF random_matrix(int m, int n, unsigned seed) {
   std::mt19937 g(seed);
@@ -47,53 +34,6 @@ RowMatrixF random_matrix(int m, int n, unsigned seed) {
   RowMatrixF W(m, n);
   for (int i = 0; i < W.size(); ++i) W.data()[i] = N(g);
   return W;
-}
-
-// The header of a file, assembled field by field so each can be broken.
-struct Raw {
-  std::vector<unsigned char> b;
-  void u32(std::uint64_t v) { gl::Builder::put(b, v, 4); }
-  void u64(std::uint64_t v) { gl::Builder::put(b, v, 8); }
-  void str(const std::string& s) { gl::Builder::put_str(b, s); }
-  void head(std::uint64_t nt, std::uint64_t nkv, std::uint32_t version = 3) {
-    b = {'G', 'G', 'U', 'F'};
-    u32(version);
-    u64(nt);
-    u64(nkv);
-  }
-  void tensor(const std::string& name, std::vector<std::uint64_t> ne, std::uint32_t type, std::uint64_t off) {
-    str(name);
-    u32(ne.size());
-    for (auto e : ne) u64(e);
-    u32(type);
-    u64(off);
-  }
-  void pad(std::size_t a = 32) { b.resize((b.size() + a - 1) / a * a, 0); }
-  void data(std::size_t n) { b.resize(b.size() + n, 0x11); }
-};
-
-// Opens bytes as a GGUF file; returns the Errc of the failure, or 0.
-int open_code(const std::vector<unsigned char>& bytes) {
-  static const TempFile f;
-  f.write(bytes);
-  try {
-    gio::GgufFile g(f.path);
-    return 0;
-  } catch (const loftq::Error& e) {
-    return static_cast<int>(e.code());
-  }
-}
-const int kParse = static_cast<int>(loftq::Errc::parse_error), kUnsup = static_cast<int>(loftq::Errc::unsupported);
-
-// One F32 tensor "t" of 8 elements after `kvs`.
-std::vector<unsigned char> one_tensor(const std::function<void(Raw&)>& kvs, std::uint64_t nkv) {
-  Raw r;
-  r.head(1, nkv);
-  kvs(r);
-  r.tensor("t", {8}, 0, 0);
-  r.pad();
-  r.data(32);
-  return r.b;
 }
 
 }  // namespace
@@ -324,182 +264,4 @@ TEST_CASE("ggml block bytes decode, by ggml's rules, to the library's Q bit for 
   CHECK_THROWS_AS(gio::ggml_block_bytes(nf, loftq::GgmlFormat::q4_0), loftq::Error);
   const loftq::PackedMatrix q4 = loftq::quantize(random_matrix(2, 64, 3), loftq::GgmlQ4_0{});
   CHECK_THROWS_AS(gio::ggml_block_bytes(q4, loftq::GgmlFormat::iq4_nl), loftq::Error);
-}
-
-TEST_CASE("hostile files: every defect is a loftq::Error") {
-  gl::Builder b;
-  b.add_string("general.architecture", "llama");
-  b.add_string_array("k.arr", {"x", "yy"});
-  b.add_tensor("w", {32, 2}, gl::F32, std::vector<unsigned char>(256, 0));
-  b.add_tensor("q", {64}, gl::Q8_0, std::vector<unsigned char>(68, 0));
-  const std::vector<unsigned char> good = b.bytes();
-  CHECK(open_code(good) == 0);
-  SUBCASE("every truncation") {
-    std::size_t last_ok = good.size();
-    for (std::size_t n = 0; n < good.size(); ++n)
-      if (open_code(std::vector<unsigned char>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(n))) == 0)
-        last_ok = std::min(last_ok, n);
-    // Only the final tensor's padding may go missing.
-    CHECK(last_ok >= good.size() - 31);
-  }
-  SUBCASE("magic, version") {
-    std::vector<unsigned char> v = good;
-    v[0] = 'X';
-    CHECK(open_code(v) == kParse);
-    v = good;
-    v[4] = 2;
-    CHECK(open_code(v) == kUnsup);
-  }
-  SUBCASE("huge counts and lengths") {
-    Raw r;
-    r.head(0, std::uint64_t(1) << 62);
-    CHECK(open_code(r.b) == kParse);
-    r.head(0, loftq::io::kGgufMaxKVs + 1);  // more than the limit, though the file could hold them
-    r.data(14 * (loftq::io::kGgufMaxKVs + 1));
-    CHECK(open_code(r.b) == kParse);
-    r.head(std::uint64_t(1) << 62, 0);
-    CHECK(open_code(r.b) == kParse);
-    r.head(0, 1);
-    r.u64(std::uint64_t(-1));  // key length
-    CHECK(open_code(r.b) == kParse);
-    r.head(0, 1);
-    r.str("k");
-    r.u32(gl::T_ARRAY);
-    r.u32(gl::T_U64);
-    r.u64(std::uint64_t(1) << 61);
-    r.data(64);
-    CHECK(open_code(r.b) == kParse);
-    r.head(0, 1);
-    r.str("k");
-    r.u32(gl::T_ARRAY);
-    r.u32(gl::T_STRING);
-    r.u64(3);
-    r.str("a");
-    r.u64(std::uint64_t(1) << 40);  // second string's length
-    CHECK(open_code(r.b) == kParse);
-  }
-  SUBCASE("value types") {
-    auto kv = [](std::uint32_t type, std::vector<unsigned char> value) {
-      return one_tensor(
-          [&](Raw& r) {
-            r.str("k");
-            r.u32(type);
-            r.b.insert(r.b.end(), value.begin(), value.end());
-          },
-          1);
-    };
-    CHECK(open_code(kv(gl::T_U32, {1, 0, 0, 0})) == 0);
-    CHECK(open_code(kv(13, {0, 0, 0, 0})) == kParse);
-    CHECK(open_code(kv(gl::T_BOOL, {2})) == kParse);
-    CHECK(open_code(kv(gl::T_ARRAY, {gl::T_ARRAY, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0})) == kUnsup);
-    CHECK(open_code(kv(gl::T_ARRAY, {77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})) == kParse);
-    CHECK(open_code(kv(gl::T_ARRAY, {gl::T_BOOL, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 1, 5})) == kParse);
-  }
-  SUBCASE("keys: empty, duplicate; alignment") {
-    auto two = [](const std::string& k1, const std::string& k2) {
-      return one_tensor(
-          [&](Raw& r) {
-            for (const auto& k : {k1, k2}) {
-              r.str(k);
-              r.u32(gl::T_U8);
-              r.b.push_back(1);
-            }
-          },
-          2);
-    };
-    CHECK(open_code(two("a", "b")) == 0);
-    CHECK(open_code(two("a", "a")) == kParse);
-    CHECK(open_code(two("", "b")) == kParse);
-    auto align = [](std::uint32_t type, std::uint64_t v) {
-      return one_tensor(
-          [&](Raw& r) {
-            r.str("general.alignment");
-            r.u32(type);
-            r.u32(v);
-          },
-          1);
-    };
-    CHECK(open_code(align(gl::T_U32, 32)) == 0);
-    CHECK(open_code(align(gl::T_U32, 48)) == kParse);
-    CHECK(open_code(align(gl::T_U32, 0)) == kParse);
-    CHECK(open_code(align(gl::T_I32, 32)) == kParse);
-  }
-  SUBCASE("tensor infos") {
-    auto file = [](const std::function<void(Raw&)>& infos, std::uint64_t nt, std::size_t data = 64) {
-      Raw r;
-      r.head(nt, 0);
-      infos(r);
-      r.pad();
-      r.data(data);
-      return r.b;
-    };
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 0, 0); }, 1)) == 0);
-    CHECK(open_code(file([](Raw& r) { r.tensor("", {8}, 0, 0); }, 1)) == kParse);
-    CHECK(open_code(file([](Raw& r) { r.tensor(std::string(64, 'n'), {8}, 0, 0); }, 1)) == kParse);
-    CHECK(open_code(file([](Raw& r) { r.tensor(std::string(63, 'n'), {8}, 0, 0); }, 1)) == 0);
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {}, 0, 0); }, 1)) == kParse);
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {1, 1, 1, 1, 1}, 0, 0); }, 1)) == kParse);
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {8, 0}, 0, 0); }, 1)) == kParse);
-    CHECK(open_code(file(
-              [](Raw& r) {
-                r.tensor("a", {std::uint64_t(1) << 40, std::uint64_t(1) << 40}, 0, 0);
-              },
-              1)) == kParse);
-    CHECK(open_code(file(
-              [](Raw& r) {
-                r.tensor("a", {std::uint64_t(1) << 62, 4}, 8, 0);
-              },
-              1)) == kParse);  // bytes overflow
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 99, 0); }, 1)) == kUnsup);
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {33}, 8, 0); }, 1)) == kParse);  // not whole Q8_0 blocks
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 0, 1); }, 1)) == kParse);   // misaligned
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 0, 32); }, 1)) == kParse);  // a gap
-    CHECK(open_code(file(
-              [](Raw& r) {
-                r.tensor("a", {8}, 0, 32);
-                r.tensor("b", {8}, 0, 0);
-              },
-              2)) == kParse);  // out of order
-    CHECK(open_code(file(
-              [](Raw& r) {
-                r.tensor("a", {8}, 0, 0);
-                r.tensor("a", {8}, 0, 32);
-              },
-              2)) == kParse);                                                            // duplicate
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {64}, 0, 0); }, 1, 64)) == kParse);  // past the end
-    CHECK(open_code(file([](Raw& r) { r.tensor("a", {8}, 0, std::uint64_t(-32)); }, 1)) == kParse);
-  }
-}
-
-TEST_CASE("a long key of many strings reads in time linear in the file") {
-  // A 1 MiB key holding 16,384 empty strings (a 1.2 MB file): the reader once
-  // built an error message naming the key for every element, 16 GB of copies.
-  gl::Builder b;
-  b.add_string("general.architecture", "llama");
-  b.add_string_array(std::string(std::size_t(1) << 20, 'k'), std::vector<std::string>(16384));
-  b.add_tensor("w", {32, 2}, gl::F32, std::vector<unsigned char>(256, 0));
-  const auto t0 = std::chrono::steady_clock::now();
-  CHECK(open_code(b.bytes()) == 0);
-  // Generous (a loaded machine, sanitizers); the quadratic reader took 21-34 s.
-  CHECK(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < 5.0);
-}
-
-TEST_CASE("reads stay inside the tensor, and a file that changes is an error") {
-  gl::Builder b;
-  b.add_string("general.architecture", "llama");
-  b.add_tensor("w", {32, 2}, gl::F32, std::vector<unsigned char>(256, 0));
-  TempFile f;
-  f.write(b.bytes());
-  gio::GgufFile g(f.path);
-  unsigned char buf[8];
-  CHECK_THROWS_AS(g.read_bytes(g.tensors()[0], 250, 8, buf), loftq::Error);
-  CHECK_THROWS_AS(g.read_bytes(g.tensors()[0], std::uint64_t(-1), 2, buf), loftq::Error);
-  CHECK(g.read_matrix(g.tensors()[0]).rows() == 2);
-  REQUIRE(::truncate(f.path.c_str(), 100) == 0);
-  try {
-    g.read_matrix(g.tensors()[0]);
-    FAIL("no error");
-  } catch (const loftq::Error& e) {
-    CHECK(e.code() == loftq::Errc::io_error);
-  }
 }
