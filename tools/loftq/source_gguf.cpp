@@ -148,11 +148,29 @@ void GgufSource::plan(const Args& a) {
     if (std::find(matched_.begin(), matched_.end(), wanted.at(mod)) == matched_.end())
       matched_.push_back(wanted.at(mod));
   }
+  warn_requantized(a);
   if (targets_.empty())
     throw InputError{a.input + ": no target tensors (blk.N.<module>.weight " +
                      (mix_ ? std::string("of a type loftq writes in ") + loftq_common::llama_mix_name(*mix_)
                            : "with rows of a multiple of " + std::to_string(loftq::ggml_format_block(a.quant))) +
                      ") for --target-modules " + joined(a.modules)};
+}
+
+// Targets stored in 4 bits or fewer (under 5 bits per weight with their scales) were quantized once already: LoftQ
+// starts from those values, and quantizing them again adds its error to theirs. Said once on stderr and in the report.
+void GgufSource::warn_requantized(const Args& a) {
+  std::map<std::string, int> low;  // type -> targets
+  for (const ModelTarget& t : targets_) {
+    const io::GgmlTypeTraits* tr = io::ggml_type_traits(in_.find(t.name)->type);
+    if (tr && tr->block > 1 && 8.0 * tr->bytes / tr->block < 5.0) ++low[tr->name];
+  }
+  if (low.empty()) return;
+  std::string types;
+  for (const auto& [name, n] : low) types += (types.empty() ? "" : ", ") + std::to_string(n) + " " + name;
+  requantized_warning_ = printable(a.input) + ": " + types +
+                         " target(s) already quantized to 4 bits or fewer; quantizing them again compounds the error "
+                         "(a F16, BF16 or Q8_0 source avoids it)";
+  std::fprintf(stderr, "loftq: warning: %s\n", requantized_warning_.c_str());
 }
 
 void GgufSource::set_formats(const std::map<std::string, loftq::GgmlFormat>& formats) {
@@ -283,6 +301,7 @@ void GgufSource::describe(nlohmann::json& rep) const {
   nlohmann::json input_types = nlohmann::json::object();
   for (const ModelTarget& t : targets_) input_types[t.dtype] = input_types.value(t.dtype, 0) + 1;
   rep["target_input_types"] = input_types;
+  if (!requantized_warning_.empty()) rep["warnings"] = nlohmann::json::array({requantized_warning_});
   if (mix_) rep["mix"] = mix_json();
 }
 

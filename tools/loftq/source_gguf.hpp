@@ -57,6 +57,8 @@ class GgufSource : public Source {
   loftq_common::LlamaMixModel mix_model(loftq_common::LlamaMix mix) const;
   // The --quant mix's part of the report.
   nlohmann::json mix_json() const;
+  // A warning (stderr and report) when targets were read from 4 bits or fewer.
+  void warn_requantized(const Args& a);
 
   std::string input_;
   loftq::io::GgufFile in_;
@@ -69,6 +71,7 @@ class GgufSource : public Source {
   std::map<std::string, std::string> kept_why_;             // a kept target -> why
   std::map<std::string, loftq::GgmlFormat> plain_;          // with a mix: the other tensors quantized without LoftQ
   std::map<std::string, std::string> mix_unwritten_;        // with a mix: tensors kept -> llama.cpp's type for them
+  std::string requantized_warning_;                         // targets read from 4 bits or fewer, if any
   std::map<std::string, std::string> mix_quantized_input_;  // with a mix: quantized non-targets -> llama.cpp's type
 };
 
