@@ -191,10 +191,15 @@ TEST_CASE("integer_value: every scalar integer type, zero extended; nothing else
     std::uint64_t v = 7;
     CHECK_MESSAGE(g.integer_value(e.first, v), e.first);
     CHECK_MESSAGE(v == e.second, e.first);
+    std::uint64_t w = 7;
+    CHECK_MESSAGE(gio::GgufFile::integer_value(*g.find_kv(e.first), w), e.first);
+    CHECK_MESSAGE(w == e.second, e.first);
   }
   for (const char* k : {"f32", "s", "a", "absent"}) {
     std::uint64_t v = 7;
     CHECK_MESSAGE(!g.integer_value(k, v), k);
+    CHECK(v == 7);
+    if (const gio::GgufKV* kv = g.find_kv(k)) CHECK_MESSAGE(!gio::GgufFile::integer_value(*kv, v), k);
     CHECK(v == 7);
   }
 }
