@@ -35,6 +35,15 @@ Known with_spectrum(Eigen::Index m, Eigen::Index n, const Eigen::VectorXd& s, st
 // Largest principal angle (as sin) between two subspaces with orthonormal bases.
 double subspace_gap(const Eigen::MatrixXd& A, const Eigen::MatrixXd& B) { return (B - A * (A.transpose() * B)).norm(); }
 
+// out = a * b in float, as a sum of `depth` products per entry, within the
+// float rounding bound depth * eps * (|a| |b|) of the double product.
+template <class Out>
+bool within_sum_rounding(const Out& out, const Eigen::MatrixXd& a, const Eigen::MatrixXd& b, Eigen::Index depth) {
+  const Eigen::MatrixXd exact = a * b;
+  const Eigen::MatrixXd bound = (a.cwiseAbs() * b.cwiseAbs()) * (static_cast<double>(depth) * 1.2e-7);
+  return ((out.template cast<double>() - exact).cwiseAbs() - bound).maxCoeff() <= 0.0;
+}
+
 }  // namespace
 
 TEST_CASE("exact and randomized recover a geometric spectrum") {
@@ -184,11 +193,7 @@ TEST_CASE("skinny_gemm: every tile shape and column tail against a double-precis
         RowF out1(rows, w), out2(rows, w);
         loftq::detail::skinny_gemm(a.data(), depth, 1, x.data(), w, depth, rows, w, out1.data(), w);
         loftq::detail::skinny_gemm(ac.data(), 1, rows, x.data(), w, depth, rows, w, out2.data(), w);
-        const Eigen::MatrixXd exact = a.cast<double>() * x.cast<double>();
-        // Float rounding bound for a length-depth sum: depth * eps * sum |a||x|.
-        const Eigen::MatrixXd bound =
-            (a.cast<double>().cwiseAbs() * x.cast<double>().cwiseAbs()) * (static_cast<double>(depth) * 1.2e-7);
-        CHECK(((out1.cast<double>() - exact).cwiseAbs() - bound).maxCoeff() <= 0.0);
+        CHECK(within_sum_rounding(out1, a.cast<double>(), x.cast<double>(), depth));
         CHECK(out1 == out2);  // same t order whatever the strides
       }
 }
@@ -204,10 +209,7 @@ TEST_CASE("skinny_gemm_t: every slice and row group against a double product; sp
         const RowF m = loftq_test::gaussian(rows, cols, 5 + rows), y = loftq_test::gaussian(rows, w, 13 + w);
         RowF out(cols, w), split(cols, w), viaT(cols, w);
         loftq::detail::skinny_gemm_t(m.data(), cols, rows, cols, y.data(), w, w, out.data(), w);
-        const Eigen::MatrixXd exact = m.cast<double>().transpose() * y.cast<double>();
-        const Eigen::MatrixXd bound = (m.cast<double>().cwiseAbs().transpose() * y.cast<double>().cwiseAbs()) *
-                                      (static_cast<double>(rows) * 1.2e-7);
-        CHECK(((out.cast<double>() - exact).cwiseAbs() - bound).maxCoeff() <= 0.0);
+        CHECK(within_sum_rounding(out, m.cast<double>().transpose(), y.cast<double>(), rows));
         // Column ranges computed separately give the same bits.
         const Eigen::Index c1 = cols / 2;
         loftq::detail::skinny_gemm_t(m.data(), cols, rows, c1, y.data(), w, w, split.data(), w);

@@ -15,28 +15,11 @@
 #include <string>
 #include <vector>
 
-#include <unistd.h>
+#include "../support/scratch_dir.hpp"
 
 namespace calib_test {
 
-// One scratch directory per test binary, removed at exit.
-inline const std::string& scratch_dir(const std::string& tag) {
-  struct Dir {
-    std::string path;
-    explicit Dir(const std::string& t) {
-      path = (std::filesystem::temp_directory_path() /
-              ("loftq_test_" + t + "_" + std::to_string(static_cast<long>(::getpid()))))
-                 .string();
-      std::filesystem::create_directories(path);
-    }
-    ~Dir() {
-      std::error_code ec;
-      std::filesystem::remove_all(path, ec);
-    }
-  };
-  static const Dir d(tag);
-  return d.path;
-}
+using loftq_test::scratch_dir;
 
 // Samples with unequal channel scales (so the diagonal is not flat), summed.
 inline loftq::InputStatistics sample_stats(Eigen::Index n, Eigen::Index tokens, loftq::StatsMode mode,

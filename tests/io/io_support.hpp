@@ -9,29 +9,13 @@
 #include <random>
 #include <string>
 
-#include <unistd.h>
+#include "../support/scratch_dir.hpp"
 
 namespace io_test {
 
 namespace fs = std::filesystem;
 
-// One scratch directory per process, removed at exit.
-struct ScratchDir {
-  fs::path path;
-  ScratchDir() {
-    path = fs::temp_directory_path() / ("loftq_test_io_" + std::to_string(static_cast<long>(::getpid())));
-    fs::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-};
-
-inline std::string scratch(const std::string& name) {
-  static ScratchDir dir;
-  return (dir.path / name).string();
-}
+inline std::string scratch(const std::string& name) { return loftq_test::scratch_dir("io") + "/" + name; }
 
 inline Eigen::MatrixXf random_matrix(Eigen::Index m, Eigen::Index n, unsigned seed) {
   std::mt19937 rng(seed);

@@ -199,50 +199,50 @@ TEST_CASE("integer_value: every scalar integer type, zero extended; nothing else
     std::uint64_t v = 7;
     CHECK_MESSAGE(g.integer_value(e.first, v), e.first);
     CHECK_MESSAGE(v == e.second, e.first);
+    std::uint64_t w = 7;
+    CHECK_MESSAGE(gio::GgufFile::integer_value(*g.find_kv(e.first), w), e.first);
+    CHECK_MESSAGE(w == e.second, e.first);
   }
   for (const char* k : {"f32", "s", "a", "absent"}) {
     std::uint64_t v = 7;
     CHECK_MESSAGE(!g.integer_value(k, v), k);
     CHECK(v == 7);
+    if (const gio::GgufKV* kv = g.find_kv(k)) CHECK_MESSAGE(!gio::GgufFile::integer_value(*kv, v), k);
+    CHECK(v == 7);
   }
 }
+
+namespace {
+
+// W quantized in format f: its block bytes are the size ggml's layout gives
+// and decode, by ggml's rules, to the library's Q bit for bit.
+void check_block_bytes(const RowMatrixF& W, loftq::GgmlFormat f, bool search) {
+  loftq::QuantizeOptions o;
+  o.scale_search = search;
+  const loftq::PackedMatrix P = loftq::quantize(W, loftq::GgmlQuantizer(f), o);
+  const RowMatrixF Q = loftq::dequantize(P);
+  const std::vector<unsigned char> bytes = gio::ggml_block_bytes(P, f);
+  const std::uint32_t type = static_cast<std::uint32_t>(gio::ggml_type_of(f));
+  CHECK(type == static_cast<std::uint32_t>(loftq::ggml_format_type_id(f)));
+  std::uint64_t be, bb;
+  gl::block_of(type, be, bb);
+  CHECK(bytes.size() == static_cast<std::size_t>(W.size()) / be * bb);
+  CHECK(gio::ggml_type_traits(type)->bytes == bb);
+  const std::vector<float> d = gl::decode(type, bytes.data(), static_cast<std::uint64_t>(W.size()));
+  CHECK(std::memcmp(d.data(), Q.data(), d.size() * 4) == 0);
+}
+
+}  // namespace
 
 TEST_CASE("ggml block bytes decode, by ggml's rules, to the library's Q bit for bit") {
   for (auto f : {loftq::GgmlFormat::q4_0, loftq::GgmlFormat::q8_0, loftq::GgmlFormat::iq4_nl})
     for (bool search : {false, true})
-      for (auto shape : {std::pair<int, int>{5, 96}, {1, 32}, {7, 64}}) {
-        const RowMatrixF W = random_matrix(shape.first, shape.second, 17);
-        loftq::QuantizeOptions o;
-        o.scale_search = search;
-        const loftq::PackedMatrix P = loftq::quantize(W, loftq::GgmlQuantizer(f), o);
-        const RowMatrixF Q = loftq::dequantize(P);
-        const std::vector<unsigned char> bytes = gio::ggml_block_bytes(P, f);
-        const std::uint32_t type = static_cast<std::uint32_t>(gio::ggml_type_of(f));
-        std::uint64_t be, bb;
-        gl::block_of(type, be, bb);
-        CHECK(bytes.size() == static_cast<std::size_t>(W.size()) / be * bb);
-        const std::vector<float> d = gl::decode(type, bytes.data(), static_cast<std::uint64_t>(W.size()));
-        CHECK(std::memcmp(d.data(), Q.data(), d.size() * 4) == 0);
-      }
+      for (auto shape : {std::pair<int, int>{5, 96}, {1, 32}, {7, 64}})
+        check_block_bytes(random_matrix(shape.first, shape.second, 17), f, search);
   // The K formats: the super-blocks the quantizer kept, rows of whole 256s.
   for (auto f : {loftq::GgmlFormat::q2_K, loftq::GgmlFormat::q3_K, loftq::GgmlFormat::q4_K, loftq::GgmlFormat::q5_K,
                  loftq::GgmlFormat::q6_K, loftq::GgmlFormat::iq4_xs})
-    for (bool search : {false, true}) {
-      const RowMatrixF W = random_matrix(3, 512, 18);
-      loftq::QuantizeOptions o;
-      o.scale_search = search;
-      const loftq::PackedMatrix P = loftq::quantize(W, loftq::GgmlQuantizer(f), o);
-      const RowMatrixF Q = loftq::dequantize(P);
-      const std::vector<unsigned char> bytes = gio::ggml_block_bytes(P, f);
-      const std::uint32_t type = static_cast<std::uint32_t>(gio::ggml_type_of(f));
-      CHECK(type == static_cast<std::uint32_t>(loftq::ggml_format_type_id(f)));
-      std::uint64_t be, bb;
-      gl::block_of(type, be, bb);
-      CHECK(bytes.size() == static_cast<std::size_t>(W.size()) / be * bb);
-      CHECK(gio::ggml_type_traits(type)->bytes == bb);
-      const std::vector<float> d = gl::decode(type, bytes.data(), static_cast<std::uint64_t>(W.size()));
-      CHECK(std::memcmp(d.data(), Q.data(), d.size() * 4) == 0);
-    }
+    for (bool search : {false, true}) check_block_bytes(random_matrix(3, 512, 18), f, search);
   // Bytes that disagree with the codes or the scales are refused.
   loftq::PackedMatrix k_bad = loftq::quantize(random_matrix(2, 256, 3), loftq::GgmlQ4_K{});
   k_bad.ggml_blocks[20] ^= 0x01;  // one code of the first super-block

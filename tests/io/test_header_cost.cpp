@@ -19,28 +19,13 @@
 
 #include <unistd.h>
 
+#include "../support/scratch_dir.hpp"
+
 namespace st = loftq::io;
 
 namespace {
 
-struct ScratchDir {
-  std::string path;
-  ScratchDir() {
-    path = (std::filesystem::temp_directory_path() /
-            ("loftq_test_header_cost_" + std::to_string(static_cast<long>(::getpid()))))
-               .string();
-    std::filesystem::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-std::string path_of(const std::string& name) {
-  static ScratchDir dir;
-  return dir.path + "/" + name;
-}
+std::string path_of(const std::string& name) { return loftq_test::scratch_dir("header_cost") + "/" + name; }
 
 std::string le64(std::uint64_t n) {
   std::string s(8, '\0');

@@ -20,29 +20,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../support/scratch_dir.hpp"
+
 namespace st = loftq::io;
 
 namespace {
 
-// A scratch directory, removed when the process exits.
-struct ScratchDir {
-  std::string path;
-  ScratchDir() {
-    path = (std::filesystem::temp_directory_path() /
-            ("loftq_test_safetensors_" + std::to_string(static_cast<long>(::getpid()))))
-               .string();
-    std::filesystem::create_directories(path);
-  }
-  ~ScratchDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
-
-std::string tmp_dir() {
-  static ScratchDir dir;
-  return dir.path;
-}
+std::string tmp_dir() { return loftq_test::scratch_dir("safetensors"); }
 
 std::string path_of(const std::string& name) { return tmp_dir() + "/" + name; }
 

@@ -67,7 +67,7 @@ void install_signal_handlers() {
 bool interrupted() { return g_interrupted != 0; }
 
 void check_interrupt() {
-  if (g_interrupted) throw Interrupted{};
+  if (interrupted()) throw Interrupted{};
 }
 
 const std::atomic<bool>* cancel_flag() { return &g_cancel; }

@@ -50,7 +50,7 @@ int hparam(const io::GgufFile& f, const std::string& key, int fallback) {
   const io::GgufKV* kv = f.find_kv(key);
   if (!kv) return fallback;
   std::uint64_t v = 0;
-  if (!f.integer_value(key, v))
+  if (!io::GgufFile::integer_value(*kv, v))
     throw InputError{f.path() + ": " + printable(key) + " is not an integer (a per-layer array is not supported)"};
   if (v > 1000000) throw InputError{f.path() + ": " + printable(key) + " = " + std::to_string(v) + " is out of range"};
   return static_cast<int>(v);

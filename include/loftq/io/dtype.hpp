@@ -80,6 +80,27 @@ inline std::uint16_t float_to_bf16(float f) {
   return static_cast<std::uint16_t>(x >> 16);
 }
 
+namespace detail {
+
+// The 16-bit float dtypes, element by element through `convert`.
+template <class Convert>
+void from_16bit(const unsigned char* src, std::size_t n, float* dst, Convert convert) {
+  for (std::size_t i = 0; i < n; ++i) {
+    std::uint16_t h;
+    std::memcpy(&h, src + 2 * i, 2);
+    dst[i] = convert(h);
+  }
+}
+template <class Convert>
+void to_16bit(const float* src, std::size_t n, unsigned char* dst, Convert convert) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint16_t h = convert(src[i]);
+    std::memcpy(dst + 2 * i, &h, 2);
+  }
+}
+
+}  // namespace detail
+
 // n elements of dtype d (little endian) at src -> float. d must be a float dtype.
 inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* dst) {
   if (n == 0) return;  // src/dst may be null for an empty tensor; memcpy(null, null, 0) is UB
@@ -88,18 +109,10 @@ inline void to_float(Dtype d, const unsigned char* src, std::size_t n, float* ds
       std::memcpy(dst, src, n * 4);
       return;
     case Dtype::F16:
-      for (std::size_t i = 0; i < n; ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = half_to_float(h);
-      }
+      detail::from_16bit(src, n, dst, half_to_float);
       return;
     case Dtype::BF16:
-      for (std::size_t i = 0; i < n; ++i) {
-        std::uint16_t h;
-        std::memcpy(&h, src + 2 * i, 2);
-        dst[i] = bf16_to_float(h);
-      }
+      detail::from_16bit(src, n, dst, bf16_to_float);
       return;
     case Dtype::F64:
       for (std::size_t i = 0; i < n; ++i) {
@@ -126,16 +139,10 @@ inline void from_float(Dtype d, const float* src, std::size_t n, unsigned char* 
       std::memcpy(dst, src, n * 4);
       return;
     case Dtype::F16:
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::uint16_t h = float_to_half(src[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
+      detail::to_16bit(src, n, dst, float_to_half);
       return;
     case Dtype::BF16:
-      for (std::size_t i = 0; i < n; ++i) {
-        const std::uint16_t h = float_to_bf16(src[i]);
-        std::memcpy(dst + 2 * i, &h, 2);
-      }
+      detail::to_16bit(src, n, dst, float_to_bf16);
       return;
     case Dtype::F64:
       for (std::size_t i = 0; i < n; ++i) {

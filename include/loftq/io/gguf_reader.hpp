@@ -71,9 +71,12 @@ class GgufFile {
   // extended; false when absent or of another type (an array among them).
   bool integer_value(const std::string& key, std::uint64_t& out) const {
     const GgufKV* kv = find_kv(key);
-    if (!kv) return false;
+    return kv && integer_value(*kv, out);
+  }
+  // The same for a pair already found (find_kv).
+  static bool integer_value(const GgufKV& kv, std::uint64_t& out) {
     int width = 0;
-    switch (kv->type) {
+    switch (kv.type) {
       case GgufValueType::UINT8:
       case GgufValueType::INT8:
         width = 1;
@@ -93,8 +96,8 @@ class GgufFile {
       default:
         return false;
     }
-    if (kv->value.size() != static_cast<std::size_t>(width)) return false;
-    out = detail::get_le(kv->value.data(), width);
+    if (kv.value.size() != static_cast<std::size_t>(width)) return false;
+    out = detail::get_le(kv.value.data(), width);
     return true;
   }
   const GgufTensorInfo* find(const std::string& name) const {
