@@ -112,31 +112,6 @@ header_limit)
     model --input sh --output out --rank 4 --iters 1 --quiet
   ;;
 
-signal_latency)
-  # A run waiting for another to finish publishing into the same parent
-  # (its lock held here by flock(1)) still acts on SIGTERM at once.
-  command -v flock >/dev/null || { echo "skipped: flock(1) is not installed"; exit 77; }
-  synth s F32 1 1 64 96
-  mkdir par
-  exec 9<par
-  flock -x 9 || fail "cannot lock par"
-  "$LOFTQ" model --input s --output par/out --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file" 9<&- &
-  pid=$!
-  for _ in $(seq 500); do compgen -G 'par/out.tmp-*/loftq_report.json' >/dev/null && break; sleep 0.01; done
-  compgen -G 'par/out.tmp-*/loftq_report.json' >/dev/null || fail "the run never got to publishing"
-  sleep 0.3
-  t0=$(date +%s%N)
-  kill -TERM "$pid"
-  wait "$pid"
-  rc=$?
-  ms=$(( ($(date +%s%N) - t0) / 1000000 ))
-  exec 9<&-
-  [ "$rc" -eq 130 ] || { show; fail "SIGTERM while waiting for the publish lock: exit $rc, expected 130"; }
-  [ "$ms" -lt 1000 ] || fail "SIGTERM while waiting for the publish lock took $ms ms"
-  [ -z "$(ls -A par)" ] || fail "left behind: $(ls -A par)"
-  echo "acted on in $ms ms"
-  ;;
-
 side_links)
   # A side file that is a symbolic link is copied only when it leads inside
   # the input directory or, in a Hugging Face cache, into the blobs.
