@@ -64,6 +64,58 @@ struct AllocateOptions {
 
 namespace detail {
 
+// The smallest multiple of g (the costs' common unit) whose table of
+// cap / unit + 1 states per matrix fits cells_per_matrix: exact when g fits.
+inline std::int64_t knapsack_unit(std::int64_t g, std::int64_t cap, std::int64_t cells_per_matrix) {
+  std::int64_t unit = g;
+  if (cap / unit + 1 > cells_per_matrix) {
+    const std::int64_t d = std::max<std::int64_t>(1, cells_per_matrix - 1);
+    unit = g * std::max<std::int64_t>(1, (cap / g + d - 1) / d);
+    while (cap / unit + 1 > cells_per_matrix) unit += g;
+  }
+  return unit;
+}
+
+// The exact multiple-choice knapsack: choice j of matrix i costs w[i][j]
+// units and mats[i].sq_error[j]; the pick of lowest total error within S - 1
+// units. Among equal totals the earlier choice and the fewer units stay.
+template <class Matrices>
+std::vector<std::size_t> knapsack_pick(const Matrices& mats, const std::vector<std::vector<std::int64_t>>& w,
+                                       std::int64_t S) {
+  const std::size_t K = w.size();
+  const double inf = std::numeric_limits<double>::infinity();
+  std::vector<double> dp(static_cast<std::size_t>(S), inf), next(static_cast<std::size_t>(S));
+  std::vector<std::uint8_t> choice(K * static_cast<std::size_t>(S));
+  dp[0] = 0;
+  for (std::size_t i = 0; i < K; ++i) {
+    std::fill(next.begin(), next.end(), inf);
+    std::uint8_t* ch = choice.data() + i * static_cast<std::size_t>(S);
+    for (std::size_t j = 0; j < w[i].size(); ++j) {
+      const std::int64_t wj = w[i][j];
+      const double e = mats[i].sq_error[j];
+      for (std::int64_t c = wj; c < S; ++c) {
+        const double v = dp[static_cast<std::size_t>(c - wj)] + e;
+        // Strictly better only: among equal totals the fewer bits (smaller j) stay.
+        if (v < next[static_cast<std::size_t>(c)]) {
+          next[static_cast<std::size_t>(c)] = v;
+          ch[c] = static_cast<std::uint8_t>(j);
+        }
+      }
+    }
+    dp.swap(next);
+  }
+  std::int64_t best = 0;
+  for (std::int64_t c = 1; c < S; ++c)
+    if (dp[static_cast<std::size_t>(c)] < dp[static_cast<std::size_t>(best)]) best = c;
+  std::vector<std::size_t> pick(K);
+  for (std::size_t i = K; i-- > 0;) {
+    const std::size_t j = choice[i * static_cast<std::size_t>(S) + static_cast<std::size_t>(best)];
+    pick[i] = j;
+    best -= w[i][j];
+  }
+  return pick;
+}
+
 inline void check_candidates(const std::vector<int>& bits) {
   require(!bits.empty(), Errc::invalid_argument, "allocate_bits: no candidate bit widths");
   for (std::size_t j = 0; j < bits.size(); ++j) {
@@ -140,12 +192,7 @@ inline BitAllocation allocate_bits(const std::vector<MatrixErrors>& mats, const 
   // Unit: exact when the table fits, else the smallest multiple of g that fits.
   const std::int64_t g = gn * gb;
   const std::int64_t cells_per_matrix = static_cast<std::int64_t>(ao.max_cells / K);
-  std::int64_t unit = g;
-  if (cap / unit + 1 > cells_per_matrix) {
-    const std::int64_t d = std::max<std::int64_t>(1, cells_per_matrix - 1);
-    unit = g * std::max<std::int64_t>(1, (cap / g + d - 1) / d);
-    while (cap / unit + 1 > cells_per_matrix) unit += g;
-  }
+  const std::int64_t unit = detail::knapsack_unit(g, cap, cells_per_matrix);
   out.exact = unit == g;
   out.gap_bits = out.exact ? 0.0 : static_cast<double>(K) * static_cast<double>(unit) / static_cast<double>(total);
   const std::int64_t S = cap / unit + 1;  // states: extra units spent 0..S-1
@@ -156,37 +203,7 @@ inline BitAllocation allocate_bits(const std::vector<MatrixErrors>& mats, const 
       const std::int64_t cost = mats[i].numel * (candidates[j] - bmin);  // < 64 * total: no overflow
       w[i][j] = (cost + unit - 1) / unit;                                // rounded up: the budget holds in exact bits
     }
-  const double inf = std::numeric_limits<double>::infinity();
-  std::vector<double> dp(static_cast<std::size_t>(S), inf), next(static_cast<std::size_t>(S));
-  std::vector<std::uint8_t> choice(K * static_cast<std::size_t>(S));
-  dp[0] = 0;
-  for (std::size_t i = 0; i < K; ++i) {
-    std::fill(next.begin(), next.end(), inf);
-    std::uint8_t* ch = choice.data() + i * static_cast<std::size_t>(S);
-    for (std::size_t j = 0; j < J; ++j) {
-      const std::int64_t wj = w[i][j];
-      const double e = mats[i].sq_error[j];
-      for (std::int64_t c = wj; c < S; ++c) {
-        const double v = dp[static_cast<std::size_t>(c - wj)] + e;
-        // Strictly better only: among equal totals the fewer bits (smaller j) stay.
-        if (v < next[static_cast<std::size_t>(c)]) {
-          next[static_cast<std::size_t>(c)] = v;
-          ch[c] = static_cast<std::uint8_t>(j);
-        }
-      }
-    }
-    dp.swap(next);
-  }
-  std::int64_t best = 0;
-  for (std::int64_t c = 1; c < S; ++c)
-    if (dp[static_cast<std::size_t>(c)] < dp[static_cast<std::size_t>(best)]) best = c;
-  std::vector<std::size_t> pick(K);
-  for (std::size_t i = K; i-- > 0;) {
-    const std::size_t j = choice[i * static_cast<std::size_t>(S) + static_cast<std::size_t>(best)];
-    pick[i] = j;
-    best -= w[i][j];
-  }
-  return finish(pick);
+  return finish(detail::knapsack_pick(mats, w, S));
 }
 
 // The same knapsack over choices of arbitrary storage cost: formats whose
@@ -273,47 +290,14 @@ inline ChoiceAllocation allocate_choices(const std::vector<MatrixChoices>& mats,
     return finish(pick);
   }
   const std::int64_t cells_per_matrix = static_cast<std::int64_t>(ao.max_cells / K);
-  std::int64_t unit = g;
-  if (cap / unit + 1 > cells_per_matrix) {
-    const std::int64_t d = std::max<std::int64_t>(1, cells_per_matrix - 1);
-    unit = g * std::max<std::int64_t>(1, (cap / g + d - 1) / d);
-    while (cap / unit + 1 > cells_per_matrix) unit += g;
-  }
+  const std::int64_t unit = detail::knapsack_unit(g, cap, cells_per_matrix);
   out.exact = unit == g;
   out.gap_cost = out.exact ? 0 : static_cast<std::int64_t>(K) * unit;
   const std::int64_t S = cap / unit + 1;
-  const double inf = std::numeric_limits<double>::infinity();
-  std::vector<double> dp(static_cast<std::size_t>(S), inf), next(static_cast<std::size_t>(S));
-  std::vector<std::uint8_t> choice(K * static_cast<std::size_t>(S));
   std::vector<std::vector<std::int64_t>> w(K);
-  dp[0] = 0;
-  for (std::size_t i = 0; i < K; ++i) {
-    std::fill(next.begin(), next.end(), inf);
-    std::uint8_t* ch = choice.data() + i * static_cast<std::size_t>(S);
-    for (std::size_t j = 0; j < mats[i].cost.size(); ++j) {
-      const std::int64_t wj = (mats[i].cost[j] - lo[i] + unit - 1) / unit;  // rounded up: the budget holds
-      w[i].push_back(wj);
-      const double e = mats[i].sq_error[j];
-      for (std::int64_t c = wj; c < S; ++c) {
-        const double v = dp[static_cast<std::size_t>(c - wj)] + e;
-        if (v < next[static_cast<std::size_t>(c)]) {
-          next[static_cast<std::size_t>(c)] = v;
-          ch[c] = static_cast<std::uint8_t>(j);
-        }
-      }
-    }
-    dp.swap(next);
-  }
-  std::int64_t best = 0;
-  for (std::int64_t c = 1; c < S; ++c)
-    if (dp[static_cast<std::size_t>(c)] < dp[static_cast<std::size_t>(best)]) best = c;
-  std::vector<std::size_t> pick(K);
-  for (std::size_t i = K; i-- > 0;) {
-    const std::size_t j = choice[i * static_cast<std::size_t>(S) + static_cast<std::size_t>(best)];
-    pick[i] = j;
-    best -= w[i][j];
-  }
-  return finish(pick);
+  for (std::size_t i = 0; i < K; ++i)
+    for (const std::int64_t cost : mats[i].cost) w[i].push_back((cost - lo[i] + unit - 1) / unit);  // rounded up
+  return finish(detail::knapsack_pick(mats, w, S));
 }
 
 // ||W - Q - A B^T||^2 of a result, from its relative error and ||W||^2.
