@@ -9,6 +9,7 @@
 # WORKDIR is wiped and rebuilt. The tool's stdout and stderr go to files next
 # to WORKDIR, so a listing of WORKDIR sees only what the tool wrote there.
 
+# shellcheck shell=bash
 support_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 setup_case() {
@@ -25,9 +26,9 @@ setup_case() {
 
 setup_script() {
   setup_case "$2" "$3" "$5"
-  TOOL=$4
-  DATA=${6:-}
-  # shellcheck source=model_helpers.sh
+  # shellcheck disable=SC2034  # used by the scripts and helpers that source this file
+  TOOL=$4 DATA=${6:-}
+  # shellcheck source=/dev/null
   source "$support_dir/$1_helpers.sh"
 }
 
