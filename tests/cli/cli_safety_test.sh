@@ -10,11 +10,7 @@ set -u
 
 # shellcheck source=../support/cli_helpers.sh
 source "$(dirname "$0")/../support/cli_helpers.sh"
-setup_case "$1" "$2" "$4"
-TOOL=$3
-
-# shellcheck source=../support/npytool_helpers.sh
-source "$(dirname "$0")/../support/npytool_helpers.sh"
+setup_script npytool "$@"
 
 case "$case_name" in
 
@@ -202,55 +198,20 @@ existing_dir)
 
 init_publish_crash)
   # SIGKILL at each call an init into an earlier init's output makes to
-  # publish (strace fault injection, one point at a time): the exchange, or
-  # where the file system has none (renameat2 made to fail with EINVAL) the
-  # two renames, then the removal of the previous set. DIR holds the
-  # previous set or the new one (in the fallback it may be missing between
-  # the two renames), and the next run, even one that fails, puts the
-  # previous set back and leaves nothing else behind.
-  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
-  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  # publish, one point at a time, with and without RENAME_EXCHANGE
+  # (kill_each_call): the exchange or the two renames, then the removal of
+  # the previous set. out holds the previous set or the new one, never a mix
+  # (without the exchange it may be missing between the two renames, and the
+  # next run finishes the publish), and the next run, even one that fails,
+  # leaves nothing else behind.
   make_w W.npy 64x96 f4 C
   expect_rc 0 init --quiet --input W.npy --output ref_old --rank 4 --iters 1
   expect_rc 0 init --quiet --input W.npy --output ref_new --rank 8 --iters 1
-  digest() {  # DIR: its file names and contents, the report by its rank (it records timings)
-    [ -d "$1" ] || { echo missing; return; }
-    (cd "$1" && for f in $(ls -A | LC_ALL=C sort); do
-      echo "$f"
-      if [ "$f" = report.json ]; then grep -o '"rank": [0-9]*' "$f"; else sha256sum <"$f"; fi
-    done) | sha256sum
-  }
-  old=$(digest ref_old) new=$(digest ref_new)
-  [ "$old" != "$new" ] || fail "the two outputs are alike; nothing to tell them apart"
+  RERUN=(init --quiet --input W.npy --output out --rank 65)
   points=0
   for mode in exchange fallback; do
-    extra=()
-    [ "$mode" = fallback ] && extra=(-e inject=renameat2:error=EINVAL)
-    for sc in rename renameat2 link unlink unlinkat rmdir; do
-      [ "$mode" = fallback ] && [ "$sc" = renameat2 ] && continue
-      for n in $(seq 1 40); do
-        rm -rf out
-        cp -a ref_old out
-        strace -f -o /dev/null "${extra[@]}" -e "inject=$sc:signal=SIGKILL:when=$n" \
-          "$LOFTQ" init --quiet --input W.npy --output out --rank 8 --iters 1 >"$out_file" 2>"$err_file"
-        rc=$?
-        state=$(digest out)
-        if [ "$rc" -eq 0 ]; then
-          [ "$state" = "$new" ] || fail "$mode, $sc #$n: exit 0 without the new output"
-          break
-        fi
-        points=$((points + 1))
-        [ "$state" = "$old" ] || [ "$state" = "$new" ] || { [ "$mode" = fallback ] && [ "$state" = missing ]; } ||
-          fail "$mode: killed at $sc #$n: out is neither the previous set nor the new one ($(ls -A out 2>&1))"
-        # The next run for out, refused after its checks (rank 65 > 64), clears up.
-        run init --quiet --input W.npy --output out --rank 65
-        [ "$rc" -eq 1 ] || { show; fail "$mode, $sc #$n: the next run exited $rc"; }
-        state=$(digest out)
-        [ "$state" = "$old" ] || [ "$state" = "$new" ] || fail "$mode: killed at $sc #$n, then a run: out is a mix"
-        [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "W.npy out ref_new ref_old " ] ||
-          fail "$mode: killed at $sc #$n, then a run: left behind: $(ls -A)"
-      done
-    done
+    kill_each_call "$mode" "rename renameat2 link unlink unlinkat rmdir" 40 \
+      init --quiet --input W.npy --output out --rank 8 --iters 1
   done
   [ "$points" -ge 12 ] || fail "only $points kill points reached"
   echo "$points kill points"

@@ -8,11 +8,7 @@ set -u
 
 # shellcheck source=../support/cli_helpers.sh
 source "$(dirname "$0")/../support/cli_helpers.sh"
-setup_case "$1" "$2" "$4"
-TOOL=$3
-
-# shellcheck source=../support/npytool_helpers.sh
-source "$(dirname "$0")/../support/npytool_helpers.sh"
+setup_script npytool "$@"
 
 case "$case_name" in
 

@@ -13,12 +13,43 @@ set -u
 
 # shellcheck source=../support/cli_helpers.sh
 source "$(dirname "$0")/../support/cli_helpers.sh"
-setup_case "$1" "$2" "$4"
-TOOL=$3
-DATA=$5
+setup_script model "$@"
 
-# shellcheck source=../support/model_helpers.sh
-source "$(dirname "$0")/../support/model_helpers.sh"
+# swapped_during_open FILE: X swapped for X2 and back while it is opened. The
+# open of X/FILE is held 2 s before and 2 s after it runs (strace delay
+# injection), X2 put at X's path during the first hold and X put back during
+# the second, so the path names X again at every later check. What was read
+# at the open then comes from X2: the run must refuse, never publish it with
+# X's other files. (The open's number among the run's openat calls is read
+# from a traced run first.) Untouched, the same run goes through.
+swapped_during_open() {
+  local first n
+  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
+  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  # LeakSanitizer cannot run under ptrace: the traced runs keep ASan's other
+  # checks and leave leak detection to the untraced cases.
+  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
+  strace -f -e trace=openat -o trace.txt "$LOFTQ" model --input X --output t --rank 4 --iters 1 --quiet ||
+    fail "the traced run failed"
+  first=$(head -1 trace.txt | cut -d' ' -f1)
+  n=$(awk -v p="$first" -v f="\"X/$1\"" '$1 == p && /openat\(/ { k++; if (index($0, f)) { print k; exit } }' trace.txt)
+  [ -n "$n" ] || fail "no open of X/$1 in the trace"
+  rm -rf t trace.txt
+  strace -f -o /dev/null -e "inject=openat:delay_enter=2000000:delay_exit=2000000:when=$n" \
+    "$LOFTQ" model --input X --output out --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file" &
+  pid=$!
+  sleep 1
+  mv X X.first && mv X2 X || fail "cannot swap X"
+  sleep 2
+  mv X X2 && mv X.first X || fail "cannot swap X back"
+  wait "$pid"
+  rc=$?
+  [ "$rc" -eq 1 ] || { show; fail "exit $rc, expected a refusal"; }
+  grep -q '^loftq: error: X: replaced while it was being opened' "$err_file" || { show; fail "message"; }
+  [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "X X2 " ] || fail "left behind: $(ls -A)"
+  expect_rc 0 model --input X --output out --rank 4 --iters 1 --quiet
+  check X out 4 4
+}
 
 case "$case_name" in
 
@@ -47,44 +78,33 @@ side_once)
   ;;
 
 side_aba)
-  # The input swapped for another and swapped back while it is opened: the
-  # open of its model.safetensors is held 2 s before and 2 s after it runs
-  # (strace delay injection), the other input put at its path during the
-  # first hold and the input put back during the second, so the path names
-  # the first input again at every later check. The tensors then come from
-  # the other input: the run must refuse, never publish them with the first
-  # input's side files. (The open's number among the run's openat calls is
-  # read from a traced run first.)
-  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
-  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  # The input swapped for another and swapped back while its tensors are
+  # opened (swapped_during_open): the tensors would come from the other input.
   synth X F32 1 2 128 256
   synth X2 F32 1 1 64 96
   printf '{"model_type": "llama", "replaced": true}\n' >X2/config.json
-  # LeakSanitizer cannot run under ptrace: the traced runs keep ASan's other
-  # checks and leave leak detection to the untraced cases.
-  export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
-  strace -f -e trace=openat -o trace.txt "$LOFTQ" model --input X --output t --rank 4 --iters 1 --quiet ||
-    fail "the traced run failed"
-  first=$(head -1 trace.txt | cut -d' ' -f1)
-  n=$(awk -v p="$first" -v f='"X/model.safetensors"' \
-    '$1 == p && /openat\(/ { k++; if (index($0, f)) { print k; exit } }' trace.txt)
-  [ -n "$n" ] || fail "no open of X/model.safetensors in the trace"
-  rm -rf t trace.txt
-  strace -f -o /dev/null -e "inject=openat:delay_enter=2000000:delay_exit=2000000:when=$n" \
-    "$LOFTQ" model --input X --output out --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file" &
-  pid=$!
-  sleep 1
-  mv X X.first && mv X2 X || fail "cannot swap X"
-  sleep 2
-  mv X X2 && mv X.first X || fail "cannot swap X back"
-  wait "$pid"
-  rc=$?
-  [ "$rc" -eq 1 ] || { show; fail "exit $rc, expected a refusal"; }
-  grep -q '^loftq: error: X: replaced while it was being opened' "$err_file" || { show; fail "message"; }
-  [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "X X2 " ] || fail "left behind: $(ls -A)"
-  # Untouched, the same run goes through.
-  expect_rc 0 model --input X --output out --rank 4 --iters 1 --quiet
-  check X out 4 4
+  swapped_during_open model.safetensors
+  ;;
+
+side_aba_index)
+  # The same with a second directory of hard links of the same shards and
+  # another index (only the first shard's tensors): every shard file is the
+  # input's own, only the index differs, and the run must still refuse, never
+  # publish half the model as the input's. Merged, shards of the input are
+  # not taken for shards of that directory.
+  synth X F32 2 1 64 96
+  mkdir X2
+  ln X/model-0000[12]-of-00002.safetensors X2/ || fail "cannot link the shards"
+  cp X/config.json X2/
+  grep -v 'model-00002-of-00002' X/model.safetensors.index.json |
+    sed -z 's/,\n\( *\)}/\n\1}/g' >X2/model.safetensors.index.json
+  cmp -s X/model.safetensors.index.json X2/model.safetensors.index.json && fail "the two indexes are alike"
+  expect_rc 0 model --input X2 --output half --rank 4 --iters 1 --quiet
+  check X2 half 4 4
+  for k in 1 2; do expect_rc 0 model --input X --output "p$k" --rank 4 --iters 1 --quiet --shard "$k/2"; done
+  expect_refused 'computed from a different checkpoint' merge --input X2 --shards p1,p2 --output m
+  rm -rf half p1 p2
+  swapped_during_open model.safetensors.index.json
   ;;
 
 header_limit)

@@ -12,12 +12,7 @@ set -u
 
 # shellcheck source=../support/cli_helpers.sh
 source "$(dirname "$0")/../support/cli_helpers.sh"
-setup_case "$1" "$2" "$4"
-TOOL=$3
-DATA=$5
-
-# shellcheck source=../support/model_helpers.sh
-source "$(dirname "$0")/../support/model_helpers.sh"
+setup_script model "$@"
 
 case "$case_name" in
 
@@ -264,88 +259,52 @@ deep_json)
   ;;
 
 publish_crash)
-  # SIGKILL at each rename and unlinkat of an --overwrite run, one point at a
-  # time (strace fault injection): DIR always holds the complete previous
-  # output or the complete new one, and the next run, even one that fails
-  # on its input, leaves nothing else behind. Then the same where the file
-  # system has no RENAME_EXCHANGE (its renameat2 made to fail with EINVAL).
-  command -v strace >/dev/null || { echo "skipped: strace is not installed"; exit 77; }
-  strace -f -o /dev/null true 2>/dev/null || { echo "skipped: ptrace is not permitted here"; exit 77; }
+  # SIGKILL at each rename and unlinkat of an --overwrite run of model, then
+  # of merge, one point at a time, with and without RENAME_EXCHANGE
+  # (kill_each_call): out always holds the previous output or the new one
+  # (or, without the exchange, nothing between the two renames, which the
+  # next run finishes), and the next run, even one that fails on its input,
+  # leaves nothing else behind.
   synth s F32 1 1 64 96
   expect_rc 0 model --input s --output ref_old --rank 4 --iters 1 --quiet
   expect_rc 0 model --input s --output ref_new --rank 8 --iters 1 --quiet
-  digest() {  # DIR: its file names and contents, the report by its rank (it records timings)
-    [ -d "$1" ] || { echo missing; return; }
-    (cd "$1" && for f in $(ls -A | LC_ALL=C sort); do
-      echo "$f"
-      if [ "$f" = loftq_report.json ]; then "$TOOL" get "$f" settings/rank; else sha256sum <"$f"; fi
-    done) | sha256sum
-  }
-  old=$(digest ref_old) new=$(digest ref_new)
-  [ "$old" != "$new" ] || fail "the two outputs are alike; nothing to tell them apart"
+  RERUN=(model --input s --output out --rank 65 --quiet --overwrite)
   points=0
   for mode in exchange fallback; do
-    extra=()
-    [ "$mode" = fallback ] && extra=(-e inject=renameat2:error=EINVAL)
-    # The calls this path makes (strace -f -e trace=file shows them): the
-    # writers' renames into the staging directory, the exchange, the removal.
-    for sc in rename renameat2 unlinkat; do
-      [ "$mode" = fallback ] && [ "$sc" = renameat2 ] && continue
-      for n in $(seq 1 60); do
-        rm -rf out
-        cp -a ref_old out
-        strace -f -o /dev/null "${extra[@]}" -e "inject=$sc:signal=SIGKILL:when=$n" \
-          "$LOFTQ" model --input s --output out --rank 8 --iters 1 --quiet --overwrite >"$out_file" 2>"$err_file"
-        rc=$?
-        state=$(digest out)
-        if [ "$rc" -eq 0 ]; then
-          [ "$state" = "$new" ] || fail "$mode, $sc #$n: exit 0 without the new output"
-          break
-        fi
-        points=$((points + 1))
-        if [ "$mode" = exchange ]; then
-          [ "$state" = "$old" ] || [ "$state" = "$new" ] ||
-            fail "$mode: killed at $sc #$n: out is neither the previous output nor the new one ($(ls -A out 2>&1))"
-        fi
-        # The next run for out, refused on its input after its checks, clears up.
-        run model --input s --output out --rank 65 --quiet --overwrite
-        [ "$rc" -eq 1 ] || { show; fail "$mode, $sc #$n: the next run exited $rc"; }
-        state=$(digest out)
-        [ "$state" = "$old" ] || [ "$state" = "$new" ] ||
-          fail "$mode: killed at $sc #$n, then a run: out is neither the previous output nor the new one"
-        [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "out ref_new ref_old s " ] ||
-          fail "$mode: killed at $sc #$n, then a run: left behind: $(ls -A)"
-      done
-    done
+    kill_each_call "$mode" "rename renameat2 unlinkat" 60 model --input s --output out --rank 8 --iters 1 --quiet \
+      --overwrite
+  done
+  [ "$points" -ge 8 ] || fail "only $points kill points of model reached"
+  model_points=$points
+  for k in 1 2; do expect_rc 0 model --input s --output "sh$k" --rank 8 --iters 1 --quiet --shard "$k/2"; done
+  rm -rf ref_new
+  expect_rc 0 merge --input s --shards sh1,sh2 --output ref_new --quiet
+  for mode in exchange fallback; do
+    kill_each_call "$mode" "rename renameat2 unlinkat" 60 merge --input s --shards sh1,sh2 --output out --overwrite \
+      --quiet
+  done
+  [ "$((points - model_points))" -ge 8 ] || fail "only $((points - model_points)) kill points of merge reached"
+  echo "$model_points kill points of model, $((points - model_points)) of merge"
+  ;;
+
+calibrate_crash)
+  # calibrate --overwrite killed at each of its renames and removals, as
+  # publish_crash: the previous statistics or the complete new ones, never
+  # a leftover after the next run.
+  [ -e "$DATA/stories260K.bin" ] || { echo "skipped: no stories260K.bin in $DATA"; exit 77; }
+  tokens t1.npy 4 16 5 512
+  tokens t2.npy 4 16 6 512
+  tokens bad.npy 2 8 3 600
+  st=(calibrate --input "$DATA/stories260K.bin" --quiet)
+  expect_rc 0 "${st[@]}" --tokens t1.npy --output ref_old
+  expect_rc 0 "${st[@]}" --tokens t2.npy --output ref_new --imatrix
+  RERUN=("${st[@]}" --tokens bad.npy --output out --overwrite)
+  points=0
+  for mode in exchange fallback; do
+    kill_each_call "$mode" "rename renameat2 unlinkat" 40 "${st[@]}" --tokens t2.npy --output out --overwrite --imatrix
   done
   [ "$points" -ge 8 ] || fail "only $points kill points reached"
-  # merge --overwrite publishes by the same steps (calibrate too): killed at
-  # the exchange, at the fallback's two renames and at the first removal.
-  for k in 1 2; do expect_rc 0 model --input s --output "sh$k" --rank 8 --iters 1 --quiet --shard "$k/2"; done
-  expect_rc 0 merge --input s --shards sh1,sh2 --output ref_merged --quiet
-  merged=$(digest ref_merged)
-  [ "$merged" != "$old" ] || fail "the merged output is the previous one; nothing to tell them apart"
-  for point in "exchange renameat2 1" "exchange unlinkat 1" "fallback rename 1" "fallback rename 2"; do
-    read -r mode sc n <<<"$point"
-    extra=()
-    [ "$mode" = fallback ] && extra=(-e inject=renameat2:error=EINVAL)
-    rm -rf out
-    cp -a ref_old out
-    strace -f -o /dev/null "${extra[@]}" -e "inject=$sc:signal=SIGKILL:when=$n" \
-      "$LOFTQ" merge --input s --shards sh1,sh2 --output out --overwrite --quiet >"$out_file" 2>"$err_file"
-    rc=$?
-    [ "$rc" -ne 0 ] || fail "merge, $mode, $sc #$n: the kill point was not reached"
-    state=$(digest out)
-    [ "$state" = "$old" ] || [ "$state" = "$merged" ] || { [ "$mode" = fallback ] && [ "$state" = missing ]; } ||
-      fail "merge, $mode: killed at $sc #$n: out is neither the previous output nor the merged one"
-    run model --input s --output out --rank 65 --quiet --overwrite
-    [ "$rc" -eq 1 ] || { show; fail "merge, $mode, $sc #$n: the next run exited $rc"; }
-    state=$(digest out)
-    [ "$state" = "$old" ] || [ "$state" = "$merged" ] || fail "merge, $mode: killed at $sc #$n, then a run: a mix"
-    [ "$(ls -A | LC_ALL=C sort | tr '\n' ' ')" = "out ref_merged ref_new ref_old s sh1 sh2 " ] ||
-      fail "merge, $mode: killed at $sc #$n, then a run: left behind: $(ls -A)"
-  done
-  echo "$points kill points of model, 4 of merge"
+  echo "$points kill points"
   ;;
 
 environment)

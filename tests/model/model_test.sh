@@ -9,12 +9,7 @@ set -u
 
 # shellcheck source=../support/cli_helpers.sh
 source "$(dirname "$0")/../support/cli_helpers.sh"
-setup_case "$1" "$2" "$4"
-TOOL=$3
-DATA=$5
-
-# shellcheck source=../support/model_helpers.sh
-source "$(dirname "$0")/../support/model_helpers.sh"
+setup_script model "$@"
 
 case "$case_name" in
 

@@ -363,6 +363,15 @@ void check_same_input(const std::string& input, const InputIdentity& before, con
   if (::stat(before.dir_.c_str(), &ds) != 0 || static_cast<std::uint64_t>(ds.st_dev) != before.dir_dev_ ||
       static_cast<std::uint64_t>(ds.st_ino) != before.dir_ino_)
     throw replaced;
+  // The index says which files and tensors the checkpoint is: the one read
+  // must be the one there now (a directory of hard links of the same shards
+  // with another index passes the checks of the files alone).
+  struct stat is;
+  const bool has_index = ::fstatat(before.dir_fd_, "model.safetensors.index.json", &is, 0) == 0;
+  if (!ck.dir().empty() && has_index != ck.sharded()) throw replaced;
+  if (ck.sharded() && (static_cast<std::uint64_t>(is.st_dev) != ck.index_device() ||
+                       static_cast<std::uint64_t>(is.st_ino) != ck.index_inode()))
+    throw replaced;
   for (std::size_t i = 0; i < ck.num_files(); ++i) {
     const io::SafetensorsFile& f = ck.file(i);
     struct stat fs_;

@@ -334,6 +334,17 @@ bool remove_tree(const fs::path& path) noexcept {
   }
 }
 
+int rename_noreplace(int from_dir, const char* from, int to_dir, const char* to) noexcept {
+  if (::renameat2(from_dir, from, to_dir, to, RENAME_NOREPLACE) == 0) return 0;
+  if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP) return -1;
+  struct stat st;
+  if (::fstatat(to_dir, to, &st, AT_SYMLINK_NOFOLLOW) == 0) {
+    errno = EEXIST;
+    return -1;
+  }
+  return ::renameat(from_dir, from, to_dir, to);
+}
+
 int lock_directory(const fs::path& dir) noexcept {
   const int fd = ::open(dir.c_str(), kDirOpen);
   if (fd < 0) return -1;
@@ -344,7 +355,8 @@ int lock_directory(const fs::path& dir) noexcept {
   return fd;
 }
 
-void remove_stale_staging(const fs::path& parent, const std::string& prefix, const fs::path& restore) noexcept {
+void remove_stale_staging(const fs::path& parent, const std::string& prefix, const fs::path& restore,
+                          const std::string& staged_prefix) noexcept {
   try {
     const Fd pfd(::open(parent.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     std::vector<std::string> names;
@@ -373,10 +385,12 @@ void remove_stale_staging(const fs::path& parent, const std::string& prefix, con
       auto fd = std::make_unique<Fd>(::openat(pfd.get(), name.c_str(), kDirOpen));
       if (!*fd || ::flock(fd->get(), LOCK_EX | LOCK_NB) != 0) continue;  // a live owner holds it
       struct stat ms, ds;
-      if (::fstatat(fd->get(), kMarkerFile, &ms, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(ms.st_mode) ||
-          ::fstat(fd->get(), &ds) != 0) {
-        (void)::unlinkat(pfd.get(), name.c_str(), AT_REMOVEDIR);  // only when empty
-        continue;
+      std::vector<std::string> inside;
+      if (::fstat(fd->get(), &ds) != 0) continue;
+      if (::fstatat(fd->get(), kMarkerFile, &ms, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(ms.st_mode)) {
+        // Unmarked: the tool's only when empty (an empty directory that was
+        // replaced is a previous output like any other).
+        if (!list_dir(fd->get(), inside) || !inside.empty()) continue;
       }
       stale.push_back({name, ds.st_mtim});
       held.push_back(std::move(fd));
@@ -384,11 +398,31 @@ void remove_stale_staging(const fs::path& parent, const std::string& prefix, con
     if (!restore.empty() && !stale.empty()) {
       struct stat rs;
       if (::lstat(restore.c_str(), &rs) != 0 && errno == ENOENT) {
+        // A publish without an exchange died between its two renames: the
+        // previous output at <prefix><tag>, the new one, complete, still at
+        // <staged_prefix><tag>. The first rename was the run's commit point,
+        // so the new one is published; the previous one goes below.
+        bool done = false;
+        for (const Stale& s : stale) {
+          const std::string staged = staged_prefix + s.name.substr(prefix.size());
+          const Fd sfd(staged_prefix.empty() ? -1 : ::openat(pfd.get(), staged.c_str(), kDirOpen));
+          struct stat ms;
+          if (!sfd || ::flock(sfd.get(), LOCK_EX | LOCK_NB) != 0 ||
+              ::fstatat(sfd.get(), kMarkerFile, &ms, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(ms.st_mode))
+            continue;
+          done = rename_noreplace(pfd.get(), staged.c_str(), AT_FDCWD, restore.c_str()) == 0;
+          break;
+        }
+        // Otherwise (a run of an earlier version) the newest previous output is put back.
         auto newest = std::max_element(stale.begin(), stale.end(), [](const Stale& a, const Stale& b) {
           return a.mtime.tv_sec != b.mtime.tv_sec ? a.mtime.tv_sec < b.mtime.tv_sec : a.mtime.tv_nsec < b.mtime.tv_nsec;
         });
-        if (::renameat2(pfd.get(), newest->name.c_str(), AT_FDCWD, restore.c_str(), RENAME_NOREPLACE) == 0)
+        if (!done && rename_noreplace(pfd.get(), newest->name.c_str(), AT_FDCWD, restore.c_str()) == 0) {
           stale.erase(newest);
+          done = true;
+        }
+        if (!done) return;  // nothing is removed while the output is missing
+        (void)::fsync(pfd.get());
       }
     }
     for (const Stale& s : stale) (void)remove_tree(parent / s.name);

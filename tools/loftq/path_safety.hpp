@@ -71,6 +71,11 @@ void check_removable(const fs::path& dir, const std::string& shown, const std::v
 // deep to walk) stays, and the result is false. A missing path is true.
 bool remove_tree(const fs::path& path) noexcept;
 
+// renameat(2) that never replaces an existing `to` (0, or -1 and errno):
+// RENAME_NOREPLACE, or on a file system without renameat2's flags a check
+// that `to` is missing, then a plain rename.
+int rename_noreplace(int from_dir, const char* from, int to_dir, const char* to) noexcept;
+
 // Locks the directory `dir` (a descriptor kept open, flock) for as long as
 // the returned descriptor is open: the mark of a live owner, whichever PID
 // namespace it runs in. -1 when it cannot be opened or locked.
@@ -79,9 +84,13 @@ int lock_directory(const fs::path& dir) noexcept;
 // Removes the staging directories <prefix><tag> in `parent` whose owner is
 // gone (SIGKILL, power loss): those nobody holds locked (lock_directory) and
 // that carry kMarkerFile, or are empty, so nothing the tool did not create
-// goes. When `restore` is non-empty and does not exist, the newest such
-// directory carrying the marker is renamed back to it instead of deleted:
-// the previous output moved aside by a publish that died half-way.
-void remove_stale_staging(const fs::path& parent, const std::string& prefix, const fs::path& restore = {}) noexcept;
+// goes. When `restore` is non-empty and does not exist, a publish died
+// between moving the previous output aside (to <prefix><tag>) and renaming
+// its staging directory in: when that staging directory is still there as
+// <staged_prefix><tag>, unlocked and marked, it becomes `restore` (the run
+// had passed its commit point); otherwise the newest such previous output is
+// renamed back to `restore` instead of deleted.
+void remove_stale_staging(const fs::path& parent, const std::string& prefix, const fs::path& restore = {},
+                          const std::string& staged_prefix = {}) noexcept;
 
 }  // namespace loftq_cli

@@ -258,28 +258,34 @@ StagedOutput::Previous StagedOutput::swap_in() {
   } else {
     if (errno != EINVAL && errno != ENOSYS && errno != ENOTSUP)
       throw InputError{shown_.string() + ": cannot replace the existing output: " + std::strerror(errno)};
-    // Fallback for file systems without RENAME_EXCHANGE: two renames, the old
-    // output locked while it is aside, so a run that finds DIR missing and an
-    // unlocked DIR.old-* puts it back (clean_leftovers) before anything else.
-    for (int k = 0;; ++k) {
-      prev.path = dir_;
-      prev.path += ".old-" + loftq::io::unique_tag();
-      std::error_code ec;
-      if (!fs::exists(fs::symlink_status(prev.path, ec))) break;
-      if (k >= 100) throw InputError{prev.path.string() + ": names taken"};
-    }
+    // Fallback for file systems without RENAME_EXCHANGE: two renames, with
+    // DIR missing between them. The previous output goes aside under the
+    // staging directory's tag, locked while it is there, so a run that finds
+    // DIR missing and both DIR.old-<tag> and DIR.tmp-<tag> unlocked knows the
+    // publish died between the renames and finishes it (clean_leftovers).
+    const std::string staged = stage_.filename().string();
+    prev.path = dir_;
+    prev.path += ".old-" + staged.substr(staged.rfind(".tmp-") + 5);
+    std::error_code ec;
+    if (fs::exists(fs::symlink_status(prev.path, ec)))
+      throw InputError{shown_.string() + ": cannot move the existing output aside: " + prev.path.filename().string() +
+                       " exists"};
     prev.lock = lock_directory(dir_);
+    if (prev.lock < 0) throw InputError{shown_.string() + ": cannot lock the existing output: " + std::strerror(errno)};
     if (::rename(dir_.c_str(), prev.path.c_str()) != 0) {
       const int e = errno;
-      if (prev.lock >= 0) ::close(prev.lock);
+      ::close(prev.lock);
       throw InputError{shown_.string() + ": cannot move the existing output aside: " + std::strerror(e)};
     }
     if (::rename(stage_.c_str(), dir_.c_str()) != 0) {
       const int e = errno;
-      (void)::renameat2(AT_FDCWD, prev.path.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
-      if (prev.lock >= 0) ::close(prev.lock);
+      (void)rename_noreplace(AT_FDCWD, prev.path.c_str(), AT_FDCWD, dir_.c_str());
+      ::close(prev.lock);
       throw InputError{shown_.string() + ": cannot publish the output directory: " + std::strerror(e)};
     }
+    // The previous output, no longer to be put back, takes the staging name
+    // (where the exchange leaves it): a removal cut short is never restored.
+    if (::rename(prev.path.c_str(), stage_.c_str()) == 0) prev.path = stage_;
   }
   stage_.clear();
   created_dirs_.clear();
@@ -302,8 +308,7 @@ void StagedOutput::publish_update() {
   std::vector<fs::path> rest;
   for (fs::directory_iterator it(prev.path, ec), end; !ec && it != end; it.increment(ec))
     if (it->path().filename() != kMarkerFile) rest.push_back(it->path());
-  for (const fs::path& p : rest)
-    (void)::renameat2(AT_FDCWD, p.c_str(), AT_FDCWD, (dir_ / p.filename()).c_str(), RENAME_NOREPLACE);
+  for (const fs::path& p : rest) (void)rename_noreplace(AT_FDCWD, p.c_str(), AT_FDCWD, (dir_ / p.filename()).c_str());
   ::unlink((prev.path / kMarkerFile).c_str());
   if (::rmdir(prev.path.c_str()) != 0)
     std::fprintf(stderr, "loftq: warning: %s: the previous files could not all be removed or put back\n",
@@ -316,12 +321,7 @@ void StagedOutput::publish_dir() {
   const fs::path parent = dir_.has_parent_path() ? dir_.parent_path() : fs::path(".");
   if (!exists_) {
     // RENAME_NOREPLACE: a DIR created meanwhile, even empty, is someone else's.
-    int r = ::renameat2(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str(), RENAME_NOREPLACE);
-    if (r != 0 && (errno == EINVAL || errno == ENOSYS)) {
-      struct stat st;
-      r = ::lstat(dir_.c_str(), &st) == 0 ? (errno = EEXIST, -1) : ::rename(stage_.c_str(), dir_.c_str());
-    }
-    if (r != 0) {
+    if (rename_noreplace(AT_FDCWD, stage_.c_str(), AT_FDCWD, dir_.c_str()) != 0) {
       const int e = errno;
       throw InputError{shown_.string() + ": cannot publish the output directory: " +
                        (e == ENOTEMPTY || e == EEXIST ? std::string("it was created meanwhile by someone else")

@@ -10,10 +10,11 @@
 //     loses no input and crosses no mount (path_safety.hpp): the same
 //     sibling, swapped with DIR in one step at the end (RENAME_EXCHANGE), then
 //     the old output, now at the sibling's name, removed. Where the file
-//     system has no exchange, DIR is moved aside to DIR.old-<tag> first and
-//     the sibling renamed to DIR; a run that finds DIR missing puts a dead
-//     run's DIR.old-<tag> back. Either way DIR holds a complete output
-//     whenever it exists.
+//     system has no exchange, DIR is moved aside to DIR.old-<tag> (the
+//     sibling's tag) first, the sibling renamed to DIR, and the old output
+//     then to the sibling's name; a run that finds DIR missing finishes a
+//     dead run's publish from the pair DIR.old-<tag> / DIR.tmp-<tag>. Either
+//     way DIR holds a complete output whenever it exists.
 //   * DIR exists, policy update (init): only the named files are replaced and
 //     DIR must hold nothing but them and the marker (an earlier init's
 //     output), or nothing; it is staged as the sibling DIR.tmp-<tag> and

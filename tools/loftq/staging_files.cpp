@@ -171,12 +171,13 @@ void fsync_dir(const fs::path& dir) {
 // random part so that no name is predictable from the pid alone (every
 // container's first process is pid 1). Creation is O_EXCL / mkdir anyway.
 // Leftovers of runs that died (SIGKILL, power loss) for the output `dir`:
-// a previous output moved aside by a publish that died half-way is put back
-// when `dir` is missing, every other leftover is removed.
+// when `dir` is missing, a publish died between its two renames, and is
+// finished (or, for an earlier version's leftovers, undone); every other
+// leftover is removed.
 void clean_leftovers(const fs::path& dir) {
   const fs::path parent = dir.has_parent_path() ? dir.parent_path() : fs::path(".");
   const std::string name = dir.filename().string();
-  remove_stale_staging(parent, name + ".old-", dir);
+  remove_stale_staging(parent, name + ".old-", dir, name + ".tmp-");
   remove_stale_staging(parent, name + ".tmp-");
 }
 

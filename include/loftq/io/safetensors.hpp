@@ -276,6 +276,9 @@ class Checkpoint {
   const std::map<std::string, Entry>& entries() const { return entries_; }
   // The index file's "metadata" object (sharded input only).
   const nlohmann::json& index_metadata() const { return index_metadata_; }
+  // The index file read (sharded input only): device and inode.
+  std::uint64_t index_device() const { return index_device_; }
+  std::uint64_t index_inode() const { return index_inode_; }
 
  private:
   static std::string join(const std::string& dir, const std::string& name) {
@@ -292,6 +295,8 @@ class Checkpoint {
     detail::ShardIndex si = detail::read_shard_index(index);
     weight_map_ = std::move(si.weight_map);
     index_metadata_ = std::move(si.metadata);
+    index_device_ = si.device;
+    index_inode_ = si.inode;
     for (const std::string& f : si.shard_names) {
       files_.emplace_back(std::make_unique<SafetensorsFile>(join(dir_, f)));
       names_.push_back(f);
@@ -302,6 +307,7 @@ class Checkpoint {
   std::vector<std::string> names_;
   std::map<std::string, Entry> entries_;
   std::map<std::string, std::string> weight_map_;
+  std::uint64_t index_device_ = 0, index_inode_ = 0;
   nlohmann::json index_metadata_ = nlohmann::json::object();
   std::string dir_, index_path_;
   bool sharded_ = false;

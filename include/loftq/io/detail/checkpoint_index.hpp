@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -29,6 +30,7 @@ struct ShardIndex {
   std::map<std::string, std::string> weight_map;  // tensor -> shard file name
   std::set<std::string> shard_names;
   nlohmann::json metadata = nlohmann::json::object();  // the index's "metadata"
+  std::uint64_t device = 0, inode = 0;                 // the file read, to tell it from one put at its path later
 };
 
 inline ShardIndex read_shard_index(const std::string& index) {
@@ -40,6 +42,8 @@ inline ShardIndex read_shard_index(const std::string& index) {
     ::close(fd);
     ::loftq::detail::fail(Errc::io_error, index + ": not a regular file");
   }
+  out.device = static_cast<std::uint64_t>(st.st_dev);
+  out.inode = static_cast<std::uint64_t>(st.st_ino);
   std::string text;
   char buf[65536];
   for (;;) {
