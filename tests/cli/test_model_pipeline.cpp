@@ -167,3 +167,15 @@ TEST_CASE("a bound reads a small target ahead and makes a large one wait for the
   CHECK(at[1] == 0);
   CHECK(at[2] == 1);
 }
+
+TEST_CASE("nothing is read beyond the first target before the consumer takes it") {
+  // next() may free the other buffer while it admits a target: a second target read into it
+  // before the first is taken would be lost. Bound 2L + 1: L0 and its result fit, L1 beside them not.
+  const std::uint64_t L = 32 * 32 * kBytes;
+  FakeSource src({{32, 32}, {32, 32}});
+  TensorPrefetcher p(src, src.order(), ResidentBound{2 * L + 1, 1.0});
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  CHECK(src.reads.load() == 1);
+  consume_all(src, p, std::chrono::milliseconds(1));
+  CHECK(src.released_at_read() == std::vector<int>{0, 1});
+}

@@ -53,9 +53,10 @@ void TensorPrefetcher::run() {
     const ModelTarget& t = *order_[k];
     const std::uint64_t n = floats_of(t);
     {
-      // Target k reuses the buffer of k - 2, which the consumer gives up when it takes k - 1.
+      // Target k reuses the buffer of k - 2, which the consumer gives up when it takes k - 1; and
+      // next() may free the other buffer until it has taken k - 1.
       std::unique_lock<std::mutex> lk(m_);
-      cv_.wait(lk, [&] { return stop_ || k < 2 || taken_ >= k; });
+      cv_.wait(lk, [&] { return stop_ || k == 0 || taken_ >= k; });
       for (;;) {
         if (stop_) return;
         if (held_with(s, std::max(s.capacity, n)) <= bound_.bytes) break;
