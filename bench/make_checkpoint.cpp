@@ -1,14 +1,19 @@
-// Writes a LLaMA-2-7B-shaped safetensors checkpoint for measuring `loftq model`:
-// hidden 4096, intermediate 11008, 32 heads, vocabulary 32000; per layer
-// q/k/v/o_proj (4096x4096), gate/up_proj (11008x4096), down_proj (4096x11008)
-// and two RMSNorm weights; embed_tokens, the final norm and lm_head. Matrices
+// Writes a LLaMA-2-shaped safetensors checkpoint for measuring `loftq model`.
+// --shape llama2-7b (the default): hidden 4096, intermediate 11008, 32 heads,
+// vocabulary 32000; per layer q/k/v/o_proj (4096x4096), gate/up_proj
+// (11008x4096), down_proj (4096x11008) and two RMSNorm weights; embed_tokens,
+// the final norm and lm_head. --shape llama2-70b: hidden 8192, intermediate
+// 28672, 64 heads of which 8 key/value heads (grouped-query attention), so
+// k/v_proj are 1024x8192, q/o_proj 8192x8192, gate/up_proj 28672x8192,
+// down_proj 8192x28672. --hidden, --intermediate and --vocab override the
+// shape's figures, wherever --shape stands. Matrices
 // are loftq_common::realistic_matrix (decaying spectrum, heavy tails, outlier
 // input channels), one seed per tensor derived from SEED, stored as BF16 (or
 // another float dtype), and split over files the way transformers shards a
 // checkpoint: LAYERS_PER_FILE layers a file, with model.safetensors.index.json
 // and a config.json.
 //
-//   make_checkpoint DIR [--layers N] [--seed S] [--dtype BF16|F16|F32]
+//   make_checkpoint DIR [--shape llama2-7b|llama2-70b] [--layers N] [--seed S] [--dtype BF16|F16|F32]
 //                       [--layers-per-file K] [--hidden H] [--intermediate I] [--vocab V]
 //                       [--tokens NxT]
 //
@@ -20,6 +25,7 @@
 
 #include <loftq/io/safetensors.hpp>
 
+#include <algorithm>
 #include <cctype>
 #include <cstdio>
 #include <cstdlib>
@@ -48,7 +54,8 @@ struct Spec {
 
 struct Shape {
   int layers = 4, layers_per_file = 2;
-  std::uint64_t hidden = 4096, intermediate = 11008, vocab = 32000, heads = 32;
+  std::string name = "llama-2-7b";
+  std::uint64_t hidden = 4096, intermediate = 11008, vocab = 32000, heads = 32, kv_heads = 32;
   std::uint64_t seed = 0;
   st::Dtype dtype = st::Dtype::BF16;
   std::uint64_t token_rows = 0, token_cols = 0;  // --tokens NxT; 0: no tokens.npy
@@ -57,11 +64,13 @@ struct Shape {
 std::vector<Spec> layer_tensors(int l, const Shape& s) {
   const std::string p = "model.layers." + std::to_string(l) + ".";
   const std::uint64_t h = s.hidden, i = s.intermediate;
+  // Key/value heads x head size; without grouped-query attention as wide as q, whatever --hidden is.
+  const std::uint64_t kv = s.kv_heads == s.heads ? h : std::max<std::uint64_t>(1, h / s.heads * s.kv_heads);
   return {{p + "input_layernorm.weight", {h}},          {p + "mlp.down_proj.weight", {h, i}},
           {p + "mlp.gate_proj.weight", {i, h}},         {p + "mlp.up_proj.weight", {i, h}},
-          {p + "post_attention_layernorm.weight", {h}}, {p + "self_attn.k_proj.weight", {h, h}},
+          {p + "post_attention_layernorm.weight", {h}}, {p + "self_attn.k_proj.weight", {kv, h}},
           {p + "self_attn.o_proj.weight", {h, h}},      {p + "self_attn.q_proj.weight", {h, h}},
-          {p + "self_attn.v_proj.weight", {h, h}}};
+          {p + "self_attn.v_proj.weight", {kv, h}}};
 }
 
 // Values of one tensor: realistic matrices for 2-D, 1 + small noise for norms.
@@ -116,11 +125,11 @@ int run(const std::string& dir, const Shape& s) {
   std::ofstream(dir + "/model.safetensors.index.json") << idx.dump(2) << "\n";
   const nlohmann::json cfg = {{"architectures", {"LlamaForCausalLM"}},
                               {"model_type", "llama"},
-                              {"_name_or_path", "synthetic-llama-2-7b-shape"},
+                              {"_name_or_path", "synthetic-" + s.name + "-shape"},
                               {"hidden_size", s.hidden},
                               {"intermediate_size", s.intermediate},
                               {"num_attention_heads", s.heads},
-                              {"num_key_value_heads", s.heads},
+                              {"num_key_value_heads", s.kv_heads},
                               {"num_hidden_layers", s.layers},
                               {"vocab_size", s.vocab},
                               {"rms_norm_eps", 1e-5},
@@ -146,15 +155,31 @@ int run(const std::string& dir, const Shape& s) {
 int main(int argc, char** argv) {
   auto usage = [] {
     std::fprintf(stderr,
-                 "usage: make_checkpoint DIR [--layers N] [--seed S] [--dtype BF16|F16|F32] [--layers-per-file K]\n"
-                 "                       [--hidden H] [--intermediate I] [--vocab V] [--tokens NxT]\n");
+                 "usage: make_checkpoint DIR [--shape llama2-7b|llama2-70b] [--layers N] [--seed S]\n"
+                 "                       [--dtype BF16|F16|F32] [--layers-per-file K] [--hidden H] [--intermediate I]\n"
+                 "                       [--vocab V] [--tokens NxT]\n");
     return 2;
   };
   if (argc < 2 || argv[1][0] == '-') return usage();
   Shape s;
+  // The shape first, so that --hidden and the like override it wherever they stand.
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (std::strcmp(argv[i], "--shape") != 0) continue;
+    const std::string v = argv[i + 1];
+    if (v == "llama2-70b") {
+      s.name = "llama-2-70b";
+      s.hidden = 8192;
+      s.intermediate = 28672;
+      s.heads = 64;
+      s.kv_heads = 8;
+    } else if (v != "llama2-7b") {
+      return usage();
+    }
+  }
   for (int i = 2; i < argc; i += 2) {
     if (i + 1 >= argc) return usage();
     const std::string k = argv[i];
+    if (k == "--shape") continue;
     char* end = nullptr;
     const unsigned long long v = std::strtoull(argv[i + 1], &end, 10);
     const bool num = *end == '\0' && argv[i + 1][0] != '-';

@@ -4,7 +4,7 @@
 //
 // A target is computed while the next one is read (TensorPrefetcher) and the
 // previous one written (BackgroundWriter, model_pipeline.hpp): three targets
-// in memory at most. Every output file is written at known offsets as the
+// in memory at most, fewer where the resident bound says so. Every output file is written at known offsets as the
 // tensors are produced, into the staging directory (staged_output.hpp).
 
 #include "checkpoint_plan.hpp"
@@ -58,6 +58,23 @@ nlohmann::json entry_of(const Args& a, const ModelTarget& t, const TargetResult&
   return e;
 }
 
+// A result on its way to the sinks; freeing it (written, or dropped after a
+// failure) returns its bytes to the reader's bound.
+struct Written : TargetResult {
+  Written(TensorPrefetcher& reader, const ModelTarget& t, TargetResult&& r)
+      : TargetResult(std::move(r)), reader_(reader), t_(t) {}
+  ~Written() {
+    static_cast<TargetResult&>(*this) = TargetResult{};  // the matrices first
+    reader_.release(t_);
+  }
+  Written(const Written&) = delete;
+  Written& operator=(const Written&) = delete;
+
+ private:
+  TensorPrefetcher& reader_;
+  const ModelTarget& t_;
+};
+
 // Every step of the source: targets computed and handed to the sinks on the
 // writer thread, the other tensors copied through on it.
 Computed run_steps(const Args& a, const Source& src, const Compute& compute, const Sinks& sinks, Progress& progress,
@@ -67,8 +84,8 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
   for (const Step& s : steps)
     if (s.target) order.push_back(s.target);
   Computed c;
-  TensorPrefetcher reader(src, order);
-  BackgroundWriter writer;  // joined before the sinks' files are abandoned
+  TensorPrefetcher reader(src, order, default_resident_bound(order));
+  BackgroundWriter writer;  // joined before the sinks' files are abandoned, and before reader
   for (const Step& s : steps) {
     if (!s.target) {
       writer.submit([&src, &sinks, copy = s.copy] {
@@ -81,7 +98,7 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
     }
     const ModelTarget& t = *s.target;
     const TensorPrefetcher::Loaded in = reader.next();
-    auto res = std::make_shared<TargetResult>(compute.run(t, in.W, in.w2));
+    auto res = std::make_shared<Written>(reader, t, compute.run(t, in.W, in.w2));
     c.tensors[t.name] = entry_of(a, t, *res, sinks);
     c.sum_err += res->r.error();
     c.sum_qlora += res->r.qlora_error;
@@ -91,7 +108,7 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
       c.out_aware += res->out_aware;
       ++c.calibrated;
     }
-    writer.submit([&sinks, res, &t] {
+    writer.submit([&sinks, res = std::move(res), &t] {
       for (const auto& k : sinks) k->write(t, *res);
     });
     progress.update(++done, t.name);

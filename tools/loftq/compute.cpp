@@ -149,7 +149,7 @@ void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& 
   std::vector<loftq::MatrixErrors> errs;
   std::vector<const ModelTarget*> order;
   for (const ModelTarget& t : src.targets()) order.push_back(&t);
-  TensorPrefetcher reader(src, order);
+  TensorPrefetcher reader(src, order, default_resident_bound(order));
   for (const ModelTarget* t : order) {
     const TensorPrefetcher::Loaded in = reader.next();
     loftq::MatrixErrors me;
@@ -164,6 +164,7 @@ void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& 
     }
     measured_[t->name] = me.sq_error;
     errs.push_back(std::move(me));
+    reader.release(*t);
   }
   try {
     alloc_ = loftq::allocate_bits(errs, budget_bits(), a_.bits_budget);
@@ -192,7 +193,7 @@ void Compute::choose_ggml_formats(const Source& src, Progress& progress, std::si
     throw InputError{"--bits-budget " + std::to_string(a_.bits_budget) + " is below " +
                      std::to_string(cheapest / weights) +
                      " bits per weight, the cheapest ggml types that fit the targets with their adapters"};
-  TensorPrefetcher reader(src, order);
+  TensorPrefetcher reader(src, order, default_resident_bound(order));
   for (const ModelTarget* t : order) {
     const TensorPrefetcher::Loaded in = reader.next();
     const loftq::InputStatistics* stats = calib_ ? calib_->of(*t) : nullptr;
@@ -216,6 +217,7 @@ void Compute::choose_ggml_formats(const Source& src, Progress& progress, std::si
     ggml_weights_ += static_cast<double>(t->rows * t->cols);
     ggml_adapter_bits_ += static_cast<double>(adapter);
     choices.push_back(std::move(mc));
+    reader.release(*t);
   }
   try {
     ggml_alloc_ =

@@ -3,14 +3,21 @@
 #include <loftq/huge_pages.hpp>
 
 #include <algorithm>
+#include <cmath>
 
 namespace loftq_cli {
 
 // ---------------------------------------------------------------------------
 // TensorPrefetcher
 
-TensorPrefetcher::TensorPrefetcher(const Source& src, std::vector<const ModelTarget*> order)
-    : src_(src), order_(std::move(order)) {
+ResidentBound default_resident_bound(const std::vector<const ModelTarget*>& order) {
+  std::uint64_t largest = 0;
+  for (const ModelTarget* t : order) largest = std::max(largest, t->rows * t->cols * sizeof(float));
+  return {std::max<std::uint64_t>(3 * largest, std::uint64_t(2) << 30), 1.75};
+}
+
+TensorPrefetcher::TensorPrefetcher(const Source& src, std::vector<const ModelTarget*> order, ResidentBound bound)
+    : src_(src), order_(std::move(order)), bound_(bound) {
   if (!order_.empty()) thread_ = std::thread([this] { run(); });
 }
 
@@ -23,24 +30,62 @@ TensorPrefetcher::~TensorPrefetcher() {
   if (thread_.joinable()) thread_.join();
 }
 
+namespace {
+
+std::uint64_t floats_of(const ModelTarget& t) { return t.rows * t.cols; }
+
+}  // namespace
+
+std::uint64_t TensorPrefetcher::work_bytes(const ModelTarget& t) const {
+  return static_cast<std::uint64_t>(
+      std::ceil(static_cast<double>(floats_of(t) * sizeof(float)) * bound_.work_per_weight));
+}
+
+std::uint64_t TensorPrefetcher::held_with(const Slot& fill, std::uint64_t floats) const {
+  const Slot& other = &fill == &slots_[0] ? slots_[1] : slots_[0];
+  return (other.capacity + floats) * sizeof(float) + pending_;
+}
+
 void TensorPrefetcher::run() {
-  std::uint64_t capacity = 0;
-  for (const ModelTarget* t : order_) capacity = std::max(capacity, t->rows * t->cols);
   for (std::size_t k = 0; k < order_.size(); ++k) {
     Slot& s = slots_[k % 2];
+    Slot& other = slots_[(k + 1) % 2];
+    const ModelTarget& t = *order_[k];
+    const std::uint64_t n = floats_of(t);
     {
-      // Target k reuses the buffer of k - 2, which the consumer gives up when it takes k.
+      // Target k reuses the buffer of k - 2, which the consumer gives up when it takes k - 1; and
+      // next() may free the other buffer until it has taken k - 1.
       std::unique_lock<std::mutex> lk(m_);
-      cv_.wait(lk, [&] { return stop_ || k < 2 || taken_ >= k; });
-      if (stop_) return;
+      cv_.wait(lk, [&] { return stop_ || k == 0 || taken_ >= k; });
+      for (;;) {
+        if (stop_) return;
+        if (held_with(s, std::max(s.capacity, n)) <= bound_.bytes) break;
+        // Over the bound: first the bytes nobody reads, then wait for the consumer or the writer.
+        const bool other_idle = k == 0 || given_up_ >= k;
+        if (s.capacity > n) {
+          s.data.reset();
+          s.capacity = 0;
+        } else if (other_idle && other.capacity > 0) {
+          other.data.reset();
+          other.capacity = 0;
+        } else if (other_idle && pending_ == 0) {
+          break;  // nothing else is held: the target runs alone
+        } else {
+          cv_.wait(lk);
+        }
+      }
+      if (k > 0 && given_up_ < k) ++ahead_;
+      if (s.capacity < n) {
+        s.data.reset();
+        s.capacity = n;  // counted from now; allocated below, outside the lock
+      }
     }
     std::exception_ptr error;
     double w2 = 0;
     try {
-      const ModelTarget& t = *order_[k];
       if (!s.data) {
-        s.data.reset(new float[static_cast<std::size_t>(capacity)]);
-        loftq::advise_huge_pages(s.data.get(), static_cast<std::size_t>(capacity) * sizeof(float));
+        s.data.reset(new float[static_cast<std::size_t>(s.capacity)]);
+        loftq::advise_huge_pages(s.data.get(), static_cast<std::size_t>(s.capacity) * sizeof(float));
       }
       src_.read(t, s.data.get());
       // The same expression as before the prefetch thread existed, so the
@@ -65,15 +110,43 @@ void TensorPrefetcher::run() {
 TensorPrefetcher::Loaded TensorPrefetcher::next() {
   std::unique_lock<std::mutex> lk(m_);
   const std::size_t k = taken_;
+  given_up_ = k;  // the weights of k - 1 are no longer read
+  cv_.notify_all();
   Slot& s = slots_[k % 2];
+  Slot& other = slots_[(k + 1) % 2];  // idle: refilled only once k is taken
   cv_.wait(lk, [&] { return s.ready; });
   if (s.error) std::rethrow_exception(s.error);
+  const ModelTarget* t = order_[k];
+  const std::uint64_t work = work_bytes(*t);
+  while ((s.capacity + other.capacity) * sizeof(float) + pending_ + work > bound_.bytes) {
+    if (other.capacity > 0) {
+      other.data.reset();
+      other.capacity = 0;
+    } else if (pending_ == 0) {
+      break;
+    } else {
+      cv_.wait(lk);  // for the writer's release()
+    }
+  }
   s.ready = false;
+  pending_ += work;
   ++taken_;
   lk.unlock();
   cv_.notify_all();
-  const ModelTarget* t = order_[k];
   return {t, ConstMapF(s.data.get(), static_cast<Eigen::Index>(t->rows), static_cast<Eigen::Index>(t->cols)), s.w2};
+}
+
+void TensorPrefetcher::release(const ModelTarget& t) {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    pending_ -= std::min(pending_, work_bytes(t));
+  }
+  cv_.notify_all();
+}
+
+std::size_t TensorPrefetcher::read_ahead() const {
+  std::lock_guard<std::mutex> lk(m_);
+  return ahead_;
 }
 
 // ---------------------------------------------------------------------------
