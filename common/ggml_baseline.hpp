@@ -24,7 +24,8 @@ namespace gl = gguf_layout;
 inline std::vector<float> ggml_values(const Api& api, const gl::File& f, const gl::Tensor& t) {
   if (t.type == gl::F32) return f.values(t);
   const ggml_type_traits* tr = api.ggml_get_type_traits(static_cast<ggml_type>(t.type));
-  require(tr != nullptr && tr->to_float != nullptr, t.name + ": ggml has no to_float for type " + std::to_string(t.type));
+  require(tr != nullptr && tr->to_float != nullptr,
+          t.name + ": ggml has no to_float for type " + std::to_string(t.type));
   std::vector<float> out(static_cast<std::size_t>(t.numel));
   tr->to_float(f.at(t), out.data(), static_cast<std::int64_t>(t.numel));
   return out;
@@ -105,8 +106,8 @@ inline void write_svd_adapter(const Api& api, const gl::File& fp, const gl::File
     const Eigen::BDCSVD<Eigen::MatrixXd> svd(E, Eigen::ComputeThinU | Eigen::ComputeThinV);
     const Eigen::VectorXd root = svd.singularValues().head(r).cwiseSqrt();
     const double unscale = alpha > 0 ? static_cast<double>(r) / alpha : 1.0;
-    const RowMatrixF A = (root.asDiagonal() * svd.matrixV().leftCols(r).transpose()).cast<float>();   // r x cols
-    const RowMatrixF B = (unscale * svd.matrixU().leftCols(r) * root.asDiagonal()).cast<float>();  // rows x r
+    const RowMatrixF A = (root.asDiagonal() * svd.matrixV().leftCols(r).transpose()).cast<float>();  // r x cols
+    const RowMatrixF B = (unscale * svd.matrixU().leftCols(r) * root.asDiagonal()).cast<float>();    // rows x r
     for (const auto& [t, m] : {std::pair<const gl::Tensor*, const RowMatrixF*>{&la, &A}, {lb, &B}}) {
       require(t->type == gl::F32 || t->type == gl::F16 || t->type == gl::BF16,
               t->name + ": the plain adapter is written in F32, F16 or BF16 only");

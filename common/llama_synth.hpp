@@ -44,11 +44,13 @@ inline int write_synth(const std::string& out, const SynthShape& s) {
     loftq_common::RealisticSpec spec;
     spec.target_std = std;
     const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(rows, cols, seed++, spec);
-    b.add_tensor(name, {cols, rows}, gguf_layout::F32,
-                 gguf_layout::Builder::encode_floats(std::vector<float>(W.data(), W.data() + W.size()), gguf_layout::F32));
+    b.add_tensor(
+        name, {cols, rows}, gguf_layout::F32,
+        gguf_layout::Builder::encode_floats(std::vector<float>(W.data(), W.data() + W.size()), gguf_layout::F32));
   };
   auto ones = [&](const std::string& name) {
-    b.add_tensor(name, {dim}, gguf_layout::F32, gguf_layout::Builder::encode_floats(std::vector<float>(dim, 1.0f), gguf_layout::F32));
+    b.add_tensor(name, {dim}, gguf_layout::F32,
+                 gguf_layout::Builder::encode_floats(std::vector<float>(dim, 1.0f), gguf_layout::F32));
   };
   mat("token_embd.weight", vocab, dim, 0.1);
   for (std::uint32_t l = 0; l < layers; ++l) {

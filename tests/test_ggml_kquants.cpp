@@ -97,7 +97,7 @@ TEST_CASE("K formats: names, ggml type ids, block bytes and bits per weight as t
 // ggml_type_size / ggml_blck_size of a prebuilt llama.cpp when one is there.
 TEST_CASE("PackedMatrix::bits_per_weight of every ggml format counts ggml's blocks, not fp32 scales") {
   const std::pair<GgmlFormat, double> bpw[] = {
-      {GgmlFormat::q4_0, 4.5},   {GgmlFormat::iq4_nl, 4.5}, {GgmlFormat::q8_0, 8.5},
+      {GgmlFormat::q4_0, 4.5},   {GgmlFormat::iq4_nl, 4.5},  {GgmlFormat::q8_0, 8.5},
       {GgmlFormat::q2_K, 2.625}, {GgmlFormat::q3_K, 3.4375}, {GgmlFormat::q4_K, 4.5},
       {GgmlFormat::q5_K, 5.5},   {GgmlFormat::q6_K, 6.5625}, {GgmlFormat::iq4_xs, 4.25}};
   using Size = std::size_t (*)(int);

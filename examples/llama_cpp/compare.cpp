@@ -62,9 +62,7 @@ Scores score(lc::Engine& e, const Eval& ev) {
 
 std::string quoted(const std::string& s) { return "'" + s + "'"; }
 
-void run(const std::string& cmd) {
-  lc::require(std::system(cmd.c_str()) == 0, "failed: " + cmd);
-}
+void run(const std::string& cmd) { lc::require(std::system(cmd.c_str()) == 0, "failed: " + cmd); }
 
 // llama-quantize's importance per column: an imatrix.gguf's <name>.in_sum2 over <name>.counts.
 lc::Importance read_importance(const std::string& path) {
@@ -89,7 +87,8 @@ lc::Importance read_importance(const std::string& path) {
 
 // One row: LOFTQ's files for `quant` (a type or a mix) and the two ggml baselines, all three in llama.cpp.
 double row(const lc::Api& api, const std::string& loftq, const std::string& fp, const std::string& work,
-         const std::string& quant, const Eval& ev, const std::string& imatrix_path, const lc::Importance* importance) {
+           const std::string& quant, const Eval& ev, const std::string& imatrix_path,
+           const lc::Importance* importance) {
   const std::string dir = work + "/" + (importance ? "im_" : "") + quant;
   run(quoted(loftq) + " model --input " + quoted(fp) + " --output " + quoted(dir) + " --format gguf --quant " + quant +
       " --rank " + std::to_string(kRank) + " --threads 2 --quiet" +
@@ -121,8 +120,7 @@ double row(const lc::Api& api, const std::string& loftq, const std::string& fp, 
   lq.adapter_scale(1.0f);
   const Scores a = score(gg, ev), b = score(sv, ev), c = score(lq, ev);
   std::printf("| %s | %zu | %zu | %.4f | %.4f | %.4f | %.5f | %.5f | %.5f | %.3f | %.4f | %.4f | %.4f |\n",
-              quant.c_str(),
-              static_cast<std::size_t>(std::filesystem::file_size(dir + "/model.gguf")),
+              quant.c_str(), static_cast<std::size_t>(std::filesystem::file_size(dir + "/model.gguf")),
               static_cast<std::size_t>(std::filesystem::file_size(dir + "/adapter.gguf")), base_bits / weights,
               (base_bits + adapter_bits) / weights, base_bits / weights + wide_adapter, a.kl, b.kl, c.kl, c.kl / b.kl,
               a.ppl, b.ppl, c.ppl);

@@ -78,12 +78,12 @@ struct PackedMatrix {
   Eigen::Index block_size = 64;
   int bits = 4;
   ScaleMode scale_mode = ScaleMode::absmax;
-  std::vector<float> codebook;            // 2^bits normalized levels, sorted
-  std::vector<std::uint8_t> codes;        // bit stream, see above
-  std::vector<float> scales;              // one per block
-  std::vector<float> mins;                // one per block for minmax and affine, else empty
-  DoubleQuantScales scale_dq;             // when present, what storage holds instead of fp32 scales
-  std::vector<std::uint8_t> ggml_blocks;  // a K format's super-blocks as ggml stores them, else empty
+  std::vector<float> codebook;                // 2^bits normalized levels, sorted
+  std::vector<std::uint8_t> codes;            // bit stream, see above
+  std::vector<float> scales;                  // one per block
+  std::vector<float> mins;                    // one per block for minmax and affine, else empty
+  DoubleQuantScales scale_dq;                 // when present, what storage holds instead of fp32 scales
+  std::vector<std::uint8_t> ggml_blocks;      // a K format's super-blocks as ggml stores them, else empty
   GgmlFormat ggml_format = GgmlFormat::none;  // the ggml format quantized to: storage is then its blocks
 
   Eigen::Index size() const { return rows * cols; }

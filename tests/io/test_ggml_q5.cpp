@@ -29,10 +29,10 @@ using T = gio::GgmlType;
 std::vector<float> test_values() {
   const auto W = loftq_common::realistic_matrix(16, 256, 11);
   std::vector<float> v(W.data(), W.data() + W.size());
-  for (int j = 0; j < 32; ++j) v[static_cast<std::size_t>(j)] = 0.0f;           // an all-zero block
-  for (int j = 32; j < 64; ++j) v[static_cast<std::size_t>(j)] = 0.25f;          // a constant one
+  for (int j = 0; j < 32; ++j) v[static_cast<std::size_t>(j)] = 0.0f;    // an all-zero block
+  for (int j = 32; j < 64; ++j) v[static_cast<std::size_t>(j)] = 0.25f;  // a constant one
   for (int j = 64; j < 96; ++j) v[static_cast<std::size_t>(j)] = std::fabs(v[static_cast<std::size_t>(j)]);  // > 0
-  v[100] = 5.0f;                                                                 // an outlier
+  v[100] = 5.0f;  // an outlier
   return v;
 }
 
@@ -88,7 +88,8 @@ TEST_CASE("Q5_0 and Q5_1 blocks are ggml_quantize_chunk's, byte for byte") {
     MESSAGE("skipped: " << why);
     return;
   }
-  using QuantizeChunk = std::size_t (*)(int, const float*, void*, std::int64_t, std::int64_t, std::int64_t, const float*);
+  using QuantizeChunk =
+      std::size_t (*)(int, const float*, void*, std::int64_t, std::int64_t, std::int64_t, const float*);
   void* sym = dlsym(lib, "ggml_quantize_chunk");
   REQUIRE(sym != nullptr);
   const std::vector<float> x = test_values();

@@ -80,9 +80,9 @@ using llama_check::log_softmax;
 using llama_check::mean_kl;
 using llama_check::require;
 using llama_check::sample;
-using llama_check::write_synth;
 using llama_check::write_ggml_baseline;
 using llama_check::write_svd_adapter;
+using llama_check::write_synth;
 
 int cmd_synth(const std::string& out) { return write_synth(out, {"synth256", 512, 1, 4, 4, true}); }
 
