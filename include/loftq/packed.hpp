@@ -96,9 +96,8 @@ struct PackedMatrix {
   double bits_per_weight() const {
     if (size() == 0) return 0.0;
     if (ggml_format != GgmlFormat::none && !double_quantized()) {
-      const Eigen::Index block = ggml_format_block(ggml_format);
-      return 8.0 * ggml_format_block_bytes(ggml_format) * static_cast<double>((size() + block - 1) / block) /
-             static_cast<double>(size());
+      const Eigen::Index block = ggml_format_block(ggml_format), blocks = (size() + block - 1) / block;
+      return 8.0 * ggml_format_block_bytes(ggml_format) * static_cast<double>(blocks) / static_cast<double>(size());
     }
     const double scale_bits = double_quantized() ? scale_dq.storage_bits() : 32.0 * static_cast<double>(scales.size());
     return (8.0 * static_cast<double>(codes.size()) + scale_bits + 32.0 * static_cast<double>(mins.size())) /

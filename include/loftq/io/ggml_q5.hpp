@@ -7,13 +7,14 @@
 // block_q5_1: fp16 d, fp16 m, u32 qh, qs[16]; element j's fifth bit is bit j
 // of qh).
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <vector>
 
 #include "loftq/detail/half.hpp"
-#include "loftq/detail/simd.hpp"
+#include "loftq/detail/ggml_blocks.hpp"
 #include "loftq/error.hpp"
 #include "loftq/io/ggml_types.hpp"
 
@@ -60,11 +61,12 @@ inline std::vector<unsigned char> ggml_q5_blocks(GgmlType t, const float* x, std
     unsigned char* qs = h + 4;
     std::uint32_t qh = 0;
     for (int j = 0; j < 16; ++j) {
-      // ggml's casts (Q5_0 through int8_t, then capped at 31) and its products rounded before the add.
+      // ggml's casts (Q5_0 through int8_t, then capped at 31; Q5_1 to uint8_t), its products rounded before the add.
       const auto code = [&](float e) -> unsigned {
-        if (has_min) return static_cast<std::uint8_t>(::loftq::detail::opaque((e - mn) * id) + 0.5f);
-        const int c = static_cast<std::int8_t>(::loftq::detail::opaque(e * id) + 16.5f);
-        return static_cast<std::uint8_t>(c < 31 ? c : 31);
+        using ::loftq::detail::rounded_mul;
+        using ::loftq::detail::trunc_sat;
+        if (has_min) return static_cast<unsigned>(trunc_sat(rounded_mul(e - mn, id) + 0.5f, 0, 255));
+        return static_cast<unsigned>(std::min(31, trunc_sat(rounded_mul(e, id) + 16.5f, -128, 127)));
       };
       const unsigned x0 = code(v[j]), x1 = code(v[j + 16]);
       qs[j] = static_cast<unsigned char>((x0 & 0x0F) | ((x1 & 0x0F) << 4));
