@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "common/matrices.hpp"
+#include "common/ggml_base_lib.hpp"
 #include "common/ggml_layout.hpp"
 
 namespace {
@@ -89,6 +90,50 @@ TEST_CASE("K formats: names, ggml type ids, block bytes and bits per weight as t
   CHECK(loftq::ggml_format_bits_per_weight(GgmlFormat::q8_0) == 8.5);
   CHECK(loftq::ggml_format_type_id(GgmlFormat::q4_0) == 2);
   CHECK(loftq::ggml_format_type_id(GgmlFormat::iq4_nl) == 20);
+}
+
+// What a quantizer's PackedMatrix reports is what the GGUF file stores: the
+// sizes of ggml-common.h's block structs (common/ggml_layout.hpp), and
+// ggml_type_size / ggml_blck_size of a prebuilt llama.cpp when one is there.
+TEST_CASE("PackedMatrix::bits_per_weight of every ggml format counts ggml's blocks, not fp32 scales") {
+  const std::pair<GgmlFormat, double> bpw[] = {
+      {GgmlFormat::q4_0, 4.5},   {GgmlFormat::iq4_nl, 4.5},  {GgmlFormat::q8_0, 8.5},
+      {GgmlFormat::q2_K, 2.625}, {GgmlFormat::q3_K, 3.4375}, {GgmlFormat::q4_K, 4.5},
+      {GgmlFormat::q5_K, 5.5},   {GgmlFormat::q6_K, 6.5625}, {GgmlFormat::iq4_xs, 4.25}};
+  using Size = std::size_t (*)(int);
+  using Blck = std::int64_t (*)(int);
+  Size type_size = nullptr;
+  Blck blck_size = nullptr;
+  std::string why;
+  void* lib = loftq_common::open_ggml_base(why);
+  if (lib) {
+    type_size = reinterpret_cast<Size>(dlsym(lib, "ggml_type_size"));
+    blck_size = reinterpret_cast<Blck>(dlsym(lib, "ggml_blck_size"));
+    REQUIRE((type_size && blck_size));
+  } else {
+    MESSAGE("ggml's own sizes skipped: " << why);
+  }
+  const RowMatrixF W = realistic(4, 512, 3);
+  for (const auto& [f, want] : bpw) {
+    CAPTURE(std::string(loftq::ggml_format_name(f)));
+    const int type = loftq::ggml_format_type_id(f);
+    std::uint64_t elems = 0, bytes = 0;
+    gguf_layout::block_of(static_cast<std::uint32_t>(type), elems, bytes);
+    CHECK(8.0 * static_cast<double>(bytes) / static_cast<double>(elems) == want);
+    if (lib) CHECK(8.0 * static_cast<double>(type_size(type)) / static_cast<double>(blck_size(type)) == want);
+    const loftq::PackedMatrix P = loftq::quantize(W, loftq::GgmlQuantizer(f));
+    CHECK(P.ggml_format == f);
+    CHECK(P.bits_per_weight() == want);
+    CHECK(loftq::ggml_format_bits_per_weight(f) == want);
+    // Through the alternation too: the Result's packed Q.
+    loftq::Options o;
+    o.rank = 4;
+    o.iterations = 1;
+    CHECK(loftq::initialize(W, loftq::GgmlQuantizer(f), o).packed.bits_per_weight() == want);
+  }
+  // A quantizer without a ggml format still counts its fp32 scales: 4 bits + 32 / 64.
+  CHECK(loftq::quantize(W, loftq::Quantizer(loftq::Quantizer::Kind::uniform, 4, 64, true)).bits_per_weight() == 4.5);
+  if (lib) dlclose(lib);
 }
 
 TEST_CASE("ggml formats: general.file_type is llama.h's LLAMA_FTYPE, as llama.cpp's loader infers it") {
@@ -315,18 +360,10 @@ TEST_CASE("K formats: NaN or Inf in W is rejected") {
 // which runs quantize_row_iq4_nl_impl with no quant weights (weights x^2):
 // exactly what scale_search = false reproduces.
 TEST_CASE("scale_search = false writes ggml_quantize_chunk's bytes, K formats and the 32-element ones") {
-  const char* env = std::getenv("LOFTQ_LLAMA_CPP_DIR");
-  std::string dir = env ? env : "";
-#ifdef LOFTQ_LLAMA_CPP_DIR
-  if (dir.empty()) dir = LOFTQ_LLAMA_CPP_DIR;
-#endif
-  if (dir.empty()) {
-    MESSAGE("skipped: set LOFTQ_LLAMA_CPP_DIR to the directory of a prebuilt libggml-base.so");
-    return;
-  }
-  void* lib = dlopen((dir + "/libggml-base.so").c_str(), RTLD_NOW | RTLD_LOCAL);
+  std::string why;
+  void* lib = loftq_common::open_ggml_base(why);
   if (!lib) {
-    MESSAGE("skipped: cannot load " << dir << "/libggml-base.so: " << dlerror());
+    MESSAGE("skipped: " << why);
     return;
   }
   using QuantizeChunk =

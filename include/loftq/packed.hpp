@@ -41,6 +41,7 @@
 #include <vector>
 
 #include "error.hpp"
+#include "ggml_format.hpp"
 
 namespace loftq {
 
@@ -77,20 +78,27 @@ struct PackedMatrix {
   Eigen::Index block_size = 64;
   int bits = 4;
   ScaleMode scale_mode = ScaleMode::absmax;
-  std::vector<float> codebook;            // 2^bits normalized levels, sorted
-  std::vector<std::uint8_t> codes;        // bit stream, see above
-  std::vector<float> scales;              // one per block
-  std::vector<float> mins;                // one per block for minmax and affine, else empty
-  DoubleQuantScales scale_dq;             // when present, what storage holds instead of fp32 scales
-  std::vector<std::uint8_t> ggml_blocks;  // a K format's super-blocks as ggml stores them, else empty
+  std::vector<float> codebook;                // 2^bits normalized levels, sorted
+  std::vector<std::uint8_t> codes;            // bit stream, see above
+  std::vector<float> scales;                  // one per block
+  std::vector<float> mins;                    // one per block for minmax and affine, else empty
+  DoubleQuantScales scale_dq;                 // when present, what storage holds instead of fp32 scales
+  std::vector<std::uint8_t> ggml_blocks;      // a K format's super-blocks as ggml stores them, else empty
+  GgmlFormat ggml_format = GgmlFormat::none;  // the ggml format quantized to: storage is then its blocks
 
   Eigen::Index size() const { return rows * cols; }
   Eigen::Index num_blocks() const { return block_size > 0 ? (size() + block_size - 1) / block_size : 0; }
   bool double_quantized() const { return !scale_dq.empty(); }
-  // Storage cost per weight: codes, plus fp32 scales (and mins), or the
-  // double-quantized scales instead of the fp32 ones.
+  // Storage cost per weight: a ggml format's blocks as a GGUF file stores
+  // them (fp16 d, packed sub-block scales: q4_0 4.5, q2_K 2.625); otherwise
+  // codes, plus fp32 scales (and mins), or the double-quantized scales
+  // instead of the fp32 ones.
   double bits_per_weight() const {
     if (size() == 0) return 0.0;
+    if (ggml_format != GgmlFormat::none && !double_quantized()) {
+      const Eigen::Index block = ggml_format_block(ggml_format), blocks = (size() + block - 1) / block;
+      return 8.0 * ggml_format_block_bytes(ggml_format) * static_cast<double>(blocks) / static_cast<double>(size());
+    }
     const double scale_bits = double_quantized() ? scale_dq.storage_bits() : 32.0 * static_cast<double>(scales.size());
     return (8.0 * static_cast<double>(codes.size()) + scale_bits + 32.0 * static_cast<double>(mins.size())) /
            static_cast<double>(size());

@@ -3,6 +3,7 @@
 // cppcheck. Not built by CMake.
 #include <loftq/io/bnb.hpp>
 #include <loftq/io/calibration.hpp>
+#include <loftq/io/ggml_q5.hpp>
 #include <loftq/io/gguf.hpp>
 #include <loftq/io/imatrix.hpp>
 #include <loftq/io/llama_names.hpp>

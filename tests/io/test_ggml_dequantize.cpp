@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "common/ggml_base_lib.hpp"
 #include "common/ggml_layout.hpp"
 #include "common/matrices.hpp"
 
@@ -98,14 +99,7 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
 }
 
-std::string llama_cpp_dir() {
-  const char* env = std::getenv("LOFTQ_LLAMA_CPP_DIR");
-  std::string dir = env ? env : "";
-#ifdef LOFTQ_LLAMA_CPP_DIR
-  if (dir.empty()) dir = LOFTQ_LLAMA_CPP_DIR;
-#endif
-  return dir;
-}
+using loftq_common::llama_cpp_dir;
 
 }  // namespace
 

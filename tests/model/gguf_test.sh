@@ -103,6 +103,11 @@ gguf_budget)
   [ "$(printf '%s\n' "$alloc" | sed -n '/"tensors_per_type"/,/}/p' | grep -c '": [0-9]')" -ge 2 ] || fail "one type only"
   "$TOOL" verify_budget m.gguf b 5.2 >/dev/null || fail "verify_budget"
   grep -q '"llama_cpp_recipes"' b/loftq_report.json || fail "report: llama_cpp_recipes"
+  # Every recipe has LoftQ's error in its types, ffn_down's Q5_0 / Q5_1 fallbacks (types loftq does not write) at
+  # ggml's own quantization.
+  ! grep -q '"loftq_sq_err_in_its_types": null' b/loftq_report.json &&
+    [ "$(grep -c '"loftq_sq_err_in_its_types": [0-9]' b/loftq_report.json)" -ge 5 ] || fail "report: recipe errors"
+  grep -q '"tensors_at_ggml_own_quantization": [1-9]' b/loftq_report.json || fail "report: no Q5_0 / Q5_1 tensor"
   grep -q 'bit budget 5.2: ' "$out_file" || { show; fail "summary: the mix"; }
   # The same run at 1 thread, byte for byte.
   expect_rc 0 model --input m.gguf --output b1 --format gguf --bits-budget 5.2 --rank 4 --iters 1 --threads 1 --quiet \
@@ -216,6 +221,15 @@ gguf_bad_input)
   expect_usage model --input ok.gguf --output o --format gguf --packed
   expect_usage model --input ok.gguf --output o --format gguf --shard 1/2
   expect_usage model --input ok.gguf --output o --format gguf --double-quant
+  # fuzz_gguf's quantized seeds: NaN / Inf fp16 scales, super-blocks cut short, rows not whole super-blocks. A
+  # requantization warning may come first; the last line is the error naming the input, and nothing is written.
+  for seed in q4_0_nan_scale:NaN q4_0_inf_scale:non-finite q4_k_nan_dmin:NaN q4_0_short:truncated \
+    q4_k_truncated:truncated q4_k_row_100:'not a multiple of the Q4_K block'; do
+    cp "$(dirname "$0")/../fuzz/corpus/gguf/${seed%%:*}.gguf" . || fail "copy ${seed%%:*}"
+    expect_rc 1 model --input "${seed%%:*}.gguf" --output o --format gguf --quant q4_0 --rank 2 --iters 1
+    tail -n 1 "$err_file" | grep -q "^loftq: error: ${seed%%:*}.gguf: .*${seed#*:}" || { show; fail "${seed%%:*}"; }
+    [ ! -e o ] || fail "${seed%%:*}: an output was written"
+  done
   ;;
 
 gguf_header_limit)

@@ -14,9 +14,12 @@
 //       adapter, and warns of nothing but its weight repacking (and what
 //       it warns of for FP too); on
 //       sequences it samples from FP, the next-token KL(FP || base + s *
-//       adapter) is lower at s = 1 than at 0.9 and 1.1, and at most half of
+//       adapter) is lower at s = 1 than at 0.9 and 1.1, at most half of
 //       KL(FP || ggml's own quantization of the same tensors to QUANT), made
-//       here by ggml_quantize_chunk (WORK/ggml.gguf).
+//       here by ggml_quantize_chunk (WORK/ggml.gguf), and at most 0.6 of the
+//       KL of that quantization with an adapter of the same rank and layout
+//       holding the truncated SVD of its error (WORK/svd.gguf): the same
+//       bytes spent the plain way
 //   llama_check mix_synth OUT.gguf LAYERS HEADS HEADS_KV tied|untied
 //       a llama model for the quantization mixes: width 256, FFN 288 (ffn_down's
 //       rows are not whole super-blocks, so llama.cpp falls back), vocabulary
@@ -38,7 +41,9 @@
 #include "common/llama_quant_mix.hpp"
 #include "common/matrices.hpp"
 
-#include "llama_engine.hpp"
+#include "common/ggml_baseline.hpp"
+#include "common/llama_engine.hpp"
+#include "common/llama_synth.hpp"
 
 #include <loftq/io/npy.hpp>
 
@@ -75,60 +80,9 @@ using llama_check::log_softmax;
 using llama_check::mean_kl;
 using llama_check::require;
 using llama_check::sample;
-
-// A llama of width 256 and vocabulary 256 with realistic weights (seeded in
-// tensor order), FFN width `hidden`; tied: no output.weight.
-struct SynthShape {
-  const char* name;
-  std::uint32_t hidden, layers, heads, heads_kv;
-  bool tied;
-};
-
-int write_synth(const std::string& out, const SynthShape& s) {
-  const std::uint32_t dim = 256, hidden = s.hidden, layers = s.layers, heads = s.heads, heads_kv = s.heads_kv,
-                      vocab = 256, kv_dim = dim / heads * heads_kv;
-  gl::Builder b;
-  b.add_string("general.architecture", "llama");
-  b.add_string("general.name", s.name);
-  b.add_u32("general.file_type", 0);
-  b.add_u32("llama.block_count", layers);
-  b.add_u32("llama.context_length", 256);
-  b.add_u32("llama.embedding_length", dim);
-  b.add_u32("llama.feed_forward_length", hidden);
-  b.add_u32("llama.attention.head_count", heads);
-  b.add_u32("llama.attention.head_count_kv", heads_kv);
-  b.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
-  b.add_u32("llama.vocab_size", vocab);
-  b.add_string("tokenizer.ggml.model", "none");
-  std::uint64_t seed = 1;
-  auto mat = [&](const std::string& name, std::uint32_t rows, std::uint32_t cols, double std) {
-    loftq_common::RealisticSpec spec;
-    spec.target_std = std;
-    const loftq_common::RowMatrixXf W = loftq_common::realistic_matrix(rows, cols, seed++, spec);
-    b.add_tensor(name, {cols, rows}, gl::F32,
-                 gl::Builder::encode_floats(std::vector<float>(W.data(), W.data() + W.size()), gl::F32));
-  };
-  auto ones = [&](const std::string& name) {
-    b.add_tensor(name, {dim}, gl::F32, gl::Builder::encode_floats(std::vector<float>(dim, 1.0f), gl::F32));
-  };
-  mat("token_embd.weight", vocab, dim, 0.1);
-  for (std::uint32_t l = 0; l < layers; ++l) {
-    const std::string p = "blk." + std::to_string(l) + ".";
-    ones(p + "attn_norm.weight");
-    mat(p + "attn_q.weight", dim, dim, 1 / 16.0);
-    mat(p + "attn_k.weight", kv_dim, dim, 1 / 16.0);
-    mat(p + "attn_v.weight", kv_dim, dim, 1 / 16.0);
-    mat(p + "attn_output.weight", dim, dim, 1 / 16.0);
-    ones(p + "ffn_norm.weight");
-    mat(p + "ffn_gate.weight", hidden, dim, 1 / 16.0);
-    mat(p + "ffn_down.weight", dim, hidden, 1 / std::sqrt(static_cast<double>(hidden)));
-    mat(p + "ffn_up.weight", hidden, dim, 1 / 16.0);
-  }
-  ones("output_norm.weight");
-  if (!s.tied) mat("output.weight", vocab, dim, 1 / 16.0);
-  b.write(out);
-  return 0;
-}
+using llama_check::write_ggml_baseline;
+using llama_check::write_svd_adapter;
+using llama_check::write_synth;
 
 int cmd_synth(const std::string& out) { return write_synth(out, {"synth256", 512, 1, 4, 4, true}); }
 
@@ -164,29 +118,6 @@ int cmd_logits(const Api& api, const std::string& model, const std::string& toke
   return 0;
 }
 
-// ggml's own quantization of model.gguf's quantized targets: model.gguf with
-// each tensor that has an adapter replaced by ggml_quantize_chunk of FP's.
-void write_ggml_baseline(const Api& api, const gl::File& fp, const gl::File& model, const gl::File& adapter,
-                         const std::string& out) {
-  std::vector<unsigned char> bytes = model.bytes;
-  int n = 0;
-  for (const gl::Tensor& t : model.tensors) {
-    if (!adapter.find(t.name + ".lora_a")) continue;
-    const gl::Tensor* src = fp.find(t.name);
-    require(src && src->ne == t.ne, t.name + ": not in the fp model with that shape");
-    const std::vector<float> w = fp.values(*src);
-    const std::size_t written =
-        api.ggml_quantize_chunk(static_cast<ggml_type>(t.type), w.data(), bytes.data() + model.data + t.offset, 0,
-                                static_cast<std::int64_t>(t.ne[1]), static_cast<std::int64_t>(t.ne[0]), nullptr);
-    require(written == t.nbytes, t.name + ": ggml_quantize_chunk wrote " + std::to_string(written) + " bytes");
-    ++n;
-  }
-  require(n > 0, "no quantized target in model.gguf");
-  std::ofstream f(out, std::ios::binary);
-  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-  require(static_cast<bool>(f), out + ": cannot write");
-}
-
 int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& dir, const std::string& quant,
                 const std::string& work) {
   const std::string model_path = dir + "/model.gguf", adapter_path = dir + "/adapter.gguf";
@@ -217,8 +148,13 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
           "the adapter's general.name is '" + lq.adapter_meta("general.name") + "', not the base's");
   require(lq.adapter_meta("loftq.use_with_adapter").find("adapter.gguf") != std::string::npos,
           "the adapter has no loftq.use_with_adapter note");
-  write_ggml_baseline(api, fp_file, gl::File(model_path), gl::File(adapter_path), work + "/ggml.gguf");
+  const gl::File adapter_file(adapter_path);
+  write_ggml_baseline(api, fp_file, gl::File(model_path), adapter_file, work + "/ggml.gguf");
+  write_svd_adapter(api, fp_file, gl::File(work + "/ggml.gguf"), adapter_file, work + "/svd.gguf");
   Engine gg(api, work + "/ggml.gguf");
+  Engine sv(api, work + "/ggml.gguf");
+  sv.load_adapter(work + "/svd.gguf");
+  sv.adapter_scale(1.0f);
 
   const std::vector<std::vector<llama_token>> seqs = sample(fp, 8, 20240601u);
   std::vector<std::vector<std::vector<float>>> ref;
@@ -230,7 +166,7 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
       for (double v : lp) entropy -= std::exp(v) * v;
     }
   entropy /= static_cast<double>(seqs.size() * kSeqLen);
-  const double kl_ggml = mean_kl(ref, gg, seqs);
+  const double kl_ggml = mean_kl(ref, gg, seqs), kl_svd = mean_kl(ref, sv, seqs);
   double kl[3];
   const float scales[3] = {0.9f, 1.0f, 1.1f};
   for (int i = 0; i < 3; ++i) {
@@ -241,11 +177,13 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
   const double kl_base = mean_kl(ref, lq, seqs);
   std::printf(
       "llama_check: %s (%s): KL(fp || .) over %zu x %d sampled tokens (fp entropy %.2f nats): ggml's own %.5f; "
-      "LoftQ base alone %.5f, with the adapter at 0.9 %.5f, 1.0 %.5f, 1.1 %.5f; ratio to ggml's %.3f\n",
-      quant.c_str(), desc.c_str(), seqs.size(), kSeqLen, entropy, kl_ggml, kl_base, kl[0], kl[1], kl[2],
-      kl[1] / kl_ggml);
+      "ggml's own + SVD adapter of its error %.5f; LoftQ base alone %.5f, with the adapter at 0.9 %.5f, 1.0 %.5f, "
+      "1.1 %.5f; ratio to ggml's %.3f, to ggml's + SVD %.3f\n",
+      quant.c_str(), desc.c_str(), seqs.size(), kSeqLen, entropy, kl_ggml, kl_svd, kl_base, kl[0], kl[1], kl[2],
+      kl[1] / kl_ggml, kl[1] / kl_svd);
   require(kl[1] < kl[0] && kl[1] < kl[2], "the KL is not lowest at adapter scale 1.0");
   require(kl[1] <= 0.5 * kl_ggml, "base + adapter is not within half of ggml's own KL");
+  require(kl[1] <= 0.6 * kl_svd, "base + adapter is not within 0.6 of ggml's own with an SVD adapter of its error");
   return 0;
 }
 

@@ -176,7 +176,8 @@ int run_model(const Args& a) {
   src->describe(rep.json());
   if (compute.budget()) rep["bits_allocation"] = compute.allocation_json();
   if (a.gguf && compute.budget())
-    static_cast<const GgufSource&>(*src).compare_llama_recipes(a, compute.ggml_measured(), rep["bits_allocation"]);
+    static_cast<const GgufSource&>(*src).compare_llama_recipes(a, compute.ggml_measured(),
+                                                               compute.ggml_plain_measured(), rep["bits_allocation"]);
   if (compute.calibrated()) rep["calibration"] = compute.calibration_json();
   rep.tensors(c.tensors);
   if (a.shard_n > 0) rep["files"] = shard_file_identities(out);

@@ -10,6 +10,8 @@
 #include <loftq/bnb_double_quant.hpp>
 #include <loftq/data_aware.hpp>
 #include <loftq/ggml_format.hpp>
+#include <loftq/io/ggml_dequantize.hpp>
+#include <loftq/io/ggml_q5.hpp>
 #include <loftq/io/ggml_types.hpp>
 
 #include <chrono>
@@ -214,6 +216,16 @@ void Compute::choose_ggml_formats(const Source& src, Progress& progress, std::si
                         adapter);
       progress.update(++done, t->name + " @ " + loftq::ggml_format_name(f));
     }
+    if (t->cols % static_cast<std::uint64_t>(loftq::kGgmlBlock) == 0)
+      for (const io::GgmlType q5 : {io::GgmlType::Q5_0, io::GgmlType::Q5_1}) {
+        const std::vector<unsigned char> blocks =
+            io::ggml_q5_blocks(q5, in.W.data(), static_cast<std::size_t>(in.W.size()));
+        RowMatrixF Q(in.W.rows(), in.W.cols());
+        io::ggml_dequantize(static_cast<std::uint32_t>(q5), blocks.data(), blocks.size(),
+                            static_cast<std::uint64_t>(Q.size()), Q.data());
+        measured_plain_[t->name][static_cast<std::uint32_t>(q5)] =
+            stats ? loftq::output_sq_error(in.W, Q, *stats) : (in.W.cast<double>() - Q.cast<double>()).squaredNorm();
+      }
     ggml_weights_ += static_cast<double>(t->rows * t->cols);
     ggml_adapter_bits_ += static_cast<double>(adapter);
     choices.push_back(std::move(mc));

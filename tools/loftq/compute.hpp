@@ -68,6 +68,9 @@ class Compute {
   const std::map<std::string, loftq::GgmlFormat>& ggml_formats() const { return formats_; }
   // --format gguf with --bits-budget: each target's squared error in each format measured (by name).
   const std::map<std::string, std::map<loftq::GgmlFormat, double>>& ggml_measured() const { return measured_ggml_; }
+  // And in ggml's own Q5_0 and Q5_1 (by name, then ggml type number): llama.cpp's mixes fall back to them for rows
+  // that are not whole super-blocks, and loftq writes neither.
+  const std::map<std::string, std::map<std::uint32_t, double>>& ggml_plain_measured() const { return measured_plain_; }
   // Computations of all targets of `src`: one each, or with a budget one per candidate and the chosen one.
   std::size_t total_runs(const Source& src) const;
   bool budget() const { return a_.bits_budget > 0; }
@@ -97,6 +100,7 @@ class Compute {
   loftq::BitAllocation alloc_;
   std::map<std::string, loftq::GgmlFormat> formats_;
   std::map<std::string, std::map<loftq::GgmlFormat, double>> measured_ggml_;
+  std::map<std::string, std::map<std::uint32_t, double>> measured_plain_;
   loftq::ChoiceAllocation ggml_alloc_;
   double ggml_weights_ = 0, ggml_adapter_bits_ = 0;
   std::unique_ptr<CalibrationInput> calib_;

@@ -179,6 +179,7 @@ void GgufSource::set_formats(const std::map<std::string, loftq::GgmlFormat>& for
 
 void GgufSource::compare_llama_recipes(const Args& a,
                                        const std::map<std::string, std::map<loftq::GgmlFormat, double>>& measured,
+                                       const std::map<std::string, std::map<std::uint32_t, double>>& plain,
                                        nlohmann::json& alloc) const {
   const double with_adapter =
       alloc["average_bits_per_weight"].get<double>() - alloc["average_bits_per_weight_without_adapter"].get<double>();
@@ -194,6 +195,7 @@ void GgufSource::compare_llama_recipes(const Args& a,
     }
     double bits = 0, weights = 0, err = 0;
     bool measured_all = true;
+    int at_ggml_own = 0;
     nlohmann::json types = nlohmann::json::object();
     for (const ModelTarget& t : targets_) {
       const io::GgufTensorInfo& ti = *in_.find(t.name);
@@ -205,10 +207,16 @@ void GgufSource::compare_llama_recipes(const Args& a,
       const loftq::GgmlFormat f = rule ? ggml_format_of(*rule) : loftq::GgmlFormat::none;
       const auto m = measured.find(t.name);
       const auto e = m != measured.end() ? m->second.find(f) : std::map<loftq::GgmlFormat, double>::const_iterator{};
-      if (m != measured.end() && e != m->second.end())
+      const auto p = plain.find(t.name);
+      const auto pe = p != plain.end() ? p->second.find(type) : std::map<std::uint32_t, double>::const_iterator{};
+      if (m != measured.end() && e != m->second.end()) {
         err += e->second;
-      else
+      } else if (f == loftq::GgmlFormat::none && p != plain.end() && pe != p->second.end()) {
+        err += pe->second;
+        ++at_ggml_own;
+      } else {
         measured_all = false;
+      }
     }
     const double avg = bits / weights;
     nlohmann::json r = {{"name", loftq_common::llama_mix_name(mix)},
@@ -216,7 +224,9 @@ void GgufSource::compare_llama_recipes(const Args& a,
                         {"average_bits_per_weight_with_adapter", avg + with_adapter},
                         {"tensors_per_type", types},
                         // LoftQ (Q + adapter) in the mix's types: comparable with total_sq_err only at equal bits.
-                        {"loftq_sq_err_in_its_types", measured_all ? nlohmann::json(err) : nlohmann::json(nullptr)}};
+                        {"loftq_sq_err_in_its_types", measured_all ? nlohmann::json(err) : nlohmann::json(nullptr)},
+                        // Of those, tensors in Q5_0 / Q5_1 (loftq writes neither): counted at ggml's own quantization.
+                        {"tensors_at_ggml_own_quantization", at_ggml_own}};
     if (avg <= a.bits_budget && avg > best_bits) {
       best_bits = avg;
       at_budget = r;

@@ -45,8 +45,10 @@ class GgufSource : public Source {
   void set_formats(const std::map<std::string, loftq::GgmlFormat>& formats);
   // --bits-budget: llama-quantize's mixes over the same targets next to the allocation (`alloc`, the report's
   // bits_allocation): each mix's average bits per weight at ggml's block sizes (no adapter; with the adapter this run
-  // writes), LoftQ's error in its types when every one was measured, and the mix with the most bits within the budget.
+  // writes), LoftQ's error in its types when every one was measured (`plain`: ggml's own Q5_0 / Q5_1, the types
+  // loftq does not write, for the tensors a mix falls back to them), and the mix with the most bits within the budget.
   void compare_llama_recipes(const Args& a, const std::map<std::string, std::map<loftq::GgmlFormat, double>>& measured,
+                             const std::map<std::string, std::map<std::uint32_t, double>>& plain,
                              nlohmann::json& alloc) const;
   // Whether model.gguf holds a quantized tensor (a target or a plain one).
   bool any_quantized() const { return !targets_.empty() || !plain_.empty(); }

@@ -420,6 +420,7 @@ inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const Quan
   P.block_size = ggml_is_k_format(s.ggml) ? ggml_format_sub_block(s.ggml) : s.block_size;
   P.bits = s.bits;
   P.scale_mode = s.mode;
+  P.ggml_format = s.ggml;
   P.codebook = *s.codebook;
   const std::size_t bytes = packed_bytes(rows * cols, s.bits);
   P.codes.reserve(bytes);

@@ -1,12 +1,16 @@
-// llama.cpp as llama_check calls it: the entry points of the prebuilt
-// libraries (dlopen, llama.h's declarations), a model with one context and
-// an optional LoRA adapter, and the sampling and KL the checks use.
+// llama.cpp as llama_check and examples/llama_cpp call it: the entry points
+// of the prebuilt libraries (dlopen, llama.h's declarations), a model with
+// one context and an optional LoRA adapter, and the sampling, KL and
+// perplexity they measure.
 #pragma once
 
 #include <dlfcn.h>
 #include <ggml-backend.h>
 #include <ggml.h>
 #include <llama.h>
+
+#include "common/ggml_base_lib.hpp"
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -36,6 +40,9 @@ struct Api {
 #define LOFTQ_API_FN(name) decltype(&::name) name = nullptr
   LOFTQ_API_FN(ggml_backend_load_all_from_path);
   LOFTQ_API_FN(ggml_quantize_chunk);
+  LOFTQ_API_FN(ggml_get_type_traits);
+  LOFTQ_API_FN(ggml_type_size);
+  LOFTQ_API_FN(ggml_blck_size);
   LOFTQ_API_FN(llama_backend_init);
   LOFTQ_API_FN(llama_log_set);
   LOFTQ_API_FN(llama_model_default_params);
@@ -87,11 +94,7 @@ void resolve(void* lib, const char* name, F& f) {
 
 // The libraries, or exit 77 with a message when they are not there.
 inline Api load_api() {
-  const char* env = std::getenv("LOFTQ_LLAMA_CPP_DIR");
-  std::string dir = env ? env : "";
-#ifdef LOFTQ_LLAMA_CPP_DIR
-  if (dir.empty()) dir = LOFTQ_LLAMA_CPP_DIR;
-#endif
+  const std::string dir = loftq_common::llama_cpp_dir();
   if (dir.empty()) {
     std::printf("llama_check: skipped: set LOFTQ_LLAMA_CPP_DIR to the directory of llama.cpp's prebuilt libraries\n");
     std::exit(77);
@@ -109,6 +112,9 @@ inline Api load_api() {
   Api a;
   resolve(libs[1], "ggml_backend_load_all_from_path", a.ggml_backend_load_all_from_path);
   resolve(libs[0], "ggml_quantize_chunk", a.ggml_quantize_chunk);
+  resolve(libs[0], "ggml_get_type_traits", a.ggml_get_type_traits);
+  resolve(libs[0], "ggml_type_size", a.ggml_type_size);
+  resolve(libs[0], "ggml_blck_size", a.ggml_blck_size);
 #define LOFTQ_RESOLVE(name) resolve(libs[2], #name, a.name)
   LOFTQ_RESOLVE(llama_backend_init);
   LOFTQ_RESOLVE(llama_log_set);
@@ -282,6 +288,22 @@ inline double mean_kl(const std::vector<std::vector<std::vector<float>>>& ref, E
       ++n;
     }
   }
+  return sum / static_cast<double>(n);
+}
+
+// Mean over the sequences' positions of -log q(the next token they hold): the
+// log of the engine's perplexity on them.
+inline double mean_nll(Engine& e, const std::vector<std::vector<llama_token>>& seqs) {
+  double sum = 0;
+  std::size_t n = 0;
+  for (const auto& seq : seqs) {
+    const auto q = e.logits(seq);
+    for (std::size_t i = 0; i + 1 < seq.size(); ++i) {
+      sum -= log_softmax(q[i])[static_cast<std::size_t>(seq[i + 1])];
+      ++n;
+    }
+  }
+  require(n > 0 && std::isfinite(sum), "no finite log-likelihood");
   return sum / static_cast<double>(n);
 }
 
