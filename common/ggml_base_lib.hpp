@@ -6,6 +6,8 @@
 
 #include <dlfcn.h>
 
+#include <cstddef>
+#include <cstdint>
 #include <cstdlib>
 #include <string>
 
@@ -29,6 +31,17 @@ inline void* open_ggml_base(std::string& why) {
   }
   void* lib = dlopen((dir + "/libggml-base.so").c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!lib) why = "cannot load " + dir + "/libggml-base.so: " + dlerror();
+  return lib;
+}
+
+// That library with its ggml_quantize_chunk(type, src, dst, start, nrows,
+// n_per_row, imatrix) in `fn` (nullptr if the library lacks it), or nullptr
+// with `why` saying what is missing.
+using GgmlQuantizeChunk = std::size_t (*)(int, const float*, void*, std::int64_t, std::int64_t, std::int64_t,
+                                          const float*);
+inline void* open_ggml_quantize_chunk(std::string& why, GgmlQuantizeChunk& fn) {
+  void* lib = open_ggml_base(why);
+  fn = lib ? reinterpret_cast<GgmlQuantizeChunk>(dlsym(lib, "ggml_quantize_chunk")) : nullptr;
   return lib;
 }
 

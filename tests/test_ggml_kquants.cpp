@@ -361,16 +361,13 @@ TEST_CASE("K formats: NaN or Inf in W is rejected") {
 // exactly what scale_search = false reproduces.
 TEST_CASE("scale_search = false writes ggml_quantize_chunk's bytes, K formats and the 32-element ones") {
   std::string why;
-  void* lib = loftq_common::open_ggml_base(why);
+  loftq_common::GgmlQuantizeChunk chunk = nullptr;
+  void* lib = loftq_common::open_ggml_quantize_chunk(why, chunk);
   if (!lib) {
     MESSAGE("skipped: " << why);
     return;
   }
-  using QuantizeChunk =
-      std::size_t (*)(int, const float*, void*, std::int64_t, std::int64_t, std::int64_t, const float*);
-  void* sym = dlsym(lib, "ggml_quantize_chunk");
-  REQUIRE(sym != nullptr);
-  const auto chunk = reinterpret_cast<QuantizeChunk>(sym);
+  REQUIRE((chunk != nullptr));
 
   // Realistic rows, plus super-blocks that take ggml's special paths: all
   // zero, one constant, all positive, tiny values, one huge outlier.

@@ -83,21 +83,18 @@ TEST_CASE("Q5_0 and Q5_1: block sizes, a known block, and every value within hal
 // With no importance matrix ggml_quantize_chunk runs quantize_row_q5_0_ref and quantize_row_q5_1_ref.
 TEST_CASE("Q5_0 and Q5_1 blocks are ggml_quantize_chunk's, byte for byte") {
   std::string why;
-  void* lib = loftq_common::open_ggml_base(why);
+  loftq_common::GgmlQuantizeChunk chunk = nullptr;
+  void* lib = loftq_common::open_ggml_quantize_chunk(why, chunk);
   if (!lib) {
     MESSAGE("skipped: " << why);
     return;
   }
-  using QuantizeChunk =
-      std::size_t (*)(int, const float*, void*, std::int64_t, std::int64_t, std::int64_t, const float*);
-  void* sym = dlsym(lib, "ggml_quantize_chunk");
-  REQUIRE(sym != nullptr);
+  REQUIRE((chunk != nullptr));
   const std::vector<float> x = test_values();
   for (T t : {T::Q5_0, T::Q5_1}) {
     const std::vector<unsigned char> ours = gio::ggml_q5_blocks(t, x.data(), x.size());
     std::vector<unsigned char> ref(ours.size());
-    REQUIRE(reinterpret_cast<QuantizeChunk>(sym)(static_cast<int>(t), x.data(), ref.data(), 0, 16, 256, nullptr) ==
-            ours.size());
+    REQUIRE(chunk(static_cast<int>(t), x.data(), ref.data(), 0, 16, 256, nullptr) == ours.size());
     CHECK(ref == ours);
   }
   dlclose(lib);
