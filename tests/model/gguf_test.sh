@@ -332,6 +332,17 @@ gguf_calibration)
   expect_rc 0 model --input s.gguf --output diag --format gguf --quant q4_0 --rank 8 --iters 3 --threads 2 \
     --calibration st/imatrix.gguf
   grep -q '"metric": "diagonal"' diag/loftq_report.json || fail "report: imatrix metric"
+  # --bits-budget with the imatrix: the files within the budget and no uniform type better (verify_budget), each
+  # candidate measured in the data-aware metric, so other errors than the data-free run's.
+  for c in "--calibration st/imatrix.gguf" ""; do
+    # shellcheck disable=SC2086
+    expect_rc 0 model --input s.gguf --output "bud${c:+_c}" --format gguf --bits-budget 9.5 --rank 8 --iters 1 \
+      --threads 2 --quiet $c
+    "$TOOL" verify_budget s.gguf "bud${c:+_c}" 9.5 >/dev/null || fail "verify_budget ${c:-without --calibration}"
+  done
+  grep -q '"metric": "diagonal"' bud_c/loftq_report.json || fail "report: the budget run's metric"
+  cands() { sed -n '/"candidate_sq_err"/,/^    },/p' "$1/loftq_report.json"; }
+  [ -n "$(cands bud)" ] && [ "$(cands bud)" != "$(cands bud_c)" ] || fail "the same candidate errors with the imatrix"
   # Refused with one line and nothing written: a model file as statistics,
   # token ids outside the vocabulary, a truncated statistics file; usage: exit 2.
   expect_rc 1 model --input s.gguf --output bad1 --format gguf --calibration s.gguf
