@@ -15,6 +15,7 @@
 #include "../error.hpp"
 #include "../ggml_format.hpp"
 #include "../packed.hpp"
+#include "ggml_block_input.hpp"
 #include "half.hpp"
 #include "quant_spec.hpp"
 
@@ -54,15 +55,7 @@ struct GgmlBlock {
 
 // quantize_row_q4_0_ref on n <= 32 values (codes 0..15).
 inline void ggml_q4_0_block(const float* x, int n, GgmlBlock& b) {
-  float amax = 0.0f, max = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    const float v = x[j];
-    if (amax < std::fabs(v)) {
-      amax = std::fabs(v);
-      max = v;
-    }
-  }
-  const float d = max / -8;
+  const float d = signed_absmax(x, n) / -8;
   const float id = d != 0.0f ? 1.0f / d : 0.0f;
   b.dh = float_to_half(d);
   for (int j = 0; j < n; ++j)
@@ -87,16 +80,9 @@ inline void ggml_iq4_nl_block(const float* x, int n, GgmlBlock& b) {
   const std::int8_t* values = kIq4nlValues.data();
   float weight[kGgmlBlock];
   for (int j = 0; j < n; ++j) weight[j] = rounded_mul(x[j], x[j]);
-  float amax = 0.0f, max = 0.0f;
-  for (int j = 0; j < n; ++j) {
-    const float ax = std::fabs(x[j]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[j];
-    }
-  }
+  const float max = signed_absmax(x, n);
   float d = 0.0f;
-  if (!(amax < 1e-15f)) {
+  if (!(std::fabs(max) < 1e-15f)) {
     auto sums = [&](float id, float& sumqx, float& sumq2) {
       sumqx = sumq2 = 0.0f;
       for (int j = 0; j < n; ++j) {
@@ -259,14 +245,7 @@ class GgmlBlockQuantizer {
     for (std::int64_t b = b0; b < b1; ++b) {
       const std::int64_t e0 = b * kGgmlBlock;
       const int n = static_cast<int>(std::min<std::int64_t>(kGgmlBlock, N - e0));
-      for (int j = 0; j < n; ++j) {
-        const Scalar v = in[e0 + j];
-        if (!std::isfinite(v))
-          fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(b) + ")");
-        x[j] = static_cast<float>(v);
-        if (!std::isfinite(x[j]))
-          fail(Errc::invalid_argument, "block " + std::to_string(b) + " has magnitude beyond the float range");
-      }
+      load_ggml_block(in + e0, n, b, x);
       const bool weighted = s_.search && s_.col_weights;
       if (weighted)
         for (int j = 0; j < n; ++j) w[j] = s_.col_weights[(e0 + j) % s_.cols];

@@ -19,6 +19,7 @@
 #include "../error.hpp"
 #include "../ggml_format.hpp"
 #include "../packed.hpp"
+#include "ggml_block_input.hpp"
 #include "ggml_kquant_layout.hpp"
 #include "ggml_kquant_ref.hpp"
 #include "half.hpp"
@@ -258,15 +259,8 @@ class GgmlKBlockQuantizer {
         x[j] = 0.0f;
         w[j] = 0.0f;
       }
-      for (int j = 0; j < n; ++j) {
-        const Scalar v = in[e0 + j];
-        if (!std::isfinite(v))
-          fail(Errc::non_finite, "the matrix contains NaN or Inf (block " + std::to_string(b) + ")");
-        x[j] = static_cast<float>(v);
-        if (!std::isfinite(x[j]))
-          fail(Errc::invalid_argument, "block " + std::to_string(b) + " has magnitude beyond the float range");
-        w[j] = s_.col_weights ? s_.col_weights[(e0 + j) % s_.cols] : 1.0f;
-      }
+      load_ggml_block(in + e0, n, b, x);
+      for (int j = 0; j < n; ++j) w[j] = s_.col_weights ? s_.col_weights[(e0 + j) % s_.cols] : 1.0f;
       kref_quantize(s_.ggml, x, bytes);
       kblock_unpack(s_.ggml, bytes, kb);
       if (!std::isfinite(half_to_float(kb.d)) || !std::isfinite(half_to_float(kb.dmin)))

@@ -12,6 +12,7 @@
 #include <cstring>
 
 #include "../ggml_format.hpp"
+#include "ggml_block_input.hpp"
 #include "ggml_kquant_layout.hpp"
 #include "half.hpp"
 #include "simd.hpp"
@@ -49,15 +50,8 @@ inline int kbest_index(int n, const std::int8_t* val, float x) {
 
 // make_qx_quants with rmse_type 1 and no quant weights (weights x^2).
 inline float kmake_qx_quants(int n, int nmax, const float* x, std::int8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
-  if (amax < kGroupMaxEps) {
+  const float max = signed_absmax(x, n);
+  if (std::fabs(max) < kGroupMaxEps) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.f;
   }
@@ -98,15 +92,8 @@ inline float kmake_qx_quants(int n, int nmax, const float* x, std::int8_t* L) {
 
 // make_q3_quants with do_rmse.
 inline float kmake_q3_quants(int n, int nmax, const float* x, std::int8_t* L) {
-  float max = 0, amax = 0;
-  for (int i = 0; i < n; ++i) {
-    const float ax = std::fabs(x[i]);
-    if (ax > amax) {
-      amax = ax;
-      max = x[i];
-    }
-  }
-  if (amax < kGroupMaxEps) {
+  const float max = signed_absmax(x, n);
+  if (std::fabs(max) < kGroupMaxEps) {
     for (int i = 0; i < n; ++i) L[i] = 0;
     return 0.f;
   }
@@ -273,15 +260,8 @@ inline void kref_q2_K(const float* x, unsigned char* p) {
 inline void kref_q3_K(const float* x, unsigned char* p) {
   std::int8_t L[256];
   float scales[16];
-  float max_scale = 0, amax = 0;
-  for (int j = 0; j < 16; ++j) {
-    scales[j] = kmake_q3_quants(16, 4, x + 16 * j, L + 16 * j);
-    const float scale = std::fabs(scales[j]);
-    if (scale > amax) {
-      amax = scale;
-      max_scale = scales[j];
-    }
-  }
+  for (int j = 0; j < 16; ++j) scales[j] = kmake_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+  const float max_scale = signed_absmax(scales, 16);
   std::uint8_t s[12] = {};
   std::uint16_t dh = 0;
   if (max_scale != 0.0f) {
@@ -402,18 +382,12 @@ inline void kref_iq4_xs(const float* x, unsigned char* p) {
   const std::int8_t* values = kIq4nlValues.data();
   std::uint8_t L[256] = {};
   float scales[8], weight[32];
-  float max_scale = 0, amax_scale = 0;
   for (int ib = 0; ib < 8; ++ib) {
     const float* xb = x + ib * 32;
     std::uint8_t* Lb = L + ib * 32;
     for (int j = 0; j < 32; ++j) weight[j] = kmul(xb[j], xb[j]);
-    float amax = 0, max = 0;
-    for (int j = 0; j < 32; ++j)
-      if (std::fabs(xb[j]) > amax) {
-        amax = std::fabs(xb[j]);
-        max = xb[j];
-      }
-    if (amax < kGroupMaxEps) {
+    const float max = signed_absmax(xb, 32);
+    if (std::fabs(max) < kGroupMaxEps) {
       scales[ib] = 0;
       continue;
     }
@@ -444,11 +418,8 @@ inline void kref_iq4_xs(const float* x, unsigned char* p) {
       }
     }
     scales[ib] = d;
-    if (std::fabs(d) > amax_scale) {
-      amax_scale = std::fabs(d);
-      max_scale = d;
-    }
   }
+  const float max_scale = signed_absmax(scales, 8);
   KBlock k;
   const float d = -max_scale / 32;
   k.d = float_to_half(d);
