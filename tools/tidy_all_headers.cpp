@@ -1,6 +1,7 @@
 // Every library header and every header of the loftq tool in one translation
-// unit, for clang-tidy (.clang-tidy; .ci/run's format stage runs it) and
-// cppcheck. Not built by CMake.
+// unit, for clang-tidy (.clang-tidy; .ci/run's format stage runs it with the
+// flags of the object library loftq_tidy_headers from the build's
+// compile_commands.json). Never built by default.
 #include <loftq/io/bnb.hpp>
 #include <loftq/io/calibration.hpp>
 #include <loftq/io/ggml_q5.hpp>
