@@ -29,6 +29,14 @@ for f in ./usr/bin/loftq ./usr/include/loftq/loftq.hpp ./usr/share/cmake/loftq/l
   grep -q " $f\$" <<<"$contents" || { echo "packaging.deb: $deb lacks $f"; exit 1; }
 done
 
+# A -march=native build's package says it is one (CMakeLists.txt, CPack).
+description=$(dpkg-deb -f "$deb" Description)
+if grep -q '^LOFTQ_NATIVE:BOOL=ON$' "$build/CMakeCache.txt"; then
+  grep -q 'march=native' <<<"$description" || { echo "packaging.deb: a native build's package does not say so"; exit 1; }
+else
+  ! grep -q 'march=native' <<<"$description" || { echo "packaging.deb: a portable package says march=native"; exit 1; }
+fi
+
 trap 'dpkg -r loftq >/dev/null 2>&1 || true' EXIT
 dpkg -i "$deb" >dpkg.log
 /usr/bin/loftq --version | grep -q "$version" || { echo "packaging.deb: loftq --version is not $version"; exit 1; }
