@@ -73,6 +73,22 @@ TEST_CASE("packed writer and reader refuse inconsistent data") {
     io::PackedWriter w(path, {{"w.weight", 16, 16, 4}}, s);  // expects double-quantized scales
     CHECK(error_code_of([&] { w.write("w.weight", r.packed); }) == loftq::Errc::invalid_argument);
   }
+  {
+    // A ggml type's blocks are GGUF's to store, whatever else matches.
+    io::PackedWriter w(path, {{"w.weight", 16, 16, 4}}, io::PackedSettings{});
+    loftq::PackedMatrix P = r.packed;
+    P.ggml_format = loftq::GgmlFormat::q4_0;
+    std::string what;
+    try {
+      w.write("w.weight", P);
+    } catch (const loftq::Error& e) {
+      CHECK(e.code() == loftq::Errc::invalid_argument);
+      what = e.what();
+    }
+    CHECK(what.find("q4_0") != std::string::npos);
+    CHECK(what.find("GGUF") != std::string::npos);
+    w.write("w.weight", r.packed);  // the same matrix without the ggml type is written
+  }
   // A file that is not a packed file.
   const std::string plain = scratch("plain.safetensors");
   {

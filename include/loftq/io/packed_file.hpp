@@ -135,6 +135,11 @@ class PackedWriter {
     ::loftq::detail::require(it != targets_.end(), Errc::invalid_argument,
                              file_->path() + ": weight '" + name + "' was not declared");
     const PackedTarget& t = it->second;
+    // A ggml type's blocks (sub-block scales, minimums, fp16 d) have no place
+    // in this layout: they are stored as they are in GGUF.
+    ::loftq::detail::require(P.ggml_format == GgmlFormat::none, Errc::invalid_argument,
+                             file_->path() + ": '" + name + "' is in ggml's " + ggml_format_name(P.ggml_format) +
+                                 " blocks, which the packed file does not store (write them to GGUF)");
     ::loftq::detail::require(static_cast<std::uint64_t>(P.rows) == t.rows &&
                                  static_cast<std::uint64_t>(P.cols) == t.cols && P.bits == t.bits &&
                                  P.block_size == s_.block_size && P.scale_mode == ScaleMode::absmax &&
