@@ -10,12 +10,17 @@
 //
 //   make_checkpoint DIR [--layers N] [--seed S] [--dtype BF16|F16|F32]
 //                       [--layers-per-file K] [--hidden H] [--intermediate I] [--vocab V]
+//                       [--tokens NxT]
+//
+// --tokens also writes DIR/tokens.npy: N x T int32 ids, uniform over the
+// vocabulary from SEED, the input `loftq calibrate --tokens` takes.
 //
 // One tensor is in memory at a time. The output is deterministic for a given
 // SEED and shape (realistic_matrix is, for any thread count).
 
 #include <loftq/io/safetensors.hpp>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -23,11 +28,13 @@
 #include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
 #include <sys/stat.h>
 
+#include "common/lm/save.hpp"
 #include "common/matrices.hpp"
 
 namespace st = loftq::io;
@@ -44,6 +51,7 @@ struct Shape {
   std::uint64_t hidden = 4096, intermediate = 11008, vocab = 32000, heads = 32;
   std::uint64_t seed = 0;
   st::Dtype dtype = st::Dtype::BF16;
+  std::uint64_t token_rows = 0, token_cols = 0;  // --tokens NxT; 0: no tokens.npy
 };
 
 std::vector<Spec> layer_tensors(int l, const Shape& s) {
@@ -122,6 +130,14 @@ int run(const std::string& dir, const Shape& s) {
   std::ofstream c(dir + "/config.json");
   c << cfg.dump(2) << "\n";
   if (!c) throw std::runtime_error("cannot write " + dir + "/config.json");
+  if (s.token_rows > 0) {
+    std::mt19937_64 rng(loftq_common::detail::stream_seed(s.seed, stream++));
+    std::uniform_int_distribution<std::uint64_t> id(0, s.vocab - 1);
+    std::vector<std::vector<int>> seqs(s.token_rows, std::vector<int>(s.token_cols));
+    for (auto& q : seqs)
+      for (int& t : q) t = static_cast<int>(id(rng));
+    lm::write_tokens_npy(dir + "/tokens.npy", seqs);
+  }
   return 0;
 }
 
@@ -131,7 +147,7 @@ int main(int argc, char** argv) {
   auto usage = [] {
     std::fprintf(stderr,
                  "usage: make_checkpoint DIR [--layers N] [--seed S] [--dtype BF16|F16|F32] [--layers-per-file K]\n"
-                 "                       [--hidden H] [--intermediate I] [--vocab V]\n");
+                 "                       [--hidden H] [--intermediate I] [--vocab V] [--tokens NxT]\n");
     return 2;
   };
   if (argc < 2 || argv[1][0] == '-') return usage();
@@ -144,6 +160,15 @@ int main(int argc, char** argv) {
     const bool num = *end == '\0' && argv[i + 1][0] != '-';
     if (k == "--dtype") {
       if (!st::parse_dtype(argv[i + 1], s.dtype) || !st::is_float_dtype(s.dtype) || s.dtype == st::Dtype::F64)
+        return usage();
+      continue;
+    }
+    if (k == "--tokens") {
+      char* x = nullptr;
+      s.token_rows = std::strtoull(argv[i + 1], &x, 10);
+      if (*x != 'x' || !std::isdigit(static_cast<unsigned char>(x[1]))) return usage();
+      s.token_cols = std::strtoull(x + 1, &end, 10);
+      if (*end != '\0' || s.token_rows < 1 || s.token_cols < 1 || s.token_rows * s.token_cols > (1ull << 30))
         return usage();
       continue;
     }
