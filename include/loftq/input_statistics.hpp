@@ -143,9 +143,12 @@ class InputStatistics {
 
   // Fixed column blocks of every part's statistics, each summed by one task:
   // the result does not depend on the thread count, nor on which parts are
-  // added together. Full mode computes the lower triangle only. The blocks
-  // go out largest first (they shrink towards the right edge of the triangle,
-  // and parts may differ in width), one at a time as threads free up.
+  // added together. Full mode computes the lower triangle only. Blocks shrink
+  // towards the right edge of the triangle and parts differ in width, so the
+  // blocks are ordered by cost and taken alternately from the front and the
+  // back of that order, which balances OpenMP's contiguous static split.
+  // (Handing them out dynamically, largest first, measured about 10% slower
+  // on a 11008-wide update.)
   static void accumulate(const std::vector<detail::WidenedSamples>& parts, int threads) {
     struct Task {
       std::size_t part;
@@ -162,8 +165,9 @@ class InputStatistics {
       }
     }
     std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
-    detail::parallel_for_dynamic(static_cast<std::int64_t>(tasks.size()), threads, [&](std::int64_t i) {
-      const Task& t = tasks[static_cast<std::size_t>(i)];
+    const std::int64_t nt = static_cast<std::int64_t>(tasks.size());
+    detail::parallel_for(nt, threads, [&](std::int64_t i) {
+      const Task& t = tasks[static_cast<std::size_t>(i % 2 == 0 ? i / 2 : nt - 1 - i / 2)];
       InputStatistics& s = *parts[t.part].stats;
       const auto X = parts[t.part].X->topRows(parts[t.part].rows);
       if (s.mode_ == StatsMode::full)
