@@ -208,7 +208,7 @@ void register_references() {
             ->Unit(benchmark::kMillisecond)
             ->UseRealTime();
       }
-  for (Index T : {256, 1024})
+  for (Index T : {256, 512})
     for (Index n : {4096, 11008}) {
       const std::string tag = "/T" + std::to_string(T) + "/n" + std::to_string(n);
       for (GramKind kind : {GramKind::add, GramKind::syrk})
