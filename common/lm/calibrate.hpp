@@ -27,11 +27,11 @@
 // the results are bit-identical, and equal to adding the concatenated
 // sequences C tokens at a time.
 //
-// Small models: a parallel region costs about as much as a small layer's
-// whole forward on a busy machine (a thread that is not running holds up the
-// region's end), so the default batch and C are sized by memory (kWorkingSet
-// each), not by the thread count: stories260K runs one forward region and
-// one statistics update per layer for a few thousand tokens.
+// Small models: a parallel region ends only when every thread has run, which
+// on a busy machine can wait a time slice, far longer than a small layer's
+// work. So the default batch and C are sized by memory (kWorkingSet each),
+// not by the thread count: stories260K runs one forward region and one
+// statistics update per layer for a few thousand tokens.
 //
 // Peak memory besides the weights, with N sequences of T tokens (the
 // longest), B = batch, d = dim, kv = kv_dim, h = hidden_dim, H = n_heads,
