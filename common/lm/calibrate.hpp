@@ -46,8 +46,9 @@
 //   activations  B s T (8 d + 2 kv + 3 h + H T) bytes (one layer's, per
 //                sequence); by default B holds this to 64 MiB or the thread
 //                count's sequences, whichever is more
-//   stage        8 C (3 d + h) bytes (the inputs' rows in double): 64 MiB, or
-//                C = 512 tokens where that is more (95 MB for a 7B layer)
+//   stage        8 C (3 d + h) bytes (the inputs' rows in double, C tokens:
+//                64 MiB's worth, at least 512, at most all there are; for 7B
+//                95 MB from 512 tokens on, 24 MB at 2 x 64)
 // so the full statistics of a 7B LLaMA (d 4096, h 11008, L 32) take 44 GB
 // held whole, 1.4 GB a layer at a time with on_layer; diagonal ones 6.0 MB.
 
@@ -81,6 +82,9 @@ struct CalibrationOptions {
   loftq::StatsMode mode = loftq::StatsMode::full;
   int threads = 0;  // 0: loftq::thread_count()'s default
   int batch = 0;    // sequences advanced together; 0: by memory (see above), at least the thread count
+  // C, the tokens per statistics update; 0: stats_chunk()'s, by memory. The
+  // last bits of the sums depend on it (their order), never on threads or batch.
+  std::int64_t chunk = 0;
   // Called after each batch of each layer's forward, with done of total =
   // n_layers x sequences.
   std::function<void(std::size_t done, std::size_t total)> progress;
@@ -187,6 +191,7 @@ Calibration collect_layers(const Config& c, Model& m, const std::vector<std::vec
                            const CalibrationOptions& o) {
   if (seqs.empty()) throw loftq::Error(loftq::Errc::invalid_argument, "collect_statistics: no sequences");
   if (o.batch < 0) throw loftq::Error(loftq::Errc::invalid_argument, "collect_statistics: batch must be >= 0");
+  if (o.chunk < 0) throw loftq::Error(loftq::Errc::invalid_argument, "collect_statistics: chunk must be >= 0");
   for (const auto& s : seqs) check_tokens(c, s);
   Calibration cal;
   const int threads = loftq::thread_count(o.threads);
@@ -220,7 +225,8 @@ Calibration collect_layers(const Config& c, Model& m, const std::vector<std::vec
   m.drop_embedding();
   std::vector<LayerActs<S>> acts(batch);
   const std::array<Adapter<S>, kKinds>* const no_adapters = nullptr;
-  const Eigen::Index chunk = stats_chunk(c, stream);
+  const Eigen::Index chunk =
+      o.chunk > 0 ? static_cast<Eigen::Index>(std::min(o.chunk, stream)) : stats_chunk(c, stream);
   std::array<Eigen::MatrixXd, 4> stage;  // q/k/v, o, gate/up, down: rows not yet added
   Eigen::Index staged = 0;
   for (int l = 0; l < c.n_layers; ++l) {
