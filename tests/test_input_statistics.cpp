@@ -4,6 +4,7 @@
 
 #include <loftq/input_statistics.hpp>
 
+#include <limits>
 #include <random>
 
 #include "support.hpp"
@@ -138,4 +139,48 @@ TEST_CASE("InputStatistics: diagonal_statistics keeps the diagonal sums and the 
   diag.add(X);
   CHECK(diag.diagonal_statistics().diagonal() == diag.diagonal());
   CHECK_THROWS_AS(d.gram(), loftq::Error);
+}
+
+TEST_CASE("add_together: the same sums as separate add() calls, bit for bit, for any thread count") {
+  // Widths below one column block, across several, and in both modes: the
+  // tasks of all parts share one pass, each block still summed by one task.
+  const Eigen::MatrixXd A = loftq_test::correlated_samples(600, 70, 3).cast<double>();
+  const Eigen::MatrixXd B = loftq_test::correlated_samples(600, 300, 4).cast<double>();
+  const Eigen::MatrixXd C = loftq_test::correlated_samples(600, 260, 5).cast<double>();
+  for (int threads : {1, 2}) {
+    InputStatistics a(70), b(300), c(260, StatsMode::diagonal);
+    InputStatistics ra(70), rb(300), rc(260, StatsMode::diagonal);
+    // Two passes: the first 450 rows, then the remaining 150 (the rows past
+    // `rows` in a part are not read).
+    loftq::detail::add_together({{&a, &A, 450}, {&b, &B, 450}, {&c, &C, 450}}, threads);
+    const Eigen::MatrixXd A2 = A.bottomRows(150), B2 = B.bottomRows(150), C2 = C.bottomRows(150);
+    loftq::detail::add_together({{&a, &A2, 150}, {&b, &B2, 150}, {&c, &C2, 150}}, threads);
+    ra.add(A.topRows(450), 1).add(A2, 1);
+    rb.add(B.topRows(450), 1).add(B2, 1);
+    rc.add(C.topRows(450), 1).add(C2, 1);
+    CHECK(a.count() == 600);
+    CHECK(c.count() == 600);
+    CHECK(a.gram() == ra.gram());
+    CHECK(b.gram() == rb.gram());
+    CHECK(c.diagonal() == rc.diagonal());
+    // And the sums themselves, against a direct product.
+    CHECK((b.gram() - B.transpose() * B / 600.0).norm() <= 1e-12 * b.gram().norm());
+  }
+  // A bad part leaves every statistic unchanged.
+  InputStatistics a(70), b(300);
+  Eigen::MatrixXd bad = B;
+  bad(5, 7) = std::numeric_limits<double>::infinity();
+  CHECK(loftq_test::code_of([&] {
+          loftq::detail::add_together({{&a, &A, 600}, {&b, &bad, 600}}, 2);
+        }) == loftq::Errc::non_finite);
+  bad(5, 7) = 1e200;
+  CHECK(loftq_test::code_of([&] {
+          loftq::detail::add_together({{&a, &A, 600}, {&b, &bad, 600}}, 2);
+        }) == loftq::Errc::invalid_argument);
+  CHECK(loftq_test::code_of([&] {
+          loftq::detail::add_together({{&a, &B, 600}}, 2);
+        }) == loftq::Errc::invalid_argument);  // 300 columns for 70 features
+  CHECK(loftq_test::code_of([&] { loftq::detail::add_together({{&a, &A, 601}}, 2); }) == loftq::Errc::invalid_argument);
+  CHECK(a.count() == 0);
+  CHECK(b.count() == 0);
 }

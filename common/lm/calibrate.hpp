@@ -15,11 +15,23 @@
 // be handed to `on_layer` (a file writer) and freed. Within a batch the
 // layer's forward runs in parallel over the sequences, each serially (Eigen
 // held at one thread, so every product is a T x in by in x out GEMM whose
-// rounding does not depend on the thread count); then each sequence's inputs
-// are added to the statistics in sequence order, each add split over the
-// threads by InputStatistics' fixed column blocks. Every sum therefore sees
+// rounding does not depend on the thread count). The four inputs' rows are
+// then copied, in double and in sequence order, into a stage of C tokens per
+// input (stats_chunk: a fixed function of the model's widths and the token
+// count); each full stage (and the last, partial one of a layer) is added to
+// all four statistics at once, in one parallel pass over their fixed column
+// blocks (loftq::detail::add_together). The chunks are cut from the layer's
+// stream of tokens, not from sequences or batches, so the statistics are
+// updated by GEMMs of depth C even for short sequences, and every sum sees
 // the same operands in the same order for any thread count or batch size:
-// the results are bit-identical, and equal to adding one sequence at a time.
+// the results are bit-identical, and equal to adding the concatenated
+// sequences C tokens at a time.
+//
+// Small models: a parallel region ends only when every thread has run, which
+// on a busy machine can wait a time slice, far longer than a small layer's
+// work. So the default batch and C are sized by memory (kWorkingSet each),
+// not by the thread count: stories260K runs one forward region and one
+// statistics update per layer for a few thousand tokens.
 //
 // Weights: the whole model when given Weights; over a LayerSource
 // (layer_source.hpp), the embedding until the hidden states are made, then
@@ -31,8 +43,12 @@
 //   statistics   full: 8 (3 d^2 + h^2) bytes per layer held, L layers
 //                without on_layer, one with it; diagonal: 8 (3 d + h) per layer
 //   hidden       s N T d bytes (every sequence's state between layers)
-//   activations  B s T (8 d + 2 kv + 3 h + H T) bytes (one layer's, per sequence)
-//   widening     8 min(T, 1024) h bytes (InputStatistics::add's double copy)
+//   activations  B s T (8 d + 2 kv + 3 h + H T) bytes (one layer's, per
+//                sequence); by default B holds this to 64 MiB or the thread
+//                count's sequences, whichever is more
+//   stage        8 C (3 d + h) bytes (the inputs' rows in double, C tokens:
+//                64 MiB's worth, at least 512, at most all there are; for 7B
+//                95 MB from 512 tokens on, 24 MB at 2 x 64)
 // so the full statistics of a 7B LLaMA (d 4096, h 11008, L 32) take 44 GB
 // held whole, 1.4 GB a layer at a time with on_layer; diagonal ones 6.0 MB.
 
@@ -41,6 +57,7 @@
 #include <loftq/threads.hpp>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -64,10 +81,12 @@ struct LinearInput;
 struct CalibrationOptions {
   loftq::StatsMode mode = loftq::StatsMode::full;
   int threads = 0;  // 0: loftq::thread_count()'s default
-  int batch = 0;    // sequences advanced together; 0: the thread count
-  // Called after each sequence's statistics are in, in sequence order, with
-  // the number of sequences done and the total.
-  // Called after each batch of each layer: done of total = n_layers x sequences.
+  int batch = 0;    // sequences advanced together; 0: by memory (see above), at least the thread count
+  // C, the tokens per statistics update; 0: stats_chunk()'s, by memory. The
+  // last bits of the sums depend on it (their order), never on threads or batch.
+  std::int64_t chunk = 0;
+  // Called after each batch of each layer's forward, with done of total =
+  // n_layers x sequences.
   std::function<void(std::size_t done, std::size_t total)> progress;
   // Checked before each sequence's forward through each layer; when raised
   // the call throws loftq::Error(Errc::cancelled).
@@ -112,6 +131,32 @@ struct Calibration {
 
 namespace detail {
 
+// What the default batch's activations and the stage of rows each aim at.
+constexpr double kWorkingSet = 64.0 * 1024 * 1024;
+// The least tokens per statistics update: the GEMMs' depth. Past a few
+// hundred they gain little (Eigen's depth blocking is about 256).
+constexpr Eigen::Index kMinStatsChunk = 512;
+
+// C, the tokens per statistics update: kWorkingSet of staged rows (8 (3 d + h)
+// bytes a token), at least kMinStatsChunk, at most the tokens there are. It
+// depends on the model and the token count only, never on threads or batch.
+inline Eigen::Index stats_chunk(const Config& c, std::int64_t tokens) {
+  const double per_token = 8.0 * (3.0 * c.dim + c.hidden_dim);
+  const auto by_memory = static_cast<std::int64_t>(kWorkingSet / per_token);
+  return static_cast<Eigen::Index>(std::min(tokens, std::max<std::int64_t>(kMinStatsChunk, by_memory)));
+}
+
+// The default batch: sequences whose activations (s T (8 d + 2 kv + 3 h + H T)
+// bytes each, T the longest) fit kWorkingSet, at least `threads`.
+template <class S>
+std::size_t default_batch(const Config& c, std::size_t longest, int threads) {
+  const double T = static_cast<double>(longest);
+  const double per_seq =
+      sizeof(S) * T * (8.0 * c.dim + 2.0 * c.kv_dim() + 3.0 * c.hidden_dim + static_cast<double>(c.n_heads) * T);
+  return std::max<std::size_t>(static_cast<std::size_t>(std::max(1, threads)),
+                               static_cast<std::size_t>(kWorkingSet / per_seq));
+}
+
 inline LinearInput make_input(const Config& c, int layer, std::vector<int> kinds, loftq::StatsMode mode) {
   LinearInput in{layer, kinds.front(), module_path(layer, kinds.front()),
                  {},    kinds,         loftq::InputStatistics(kind_shape(c, kinds.front())[1], mode)};
@@ -146,11 +191,19 @@ Calibration collect_layers(const Config& c, Model& m, const std::vector<std::vec
                            const CalibrationOptions& o) {
   if (seqs.empty()) throw loftq::Error(loftq::Errc::invalid_argument, "collect_statistics: no sequences");
   if (o.batch < 0) throw loftq::Error(loftq::Errc::invalid_argument, "collect_statistics: batch must be >= 0");
+  if (o.chunk < 0) throw loftq::Error(loftq::Errc::invalid_argument, "collect_statistics: chunk must be >= 0");
   for (const auto& s : seqs) check_tokens(c, s);
   Calibration cal;
   const int threads = loftq::thread_count(o.threads);
   const std::size_t n = seqs.size();
-  const std::size_t batch = static_cast<std::size_t>(o.batch > 0 ? o.batch : std::max(1, threads));
+  std::size_t longest = 0;
+  std::int64_t stream = 0;  // tokens in all sequences
+  for (const auto& s : seqs) {
+    longest = std::max(longest, s.size());
+    stream += static_cast<std::int64_t>(s.size());
+  }
+  const std::size_t batch =
+      std::min(n, o.batch > 0 ? static_cast<std::size_t>(o.batch) : default_batch<S>(c, longest, threads));
   const std::size_t total = static_cast<std::size_t>(c.n_layers) * n;
   std::map<Eigen::Index, RopeTable<S>> ropes;  // by sequence length
   for (const auto& s : seqs) {
@@ -170,33 +223,54 @@ Calibration collect_layers(const Config& c, Model& m, const std::vector<std::vec
     });
   }
   m.drop_embedding();
-  std::vector<LayerActs<S>> acts(std::min(batch, n));
+  std::vector<LayerActs<S>> acts(batch);
   const std::array<Adapter<S>, kKinds>* const no_adapters = nullptr;
+  const Eigen::Index chunk =
+      o.chunk > 0 ? static_cast<Eigen::Index>(std::min(o.chunk, stream)) : stats_chunk(c, stream);
+  std::array<Eigen::MatrixXd, 4> stage;  // q/k/v, o, gate/up, down: rows not yet added
+  Eigen::Index staged = 0;
   for (int l = 0; l < c.n_layers; ++l) {
     std::vector<LinearInput> in;
     in.push_back(make_input(c, l, {kQ, kK, kV}, o.mode));
     in.push_back(make_input(c, l, {kO}, o.mode));
     in.push_back(make_input(c, l, {kGate, kUp}, o.mode));
     in.push_back(make_input(c, l, {kDown}, o.mode));
+    for (std::size_t i = 0; i < 4; ++i) stage[i].resize(chunk, in[i].stats.features());
+    auto flush = [&] {
+      if (staged == 0) return;
+      std::vector<loftq::detail::WidenedSamples> parts;
+      for (std::size_t i = 0; i < 4; ++i) parts.push_back({&in[i].stats, &stage[i], staged});
+      loftq::detail::add_together(parts, threads);
+      staged = 0;
+    };
     check_cancel(o.cancel);
     const LayerWeights<S>& lw = m.layer(l);
     for (std::size_t s0 = 0; s0 < n; s0 += batch) {
       const std::size_t nb = std::min(batch, n - s0);
       check_cancel(o.cancel);
-      loftq::detail::parallel_for(static_cast<std::int64_t>(nb), threads, [&](std::int64_t bi) {
+      // Sequences may differ in length: handed out one at a time.
+      loftq::detail::parallel_for_dynamic(static_cast<std::int64_t>(nb), threads, [&](std::int64_t bi) {
         const std::size_t b = static_cast<std::size_t>(bi);
         check_cancel(o.cancel);
         forward_layer(c, lw, no_adapters, ropes.at(x[s0 + b].rows()), x[s0 + b], acts[b]);
       });
       for (std::size_t b = 0; b < nb; ++b) {
         const LayerActs<S>& a = acts[b];
-        in[0].stats.add(a.xn1, threads);
-        in[1].stats.add(a.att_out, threads);
-        in[2].stats.add(a.xn2, threads);
-        in[3].stats.add(a.hh, threads);
+        const std::array<const Mat<S>*, 4> rows = {&a.xn1, &a.att_out, &a.xn2, &a.hh};
+        for (Eigen::Index r0 = 0; r0 < a.xn1.rows();) {
+          const Eigen::Index len = std::min(chunk - staged, a.xn1.rows() - r0);
+          // Serial: a copy is cheap next to the statistics' products, and a
+          // parallel region per sequence costs small models more than it saves.
+          for (std::size_t i = 0; i < 4; ++i)
+            stage[i].middleRows(staged, len) = rows[i]->middleRows(r0, len).template cast<double>();
+          staged += len;
+          r0 += len;
+          if (staged == chunk) flush();
+        }
       }
       if (o.progress) o.progress(static_cast<std::size_t>(l) * n + s0 + nb, total);
     }
+    flush();
     if (o.on_layer)
       o.on_layer(in);
     else

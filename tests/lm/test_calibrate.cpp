@@ -203,9 +203,15 @@ TEST_CASE("calibration is bit-identical for 1 and 2 threads and any batch") {
   REQUIRE_STORIES();
   const lm::Weights<float> w = lm::read_checkpoint(shared("stories260K.bin"));
   const auto seqs = random_sequences(w.config.vocab_size, {64, 31, 64, 5, 50}, 3);
-  for (auto mode : {loftq::StatsMode::full, loftq::StatsMode::diagonal}) {
+  // Chunk 0: by memory, all 214 tokens in one update per layer; 37: updates
+  // cut inside sequences and across batches.
+  const loftq::StatsMode modes[] = {loftq::StatsMode::full, loftq::StatsMode::diagonal};
+  for (int i = 0; i < 4; ++i) {
+    const std::int64_t chunk = i < 2 ? 0 : 37;
+    CAPTURE(chunk);
     lm::CalibrationOptions o;
-    o.mode = mode;
+    o.mode = modes[i % 2];
+    o.chunk = chunk;
     o.threads = 1;
     o.batch = 1;
     const lm::Calibration a = lm::collect_statistics(w, seqs, o);
@@ -216,7 +222,22 @@ TEST_CASE("calibration is bit-identical for 1 and 2 threads and any batch") {
     const lm::Calibration c3 = lm::collect_statistics(w, seqs, o);
     check_identical(a, b);
     check_identical(a, c3);
+    if (chunk == 0) continue;
+    // The same rows, each once: the sums of one update per layer to rounding.
+    o.chunk = 0;
+    const lm::Calibration whole = lm::collect_statistics(w, seqs, o);
+    REQUIRE(whole.inputs.size() == a.inputs.size());
+    for (std::size_t k = 0; k < a.inputs.size(); ++k) {
+      const loftq::InputStatistics& x = a.inputs[k].stats;
+      const loftq::InputStatistics& y = whole.inputs[k].stats;
+      CHECK(x.count() == 214);
+      CHECK(rel_diff(x.diagonal(), y.diagonal()) < 1e-13);
+      if (x.mode() == loftq::StatsMode::full) CHECK(rel_diff(x.gram(), y.gram()) < 1e-13);
+    }
   }
+  lm::CalibrationOptions bad;
+  bad.chunk = -1;
+  CHECK_THROWS_AS(lm::collect_statistics(w, seqs, bad), loftq::Error);
 }
 
 TEST_CASE("statistics handed over layer by layer equal the ones held whole") {

@@ -51,6 +51,34 @@ void parallel_for(std::int64_t chunks, int threads, F&& f) {
   for (std::int64_t c = 0; c < chunks; ++c) f(c);
 }
 
+// As parallel_for, but chunks are handed out one at a time as threads free
+// up: for chunks of unequal cost, which the caller orders largest first. Any
+// thread may run any chunk, so it is only for chunks whose results do not
+// depend on which thread or in which order they run (disjoint outputs).
+template <class F>
+void parallel_for_dynamic(std::int64_t chunks, int threads, F&& f) {
+#ifdef _OPENMP
+  const int t = static_cast<int>(std::min<std::int64_t>(resolve_threads(threads), std::max<std::int64_t>(chunks, 1)));
+  if (t > 1) {
+    std::exception_ptr err;
+#pragma omp parallel for num_threads(t) schedule(dynamic, 1)
+    for (std::int64_t c = 0; c < chunks; ++c) {
+      try {
+        f(c);
+      } catch (...) {
+#pragma omp critical(loftq_parallel_for_error)
+        if (!err) err = std::current_exception();
+      }
+    }
+    if (err) std::rethrow_exception(err);
+    return;
+  }
+#else
+  (void)threads;
+#endif
+  for (std::int64_t c = 0; c < chunks; ++c) f(c);
+}
+
 // Held by every entry point; public in threads.hpp.
 using loftq::EigenSerialScope;
 
