@@ -194,7 +194,7 @@ TEST_CASE("workspace: what it keeps is bounded, and release() frees it") {
   check_same(loftq::initialize(W, nf4, o, ws), loftq::initialize(W, nf4, o));
 }
 
-TEST_CASE("workspace: a call on a workspace in use throws invalid_argument; an aborted call leaves it usable") {
+TEST_CASE("workspace: a call on a workspace in use throws invalid_argument, and an aborted call leaves it usable") {
   const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
   Options o;
   o.rank = 4;
