@@ -3,8 +3,36 @@
 #include <loftq/huge_pages.hpp>
 
 #include <algorithm>
+#include <cerrno>
+
+#if defined(__linux__)
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace loftq_cli {
+
+namespace {
+
+// The prefetch and writer threads run niced by this much: when they compete
+// with the computation for a core, the scheduler gives them a small share of
+// it, and they take up the slack while the computation waits on them.
+constexpr int kBackgroundNice = 10;
+
+// Lowers the calling thread's priority by kBackgroundNice. Linux keeps a nice
+// value per thread; elsewhere nothing happens. Raising nice is always
+// allowed, so this cannot fail for lack of privilege.
+void lower_thread_priority() {
+#if defined(__linux__)
+  const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+  errno = 0;
+  const int now = getpriority(PRIO_PROCESS, tid);
+  if (errno == 0) (void)setpriority(PRIO_PROCESS, tid, std::min(19, now + kBackgroundNice));
+#endif
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------------------
 // TensorPrefetcher
@@ -24,6 +52,7 @@ TensorPrefetcher::~TensorPrefetcher() {
 }
 
 void TensorPrefetcher::run() {
+  lower_thread_priority();
   std::uint64_t capacity = 0;
   for (const ModelTarget* t : order_) capacity = std::max(capacity, t->rows * t->cols);
   for (std::size_t k = 0; k < order_.size(); ++k) {
@@ -92,6 +121,7 @@ BackgroundWriter::~BackgroundWriter() {
 }
 
 void BackgroundWriter::run() {
+  lower_thread_priority();
   for (;;) {
     std::function<void()> task;
     {

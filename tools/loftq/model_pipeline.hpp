@@ -3,8 +3,8 @@
 // and converts the next target while the current one is computed, and a
 // writer thread converts and writes finished results (and copies the tensors
 // that are not targets) in submission order. Both do memory-bound work that
-// is short next to a target's computation, so on a 2-core machine they take
-// a core only briefly.
+// is short next to a target's computation, and both run niced (+10), so that
+// where they compete with the computation for a core it keeps most of it.
 //
 // Failures on either thread (an unreadable tensor, a full disk, a signal seen
 // by check_interrupt()) are rethrown on the calling thread at its next
