@@ -149,6 +149,30 @@ TEST_CASE("workspace: data-aware results are bit-identical with and without it, 
   }
 }
 
+TEST_CASE("workspace: the SVD start's fallback to the zero start, which runs a second loop on the same workspace") {
+  // Twenty huge isolated weights make the SVD start lose to q(W) (test_initialize has the case).
+  RowMatrix<float> W = loftq_test::gaussian(64, 96, 71) * 0.01f;
+  for (int i = 0; i < 20; ++i) W((i * 7) % 64, (i * 13) % 96) = i % 2 ? 1000.0f : -1000.0f;
+  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
+  Options o;
+  o.rank = 4;
+  o.iterations = 3;
+  o.start = loftq::Start::svd;
+  Options zero = o;
+  zero.start = loftq::Start::zero;
+  const Result<float> plain = loftq::initialize(W, nf4, o);
+  check_same(plain, loftq::initialize(W, nf4, zero));  // it did fall back
+  for (int threads : {1, 2}) {
+    o.threads = threads;
+    Workspace<float> ws;
+    for (int call = 0; call < 3; ++call) {
+      Result<float> r = loftq::initialize(W, nf4, o, ws);
+      check_same(r, plain);
+      if (call == 1) ws.recycle(std::move(r));
+    }
+  }
+}
+
 TEST_CASE("workspace: a recycled result's Q is the next same-size result's storage") {
   const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
   Options o;
