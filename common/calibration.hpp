@@ -78,7 +78,6 @@ class CalibrationSource {
 
   Index features() const { return n_; }
   const std::vector<Index>& outlier_channels() const { return outliers_; }
-  const Eigen::VectorXf& channel_scale() const { return scale_; }
 
  private:
   Index n_;

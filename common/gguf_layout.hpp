@@ -21,6 +21,8 @@ enum : std::uint32_t {
   F32 = 0,
   F16 = 1,
   Q4_0 = 2,
+  Q5_0 = 6,  // sizes only (llama.cpp's fallbacks in a mix): no decoder here
+  Q5_1 = 7,
   Q8_0 = 8,
   Q2_K = 10,
   Q3_K = 11,
@@ -93,6 +95,14 @@ inline void block_of(std::uint32_t type, std::uint64_t& elems, std::uint64_t& by
     case IQ4_NL:
       elems = 32;
       bytes = 18;
+      return;
+    case Q5_0:
+      elems = 32;
+      bytes = 22;
+      return;
+    case Q5_1:
+      elems = 32;
+      bytes = 24;
       return;
     case Q8_0:
       elems = 32;

@@ -5,6 +5,16 @@
 //   gguftool synth OUT.gguf [VARIANT]               odd shapes and types, alignment 64,
 //                                                   assorted key-value types
 //   gguftool verify IN.gguf DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]
+//   gguftool mix_synth OUT.gguf [falcon|moe]        a 4-layer llama (GQA, width 256, FFN 288,
+//                                                   vocabulary 4200, an output.weight) for the mixes
+//   gguftool verify_mix IN.gguf DIR MIX RANK ITERS SCALE
+//
+// verify_mix checks model.gguf of a --quant MIX run (q2_k_mix, q4_k_m, ...):
+// general.file_type the mix's LLAMA_FTYPE; each tensor in the type
+// llama_mix_type gives it (common/llama_quant_mix.hpp) when loftq writes that
+// type, else byte for byte as in IN; a tensor with an adapter decoded equal
+// bit for bit to the Q of loftq::initialize in its format, one without (a plain
+// quantization) to loftq::quantize's.
 //
 // verify reads IN and DIR/model.gguf, DIR/adapter.gguf with the layouts of
 // common/gguf_layout.hpp (not the library's reader) and checks: the
@@ -20,6 +30,7 @@
 // lowering the error of Q alone.
 #include "common/gguf_layout.hpp"
 #include "common/llama2c.hpp"
+#include "common/llama_quant_mix.hpp"
 
 #include <loftq/loftq.hpp>
 
@@ -297,6 +308,122 @@ int cmd_verify(const std::string& in_path, const std::string& dir, const std::st
   return 0;
 }
 
+int cmd_mix_synth(const std::string& out, const std::string& variant) {
+  const std::string arch = variant == "falcon" ? "falcon" : "llama";
+  // A vocabulary of 4200: token_embd and output are more than the 2^20 elements the tool quantizes at a time.
+  const std::uint64_t dim = 256, kv = 64, hidden = 288, vocab = 4200, layers = 4;
+  std::mt19937 g(11);
+  std::normal_distribution<float> N(0.0f, 0.05f);
+  gl::Builder b;
+  b.add_string("general.architecture", arch);
+  b.add_string("general.name", "mix4");
+  b.add_u32(arch + ".block_count", layers);
+  b.add_u32(arch + ".embedding_length", dim);
+  b.add_u32(arch + ".attention.head_count", 8);
+  b.add_u32(arch + ".attention.head_count_kv", 2);
+  if (variant == "moe") b.add_u32(arch + ".expert_count", 8);
+  auto mat = [&](const std::string& name, std::uint64_t rows, std::uint64_t cols, std::uint32_t type) {
+    std::vector<float> v(rows * cols);
+    for (float& x : v) x = N(g);
+    b.add_tensor(name, {cols, rows}, type, gl::Builder::encode_floats(v, type));
+  };
+  mat("token_embd.weight", vocab, dim, gl::F16);
+  for (std::uint64_t l = 0; l < layers; ++l) {
+    const std::string p = "blk." + std::to_string(l) + ".";
+    b.add_tensor(p + "attn_norm.weight", {dim}, gl::F32,
+                 gl::Builder::encode_floats(std::vector<float>(dim, 1), gl::F32));
+    mat(p + "attn_q.weight", dim, dim, gl::F32);
+    mat(p + "attn_k.weight", kv, dim, gl::F16);
+    mat(p + "attn_v.weight", kv, dim, gl::BF16);
+    mat(p + "attn_output.weight", dim, dim, gl::F32);
+    mat(p + "ffn_gate.weight", hidden, dim, gl::F32);
+    mat(p + "ffn_down.weight", dim, hidden, gl::F32);
+    mat(p + "ffn_up.weight", hidden, dim, gl::F32);
+  }
+  mat("output.weight", vocab, dim, gl::F32);
+  b.write(out);
+  return 0;
+}
+
+// The format loftq writes for a ggml type; none for the others (Q5_0, Q5_1, F16).
+loftq::GgmlFormat written_format(std::uint32_t type) {
+  switch (type) {
+    case gl::Q4_0:
+      return loftq::GgmlFormat::q4_0;
+    case gl::Q8_0:
+      return loftq::GgmlFormat::q8_0;
+    case gl::IQ4_NL:
+      return loftq::GgmlFormat::iq4_nl;
+    case gl::Q2_K:
+      return loftq::GgmlFormat::q2_K;
+    case gl::Q3_K:
+      return loftq::GgmlFormat::q3_K;
+    case gl::Q4_K:
+      return loftq::GgmlFormat::q4_K;
+    case gl::Q5_K:
+      return loftq::GgmlFormat::q5_K;
+    case gl::Q6_K:
+      return loftq::GgmlFormat::q6_K;
+    case gl::IQ4_XS:
+      return loftq::GgmlFormat::iq4_xs;
+    default:
+      return loftq::GgmlFormat::none;
+  }
+}
+
+int cmd_verify_mix(const std::string& in_path, const std::string& dir, const std::string& mix_name, long rank,
+                   int iters, const std::string& scale) {
+  const auto mix = loftq_common::llama_mix_from_name(mix_name);
+  require(mix.has_value(), "unknown mix " + mix_name);
+  const gl::File in(in_path), model(dir + "/model.gguf"), adapter(dir + "/adapter.gguf");
+  check_model_kvs(in, model, static_cast<std::uint32_t>(*mix));
+  require(model.tensors.size() == in.tensors.size(), "model.gguf: tensor count");
+  const std::string arch = in.kv_string("general.architecture");
+  loftq_common::LlamaMixModel m;
+  m.n_layer = static_cast<int>(u32_kv(in, arch + ".block_count"));
+  m.n_head = static_cast<int>(u32_kv(in, arch + ".attention.head_count"));
+  m.n_head_kv = static_cast<int>(u32_kv(in, arch + ".attention.head_count_kv"));
+  m.has_output = in.find("output.weight") != nullptr;
+  loftq::Options opt;
+  opt.rank = rank;
+  opt.iterations = iters;
+  opt.scale_search = scale == "search";
+  opt.threads = 1;
+  loftq::QuantizeOptions qopt;
+  qopt.scale_search = opt.scale_search;
+  qopt.threads = 1;
+  int targets = 0, plain = 0, kept = 0;
+  for (std::size_t i = 0; i < in.tensors.size(); ++i) {
+    const gl::Tensor &t = in.tensors[i], &o = model.tensors[i];
+    require(o.name == t.name && o.ne == t.ne, "model.gguf: tensor " + std::to_string(i) + " is " + o.name);
+    const auto rule = loftq_common::llama_mix_type(t.name, t.ne, m, *mix);
+    const loftq::GgmlFormat fmt = rule ? written_format(static_cast<std::uint32_t>(*rule)) : loftq::GgmlFormat::none;
+    const bool has_adapter = adapter.find(t.name + ".lora_a") != nullptr;
+    if (fmt == loftq::GgmlFormat::none) {
+      require(!has_adapter, t.name + ": kept, but has an adapter");
+      require(o.type == t.type && o.nbytes == t.nbytes && std::memcmp(in.at(t), model.at(o), t.nbytes) == 0,
+              t.name + ": not copied byte for byte");
+      ++kept;
+      continue;
+    }
+    require(o.type == static_cast<std::uint32_t>(*rule),
+            t.name + ": type " + std::to_string(o.type) + ", the mix's is " + std::to_string(int(*rule)));
+    const std::vector<float> w = in.values(t), q = model.values(o);
+    const Eigen::Map<const loftq::RowMatrix<float>> W(w.data(), static_cast<Eigen::Index>(t.ne[1]),
+                                                      static_cast<Eigen::Index>(t.ne[0]));
+    const loftq::RowMatrix<float> lib =
+        has_adapter ? loftq::initialize(W, loftq::GgmlQuantizer(fmt), opt).Q
+                    : loftq::dequantize<float>(loftq::quantize(W, loftq::GgmlQuantizer(fmt), qopt), 1);
+    require(std::memcmp(lib.data(), q.data(), q.size() * 4) == 0,
+            t.name + ": decoded values differ from the library's " + (has_adapter ? "LoftQ Q" : "quantization"));
+    ++(has_adapter ? targets : plain);
+  }
+  require(adapter.tensors.size() == 2 * static_cast<std::size_t>(targets), "adapter: tensor count");
+  std::printf("gguftool: %s: %d targets and %d plain tensors in the mix's types, %d copied\n", mix_name.c_str(),
+              targets, plain, kept);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -304,6 +431,9 @@ int main(int argc, char** argv) {
   try {
     if (a.size() >= 3 && a[0] == "stories") return cmd_stories(a[1], a[2], a.size() > 3 ? float_type(a[3]) : gl::F32);
     if ((a.size() == 2 || a.size() == 3) && a[0] == "synth") return cmd_synth(a[1], a.size() == 3 ? a[2] : "");
+    if ((a.size() == 2 || a.size() == 3) && a[0] == "mix_synth") return cmd_mix_synth(a[1], a.size() == 3 ? a[2] : "");
+    if (a.size() == 7 && a[0] == "verify_mix")
+      return cmd_verify_mix(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), a[6]);
     if ((a.size() == 8 || a.size() == 9) && a[0] == "verify")
       return cmd_verify(a[1], a[2], a[3], std::stol(a[4]), std::stoi(a[5]), std::stod(a[6]), a[7],
                         a.size() == 9 ? a[8] : "f16");
@@ -312,6 +442,7 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr,
                "usage: gguftool stories BIN OUT [f32|f16|bf16] | synth OUT [q8target|noarch] | "
-               "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE]\n");
+               "verify IN DIR QUANT RANK ITERS ALPHA SCALE [ADAPTER_TYPE] | mix_synth OUT [falcon|moe] | "
+               "verify_mix IN DIR MIX RANK ITERS SCALE\n");
   return 2;
 }

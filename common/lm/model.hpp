@@ -91,24 +91,6 @@ struct Acts {
   Vec<S> rstd_final;
 };
 
-// The input of each linear kind, as kept in the activations.
-template <class S>
-const Mat<S>& linear_input(const LayerActs<S>& a, int kind) {
-  switch (kind) {
-    case kQ:
-    case kK:
-    case kV:
-      return a.xn1;
-    case kO:
-      return a.att_out;
-    case kGate:
-    case kUp:
-      return a.xn2;
-    default:
-      return a.hh;
-  }
-}
-
 using loftq::EigenSerialScope;  // Eigen held serial: the same bits for any thread count
 
 // Base weights are replaceable (e.g. by a quantized Q), so their shapes are

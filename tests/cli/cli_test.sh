@@ -236,6 +236,11 @@ output_is_file)
   cp W.npy W.orig
   expect_bad_input init --input W.npy --output W.npy
   cmp -s W.npy W.orig || fail "input changed"
+  # A name with no room for the staging suffix is refused before any work,
+  # naming the user's path rather than a staging one.
+  long=$(printf 'x%.0s' $(seq 240))
+  expect_refused "$long: output name is too long" init --input W.npy --output "$long"
+  expect_refused "$long: output name is too long" init --input W.npy --output "sub/$long"
   ;;
 
 input_is_output)
@@ -350,6 +355,9 @@ magnitude)
   # Finite float32 values whose squares are not: the message names the cause.
   make_w H.npy 64x128 f4 C huge
   expect_refused 'input magnitude overflows float32' init --input H.npy --output o --rank 4 --iters 1
+  # An Inf is the input's own value, not an overflow of sums.
+  make_w I.npy 64x128 f4 C inf
+  expect_refused 'I.npy: .*non-finite' init --input I.npy --output o --rank 4 --iters 1
   ;;
 
 existing_dir)

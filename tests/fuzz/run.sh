@@ -42,7 +42,7 @@ fi
 
 flags=(-std=c++17 -O1 -g -fno-omit-frame-pointer
        -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all
-       -Wall -Wextra -Werror -I"$root/include" $eigen_inc)
+       -Wall -Wextra -Werror -I"$root/include" -I"$root" $eigen_inc)
 
 export ASAN_OPTIONS="detect_leaks=1:halt_on_error=1:abort_on_error=0:allocator_may_return_null=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
@@ -58,7 +58,8 @@ fi
 # fuzz_cli_args and fuzz_json_inputs link part of the tool (tools/loftq/)
 # as a library, built once before the targets with the same flags minus
 # -fsanitize=fuzzer (which would add a second main), plus CLI11's headers
-# (libcli11-dev).
+# (libcli11-dev). The tool includes the project's common/ headers as
+# "common/....hpp", hence -I"$root".
 tool_dir="$root/tools/loftq"
 tool_flags=("${flags[@]/-fsanitize=fuzzer,address,undefined/-fsanitize=fuzzer-no-link,address,undefined}")
 tool_lib="$out/bin/libloftq_cli_options.a"

@@ -13,6 +13,12 @@
 #   kquants  the same for q2_k, q3_k and q4_k on a 256-wide model made by
 #            llama_check synth (stories260K's rows are too short for them);
 #   kquants_wide  and for q5_k, q6_k and iq4_xs.
+#   mix      llama.cpp's quantization mixes (q2_k_mix, q3_k_m, q4_k_s, q4_k_m,
+#            q5_k_m): llama_model_quantize gives every tensor of an 8-layer
+#            model (dense with tied embeddings, and with n_head / n_head_kv = 4)
+#            the type the tool's rule function gives it, and model.gguf holds
+#            llama.cpp's types, token_embd and output (no adapter, --scale
+#            absmax) byte for byte llama.cpp's (llama_check mix).
 #
 # Exit 77 (a CTest skip) without the data or the libraries.
 set -u
@@ -58,6 +64,21 @@ engine_kquants)
 engine_kquants_wide)
   "$CHECK" synth synth.gguf || fail "llama_check synth"
   for q in q5_k q6_k iq4_xs; do adapter synth.gguf "$q" f32 16 2; done
+  ;;
+
+engine_mix)
+  "$CHECK" mix_synth gqa.gguf 8 8 2 untied || fail "llama_check mix_synth gqa"
+  "$CHECK" mix_synth tied.gguf 8 4 4 tied || fail "llama_check mix_synth tied"
+  mkdir w_tied w_gqa || fail "mkdir"
+  for m in q2_k_mix q3_k_m q4_k_s q4_k_m q5_k_m; do
+    "$CHECK" mix tied.gguf "$m" w_tied
+    s=$?
+    [ $s -eq 77 ] && exit 77
+    [ $s -eq 0 ] || fail "llama.cpp's $m types of the tied model"
+    expect_rc 0 model --input gqa.gguf --output "o_$m" --format gguf --quant "$m" --scale absmax --rank 8 --iters 2 \
+      --quiet --threads 2
+    "$CHECK" mix gqa.gguf "$m" w_gqa "o_$m" || fail "llama.cpp's $m types against model.gguf's"
+  done
   ;;
 
 *)

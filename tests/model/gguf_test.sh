@@ -96,6 +96,38 @@ gguf_synth)
   no_temps
   ;;
 
+gguf_mix)
+  # llama.cpp's mixes: each tensor in the type the rule function gives it, or kept when loftq does not write that type
+  # (ffn_down's rows of 288: Q5_0 / Q5_1 in Q4_K_S and Q5_K_M); targets LoftQ'd, token_embd and output quantized
+  # plainly, bit for bit the library's.
+  "$TOOL" mix_synth m.gguf || fail "gguftool mix_synth"
+  for run in q2_k_mix:search q3_k_m:absmax q4_k_s:search q4_k_m:search q5_k_m:absmax; do
+    m=${run%:*}
+    expect_rc 0 model --input m.gguf --output "o_$m" --format gguf --quant "$m" --scale "${run#*:}" --rank 4 \
+      --iters 1 --threads 2
+    "$TOOL" verify_mix m.gguf "o_$m" "$m" 4 1 "${run#*:}" >/dev/null || fail "verify_mix $m"
+    grep -q "\"name\": \"$m\"" "o_$m/loftq_report.json" || fail "$m: no mix in the report"
+  done
+  grep -q 'blk.1.ffn_down.weight kept as it was: llama.cpp.s q5_k_m gives it Q5_1, which loftq does not write' \
+    "$err_file" || fail "no note on the kept ffn_down"
+  # Only the projections named are LoftQ targets; the others are quantized plainly in their mix type.
+  expect_rc 0 model --input m.gguf --output o_qv --format gguf --quant q4_k_m --target-modules q_proj,v_proj --rank 4 \
+    --iters 1 --threads 1 --quiet
+  "$TOOL" verify_mix m.gguf o_qv q4_k_m 4 1 search >/dev/null || fail "verify_mix with two target modules"
+  # Any thread count: the same bytes.
+  expect_rc 0 model --input m.gguf --output o_t1 --format gguf --quant q4_k_m --rank 4 --iters 1 --threads 1 --quiet
+  cmp -s o_t1/model.gguf o_q4_k_m/model.gguf || fail "model.gguf differs between 1 and 2 threads"
+  # The rules are ported for dense models other than Falcon.
+  "$TOOL" mix_synth falcon.gguf falcon || fail "gguftool mix_synth falcon"
+  "$TOOL" mix_synth moe.gguf moe || fail "gguftool mix_synth moe"
+  expect_refused 'falcon.gguf: --quant q4_k_m follows .* other than Falcon' model --input falcon.gguf --output o_f \
+    --format gguf --quant q4_k_m
+  expect_refused 'moe.gguf: --quant q2_k_mix .* 8 experts' model --input moe.gguf --output o_e --format gguf \
+    --quant q2_k_mix
+  expect_usage model --input m.gguf --output o_u --quant q4_k_m
+  expect_usage model --input m.gguf --output o_u --format gguf --quant q4_k_l
+  ;;
+
 gguf_bad_input)
   synth ok.gguf
   synth q8.gguf q8target

@@ -17,12 +17,25 @@
 //       adapter) is lower at s = 1 than at 0.9 and 1.1, and at most half of
 //       KL(FP || ggml's own quantization of the same tensors to QUANT), made
 //       here by ggml_quantize_chunk (WORK/ggml.gguf).
+//   llama_check mix_synth OUT.gguf LAYERS HEADS HEADS_KV tied|untied
+//       a llama model for the quantization mixes: width 256, FFN 288 (ffn_down's
+//       rows are not whole super-blocks, so llama.cpp falls back), vocabulary
+//       256; "tied" leaves out output.weight
+//   llama_check mix FP.gguf MIX WORK [DIR]
+//       llama_model_quantize of FP to MIX (q2_k_mix, q3_k_m, ...) writes every
+//       tensor in the type llama_mix_type (common/llama_quant_mix.hpp) gives
+//       it; with DIR (a --scale absmax run), DIR/model.gguf holds each tensor
+//       in llama.cpp's type but those of a type loftq does not write (Q5_0,
+//       Q5_1, F16), kept as in FP, those without an adapter (token_embd,
+//       output) byte for byte as llama.cpp's, and llama.cpp loads it with
+//       DIR/adapter.gguf and names the mix
 //
 // The libraries are the prebuilt ones of @node-llama-cpp/linux-x64 (libllama,
 // libggml, libggml-base, one libggml-cpu-* per CPU family) in
 // LOFTQ_LLAMA_CPP_DIR, opened with dlopen and called through llama.h's own
 // declarations; without them the program exits 77 (a CTest skip).
 #include "common/gguf_layout.hpp"
+#include "common/llama_quant_mix.hpp"
 #include "common/matrices.hpp"
 
 #include <loftq/io/npy.hpp>
@@ -40,6 +53,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -83,6 +97,8 @@ struct Api {
   LOFTQ_API_FN(llama_adapter_lora_free);
   LOFTQ_API_FN(llama_adapter_meta_val_str);
   LOFTQ_API_FN(llama_set_adapters_lora);
+  LOFTQ_API_FN(llama_model_quantize_default_params);
+  LOFTQ_API_FN(llama_model_quantize);
 #undef LOFTQ_API_FN
 };
 
@@ -155,6 +171,8 @@ Api load_api() {
   LOFTQ_RESOLVE(llama_adapter_lora_free);
   LOFTQ_RESOLVE(llama_adapter_meta_val_str);
   LOFTQ_RESOLVE(llama_set_adapters_lora);
+  LOFTQ_RESOLVE(llama_model_quantize_default_params);
+  LOFTQ_RESOLVE(llama_model_quantize);
 #undef LOFTQ_RESOLVE
   a.llama_log_set(log_callback, nullptr);
   a.ggml_backend_load_all_from_path(dir.c_str());
@@ -307,18 +325,27 @@ double mean_kl(const std::vector<std::vector<std::vector<float>>>& ref, Engine& 
   return sum / static_cast<double>(n);
 }
 
-int cmd_synth(const std::string& out) {
-  const std::uint32_t dim = 256, hidden = 512, layers = 1, heads = 4, vocab = 256;
+// A llama of width 256 and vocabulary 256 with realistic weights (seeded in
+// tensor order), FFN width `hidden`; tied: no output.weight.
+struct SynthShape {
+  const char* name;
+  std::uint32_t hidden, layers, heads, heads_kv;
+  bool tied;
+};
+
+int write_synth(const std::string& out, const SynthShape& s) {
+  const std::uint32_t dim = 256, hidden = s.hidden, layers = s.layers, heads = s.heads, heads_kv = s.heads_kv,
+                      vocab = 256, kv_dim = dim / heads * heads_kv;
   gl::Builder b;
   b.add_string("general.architecture", "llama");
-  b.add_string("general.name", "synth256");
+  b.add_string("general.name", s.name);
   b.add_u32("general.file_type", 0);
   b.add_u32("llama.block_count", layers);
   b.add_u32("llama.context_length", 256);
   b.add_u32("llama.embedding_length", dim);
   b.add_u32("llama.feed_forward_length", hidden);
   b.add_u32("llama.attention.head_count", heads);
-  b.add_u32("llama.attention.head_count_kv", heads);
+  b.add_u32("llama.attention.head_count_kv", heads_kv);
   b.add_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   b.add_u32("llama.vocab_size", vocab);
   b.add_string("tokenizer.ggml.model", "none");
@@ -337,16 +364,22 @@ int cmd_synth(const std::string& out) {
   for (std::uint32_t l = 0; l < layers; ++l) {
     const std::string p = "blk." + std::to_string(l) + ".";
     ones(p + "attn_norm.weight");
-    for (const char* m : {"attn_q", "attn_k", "attn_v", "attn_output"}) mat(p + m + ".weight", dim, dim, 1 / 16.0);
+    mat(p + "attn_q.weight", dim, dim, 1 / 16.0);
+    mat(p + "attn_k.weight", kv_dim, dim, 1 / 16.0);
+    mat(p + "attn_v.weight", kv_dim, dim, 1 / 16.0);
+    mat(p + "attn_output.weight", dim, dim, 1 / 16.0);
     ones(p + "ffn_norm.weight");
     mat(p + "ffn_gate.weight", hidden, dim, 1 / 16.0);
-    mat(p + "ffn_down.weight", dim, hidden, 1 / std::sqrt(512.0));
+    mat(p + "ffn_down.weight", dim, hidden, 1 / std::sqrt(static_cast<double>(hidden)));
     mat(p + "ffn_up.weight", hidden, dim, 1 / 16.0);
   }
   ones("output_norm.weight");
+  if (!s.tied) mat("output.weight", vocab, dim, 1 / 16.0);
   b.write(out);
   return 0;
 }
+
+int cmd_synth(const std::string& out) { return write_synth(out, {"synth256", 512, 1, 4, 4, true}); }
 
 int cmd_logits(const Api& api, const std::string& model, const std::string& tokens_path, const std::string& logits_path,
                double tol) {
@@ -465,6 +498,92 @@ int cmd_adapter(const Api& api, const std::string& fp_path, const std::string& d
   return 0;
 }
 
+int cmd_mix_synth(const std::string& out, std::uint32_t layers, std::uint32_t heads, std::uint32_t heads_kv,
+                  bool tied) {
+  return write_synth(out, {"mix256", 288, layers, heads, heads_kv, tied});
+}
+
+std::uint32_t kv_u32(const gl::File& f, const std::string& key, std::uint32_t fallback) {
+  const std::vector<unsigned char>* v = f.kv(key);
+  return v && v->size() == 4 ? static_cast<std::uint32_t>(gl::le(v->data(), 4)) : fallback;
+}
+
+int cmd_mix(const Api& api, const std::string& fp_path, const std::string& mix_name, const std::string& work,
+            const std::string& dir) {
+  const std::optional<loftq_common::LlamaMix> mix = loftq_common::llama_mix_from_name(mix_name);
+  require(mix.has_value(), "unknown mix " + mix_name);
+  // llama_model_ftype_name's words for the mixes.
+  const std::map<loftq_common::LlamaMix, std::string> names = {{loftq_common::LlamaMix::q2_k, "Q2_K - Medium"},
+                                                               {loftq_common::LlamaMix::q3_k_m, "Q3_K - Medium"},
+                                                               {loftq_common::LlamaMix::q4_k_s, "Q4_K - Small"},
+                                                               {loftq_common::LlamaMix::q4_k_m, "Q4_K - Medium"},
+                                                               {loftq_common::LlamaMix::q5_k_m, "Q5_K - Medium"}};
+  const std::string ref_path = work + "/llama_" + mix_name + ".gguf";
+  llama_model_quantize_params qp = api.llama_model_quantize_default_params();
+  qp.ftype = static_cast<llama_ftype>(*mix);
+  qp.nthread = 1;
+  require(api.llama_model_quantize(fp_path.c_str(), ref_path.c_str(), &qp) == 0, "llama_model_quantize failed");
+  const gl::File fp(fp_path), ref(ref_path);
+  const std::string arch = fp.kv_string("general.architecture");
+  loftq_common::LlamaMixModel m;
+  m.n_layer = static_cast<int>(kv_u32(fp, arch + ".block_count", 0));
+  m.n_head = static_cast<int>(kv_u32(fp, arch + ".attention.head_count", 0));
+  m.n_head_kv = static_cast<int>(kv_u32(fp, arch + ".attention.head_count_kv", static_cast<std::uint32_t>(m.n_head)));
+  m.has_output = fp.find("output.weight") != nullptr;
+  std::map<std::string, int> counts;
+  for (const gl::Tensor& t : ref.tensors) {
+    const gl::Tensor* in = fp.find(t.name);
+    require(in != nullptr, t.name + ": not in " + fp_path);
+    const auto rule = loftq_common::llama_mix_type(t.name, t.ne, m, *mix);
+    const std::uint32_t want = rule ? static_cast<std::uint32_t>(*rule) : in->type;
+    require(t.type == want, t.name + ": llama.cpp writes type " + std::to_string(t.type) + ", llama_mix_type gives " +
+                                std::to_string(want));
+    ++counts[loftq::io::GgufFile::type_name(t.type)];
+  }
+  std::string summary;
+  for (const auto& c : counts) summary += " " + std::to_string(c.second) + " " + c.first;
+  std::printf(
+      "llama_check: %s (%d layers, %d/%d heads%s): llama_mix_type agrees with llama.cpp on all %zu tensors:%s\n",
+      mix_name.c_str(), m.n_layer, m.n_head, m.n_head_kv, m.has_output ? "" : ", tied", ref.tensors.size(),
+      summary.c_str());
+  if (dir.empty()) return 0;
+  const gl::File out(dir + "/model.gguf");
+  require(out.tensors.size() == ref.tensors.size(), "model.gguf has another tensor count than llama.cpp's file");
+  require(kv_u32(out, "general.file_type", 0) == static_cast<std::uint32_t>(*mix), "model.gguf's general.file_type");
+  int kept = 0, same_bytes = 0;
+  const gl::File adapter(dir + "/adapter.gguf");
+  for (const gl::Tensor& t : out.tensors) {
+    const gl::Tensor* r = ref.find(t.name);
+    require(r != nullptr, t.name + ": not in llama.cpp's file");
+    const bool unwritten = r->type == gl::F16 || r->type == gl::Q5_0 || r->type == gl::Q5_1;
+    if (unwritten && t.type == fp.find(t.name)->type) {
+      ++kept;
+      continue;
+    }
+    require(t.type == r->type,
+            t.name + ": model.gguf has type " + std::to_string(t.type) + ", llama.cpp's " + std::to_string(r->type));
+    // Quantized without an adapter, at --scale absmax: ggml's own blocks, as llama-quantize writes them.
+    if (t.type != fp.find(t.name)->type && !adapter.find(t.name + ".lora_a")) {
+      require(t.nbytes == r->nbytes && std::memcmp(out.at(t), ref.at(*r), t.nbytes) == 0,
+              t.name + ": quantized without an adapter, but not llama.cpp's bytes");
+      ++same_bytes;
+    }
+  }
+  require(same_bytes > 0, "no tensor quantized without an adapter");
+  g_warnings.clear();
+  Engine lq(api, dir + "/model.gguf");
+  lq.load_adapter(dir + "/adapter.gguf");
+  const std::string desc = lq.desc(), type_name = names.at(*mix);
+  require(desc.size() >= type_name.size() &&
+              desc.compare(desc.size() - type_name.size(), std::string::npos, type_name) == 0,
+          "llama.cpp names the file '" + desc + "', not " + type_name);
+  std::printf(
+      "llama_check: %s: model.gguf has llama.cpp's types (%d kept in a type loftq does not write; %d quantized "
+      "without an adapter byte for byte llama.cpp's); llama.cpp loads it with the adapter as '%s'\n",
+      mix_name.c_str(), kept, same_bytes, desc.c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -476,6 +595,14 @@ int main(int argc, char** argv) {
       const Api api = load_api();
       return cmd_logits(api, a[1], a[2], a[3], std::stod(a[4]));
     }
+    if (a.size() == 6 && a[0] == "mix_synth")
+      return cmd_mix_synth(a[1], static_cast<std::uint32_t>(std::stoul(a[2])),
+                           static_cast<std::uint32_t>(std::stoul(a[3])), static_cast<std::uint32_t>(std::stoul(a[4])),
+                           a[5] == "tied");
+    if ((a.size() == 4 || a.size() == 5) && a[0] == "mix") {
+      const Api api = load_api();
+      return cmd_mix(api, a[1], a[2], a[3], a.size() == 5 ? a[4] : std::string());
+    }
     if (a.size() == 5 && a[0] == "adapter") {
       const Api api = load_api();
       return cmd_adapter(api, a[1], a[2], a[3], a[4]);
@@ -486,6 +613,8 @@ int main(int argc, char** argv) {
   std::fprintf(stderr,
                "usage: llama_check synth OUT.gguf\n"
                "       llama_check logits MODEL.gguf TOKENS.npy LOGITS.npy TOL\n"
-               "       llama_check adapter FP.gguf DIR QUANT WORK\n");
+               "       llama_check adapter FP.gguf DIR QUANT WORK\n"
+               "       llama_check mix_synth OUT.gguf LAYERS HEADS HEADS_KV tied|untied\n"
+               "       llama_check mix FP.gguf MIX WORK [DIR]\n");
   return 2;
 }

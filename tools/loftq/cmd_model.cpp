@@ -47,6 +47,7 @@ nlohmann::json entry_of(const Args& a, const ModelTarget& t, const TargetResult&
   facts.dtype = t.dtype;
   facts.module = t.module;
   facts.bits = res.bits;
+  facts.ggml = t.ggml;
   facts.candidates = res.candidates;
   facts.sq_err = res.sq_err;
   facts.seconds = res.seconds;

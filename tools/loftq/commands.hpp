@@ -48,6 +48,8 @@ template <class Matrix>
 std::string numeric_failure(const loftq::Error& e, const Matrix& W) {
   if (e.code() != loftq::Errc::non_finite || W.size() == 0) return e.what();
   const double big = static_cast<double>(W.cwiseAbs().maxCoeff());
+  // An Inf or NaN in the input is the input's fault, not an overflow of sums.
+  if (!std::isfinite(big)) return "the input holds a non-finite value (Inf or NaN)";
   const double n = static_cast<double>(std::max(W.rows(), W.cols()));
   const double limit = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / n);
   if (!(big > limit)) return e.what();

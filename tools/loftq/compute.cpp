@@ -19,8 +19,8 @@ namespace loftq_cli {
 Compute::Compute(const Args& a) : a_(a), opt_(library_options(a)) {
   if (!a.calibration.empty())
     calib_ = std::make_unique<CalibrationInput>(a.calibration, a.calibration_data_free, a.calibration_damping);
-  if (a.gguf) {
-    ggml_ = std::make_unique<loftq::GgmlQuantizer>(a.quant);
+  if (a.gguf) {  // each target has its ggml format (ModelTarget::ggml)
+    gguf_ = true;
     return;
   }
   for (int b : budget() ? budget_bits() : std::vector<int>{a.bits}) {
@@ -38,15 +38,18 @@ void Compute::check_targets(const Source& src) {
   if (calib_) calib_->check(src.targets());
 }
 
-loftq::Result<float> Compute::loftq_of(const ConstMapF& W, int bits, const loftq::InputStatistics* stats) {
+loftq::Result<float> Compute::loftq_of(const ModelTarget& t, const ConstMapF& W, int bits,
+                                       const loftq::InputStatistics* stats) {
   {
     std::lock_guard<std::mutex> lk(returned_m_);
     for (loftq::Result<float>& r : returned_) ws_.recycle(std::move(r));
     returned_.clear();
   }
   const loftq::DataAwareOptions da = calib_ ? calib_->data_aware_options() : loftq::DataAwareOptions{};
-  if (ggml_)
-    return stats ? loftq::initialize(W, *ggml_, *stats, opt_, da, ws_) : loftq::initialize(W, *ggml_, opt_, ws_);
+  if (gguf_) {
+    const loftq::GgmlQuantizer q(t.ggml);
+    return stats ? loftq::initialize(W, q, *stats, opt_, da, ws_) : loftq::initialize(W, q, opt_, ws_);
+  }
   const loftq::Quantizer& q = quantizers_.at(bits);
   return stats ? loftq::initialize(W, q, *stats, opt_, da, ws_) : loftq::initialize(W, q, opt_, ws_);
 }
@@ -61,7 +64,7 @@ void Compute::compare(const ModelTarget& t, const ConstMapF& W, int bits, Target
   const loftq::InputStatistics* stats = calib_->of(t);
   if (!stats) return;
   try {
-    loftq::Result<float> free = loftq_of(W, bits, nullptr);
+    loftq::Result<float> free = loftq_of(t, W, bits, nullptr);
     const RowMatrixF approx_free = free.Q + free.A * free.B.transpose();
     ws_.recycle(std::move(free));
     const RowMatrixF approx = out.r.Q + out.r.A * out.r.B.transpose();
@@ -81,8 +84,8 @@ TargetResult Compute::run_bits(const ModelTarget& t, const ConstMapF& W, double 
   TargetResult out;
   out.bits = bits;
   try {
-    out.r = loftq_of(W, bits, calib_ ? calib_->of(t) : nullptr);
-    if (!ggml_) {
+    out.r = loftq_of(t, W, bits, calib_ ? calib_->of(t) : nullptr);
+    if (!gguf_) {
       // bitsandbytes stores its own nested scales; Q (and the refit) follow what it recovers.
       if (double_quant)
         out.dq = bnb ? loftq::bnb_double_quantize(W, out.r, out.nested, opt_) : loftq::double_quantize(W, out.r, opt_);
@@ -98,7 +101,7 @@ TargetResult Compute::run_bits(const ModelTarget& t, const ConstMapF& W, double 
 
 TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) {
   const auto t0 = std::chrono::steady_clock::now();
-  const int bits = ggml_ ? loftq::ggml_format_bits(a_.quant) : bits_of_.at(t.name);
+  const int bits = gguf_ ? loftq::ggml_format_bits(t.ggml) : bits_of_.at(t.name);
   TargetResult out = run_bits(t, W, w2, bits, a_.double_quant, a_.bnb_nf4);
   if (budget()) out.candidates = measured_.at(t.name);
   if (calib_) compare(t, W, bits, out);
@@ -108,7 +111,7 @@ TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) {
 
 void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& done) {
   if (!budget()) {
-    for (const ModelTarget& t : src.targets()) bits_of_[t.name] = ggml_ ? loftq::ggml_format_bits(a_.quant) : a_.bits;
+    for (const ModelTarget& t : src.targets()) bits_of_[t.name] = gguf_ ? loftq::ggml_format_bits(t.ggml) : a_.bits;
     return;
   }
   // Nothing is on disk yet, so a signal here simply ends the process.

@@ -80,15 +80,16 @@ class Compute {
 
  private:
   TargetResult run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant, bool bnb);
-  // LoftQ of W at `bits`, in the output metric of `stats` when not null.
-  loftq::Result<float> loftq_of(const ConstMapF& W, int bits, const loftq::InputStatistics* stats);
+  // LoftQ of target t's W at `bits` (--format gguf: in t's ggml format), in the output metric of `stats` when not
+  // null.
+  loftq::Result<float> loftq_of(const ModelTarget& t, const ConstMapF& W, int bits, const loftq::InputStatistics* stats);
   // The output-space comparison of a calibrated target (TargetResult::calibration).
   void compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out);
 
   const Args& a_;
   loftq::Options opt_;
   std::map<int, loftq::Quantizer> quantizers_;
-  std::unique_ptr<loftq::GgmlQuantizer> ggml_;
+  bool gguf_ = false;
   std::map<std::string, int> bits_of_;
   std::map<std::string, std::vector<double>> measured_;
   loftq::BitAllocation alloc_;

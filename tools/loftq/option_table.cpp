@@ -58,6 +58,13 @@ Check one_of(std::vector<std::string> names) {
   };
 }
 
+// --quant's values: the ggml types, then llama.cpp's mixes.
+std::vector<std::string> quant_names() {
+  std::vector<std::string> n = loftq::ggml_format_names();
+  for (loftq_common::LlamaMix m : loftq_common::llama_mixes()) n.push_back(loftq_common::llama_mix_name(m));
+  return n;
+}
+
 Check nonempty_path() {
   return [](const std::string& v) -> std::string { return v.empty() ? "needs a non-empty path" : std::string(); };
 }
@@ -423,15 +430,23 @@ void rows_4(std::vector<OptionDef>& t, const Args& d) {
               "--format gguf: the ggml type of the targets in model.gguf. Blocks of 32 with an fp16 scale: iq4_nl "
               "(16 non-uniform levels, 4.5 bits per weight), q4_0 (4.5) or q8_0 (8.5); super-blocks of 256 (rows of a "
               "multiple of 256, others kept): q2_k (2.625), q3_k (3.4375), q4_k (4.5), q5_k (5.5), q6_k (6.5625), "
-              "iq4_xs (4.25) (default iq4_nl)",
-              kModel, false, one_of(loftq::ggml_format_names()),
+              "iq4_xs (4.25). Or one of llama-quantize's mixes, a type per tensor by llama.cpp's rules: q2_k_mix "
+              "(llama-quantize's Q2_K), q3_k_m, q4_k_s, q4_k_m, q5_k_m; the targets get LoftQ in their type, the "
+              "other tensors llama.cpp quantizes (token_embd, output, projections not targeted) a plain "
+              "quantization, and a tensor whose type loftq does not write (q5_0, q5_1, f16) is kept "
+              "(default iq4_nl)",
+              kModel, false, one_of(quant_names()),
               [](Args&a, const std::string&v) {
-                a.quant = loftq::ggml_format_from_name(v);
+                a.mix = loftq_common::llama_mix_from_name(v);
+                a.quant = a.mix ? ggml_format_of(loftq_common::llama_mix_default_type(*a.mix))
+                                : loftq::ggml_format_from_name(v);
                 a.quant_given = true;
               }}
               .recorded("quant",
                         [](const Args&a, nlohmann::json&s) {
-                          if (a.gguf) s["quant"] = loftq::ggml_format_name(a.quant);
+                          if (a.gguf)
+                            s["quant"] =
+                                a.mix ? loftq_common::llama_mix_name(*a.mix) : loftq::ggml_format_name(a.quant);
                         })
               .excluding([](const Args&a) { return a.gguf ? std::string() : "--quant needs --format gguf"; }),
           OptionDef{"--adapter-type", "TYPE",

@@ -9,9 +9,12 @@
 #include <loftq/quantizer.hpp>
 #include <loftq/svd.hpp>
 
+#include "common/llama_quant_mix.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,6 +67,8 @@ struct Args {
   bool gguf = false;
   loftq::GgmlFormat quant = loftq::GgmlFormat::iq4_nl;  // --quant
   bool quant_given = false;
+  // --quant q4_k_m etc.: llama.cpp's per-tensor types (common/llama_quant_mix.hpp); quant is then the mix's base type
+  std::optional<loftq_common::LlamaMix> mix;
   std::string adapter_type = "f16";  // --adapter-type: f32, f16, bf16 or q8_0, adapter.gguf's lora_a / lora_b
   // model --calibration: statistics for data-aware LoftQ (calibration_input.hpp)
   std::string calibration;
@@ -81,6 +86,15 @@ struct Args {
 // report). The adapter is scaled by sqrt(r / lora_alpha): far outside this
 // range it overflows to Inf or underflows to zeros in float32.
 inline bool lora_alpha_in_range(double x) { return x >= 1e-6 && x <= 1e6; }
+
+// The ggml format loftq writes for a ggml type, or none for a type it does not write (Q5_0, F16, ...).
+inline loftq::GgmlFormat ggml_format_of(loftq::io::GgmlType t) {
+  for (const std::string& n : loftq::ggml_format_names()) {
+    const loftq::GgmlFormat f = loftq::ggml_format_from_name(n);
+    if (loftq::io::ggml_type_of(f) == t) return f;
+  }
+  return loftq::GgmlFormat::none;
+}
 
 // What the command line asks for.
 struct Parsed {

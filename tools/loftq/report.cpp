@@ -98,7 +98,7 @@ nlohmann::json tensor_entry(const Args& a, const TensorFacts& t, const loftq::Re
   e["qlora_rel_err"] = r.qlora_error;
   // The double quantization knows its storage; PackedMatrix does not know bitsandbytes' nested one, nor a ggml
   // format's fp16 scales and super-block fields: those count what the file stores.
-  e["bits_per_weight"] = a.gguf           ? loftq::ggml_format_bits_per_weight(a.quant)
+  e["bits_per_weight"] = a.gguf           ? loftq::ggml_format_bits_per_weight(t.ggml)
                          : a.double_quant ? dq.bits_per_weight_after
                                           : r.packed.bits_per_weight();
   if (a.double_quant) e["double_quant"] = double_quant_json(dq);

@@ -56,6 +56,7 @@ struct TensorFacts {
   std::vector<std::uint64_t> shape;
   std::string dtype, module;
   int bits = 0;
+  loftq::GgmlFormat ggml = loftq::GgmlFormat::none;  // --format gguf: the stored format
   double sq_err = 0, seconds = 0;
   std::vector<double> candidates;
 };

@@ -12,7 +12,7 @@
 //                      llama.cpp adds (alpha / r) * lora_b * lora_a * x
 //
 // model.gguf keeps the input's key-value pairs but general.file_type (the
-// LLAMA_FTYPE of --quant, so llama.cpp names the file's type rightly) and
+// LLAMA_FTYPE of --quant or of its mix, so llama.cpp names the file's type rightly) and
 // general.quantization_version. adapter.gguf takes the base's general.name.
 // Both carry loftq.use_with_adapter: the base alone is further from the model
 // than a plain quantization of it, since LoftQ moves part of W into the factors.
@@ -99,27 +99,26 @@ Stored store(const loftq::RowMatrix<float>& M, io::GgmlType type, const std::str
 class GgufSink : public Sink {
  public:
   GgufSink(const Args& a, const GgufSource& src, const StagedOutput& out)
-      : quant_(a.quant),
-        alpha_(a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank)),
+      : alpha_(a.lora_alpha > 0 ? a.lora_alpha : static_cast<double>(a.rank)),
         type_a_(adapter_ggml_type(a.adapter_type)),
         // lora_b's rows are r long: not whole Q8_0 blocks unless r is a multiple of 32, when
         // convert_lora_to_gguf.py falls back to F16.
         type_b_(type_a_ == io::GgmlType::Q8_0 && a.rank % loftq::kGgmlBlock != 0 ? io::GgmlType::F16 : type_a_) {
-    const auto qtype = static_cast<std::uint32_t>(io::ggml_type_of(a.quant));
     const auto ta = static_cast<std::uint32_t>(type_a_), tb = static_cast<std::uint32_t>(type_b_);
     const std::uint64_t r = static_cast<std::uint64_t>(a.rank);
     std::vector<io::GgufTensorDecl> base_decls, adapter_decls;
     for (const io::GgufTensorInfo& t : src.file().tensors()) {
       const bool quant = src.quantized(t.name);
-      base_decls.push_back({t.name, t.ne, quant ? qtype : t.type});
+      base_decls.push_back({t.name, t.ne, src.output_type(t)});
       if (quant) {
         adapter_decls.push_back({t.name + ".lora_a", {t.ne[0], r}, ta});
         adapter_decls.push_back({t.name + ".lora_b", {r, t.ne[1]}, tb});
       }
     }
     std::vector<io::GgufKV> base_kvs = src.file().kvs();
-    if (!adapter_decls.empty()) {  // with no target quantized the file's type is the input's
-      set_kv(base_kvs, io::gguf_kv_u32("general.file_type", loftq::ggml_format_llama_ftype(a.quant)));
+    if (src.any_quantized()) {  // with nothing quantized the file's type is the input's
+      set_kv(base_kvs, io::gguf_kv_u32("general.file_type", a.mix ? static_cast<std::uint32_t>(*a.mix)
+                                                                  : loftq::ggml_format_llama_ftype(a.quant)));
       set_kv(base_kvs, io::gguf_kv_u32("general.quantization_version", loftq::kGgmlQuantizationVersion));
     }
     set_kv(base_kvs, io::gguf_kv_string(kUseWithAdapterKey, kUseWithAdapterNote));
@@ -140,7 +139,7 @@ class GgufSink : public Sink {
   }
 
   void write(const ModelTarget& t, TargetResult& res) override {
-    const std::vector<unsigned char> blocks = io::ggml_block_bytes(res.r.packed, quant_);
+    const std::vector<unsigned char> blocks = io::ggml_block_bytes(res.r.packed, t.ggml);
     base_->write(t.name, blocks.data(), blocks.size());
     const Factors f = factors(t.where, res);
     adapter_->write(t.name + ".lora_a", f.a.bytes.data(), f.a.bytes.size());
@@ -150,7 +149,7 @@ class GgufSink : public Sink {
     base_->write(name, data, n, offset);
   }
   void annotate(nlohmann::json& entry, const ModelTarget& t, const TargetResult& res) const override {
-    entry["ggml_type"] = io::GgufFile::type_name(static_cast<std::uint32_t>(io::ggml_type_of(quant_)));
+    entry["ggml_type"] = io::GgufFile::type_name(static_cast<std::uint32_t>(io::ggml_type_of(t.ggml)));
     entry["adapter_type"] = {io::GgufFile::type_name(static_cast<std::uint32_t>(type_a_)),
                              io::GgufFile::type_name(static_cast<std::uint32_t>(type_b_))};
     // What storing the factors in that type adds: ||B~ A~ - B A|| / ||B A|| of llama.cpp's lora_b lora_a, with
@@ -181,7 +180,6 @@ class GgufSink : public Sink {
     return {store(peft.lora_A.cast<float>(), type_a_, where), store(peft.lora_B.cast<float>(), type_b_, where)};
   }
 
-  loftq::GgmlFormat quant_;
   double alpha_;
   io::GgmlType type_a_, type_b_;
   std::unique_ptr<io::GgufWriter> base_, adapter_;

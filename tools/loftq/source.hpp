@@ -28,6 +28,8 @@ struct ModelTarget {
   std::string dtype;      // the input's type name, as the report records it
   std::string where;      // "<file>: tensor '<name>'", the start of its messages
   std::size_t index = 0;  // position in Source::targets()
+  // --format gguf: the ggml format Q is stored in.
+  loftq::GgmlFormat ggml = loftq::GgmlFormat::none;
 };
 
 // One step of the output, in the order the output is written: a target, or

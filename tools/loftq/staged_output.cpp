@@ -10,7 +10,6 @@
 #include <signal.h>
 #include <stdio.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -254,20 +253,6 @@ void fsync_dir(const fs::path& dir) {
 // <pid>-<16 hex digits>: the pid for whoever looks at the directory, the
 // random part so that no name is predictable from the pid alone (every
 // container's first process is pid 1). Creation is O_EXCL / mkdir anyway.
-std::string unique_tag() {
-  std::uint64_t r = 0;
-  if (::getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r)) {
-    static std::atomic<std::uint64_t> counter{0};
-    struct timespec ts;
-    ::clock_gettime(CLOCK_REALTIME, &ts);
-    r = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
-        (counter.fetch_add(1) * 0x9e3779b97f4a7c15ull);
-  }
-  char buf[17];
-  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(r));
-  return std::to_string(static_cast<long>(::getpid())) + "-" + buf;
-}
-
 // Leftovers of runs that died (SIGKILL, power loss) for the output `dir`:
 // a previous output moved aside by a publish that died half-way is put back
 // when `dir` is missing, every other leftover is removed.
@@ -276,6 +261,28 @@ void clean_leftovers(const fs::path& dir) {
   const std::string name = dir.filename().string();
   remove_stale_staging(parent, name + ".old-", dir);
   remove_stale_staging(parent, name + ".tmp-");
+}
+
+// The output is staged and published beside itself as NAME.tmp-TAG and
+// NAME.old-TAG, so a name that leaves no room for the suffix would fail only
+// after the compute, naming a staging path. Refused up front instead.
+void check_name_length(const fs::path& dir, const fs::path& shown) {
+  const std::size_t suffix = std::string(".tmp-").size() + loftq::io::unique_tag().size() + 3;  // room for a longer PID
+  long name_max = 255;
+  std::error_code ec;
+  for (fs::path p = fs::absolute(dir, ec).parent_path(); !p.empty(); p = p.parent_path()) {
+    if (fs::is_directory(fs::status(p, ec))) {
+      const long v = ::pathconf(p.c_str(), _PC_NAME_MAX);
+      if (v > 0) name_max = v;
+      break;
+    }
+    if (p == p.root_path()) break;
+  }
+  const std::size_t len = dir.filename().string().size();
+  if (len + suffix > static_cast<std::size_t>(name_max))
+    throw InputError{shown.string() + ": output name is too long: " + std::to_string(len) + " bytes, and staging it " +
+                     "beside itself needs " + std::to_string(suffix) + " more within the filesystem's limit of " +
+                     std::to_string(name_max)};
 }
 
 }  // namespace
@@ -318,6 +325,7 @@ StagedOutput::StagedOutput(const std::string& dir, Existing policy, const std::v
                            const std::vector<std::string>& names)
     : shown_(normalize_output(dir)), policy_(policy), names_(names) {
   dir_ = resolve_location(dir);
+  check_name_length(dir_, shown_);
   for (const std::string& in : inputs) ins_.push_back(input_file(in));
   const std::vector<InputFile>& ins = ins_;
   clean_leftovers(dir_);
@@ -403,10 +411,10 @@ const fs::path& StagedOutput::stage() {
   for (int k = 0;; ++k) {
     fs::path t;
     if (inside) {
-      t = dir_ / (".loftq-tmp-" + unique_tag());
+      t = dir_ / (".loftq-tmp-" + loftq::io::unique_tag());
     } else {
       t = dir_;
-      t += ".tmp-" + unique_tag();
+      t += ".tmp-" + loftq::io::unique_tag();
     }
     if (::mkdir(t.c_str(), 0777) == 0) {
       stage_ = t;
@@ -549,7 +557,7 @@ void StagedOutput::publish_dir() {
   fs::path old;
   for (int k = 0;; ++k) {
     old = dir_;
-    old += ".old-" + unique_tag();
+    old += ".old-" + loftq::io::unique_tag();
     std::error_code ec;
     if (!fs::exists(fs::symlink_status(old, ec))) break;
     if (k >= 100) throw InputError{old.string() + ": names taken"};

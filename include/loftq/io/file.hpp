@@ -14,6 +14,11 @@ namespace io {
 // the path (Errc::io_error) on any failure, or when the file changed since open.
 using ReadOnlyFile = detail::ReadOnlyFile;
 
+// "PID-" plus 16 random hex digits, for naming temporary files and
+// directories beside an output (create them with O_EXCL or mkdir, and retry
+// on EEXIST).
+using detail::unique_tag;
+
 // The library's file writers check *flag between pieces of a large write and
 // of its final sync, and give up with Errc::cancelled once it is true (a
 // signal handler's flag, like Options::cancel). Null, the default: never.

@@ -123,6 +123,25 @@ inline bool io_cancelled() {
   return f != nullptr && f->load(std::memory_order_relaxed);
 }
 
+// "PID-" and 16 random hex digits: a temporary name's suffix that nobody can
+// guess, so no input can be named like it; creators still use O_EXCL (or
+// mkdir's EEXIST) and retry.
+inline std::string unique_tag() {
+  std::uint64_t r = 0;
+  if (::getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r)) {
+    // No entropy yet (early boot): the clock and a counter still differ per call.
+    static std::atomic<std::uint64_t> counter{0};
+    struct timespec ts;
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    r = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
+        ((counter.fetch_add(1) + 1) * 0x9e3779b97f4a7c15ull);
+  }
+  static const char hex[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 0; i < 16; ++i) out[static_cast<std::size_t>(i)] = hex[(r >> (4 * i)) & 15];
+  return std::to_string(static_cast<long>(::getpid())) + "-" + out;
+}
+
 class AtomicFile {
  public:
   // Creates <path>.tmp-<pid>-<16 random hex digits>, `size` bytes of zeros.
@@ -131,7 +150,7 @@ class AtomicFile {
   // O_EXCL refuses the rare one that exists.
   AtomicFile(std::string path, std::uint64_t size) : path_(std::move(path)) {
     for (int k = 0;; ++k) {
-      tmp_ = path_ + ".tmp-" + std::to_string(static_cast<long>(::getpid())) + "-" + random_hex();
+      tmp_ = path_ + ".tmp-" + unique_tag();
       fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
       if (fd_ >= 0) break;
       if (errno != EEXIST || k >= 100) {
@@ -194,22 +213,6 @@ class AtomicFile {
   }
 
  private:
-  static std::string random_hex() {
-    std::uint64_t r = 0;
-    if (::getrandom(&r, sizeof r, GRND_NONBLOCK) != static_cast<ssize_t>(sizeof r)) {
-      // No entropy yet (early boot): the clock and a counter still differ per call.
-      static std::atomic<std::uint64_t> counter{0};
-      struct timespec ts;
-      ::clock_gettime(CLOCK_REALTIME, &ts);
-      r = (static_cast<std::uint64_t>(ts.tv_nsec) << 20) ^ static_cast<std::uint64_t>(ts.tv_sec) ^
-          ((counter.fetch_add(1) + 1) * 0x9e3779b97f4a7c15ull);
-    }
-    static const char hex[] = "0123456789abcdef";
-    std::string out(16, '0');
-    for (int i = 0; i < 16; ++i) out[static_cast<std::size_t>(i)] = hex[(r >> (4 * i)) & 15];
-    return out;
-  }
-
   static constexpr std::uint64_t kPiece = std::uint64_t(64) << 20;
 
   [[noreturn]] void fail_cancelled() {
