@@ -100,11 +100,13 @@ TEST_CASE("workspace: data-free results are bit-identical with and without it, f
 }
 
 TEST_CASE("workspace: one workspace across quantizers (mins, ggml super-blocks, other widths)") {
-  // Code sets of every kind pass through the same workspace: each must come
-  // out as a fresh one would.
+  // Code sets of every kind pass through the same workspace, as in a
+  // quantization mix's consecutive targets: each must come out as a fresh one
+  // would.
   const loftq::Quantizer asym3(loftq::Quantizer::Kind::uniform, 3, 64, /*sym=*/false);
   const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
-  const loftq::GgmlQuantizer q4k(loftq::GgmlFormat::q4_K), q8(loftq::GgmlFormat::q8_0);
+  const loftq::GgmlQuantizer q4k(loftq::GgmlFormat::q4_K), q8(loftq::GgmlFormat::q8_0), q6k(loftq::GgmlFormat::q6_K),
+      q2k(loftq::GgmlFormat::q2_K);
   Workspace<float> ws;
   Options o;
   o.rank = 8;
@@ -121,6 +123,11 @@ TEST_CASE("workspace: one workspace across quantizers (mins, ggml super-blocks, 
     ws.recycle(std::move(b));
     check_same(loftq::initialize(*W, q8, o, ws), loftq::initialize(*W, q8, o));
     check_same(loftq::initialize(*W, nf4, o, ws), loftq::initialize(*W, nf4, o));
+    // A K format after another with other widths and no minimums, recycled in turn.
+    Result<float> c = loftq::initialize(*W, q6k, o, ws);
+    check_same(c, loftq::initialize(*W, q6k, o));
+    ws.recycle(std::move(c));
+    check_same(loftq::initialize(*W, q2k, o, ws), loftq::initialize(*W, q2k, o));
   }
 }
 
@@ -215,6 +222,37 @@ TEST_CASE("workspace: what it keeps is bounded, and release() frees it") {
   ws.release();
   CHECK(ws.bytes() == 0);
   check_same(loftq::initialize(W, nf4, o, ws), loftq::initialize(W, nf4, o));
+}
+
+TEST_CASE("workspace: a call that must allocate first frees the spares that do not fit") {
+  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
+  Options o;
+  o.rank = 4;
+  o.iterations = 1;
+  Workspace<float> ws;
+  const RowMatrix<float> W = loftq_test::structured(64, 96, 11);
+  Result<float> r = loftq::initialize(W, nf4, o, ws);
+  ws.recycle(std::move(r));
+  // Held: the 64 x 96 residual and three code sets of 64 x 96 at 4 bits.
+  const std::size_t matrix = 64 * 96 * sizeof(float), codes = 64 * 96 / 2;
+  const std::size_t held = ws.bytes();
+  REQUIRE(held >= matrix + 3 * codes);
+  // 40 x 32 needs a residual of another size: the spare one is freed, not kept
+  // beside the new one; the code sets are large enough and serve again.
+  const RowMatrix<float> small = loftq_test::structured(40, 32, 12);
+  const Result<float> s = loftq::initialize(small, nf4, o, ws);
+  check_same(s, loftq::initialize(small, nf4, o));
+  CHECK(ws.bytes() <= held - matrix);
+  CHECK(ws.bytes() >= 2 * codes);  // current and next, back in the workspace
+  // 128 x 96 at 8 bits needs larger code sets than any held: all are freed first,
+  // and what is held afterwards is this call's two (no 64 x 96 set beside them).
+  const loftq::Quantizer int8(loftq::Quantizer::Kind::uniform, 8);
+  const RowMatrix<float> big = loftq_test::structured(128, 96, 13);
+  const Result<float> b = loftq::initialize(big, int8, o, ws);
+  check_same(b, loftq::initialize(big, int8, o));
+  const std::size_t big_codes = 128 * 96;
+  CHECK(ws.bytes() >= 2 * big_codes);
+  CHECK(ws.bytes() < 2 * big_codes + codes);
 }
 
 TEST_CASE("workspace: a call on a workspace in use throws invalid_argument, and an aborted call leaves it usable") {

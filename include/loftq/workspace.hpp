@@ -16,11 +16,14 @@
 //   }
 //
 // Without recycle() a call still reuses everything but the two buffers its
-// Result takes away. m x n buffers are reused by a call whose m * n is the same
-// (Eigen reallocates on any other size); code sets grow to the largest shape
-// seen. At most kSpareMatrices matrices and kSparePacked code sets are kept,
-// the least recently returned freed first; release() frees everything. What
-// is kept stays resident: the price of not zeroing it again.
+// Result takes away. An m x n buffer serves a call whose m * n is the same
+// (Eigen reallocates on any other size); a code set serves any call whose
+// codes fit in it. What is kept is bounded so that a workspace does not raise
+// a program's peak memory: at most kSpareMatrices matrices and kSparePacked
+// code sets (the least recently returned freed first), and a call that must
+// allocate a buffer first frees every spare of that kind, none of which fits,
+// so that the process never grows while holding idle buffers. release() frees
+// everything.
 //
 // Results are bit-identical with and without a workspace, whatever it holds.
 // Thread rule: one call at a time per workspace, as for an Eigen decomposition
@@ -54,10 +57,10 @@ class WorkspaceLease;
 template <class Scalar>
 class Workspace {
  public:
-  // Enough for a checkpoint's two alternating target sizes with the result of
-  // the previous target still being written and the data-aware image.
-  static constexpr std::size_t kSpareMatrices = 6;
-  static constexpr std::size_t kSparePacked = 6;
+  // What one call takes: a residual and, data-aware, the metric's image; and
+  // three code sets (current, next and best).
+  static constexpr std::size_t kSpareMatrices = 2;
+  static constexpr std::size_t kSparePacked = 3;
 
   Workspace() = default;
   Workspace(const Workspace&) = delete;
@@ -99,7 +102,7 @@ class WorkspaceLease {
   WorkspaceLease& operator=(const WorkspaceLease&) = delete;
 
   // M := a rows x cols matrix, contents unspecified: a spare of the same size
-  // when there is one.
+  // when there is one. Otherwise the spares are freed before M is allocated.
   void take(RowMatrix<Scalar>& M, Eigen::Index rows, Eigen::Index cols) {
     if (ws_) {
       auto& spare = ws_->matrices_;
@@ -110,27 +113,29 @@ class WorkspaceLease {
         M.resize(rows, cols);  // the same size: Eigen keeps the storage
         return;
       }
+      std::vector<RowMatrix<Scalar>>().swap(spare);
     }
     resize_large(M, rows, cols);
   }
 
-  // P := make_packed(rows, cols, spec), in a spare code set when there is one:
-  // the smallest that holds the codes without growing, else the largest.
+  // P := make_packed(rows, cols, spec), in the smallest spare code set that
+  // holds the codes without growing. Otherwise the spares are freed before P
+  // is allocated.
   void take(PackedMatrix& P, Eigen::Index rows, Eigen::Index cols, const QuantSpec& spec) {
-    if (ws_ && !ws_->packed_.empty()) {
+    if (ws_) {
       auto& spare = ws_->packed_;
       const std::size_t need = packed_bytes(rows * cols, spec.bits);
-      auto fits = [&](const PackedMatrix& s) { return s.codes.capacity() >= need; };
       auto pick = spare.end();
-      for (auto it = spare.begin(); it != spare.end(); ++it) {
-        if (pick == spare.end() || (fits(*it) && (!fits(*pick) || it->codes.capacity() < pick->codes.capacity())) ||
-            (!fits(*it) && !fits(*pick) && it->codes.capacity() > pick->codes.capacity()))
+      for (auto it = spare.begin(); it != spare.end(); ++it)
+        if (it->codes.capacity() >= need && (pick == spare.end() || it->codes.capacity() < pick->codes.capacity()))
           pick = it;
+      if (pick != spare.end()) {
+        P = std::move(*pick);
+        spare.erase(pick);
+        reset_packed(P, rows, cols, spec);
+        return;
       }
-      P = std::move(*pick);
-      spare.erase(pick);
-      reset_packed(P, rows, cols, spec);
-      return;
+      std::vector<PackedMatrix>().swap(spare);
     }
     P = make_packed(rows, cols, spec);
   }

@@ -82,7 +82,8 @@ class Compute {
   TargetResult run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant, bool bnb);
   // LoftQ of target t's W at `bits` (--format gguf: in t's ggml format), in the output metric of `stats` when not
   // null.
-  loftq::Result<float> loftq_of(const ModelTarget& t, const ConstMapF& W, int bits, const loftq::InputStatistics* stats);
+  loftq::Result<float> loftq_of(const ModelTarget& t, const ConstMapF& W, int bits,
+                                const loftq::InputStatistics* stats);
   // The output-space comparison of a calibrated target (TargetResult::calibration).
   void compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out);
 
