@@ -55,6 +55,10 @@ loftq::Result<float> Compute::loftq_of(const ModelTarget& t, const ConstMapF& W,
 }
 
 void Compute::give_back(loftq::Result<float>&& r) {
+  // Q is freed now: kept for the target after next, it would stay resident
+  // beside the next target's residual, one m x n buffer above the peak of a
+  // run without reuse. The code sets are a fraction of that.
+  r.Q = RowMatrixF();
   std::lock_guard<std::mutex> lk(returned_m_);
   returned_.push_back(std::move(r));
 }

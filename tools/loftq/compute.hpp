@@ -57,8 +57,8 @@ class Compute {
   // W comes from the TensorPrefetcher, with w2 = ||W||^2. Computations run
   // one at a time (they share one loftq::Workspace), on one thread.
   TargetResult run(const ModelTarget& t, const ConstMapF& W, double w2);
-  // Hands a written result's storage back for the next run() to reuse; safe
-  // from any thread (the writer's), while run() works.
+  // Hands a written result's code sets back for the next run() to reuse (its
+  // Q is freed); safe from any thread (the writer's), while run() works.
   void give_back(loftq::Result<float>&& r);
 
   // With --bits-budget: computes every target of `src` at every width, then

@@ -15,9 +15,12 @@ namespace loftq_cli {
 
 namespace {
 
-// The prefetch and writer threads run niced by this much: when they compete
-// with the computation for a core, the scheduler gives them a small share of
-// it, and they take up the slack while the computation waits on them.
+// The prefetch thread runs niced by this much: when it competes with the
+// computation for a core, the scheduler gives it a small share of it, and it
+// takes up the slack while the computation waits on it. The writer is not
+// niced: on a busy machine it would hold each result's Q, an m x n buffer,
+// while the next target's residual is filled, raising the peak memory by one
+// such buffer (bench/README.md, "Page zeroing").
 constexpr int kBackgroundNice = 10;
 
 // Lowers the calling thread's priority by kBackgroundNice. Linux keeps a nice
@@ -121,7 +124,6 @@ BackgroundWriter::~BackgroundWriter() {
 }
 
 void BackgroundWriter::run() {
-  lower_thread_priority();
   for (;;) {
     std::function<void()> task;
     {

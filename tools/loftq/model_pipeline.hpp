@@ -3,8 +3,10 @@
 // and converts the next target while the current one is computed, and a
 // writer thread converts and writes finished results (and copies the tensors
 // that are not targets) in submission order. Both do memory-bound work that
-// is short next to a target's computation, and both run niced (+10), so that
-// where they compete with the computation for a core it keeps most of it.
+// is short next to a target's computation. The prefetch thread runs niced
+// (+10), so that where it competes with the computation for a core the
+// computation keeps most of it; the writer is not, so that a written result's
+// memory is freed promptly.
 //
 // Failures on either thread (an unreadable tensor, a full disk, a signal seen
 // by check_interrupt()) are rethrown on the calling thread at its next

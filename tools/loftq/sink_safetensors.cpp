@@ -51,6 +51,7 @@ class DequantizedSink : public BaseSink {
   void write(const ModelTarget& t, TargetResult& res) override {
     loftq::Result<float>& r = res.r;
     file_of(t).write_float(t.name, r.Q.data(), static_cast<std::uint64_t>(r.Q.size()), src_.target(t).info->dtype);
+    r.Q.resize(0, 0);  // the last user of Q
   }
 };
 
@@ -65,6 +66,7 @@ class BnbNf4Sink : public BaseSink {
     } catch (const loftq::Error& e) {
       throw InputError{t.where + ": " + e.what()};
     }
+    res.r.Q.resize(0, 0);  // the last user of Q
   }
 };
 
