@@ -5,8 +5,8 @@
 // A call needs an m x n residual (returned as Result::Q), three packed code
 // sets (one returned as Result::packed) and, with statistics, an m x n image of
 // the residual in the output metric. Allocated fresh, each of their pages is
-// zeroed by the kernel when first touched: 12-28% of the CPU time of `loftq
-// model`, whose checkpoints have hundreds of targets. A workspace keeps them:
+// zeroed by the kernel when first touched (a quarter of the CPU time of `loftq
+// init` on a 7B-shaped matrix, bench/README.md). A workspace keeps them:
 //
 //   loftq::Workspace<float> ws;
 //   for (const auto& W : weights) {
