@@ -155,7 +155,7 @@ class WorkspaceLease {
 
  private:
   template <class T>
-  static void keep(std::vector<T>& spare, T&& x, std::size_t cap) {
+  static void keep(std::vector<T>& spare, typename std::vector<T>::value_type&& x, std::size_t cap) {
     if (spare.size() >= cap) spare.erase(spare.begin());
     spare.push_back(std::move(x));
   }
