@@ -32,6 +32,7 @@ void check_same(const Result<Scalar>& a, const Result<Scalar>& b) {
   CHECK(p.block_size == q.block_size);
   CHECK(p.bits == q.bits);
   CHECK(p.scale_mode == q.scale_mode);
+  CHECK(p.ggml_format == q.ggml_format);
   CHECK(p.codebook == q.codebook);
   CHECK(p.codes == q.codes);
   CHECK(p.scales == q.scales);
@@ -107,6 +108,8 @@ TEST_CASE("workspace: one workspace across quantizers (mins, ggml super-blocks, 
   const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
   const loftq::GgmlQuantizer q4k(loftq::GgmlFormat::q4_K), q8(loftq::GgmlFormat::q8_0), q6k(loftq::GgmlFormat::q6_K),
       q2k(loftq::GgmlFormat::q2_K);
+  const loftq::GgmlQuantizer iq4xs(loftq::GgmlFormat::iq4_xs), iq4nl(loftq::GgmlFormat::iq4_nl),
+      q3k(loftq::GgmlFormat::q3_K), q5k(loftq::GgmlFormat::q5_K);
   Workspace<float> ws;
   Options o;
   o.rank = 8;
@@ -128,6 +131,12 @@ TEST_CASE("workspace: one workspace across quantizers (mins, ggml super-blocks, 
     check_same(c, loftq::initialize(*W, q6k, o));
     ws.recycle(std::move(c));
     check_same(loftq::initialize(*W, q2k, o, ws), loftq::initialize(*W, q2k, o));
+    // The other ggml formats: a non-uniform codebook per super-block and per block, and K formats of 3 and 5 bits.
+    for (const loftq::GgmlQuantizer* g : {&iq4xs, &iq4nl, &q3k, &q5k}) {
+      Result<float> d = loftq::initialize(*W, *g, o, ws);
+      check_same(d, loftq::initialize(*W, *g, o));
+      ws.recycle(std::move(d));
+    }
   }
 }
 
