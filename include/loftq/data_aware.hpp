@@ -52,6 +52,7 @@
 #include "options.hpp"
 #include "quantizer.hpp"
 #include "threads.hpp"
+#include "workspace.hpp"
 
 namespace loftq {
 
@@ -105,19 +106,44 @@ void weight_balanced_factors(Matrix& A, Matrix& B) {
 }
 
 // The data-aware alternation on a validated row-major m x n W; like the
-// data-free initialize_rowmajor it depends only on the scalar type.
+// data-free initialize_rowmajor it depends only on the scalar type. ws: null,
+// or the caller's workspace, which also holds the metric's m x n image.
 template <class Scalar>
 Result<Scalar> initialize_rowmajor(const Scalar* Wp, Eigen::Index m, Eigen::Index n, const QuantSpec& spec,
-                                   const InputStatistics& stats, const Options& opt, const DataAwareOptions& da) {
+                                   const InputStatistics& stats, const Options& opt, const DataAwareOptions& da,
+                                   Workspace<Scalar>* ws) {
+  WorkspaceLease<Scalar> lease(ws);
   EigenSerialScope serial;
   // Both are checked, whichever the statistics use: a bad option is an error on any input.
   for (double lambda : {da.damping, da.diagonal_damping})
     require(std::isfinite(lambda) && lambda >= 0, Errc::invalid_argument,
             "data-aware initialize: damping must be finite and >= 0");
   OutputMetric<Scalar> metric(stats, da.damping_for(stats.mode()), opt.threads);
-  Result<Scalar> res = Alternation<Scalar, OutputMetric<Scalar>>(Wp, m, n, spec, opt, metric).compute();
+  struct ImageBack {  // on every way out, the image goes back to the workspace
+    WorkspaceLease<Scalar>& lease;
+    RowMatrix<Scalar>& image;
+    ~ImageBack() { lease.give(std::move(image)); }
+  } back{lease, metric.image()};
+  lease.take(metric.image(), m, n);
+  Result<Scalar> res = Alternation<Scalar, OutputMetric<Scalar>>(Wp, m, n, spec, opt, metric, lease).compute();
   weight_balanced_factors(res.A, res.B);
   return res;
+}
+
+// The public overloads' checks, then the alternation.
+template <class Derived, class Q>
+Result<typename Derived::Scalar> initialize_data_aware(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                                       const InputStatistics& stats, const Options& opt,
+                                                       const DataAwareOptions& da,
+                                                       Workspace<typename Derived::Scalar>* ws) {
+  const Eigen::Index m = W_in.rows(), n = W_in.cols();
+  RowMajorView<Derived> view(W_in);
+  check_weights(W_in, view.data(), opt.threads, "data-aware initialize");
+  check_options(opt, m, n);
+  require(stats.features() == n, Errc::invalid_argument,
+          "data-aware initialize: the statistics have " + std::to_string(stats.features()) + " features, but W has " +
+              std::to_string(n) + " columns (in_features)");
+  return initialize_rowmajor(view.data(), m, n, spec_of(quantizer), stats, opt, da, ws);
 }
 
 }  // namespace detail
@@ -141,14 +167,17 @@ template <class Derived, class Q>
 Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
                                             const InputStatistics& stats, const Options& opt = {},
                                             const DataAwareOptions& da = {}) {
-  const Eigen::Index m = W_in.rows(), n = W_in.cols();
-  detail::RowMajorView<Derived> view(W_in);
-  detail::check_weights(W_in, view.data(), opt.threads, "data-aware initialize");
-  detail::check_options(opt, m, n);
-  detail::require(stats.features() == n, Errc::invalid_argument,
-                  "data-aware initialize: the statistics have " + std::to_string(stats.features()) +
-                      " features, but W has " + std::to_string(n) + " columns (in_features)");
-  return detail::initialize_rowmajor(view.data(), m, n, detail::spec_of(quantizer), stats, opt, da);
+  return detail::initialize_data_aware(W_in, quantizer, stats, opt, da,
+                                       static_cast<Workspace<typename Derived::Scalar>*>(nullptr));
+}
+
+// The same, reusing the buffers of `ws` (workspace.hpp): the result is the
+// same, bit for bit.
+template <class Derived, class Q>
+Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                            const InputStatistics& stats, const Options& opt,
+                                            const DataAwareOptions& da, Workspace<typename Derived::Scalar>& ws) {
+  return detail::initialize_data_aware(W_in, quantizer, stats, opt, da, &ws);
 }
 
 // The squared output error of an approximation W' of W over the inputs the
@@ -189,10 +218,11 @@ namespace loftq {
 namespace detail {
 LOFTQ_INSTANCE_FLOAT Result<float> initialize_rowmajor<float>(const float*, Eigen::Index, Eigen::Index,
                                                               const QuantSpec&, const InputStatistics&, const Options&,
-                                                              const DataAwareOptions&);
+                                                              const DataAwareOptions&, Workspace<float>*);
 LOFTQ_INSTANCE_DOUBLE Result<double> initialize_rowmajor<double>(const double*, Eigen::Index, Eigen::Index,
                                                                  const QuantSpec&, const InputStatistics&,
-                                                                 const Options&, const DataAwareOptions&);
+                                                                 const Options&, const DataAwareOptions&,
+                                                                 Workspace<double>*);
 }  // namespace detail
 }  // namespace loftq
 #endif

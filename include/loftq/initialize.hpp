@@ -7,7 +7,8 @@
 // Buffers: besides W the loop holds one m x n residual R and three packed
 // code sets (current, next and best), so a T-step run costs about 2.5x the
 // input in memory at 4 bits (3.5x when W has to be copied into row-major
-// order). The returned Q reuses R.
+// order). The returned Q reuses R. A Workspace (workspace.hpp) keeps these
+// buffers from one call to the next.
 
 #include <Eigen/Core>
 #include <cmath>
@@ -23,8 +24,23 @@
 #include "options.hpp"
 #include "packed.hpp"
 #include "quantizer.hpp"
+#include "workspace.hpp"
 
 namespace loftq {
+
+namespace detail {
+
+// The public overloads' checks, then the alternation.
+template <class Derived, class Q>
+Result<typename Derived::Scalar> initialize_data_free(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                                      const Options& opt, Workspace<typename Derived::Scalar>* ws) {
+  RowMajorView<Derived> view(W_in);
+  check_weights(W_in, view.data(), opt.threads, "initialize");
+  check_options(opt, W_in.rows(), W_in.cols());
+  return initialize_rowmajor(view.data(), W_in.rows(), W_in.cols(), spec_of(quantizer), opt, ws);
+}
+
+}  // namespace detail
 
 // PEFT's factors: lora_A (r x n), lora_B (m x r), with
 // (lora_alpha / r) * lora_B * lora_A == A * B^T.
@@ -40,10 +56,16 @@ struct PeftLora {
 template <class Derived, class Q>
 Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
                                             const Options& opt = {}) {
-  detail::RowMajorView<Derived> view(W_in);
-  detail::check_weights(W_in, view.data(), opt.threads, "initialize");
-  detail::check_options(opt, W_in.rows(), W_in.cols());
-  return detail::initialize_rowmajor(view.data(), W_in.rows(), W_in.cols(), detail::spec_of(quantizer), opt);
+  return detail::initialize_data_free(W_in, quantizer, opt, static_cast<Workspace<typename Derived::Scalar>*>(nullptr));
+}
+
+// The same, reusing the buffers of `ws` (workspace.hpp) from call to call, so
+// a sequence of matrices does not fault in fresh pages for each: the result
+// is the same, bit for bit.
+template <class Derived, class Q>
+Result<typename Derived::Scalar> initialize(const Eigen::MatrixBase<Derived>& W_in, const Q& quantizer,
+                                            const Options& opt, Workspace<typename Derived::Scalar>& ws) {
+  return detail::initialize_data_free(W_in, quantizer, opt, &ws);
 }
 
 // The QLoRA-style baseline: Q = q(W), A = 0 and B drawn like PEFT's default

@@ -18,3 +18,4 @@
 #include "svd.hpp"
 #include "threads.hpp"
 #include "version.hpp"
+#include "workspace.hpp"

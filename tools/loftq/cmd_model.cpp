@@ -77,7 +77,7 @@ struct Written : TargetResult {
 
 // Every step of the source: targets computed and handed to the sinks on the
 // writer thread, the other tensors copied through on it.
-Computed run_steps(const Args& a, const Source& src, const Compute& compute, const Sinks& sinks, Progress& progress,
+Computed run_steps(const Args& a, const Source& src, Compute& compute, const Sinks& sinks, Progress& progress,
                    std::size_t& done) {
   const std::vector<Step> steps = src.steps();
   std::vector<const ModelTarget*> order;
@@ -108,8 +108,9 @@ Computed run_steps(const Args& a, const Source& src, const Compute& compute, con
       c.out_aware += res->out_aware;
       ++c.calibrated;
     }
-    writer.submit([&sinks, res = std::move(res), &t] {
+    writer.submit([&sinks, &compute, res = std::move(res), &t] {
       for (const auto& k : sinks) k->write(t, *res);
+      compute.give_back(std::move(res->r));  // its buffers serve a later target
     });
     progress.update(++done, t.name);
     check_interrupt();

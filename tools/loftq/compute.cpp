@@ -79,23 +79,38 @@ void Compute::check_targets(const Source& src) {
 }
 
 loftq::Result<float> Compute::loftq_of(const ModelTarget& t, const ConstMapF& W, int bits,
-                                       const loftq::InputStatistics* stats) const {
+                                       const loftq::InputStatistics* stats) {
+  {
+    std::lock_guard<std::mutex> lk(returned_m_);
+    for (loftq::Result<float>& r : returned_) ws_.recycle(std::move(r));
+    returned_.clear();
+  }
   const loftq::DataAwareOptions da = calib_ ? calib_->data_aware_options() : loftq::DataAwareOptions{};
   if (gguf_) {
     const loftq::GgmlQuantizer q(t.ggml);
-    return stats ? loftq::initialize(W, q, *stats, opt_, da) : loftq::initialize(W, q, opt_);
+    return stats ? loftq::initialize(W, q, *stats, opt_, da, ws_) : loftq::initialize(W, q, opt_, ws_);
   }
   const loftq::Quantizer& q = quantizers_.at(bits);
-  return stats ? loftq::initialize(W, q, *stats, opt_, da) : loftq::initialize(W, q, opt_);
+  return stats ? loftq::initialize(W, q, *stats, opt_, da, ws_) : loftq::initialize(W, q, opt_, ws_);
 }
 
-void Compute::compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out) const {
+void Compute::give_back(loftq::Result<float>&& r) {
+  // Q is freed now: kept for the target after next, it would stay resident
+  // beside the next target's residual, one m x n buffer above the peak of a
+  // run without reuse. The code sets are a fraction of that.
+  r.Q = RowMatrixF();
+  std::lock_guard<std::mutex> lk(returned_m_);
+  returned_.push_back(std::move(r));
+}
+
+void Compute::compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out) {
   out.calibration = calib_->target_json(t);
   const loftq::InputStatistics* stats = calib_->of(t);
   if (!stats) return;
   try {
-    const loftq::Result<float> free = loftq_of(t, W, bits, nullptr);
+    loftq::Result<float> free = loftq_of(t, W, bits, nullptr);
     const RowMatrixF approx_free = free.Q + free.A * free.B.transpose();
+    ws_.recycle(std::move(free));
     const RowMatrixF approx = out.r.Q + out.r.A * out.r.B.transpose();
     out.out_qlora = out.r.qlora_error;
     out.out_free = loftq::output_error(W, approx_free, *stats);
@@ -109,7 +124,7 @@ void Compute::compare(const ModelTarget& t, const ConstMapF& W, int bits, Target
 }
 
 TargetResult Compute::run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant,
-                               bool bnb) const {
+                               bool bnb) {
   TargetResult out;
   out.bits = bits;
   try {
@@ -128,7 +143,7 @@ TargetResult Compute::run_bits(const ModelTarget& t, const ConstMapF& W, double 
   return out;
 }
 
-TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) const {
+TargetResult Compute::run(const ModelTarget& t, const ConstMapF& W, double w2) {
   const auto t0 = std::chrono::steady_clock::now();
   const int bits = gguf_ ? loftq::ggml_format_bits(t.ggml) : bits_of_.at(t.name);
   TargetResult out = run_bits(t, W, w2, bits, a_.double_quant, a_.bnb_nf4);
@@ -158,10 +173,11 @@ void Compute::choose_widths(const Source& src, Progress& progress, std::size_t& 
     me.numel = static_cast<std::int64_t>(t->rows * t->cols);
     const loftq::InputStatistics* stats = calib_ ? calib_->of(*t) : nullptr;
     for (int b : budget_bits()) {
-      const TargetResult r = run_bits(*t, in.W, in.w2, b, a_.double_quant, false);
+      TargetResult r = run_bits(*t, in.W, in.w2, b, a_.double_quant, false);
       // With statistics the budget goes where the layer's outputs gain most.
       me.sq_error.push_back(stats ? loftq::output_sq_error(in.W, RowMatrixF(r.r.Q + r.r.A * r.r.B.transpose()), *stats)
                                   : r.sq_err);
+      ws_.recycle(std::move(r.r));
       progress.update(++done, t->name + " @ " + std::to_string(b) + " bits");
     }
     measured_[t->name] = me.sq_error;
@@ -205,9 +221,10 @@ void Compute::choose_ggml_formats(const Source& src, Progress& progress, std::si
     for (loftq::GgmlFormat f : offered.back()) {
       ModelTarget tf = *t;
       tf.ggml = f;
-      const TargetResult r = run_bits(tf, in.W, in.w2, loftq::ggml_format_bits(f), false, false);
+      TargetResult r = run_bits(tf, in.W, in.w2, loftq::ggml_format_bits(f), false, false);
       const double e =
           stats ? loftq::output_sq_error(in.W, RowMatrixF(r.r.Q + r.r.A * r.r.B.transpose()), *stats) : r.sq_err;
+      ws_.recycle(std::move(r.r));
       measured_ggml_[t->name][f] = e;
       mc.sq_error.push_back(e);
       // What the two files store for the target: ggml's blocks of Q, and the adapter, which every format shares.

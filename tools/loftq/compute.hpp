@@ -15,9 +15,11 @@
 #include <loftq/io/bnb.hpp>
 #include <loftq/mixed_precision.hpp>
 #include <loftq/quantizer.hpp>
+#include <loftq/workspace.hpp>
 
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -52,8 +54,12 @@ class Compute {
   // The report's "calibration" (with --calibration).
   nlohmann::json calibration_json() const { return calib_->describe(); }
 
-  // W comes from the TensorPrefetcher, with w2 = ||W||^2.
-  TargetResult run(const ModelTarget& t, const ConstMapF& W, double w2) const;
+  // W comes from the TensorPrefetcher, with w2 = ||W||^2. Computations run
+  // one at a time (they share one loftq::Workspace), on one thread.
+  TargetResult run(const ModelTarget& t, const ConstMapF& W, double w2);
+  // Hands a written result's code sets back for the next run() to reuse (its
+  // Q is freed); safe from any thread (the writer's), while run() works.
+  void give_back(loftq::Result<float>&& r);
 
   // With --bits-budget: computes every target of `src` at every width, then
   // allocates the widths (reading the targets once more is left to the
@@ -80,16 +86,15 @@ class Compute {
   void print_allocation(const nlohmann::json& report) const;
 
  private:
-  TargetResult run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant,
-                        bool bnb) const;
+  TargetResult run_bits(const ModelTarget& t, const ConstMapF& W, double w2, int bits, bool double_quant, bool bnb);
   // LoftQ of target t's W at `bits` (--format gguf: in t's ggml format), in the output metric of `stats` when not
   // null.
   loftq::Result<float> loftq_of(const ModelTarget& t, const ConstMapF& W, int bits,
-                                const loftq::InputStatistics* stats) const;
+                                const loftq::InputStatistics* stats);
   // --format gguf with --bits-budget: choose_widths() over each target's candidate ggml formats.
   void choose_ggml_formats(const Source& src, Progress& progress, std::size_t& done);
   // The output-space comparison of a calibrated target (TargetResult::calibration).
-  void compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out) const;
+  void compare(const ModelTarget& t, const ConstMapF& W, int bits, TargetResult& out);
 
   const Args& a_;
   loftq::Options opt_;
@@ -104,6 +109,15 @@ class Compute {
   loftq::ChoiceAllocation ggml_alloc_;
   double ggml_weights_ = 0, ggml_adapter_bits_ = 0;
   std::unique_ptr<CalibrationInput> calib_;
+  // Buffers reused from target to target: a fresh target's pages cost the
+  // kernel's zeroing, once a large share of the run (bench/whole_model.md).
+  // Between two computations it holds at most what one takes, which the next
+  // one reuses, or frees before it allocates: the ResidentBound counts them in
+  // that computation's work. A written result's code set, from give_back() to
+  // the next run(), is outside the count (a byte per weight at most).
+  loftq::Workspace<float> ws_;
+  std::mutex returned_m_;
+  std::vector<loftq::Result<float>> returned_;  // from give_back(), for ws_ at the next run()
 };
 
 }  // namespace loftq_cli

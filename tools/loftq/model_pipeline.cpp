@@ -3,9 +3,40 @@
 #include <loftq/huge_pages.hpp>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 
+#if defined(__linux__)
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
 namespace loftq_cli {
+
+namespace {
+
+// The prefetch thread runs niced by this much: when it competes with the
+// computation for a core, the scheduler gives it a small share of it, and it
+// takes up the slack while the computation waits on it. The writer is not
+// niced: on a busy machine it would hold each result's Q, an m x n buffer,
+// while the next target's residual is filled, raising the peak memory by one
+// such buffer (bench/whole_model.md, "Page zeroing").
+constexpr int kBackgroundNice = 10;
+
+// Lowers the calling thread's priority by kBackgroundNice. Linux keeps a nice
+// value per thread; elsewhere nothing happens. Raising nice is always
+// allowed, so this cannot fail for lack of privilege.
+void lower_thread_priority() {
+#if defined(__linux__)
+  const auto tid = static_cast<id_t>(syscall(SYS_gettid));
+  errno = 0;
+  const int now = getpriority(PRIO_PROCESS, tid);
+  if (errno == 0) (void)setpriority(PRIO_PROCESS, tid, std::min(19, now + kBackgroundNice));
+#endif
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------------------
 // TensorPrefetcher
@@ -47,6 +78,7 @@ std::uint64_t TensorPrefetcher::held_with(const Slot& fill, std::uint64_t floats
 }
 
 void TensorPrefetcher::run() {
+  lower_thread_priority();
   for (std::size_t k = 0; k < order_.size(); ++k) {
     Slot& s = slots_[k % 2];
     Slot& other = slots_[(k + 1) % 2];

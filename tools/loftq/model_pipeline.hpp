@@ -3,8 +3,10 @@
 // and converts the next target while the current one is computed, and a
 // writer thread converts and writes finished results (and copies the tensors
 // that are not targets) in submission order. Both do memory-bound work that
-// is short next to a target's computation, so on a 2-core machine they take
-// a core only briefly. The overlap is bounded (ResidentBound): where the
+// is short next to a target's computation. The prefetch thread runs niced
+// (+10), so that where it competes with the computation for a core the
+// computation keeps most of it; the writer is not, so that a written result's
+// memory is freed promptly. The overlap is bounded (ResidentBound): where the
 // targets are large (a 70B model's FFN matrices), a target is read only once
 // the memory it needs is free, and computed without overlap.
 //

@@ -39,6 +39,7 @@
 #include "../options.hpp"
 #include "../packed.hpp"
 #include "../svd.hpp"
+#include "../workspace.hpp"
 #include "block_quantizer.hpp"
 #include "memory.hpp"
 #include "parallel.hpp"
@@ -127,11 +128,13 @@ class FrobeniusMetric {
 //   sweep(), t = T   unchanged
 //   finish()         scratch for the baseline, then the returned Q
 // best_ holds the codes of the iterate to return, bestA_ / bestB_ its factors.
+// R and the code sets come from the lease's workspace, if it has one, and
+// what the Result does not take goes back to it.
 template <class Scalar, class Metric>
 class Alternation {
  public:
   Alternation(const Scalar* Wp, Eigen::Index m, Eigen::Index n, const QuantSpec& spec, const Options& opt,
-              Metric& metric)
+              Metric& metric, WorkspaceLease<Scalar>& lease)
       : Wp_(Wp),
         W_(Wp, m, n),
         m_(m),
@@ -140,7 +143,9 @@ class Alternation {
         opt_(opt),
         metric_(metric),
         spec_in_(spec),
-        spec_(spec) {
+        spec_(spec),
+        lease_(lease),
+        fractions_(lease.fractions(own_fractions_)) {
     spec_.search = opt.scale_search;
     plain_ = spec_;  // QLoRA's q(W): plain absmax, unweighted
     plain_.search = false;
@@ -160,14 +165,21 @@ class Alternation {
     if (opt.start_power_iterations >= 0) svd_start_.power_iterations = opt.start_power_iterations;
   }
 
+  ~Alternation() {
+    lease_.give(std::move(R_));
+    for (PackedMatrix* p : {&cur_, &next_, &best_}) lease_.give(std::move(*p));
+  }
+  Alternation(const Alternation&) = delete;
+  Alternation& operator=(const Alternation&) = delete;
+
   Result<Scalar> compute() {
     EigenSerialScope serial;
     metric_.prepare(W_);
     w2_ = metric_.squared_norm(W_);
-    resize_large(R_, m_, n_);  // start() writes every element
-    cur_ = make_packed(m_, n_, spec_);
-    next_ = make_packed(m_, n_, spec_);
-    best_ = make_packed(m_, n_, spec_);
+    lease_.take(R_, m_, n_);  // start() writes every element
+    lease_.take(cur_, m_, n_, spec_);
+    lease_.take(next_, m_, n_, spec_);
+    lease_.take(best_, m_, n_, spec_);
     check_cancel();
     start();
     for (int t = 1; t <= opt_.iterations; ++t) {
@@ -262,8 +274,12 @@ class Alternation {
       // worse than q(W), so it is the fallback in that (rare) case.
       Options zero = opt_;
       zero.start = Start::zero;
-      Result<Scalar> alt = Alternation(Wp_, m_, n_, spec_in_, zero, metric_).compute();
-      if (alt.error() < res_.error()) return alt;
+      Result<Scalar> alt = Alternation(Wp_, m_, n_, spec_in_, zero, metric_, lease_).compute();
+      if (alt.error() < res_.error()) {
+        lease_.give(std::move(res_.Q));
+        lease_.give(std::move(res_.packed));
+        return alt;
+      }
     }
     return std::move(res_);
   }
@@ -277,7 +293,9 @@ class Alternation {
   Options opt_;
   Metric& metric_;
   QuantSpec spec_in_, spec_, plain_;
-  std::vector<float> fractions_;
+  WorkspaceLease<Scalar>& lease_;
+  std::vector<float> own_fractions_;  // without a workspace
+  std::vector<float>& fractions_;
   SVDOptions svd_cold_, svd_warm_, svd_start_;
   double w2_ = 0;
 
@@ -294,11 +312,13 @@ class Alternation {
 // The data-free alternation on a validated row-major W. It depends only on
 // the scalar type, so a program can compile it once (LOFTQ_EXTERN_TEMPLATES,
 // instances.hpp) however many matrix types it passes to initialize.
+// ws: null, or the caller's workspace (workspace.hpp).
 template <class Scalar>
 Result<Scalar> initialize_rowmajor(const Scalar* Wp, Eigen::Index m, Eigen::Index n, const QuantSpec& spec,
-                                   const Options& opt) {
+                                   const Options& opt, Workspace<Scalar>* ws) {
+  WorkspaceLease<Scalar> lease(ws);
   FrobeniusMetric<Scalar> metric(opt.threads);
-  return Alternation<Scalar, FrobeniusMetric<Scalar>>(Wp, m, n, spec, opt, metric).compute();
+  return Alternation<Scalar, FrobeniusMetric<Scalar>>(Wp, m, n, spec, opt, metric, lease).compute();
 }
 
 }  // namespace detail
@@ -308,9 +328,9 @@ Result<Scalar> initialize_rowmajor(const Scalar* Wp, Eigen::Index m, Eigen::Inde
 namespace loftq {
 namespace detail {
 LOFTQ_INSTANCE_FLOAT Result<float> initialize_rowmajor<float>(const float*, Eigen::Index, Eigen::Index,
-                                                              const QuantSpec&, const Options&);
+                                                              const QuantSpec&, const Options&, Workspace<float>*);
 LOFTQ_INSTANCE_DOUBLE Result<double> initialize_rowmajor<double>(const double*, Eigen::Index, Eigen::Index,
-                                                                 const QuantSpec&, const Options&);
+                                                                 const QuantSpec&, const Options&, Workspace<double>*);
 }  // namespace detail
 }  // namespace loftq
 #endif

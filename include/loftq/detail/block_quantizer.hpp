@@ -412,8 +412,9 @@ void dequantize_flat(const PackedMatrix& P, Scalar* out, int threads) {
   }
 }
 
-inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const QuantSpec& s) {
-  PackedMatrix P;
+// P := make_packed(rows, cols, s), reusing P's storage: every field is
+// reset, and the codes grow (advised, as a fresh set) only when they must.
+inline void reset_packed(PackedMatrix& P, Eigen::Index rows, Eigen::Index cols, const QuantSpec& s) {
   P.rows = rows;
   P.cols = cols;
   // A K format quantizes super-blocks but stores a scale per sub-block.
@@ -423,15 +424,29 @@ inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const Quan
   P.ggml_format = s.ggml;
   P.codebook = *s.codebook;
   const std::size_t bytes = packed_bytes(rows * cols, s.bits);
-  P.codes.reserve(bytes);
-  advise_huge_pages(P.codes.data(), bytes);  // before the zero fill first touches it
+  if (P.codes.capacity() < bytes) {
+    std::vector<std::uint8_t>().swap(P.codes);
+    P.codes.reserve(bytes);
+    advise_huge_pages(P.codes.data(), bytes);  // before the zero fill first touches it
+  }
   P.codes.assign(bytes, 0);
   P.scales.assign(static_cast<std::size_t>(P.num_blocks()), 0.0f);
-  if (s.mode != ScaleMode::absmax) P.mins.assign(P.scales.size(), 0.0f);
+  if (s.mode != ScaleMode::absmax)
+    P.mins.assign(P.scales.size(), 0.0f);
+  else
+    P.mins.clear();
+  P.scale_dq = DoubleQuantScales{};
   if (ggml_is_k_format(s.ggml))
     P.ggml_blocks.assign(static_cast<std::size_t>((rows * cols + kGgmlSuperBlock - 1) / kGgmlSuperBlock) *
                              static_cast<std::size_t>(ggml_format_block_bytes(s.ggml)),
                          0);
+  else
+    P.ggml_blocks.clear();
+}
+
+inline PackedMatrix make_packed(Eigen::Index rows, Eigen::Index cols, const QuantSpec& s) {
+  PackedMatrix P;
+  reset_packed(P, rows, cols, s);
   return P;
 }
 

@@ -124,6 +124,8 @@ class OutputMetric {
   Eigen::Index features() const { return n_; }
   // diag(Hd), mean 1: the quantizer's per-column weights.
   const float* column_weights() const { return col_w_.data(); }
+  // The storage of the image X F (m x n), which a workspace lends.
+  RowMatrix<Scalar>& image() { return M_; }
 
   // M := X F for the row-major m x n matrix at x.
   void apply(const Scalar* x, Eigen::Index m, RowMatrix<Scalar>& M, int threads) const {
