@@ -34,15 +34,22 @@ inline void* open_ggml_base(std::string& why) {
   return lib;
 }
 
-// That library with its ggml_quantize_chunk(type, src, dst, start, nrows,
-// n_per_row, imatrix) in `fn` (nullptr if the library lacks it), or nullptr
-// with `why` saying what is missing.
+// libggml-base's ggml_quantize_chunk(type, src, dst, start, nrows, n_per_row,
+// imatrix), loaded for the object's life: `lib` is nullptr when the library is
+// missing (`why` says what to set), `chunk` nullptr when it lacks the symbol.
 using GgmlQuantizeChunk = std::size_t (*)(int, const float*, void*, std::int64_t, std::int64_t, std::int64_t,
                                           const float*);
-inline void* open_ggml_quantize_chunk(std::string& why, GgmlQuantizeChunk& fn) {
+struct GgmlQuantizeChunkLib {
+  std::string why;
   void* lib = open_ggml_base(why);
-  fn = lib ? reinterpret_cast<GgmlQuantizeChunk>(dlsym(lib, "ggml_quantize_chunk")) : nullptr;
-  return lib;
-}
+  GgmlQuantizeChunk chunk = lib ? reinterpret_cast<GgmlQuantizeChunk>(dlsym(lib, "ggml_quantize_chunk")) : nullptr;
+
+  GgmlQuantizeChunkLib() = default;
+  GgmlQuantizeChunkLib(const GgmlQuantizeChunkLib&) = delete;
+  GgmlQuantizeChunkLib& operator=(const GgmlQuantizeChunkLib&) = delete;
+  ~GgmlQuantizeChunkLib() {
+    if (lib) dlclose(lib);
+  }
+};
 
 }  // namespace loftq_common

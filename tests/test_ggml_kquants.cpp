@@ -21,6 +21,7 @@
 
 #include "common/matrices.hpp"
 #include "common/ggml_base_lib.hpp"
+#include "support/ggml_chunk.hpp"
 #include "common/ggml_layout.hpp"
 
 namespace {
@@ -360,14 +361,9 @@ TEST_CASE("K formats: NaN or Inf in W is rejected") {
 // which runs quantize_row_iq4_nl_impl with no quant weights (weights x^2):
 // exactly what scale_search = false reproduces.
 TEST_CASE("scale_search = false writes ggml_quantize_chunk's bytes, K formats and the 32-element ones") {
-  std::string why;
-  loftq_common::GgmlQuantizeChunk chunk = nullptr;
-  void* lib = loftq_common::open_ggml_quantize_chunk(why, chunk);
-  if (!lib) {
-    MESSAGE("skipped: " << why);
-    return;
-  }
-  REQUIRE((chunk != nullptr));
+  const loftq_common::GgmlQuantizeChunkLib ggml;
+  const loftq_common::GgmlQuantizeChunk chunk = loftq_test::ggml_quantize_chunk_or_skip(ggml);
+  if (!chunk) return;
 
   // Realistic rows, plus super-blocks that take ggml's special paths: all
   // zero, one constant, all positive, tiny values, one huge outlier.
@@ -409,5 +405,4 @@ TEST_CASE("scale_search = false writes ggml_quantize_chunk's bytes, K formats an
     REQUIRE(chunk(loftq::ggml_format_type_id(f), W.data(), ref.data(), 0, W.rows(), W.cols(), nullptr) == ours.size());
     CHECK(ref == ours);
   }
-  dlclose(lib);
 }

@@ -8,6 +8,7 @@
 using loftq::SVDMethod;
 using loftq::SVDOptions;
 using loftq::TruncatedSVD;
+using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
 namespace {
 
@@ -181,13 +182,10 @@ TEST_CASE("bad arguments get typed errors") {
 }
 
 TEST_CASE("skinny_gemm: every tile shape and column tail against a double-precision product") {
-  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   for (Eigen::Index rows : {1, 2, 3, 4, 5, 7, 9})
     for (Eigen::Index w : {1, 7, 8, 16, 24, 29, 40, 72})
       for (Eigen::Index depth : {1, 17, 130}) {
-        CAPTURE(rows);
-        CAPTURE(w);
-        CAPTURE(depth);
+        INFO(rows << " x " << depth << " times " << depth << " x " << w);
         const RowF a = loftq_test::gaussian(rows, depth, 7 + rows), x = loftq_test::gaussian(depth, w, 11 + w);
         const Eigen::MatrixXf ac = a;  // the same operand in column-major strides
         RowF out1(rows, w), out2(rows, w);
@@ -199,13 +197,10 @@ TEST_CASE("skinny_gemm: every tile shape and column tail against a double-precis
 }
 
 TEST_CASE("skinny_gemm_t: every slice and row group against a double product; splits change no bits") {
-  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   for (Eigen::Index rows : {1, 3, 4, 5, 9, 130})
     for (Eigen::Index w : {1, 7, 8, 16, 24, 29, 40, 72})
       for (Eigen::Index cols : {1, 6, 33}) {
-        CAPTURE(rows);
-        CAPTURE(w);
-        CAPTURE(cols);
+        INFO("the transpose of " << rows << " x " << cols << " times " << rows << " x " << w);
         const RowF m = loftq_test::gaussian(rows, cols, 5 + rows), y = loftq_test::gaussian(rows, w, 13 + w);
         RowF out(cols, w), split(cols, w), viaT(cols, w);
         loftq::detail::skinny_gemm_t(m.data(), cols, rows, cols, y.data(), w, w, out.data(), w);
@@ -222,7 +217,6 @@ TEST_CASE("skinny_gemm_t: every slice and row group against a double product; sp
 }
 
 TEST_CASE("chunked_mul_t on row-major float: matches the exact product, same bits for 1, 2 and 3 threads") {
-  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowF M = loftq_test::structured(300, 170, 9);
   const Eigen::MatrixXf X = loftq_test::gaussian(300, 21, 4);
   Eigen::MatrixXf Z1, Z2, Z3;
@@ -243,7 +237,6 @@ TEST_CASE("chunked_mul_t on row-major float: matches the exact product, same bit
 }
 
 TEST_CASE("chunked_mul on row-major float: matches Eigen's product, same bits for 1 and 2 threads") {
-  using RowF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const RowF M = loftq_test::structured(300, 170, 9);
   const Eigen::MatrixXf X = loftq_test::gaussian(170, 21, 3);
   Eigen::MatrixXf Y1, Y2;

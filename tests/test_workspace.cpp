@@ -5,6 +5,7 @@
 #include <loftq/ggml_quantizer.hpp>
 #include <loftq/initialize.hpp>
 #include <loftq/workspace.hpp>
+#include <tuple>
 #include <vector>
 
 #include "support.hpp"
@@ -18,27 +19,27 @@ using loftq::Workspace;
 
 namespace {
 
+// Every field of a result, its packed codes and scales too.
+template <class Scalar>
+auto fields(const Result<Scalar>& r) {
+  const loftq::PackedMatrix& p = r.packed;
+  return std::tie(r.Q, r.A, r.B, r.history, r.best_iteration, r.qlora_error, p.rows, p.cols, p.block_size, p.bits,
+                  p.scale_mode, p.ggml_format, p.codebook, p.codes, p.scales, p.mins, p.ggml_blocks, p.scale_dq.codes);
+}
+
 template <class Scalar>
 void check_same(const Result<Scalar>& a, const Result<Scalar>& b) {
-  CHECK(a.Q == b.Q);
-  CHECK(a.A == b.A);
-  CHECK(a.B == b.B);
-  CHECK(a.history == b.history);
-  CHECK(a.best_iteration == b.best_iteration);
-  CHECK(a.qlora_error == b.qlora_error);
-  const loftq::PackedMatrix &p = a.packed, &q = b.packed;
-  CHECK(p.rows == q.rows);
-  CHECK(p.cols == q.cols);
-  CHECK(p.block_size == q.block_size);
-  CHECK(p.bits == q.bits);
-  CHECK(p.scale_mode == q.scale_mode);
-  CHECK(p.ggml_format == q.ggml_format);
-  CHECK(p.codebook == q.codebook);
-  CHECK(p.codes == q.codes);
-  CHECK(p.scales == q.scales);
-  CHECK(p.mins == q.mins);
-  CHECK(p.ggml_blocks == q.ggml_blocks);
-  CHECK(p.scale_dq.codes == q.scale_dq.codes);
+  CHECK(fields(a) == fields(b));
+}
+
+const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
+
+// Rank 4, `iterations` steps: enough to pass every buffer through the loop.
+Options rank4(int iterations) {
+  Options o;
+  o.rank = 4;
+  o.iterations = iterations;
+  return o;
 }
 
 struct Shape {
@@ -72,7 +73,7 @@ std::vector<Options> option_sets(int threads) {
 // buffers to the previous result and one that got them back.
 template <class Scalar>
 void data_free_sequence(int threads) {
-  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4), nf2(loftq::Quantizer::Kind::normal_float, 2);
+  const loftq::Quantizer nf2(loftq::Quantizer::Kind::normal_float, 2);
   Workspace<Scalar> ws;
   std::uint64_t seed = 1;
   bool recycle = false;
@@ -105,7 +106,6 @@ TEST_CASE("workspace: one workspace across quantizers (mins, ggml super-blocks, 
   // quantization mix's consecutive targets: each must come out as a fresh one
   // would.
   const loftq::Quantizer asym3(loftq::Quantizer::Kind::uniform, 3, 64, /*sym=*/false);
-  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
   const loftq::GgmlQuantizer q4k(loftq::GgmlFormat::q4_K), q8(loftq::GgmlFormat::q8_0), q6k(loftq::GgmlFormat::q6_K),
       q2k(loftq::GgmlFormat::q2_K);
   const loftq::GgmlQuantizer iq4xs(loftq::GgmlFormat::iq4_xs), iq4nl(loftq::GgmlFormat::iq4_nl),
@@ -168,10 +168,7 @@ TEST_CASE("workspace: the SVD start's fallback to the zero start, which runs a s
   // Twenty huge isolated weights make the SVD start lose to q(W) (test_initialize has the case).
   RowMatrix<float> W = loftq_test::gaussian(64, 96, 71) * 0.01f;
   for (int i = 0; i < 20; ++i) W((i * 7) % 64, (i * 13) % 96) = i % 2 ? 1000.0f : -1000.0f;
-  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
-  Options o;
-  o.rank = 4;
-  o.iterations = 3;
+  Options o = rank4(3);
   o.start = loftq::Start::svd;
   Options zero = o;
   zero.start = loftq::Start::zero;
@@ -189,10 +186,7 @@ TEST_CASE("workspace: the SVD start's fallback to the zero start, which runs a s
 }
 
 TEST_CASE("workspace: a recycled result's Q is the next same-size result's storage") {
-  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
-  Options o;
-  o.rank = 4;
-  o.iterations = 2;
+  Options o = rank4(2);
   Workspace<float> ws;
   Result<float> r1 = loftq::initialize(RowMatrix<float>(loftq_test::structured(64, 96, 1)), nf4, o, ws);
   const float* q1 = r1.Q.data();
@@ -211,10 +205,7 @@ TEST_CASE("workspace: a recycled result's Q is the next same-size result's stora
 }
 
 TEST_CASE("workspace: what it keeps is bounded, and release() frees it") {
-  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
-  Options o;
-  o.rank = 4;
-  o.iterations = 1;
+  Options o = rank4(1);
   Workspace<float> ws;
   CHECK(ws.bytes() == 0);
   const Eigen::Index m = 64, n = 96;
@@ -234,10 +225,7 @@ TEST_CASE("workspace: what it keeps is bounded, and release() frees it") {
 }
 
 TEST_CASE("workspace: a call that must allocate first frees the spares that do not fit") {
-  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
-  Options o;
-  o.rank = 4;
-  o.iterations = 1;
+  Options o = rank4(1);
   Workspace<float> ws;
   const RowMatrix<float> W = loftq_test::structured(64, 96, 11);
   Result<float> r = loftq::initialize(W, nf4, o, ws);
@@ -265,10 +253,7 @@ TEST_CASE("workspace: a call that must allocate first frees the spares that do n
 }
 
 TEST_CASE("workspace: a call on a workspace in use throws invalid_argument, and an aborted call leaves it usable") {
-  const loftq::Quantizer nf4(loftq::Quantizer::Kind::normal_float, 4);
-  Options o;
-  o.rank = 4;
-  o.iterations = 2;
+  Options o = rank4(2);
   const RowMatrix<float> W = loftq_test::structured(64, 96, 9);
   Workspace<float> ws;
   {

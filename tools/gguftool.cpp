@@ -121,18 +121,24 @@ int cmd_stories(const std::string& bin, const std::string& out, std::uint32_t ty
   return 0;
 }
 
+// A synthetic model's weights: N(0, 0.05) from a fixed seed, drawn in order.
+struct NormalWeights {
+  std::mt19937 g;
+  std::normal_distribution<float> N{0.0f, 0.05f};
+  explicit NormalWeights(unsigned seed) : g(seed) {}
+  std::vector<float> operator()(std::uint64_t n) {
+    std::vector<float> v(n);
+    for (float& x : v) x = N(g);
+    return v;
+  }
+};
+
 // Shapes no real model has: rows of 96 and 33 x 64 (whole blocks), 70 (not:
 // kept), a 3-D I32 tensor, alignment 64, string arrays and floats in the keys.
 // VARIANT: "" as above; "i32target" with blk.0.attn_q an I32 tensor; "noarch"
 // without general.architecture.
 int cmd_synth(const std::string& out, const std::string& variant) {
-  std::mt19937 g(7);
-  std::normal_distribution<float> N(0.0f, 0.05f);
-  auto rnd = [&](std::uint64_t n) {
-    std::vector<float> v(n);
-    for (float& x : v) x = N(g);
-    return v;
-  };
+  NormalWeights rnd(7);
   gl::Builder b;
   b.add_u32("general.alignment", 64);
   if (variant != "noarch") b.add_string("general.architecture", "llama");
@@ -156,10 +162,7 @@ int cmd_synth(const std::string& out, const std::string& variant) {
 }
 
 int cmd_synth_big(const std::string& out, std::uint64_t mib) {
-  std::mt19937 g(7);
-  std::normal_distribution<float> N(0.0f, 0.05f);
-  std::vector<float> w(96 * 64);
-  for (float& x : w) x = N(g);
+  const std::vector<float> w = NormalWeights(7)(96 * 64);
   gl::Builder b;
   b.add_string("general.architecture", "llama");
   b.add_tensor("blk.0.attn_q.weight", {96, 64}, gl::F32, gl::Builder::encode_floats(w, gl::F32));
@@ -214,8 +217,7 @@ int cmd_mix_synth(const std::string& out, const std::string& variant) {
   const std::string arch = variant == "falcon" ? "falcon" : "llama";
   // A vocabulary of 4200: token_embd and output are more than the 2^20 elements the tool quantizes at a time.
   const std::uint64_t dim = 256, kv = 64, hidden = 288, vocab = 4200, layers = 4;
-  std::mt19937 g(11);
-  std::normal_distribution<float> N(0.0f, 0.05f);
+  NormalWeights rnd(11);
   gl::Builder b;
   b.add_string("general.architecture", arch);
   b.add_string("general.name", "mix4");
@@ -225,9 +227,7 @@ int cmd_mix_synth(const std::string& out, const std::string& variant) {
   b.add_u32(arch + ".attention.head_count_kv", 2);
   if (variant == "moe") b.add_u32(arch + ".expert_count", 8);
   auto mat = [&](const std::string& name, std::uint64_t rows, std::uint64_t cols, std::uint32_t type) {
-    std::vector<float> v(rows * cols);
-    for (float& x : v) x = N(g);
-    b.add_tensor(name, {cols, rows}, type, gl::Builder::encode_floats(v, type));
+    b.add_tensor(name, {cols, rows}, type, gl::Builder::encode_floats(rnd(rows * cols), type));
   };
   mat("token_embd.weight", vocab, dim, gl::F16);
   for (std::uint64_t l = 0; l < layers; ++l) {
@@ -255,10 +255,7 @@ int cmd_mix_synth(const std::string& out, const std::string& variant) {
 // kGgufMaxHeaderBytes (a 256 MiB string value), to which model.gguf adds a
 // longer pair.
 int cmd_synth_limit(const std::string& out, const std::string& variant) {
-  std::mt19937 g(5);
-  std::normal_distribution<float> N(0.0f, 0.05f);
-  std::vector<float> w(64 * 64);
-  for (float& x : w) x = N(g);
+  const std::vector<float> w = NormalWeights(5)(64 * 64);
   gl::Builder b;
   b.add_string("general.architecture", "llama");
   std::string target = "blk.0.attn_q.weight";

@@ -220,18 +220,9 @@ bad_input)
   : >Wzero.npy
   mkdir Wdir.npy
   for o in o sub/dir/o; do
-    expect_bad_input init --input missing.npy --output "$o"
-    expect_bad_input init --input Wtrunc.npy --output "$o"
-    expect_bad_input init --input Wshort.npy --output "$o"
-    expect_bad_input init --input Wgarbage.npy --output "$o"
-    expect_bad_input init --input Wzero.npy --output "$o"
-    expect_bad_input init --input Wdir.npy --output "$o"
-    expect_bad_input init --input W3.npy --output "$o"
-    expect_bad_input init --input Wvec.npy --output "$o"
-    expect_bad_input init --input Wi.npy --output "$o"
-    expect_bad_input init --input Wnan.npy --output "$o"
-    expect_bad_input init --input Winf.npy --output "$o"
-    expect_bad_input init --input Wempty.npy --output "$o"
+    for w in missing Wtrunc Wshort Wgarbage Wzero Wdir W3 Wvec Wi Wnan Winf Wempty; do
+      expect_bad_input init --input "$w.npy" --output "$o"
+    done
     expect_bad_input init --input W.npy --output "$o" --rank 65
     expect_bad_input init --input W.npy --output "$o" --bits 9
     expect_bad_input init --input W.npy --output "$o" --bits 1

@@ -19,6 +19,10 @@
 
 namespace calib_test {
 
+// What the calibration tests name unqualified, with `using namespace calib_test`.
+using loftq::Errc;
+using loftq::InputStatistics;
+using loftq::StatsMode;
 using loftq_test::scratch_dir;
 
 // Samples with unequal channel scales (so the diagonal is not flat), summed.

@@ -83,31 +83,6 @@ std::vector<float> bnb_decode(const io::SafetensorsFile& f, const std::string& n
 
 }  // namespace
 
-TEST_CASE("bitsandbytes tables: NF4 as get_4bit_type") {
-  const std::vector<float>& nf4 = loftq::normal_float_codebook(4);
-  REQUIRE(nf4.size() == 16);
-  const double bnb[16] = {-1.0,
-                          -0.6961928009986877,
-                          -0.5250730514526367,
-                          -0.39491748809814453,
-                          -0.28444138169288635,
-                          -0.18477343022823334,
-                          -0.09105003625154495,
-                          0.0,
-                          0.07958029955625534,
-                          0.16093020141124725,
-                          0.24611230194568634,
-                          0.33791524171829224,
-                          0.44070982933044434,
-                          0.5626170039176941,
-                          0.7229568362236023,
-                          1.0};
-  for (int i = 0; i < 16; ++i) {
-    CHECK(float_bits(nf4[static_cast<std::size_t>(i)]) == float_bits(static_cast<float>(bnb[i])));
-    CHECK(float_bits(io::bnb_nf4_table()[static_cast<std::size_t>(i)]) == float_bits(static_cast<float>(bnb[i])));
-  }
-}
-
 TEST_CASE("bnb-nf4 round trip: an independent decoder gives Q bit for bit, with and without double quant") {
   struct Shape {
     Eigen::Index m, n;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/ggml_base_lib.hpp"
+#include "../support/ggml_chunk.hpp"
 #include "common/ggml_layout.hpp"
 #include "common/matrices.hpp"
 
@@ -82,14 +83,9 @@ TEST_CASE("Q5_0 and Q5_1: block sizes, a known block, and every value within hal
 
 // With no importance matrix ggml_quantize_chunk runs quantize_row_q5_0_ref and quantize_row_q5_1_ref.
 TEST_CASE("Q5_0 and Q5_1 blocks are ggml_quantize_chunk's, byte for byte") {
-  std::string why;
-  loftq_common::GgmlQuantizeChunk chunk = nullptr;
-  void* lib = loftq_common::open_ggml_quantize_chunk(why, chunk);
-  if (!lib) {
-    MESSAGE("skipped: " << why);
-    return;
-  }
-  REQUIRE((chunk != nullptr));
+  const loftq_common::GgmlQuantizeChunkLib ggml;
+  const loftq_common::GgmlQuantizeChunk chunk = loftq_test::ggml_quantize_chunk_or_skip(ggml);
+  if (!chunk) return;
   const std::vector<float> x = test_values();
   for (T t : {T::Q5_0, T::Q5_1}) {
     const std::vector<unsigned char> ours = gio::ggml_q5_blocks(t, x.data(), x.size());
@@ -97,5 +93,4 @@ TEST_CASE("Q5_0 and Q5_1 blocks are ggml_quantize_chunk's, byte for byte") {
     REQUIRE(chunk(static_cast<int>(t), x.data(), ref.data(), 0, 16, 256, nullptr) == ours.size());
     CHECK(ref == ours);
   }
-  dlclose(lib);
 }

@@ -19,10 +19,7 @@
 
 namespace lio = loftq::io;
 namespace gl = gguf_layout;
-using calib_test::expect_error;
-using loftq::Errc;
-using loftq::InputStatistics;
-using loftq::StatsMode;
+using namespace calib_test;
 
 namespace {
 

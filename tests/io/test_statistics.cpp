@@ -19,10 +19,7 @@
 #include <unistd.h>
 
 namespace lio = loftq::io;
-using calib_test::expect_error;
-using loftq::Errc;
-using loftq::InputStatistics;
-using loftq::StatsMode;
+using namespace calib_test;
 
 namespace {
 

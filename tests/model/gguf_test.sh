@@ -14,13 +14,9 @@ setup_case "$1" "$2" "$4"
 TOOL=$3
 DATA=$5
 
-stories() {  # OUT.gguf [f32|f16|bf16]
-  "$TOOL" stories "$DATA/stories260K.bin" "$@"
-  local s=$?
-  [ $s -eq 77 ] && exit 77
-  [ $s -eq 0 ] || fail "gguftool stories $*"
-}
-synth() { "$TOOL" synth "$@" || fail "gguftool synth $*"; }
+# stories OUT.gguf [f32|f16|bf16], synth ...
+# shellcheck source=../support/model_helpers.sh
+source "$(dirname "$0")/../support/model_helpers.sh"
 synth_big() { "$TOOL" synth_big "$@" || fail "gguftool synth_big $*"; }
 verify() { "$TOOL" verify "$@" >/dev/null || fail "verify $*"; }
 no_temps() { [ -z "$(find . -name '*.tmp-*' -o -name '.loftq-tmp*')" ] || fail "temporary left behind: $(find . -name '*tmp*')"; }
@@ -267,10 +263,7 @@ gguf_safety)
   # SIGTERM inside a tensor: the library stops within a step; nothing is left.
   "$LOFTQ" model --input in.gguf --output sig --format gguf --rank 4 --iters 100000 --threads 1 >"$out_file" 2>"$err_file" &
   pid=$!
-  for _ in $(seq 600); do
-    compgen -G 'sig.tmp-*' >/dev/null && break
-    sleep 0.05
-  done
+  wait_for 'sig.tmp-*'
   sleep 0.2
   kill -s TERM "$pid"
   wait "$pid"

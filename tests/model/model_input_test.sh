@@ -65,8 +65,7 @@ side_once)
   printf '{"tokens": "new"}\n' >X2/tokenizer.json
   "$LOFTQ" model --input X --output out --rank 4 --iters 40 --threads 1 --quiet >"$out_file" 2>"$err_file" &
   pid=$!
-  for _ in $(seq 1000); do compgen -G 'out.tmp-*' >/dev/null && break; sleep 0.01; done
-  compgen -G 'out.tmp-*' >/dev/null || { kill "$pid"; fail "the run never staged"; }
+  wait_for 'out.tmp-*' 10 || { kill "$pid"; fail "the run never staged"; }
   mv X X.old && mv X2 X || fail "cannot replace X"
   kill -0 "$pid" 2>/dev/null || fail "the run ended before its input was replaced; nothing tested"
   wait "$pid"

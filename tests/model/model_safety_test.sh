@@ -145,7 +145,7 @@ overwrite_mounts)
     "$LOFTQ" model --input big --output out --rank 8 --iters 4 --svd exact --threads 1 --quiet --overwrite \
       >"$out_file" 2>"$err_file" &
     pid=$!
-    for _ in $(seq 400); do compgen -G 'out.tmp-*' >/dev/null && break; sleep 0.01; done
+    wait_for 'out.tmp-*' 4
     mount --bind in out/mnt && mounts+=("$WORK/out/mnt") || fail "mount during the run"
     wait "$pid"
     rc=$?
@@ -200,7 +200,7 @@ temp_names)
   for k in 1 2; do
     "$LOFTQ" model --input big --output "o$k" --rank 8 --iters 50 --threads 1 --quiet >"$out_file" 2>"$err_file" &
     pid=$!
-    for _ in $(seq 400); do compgen -G "o$k.tmp-*" >/dev/null && break; sleep 0.01; done
+    wait_for "o$k.tmp-*" 4
     name=$(compgen -G "o$k.tmp-*")
     kill -TERM "$pid"
     wait "$pid"
@@ -352,8 +352,7 @@ signal_latency)
   flock -x 9 || fail "cannot lock par"
   "$LOFTQ" model --input s --output par/out --rank 4 --iters 1 --quiet >"$out_file" 2>"$err_file" 9<&- &
   pid=$!
-  for _ in $(seq 500); do compgen -G 'par/out.tmp-*/loftq_report.json' >/dev/null && break; sleep 0.01; done
-  compgen -G 'par/out.tmp-*/loftq_report.json' >/dev/null || fail "the run never got to publishing"
+  wait_for 'par/out.tmp-*/loftq_report.json' 5 || fail "the run never got to publishing"
   sleep 0.3
   t0=$(date +%s%N)
   kill -TERM "$pid"

@@ -213,10 +213,7 @@ interrupt)
   # reaches the library (Options::cancel) and stops it within a step.
   "$LOFTQ" model --input big --output out --rank 16 --iters 100000 --threads 1 >"$out_file" 2>"$err_file" &
   pid=$!
-  for _ in $(seq 600); do
-    compgen -G 'out.tmp-*' >/dev/null && break
-    sleep 0.05
-  done
+  wait_for 'out.tmp-*'
   sleep 0.3
   t0=$(date +%s%N)
   kill -s TERM "$pid"

@@ -49,6 +49,17 @@ show() { echo "--- args: $*" >&2; echo "--- stdout:" >&2; cat "$out_file" >&2; e
 
 tree_listing() { find . -mindepth 1 | LC_ALL=C sort; }
 
+# Polls every 0.01 s for up to SECONDS (default 30) until a path matches GLOB,
+# that is, until a run in the background has got that far; status 1 if none did.
+wait_for() {  # GLOB [SECONDS]
+  local i
+  for ((i = 0; i < ${2:-30} * 100; i++)); do
+    compgen -G "$1" >/dev/null && return 0
+    sleep 0.01
+  done
+  return 1
+}
+
 expect_rc() {  # WANT ARGS...
   local want=$1
   shift

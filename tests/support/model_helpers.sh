@@ -1,14 +1,15 @@
-# Helpers of model_test.sh and model_safety_test.sh, after cli_helpers.sh's
-# setup_case; they need TOOL (modeltool) and DATA (the shared data directory).
+# Helpers of model_test.sh, model_safety_test.sh and gguf_test.sh, after
+# cli_helpers.sh's setup_case; they need TOOL (modeltool, or gguftool for
+# gguf_test.sh) and DATA (the shared data directory).
 # shellcheck shell=bash
 
-stories() {  # DIR [DTYPE] [SHARDS]
+stories() {  # DIR [DTYPE] [SHARDS] (modeltool), OUT.gguf [f32|f16|bf16] (gguftool)
   "$TOOL" stories "$DATA/stories260K.bin" "$@"
   local s=$?
   [ $s -eq 77 ] && exit 77
-  [ $s -eq 0 ] || fail "modeltool stories $*"
+  [ $s -eq 0 ] || fail "$(basename "$TOOL") stories $*"
 }
-synth() { "$TOOL" synth "$@" || fail "modeltool synth $*"; }
+synth() { "$TOOL" synth "$@" || fail "$(basename "$TOOL") synth $*"; }
 check() { "$TOOL" check "$@" || fail "check $*"; }
 same_outputs() {  # DIR1 DIR2: every tensor file and the config byte-identical
   local f

@@ -22,6 +22,18 @@
 namespace loftq {
 namespace detail {
 
+// The end of the absmax kernels (AVX2 and NEON): folds x[j..n) into the
+// vector part's maximum r and NaN flag, and returns the kernel's result.
+inline float absmax_tail(const float* x, std::int64_t j, std::int64_t n, float r, bool has_nan) {
+  for (; j < n; ++j) {
+    const float a = x[j];
+    has_nan |= a != a;
+    const float v = a < 0 ? -a : a;
+    if (v > r) r = v;
+  }
+  return has_nan ? std::numeric_limits<float>::quiet_NaN() : r;
+}
+
 // The sorted decision thresholds laid out as an implicit binary search tree:
 // level j of the tree holds the 2^j thresholds that step j of the search can
 // probe, tree[j][k] = thr[(2k + 1) * L / 2^(j+1) - 1]. A step then needs one
@@ -160,13 +172,7 @@ LOFTQ_TARGET_AVX2 inline float absmax_avx2(const float* x, std::int64_t n) {
   h = _mm_max_ss(h, _mm_movehdup_ps(h));
   float r = _mm_cvtss_f32(h);
   bool has_nan = _mm256_movemask_ps(nan) != 0;
-  for (; j < n; ++j) {
-    const float a = x[j];
-    has_nan |= a != a;
-    const float v = a < 0 ? -a : a;
-    if (v > r) r = v;
-  }
-  return has_nan ? std::numeric_limits<float>::quiet_NaN() : r;
+  return absmax_tail(x, j, n, r, has_nan);
 }
 
 // Eight codes (bytes 0..7 of b) into the bit stream at dst in pack_codes'

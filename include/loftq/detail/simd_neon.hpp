@@ -119,13 +119,7 @@ inline float absmax_neon(const float* x, std::int64_t n) {
   for (; j + 4 <= n; j += 4) m0 = vmaxq_f32(m0, vabsq_f32(vld1q_f32(x + j)));
   float r = vmaxvq_f32(vmaxq_f32(m0, m1));
   bool has_nan = r != r;
-  for (; j < n; ++j) {
-    const float a = x[j];
-    has_nan |= a != a;
-    const float v = a < 0 ? -a : a;
-    if (v > r) r = v;
-  }
-  return has_nan ? std::numeric_limits<float>::quiet_NaN() : r;
+  return absmax_tail(x, j, n, r, has_nan);
 }
 
 // scale_error_avx2's sums with eight lanes as two registers: the same

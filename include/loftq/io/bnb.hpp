@@ -45,6 +45,7 @@
 #include <nlohmann/json.hpp>
 
 #include "loftq/bnb_double_quant.hpp"
+#include "loftq/codebook.hpp"
 #include "loftq/error.hpp"
 #include "loftq/io/safetensors.hpp"
 #include "loftq/packed.hpp"
@@ -52,26 +53,9 @@
 namespace loftq {
 namespace io {
 
-// get_4bit_type("nf4") of bitsandbytes, as fp32.
-inline const std::vector<float>& bnb_nf4_table() {
-  static const std::vector<float> t = {-1.0f,
-                                       -0.6961928009986877f,
-                                       -0.5250730514526367f,
-                                       -0.39491748809814453f,
-                                       -0.28444138169288635f,
-                                       -0.18477343022823334f,
-                                       -0.09105003625154495f,
-                                       0.0f,
-                                       0.07958029955625534f,
-                                       0.16093020141124725f,
-                                       0.24611230194568634f,
-                                       0.33791524171829224f,
-                                       0.44070982933044434f,
-                                       0.5626170039176941f,
-                                       0.7229568362236023f,
-                                       1.0f};
-  return t;
-}
+// get_4bit_type("nf4") of bitsandbytes, as fp32: the library's NF4 codebook,
+// which is those constants bit for bit (tests/test_codebook.cpp).
+inline const std::vector<float>& bnb_nf4_table() { return normal_float_codebook(4); }
 
 // The block sizes bitsandbytes' 4-bit kernels accept.
 inline bool bnb_block_size_ok(std::int64_t b) {
