@@ -15,6 +15,8 @@
 #   FUZZ_JOBS         targets built and run at once (default: nproc), each
 #                     on a core of its own, so each still gets FUZZ_SECONDS
 #                     of a whole core
+#   FUZZ_BUILD_ONLY=1 build the targets and stop (a later run rebuilds only
+#                     what a source or header is newer than)
 #
 # The checked-in corpus is only read: new inputs go to a working copy under
 # FUZZ_BUILD_DIR, so a run never edits the tree. A crashing input is written
@@ -135,6 +137,10 @@ if [[ " ${targets[*]} " == *" fuzz_cli_args "* || " ${targets[*]} " == *" fuzz_j
   build_tool_lib > "$out/tool.build.log" 2>&1 || { cat "$out/tool.build.log"; exit 1; }
 fi
 each build
+if [[ "${FUZZ_BUILD_ONLY:-0}" == 1 ]]; then
+  echo "== fuzz: built ${#targets[@]} targets"
+  exit 0
+fi
 echo "== fuzz: running each target for ${seconds}s ($jobs at a time)"
 rm -f "$out"/*.result
 each run

@@ -99,22 +99,16 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
   return a.size() == b.size() && std::memcmp(a.data(), b.data(), sizeof(float) * a.size()) == 0;
 }
 
-using loftq_common::llama_cpp_dir;
-
 }  // namespace
 
 // ggml's own dequantizers, loaded from a prebuilt llama.cpp
 // (@node-llama-cpp/linux-x64@3.22.1: bins/linux-x64/libggml-base.so exports
 // dequantize_row_<type>, ggml_fp16_to_fp32_row and ggml_bf16_to_fp32_row).
 TEST_CASE("ggml_dequantize gives the floats of ggml's dequantize_row_* bit for bit, every type") {
-  const std::string dir = llama_cpp_dir();
-  if (dir.empty()) {
-    MESSAGE("skipped: set LOFTQ_LLAMA_CPP_DIR to the directory of a prebuilt libggml-base.so");
-    return;
-  }
-  void* lib = dlopen((dir + "/libggml-base.so").c_str(), RTLD_NOW | RTLD_LOCAL);
+  std::string why;
+  void* lib = loftq_common::open_ggml_base(why);
   if (!lib) {
-    MESSAGE("skipped: cannot load " << dir << "/libggml-base.so: " << std::string(dlerror()));
+    MESSAGE("skipped: " << why);
     return;
   }
   using Row = void (*)(const void*, float*, std::int64_t);

@@ -10,13 +10,14 @@
 namespace loftq_test {
 
 #if defined(__SANITIZE_ADDRESS__)
-inline constexpr double kTimeScale = 4.0;
+#define LOFTQ_TEST_SANITIZED 1
 #elif defined(__has_feature)
 #if __has_feature(address_sanitizer)
-inline constexpr double kTimeScale = 4.0;
-#else
-inline constexpr double kTimeScale = 1.0;
+#define LOFTQ_TEST_SANITIZED 1
 #endif
+#endif
+#ifdef LOFTQ_TEST_SANITIZED
+inline constexpr double kTimeScale = 4.0;
 #else
 inline constexpr double kTimeScale = 1.0;
 #endif
