@@ -16,6 +16,10 @@
 
 #include "io_support.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_bnb {
+
 namespace io = loftq::io;
 using io_test::error_code_of;
 using io_test::random_matrix;
@@ -185,3 +189,5 @@ TEST_CASE("bnb-nf4 writer refuses what bitsandbytes cannot read") {
   CHECK(c.at("bnb_4bit_quant_storage") == "uint8");
   CHECK(c.at("llm_int8_skip_modules") == nlohmann::json::array({"lm_head"}));
 }
+
+}  // namespace test_bnb

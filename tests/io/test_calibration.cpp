@@ -15,6 +15,10 @@
 #include <string>
 #include <vector>
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_calibration {
+
 namespace lio = loftq::io;
 namespace gl = gguf_layout;
 using namespace calib_test;
@@ -267,3 +271,5 @@ TEST_CASE("imatrix GGUF: hostile files") {
     }
   }
 }
+
+}  // namespace test_calibration

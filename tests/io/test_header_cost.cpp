@@ -22,6 +22,10 @@
 #include "../support/scratch_dir.hpp"
 #include "../support/time_bound.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_header_cost {
+
 namespace st = loftq::io;
 
 namespace {
@@ -178,3 +182,5 @@ TEST_CASE("strict JSON (index files): linear time, depth and duplicate keys") {
   CHECK(code_of(std::string("{\"a\":1}\0x", 9)) == loftq::Errc::parse_error);
   CHECK(code_of("\xEF\xBB\xBF{\"a\":1}") == loftq::Errc::parse_error);
 }
+
+}  // namespace test_header_cost

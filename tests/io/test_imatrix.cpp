@@ -17,6 +17,10 @@
 #include <string>
 #include <vector>
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_imatrix {
+
 namespace lio = loftq::io;
 namespace gl = gguf_layout;
 using namespace calib_test;
@@ -404,3 +408,5 @@ TEST_CASE("imatrix: llama-quantize's fallbacks (no tokens, ncall 0)") {
   CHECK(d.diagonal() == Eigen::Vector2d(0.5, 3.0));
   CHECK(quantize_dat(path_of("ncall0.dat")).at(name) == std::vector<float>{0.5f, 3.0f});
 }
+
+}  // namespace test_imatrix

@@ -13,6 +13,10 @@
 
 #include "io_support.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_packed_file {
+
 namespace io = loftq::io;
 using io_test::error_code_of;
 using io_test::loftq_result;
@@ -109,3 +113,5 @@ TEST_CASE("packed writer and reader refuse inconsistent data") {
   }
   CHECK(error_code_of([&] { (void)io::read_packed(io::SafetensorsFile(missing)); }) == loftq::Errc::parse_error);
 }
+
+}  // namespace test_packed_file

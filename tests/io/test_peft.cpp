@@ -14,6 +14,10 @@
 
 #include "io_support.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_peft {
+
 namespace io = loftq::io;
 namespace fs = std::filesystem;
 using io_test::error_code_of;
@@ -126,3 +130,5 @@ TEST_CASE("adapter_config.json: PEFT's LoraConfig, round trip") {
   CHECK(error_code_of([&] { (void)io::parse_adapter_config(bad); }) == loftq::Errc::parse_error);
   CHECK(error_code_of([&] { (void)io::parse_adapter_config(nlohmann::json::array()); }) == loftq::Errc::parse_error);
 }
+
+}  // namespace test_peft

@@ -22,6 +22,10 @@
 
 #include "../support/scratch_dir.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_safetensors {
+
 namespace st = loftq::io;
 
 namespace {
@@ -468,3 +472,5 @@ TEST_CASE("real weights: stories260K round trip through F32, F16 and BF16") {
     REQUIRE(std::abs(b[i] - emb[i]) <= std::abs(emb[i]) * std::ldexp(1.0f, -8));
   }
 }
+
+}  // namespace test_safetensors

@@ -18,6 +18,10 @@
 
 #include <unistd.h>
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/io/CMakeLists.txt).
+namespace test_statistics {
+
 namespace lio = loftq::io;
 using namespace calib_test;
 
@@ -335,3 +339,5 @@ TEST_CASE("statistics: the streaming writer equals the one-shot writer, and refu
   CHECK_FALSE(std::filesystem::exists(path_of("partial.safetensors")));
   CHECK(calib_test::no_temporaries(dir));
 }
+
+}  // namespace test_statistics

@@ -28,6 +28,10 @@
 #include "common/lm/save.hpp"
 #include "calibrate_support.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/lm/CMakeLists.txt).
+namespace test_calibrate {
+
 namespace {
 
 using calibrate_test::check_identical;
@@ -349,3 +353,5 @@ TEST_CASE("cancellation is honoured and progress is reported per sequence and la
   std::iota(every.begin(), every.end(), std::size_t{1});
   CHECK(seen == every);
 }
+
+}  // namespace test_calibrate

@@ -20,6 +20,10 @@
 #include "common/lm/save.hpp"
 #include "calibrate_support.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/lm/CMakeLists.txt).
+namespace test_layer_source {
+
 namespace {
 
 using calibrate_test::check_identical;
@@ -195,3 +199,5 @@ TEST_CASE("defects of the last layer: headers refused at opening, values when th
     }
   }
 }
+
+}  // namespace test_layer_source

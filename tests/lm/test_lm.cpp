@@ -23,6 +23,10 @@
 #include "common/llama2c.hpp"
 #include "common/lm/model.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/lm/CMakeLists.txt).
+namespace test_lm {
+
 namespace {
 
 using lm::Mat;
@@ -441,3 +445,5 @@ TEST_CASE("the checkpoint reader round-trips and rejects hostile files") {
   lora.layers[0][lm::kV].B = Mat<float>::Zero(3, 2);
   CHECK_THROWS_AS(lm::forward_logits<float>(w, &lora, {{1, 2}}), loftq::Error);
 }
+
+}  // namespace test_lm

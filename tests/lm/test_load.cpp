@@ -27,6 +27,10 @@
 #include "common/lm/save.hpp"
 #include "calibrate_support.hpp"
 
+// Its own namespace: the test program compiles this file with others as one
+// unit (tests/lm/CMakeLists.txt).
+namespace test_load {
+
 namespace {
 
 using calibrate_test::check_identical;
@@ -133,3 +137,5 @@ TEST_CASE("loaders refuse inconsistent checkpoints") {
   CHECK_THROWS_AS(lm::parse_hf_config("[1]", "x"), loftq::Error);
   CHECK_THROWS_AS(lm::read_gguf_model(dir / "missing.gguf"), loftq::Error);
 }
+
+}  // namespace test_load
