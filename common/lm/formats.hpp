@@ -21,6 +21,7 @@
 #include <loftq/error.hpp>
 #include <loftq/io/dtype.hpp>
 #include <loftq/io/gguf.hpp>
+#include <loftq/io/strict_json.hpp>
 #include <loftq/io/ggml_dequantize.hpp>
 
 #include <Eigen/Core>
@@ -92,13 +93,12 @@ inline bool is_directory(const std::string& path) {
 }  // namespace detail
 
 // Reads config.json into a Config (shared by the loader and its tests).
+// Read as the tool reads every JSON file (loftq/io/strict_json.hpp): nesting
+// is bounded as in `loftq model`'s reading of config.json, so a hostile file
+// cannot build a tree whose copies recurse out of the stack, and duplicate
+// keys are refused.
 inline Config parse_hf_config(const std::string& text, const std::string& path) {
-  nlohmann::json j;
-  try {
-    j = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    detail::bad(path, std::string("config.json is not valid JSON: ") + e.what());
-  }
+  const nlohmann::json j = loftq::io::parse_json_strict(text, path, 64);
   if (!j.is_object()) detail::bad(path, "config.json is not a JSON object");
   auto unsupported = [&](const std::string& what) { throw loftq::Error(loftq::Errc::unsupported, path + ": " + what); };
   if (j.contains("model_type") && j["model_type"].is_string()) {

@@ -31,6 +31,7 @@
 #include <iterator>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/llama2c.hpp"
@@ -359,9 +360,12 @@ struct LayerAtATime {
 
 // collect_statistics over a model read a layer at a time: the same sums as
 // over the whole model in memory (read_model), holding one layer's weights.
-// The final norm and the classifier are not read.
-inline Calibration collect_statistics(const LayerSource& src, const std::vector<std::vector<int>>& seqs,
-                                      const CalibrationOptions& o = {}) {
+// The final norm and the classifier are not read. A template (Source is
+// LayerSource) only so that a unit that does not call it does not
+// instantiate the forward pass, as an inline function's body would be.
+template <class Source, std::enable_if_t<std::is_same<Source, LayerSource>::value, int> = 0>
+Calibration collect_statistics(const Source& src, const std::vector<std::vector<int>>& seqs,
+                               const CalibrationOptions& o = {}) {
   detail::LayerAtATime m{src, {}, {}};
   return detail::collect_layers<float>(src.config(), m, seqs, o);
 }

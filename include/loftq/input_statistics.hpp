@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/instances.hpp"
 #include "detail/parallel.hpp"
 #include "error.hpp"
 
@@ -34,7 +35,8 @@ struct WidenedSamples {
   const Eigen::MatrixXd* X;
   Eigen::Index rows;
 };
-inline void add_together(const std::vector<WidenedSamples>& parts, int threads);
+template <class Parts = std::vector<WidenedSamples>>
+void add_together(const Parts& parts, int threads);
 }  // namespace detail
 
 // Accumulates the second moments of a layer's inputs, batch by batch, in
@@ -134,7 +136,8 @@ class InputStatistics {
 
  private:
   friend struct detail::StatsAccess;
-  friend void detail::add_together(const std::vector<detail::WidenedSamples>&, int);
+  template <class Parts>
+  friend void detail::add_together(const Parts&, int);
 
   void require_samples(const char* what) const {
     detail::require(count_ > 0, Errc::invalid_argument,
@@ -149,7 +152,8 @@ class InputStatistics {
   // back of that order, which balances OpenMP's contiguous static split.
   // (Handing them out dynamically, largest first, measured about 10% slower
   // on a 11008-wide update.)
-  static void accumulate(const std::vector<detail::WidenedSamples>& parts, int threads) {
+  template <class Parts = std::vector<detail::WidenedSamples>>
+  static void accumulate(const Parts& parts, int threads) {
     struct Task {
       std::size_t part;
       Eigen::Index c0, w;
@@ -192,7 +196,8 @@ namespace detail {
 // calls of the same samples, bit for bit, for any thread count, but inputs of
 // different widths share the threads (one add() of a narrow input has fewer
 // blocks than threads). Every part is checked before any sum changes.
-inline void add_together(const std::vector<WidenedSamples>& parts, int threads) {
+template <class Parts>
+void add_together(const Parts& parts, int threads) {
   for (const WidenedSamples& p : parts) {
     require(p.stats && p.X && p.rows >= 1 && p.rows <= p.X->rows() && p.X->cols() == p.stats->features(),
             Errc::invalid_argument, "InputStatistics: samples do not fit the statistics");
@@ -234,3 +239,16 @@ struct StatsAccess {
 
 }  // namespace detail
 }  // namespace loftq
+
+// The accumulation is a template only so that a unit that does not add
+// samples does not instantiate its GEMM (Eigen's products, in double), which
+// it would for an inline function's body whether called or not.
+#ifdef LOFTQ_INSTANCES
+namespace loftq {
+LOFTQ_INSTANCE_DOUBLE void InputStatistics::accumulate<std::vector<detail::WidenedSamples>>(
+    const std::vector<detail::WidenedSamples>&, int);
+namespace detail {
+LOFTQ_INSTANCE_DOUBLE void add_together<std::vector<WidenedSamples>>(const std::vector<WidenedSamples>&, int);
+}  // namespace detail
+}  // namespace loftq
+#endif

@@ -135,6 +135,11 @@ TEST_CASE("loaders refuse inconsistent checkpoints") {
   CHECK_THROWS_AS(lm::read_hf_checkpoint(dir.path.string()), loftq::Error);
   CHECK_THROWS_AS(lm::parse_hf_config("{\"model_type\": \"gpt2\"}", "x"), loftq::Error);
   CHECK_THROWS_AS(lm::parse_hf_config("[1]", "x"), loftq::Error);
+  // Nesting beyond the tool's bound and duplicate keys are refused, as `loftq model` refuses them, with the path.
+  const std::string deep = "{\"a\": " + std::string(100000, '[') + std::string(100000, ']') + "}";
+  CHECK_THROWS_WITH_AS(lm::parse_hf_config(deep, "deep/config.json"), doctest::Contains("deep/config.json"),
+                       loftq::Error);
+  CHECK_THROWS_AS(lm::parse_hf_config("{\"dim\": 1, \"dim\": 2}", "x"), loftq::Error);
   CHECK_THROWS_AS(lm::read_gguf_model(dir / "missing.gguf"), loftq::Error);
 }
 

@@ -16,7 +16,8 @@
 //
 // Only the float and double instantiations that depend on nothing but the
 // scalar type are covered (the row-major alternation cores, the flat
-// quantize/dequantize passes, BDCSVD and HouseholderQR); everything else stays
+// quantize/dequantize passes, BDCSVD and HouseholderQR, and in double the
+// statistics' accumulation and the blocked Cholesky); everything else stays
 // inline. All units must be compiled with the same flags (-march,
 // LOFTQ_NO_SIMD), as for any explicit instantiation. Results are
 // deterministic either way, but not promised to equal a header-only build's

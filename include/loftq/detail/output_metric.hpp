@@ -16,6 +16,7 @@
 #include "../packed.hpp"
 #include "alternation.hpp"
 #include "block_quantizer.hpp"
+#include "instances.hpp"
 #include "memory.hpp"
 #include "parallel.hpp"
 #include "reduce.hpp"
@@ -34,19 +35,26 @@ constexpr Eigen::Index kSolveColumns = 8;  // right-hand sides per task in F^{-T
 // (Eigen is held serial for determinism), and at n = 4096 that serial n^3 / 6
 // took as long as two LoftQ iterations. Fixed blocks, so the result does not
 // depend on the thread count. Returns false when A is not positive definite.
-inline bool cholesky_in_place(Eigen::MatrixXd& A, int threads) {
+// A template (Matrix is Eigen::MatrixXd) only so that a unit that does not
+// call it does not instantiate its LLT, triangular solve and GEMM, as an
+// inline function's body would be whether called or not.
+template <class Matrix>
+bool cholesky_in_place(Matrix& A, int threads) {
   const Eigen::Index n = A.rows(), bs = kStatsBlock;
   for (Eigen::Index k0 = 0; k0 < n; k0 += bs) {
     const Eigen::Index kw = std::min(bs, n - k0), c0 = k0 + kw, rest = n - c0;
-    Eigen::Ref<Eigen::MatrixXd> Akk = A.block(k0, k0, kw, kw);
-    Eigen::LLT<Eigen::Ref<Eigen::MatrixXd>, Eigen::Lower> llt(Akk);
+    Eigen::Ref<Matrix> Akk = A.block(k0, k0, kw, kw);
+    Eigen::LLT<Eigen::Ref<Matrix>, Eigen::Lower> llt(Akk);
     if (llt.info() != Eigen::Success) return false;
     if (rest == 0) break;
     const std::int64_t rb = (rest + bs - 1) / bs;
     parallel_for(rb, threads, [&](std::int64_t t) {  // A_ik := A_ik L_kk^{-T}
       const Eigen::Index i0 = c0 + t * bs, iw = std::min(bs, n - i0);
       auto P = A.block(i0, k0, iw, kw);
-      A.block(k0, k0, kw, kw).triangularView<Eigen::Lower>().transpose().solveInPlace<Eigen::OnTheRight>(P);
+      A.block(k0, k0, kw, kw)
+          .template triangularView<Eigen::Lower>()
+          .transpose()
+          .template solveInPlace<Eigen::OnTheRight>(P);
     });
     parallel_for(rb, threads, [&](std::int64_t t) {  // A_ij -= A_ik A_jk^T for c0 <= j <= i
       // Block row b updates b + 1 blocks: alternate front and back to balance
@@ -251,3 +259,11 @@ class OutputMetric {
 
 }  // namespace detail
 }  // namespace loftq
+
+#ifdef LOFTQ_INSTANCES
+namespace loftq {
+namespace detail {
+LOFTQ_INSTANCE_DOUBLE bool cholesky_in_place<Eigen::MatrixXd>(Eigen::MatrixXd&, int);
+}  // namespace detail
+}  // namespace loftq
+#endif
