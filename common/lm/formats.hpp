@@ -98,7 +98,7 @@ inline bool is_directory(const std::string& path) {
 // cannot build a tree whose copies recurse out of the stack, and duplicate
 // keys are refused.
 inline Config parse_hf_config(const std::string& text, const std::string& path) {
-  const nlohmann::json j = loftq::io::parse_json_strict(text, path, 64);
+  const nlohmann::json j = loftq::io::parse_json_strict(text, path, loftq::io::kConfigJsonDepth);
   if (!j.is_object()) detail::bad(path, "config.json is not a JSON object");
   auto unsupported = [&](const std::string& what) { throw loftq::Error(loftq::Errc::unsupported, path + ": " + what); };
   if (j.contains("model_type") && j["model_type"].is_string()) {

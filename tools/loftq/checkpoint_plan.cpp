@@ -41,10 +41,6 @@ std::string dir_of_input(const io::Checkpoint& ck, const std::string& input) {
   return p.empty() ? std::string(".") : p.string();
 }
 
-// Real configurations nest a few levels (rope_scaling, quantization_config,
-// task_specific_params); the bound keeps every tree the tool builds, copies
-// and serializes shallow, whatever the file holds.
-constexpr int kConfigDepth = 64;
 constexpr std::uint64_t kConfigMaxBytes = std::uint64_t{16} << 20;
 
 // config.json's bytes parsed through the strict, bounded-depth reader; an
@@ -54,7 +50,7 @@ nlohmann::json parse_config(const std::string& path, const std::string& text) {
     throw InputError{path + ": larger than 16 MiB (" + std::to_string(text.size()) +
                      " bytes); not a model configuration loftq reads"};
   try {
-    nlohmann::json j = loftq::io::parse_json_strict(text, path, kConfigDepth);
+    nlohmann::json j = loftq::io::parse_json_strict(text, path, loftq::io::kConfigJsonDepth);
     if (!j.is_object()) throw InputError{path + ": not a JSON object"};
     return j;
   } catch (const loftq::Error& e) {
