@@ -294,4 +294,11 @@ Calibration collect_statistics(const Weights<S>& w, const std::vector<std::vecto
   return detail::collect_layers<S>(w.config, m, seqs, o);
 }
 
+#ifdef LOFTQ_LM_INSTANCE
+LOFTQ_LM_INSTANCE Calibration detail::collect_layers<float, detail::WholeModel<float>>(
+    const Config&, detail::WholeModel<float>&, const std::vector<std::vector<int>>&, const CalibrationOptions&);
+LOFTQ_LM_INSTANCE Calibration detail::collect_layers<double, detail::WholeModel<double>>(
+    const Config&, detail::WholeModel<double>&, const std::vector<std::vector<int>>&, const CalibrationOptions&);
+#endif
+
 }  // namespace lm

@@ -370,4 +370,10 @@ Calibration collect_statistics(const Source& src, const std::vector<std::vector<
   return detail::collect_layers<float>(src.config(), m, seqs, o);
 }
 
+#ifdef LOFTQ_LM_INSTANCE
+LOFTQ_LM_INSTANCE Calibration detail::collect_layers<float, detail::LayerAtATime>(const Config&, detail::LayerAtATime&,
+                                                                                  const std::vector<std::vector<int>>&,
+                                                                                  const CalibrationOptions&);
+#endif
+
 }  // namespace lm

@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "common/llama2c.hpp"
+#include "common/lm/instances.hpp"
 #include "common/lm/layers.hpp"
 
 namespace lm {
@@ -380,5 +381,19 @@ Mat<S> softmax_rows(const Mat<S>& logits) {
   }
   return p;
 }
+
+#ifdef LOFTQ_LM_INSTANCE
+#define LOFTQ_LM_MODEL_INSTANCES(S)                                                                                  \
+  LOFTQ_LM_INSTANCE void forward_sequence<S>(const Weights<S>&, const Lora<S>*, const std::vector<int>&, Acts<S>&);  \
+  LOFTQ_LM_INSTANCE void backward_sequence<S>(const Weights<S>&, const Lora<S>&, const Acts<S>&, const Mat<S>&,      \
+                                              Lora<S>&);                                                             \
+  LOFTQ_LM_INSTANCE double loss_and_grad<S>(const Weights<S>&, const Lora<S>&, const std::vector<Example<S>>&, Loss, \
+                                            Lora<S>*);                                                               \
+  LOFTQ_LM_INSTANCE std::vector<Mat<S>> forward_logits<S>(const Weights<S>&, const Lora<S>*,                         \
+                                                          const std::vector<std::vector<int>>&);
+LOFTQ_LM_MODEL_INSTANCES(float)
+LOFTQ_LM_MODEL_INSTANCES(double)
+#undef LOFTQ_LM_MODEL_INSTANCES
+#endif
 
 }  // namespace lm
